@@ -1,0 +1,39 @@
+"""The registry of log sources, and picking one for a file from its first lines."""
+
+from __future__ import annotations
+
+from .base import ParseContext, ParsedBatch, Source
+from .zeek import ZeekConnJSON, ZeekConnTSV
+
+# Order matters for detection: more specific formats first.
+SOURCES: dict[str, Source] = {
+    source.name: source
+    for source in (
+        ZeekConnTSV(),
+        ZeekConnJSON(),
+    )
+}
+
+
+class UnknownFormatError(ValueError):
+    pass
+
+
+def get_source(name: str) -> Source:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise UnknownFormatError(f"unknown source {name!r}; known sources: {', '.join(SOURCES)}") from None
+
+
+def detect_source(head: list[str], file: str) -> Source:
+    for source in SOURCES.values():
+        if source.sniff(head):
+            return source
+    raise UnknownFormatError(
+        f"{file}: could not recognise the log format from its first lines; "
+        f"pass --source with one of: {', '.join(SOURCES)}"
+    )
+
+
+__all__ = ["SOURCES", "ParseContext", "ParsedBatch", "Source", "UnknownFormatError", "detect_source", "get_source"]

@@ -1,0 +1,145 @@
+"""Settings: where a home folder keeps its lake, state and config, and what config.yaml may say.
+
+A home folder is chosen by `--home DIR`, else `$EXFILWATCH_HOME`, else `./.exfilwatch`.
+`config.yaml` in the home (or `--config FILE`) is validated strictly: a mistyped key or a
+bad CIDR is an error that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_HOME = ".exfilwatch"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used, with the file and the key at fault."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Asset(StrictModel):
+    """One asset inventory entry: a network (cidr) or a single host, and what it is."""
+
+    cidr: str | None = None
+    host: str | None = None
+    category: str
+    bunit: str | None = None
+    owner: str | None = None
+    priority: Literal["low", "medium", "high", "critical"] | None = None
+
+    @field_validator("cidr")
+    @classmethod
+    def _valid_cidr(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_network(value, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"not an IPv4 or IPv6 network: {value!r} ({exc})") from None
+
+    @model_validator(mode="after")
+    def _cidr_or_host(self) -> "Asset":
+        if (self.cidr is None) == (self.host is None):
+            raise ValueError("each asset needs exactly one of 'cidr' or 'host'")
+        return self
+
+
+class Settings(StrictModel):
+    timezone: str = "UTC"
+    memory_limit: str = "4GB"
+    threads: int | None = None
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    assets: list[Asset] = Field(default_factory=list)
+    internal_domains: list[str] = Field(default_factory=list)
+    # detection id -> parameter name -> value; overrides the detection's defaults
+    detections: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r} (e.g. UTC, Europe/Berlin)") from None
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class Home:
+    """The folder that holds one installation's lake, state store and config."""
+
+    root: Path
+    config_path: Path
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.sqlite"
+
+    @property
+    def spill_dir(self) -> Path:
+        return self.root / "tmp"
+
+
+def resolve_home(home: str | Path | None, config: str | Path | None = None) -> Home:
+    root = Path(home or os.environ.get("EXFILWATCH_HOME") or DEFAULT_HOME)
+    config_path = Path(config) if config else root / "config.yaml"
+    return Home(root=root, config_path=config_path)
+
+
+def _error_location(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def parse_settings(data: Any, source: str) -> Settings:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = _error_location(err["loc"])
+            message = "unknown key (mistyped?)" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{source}: key '{key}': {message}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_settings(home: Home) -> Settings:
+    """Read the home's config.yaml; a home without one uses the defaults."""
+    path = home.config_path
+    if not path.exists():
+        if path != home.root / "config.yaml":
+            raise ConfigError(f"{path}: config file not found")
+        return Settings()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_settings(data, str(path))

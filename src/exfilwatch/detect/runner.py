@@ -1,0 +1,372 @@
+"""Running detections: resolve parameters and the time window, execute on DuckDB, store findings.
+
+`detect_once` runs detections for one `now`. `run_schedule` runs every detection for each
+cron fire time since its watermark, in order (a first run catches up from the start of the
+data), reading the lake once per detection and then executing the compiled SQL per fire.
+A finding is identified by (detection, entity, bucket): running the same window again adds
+nothing, and a later fire that sees the same entity and bucket with a larger value updates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import sqlglot
+from croniter import croniter
+from sqlglot import exp
+
+from ..config import Settings
+from ..engine import expose_models, register_lake_views
+from ..models import get_model
+from ..state import StateStore, dumps
+from ..timeexpr import relative_time
+from .schema import TIME_PARAMETERS, Detection
+
+
+class DetectionRunError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunWindow:
+    now: datetime
+    earliest: datetime
+    latest: datetime
+
+    def today(self, tz: str) -> datetime:
+        # The bucket being judged is the local day holding `latest`. With latest = now this is
+        # SPL's relative_time(now(), "@d"); with the hourly -10m@m latest, the first run after
+        # midnight still judges the day that just ended.
+        return relative_time(self.latest, "@d", tz)
+
+
+def run_window(detection: Detection, now: datetime, tz: str, earliest: str | None = None,
+               latest: str | None = None) -> RunWindow:
+    return RunWindow(
+        now=now,
+        earliest=relative_time(now, earliest or detection.schedule.earliest, tz),
+        latest=relative_time(now, latest or detection.schedule.latest, tz),
+    )
+
+
+def _coerce(detection: Detection, name: str, value: Any) -> Any:
+    spec = detection.parameters.get(name)
+    if spec is None:
+        raise DetectionRunError(
+            f"{detection.id}: unknown parameter {name!r}; declared: {', '.join(detection.parameters) or 'none'}"
+        )
+    try:
+        if spec.type == "integer":
+            return int(value)
+        if spec.type == "number":
+            return float(value)
+        if spec.type == "boolean":
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        return str(value)
+    except (TypeError, ValueError):
+        raise DetectionRunError(f"{detection.id}: parameter {name}={value!r} is not a {spec.type}") from None
+
+
+def resolve_parameters(detection: Detection, settings: Settings, overrides: dict[str, Any],
+                       window: RunWindow) -> dict[str, Any]:
+    """Declared defaults, then config.yaml's `detections.<id>`, then command-line `--set`."""
+    values = {name: spec.default for name, spec in detection.parameters.items()}
+    for layer in (settings.detections.get(detection.id, {}), overrides):
+        for name, value in layer.items():
+            values[name] = _coerce(detection, name, value)
+    resolved = {}
+    for name, value in values.items():
+        if detection.parameters[name].type == "time":
+            resolved[name] = relative_time(window.now, str(value), settings.timezone)
+        else:
+            resolved[name] = _coerce(detection, name, value)
+    resolved.update(
+        now=window.now, earliest=window.earliest, latest=window.latest,
+        today=window.today(settings.timezone), timezone=settings.timezone,
+    )
+    return resolved
+
+
+def compiled_sql(detection: Detection) -> str:
+    search = detection.search.strip().rstrip(";")
+    if not detection.filter.strip():
+        return search
+    return f"SELECT * FROM ({search}) AS finding WHERE NOT coalesce(({detection.filter}), false)"
+
+
+def sql_parameters(sql: str) -> set[str]:
+    return {node.name for node in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Placeholder)}
+
+
+def referenced_columns(sql: str) -> set[str]:
+    return {column.name for column in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Column)}
+
+
+def data_range(params: dict[str, Any]) -> tuple[datetime, datetime]:
+    """The rows a run may read: from the earliest time parameter to `latest`."""
+    starts = [value for name, value in params.items() if isinstance(value, datetime) and name not in ("latest", "now", "today")]
+    return min(starts), params["latest"]
+
+
+def execute(con: duckdb.DuckDBPyConnection, detection: Detection, params: dict[str, Any]) -> list[dict[str, Any]]:
+    sql = compiled_sql(detection)
+    used = sql_parameters(sql)
+    missing = used - set(params)
+    if missing:
+        raise DetectionRunError(f"{detection.id}: the search uses undeclared parameters {sorted(missing)}")
+    try:
+        cursor = con.execute(sql, {name: params[name] for name in used})
+    except duckdb.Error as exc:
+        raise DetectionRunError(f"{detection.id}: the search failed: {exc}") from None
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready value: datetimes in ISO 8601 UTC, decimals as floats, NaN as null."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+@dataclass
+class Finding:
+    detection_id: str
+    detection_name: str
+    entity: str
+    bucket: str
+    time: str
+    value: float | None
+    risk_score: float
+    message: str
+    risk_objects: list[dict[str, Any]]
+    mitre_attack_id: list[str]
+    fields: dict[str, Any]
+    suppressed: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.detection_id}|{self.entity}|{self.bucket}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "detection_id": self.detection_id,
+            "detection_name": self.detection_name,
+            "time": self.time,
+            "entity": self.entity,
+            "risk_objects": self.risk_objects,
+            "risk_score": self.risk_score,
+            "message": self.message,
+            "mitre_attack_id": self.mitre_attack_id,
+            "fields": self.fields,
+        }
+
+
+def findings_from_rows(detection: Detection, rows: list[dict[str, Any]]) -> list[Finding]:
+    findings = []
+    for row in rows:
+        fields = {name: plain(value) for name, value in row.items()}
+        objects = [
+            {"field": obj.field, "value": fields.get(obj.field), "type": obj.type, "score": detection.risk.score_of(obj)}
+            for obj in detection.risk.objects
+        ]
+        value = fields.get(detection.finding.value) if detection.finding.value else None
+        bucket = fields.get(detection.finding.time)
+        findings.append(Finding(
+            detection_id=detection.id,
+            detection_name=detection.name,
+            entity=str(fields.get(detection.finding.entity)),
+            bucket=str(bucket),
+            time=str(bucket),
+            value=float(value) if value is not None else None,
+            risk_score=sum(obj["score"] for obj in objects),
+            message=detection.risk_message(fields),
+            risk_objects=objects,
+            mitre_attack_id=list(detection.tags.mitre_attack_id),
+            fields=fields,
+        ))
+    return findings
+
+
+@dataclass
+class StoreResult:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def store_findings(state: StateStore, findings: list[Finding], run_id: int) -> StoreResult:
+    result = StoreResult()
+    with state.transaction() as db:
+        for finding in findings:
+            existing = db.execute("SELECT value FROM findings WHERE finding_key = ?", (finding.key,)).fetchone()
+            if existing is not None:
+                old = existing["value"]
+                larger = finding.value is not None and (old is None or finding.value > old)
+                if not larger:
+                    result.unchanged += 1
+                    continue
+                db.execute(
+                    """UPDATE findings SET value=?, time=?, risk_score=?, message=?, risk_objects=?, fields=?,
+                       last_run_id=?, updates=updates+1 WHERE finding_key=?""",
+                    (finding.value, finding.time, finding.risk_score, finding.message, dumps(finding.risk_objects),
+                     dumps(finding.fields), run_id, finding.key),
+                )
+                result.updated += 1
+            else:
+                db.execute(
+                    """INSERT INTO findings (finding_key, detection_id, entity, bucket, time, value, risk_score,
+                       message, risk_objects, fields, first_run_id, last_run_id, updates)
+                       VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0)""",
+                    (finding.key, finding.detection_id, finding.entity, finding.bucket, finding.time, finding.value,
+                     finding.risk_score, finding.message, dumps(finding.risk_objects), dumps(finding.fields),
+                     run_id, run_id),
+                )
+                result.added += 1
+    return result
+
+
+def _record_run(state: StateStore, detection: Detection, mode: str, window: RunWindow, count: int) -> int:
+    with state.transaction() as db:
+        cursor = db.execute(
+            "INSERT INTO detection_runs (detection_id, mode, now, earliest, latest, findings) VALUES (?,?,?,?,?,?)",
+            (detection.id, mode, window.now.isoformat(), window.earliest.isoformat(), window.latest.isoformat(), count),
+        )
+        return int(cursor.lastrowid)
+
+
+@dataclass
+class DetectResult:
+    detection: Detection
+    window: RunWindow
+    findings: list[Finding]
+    stored: StoreResult = field(default_factory=StoreResult)
+
+
+def detect_once(
+    con: duckdb.DuckDBPyConnection,
+    state: StateStore,
+    settings: Settings,
+    detections: list[Detection],
+    now: datetime,
+    earliest: str | None = None,
+    latest: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    store: bool = True,
+) -> list[DetectResult]:
+    results = []
+    for detection in detections:
+        window = run_window(detection, now, settings.timezone, earliest, latest)
+        params = resolve_parameters(detection, settings, overrides or {}, window)
+        start, end = data_range(params)
+        register_lake_views(con, settings, state, start, end)
+        expose_models(con)
+        findings = findings_from_rows(detection, execute(con, detection, params))
+        result = DetectResult(detection, window, findings)
+        if store:
+            run_id = _record_run(state, detection, "detect", window, len(findings))
+            result.stored = store_findings(state, findings, run_id)
+        results.append(result)
+    return results
+
+
+def fire_times(cron: str, after: datetime, until: datetime, tz: str) -> list[datetime]:
+    """Cron fire times in (after, until], evaluated on the local clock of `tz`, in UTC."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(tz)
+    iterator = croniter(cron, after.astimezone(zone))
+    times = []
+    while True:
+        fire = iterator.get_next(datetime)
+        if fire > until:
+            return times
+        times.append(fire.astimezone(timezone.utc))
+
+
+def data_start(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, model: str) -> datetime | None:
+    register_lake_views(con, settings, state)
+    value = con.execute(f"SELECT min(_time) FROM lake.{get_model(model).name}").fetchone()[0]
+    return value.astimezone(timezone.utc) if value is not None else None
+
+
+@dataclass
+class ScheduleResult:
+    detection: Detection
+    fires: int
+    findings: int
+    stored: StoreResult
+
+
+def run_schedule(
+    con: duckdb.DuckDBPyConnection,
+    state: StateStore,
+    settings: Settings,
+    detections: list[Detection],
+    now: datetime,
+    since: datetime | None = None,
+    overrides: dict[str, Any] | None = None,
+    on_fire: Callable[[Detection, int, int], None] | None = None,
+) -> list[ScheduleResult]:
+    """Run each detection once per cron fire time since its watermark, oldest first."""
+    results = []
+    for detection in detections:
+        watermark = state.watermark(detection.id)
+        if watermark is not None:
+            after = datetime.fromisoformat(watermark)
+        else:
+            start = since or data_start(con, state, settings, detection.data_model)
+            if start is None:
+                results.append(ScheduleResult(detection, 0, 0, StoreResult()))
+                continue
+            after = start - timedelta(microseconds=1)
+        fires = fire_times(detection.schedule.cron, after, now, settings.timezone)
+        total = StoreResult()
+        count = 0
+        if fires:
+            windows = [run_window(detection, fire, settings.timezone) for fire in fires]
+            params = [resolve_parameters(detection, settings, overrides or {}, w) for w in windows]
+            first_start = min(data_range(p)[0] for p in params)
+            last_end = max(data_range(p)[1] for p in params)
+            register_lake_views(con, settings, state, first_start, last_end)
+            model = get_model(detection.data_model)
+            known = set(model.column_names) | {name for name, _ in model.enrichment}
+            columns = sorted((referenced_columns(compiled_sql(detection)) & known) | {"_time"})
+            expose_models(con, {model.name: (columns, first_start, last_end)})
+            for index, (window, param) in enumerate(zip(windows, params)):
+                findings = findings_from_rows(detection, execute(con, detection, param))
+                run_id = _record_run(state, detection, "schedule", window, len(findings))
+                stored = store_findings(state, findings, run_id)
+                total.added += stored.added
+                total.updated += stored.updated
+                total.unchanged += stored.unchanged
+                count += len(findings)
+                with state.transaction() as db:
+                    db.execute(
+                        "INSERT INTO watermarks VALUES (?, ?) ON CONFLICT(detection_id) DO UPDATE SET last_fire=excluded.last_fire",
+                        (detection.id, window.now.isoformat()),
+                    )
+                if on_fire:
+                    on_fire(detection, index + 1, len(fires))
+            expose_models(con)
+        results.append(ScheduleResult(detection, len(fires), count, total))
+    return results
+
+
+def finding_id(finding_key: str) -> str:
+    return hashlib.sha256(finding_key.encode()).hexdigest()[:12]

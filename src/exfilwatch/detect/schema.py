@@ -1,0 +1,185 @@
+"""The detection file format: one YAML document per detection, validated with pydantic.
+
+A detection is data. `search` is DuckDB SQL over the data-model views with named parameters
+(`$deviation_threshold`); the runner supplies the declared parameters and the run's time
+parameters (`$now`, `$earliest`, `$latest`, `$today`, `$timezone`). `filter` is an SQL
+condition over the search's output that drops findings (the seed's empty `_filter` macro).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..config import ConfigError
+
+TIME_PARAMETERS = ("now", "earliest", "latest", "today", "timezone")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Parameter(Strict):
+    default: Any
+    type: Literal["number", "integer", "string", "time", "boolean"] = "number"
+    description: str = ""
+
+
+class Schedule(Strict):
+    cron: str = "0 * * * *"
+    earliest: str = "-70m@m"
+    latest: str = "-10m@m"
+
+
+class RiskObject(Strict):
+    field: str
+    type: Literal["user", "system", "other"]
+    score: float | None = None  # else impact x confidence / 100
+
+
+class Risk(Strict):
+    message: str
+    impact: int = Field(default=50, ge=0, le=100)
+    confidence: int = Field(default=50, ge=0, le=100)
+    objects: list[RiskObject]
+
+    def score_of(self, obj: RiskObject) -> float:
+        return obj.score if obj.score is not None else self.impact * self.confidence / 100
+
+
+class FindingKey(Strict):
+    """Which output columns identify a finding (entity, bucket) and measure it (value)."""
+
+    entity: str
+    time: str = "_time"
+    value: str | None = None
+
+
+class Tags(Strict):
+    mitre_attack_id: list[str] = Field(default_factory=list)
+    kill_chain_phases: list[str] = Field(default_factory=list)
+    nist: list[str] = Field(default_factory=list)
+    cis: list[str] = Field(default_factory=list)
+    analytic_story: list[str] = Field(default_factory=list)
+    threat_actors: list[str] = Field(default_factory=list)
+    asset_type: str | None = None
+    security_domain: str | None = None
+
+
+class TestData(Strict):
+    file: str  # relative to the detection's folder
+    source: str | None = None  # else detected from the file
+
+
+class ExpectedFinding(Strict):
+    entity: str
+    fields: dict[str, Any] = Field(default_factory=dict)  # output columns that must match
+
+
+class DetectionTest(Strict):
+    name: str
+    kind: Literal["positive", "negative"]
+    now: str
+    config: dict[str, Any] = Field(default_factory=dict)  # settings for this test (timezone, assets)
+    set: dict[str, Any] = Field(default_factory=dict)  # parameter overrides
+    data: list[TestData]
+    expect: list[ExpectedFinding] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _negative_expects_nothing(self) -> "DetectionTest":
+        if self.kind == "negative" and self.expect:
+            raise ValueError("a negative test expects no findings")
+        if self.kind == "positive" and not self.expect:
+            raise ValueError("a positive test must name the findings it expects")
+        return self
+
+
+class Detection(Strict):
+    id: str = Field(pattern=r"^[a-z0-9_]+$")
+    name: str
+    version: int = 1
+    status: Literal["production", "experimental", "deprecated"]
+    type: Literal["anomaly", "ttp", "hunting", "correlation"]
+    description: str
+    data_model: str
+    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    search: str
+    filter: str = ""
+    schedule: Schedule = Field(default_factory=Schedule)
+    finding: FindingKey
+    risk: Risk
+    tags: Tags = Field(default_factory=Tags)
+    how_to_implement: str = ""
+    known_false_positives: str = ""
+    references: list[str] = Field(default_factory=list)
+    tests: list[DetectionTest] = Field(default_factory=list)
+
+    # Where the file was loaded from: test data paths are relative to its folder.
+    folder: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _parameters_do_not_shadow_time(self) -> "Detection":
+        clash = set(self.parameters) & set(TIME_PARAMETERS)
+        if clash:
+            raise ValueError(f"parameters {sorted(clash)} clash with the run's time parameters")
+        return self
+
+    def risk_message(self, row: dict[str, Any]) -> str:
+        return fill_template(self.risk.message, row)
+
+
+_TEMPLATE_FIELD = re.compile(r"\$([A-Za-z_][A-Za-z0-9_.]*)\$")
+
+
+def template_fields(template: str) -> list[str]:
+    return _TEMPLATE_FIELD.findall(template)
+
+
+def fill_template(template: str, row: dict[str, Any]) -> str:
+    return _TEMPLATE_FIELD.sub(lambda m: str(row.get(m.group(1), "")), template)
+
+
+class DetectionError(ConfigError):
+    pass
+
+
+def load_detection(path: Path) -> Detection:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DetectionError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        detection = Detection.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{path}: key '{'.'.join(str(p) for p in err['loc']) or '(top level)'}': "
+                 f"{'unknown key (mistyped?)' if err['type'] == 'extra_forbidden' else err['msg']}"
+                 for err in exc.errors()]
+        raise DetectionError("\n".join(lines)) from None
+    detection.folder = path.parent
+    return detection
+
+
+def default_detections_dir() -> Path:
+    """The shipped detections: beside the source tree in a checkout, in the package when installed."""
+    checkout = Path(__file__).resolve().parents[3] / "detections"
+    if checkout.is_dir():
+        return checkout
+    return Path(__file__).resolve().parents[1] / "data" / "detections"
+
+
+def load_detections(folder: Path | None = None) -> dict[str, Detection]:
+    folder = folder or default_detections_dir()
+    detections: dict[str, Detection] = {}
+    for path in sorted(folder.rglob("*.yml")):
+        if path.name != "detection.yml":
+            continue
+        detection = load_detection(path)
+        if detection.id in detections:
+            raise DetectionError(f"{path}: duplicate detection id {detection.id!r}")
+        detections[detection.id] = detection
+    return detections

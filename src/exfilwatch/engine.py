@@ -1,0 +1,132 @@
+"""DuckDB connections and the query-time views of the data models.
+
+`connect` applies the settings (memory limit, spill folder, threads) and fixes the session
+time zone to UTC so that nothing depends on the machine's zone. `register_model_views` makes
+each data model a view over its committed lake files, enriched at query time: network
+traffic gets `src_category`/`dest_category` from the asset inventory, so an inventory change
+applies to data ingested before it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from .config import Asset, Settings
+from .lake import parquet_source
+from .models import DATA_MODELS, DataModel
+from .state import StateStore
+
+
+def connect(settings: Settings, spill_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{settings.memory_limit}'")
+    if settings.threads:
+        con.execute(f"SET threads = {int(settings.threads)}")
+    if spill_dir is not None:
+        spill_dir.mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = '{spill_dir}'")
+    return con
+
+
+def match_assets(ips: list[str], assets: list[Asset]) -> pa.Table:
+    """Map each address to its most specific inventory entry (longest prefix; a host entry wins)."""
+    hosts = {asset.host: asset for asset in assets if asset.host}
+    networks = sorted(
+        ((ipaddress.ip_network(asset.cidr), asset) for asset in assets if asset.cidr),
+        key=lambda pair: pair[0].prefixlen,
+        reverse=True,
+    )
+    out: dict[str, list] = {"ip": [], "category": [], "bunit": [], "owner": [], "priority": []}
+    for ip in ips:
+        match = hosts.get(ip)
+        if match is None:
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:
+                continue
+            match = next((asset for net, asset in networks if address in net), None)
+        if match is not None:
+            out["ip"].append(ip)
+            out["category"].append(match.category)
+            out["bunit"].append(match.bunit)
+            out["owner"].append(match.owner)
+            out["priority"].append(match.priority)
+    return pa.table(out, schema=pa.schema([(name, pa.string()) for name in out]))
+
+
+def _day_bounds(earliest: datetime | None, latest: datetime | None) -> tuple[str | None, str | None]:
+    # Partitions are UTC days; widen by a day so no row in range is pruned.
+    first = (earliest.date().fromordinal(earliest.date().toordinal() - 1)).isoformat() if earliest else None
+    last = (latest.date().fromordinal(latest.date().toordinal() + 1)).isoformat() if latest else None
+    return first, last
+
+
+def model_sql(model: DataModel, state: StateStore, earliest: datetime | None = None, latest: datetime | None = None) -> str:
+    """SQL over the model's committed files, pruned to the partitions that can hold [earliest, latest)."""
+    first, last = _day_bounds(earliest, latest)
+    return parquet_source(model, state.lake_files(model.name, first, last))
+
+
+def register_lake_views(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    state: StateStore,
+    earliest: datetime | None = None,
+    latest: datetime | None = None,
+) -> None:
+    """Create `lake.<model>` views over the committed files, enriched, pruned to [earliest, latest)."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS lake")
+    for model in DATA_MODELS.values():
+        base = model_sql(model, state, earliest, latest)
+        if model.name != "network_traffic":
+            con.execute(f"CREATE OR REPLACE VIEW lake.{model.name} AS {base}")
+            continue
+        con.execute(f"CREATE OR REPLACE VIEW lake.network_traffic_stored AS {base}")
+        ips = [row[0] for row in con.execute(
+            "SELECT DISTINCT ip FROM (SELECT src_ip AS ip FROM lake.network_traffic_stored "
+            "UNION SELECT dest_ip FROM lake.network_traffic_stored) WHERE ip IS NOT NULL"
+        ).fetchall()]
+        con.register("asset_map_arrow", match_assets(ips, settings.assets))
+        con.execute("CREATE OR REPLACE TABLE lake.asset_map AS SELECT * FROM asset_map_arrow")
+        con.unregister("asset_map_arrow")
+        con.execute(
+            """
+            CREATE OR REPLACE VIEW lake.network_traffic AS
+            SELECT t.*, s.category AS src_category, d.category AS dest_category,
+                   s.bunit AS src_bunit, d.bunit AS dest_bunit
+            FROM lake.network_traffic_stored t
+            LEFT JOIN lake.asset_map s ON t.src_ip = s.ip
+            LEFT JOIN lake.asset_map d ON t.dest_ip = d.ip
+            """
+        )
+
+
+def expose_models(
+    con: duckdb.DuckDBPyConnection,
+    snapshot: dict[str, tuple[list[str], datetime, datetime]] | None = None,
+) -> None:
+    """Make each model visible by its plain name, as detections refer to it.
+
+    With `snapshot` (model -> columns, start, end) the model becomes an in-memory table of just
+    those columns and rows, so a catch-up that runs one detection for many fire times scans the
+    lake once.
+    """
+    snapshot = snapshot or {}
+    for model in DATA_MODELS.values():
+        if model.name in snapshot:
+            columns, start, end = snapshot[model.name]
+            listed = ", ".join(f'"{c}"' for c in columns)
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {model.name} AS SELECT {listed} FROM lake.{model.name} "
+                "WHERE _time >= $start AND _time < $end ORDER BY _time",
+                {"start": start, "end": end},
+            )
+        else:
+            con.execute(f"DROP TABLE IF EXISTS temp.{model.name}")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {model.name} AS SELECT * FROM lake.{model.name}")

@@ -1,0 +1,93 @@
+"""The Parquet lake: normalised events as `lake/<model>/day=YYYY-MM-DD/<batch>_<n>.parquet`.
+
+A batch is written by DuckDB into `lake/.staging/<batch>/` and each file is then renamed into
+its partition. The files become visible to readers only once the state store records them
+(`commit_batch`), so readers list committed files instead of globbing: a process killed
+between the rename and the commit leaves orphans that `remove_orphans` deletes, and the next
+ingest rewrites that batch from the unchanged checkpoint. The `day` partition is the UTC date
+of `_time`; local-day buckets are computed by queries in the configured time zone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from .models import DataModel
+from .state import StateStore
+
+STAGING = ".staging"
+
+
+@dataclass(frozen=True)
+class LakeFile:
+    path: str
+    day: str
+    rows: int
+
+
+def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, batch_id: str, relation: str) -> list[LakeFile]:
+    """Write the rows of `relation` (a table or view with the model's columns) as one batch."""
+    staging = lake / STAGING / batch_id
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    columns = ", ".join(f'CAST("{name}" AS {typ}) AS "{name}"' for name, typ in model.columns)
+    con.execute(
+        f"""
+        COPY (
+            SELECT {columns}, strftime(timezone('UTC', "_time"), '%Y-%m-%d') AS day
+            FROM {relation}
+        ) TO '{staging}' (FORMAT parquet, PARTITION_BY (day), FILENAME_PATTERN '{batch_id}_{{i}}',
+                           COMPRESSION zstd, ROW_GROUP_SIZE 122880)
+        """
+    )
+    counts = dict(
+        con.execute(
+            f"SELECT strftime(timezone('UTC', \"_time\"), '%Y-%m-%d') AS day, count(*) FROM {relation} GROUP BY day"
+        ).fetchall()
+    )
+    written: list[LakeFile] = []
+    for part_dir in sorted(staging.iterdir()):
+        day = part_dir.name.removeprefix("day=")
+        target_dir = lake / model.name / part_dir.name
+        target_dir.mkdir(parents=True, exist_ok=True)
+        files = sorted(part_dir.iterdir())
+        for index, file in enumerate(files):
+            target = target_dir / file.name
+            os.replace(file, target)
+            # DuckDB may split one partition into several files; the row count goes on the first.
+            written.append(LakeFile(path=str(target), day=day, rows=counts.get(day, 0) if index == 0 else 0))
+    shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def remove_orphans(lake: Path, state: StateStore) -> int:
+    """Delete staged or renamed files of batches that were never committed (a killed run)."""
+    removed = 0
+    staging = lake / STAGING
+    if staging.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+    if not lake.exists():
+        return 0
+    committed = state.committed_lake_paths()
+    for dirpath, _dirnames, filenames in os.walk(lake):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if name.endswith(".parquet") and path not in committed:
+                os.remove(path)
+                removed += 1
+    return removed
+
+
+def parquet_source(model: DataModel, files: list[str]) -> str:
+    """SQL for the model's stored columns over the given files (the empty schema when none)."""
+    if not files:
+        return model.empty_select()
+    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    columns = ", ".join(f'"{name}"' for name in model.column_names)
+    return f"SELECT {columns} FROM read_parquet([{listed}])"

@@ -1,0 +1,115 @@
+"""The data models events are normalised to: Splunk CIM field names and DuckDB types.
+
+A source maps its lines to one of these; the lake stores exactly these columns (plus the
+`day` partition), so detections, Spark and any Parquet reader see one schema per model.
+Enrichment columns (`src_category`, `dest_category`, ...) are not stored: they are joined
+at query time so a change to the asset inventory applies to old data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DataModel:
+    name: str
+    columns: tuple[tuple[str, str], ...]  # (name, DuckDB type), in storage order
+    enrichment: tuple[tuple[str, str], ...] = ()  # added at query time
+    description: str = ""
+
+    @property
+    def column_names(self) -> list[str]:
+        return [name for name, _ in self.columns]
+
+    def empty_select(self) -> str:
+        """A SELECT with the model's columns and no rows: the schema for an empty lake."""
+        casts = ", ".join(f"CAST(NULL AS {typ}) AS \"{name}\"" for name, typ in self.columns)
+        return f"SELECT {casts} WHERE false"
+
+
+NETWORK_TRAFFIC = DataModel(
+    name="network_traffic",
+    description="Network flows (CIM Network_Traffic): bytes_out = sent by src, bytes_in = received by src",
+    columns=(
+        ("_time", "TIMESTAMPTZ"),
+        ("src_ip", "VARCHAR"),
+        ("src_port", "INTEGER"),
+        ("dest_ip", "VARCHAR"),
+        ("dest_port", "INTEGER"),
+        ("transport", "VARCHAR"),
+        ("app", "VARCHAR"),
+        ("bytes_in", "BIGINT"),
+        ("bytes_out", "BIGINT"),
+        ("bytes", "BIGINT"),
+        ("duration", "DOUBLE"),
+        ("session_id", "VARCHAR"),
+        ("event_type", "VARCHAR"),
+        ("source", "VARCHAR"),
+        ("raw_ref", "VARCHAR"),
+    ),
+    enrichment=(
+        ("src_category", "VARCHAR"),
+        ("dest_category", "VARCHAR"),
+        ("src_bunit", "VARCHAR"),
+        ("dest_bunit", "VARCHAR"),
+    ),
+)
+
+AUTHENTICATION = DataModel(
+    name="authentication",
+    description="VPN and login events (CIM Authentication) with Exabeam-style event types",
+    columns=(
+        ("_time", "TIMESTAMPTZ"),
+        ("user", "VARCHAR"),
+        ("src_ip", "VARCHAR"),
+        ("assigned_ip", "VARCHAR"),
+        ("dest", "VARCHAR"),
+        ("realm", "VARCHAR"),
+        ("roles", "VARCHAR"),
+        ("session_id", "VARCHAR"),
+        ("action", "VARCHAR"),
+        ("event_type", "VARCHAR"),
+        ("duration", "DOUBLE"),
+        ("bytes_in", "BIGINT"),
+        ("bytes_out", "BIGINT"),
+        ("reason", "VARCHAR"),
+        ("user_agent", "VARCHAR"),
+        ("source", "VARCHAR"),
+        ("raw_ref", "VARCHAR"),
+    ),
+)
+
+EMAIL = DataModel(
+    name="email",
+    description="One row per message (CIM Email); direction from the configured internal domains",
+    columns=(
+        ("_time", "TIMESTAMPTZ"),
+        ("message_id", "VARCHAR"),
+        ("internal_message_id", "VARCHAR"),
+        ("src_user", "VARCHAR"),
+        ("src_user_domain", "VARCHAR"),
+        ("recipient", "VARCHAR[]"),
+        ("recipient_domain", "VARCHAR[]"),
+        ("recipient_count", "INTEGER"),
+        ("size", "BIGINT"),
+        ("subject", "VARCHAR"),
+        ("file_name", "VARCHAR[]"),
+        ("direction", "VARCHAR"),
+        ("action", "VARCHAR"),
+        ("src_ip", "VARCHAR"),
+        ("dest", "VARCHAR"),
+        ("event_type", "VARCHAR"),
+        ("source", "VARCHAR"),
+        ("raw_ref", "VARCHAR"),
+    ),
+)
+
+DATA_MODELS: dict[str, DataModel] = {m.name: m for m in (NETWORK_TRAFFIC, AUTHENTICATION, EMAIL)}
+
+
+def get_model(name: str) -> DataModel:
+    try:
+        return DATA_MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown data model {name!r}; known: {', '.join(DATA_MODELS)}") from None

@@ -1,0 +1,59 @@
+"""What a log source is: how it recognises its files and how DuckDB turns its lines into events.
+
+The ingest loop hands a source a DuckDB relation `raw_lines(line_no BIGINT, line VARCHAR)`
+(one row per physical line, newline stripped) and a `ParseContext`. The source answers with
+two relations: `classified` — exactly one row per input line with `outcome` one of
+`parsed`, `skipped` (known but irrelevant: headers, other event kinds; `reason` says which
+kind) or `quarantined` (`reason` says what was expected) — and `events`, the data-model rows.
+Parsing is SQL (regexp_extract with named groups, string_split, json functions), never a
+Python loop over lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import duckdb
+
+from ..config import Settings
+from ..models import DataModel
+
+
+@dataclass(frozen=True)
+class ParseContext:
+    file: str  # as shown in raw_ref and messages
+    head: list[str]  # the first lines of the file (headers such as Zeek's #fields)
+    settings: Settings
+    source_tz: str = "UTC"  # zone of timestamps written in local time
+    year: int | None = None  # for syslog timestamps without a year
+    batch_id: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    classified: str  # relation: line_no, outcome, reason
+    events: str  # relation with the data model's columns
+    notes: list[str] = field(default_factory=list)  # things the user should know (e.g. missing joins)
+
+
+class Source(Protocol):
+    name: str
+    data_model: DataModel
+    description: str
+    sample: str
+
+    def sniff(self, head: list[str]) -> bool:
+        """True when the first lines of a file are in this format."""
+
+    def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
+        """Parse the relation `raw_lines` into a ParsedBatch."""
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def raw_ref_sql(ctx: ParseContext, line_no: str = "line_no") -> str:
+    return f"{sql_string(ctx.file + ':')} || CAST({line_no} AS VARCHAR)"
