@@ -175,6 +175,7 @@ def ingest(
     source: str | None = typer.Option(None, "--source", help="Format name (see `exfilwatch sources`); else detected."),
     source_tz: str | None = typer.Option(None, "--source-tz", help="Zone of local timestamps in the logs."),
     year: int | None = typer.Option(None, "--year", help="Year for syslog timestamps that lack one."),
+    mapping: Path | None = typer.Option(None, "--mapping", help="Column mapping file for the generic CSV/JSON source."),
 ) -> None:
     """Read log files into the lake; re-reading a file adds only what is new."""
     c = _context(ctx)
@@ -184,7 +185,8 @@ def ingest(
                             console=errors, transient=True)
         progress.start()
     try:
-        reports = ingest_paths(paths, c.home, c.settings, source, source_tz, year, progress=_progress_factory(progress))
+        reports = ingest_paths(paths, c.home, c.settings, source, source_tz, year,
+                               progress=_progress_factory(progress), mapping=mapping)
     except (UnknownFormatError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     finally:

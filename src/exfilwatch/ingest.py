@@ -190,6 +190,7 @@ def ingest_file(
     year: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     on_progress: Callable[[int], None] | None = None,
+    mapping: Path | None = None,
 ) -> FileReport:
     head = read_head(path)
     chosen = source or detect_source(head, str(path))
@@ -206,7 +207,8 @@ def ingest_file(
         for chunk in iter_line_chunks(handle, offset, line_no, chunk_bytes):
             batch_id = f"{chosen.name}-{fingerprint.split(':')[1][:16]}-{chunk.first_line}"
             ctx = ParseContext(file=str(path), head=head, settings=settings,
-                               source_tz=source_tz or settings.timezone, year=year, batch_id=batch_id)
+                               source_tz=source_tz or settings.timezone, year=year, batch_id=batch_id,
+                               state=state, mapping=mapping)
             _ingest_chunk(chunk, chosen, ctx, home, state, con, report, file_key, fingerprint, inode)
             if on_progress:
                 on_progress(chunk.end_offset - offset)
@@ -284,6 +286,7 @@ def ingest_paths(
     year: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     progress: Callable[[Path, int], Callable[[int], None]] | None = None,
+    mapping: Path | None = None,
 ) -> list[FileReport]:
     """Ingest files and folders; `progress(path, size)` may return a per-file advance callback."""
     files = expand_paths(paths)
@@ -297,7 +300,7 @@ def ingest_paths(
             for path in files:
                 advance = progress(path, _content_size(path)) if progress else None
                 reports.append(ingest_file(path, home, settings, state, con, source, source_tz, year,
-                                           chunk_bytes, advance))
+                                           chunk_bytes, advance, mapping))
         finally:
             con.close()
             state.close()

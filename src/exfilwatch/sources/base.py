@@ -12,7 +12,8 @@ Python loop over lines.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import duckdb
 
@@ -28,6 +29,8 @@ class ParseContext:
     source_tz: str = "UTC"  # zone of timestamps written in local time
     year: int | None = None  # for syslog timestamps without a year
     batch_id: str = ""
+    state: Any = None  # the StateStore, for sources that join lines across batches (Postfix)
+    mapping: Path | None = None  # the generic source's column mapping file (--mapping)
 
 
 @dataclass(frozen=True)
