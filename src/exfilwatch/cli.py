@@ -31,7 +31,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 detections_app = typer.Typer(no_args_is_help=True, help="List and show the shipped detections.")
 app.add_typer(detections_app, name="detections")
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True)
 
 FINDING_COLUMNS = ["time", "detection_id", "entity", "risk_score", "message"]

@@ -119,14 +119,21 @@ def expose_models(
     """
     snapshot = snapshot or {}
     for model in DATA_MODELS.values():
+        _drop_temp(con, model.name)
         if model.name in snapshot:
             columns, start, end = snapshot[model.name]
             listed = ", ".join(f'"{c}"' for c in columns)
             con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {model.name} AS SELECT {listed} FROM lake.{model.name} "
+                f"CREATE TEMP TABLE {model.name} AS SELECT {listed} FROM lake.{model.name} "
                 "WHERE _time >= $start AND _time < $end ORDER BY _time",
                 {"start": start, "end": end},
             )
         else:
-            con.execute(f"DROP TABLE IF EXISTS temp.{model.name}")
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {model.name} AS SELECT * FROM lake.{model.name}")
+            con.execute(f"CREATE TEMP VIEW {model.name} AS SELECT * FROM lake.{model.name}")
+
+
+def _drop_temp(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    if con.execute("SELECT 1 FROM duckdb_tables() WHERE temporary AND table_name = ?", [name]).fetchone():
+        con.execute(f"DROP TABLE temp.main.{name}")
+    if con.execute("SELECT 1 FROM duckdb_views() WHERE temporary AND view_name = ?", [name]).fetchone():
+        con.execute(f"DROP VIEW temp.main.{name}")

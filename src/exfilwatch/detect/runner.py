@@ -9,13 +9,13 @@ nothing, and a later fire that sees the same entity and bucket with a larger val
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import duckdb
 import sqlglot
@@ -177,7 +177,15 @@ class Finding:
         }
 
 
-def findings_from_rows(detection: Detection, rows: list[dict[str, Any]]) -> list[Finding]:
+def _display(value: Any, tz: str) -> Any:
+    """A value as an analyst reads it in a message: times on the local clock."""
+    if isinstance(value, datetime):
+        local = value.astimezone(ZoneInfo(tz))
+        return local.strftime("%Y-%m-%d" if local.time() == datetime.min.time() else "%Y-%m-%d %H:%M %Z")
+    return plain(value)
+
+
+def findings_from_rows(detection: Detection, rows: list[dict[str, Any]], tz: str) -> list[Finding]:
     findings = []
     for row in rows:
         fields = {name: plain(value) for name, value in row.items()}
@@ -195,7 +203,7 @@ def findings_from_rows(detection: Detection, rows: list[dict[str, Any]]) -> list
             time=str(bucket),
             value=float(value) if value is not None else None,
             risk_score=sum(obj["score"] for obj in objects),
-            message=detection.risk_message(fields),
+            message=detection.risk_message({name: _display(value, tz) for name, value in row.items()}),
             risk_objects=objects,
             mitre_attack_id=list(detection.tags.mitre_attack_id),
             fields=fields,
@@ -276,7 +284,7 @@ def detect_once(
         start, end = data_range(params)
         register_lake_views(con, settings, state, start, end)
         expose_models(con)
-        findings = findings_from_rows(detection, execute(con, detection, params))
+        findings = findings_from_rows(detection, execute(con, detection, params), settings.timezone)
         result = DetectResult(detection, window, findings)
         if store:
             run_id = _record_run(state, detection, "detect", window, len(findings))
@@ -287,8 +295,6 @@ def detect_once(
 
 def fire_times(cron: str, after: datetime, until: datetime, tz: str) -> list[datetime]:
     """Cron fire times in (after, until], evaluated on the local clock of `tz`, in UTC."""
-    from zoneinfo import ZoneInfo
-
     zone = ZoneInfo(tz)
     iterator = croniter(cron, after.astimezone(zone))
     times = []
@@ -349,7 +355,7 @@ def run_schedule(
             columns = sorted((referenced_columns(compiled_sql(detection)) & known) | {"_time"})
             expose_models(con, {model.name: (columns, first_start, last_end)})
             for index, (window, param) in enumerate(zip(windows, params)):
-                findings = findings_from_rows(detection, execute(con, detection, param))
+                findings = findings_from_rows(detection, execute(con, detection, param), settings.timezone)
                 run_id = _record_run(state, detection, "schedule", window, len(findings))
                 stored = store_findings(state, findings, run_id)
                 total.added += stored.added
@@ -366,7 +372,3 @@ def run_schedule(
             expose_models(con)
         results.append(ScheduleResult(detection, len(fires), count, total))
     return results
-
-
-def finding_id(finding_key: str) -> str:
-    return hashlib.sha256(finding_key.encode()).hexdigest()[:12]
