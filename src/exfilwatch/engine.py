@@ -133,7 +133,7 @@ def expose_models(
 
 
 def _drop_temp(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    if con.execute("SELECT 1 FROM duckdb_tables() WHERE temporary AND table_name = ?", [name]).fetchone():
+    if con.execute("SELECT 1 FROM duckdb_tables() WHERE temporary AND table_name = ?", [name]).fetchall():
         con.execute(f"DROP TABLE temp.main.{name}")
-    if con.execute("SELECT 1 FROM duckdb_views() WHERE temporary AND view_name = ?", [name]).fetchone():
+    if con.execute("SELECT 1 FROM duckdb_views() WHERE temporary AND view_name = ?", [name]).fetchall():
         con.execute(f"DROP VIEW temp.main.{name}")

@@ -241,7 +241,7 @@ def _ingest_chunk(chunk: LineChunk, source: Source, ctx: ParseContext, home: Hom
         f"""SELECT o.line_no, o.reason, left(r.line, {RAW_LINE_LIMIT}) FROM batch_outcomes o
             JOIN raw_lines r USING (line_no) WHERE o.outcome = 'quarantined' ORDER BY o.line_no"""
     ).fetchall()
-    events = con.execute("SELECT count(*) FROM batch_events").fetchone()[0]
+    events = con.execute("SELECT count(*) FROM batch_events").fetchall()[0][0]
     files = write_batch(con, home.lake, source.data_model, ctx.batch_id, "batch_events") if events else []
     with state.transaction() as db:
         db.execute("DELETE FROM quarantine WHERE batch_id = ?", (ctx.batch_id,))

@@ -307,7 +307,7 @@ def fire_times(cron: str, after: datetime, until: datetime, tz: str) -> list[dat
 
 def data_start(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, model: str) -> datetime | None:
     register_lake_views(con, settings, state)
-    value = con.execute(f"SELECT min(_time) FROM lake.{get_model(model).name}").fetchone()[0]
+    value = con.execute(f"SELECT min(_time) FROM lake.{get_model(model).name}").fetchall()[0][0]
     return value.astimezone(timezone.utc) if value is not None else None
 
 

@@ -201,7 +201,7 @@ class ZeekConnJSON:
             f"""
             CREATE OR REPLACE TEMP TABLE zeek_conn_json AS
             WITH checked AS (
-                SELECT line_no, line, coalesce(json_valid(line) AND json_type(line) = 'OBJECT', false) AS is_json
+                SELECT line_no, line, CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END AS is_json
                 FROM raw_lines
             ), fields AS (
                 SELECT line_no, line, is_json, {extract} FROM checked
