@@ -1,0 +1,117 @@
+"""Running detections: stored findings are idempotent, grow in place, and catch-up equals fire-by-fire."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from exfilwatch.config import parse_settings
+from exfilwatch.detect.runner import DetectionRunError, detect_once, fire_times, run_schedule, store_findings
+from exfilwatch.detect.schema import load_detections
+from exfilwatch.engine import connect
+from exfilwatch.ingest import ingest_paths
+from exfilwatch.state import StateStore
+
+from .conftest import Flow, settings_for, write_conn_log
+
+NY = ZoneInfo("America/New_York")
+OUT = "email_servers_sending_high_volume_traffic_to_hosts"
+
+
+def day_flows(host: str, day: int, total: int, hour: int = 10) -> Flow:
+    ts = datetime(2026, 10, day, hour, tzinfo=NY).timestamp()
+    return Flow(ts, "10.10.0.5", host, total, 100, resp_port=445)
+
+
+def history(spike: int | None = None, spike_hour: int = 10) -> list[Flow]:
+    flows = [day_flows(f"10.20.0.{h}", d, 1_000_000 + 10_000 * ((h * d) % 7)) for h in range(1, 9) for d in range(20, 31)]
+    flows += [day_flows("10.20.0.66", d, 1_000_000 + 5_000 * (d % 3)) for d in range(20, 31)]
+    if spike:
+        flows.append(day_flows("10.20.0.66", 31, spike, hour=spike_hour))
+    return sorted(flows, key=lambda f: f.ts)
+
+
+@pytest.fixture
+def setup(tmp_path, home):
+    settings = settings_for("America/New_York")
+    detections = load_detections()
+    state = StateStore(home.state_path)
+    con = connect(settings)
+    yield tmp_path, home, settings, detections, state, con
+    con.close()
+    state.close()
+
+
+def test_running_twice_adds_nothing_and_a_larger_value_updates_the_finding(setup):
+    tmp_path, home, settings, detections, state, con = setup
+    ingest_paths([write_conn_log(tmp_path / "a.log", history(spike=50_000_000))], home, settings)
+    now = datetime(2026, 10, 31, 20, 0, tzinfo=NY)
+    first = detect_once(con, state, settings, [detections[OUT]], now)[0]
+    assert [f.entity for f in first.findings] == ["10.20.0.66"] and first.stored.added == 1
+    again = detect_once(con, state, settings, [detections[OUT]], now)[0]
+    assert (again.stored.added, again.stored.updated, again.stored.unchanged) == (0, 0, 1)
+    # More traffic the same day: same entity and bucket, larger value -> the finding is updated.
+    ingest_paths([write_conn_log(tmp_path / "b.log", [day_flows("10.20.0.66", 31, 9_000_000, hour=18)])],
+                 home, settings)
+    later = detect_once(con, state, settings, [detections[OUT]], now + timedelta(hours=1))[0]
+    assert (later.stored.added, later.stored.updated) == (0, 1)
+    [row] = state.query("SELECT value, updates FROM findings")
+    assert (row["value"], row["updates"]) == (59_000_000, 1)
+
+
+def test_parameters_from_config_and_command_line(setup):
+    tmp_path, home, settings, detections, state, con = setup
+    ingest_paths([write_conn_log(tmp_path / "a.log", history(spike=50_000_000))], home, settings)
+    now = datetime(2026, 10, 31, 20, 0, tzinfo=NY)
+    strict = detect_once(con, state, settings, [detections[OUT]], now, overrides={"deviation_threshold": "1000"},
+                         store=False)[0]
+    assert strict.findings == []
+    configured = parse_settings({**settings.model_dump(), "detections": {OUT: {"minimum_data_samples": 50}}}, "t")
+    assert detect_once(con, state, configured, [detections[OUT]], now, store=False)[0].findings == []
+    with pytest.raises(DetectionRunError, match="unknown parameter 'deviation'"):
+        detect_once(con, state, settings, [detections[OUT]], now, overrides={"deviation": "2"})
+    with pytest.raises(DetectionRunError, match="deviation_threshold='x' is not a number"):
+        detect_once(con, state, settings, [detections[OUT]], now, overrides={"deviation_threshold": "x"})
+
+
+def test_filter_drops_findings_and_inventory_changes_apply_to_old_data(setup):
+    tmp_path, home, settings, detections, state, con = setup
+    ingest_paths([write_conn_log(tmp_path / "a.log", history(spike=50_000_000))], home, settings)
+    now = datetime(2026, 10, 31, 20, 0, tzinfo=NY)
+    filtered = detections[OUT].model_copy(update={"filter": "dest_ip = '10.20.0.66'"})
+    assert detect_once(con, state, settings, [filtered], now, store=False)[0].findings == []
+    # Removing the mail server from the inventory after ingest removes the finding.
+    no_mail = parse_settings({"timezone": "America/New_York", "assets": []}, "t")
+    assert detect_once(con, state, no_mail, [detections[OUT]], now, store=False)[0].findings == []
+
+
+def test_fire_times_follow_the_local_clock_across_dst():
+    after = datetime(2026, 10, 31, 23, 30, tzinfo=NY).astimezone(timezone.utc)
+    until = datetime(2026, 11, 2, 0, 30, tzinfo=NY).astimezone(timezone.utc)
+    daily = fire_times("0 0 * * *", after, until, "America/New_York")
+    assert [t.astimezone(NY).strftime("%m-%d %H:%M %Z") for t in daily] == ["11-01 00:00 EDT", "11-02 00:00 EST"]
+    hourly = fire_times("0 * * * *", after, until, "America/New_York")
+    assert len(hourly) == 26  # 24 hours + the repeated 01:00 hour + 00:00 on Nov 2
+
+
+def test_catch_up_gives_the_findings_of_running_each_fire_in_order(setup, tmp_path_factory):
+    tmp_path, home, settings, detections, state, con = setup
+    ingest_paths([write_conn_log(tmp_path / "a.log", history(spike=50_000_000, spike_hour=9))], home, settings)
+    now = datetime(2026, 11, 1, 3, 0, tzinfo=NY)
+    results = run_schedule(con, state, settings, [detections[OUT]], now)
+    assert results[0].fires > 24 * 11
+    caught_up = [dict(r) for r in state.query("SELECT finding_key, value, fields FROM findings ORDER BY 1")]
+    assert [r["finding_key"].split("|")[1] for r in caught_up] == ["10.20.0.66"]
+    # The same fires, one detect_once each, their findings stored in a fresh state store.
+    other = StateStore(tmp_path_factory.mktemp("other") / "state.sqlite")
+    for fire in fire_times("0 * * * *", datetime(2026, 10, 20, tzinfo=NY) - timedelta(microseconds=1), now,
+                           "America/New_York"):
+        result = detect_once(con, state, settings, [detections[OUT]], fire, store=False)[0]
+        store_findings(other, result.findings, 0)
+    one_by_one = [dict(r) for r in other.query("SELECT finding_key, value, fields FROM findings ORDER BY 1")]
+    assert caught_up == one_by_one
+    # A second run right after adds no fire and no finding; the watermark moved to the last fire.
+    assert run_schedule(con, state, settings, [detections[OUT]], now)[0].fires == 0
+    assert state.watermark(OUT) == datetime(2026, 11, 1, 3, 0, tzinfo=NY).astimezone(timezone.utc).isoformat()
