@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .riskconfig import OutputSpec, RiskModifier, SuppressionSpec
+
 DEFAULT_HOME = ".exfilwatch"
 
 
@@ -64,6 +66,10 @@ class Settings(StrictModel):
     internal_domains: list[str] = Field(default_factory=list)
     # detection id -> parameter name -> value; overrides the detection's defaults
     detections: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # risk-based alerting (riskconfig.py): score modifiers, suppressions, alert outputs
+    risk_modifiers: list[RiskModifier] = Field(default_factory=list)
+    suppressions: list[SuppressionSpec] = Field(default_factory=list)
+    outputs: list[OutputSpec] = Field(default_factory=list)
 
     @field_validator("timezone")
     @classmethod
