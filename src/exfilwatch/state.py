@@ -88,6 +88,70 @@ CREATE TABLE IF NOT EXISTS findings (
     updates INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS findings_detection_time ON findings(detection_id, time);
+-- risk-based alerting (risk.py): risk events are rebuilt from findings on every risk run;
+-- suppression decisions, incidents and deliveries are kept.
+CREATE TABLE IF NOT EXISTS risk_events (
+    event_key TEXT PRIMARY KEY,          -- finding_key|risk object field
+    finding_key TEXT NOT NULL,
+    detection_id TEXT NOT NULL,
+    time TEXT NOT NULL,                  -- ISO 8601 UTC
+    risk_object TEXT NOT NULL,           -- after identity resolution
+    risk_object_type TEXT NOT NULL,
+    source_object TEXT NOT NULL,         -- as the finding named it
+    source_object_type TEXT NOT NULL,
+    risk_object_field TEXT NOT NULL,
+    raw_score REAL NOT NULL,
+    score REAL NOT NULL,                 -- after risk modifiers
+    modifiers TEXT NOT NULL,             -- JSON: the modifiers applied
+    message TEXT NOT NULL,
+    techniques TEXT NOT NULL,            -- JSON list of ATT&CK ids
+    tactics TEXT NOT NULL,               -- JSON list of tactic short names
+    session_id TEXT
+);
+CREATE INDEX IF NOT EXISTS risk_events_object_time ON risk_events(risk_object, time);
+CREATE TABLE IF NOT EXISTS suppressions (
+    suppression_id TEXT PRIMARY KEY,
+    detection_id TEXT NOT NULL,          -- or '*'
+    entity TEXT,                         -- glob
+    conditions TEXT NOT NULL,            -- JSON: field -> value, glob, list or {min,max,gt,lt}
+    owner TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created TEXT NOT NULL,
+    expires TEXT                         -- ISO 8601 UTC; NULL = never
+);
+CREATE TABLE IF NOT EXISTS finding_suppressions (
+    finding_key TEXT PRIMARY KEY,        -- every finding once risk has seen it
+    suppression_id TEXT,                 -- NULL = not suppressed
+    decided_at TEXT NOT NULL             -- the run's now
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id INTEGER PRIMARY KEY,
+    incident_key TEXT NOT NULL UNIQUE,   -- rule|risk object|first risk event time
+    detection_id TEXT NOT NULL,
+    risk_object TEXT NOT NULL,
+    risk_object_type TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    score REAL,
+    first_time TEXT NOT NULL,
+    last_time TEXT NOT NULL,
+    raised_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    updates INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL,
+    event_keys TEXT NOT NULL,            -- JSON list of risk event keys
+    fields TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_object ON incidents(risk_object, detection_id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    output TEXT NOT NULL,
+    kind TEXT NOT NULL,                  -- incident | finding
+    item_key TEXT NOT NULL,
+    status TEXT NOT NULL,                -- delivered | pending
+    attempts INTEGER NOT NULL,
+    last_error TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (output, kind, item_key)
+);
 """
 
 
