@@ -57,6 +57,31 @@ class Asset(StrictModel):
         return self
 
 
+class Identity(StrictModel):
+    """One person: the user name findings use, and the accounts and hosts that are theirs."""
+
+    user: str
+    emails: list[str] = Field(default_factory=list)
+    vpn_accounts: list[str] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)  # IP addresses or host names
+    department: str | None = None  # the peer group
+    name: str | None = None
+
+
+class DomainOverrides(StrictModel):
+    """Domains added to or removed from a shipped domain list."""
+
+    add: list[str] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)
+
+
+class SessionSettings(StrictModel):
+    """How VPN events become sessions (see exfilwatch.enrich.sessions)."""
+
+    idle_limit_hours: float = Field(default=12, gt=0)  # a session with no end seen closes this long after its last event
+    lookback_days: int = Field(default=7, ge=1)  # how far before a rebuild VPN events are read (longest session)
+
+
 class Settings(StrictModel):
     timezone: str = "UTC"
     memory_limit: str = "4GB"
@@ -64,6 +89,10 @@ class Settings(StrictModel):
     engine: Literal["duckdb", "spark"] = "duckdb"
     assets: list[Asset] = Field(default_factory=list)
     internal_domains: list[str] = Field(default_factory=list)
+    # identities: an inline list, or the path of a CSV or YAML file (relative to the config file)
+    identities: list[Identity] | str = Field(default_factory=list)
+    personal_domains: DomainOverrides = Field(default_factory=DomainOverrides)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
     # detection id -> parameter name -> value; overrides the detection's defaults
     detections: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # risk-based alerting (riskconfig.py): score modifiers, suppressions, alert outputs
@@ -148,4 +177,7 @@ def load_settings(home: Home) -> Settings:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_settings(data, str(path))
+    settings = parse_settings(data, str(path))
+    if isinstance(settings.identities, str) and not Path(settings.identities).is_absolute():
+        settings.identities = str(path.parent / settings.identities)
+    return settings
