@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import ParseContext, ParsedBatch, Source
+from .pulse_secure import PulseSecure
 from .zeek import ZeekConnJSON, ZeekConnTSV
 
 # Order matters for detection: more specific formats first.
@@ -11,6 +12,7 @@ SOURCES: dict[str, Source] = {
     for source in (
         ZeekConnTSV(),
         ZeekConnJSON(),
+        PulseSecure(),
     )
 }
 

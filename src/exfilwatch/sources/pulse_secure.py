@@ -1,0 +1,432 @@
+"""Juniper Networks / Pulse Secure / Ivanti Connect Secure VPN logs → `authentication`.
+
+One source, `pulse_secure`, reads all three forms the appliance writes, line by line, because
+real files mix them (a syslog filter per form sends both to one file):
+
+* standard: `YYYY-MM-DD hh:mm:ss - NODE - [CLIENT-IP] [IVS::]USER(REALM)[ROLES] - MESSAGE`
+* WELF: `id=firewall time="…" pri=N fw=… vpn=NODE [ivs=…] user=… realm="…" roles="…"
+  [sessionID="…"] … src=CLIENT-IP … sent= rcvd= agent="…" duration= msg="CODE: MESSAGE"`
+* CEF: `CEF:0|Juniper|Pulse Secure Access|ver|CODE|MESSAGE|sev|rt=… src=… suser=… spriv=… msg=…`
+  (vendor Juniper / Juniper Networks / Pulse Secure / Ivanti)
+
+each optionally after a syslog header (see syslog_header.py) and a rsyslog `#015` (escaped CR)
+at the end. Time: an ISO header with a UTC offset is exact and wins; else CEF `rt` in epoch
+milliseconds; else the appliance's own local time (standard/WELF, CEF `rt` as text) in
+`--source-tz`; else the header's local time.
+
+The message (after its `AUT12345: ` code, when there is one) decides the event kind. The
+`KINDS` table lists them in match order: each kind with an event type has a pattern the whole
+message must match (else the line is quarantined with the expected form); the other kinds are
+skipped and counted under their name; a message of no listed kind is skipped as `other
+message (CODE)`. Byte counts are the client's view, as in `network_traffic`: bytes the
+appliance read from the client are `bytes_out`, bytes it wrote to the client `bytes_in`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import duckdb
+
+from ..models import AUTHENTICATION
+from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
+from .syslog_header import HEADER, HEADER_GROUPS, header_time_is_exact_sql, header_time_sql, local_time_sql
+
+SOURCE_NAME = "pulse_secure"
+
+_IP = r"[0-9A-Fa-f.:]+"
+_USER_REALM = r"(?P<m_user>[^/(]*?)(?:/(?P<m_realm>[^(]*?))?"
+_SESSION = r"\(session:\s*(?P<m_session>[^)]*)\)"
+
+# Fields a message pattern may fill (every pattern gets all of them, unused ones empty).
+M_FIELDS = ["m_user", "m_realm", "m_session", "m_ip", "m_agent", "m_assigned", "m_host", "m_duration",
+            "m_read", "m_written", "m_reason", "m_server", "m_target"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # the kind; for skipped kinds also the skip reason
+    test: str  # SQL condition on `t`, the message text without its event code
+    event_type: str | None = None  # None: known but irrelevant, skipped
+    pattern: str | None = None  # regex the whole message must match (named groups from M_FIELDS)
+    expected: str = ""  # the form shown in the quarantine reason
+    reason: str = "NULL"  # SQL for the `reason` column, over `d` (the pattern's groups) and `t`
+
+
+def _starts(prefix: str) -> str:
+    return f"starts_with(t, {sql_string(prefix)})"
+
+
+def _has(text: str) -> str:
+    return f"contains(t, {sql_string(text)})"
+
+
+def _const(text: str) -> str:
+    return sql_string(text)
+
+
+KINDS: list[Kind] = [
+    Kind("admin login", f"{_starts('Login succeeded for ')} AND {_has(' via management port')}",
+         "authentication-successful",
+         rf"Login succeeded for {_USER_REALM} from (?P<m_ip>{_IP}) via management port\.?",
+         "Login succeeded for USER/REALM from IP via management port.", _const("admin login via management port")),
+    Kind("vpn login", _starts("Login succeeded for "), "vpn-login",
+         rf"Login succeeded for {_USER_REALM}(?: {_SESSION})? from (?P<m_ip>{_IP})(?: with (?P<m_agent>.*?))?\.?",
+         "Login succeeded for USER/REALM (session:ID) from IP with AGENT."),
+    Kind("agent login", _starts("Agent login succeeded for "), "vpn-login",
+         rf"Agent login succeeded for {_USER_REALM}(?: {_SESSION})? from (?P<m_ip>{_IP})(?: with (?P<m_agent>.*?))?\.?",
+         "Agent login succeeded for USER/REALM (session:ID) from IP with AGENT.", _const("agent login")),
+    Kind("logout", f"{_starts('Logout from ')} AND {_has('(session:')}", "vpn-logout",
+         rf"Logout from (?P<m_ip>{_IP}) {_SESSION}\.?", "Logout from IP (session:ID)", _const("logout")),
+    Kind("admin logout", _starts("Logout from ")),
+    Kind("session timed out", _starts("Session timed out for "), "vpn-logout",
+         rf"Session timed out for {_USER_REALM} {_SESSION} due to inactivity.*",
+         "Session timed out for USER/REALM (session:ID) due to inactivity …",
+         _const("session timed out due to inactivity")),
+    Kind("max session timeout", _starts("Max session timeout for "), "vpn-logout",
+         rf"Max session timeout for {_USER_REALM} {_SESSION}.*", "Max session timeout for USER/REALM (session:ID).",
+         _const("maximum session length reached")),
+    Kind("logged out for new session", f"{_has('started new session')} OR {_has('started a new session')}",
+         "vpn-logout", r".*logged out.*", "… logged out … because user started new session …",
+         _const("logged out because the user started a new session")),
+    Kind("session terminated", f"{_starts('Session for user ')} AND {_has(' has been terminated')}", "vpn-logout",
+         rf"Session for user (?P<m_user>.+?) on host (?P<m_ip>{_IP}) has been terminated.*",
+         "Session for user USER on host IP has been terminated.", _const("session terminated")),
+    Kind("tunnel session started",
+         f"{_starts('VPN Tunneling: Session started')} OR {_starts('Network Connect: Session started')}", "vpn-login",
+         rf"(?:VPN Tunneling|Network Connect): Session started for user(?: (?P<m_user>[^\s(]+))?\s*(?:{_SESSION}\s*)?"
+         rf" ?with (?:IPv[46] address|IP) (?P<m_assigned>{_IP})(?:, hostname (?P<m_host>\S+))?.*",
+         "VPN Tunneling: Session started for user [USER] with IPv4 address IP[, hostname HOST]",
+         _const("tunnel session started")),
+    Kind("tunnel session ended",
+         f"{_starts('VPN Tunneling: Session ended')} OR {_starts('Network Connect: Session ended')}", "vpn-logout",
+         rf"(?:VPN Tunneling|Network Connect): Session ended for user(?: (?P<m_user>[^\s(]+))?\s*(?:{_SESSION}\s*)?"
+         rf" ?with (?:IPv[46] address|IP) (?P<m_assigned>{_IP}).*",
+         "VPN Tunneling: Session ended for user [USER] with IPv4 address IP", _const("tunnel session ended")),
+    Kind("connection closed", _starts("Closed connection to "), "vpn-logout",
+         r"Closed connection to (?P<m_target>.+?) after (?P<m_duration>\d+) seconds?, with (?P<m_read>\d+) bytes read"
+         r"(?: \(in \d+ chunks?\))? and (?P<m_written>\d+) bytes written(?: \(in \d+ chunks?\))?\.?",
+         "Closed connection to TARGET after N seconds, with N bytes read (in N chunks) and N bytes written (in N chunks)",
+         "'connection to ' || d.m_target || ' closed'"),
+    Kind("primary authentication failed", _starts("Primary authentication failed for "), "failed-vpn-login",
+         rf"Primary authentication failed for (?P<m_user>[^/]*)/(?P<m_server>.*?) from (?P<m_ip>{_IP}).*",
+         "Primary authentication failed for USER/AUTH-SERVER from IP",
+         "'primary authentication failed (auth server ' || d.m_server || ')'"),
+    Kind("login failed", _starts("Login failed"), "failed-vpn-login",
+         r"Login failed(?: using auth server (?P<m_server>.*?))?\.?\s+Reason: (?P<m_reason>.*?)\.?",
+         "Login failed using auth server SERVER.  Reason: REASON", "d.m_reason"),
+    Kind("primary authentication successful", _starts("Primary authentication successful for "),
+         "authentication-successful",
+         rf"Primary authentication successful for (?P<m_user>[^/]*)/(?P<m_server>.*?) from (?P<m_ip>{_IP}).*",
+         "Primary authentication successful for USER/AUTH-SERVER from IP",
+         "'primary authentication (auth server ' || d.m_server || ')'"),
+    Kind("secondary authentication successful", _starts("Secondary authentication successful for "),
+         "authentication-successful",
+         rf"Secondary authentication successful for (?P<m_user>[^/]*)/(?P<m_server>.*?) from (?P<m_ip>{_IP}).*",
+         "Secondary authentication successful for USER/AUTH-SERVER from IP",
+         "'secondary authentication (auth server ' || d.m_server || ')'"),
+    Kind("secondary authentication failed", _starts("Secondary authentication failed for "), "authentication-failed",
+         rf"Secondary authentication failed for (?P<m_user>[^/]*)/(?P<m_server>.*?) from (?P<m_ip>{_IP}).*",
+         "Secondary authentication failed for USER/AUTH-SERVER from IP",
+         "'secondary authentication failed (auth server ' || d.m_server || ')'"),
+    Kind("realm restrictions failed", _has(" realm restrictions failed for "), "authentication-failed",
+         r"(?:Testing )?(?P<m_reason>.+?) realm restrictions failed for (?P<m_user>[^/]*)/(?P<m_realm>\S*).*",
+         "Testing KIND realm restrictions failed for USER/REALM", "lower(d.m_reason) || ' realm restrictions failed'"),
+    Kind("host checker failed", f"{_starts('Host Checker policy ')} AND {_has(' failed on host ')}",
+         "authentication-failed",
+         r"Host Checker policy '(?P<m_reason>[^']*)' failed on host '(?P<m_ip>[^']*)'.*",
+         "Host Checker policy 'POLICY' failed on host 'IP' …", "'host checker policy ' || d.m_reason || ' failed'"),
+    Kind("account deleted", _starts("User Accounts modified. Removed username "), "account-deleted",
+         r"User Accounts modified\. Removed username (?P<m_user>\S+?)(?: from authentication server (?P<m_server>.+?))?\.?",
+         "User Accounts modified. Removed username USER from authentication server SERVER.",
+         "'removed by ' || coalesce(nullif(who_user, ''), 'unknown') || coalesce(' from authentication server ' || nullif(d.m_server, ''), '')"),
+    Kind("web request", _starts("WebRequest "), "web-activity-allowed", r"WebRequest (?P<m_reason>.+)",
+         "WebRequest …", "'web request ' || d.m_reason"),
+    # Known kinds that are not authentication events: skipped, counted by name.
+    Kind("concurrent user limit", _starts("Number of concurrent users")),
+    Kind("password change failed", _starts("Password change failed")),
+    Kind("user account modified", _starts("User Accounts modified.")),
+    Kind("admin configuration change", _starts("Changed ")),
+    Kind("admin recovery token", _starts("Authentication token is created")),
+    Kind("super admin session created", _starts("Super Admin session created")),
+    Kind("tunnel ACL count", _has(": ACL count")),
+    Kind("key exchange", _starts("Key Exchange number")),
+    Kind("tunnel transport", f"{_starts('VPN Tunneling: User with IP')} OR {_starts('Established connection with type')}"),
+    Kind("session created", _starts("Session created for user")),
+    Kind("host checker passed", f"{_starts('Host Checker policy ')} AND {_has(' passed on host ')}"),
+    Kind("realm restrictions passed", _has("realm restrictions successfully passed")),
+    Kind("unauthenticated request",
+         f"{_starts('Unauthenticated request')} OR ({_starts('Connection from IP ')} AND {_has('not authenticated yet')})"),
+    Kind("SSL negotiation failed", _starts("SSL negotiation failed")),
+    Kind("remote address changed", _starts("Remote address for user ")),
+    Kind("connected to resource", _starts("Connected to ")),
+]
+
+EVENT_ACTION = {
+    "vpn-login": "success", "vpn-logout": "success", "authentication-successful": "success",
+    "account-deleted": "success", "web-activity-allowed": "success",
+    "failed-vpn-login": "failure", "authentication-failed": "failure",
+}
+
+
+def _kind_extract(kind: Kind) -> str:
+    """SQL: regexp_extract of the kind's pattern as a struct with every field of M_FIELDS and `m_ok`.
+
+    DuckDB names a struct's fields by capture-group position, so the names are listed in group
+    order; CASE branches with the same names in another order are unified by name.
+    """
+    assert kind.pattern is not None
+    groups = set(re.compile(kind.pattern).groupindex)
+    unknown = groups - set(M_FIELDS)
+    assert not unknown, f"{kind.name}: groups {unknown} not in M_FIELDS"
+    empty = "".join(f"(?P<{name}>)" for name in M_FIELDS if name not in groups)
+    regex = f"^{empty}(?P<m_ok>{kind.pattern})$"
+    index = re.compile(regex).groupindex
+    names = ", ".join(sql_string(n) for n in sorted(index, key=index.__getitem__))
+    return f"regexp_extract(t, {sql_string(regex)}, [{names}])"
+
+
+def _positional(pattern: str, names: list[str]) -> None:
+    index = re.compile(pattern).groupindex
+    assert sorted(index, key=index.__getitem__) == names, (names, index)
+
+
+# --- line shapes -------------------------------------------------------------------------------
+
+STANDARD_BODY = (
+    r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) - (?P<node>\S+) - \[(?P<src>[^\]]*)\] "
+    r"(?P<who>[^()\[\]]*)\((?P<realm>[^()]*)\)\[(?P<roles>[^\]]*)\] - (?P<msg>.*)"
+)
+WELF_BODY = (
+    r'(?P<w_m>id=firewall) time="(?P<ts>[^"]*)" pri=\d* fw=(?P<fw>\S*) vpn=(?P<node>\S*) (?:ivs=.*? )?'
+    r'user=(?P<who>.*?) realm="(?P<realm>[^"]*)" roles="(?P<roles>[^"]*)"'
+    r'(?:.*? sessionID="(?P<w_session>[^"]*)")?(?:.*? src=(?P<src>\S*))?(?:.*? sent=(?P<w_sent>\S*))?'
+    r'(?:.*? rcvd=(?P<w_rcvd>\S*))?(?:.*? agent="(?P<w_agent>[^"]*)")?(?:.*? duration=(?P<w_duration>\S*))?'
+    r'.*? msg="(?P<msg>.*)"'
+)
+CEF_BODY = (
+    r"(?P<c_m>CEF:)\d+\|(?P<c_vendor>(?:[^|\\]|\\.)*)\|(?P<c_product>(?:[^|\\]|\\.)*)\|(?:[^|\\]|\\.)*\|"
+    r"(?P<c_sig>(?:[^|\\]|\\.)*)\|(?P<c_name>(?:[^|\\]|\\.)*)\|(?:[^|\\]|\\.)*\|(?P<c_ext>.*)"
+)
+STANDARD_RE = f"^(?:{HEADER})?{STANDARD_BODY}$"
+WELF_RE = f"^(?:{HEADER})?.*?{WELF_BODY}$"
+CEF_RE = f"^(?:{HEADER})?.*?{CEF_BODY}$"
+
+_STANDARD_GROUPS = HEADER_GROUPS + ["ts", "node", "src", "who", "realm", "roles", "msg"]
+_WELF_GROUPS = HEADER_GROUPS + ["w_m", "ts", "fw", "node", "who", "realm", "roles", "w_session", "src", "w_sent",
+                                "w_rcvd", "w_agent", "w_duration", "msg"]
+_CEF_GROUPS = HEADER_GROUPS + ["c_m", "c_vendor", "c_product", "c_sig", "c_name", "c_ext"]
+
+for _pattern, _names in ((STANDARD_RE, _STANDARD_GROUPS), (WELF_RE, _WELF_GROUPS), (CEF_RE, _CEF_GROUPS)):
+    _positional(_pattern, _names)  # regexp_extract names groups by position
+
+_CEF_VENDOR = r"(?i)juniper|pulse|ivanti"
+_CEF_PRODUCT = r"(?i).*(pulse|connect secure|secure access|policy secure|\bive\b|\bsa\b|ssl.?vpn).*"
+
+SNIFF_PATTERNS = [
+    re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - \S+ - \[[^\]]*\] [^()\[\]]*\([^()]*\)\[[^\]]*\] - "),
+    re.compile(r'id=firewall time="[^"]*" pri=\d* fw=\S* vpn=\S* .*user=.* msg="'),
+    re.compile(r"CEF:\d+\|(?:[^|]*(?:Juniper|Pulse|Ivanti)[^|]*)\|[^|]*(?:Pulse|Connect Secure|Secure Access|IVE|SSL)", re.I),
+]
+
+EXPECTED_LINE = (
+    'expected a Pulse Secure line: standard "YYYY-MM-DD hh:mm:ss - NODE - [IP] USER(REALM)[ROLES] - MESSAGE", '
+    'WELF "id=firewall time=\\"…\\" … msg=\\"…\\"" or CEF "CEF:0|Juniper|Pulse Secure …|…", '
+    "optionally after a syslog header"
+)
+
+
+def _extract(pattern: str, names: list[str], alias: str) -> str:
+    listed = ", ".join(sql_string(n) for n in names)
+    return f"regexp_extract(l, {sql_string(pattern)}, [{listed}]) AS {alias}"
+
+
+def _cef_value(key: str) -> str:
+    return f"nullif(c_vals[list_position(c_keys, {sql_string(key)})], '')"
+
+
+def _cef_labelled(label: str) -> str:
+    """SQL: the value of the custom field csN whose csNLabel is `label` (case-insensitive)."""
+    position = (f"list_filter(range(1, len(c_keys) + 1), lambda i: ends_with(c_keys[i], 'Label') "
+                f"AND lower(c_vals[i]) = {sql_string(label.lower())})[1]")
+    return f"nullif(c_vals[list_position(c_keys, replace(c_keys[{position}], 'Label', ''))], '')"
+
+
+class PulseSecure:
+    name = SOURCE_NAME
+    data_model = AUTHENTICATION
+    description = ("Juniper / Pulse Secure / Ivanti Connect Secure VPN: standard syslog, WELF and CEF "
+                   "(mixed in one file is fine)")
+    sample = ("<134>Mar  3 09:15:02 vpn01 PulseSecure: 2026-03-03 09:15:02 - ive - [203.0.113.5] "
+              "Default Network::jdoe(Users)[Users, VPN] - Login succeeded for jdoe/Users (session:5f3a9c01) "
+              "from 203.0.113.5 with Pulse-Secure/9.1.3 (Windows 10) Pulse/9.1.3.")
+
+    def sniff(self, head: list[str]) -> bool:
+        lines = [line for line in head if line.strip()][:20]
+        return any(p.search(line) for line in lines for p in SNIFF_PATTERNS)
+
+    def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
+        tz = ctx.source_tz
+        table = "pulse_secure_lines"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {self._sql(ctx, tz)}")
+        return ParsedBatch(
+            classified=f"(SELECT line_no, outcome, reason FROM {table})",
+            events=f"""(
+                SELECT _time, "user", src_ip, assigned_ip, dest, realm, roles, session_id, action, event_type,
+                       duration, bytes_in, bytes_out, event_reason AS reason, user_agent,
+                       {sql_string(self.name)} AS source, {raw_ref_sql(ctx)} AS raw_ref
+                FROM {table} WHERE outcome = 'parsed')""",
+        )
+
+    def _sql(self, ctx: ParseContext, tz: str) -> str:
+        kind_case = " ".join(f"WHEN {k.test} THEN {sql_string(k.name)}" for k in KINDS)
+        detail_case = " ".join(f"WHEN {sql_string(k.name)} THEN {_kind_extract(k)}" for k in KINDS if k.pattern)
+        event_case = " ".join(f"WHEN {sql_string(k.name)} THEN {sql_string(k.event_type)}" for k in KINDS if k.event_type)
+        reason_case = " ".join(f"WHEN {sql_string(k.name)} THEN {k.reason}" for k in KINDS if k.event_type)
+        expected_case = " ".join(
+            f"WHEN {sql_string(k.name)} THEN {sql_string(k.name + ' message not in the expected form: ' + k.expected)}"
+            for k in KINDS if k.pattern
+        )
+        patterned = ", ".join(sql_string(k.name) for k in KINDS if k.pattern)
+        action_case = " ".join(f"WHEN {sql_string(e)} THEN {sql_string(a)}" for e, a in EVENT_ACTION.items())
+        body_time = local_time_sql("try_strptime(body_ts, '%Y-%m-%d %H:%M:%S')", tz)
+        cef_local = local_time_sql(
+            "try_strptime(c_rt, ['%b %d %Y %H:%M:%S', '%b %d %Y %H:%M:%S.%g'])", tz)
+        header_cols = ", ".join(f"s.{g} AS {g}" for g in HEADER_GROUPS)
+        return f"""
+        WITH cleaned AS (
+            SELECT line_no,
+                   CASE WHEN ends_with(line, '#015') THEN rtrim(substr(line, 1, length(line) - 4))
+                        ELSE rtrim(line, ' ' || chr(13) || chr(9)) END AS l
+            FROM raw_lines
+        ), formed AS (
+            SELECT line_no, l,
+                   CASE WHEN trim(l) = '' THEN 'blank'
+                        WHEN contains(l, 'CEF:') THEN 'cef'
+                        WHEN contains(l, 'id=firewall ') THEN 'welf'
+                        ELSE 'standard' END AS form
+            FROM cleaned
+        ), std AS (
+            SELECT line_no, form, {header_cols}, s.ts <> '' AS ok, s.ts AS body_ts, NULL AS c_rt,
+                   s.node AS node, s.src AS src, s.who AS who, s.realm AS realm, s.roles AS roles, s.msg AS raw_msg,
+                   NULL AS w_session, NULL AS w_sent, NULL AS w_rcvd, NULL AS w_agent, NULL AS w_duration,
+                   NULL AS c_code, NULL AS c_agent, NULL AS c_dest, NULL AS d_vendor, true AS vendor_ok
+            FROM (SELECT line_no, form, {_extract(STANDARD_RE, _STANDARD_GROUPS, 's')} FROM formed WHERE form = 'standard')
+        ), welf AS (
+            SELECT line_no, form, {header_cols}, s.w_m <> '' AS ok, s.ts AS body_ts, NULL AS c_rt,
+                   s.node AS node, s.src AS src, s.who AS who, s.realm AS realm, s.roles AS roles, s.msg AS raw_msg,
+                   s.w_session AS w_session, s.w_sent AS w_sent, s.w_rcvd AS w_rcvd, s.w_agent AS w_agent,
+                   s.w_duration AS w_duration, NULL AS c_code, NULL AS c_agent, NULL AS c_dest, NULL AS d_vendor, true AS vendor_ok
+            FROM (SELECT line_no, form, {_extract(WELF_RE, _WELF_GROUPS, 's')} FROM formed WHERE form = 'welf')
+        ), cef_split AS (
+            SELECT line_no, form, s, string_split(regexp_replace(s.c_ext, '\\s+([A-Za-z0-9_.]+)=', chr(1) || '\\1=', 'g'), chr(1)) AS parts
+            FROM (SELECT line_no, form, {_extract(CEF_RE, _CEF_GROUPS, 's')} FROM formed WHERE form = 'cef')
+        ), cef_kv AS (
+            SELECT line_no, form, s,
+                   list_transform(parts, lambda p: split_part(p, '=', 1)) AS c_keys,
+                   list_transform(parts, lambda p: replace(replace(substr(p, strpos(p, '=') + 1), '\\=', '='), '\\\\', '\\')) AS c_vals
+            FROM cef_split
+        ), cef AS (
+            SELECT line_no, form, {", ".join(f"s.{g} AS {g}" for g in HEADER_GROUPS)}, s.c_m <> '' AS ok,
+                   NULL AS body_ts, {_cef_value('rt')} AS c_rt,
+                   coalesce({_cef_value('dvchost')}, {_cef_value('dvc')}) AS node, {_cef_value('src')} AS src,
+                   coalesce({_cef_value('suser')}, {_cef_value('duser')}) AS who,
+                   {_cef_labelled('realm')} AS realm, coalesce({_cef_value('spriv')}, {_cef_labelled('roles')}) AS roles,
+                   coalesce({_cef_value('msg')}, replace(s.c_name, '\\|', '|')) AS raw_msg,
+                   NULL AS w_session, NULL AS w_sent, NULL AS w_rcvd, NULL AS w_agent, NULL AS w_duration,
+                   CASE WHEN regexp_full_match(s.c_sig, '[A-Z]{{3}}[0-9]{{5}}') THEN s.c_sig END AS c_code,
+                   {_cef_value('requestClientApplication')} AS c_agent,
+                   coalesce({_cef_value('dvchost')}, {_cef_value('dvc')}) AS c_dest,
+                   s.c_vendor || '|' || s.c_product AS d_vendor,
+                   s.c_m = '' OR (regexp_matches(s.c_vendor, {sql_string(_CEF_VENDOR)})
+                                  AND regexp_full_match(s.c_product, {sql_string(_CEF_PRODUCT)})) AS vendor_ok
+            FROM cef_kv
+        ), blank AS (
+            SELECT line_no, form, {", ".join(f"'' AS {g}" for g in HEADER_GROUPS)}, true AS ok,
+                   NULL AS body_ts, NULL AS c_rt, NULL AS node, NULL AS src, NULL AS who, NULL AS realm,
+                   NULL AS roles, NULL AS raw_msg, NULL AS w_session, NULL AS w_sent, NULL AS w_rcvd,
+                   NULL AS w_agent, NULL AS w_duration, NULL AS c_code, NULL AS c_agent, NULL AS c_dest,
+                   NULL AS d_vendor, true AS vendor_ok
+            FROM formed WHERE form = 'blank'
+        ), unified AS (
+            SELECT * FROM std UNION ALL BY NAME SELECT * FROM welf
+            UNION ALL BY NAME SELECT * FROM cef UNION ALL BY NAME SELECT * FROM blank
+        ), coded AS (
+            SELECT *,
+                   CASE WHEN c_code IS NOT NULL THEN c_code
+                        WHEN substr(raw_msg, 9, 2) = ': ' AND regexp_full_match(substr(raw_msg, 1, 8), '[A-Z]{{3}}[0-9]{{5}}')
+                        THEN substr(raw_msg, 1, 8) END AS code,
+                   CASE WHEN substr(raw_msg, 9, 2) = ': ' AND regexp_full_match(substr(raw_msg, 1, 8), '[A-Z]{{3}}[0-9]{{5}}')
+                        THEN substr(raw_msg, 11) ELSE raw_msg END AS t,
+                   CASE WHEN contains(who, '::') THEN substr(who, strpos(who, '::') + 2) ELSE who END AS who_user
+            FROM unified
+        ), kinded AS (
+            SELECT *, CASE WHEN form = 'blank' OR NOT ok OR NOT vendor_ok THEN NULL {kind_case}
+                           ELSE 'other message' || coalesce(' (' || code || ')', '') END AS kind
+            FROM coded
+        ), detailed AS (
+            SELECT *, CASE kind {detail_case} END AS d FROM kinded
+        ), typed AS (
+            SELECT *,
+                   CASE kind {event_case} END AS event_type,
+                   CASE WHEN {header_time_is_exact_sql('')} THEN {header_time_sql('', tz, ctx.year)} END AS exact_time,
+                   CASE WHEN regexp_full_match(c_rt, '[0-9]{{1,15}}') THEN
+                        to_timestamp(CAST(c_rt AS DOUBLE) / CASE WHEN length(c_rt) > 11 THEN 1000.0 ELSE 1.0 END) END AS cef_epoch,
+                   CASE WHEN body_ts <> '' THEN {body_time} END AS body_time,
+                   CASE WHEN c_rt IS NOT NULL AND NOT regexp_full_match(c_rt, '[0-9]{{1,15}}') THEN {cef_local} END AS cef_local,
+                   {header_time_sql('', tz, ctx.year)} AS header_time,
+                   coalesce(nullif(d.m_session, ''),
+                            CASE WHEN contains(t, '(session:') THEN nullif(trim(regexp_extract(t, '\\(session:\\s*([^)]*)\\)', 1)), '') END,
+                            nullif(w_session, '')) AS session_id_v
+            FROM detailed
+        ), valued AS (
+            SELECT *,
+                   coalesce(exact_time, cef_epoch, body_time, cef_local, header_time) AS _time,
+                   CASE WHEN kind = 'account deleted' THEN nullif(d.m_user, '')
+                        ELSE coalesce(nullif(who_user, ''), nullif(d.m_user, '')) END AS "user",
+                   coalesce(nullif(src, ''), nullif(d.m_ip, '')) AS src_ip,
+                   nullif(d.m_assigned, '') AS assigned_ip,
+                   CASE WHEN form = 'cef' THEN coalesce(c_dest, nullif(hdr_host, ''))
+                        ELSE coalesce(nullif(hdr_host, ''), nullif(node, '')) END AS dest,
+                   CASE WHEN kind = 'account deleted' THEN NULL
+                        ELSE coalesce(nullif(realm, ''), nullif(d.m_realm, '')) END AS realm_v,
+                   nullif(roles, '') AS roles_v,
+                   coalesce(nullif(d.m_duration, ''), nullif(w_duration, '')) AS duration_t,
+                   coalesce(nullif(d.m_read, ''), nullif(w_sent, '')) AS bytes_out_t,
+                   coalesce(nullif(d.m_written, ''), nullif(w_rcvd, '')) AS bytes_in_t,
+                   coalesce(nullif(d.m_agent, ''), nullif(w_agent, ''), c_agent) AS user_agent_v,
+                   CASE kind {reason_case} END AS event_reason
+            FROM typed
+        )
+        SELECT line_no, _time, "user", src_ip, assigned_ip, dest, realm_v AS realm, roles_v AS roles,
+               session_id_v AS session_id, CASE event_type {action_case} END AS action, event_type,
+               TRY_CAST(duration_t AS DOUBLE) AS duration, TRY_CAST(bytes_in_t AS BIGINT) AS bytes_in,
+               TRY_CAST(bytes_out_t AS BIGINT) AS bytes_out, event_reason, user_agent_v AS user_agent,
+               CASE WHEN reason IS NULL THEN 'parsed'
+                    WHEN form = 'blank' OR (event_type IS NULL AND reason = kind) THEN 'skipped'
+                    ELSE 'quarantined' END AS outcome,
+               reason
+        FROM (
+            SELECT *,
+                CASE WHEN form = 'blank' THEN 'blank line'
+                     WHEN NOT ok AND form = 'welf' THEN
+                        'WELF line not in the expected form (truncated?): id=firewall time="…" pri=N fw=… vpn=… '
+                        || 'user=… realm="…" roles="…" … msg="…"'
+                     WHEN NOT ok AND form = 'cef' THEN
+                        'CEF line not in the expected form (truncated?): CEF:0|VENDOR|PRODUCT|VERSION|CODE|NAME|SEVERITY|EXTENSIONS'
+                     WHEN NOT ok THEN {sql_string(EXPECTED_LINE)}
+                     WHEN NOT vendor_ok THEN 'CEF line from another product (' || d_vendor || '); expected Juniper, Pulse Secure or Ivanti'
+                     WHEN event_type IS NULL THEN kind
+                     WHEN kind IN ({patterned}) AND d.m_ok = '' THEN CASE kind {expected_case} END
+                     WHEN _time IS NULL AND body_ts <> '' AND body_time IS NULL THEN 'bad timestamp: ' || body_ts || ' (expected YYYY-MM-DD hh:mm:ss)'
+                     WHEN _time IS NULL AND hdr_bsd <> '' THEN 'syslog timestamp without a year and no other date on the line: pass --year'
+                     WHEN _time IS NULL THEN 'no usable timestamp' || coalesce(': ' || c_rt, '')
+                     WHEN src_ip IS NOT NULL AND NOT regexp_full_match(src_ip, {sql_string(_IP)}) THEN 'bad client address: ' || src_ip
+                     WHEN duration_t IS NOT NULL AND TRY_CAST(duration_t AS DOUBLE) IS NULL THEN 'bad duration: ' || duration_t
+                     WHEN bytes_out_t IS NOT NULL AND (TRY_CAST(bytes_out_t AS BIGINT) IS NULL OR TRY_CAST(bytes_out_t AS BIGINT) < 0) THEN 'bad byte count: ' || bytes_out_t
+                     WHEN bytes_in_t IS NOT NULL AND (TRY_CAST(bytes_in_t AS BIGINT) IS NULL OR TRY_CAST(bytes_in_t AS BIGINT) < 0) THEN 'bad byte count: ' || bytes_in_t
+                     END AS reason
+            FROM valued
+        )
+        """
