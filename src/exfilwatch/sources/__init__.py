@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import ParseContext, ParsedBatch, Source
+from .postfix import Postfix
 from .pulse_secure import PulseSecure
 from .zeek import ZeekConnJSON, ZeekConnTSV
 
@@ -13,6 +14,7 @@ SOURCES: dict[str, Source] = {
         ZeekConnTSV(),
         ZeekConnJSON(),
         PulseSecure(),
+        Postfix(),
     )
 }
 

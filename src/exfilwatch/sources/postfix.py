@@ -1,0 +1,414 @@
+"""Postfix maillog (syslog) → `email`, one row per message, joined on the queue id.
+
+A message is spread over lines of several daemons, all carrying its queue id:
+
+    smtpd   QID: client=host[ip]                              → src_ip
+    cleanup QID: message-id=<…>                               → message_id
+    cleanup QID: info: header Subject: … from h[ip]; from=<…> → subject / attachment name
+    qmgr    QID: from=<…>, size=N, nrcpt=N (queue active)     → sender, size, recipient count
+    smtp|lmtp|local|virtual|pipe|error…
+            QID: to=<…>, [orig_to=<…>,] relay=…, delay=…, dsn=…, status=sent|deferred|bounced (…)
+    qmgr    QID: from=<…>, status=expired, returned to sender  → deferred recipients failed
+    cleanup QID: milter-reject: … from=<…> to=<…>             → blocked
+    qmgr    QID: removed                                      → the message is complete
+
+The key is host | queue id (not the syslog name: a re-injecting smtpd often logs under its
+own `syslog_name` while cleanup and qmgr log as `postfix`). A key's lines are ordered by
+time, then by arrival, so rotated files ingested newest first still join; a `removed` (or
+reject) line closes a message, and a queue id reused later starts a new one. A message is written once, when it is complete: its
+`removed`/reject/expired line was seen, or all `nrcpt` recipients have a final status and
+ten minutes of log time passed without the `removed` line. Lines of a queue id whose qmgr
+`from=` line has not been seen (its start is in an older file) wait too. Until then its lines wait in the
+state store (`postfix_pending`), so a message whose lines arrive in two chunks, files or
+ingests is joined once and written once. A message still pending after 7 days of log time
+(beyond Postfix's default 5-day queue lifetime) is written with what is known; queue ids
+that never got a `qmgr from=` line (a client that gave up, or a message that began before
+the logs) are dropped after a day and counted in the notes.
+
+The row's recipients are the delivered ones (status=sent); with none delivered, the failed
+ones and the action says so. A hand-off to a local content filter (relay on a loopback
+address answering "queued as X") is action `relayed`, event type `email-relay`: the filter
+re-injects the message under a new queue id, and that copy is the one counted as
+`email-out`.
+
+Syslog headers: RFC 3164 (`Mmm dd hh:mm:ss host prog[pid]:`; the year from `--year` or
+the file's modification time, the zone from `--source-tz`) and the ISO 8601 high-precision
+form of rsyslog/syslog-ng (`2026-11-02T09:15:01.123456+01:00 host prog[pid]:`).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import duckdb
+import pyarrow as pa
+
+from ..models import EMAIL
+from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
+from .mailcommon import direction_notes, email_select, install_macros, recover
+
+SOURCE_NAME = "postfix"
+
+QID = r"[0-9A-F]{5,20}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,20}"
+HEADER_RE = (
+    r"^(?:<\d{1,3}>)?(?:(?P<mon>[A-Z][a-z]{2}) +(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)(?:\.\d+)?"
+    r"|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?P<off>Z|[+-]\d\d:?\d\d)?))"
+    r" (?P<host>\S+) (?P<prog>[^\s\[\]:]+)(?:\[\d+\])?: "
+    r"(?:(?P<qid>" + QID + r"): )?(?P<body>.*)$"
+)
+HEADER_GROUPS = ["mon", "day", "hms", "iso", "off", "host", "prog", "qid", "body"]
+
+DELIVERY_RE = (
+    r"^to=<?(?P<to>[^<>,]*)>?, (?:orig_to=<?[^<>,]*>?, )?relay=(?P<relay>[^,]*), (?:conn_use=\d+, )?"
+    r"delay=[0-9.]+, (?:delays=[0-9./]+, )?dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>[a-z]+)"
+    r"(?: \((?P<response>.*)\))?$"
+)
+FROM_RE = (
+    r"^from=<(?P<sender>[^<>]*)>, (?:size=(?P<size>\d{1,18}), nrcpt=(?P<nrcpt>\d{1,9}) \(queue active\)"
+    r"|(?P<expired>status=expired), returned to sender)$"
+)
+CLIENT_RE = r"^client=(?P<chost>[^\s\[\],]*)\[(?P<cip>[^\]]*)\](?::\d+)?(?:, .*?orig_client=[^\s\[\],]*\[(?P<oip>[^\]]*)\].*|, .*)?$"
+REJECT_RE = r"^(?:milter-)?(?:reject|discard): (?:.*? from [^\s\[\]]*\[(?P<ip>[^\]]*)\](?::\d+)?)?.*?(?:; from=<(?P<sender>[^<>]*)> to=<(?P<to>[^<>]*)>.*)?$"
+HEADER_INFO_RE = (
+    r"^(?:info|warning|prepend|replace|redirect|filter|hold): header (?P<name>[^\s:]+): (?P<value>.*) "
+    r"from [^\s\[\]]*\[(?P<ip>[^\]]*)\](?::\d+)?; from=<(?P<sender>[^<>]*)> to=<[^<>]*>.*$"
+)
+FILENAME_RE = r"""(?i)(?:^|[;\s])(?:file)?name\*?=\s*"?([^";]+)"""
+
+DELIVERY_DAEMONS = ["smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard"]
+KNOWN_DAEMONS = DELIVERY_DAEMONS + [
+    "smtpd", "qmgr", "oqmgr", "cleanup", "pickup", "bounce", "defer", "trace", "postscreen", "anvil", "dnsblog",
+    "tlsproxy", "verify", "scache", "master", "tlsmgr", "postfix-script", "postsuper", "postqueue", "postdrop",
+    "sendmail", "showq", "flush", "proxymap", "trivial-rewrite", "spawn", "postlog", "postmap", "qmqpd",
+    "postmulti", "smtpd-in", "submission", "policy-spf", "postalias", "local-lmtp",
+]
+NRCPT_GRACE = "INTERVAL 10 MINUTE"  # all recipients final, no `removed` line yet: wait this long
+STALE_AFTER = "INTERVAL 7 DAY"  # beyond the 5-day default maximal_queue_lifetime
+ABANDON_AFTER = "INTERVAL 1 DAY"  # a queue id with no qmgr from= line
+
+# postfix_pending columns (state.py) in order, and their DuckDB types
+PENDING_COLUMNS = [
+    ("key", "VARCHAR"), ("queue_id", "VARCHAR"), ("kind", "VARCHAR"), ("time", "BIGINT"),
+    ("message_id", "VARCHAR"), ("sender", "VARCHAR"), ("size", "BIGINT"), ("nrcpt", "BIGINT"),
+    ("client_ip", "VARCHAR"), ("rcpt", "VARCHAR"), ("relay", "VARCHAR"), ("dsn", "VARCHAR"),
+    ("status", "VARCHAR"), ("response", "VARCHAR"), ("subject", "VARCHAR"), ("file_name", "VARCHAR"),
+    ("raw_ref", "VARCHAR"),
+]
+_ARROW = {"VARCHAR": pa.string(), "BIGINT": pa.int64()}
+_HEADER = re.compile(HEADER_RE)
+
+
+def _list(values: list[str]) -> str:
+    return "[" + ", ".join(sql_string(v) for v in values) + "]"
+
+
+def _struct_regex(expr: str, pattern: str, groups: list[str]) -> str:
+    return f"regexp_extract({expr}, {sql_string(pattern)}, {_list(groups)})"
+
+
+def classify_sql(ctx: ParseContext) -> str:
+    """SQL over raw_lines: every line with its header fields, shape, outcome and reason."""
+    year = ctx.year or datetime.now(timezone.utc).year
+    tz = sql_string(ctx.source_tz)
+    known = _list(KNOWN_DAEMONS)
+    return f"""
+        WITH h AS (
+            SELECT line_no, line, {_struct_regex('line', HEADER_RE, HEADER_GROUPS)} AS h FROM raw_lines
+        ), f AS (
+            SELECT line_no, line, h.host AS host, h.qid AS qid, h.body AS body, h.prog AS prog,
+                   regexp_extract(h.prog, '([^/]+)$', 1) AS daemon,
+                   contains(h.prog, '/') AS has_slash,
+                   CASE WHEN h.mon <> '' THEN
+                            timezone({tz}, try_strptime('{year} ' || h.mon || ' ' || h.day || ' ' || h.hms,
+                                                        '%Y %b %d %H:%M:%S'))
+                        WHEN h.iso <> '' AND h.off <> '' THEN TRY_CAST(h.iso AS TIMESTAMPTZ)
+                        WHEN h.iso <> '' THEN timezone({tz}, TRY_CAST(h.iso AS TIMESTAMP)) END AS t,
+                   CASE WHEN h.mon <> '' THEN h.mon || ' ' || h.day || ' ' || h.hms ELSE h.iso END AS stamp
+            FROM h
+        ), s AS (
+            SELECT *,
+                has_slash AND list_contains({known}, daemon) AS is_postfix,
+                CASE WHEN trim(line) = '' THEN 'blank'
+                     WHEN host = '' THEN 'nosyslog'
+                     WHEN t IS NULL THEN 'badtime'
+                     WHEN NOT (has_slash AND list_contains({known}, daemon)) THEN 'other_program'
+                     WHEN qid = '' THEN 'noqid'
+                     WHEN starts_with(body, 'to=') THEN 'delivery'
+                     WHEN starts_with(body, 'from=<') THEN 'from'
+                     WHEN body = 'removed' THEN 'removed'
+                     WHEN starts_with(body, 'message-id=') THEN 'mid'
+                     WHEN starts_with(body, 'client=') THEN 'client'
+                     WHEN regexp_matches(body, '^(?:milter-)?(?:reject|discard): ') THEN 'reject'
+                     WHEN regexp_matches(body, '^(?:info|warning|prepend|replace|redirect|filter|hold): header ')
+                          THEN 'header'
+                     ELSE 'qother' END AS shape
+            FROM f
+        ), x AS (
+            SELECT *,
+                CASE WHEN shape = 'delivery' THEN {_struct_regex('body', DELIVERY_RE, ['to', 'relay', 'dsn', 'status', 'response'])} END AS d,
+                CASE WHEN shape = 'from' THEN {_struct_regex('body', FROM_RE, ['sender', 'size', 'nrcpt', 'expired'])} END AS q,
+                CASE WHEN shape = 'client' THEN {_struct_regex('body', CLIENT_RE, ['chost', 'cip', 'oip'])} END AS c,
+                CASE WHEN shape = 'reject' THEN {_struct_regex('body', REJECT_RE, ['ip', 'sender', 'to'])} END AS r,
+                CASE WHEN shape = 'header' THEN {_struct_regex('body', HEADER_INFO_RE, ['name', 'value', 'ip', 'sender'])} END AS hi
+            FROM s
+        ), k AS (
+            SELECT *,
+                CASE WHEN shape = 'delivery' AND d.status <> '' THEN 'delivery'
+                     WHEN shape = 'from' AND q.expired <> '' THEN 'expired'
+                     WHEN shape = 'from' AND q.size <> '' THEN 'from'
+                     WHEN shape IN ('removed', 'mid', 'reject') THEN shape
+                     WHEN shape = 'client' AND c.cip <> '' THEN 'client'
+                     WHEN shape = 'header' AND lower(hi.name) = 'subject' THEN 'subject'
+                     WHEN shape = 'header' AND lower(hi.name) IN ('content-disposition', 'content-type')
+                          AND regexp_matches(hi.value, {sql_string(FILENAME_RE)}) THEN 'attachment'
+                     END AS kind
+            FROM x
+        )
+        SELECT *,
+            CASE WHEN kind IS NOT NULL THEN 'parsed'
+                 WHEN shape IN ('nosyslog', 'badtime', 'delivery', 'from', 'client') THEN 'quarantined'
+                 ELSE 'skipped' END AS outcome,
+            CASE WHEN kind IS NOT NULL THEN NULL
+                 WHEN shape = 'blank' THEN 'blank line'
+                 WHEN shape = 'nosyslog' THEN 'not a syslog line (expected "Mmm dd hh:mm:ss host program[pid]: message" or an ISO 8601 timestamp first)'
+                 WHEN shape = 'badtime' THEN 'bad syslog timestamp: ' || stamp
+                 WHEN shape = 'delivery' THEN 'malformed delivery line (expected QUEUEID: to=<…>, relay=…, delay=…, dsn=…, status=…)'
+                 WHEN shape = 'from' THEN 'malformed qmgr line (expected QUEUEID: from=<…>, size=N, nrcpt=N (queue active) or status=expired, returned to sender)'
+                 WHEN shape = 'client' THEN 'malformed smtpd line (expected QUEUEID: client=host[ip])'
+                 WHEN shape = 'other_program' THEN 'other program (not postfix)'
+                 WHEN shape = 'header' THEN 'postfix/cleanup header check (no subject or file name)'
+                 WHEN shape = 'qother' AND regexp_matches(body, '^(?:sender|postmaster) (?:non-delivery|delivery status|delay) notification: ')
+                      THEN 'postfix/bounce notification'
+                 WHEN shape = 'qother' AND starts_with(body, 'uid=') THEN 'postfix/pickup'
+                 WHEN shape = 'qother' AND regexp_matches(body, '^host \\S+ (?:said|refused to talk to me): ')
+                      THEN 'postfix/smtp remote server reply'
+                 WHEN shape = 'qother' THEN 'postfix/' || daemon || ' other queue message'
+                 WHEN daemon IN ('smtpd', 'postscreen') AND regexp_matches(body, '^(?:connect|disconnect|CONNECT|DISCONNECT) ')
+                      THEN 'postfix/' || daemon || ' connect/disconnect'
+                 WHEN starts_with(body, 'NOQUEUE: ') THEN 'postfix/' || daemon || ' NOQUEUE reject'
+                 WHEN starts_with(body, 'warning: ') THEN 'postfix/' || daemon || ' warning'
+                 WHEN contains(body, 'TLS connection established') THEN 'postfix/' || daemon || ' TLS'
+                 ELSE 'postfix/' || daemon END AS reason
+        FROM k
+    """
+
+
+def records_sql(ctx: ParseContext) -> str:
+    """SQL over pf_lines: one record per parsed line, in the columns kept in postfix_pending."""
+    return f"""
+        SELECT host || '|' || qid AS key, qid AS queue_id, kind, t,
+               CASE WHEN kind = 'mid' THEN nullif(trim(substr(body, 12), '<> '), '') END AS message_id,
+               CASE kind WHEN 'from' THEN q.sender WHEN 'expired' THEN q.sender
+                         WHEN 'reject' THEN r.sender END AS sender,
+               CASE WHEN kind = 'from' THEN TRY_CAST(q.size AS BIGINT) END AS size,
+               CASE WHEN kind = 'from' THEN TRY_CAST(q.nrcpt AS BIGINT) END AS nrcpt,
+               CASE kind WHEN 'client' THEN coalesce(nullif(c.oip, ''), c.cip)
+                         WHEN 'reject' THEN nullif(r.ip, '')
+                         WHEN 'subject' THEN nullif(hi.ip, '') WHEN 'attachment' THEN nullif(hi.ip, '') END AS client_ip,
+               CASE kind WHEN 'delivery' THEN d.to WHEN 'reject' THEN nullif(r.to, '') END AS rcpt,
+               CASE WHEN kind = 'delivery' THEN d.relay END AS relay,
+               CASE WHEN kind = 'delivery' THEN d.dsn END AS dsn,
+               CASE WHEN kind = 'delivery' THEN d.status END AS status,
+               CASE WHEN kind = 'delivery' THEN left(nullif(d.response, ''), 300) END AS response,
+               CASE WHEN kind = 'subject' THEN left(hi.value, 1000) END AS subject,
+               CASE WHEN kind = 'attachment' THEN left(regexp_extract(hi.value, {sql_string(FILENAME_RE)}, 1), 300) END AS file_name,
+               {raw_ref_sql(ctx)} AS raw_ref,
+               CAST(NULL AS BIGINT) AS pending_rowid,
+               (CAST(1 AS BIGINT) << 50) + line_no AS pos
+        FROM pf_lines WHERE kind IS NOT NULL
+    """
+
+
+class Postfix:
+    name = SOURCE_NAME
+    data_model = EMAIL
+    description = "Postfix maillog (syslog): smtpd/cleanup/qmgr/smtp lines joined per queue id, across files and ingests"
+    sample = ("Nov  2 09:15:01 mx1 postfix/qmgr[812]: 4F2A11C03A: from=<alice@example.com>, size=48213, "
+              "nrcpt=1 (queue active)")
+
+    def sniff(self, head: list[str]) -> bool:
+        hits = 0
+        for line in head:
+            m = _HEADER.match(line)
+            if m and "/" in m.group("prog") and m.group("prog").rsplit("/", 1)[1] in KNOWN_DAEMONS:
+                hits += 1
+        return hits > 0
+
+    def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
+        install_macros(con, ctx)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE pf_lines AS {classify_sql(ctx)}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE pf_batch_recs AS {records_sql(ctx)}")
+        self._load_pending(con, ctx)
+        batch_max = con.execute("SELECT max(t) FROM pf_lines WHERE kind IS NOT NULL").fetchall()[0][0]
+        con.execute("CREATE OR REPLACE TEMP TABLE pf_now AS SELECT $t::TIMESTAMPTZ AS batch_max", {"t": batch_max})
+        self._join(con)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE pf_events AS {email_select(self.name, 'pf_messages', 'emit')}")
+        notes = self._notes(con, ctx)
+        self._save_pending(con, ctx)
+        return ParsedBatch(
+            classified="(SELECT line_no, outcome, reason FROM pf_lines)",
+            events="(SELECT * FROM pf_events)",
+            notes=notes,
+        )
+
+    # --- the join -----------------------------------------------------------------------------
+
+    def _load_pending(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
+        names = [name for name, _ in PENDING_COLUMNS]
+        rows: list = []
+        if ctx.state is not None:
+            recover(ctx.state, "postfix_pending", ctx.batch_id)
+            rows = ctx.state.query(
+                f"SELECT rowid AS pending_rowid, {', '.join(names)} FROM postfix_pending "
+                "WHERE consumed_by IS NULL ORDER BY rowid")
+        columns = {"pending_rowid": pa.array([r["pending_rowid"] for r in rows], pa.int64())}
+        for name, typ in PENDING_COLUMNS:
+            columns[name] = pa.array([r[name] for r in rows], _ARROW[typ])
+        con.register("pf_pending_arrow", pa.table(columns))
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE pf_recs AS
+            SELECT key, queue_id, kind, timezone('UTC', make_timestamp(time)) AS t, message_id, sender, size, nrcpt, client_ip,
+                   rcpt, relay, dsn, status, response, subject, file_name, raw_ref, pending_rowid,
+                   pending_rowid AS pos
+            FROM pf_pending_arrow
+            UNION ALL BY NAME
+            SELECT * FROM pf_batch_recs
+        """)
+        con.unregister("pf_pending_arrow")
+
+    def _join(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE pf_segs AS
+            WITH o AS (SELECT *, row_number() OVER (PARTITION BY key ORDER BY t, pos) AS ord FROM pf_recs)
+            SELECT *, coalesce(sum(CASE WHEN kind IN ('removed', 'reject') THEN 1 ELSE 0 END) OVER (
+                        PARTITION BY key ORDER BY ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS seg
+            FROM o;
+
+            CREATE OR REPLACE TEMP TABLE pf_messages AS
+            WITH info AS (
+                SELECT key, seg,
+                    any_value(queue_id) AS queue_id,
+                    min(t) AS t0, max(t) AS t1,
+                    arg_min(message_id, ord) FILTER (WHERE kind = 'mid') AS message_id,
+                    arg_min(sender, ord) FILTER (WHERE kind IN ('from', 'expired')) AS sender_q,
+                    arg_min(sender, ord) FILTER (WHERE kind = 'reject') AS sender_r,
+                    max(size) AS size, max(nrcpt) AS nrcpt,
+                    arg_min(client_ip, ord) FILTER (WHERE kind = 'client') AS client_ip,
+                    arg_min(client_ip, ord) FILTER (WHERE kind <> 'client' AND client_ip IS NOT NULL) AS other_ip,
+                    arg_min(rcpt, ord) FILTER (WHERE kind = 'reject') AS reject_rcpt,
+                    arg_min(subject, ord) FILTER (WHERE kind = 'subject') AS subject,
+                    list_sort(list_distinct(list(file_name) FILTER (WHERE kind = 'attachment'))) AS files,
+                    bool_or(kind = 'from') AS has_from,
+                    bool_or(kind = 'removed') AS has_removed,
+                    bool_or(kind = 'reject') AS has_reject,
+                    bool_or(kind = 'expired') AS has_expired,
+                    bool_or(kind IN ('delivery', 'mid', 'client', 'subject', 'attachment')) AS has_content,
+                    arg_min(raw_ref, ord) FILTER (WHERE kind = 'from') AS from_ref,
+                    arg_min(raw_ref, ord) AS first_ref
+                FROM pf_segs GROUP BY key, seg
+            ), last_status AS (
+                SELECT key, seg, rcpt, min(ord) AS first_pos,
+                       arg_max(status, ord) AS status, arg_max(relay, ord) AS relay, arg_max(response, ord) AS response
+                FROM pf_segs WHERE kind = 'delivery' GROUP BY key, seg, rcpt
+            ), rcpt_state AS (
+                SELECT l.*, nullif(nullif(split_part(l.relay, '[', 1), 'none'), '') AS relay_host,
+                    CASE WHEN l.status = 'sent' AND regexp_matches(l.relay, '\\[(?:127\\.[0-9.]+|::1)\\]')
+                              AND contains(coalesce(l.response, ''), 'queued as') THEN 'hop'
+                         WHEN l.status = 'sent' THEN 'delivered'
+                         WHEN l.status IN ('bounced', 'expired') THEN 'failed'
+                         WHEN l.status = 'deferred' AND i.has_expired THEN 'failed'
+                         WHEN l.status = 'deferred' THEN 'deferred'
+                         WHEN l.status IN ('deliverable', 'undeliverable') THEN 'probe'
+                         ELSE 'other' END AS state
+                FROM last_status l JOIN info i USING (key, seg)
+            ), rc AS (
+                SELECT key, seg,
+                    list(rcpt ORDER BY first_pos) FILTER (WHERE state = 'delivered') AS delivered,
+                    list(rcpt ORDER BY first_pos) FILTER (WHERE state = 'hop') AS hops,
+                    list(rcpt ORDER BY first_pos) FILTER (WHERE state IN ('failed', 'deferred', 'other')) AS undelivered,
+                    list(rcpt ORDER BY first_pos) FILTER (WHERE state = 'probe') AS probes,
+                    count(*) FILTER (WHERE state IN ('delivered', 'hop', 'failed', 'probe')) AS n_final,
+                    bool_or(state = 'failed') AS any_failed,
+                    arg_min(relay_host, first_pos) FILTER (WHERE state = 'delivered') AS dest_delivered,
+                    arg_min(relay_host, first_pos) AS dest_any
+                FROM rcpt_state GROUP BY key, seg
+            ), m AS (
+                SELECT i.*, rc.*  EXCLUDE (key, seg), n.batch_max,
+                    i.has_removed OR i.has_reject OR i.has_expired
+                        OR coalesce(i.has_from AND i.nrcpt > 0 AND coalesce(rc.n_final, 0) >= i.nrcpt
+                                    AND i.t1 < n.batch_max - {NRCPT_GRACE}, false) AS closed,
+                    coalesce(i.t1 < n.batch_max - {STALE_AFTER}, false) AS stale,
+                    coalesce(NOT i.has_from AND NOT i.has_reject AND i.t1 < n.batch_max - {ABANDON_AFTER}, false)
+                        AS abandoned,
+                    i.has_from OR i.has_reject AS has_start
+                FROM info i LEFT JOIN rc USING (key, seg) CROSS JOIN pf_now n
+            )
+            SELECT *,
+                ((closed OR stale) AND (has_from OR has_reject)) OR abandoned AS complete,
+                (closed OR stale) AND (has_from OR has_reject) AS emit,
+                t0 AS _time,
+                queue_id AS internal_message_id,
+                ew_addr(coalesce(sender_q, sender_r)) AS src_user,
+                ew_addr_list(CASE WHEN coalesce(len(delivered), 0) > 0 THEN delivered
+                                  WHEN coalesce(len(hops), 0) > 0 THEN hops
+                                  WHEN coalesce(len(undelivered), 0) > 0 THEN undelivered
+                                  WHEN coalesce(len(probes), 0) > 0 THEN probes
+                                  WHEN reject_rcpt IS NOT NULL THEN [reject_rcpt]
+                                  ELSE []::VARCHAR[] END) AS recipient,
+                CASE WHEN coalesce(len(files), 0) > 0 THEN files END AS file_name,
+                CASE WHEN coalesce(len(delivered), 0) > 0 THEN 'delivered'
+                     WHEN has_reject THEN 'blocked'
+                     WHEN coalesce(len(hops), 0) > 0 THEN 'relayed'
+                     WHEN coalesce(any_failed, false) THEN 'failed'
+                     WHEN coalesce(len(undelivered), 0) > 0 THEN 'deferred'
+                     WHEN coalesce(len(probes), 0) > 0 THEN 'probe'
+                     ELSE 'dropped' END AS action,
+                coalesce(client_ip, other_ip) AS src_ip,
+                coalesce(dest_delivered, dest_any) AS dest,
+                CASE WHEN coalesce(len(delivered), 0) = 0 AND NOT has_reject AND coalesce(len(hops), 0) > 0 THEN 'email-relay' END
+                    AS event_type_override,
+                coalesce(from_ref, first_ref) AS raw_ref
+            FROM m
+        """)
+
+    def _notes(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> list[str]:
+        pending, partial, orphans, stale = con.execute("""
+            SELECT count(*) FILTER (WHERE NOT complete AND has_start),
+                   count(*) FILTER (WHERE NOT complete AND NOT has_start AND has_content),
+                   count(*) FILTER (WHERE abandoned AND has_content),
+                   count(*) FILTER (WHERE emit AND NOT closed AND stale)
+            FROM pf_messages""").fetchall()[0]
+        notes = []
+        kept = "kept in the state store and joined when their next lines are ingested" if ctx.state is not None \
+            else "not kept: no state store"
+        if pending:
+            notes.append(f"postfix: {pending} messages pending (no `removed` line yet), {kept}")
+        if partial:
+            notes.append(f"postfix: {partial} queue ids seen without their qmgr `from=` line (their start may be in "
+                         f"an older file not ingested yet), {kept} for a day of log time")
+        if orphans:
+            notes.append(f"postfix: {orphans} queue ids dropped: their qmgr `from=` line never came within a day "
+                         "(the message began before these logs, or only smtpd/cleanup lines exist)")
+        if stale:
+            notes.append(f"postfix: {stale} messages written without their `removed` line after 7 days of log time")
+        return notes + direction_notes(con, ctx, "pf_events", "postfix")
+
+    def _save_pending(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
+        if ctx.state is None:
+            return
+        names = [name for name, _ in PENDING_COLUMNS]
+        selected = ", ".join("epoch_us(r.t)" if n == "time" else f"r.{n}" for n in names)
+        new_rows = con.execute(f"""
+            SELECT {selected} FROM pf_segs r JOIN pf_messages m USING (key, seg)
+            WHERE NOT m.complete AND r.pending_rowid IS NULL ORDER BY r.key, r.ord""").fetchall()
+        consumed = con.execute("""
+            SELECT r.pending_rowid FROM pf_segs r JOIN pf_messages m USING (key, seg)
+            WHERE m.complete AND r.pending_rowid IS NOT NULL""").fetchall()
+        with ctx.state.transaction() as db:
+            db.executemany("UPDATE postfix_pending SET consumed_by = ? WHERE rowid = ?",
+                           [(ctx.batch_id, rowid) for (rowid,) in consumed])
+            db.executemany(
+                f"INSERT INTO postfix_pending ({', '.join(names)}, produced_by) VALUES ({', '.join('?' * (len(names) + 1))})",
+                [(*row, ctx.batch_id) for row in new_rows],
+            )
