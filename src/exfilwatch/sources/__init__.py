@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import ParseContext, ParsedBatch, Source
+from .flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
 from .postfix import Postfix
 from .pulse_secure import PulseSecure
 from .zeek import ZeekConnJSON, ZeekConnTSV
@@ -14,7 +15,10 @@ SOURCES: dict[str, Source] = {
         ZeekConnTSV(),
         ZeekConnJSON(),
         PulseSecure(),
+        NfdumpCSV(),
+        JuniperSRXFlow(),
         Postfix(),
+        NetflowCSV(),  # keep late: it claims any CSV whose header names flow columns
     )
 }
 

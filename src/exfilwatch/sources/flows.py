@@ -1,0 +1,443 @@
+"""Network flows → `network_traffic`: nfdump CSV, a generic NetFlow/IPFIX CSV, Juniper SRX RT_FLOW.
+
+Same columns and meaning as the Zeek conn source: `src_ip` started the flow (the client), so
+`bytes_out` is what it sent and `bytes_in` what it received; `_time` is when the flow began;
+`event_type` is `network-connection`.
+
+* `nfdump_csv` — `nfdump -o csv`: the `ts,te,td,sa,da,sp,dp,pr,…,ibyt,opkt,obyt,…` header (the
+  columns are found by name, so 1.6 and 1.7 layouts both work) and the trailing `Summary` block,
+  which is skipped. `ibyt` (bytes of the flow, sa → da) is `bytes_out`, `obyt` (the reverse
+  direction, which only bidirectional exporters such as NSEL fill) is `bytes_in`. nfdump prints
+  local times: they are read in `--source-tz`.
+* `netflow_csv` — any CSV (`,` `;` or tab) with a header naming at least a source address, a
+  destination address and a start time; column names are matched case-insensitively with `_`,
+  `-`, `.` and spaces ignored, against `NETFLOW_COLUMNS` below (nfdump, nProbe/NetFlow v9,
+  IPFIX, Zeek and common export names). NetFlow's IN_BYTES (bytes of the flow) is `bytes_out`
+  and OUT_BYTES `bytes_in`. Times: epoch seconds, epoch milliseconds (values above 10^11), ISO
+  8601 with an offset (exact) or without (`--source-tz`).
+* `srx_flow` — Juniper SRX `RT_FLOW_SESSION_CLOSE` syslog, structured (`[junos@2636… key="value"
+  …]`) and standard text (`session closed REASON: SRC/PORT->DST/PORT … PROTO POLICY FROM-ZONE
+  TO-ZONE SESSION-ID PKTS(BYTES) PKTS(BYTES) ELAPSED APP …`). `bytes-from-client` is `bytes_out`,
+  `bytes-from-server` `bytes_in`; `_time` is the close time minus `elapsed-time`.
+  RT_FLOW_SESSION_CREATE / DENY and other syslog messages are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+
+import duckdb
+
+from ..models import NETWORK_TRAFFIC
+from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
+from .syslog_header import header_time_sql, local_time_sql
+
+_IP_RE = "[0-9A-Fa-f.:]+"
+
+
+def transport_sql(expr: str) -> str:
+    """SQL: an IP protocol number or name as Zeek's lower-case transport name."""
+    return (f"CASE lower({expr}) WHEN '6' THEN 'tcp' WHEN '17' THEN 'udp' WHEN '1' THEN 'icmp' "
+            f"WHEN '58' THEN 'icmp' WHEN 'icmp6' THEN 'icmp' WHEN 'ipv6-icmp' THEN 'icmp' WHEN '47' THEN 'gre' "
+            f"WHEN '50' THEN 'esp' WHEN '51' THEN 'ah' WHEN '132' THEN 'sctp' ELSE nullif(lower({expr}), '') END")
+
+
+def flow_checks_sql(cols: dict[str, str]) -> list[str]:
+    """SQL `WHEN … THEN reason` clauses validating text columns named after the model's fields."""
+    checks = []
+    for field in ("src_ip", "dest_ip"):
+        expr = cols.get(field)
+        if expr:
+            checks.append(f"WHEN nullif({expr}, '') IS NULL THEN 'missing {field}'")
+            checks.append(
+                f"WHEN NOT regexp_full_match({expr}, {sql_string(_IP_RE)}) OR NOT (contains({expr}, '.') OR contains({expr}, ':')) "
+                f"THEN 'bad address in {field}: ' || {expr}"
+            )
+    for field in ("src_port", "dest_port"):
+        expr = cols.get(field)
+        if expr:
+            checks.append(
+                f"WHEN nullif({expr}, '') IS NOT NULL AND NOT coalesce(TRY_CAST({expr} AS INTEGER) BETWEEN 0 AND 65535, false) "
+                f"THEN 'bad port in {field}: ' || {expr}"
+            )
+    for field in ("bytes_out", "bytes_in"):
+        expr = cols.get(field)
+        if expr:
+            checks.append(
+                f"WHEN nullif({expr}, '') IS NOT NULL AND NOT coalesce(TRY_CAST({expr} AS BIGINT) >= 0, false) "
+                f"THEN 'bad byte count in {field}: ' || {expr}"
+            )
+    expr = cols.get("duration")
+    if expr:
+        checks.append(
+            f"WHEN nullif({expr}, '') IS NOT NULL AND NOT coalesce(TRY_CAST({expr} AS DOUBLE) >= 0, false) "
+            f"THEN 'bad duration: ' || {expr}"
+        )
+    return checks
+
+
+def flow_events_sql(ctx: ParseContext, table: str, source_name: str) -> str:
+    """SQL: the model's rows from a table with text columns src_ip … duration, session_id, app and `_time`."""
+    return f"""(
+        SELECT _time, src_ip, TRY_CAST(nullif(src_port, '') AS INTEGER) AS src_port, dest_ip,
+               TRY_CAST(nullif(dest_port, '') AS INTEGER) AS dest_port, {transport_sql('transport')} AS transport,
+               nullif(app, '') AS app,
+               TRY_CAST(nullif(bytes_in, '') AS BIGINT) AS bytes_in, TRY_CAST(nullif(bytes_out, '') AS BIGINT) AS bytes_out,
+               CASE WHEN nullif(bytes_in, '') IS NULL AND nullif(bytes_out, '') IS NULL THEN NULL
+                    ELSE coalesce(TRY_CAST(nullif(bytes_in, '') AS BIGINT), 0) + coalesce(TRY_CAST(nullif(bytes_out, '') AS BIGINT), 0)
+                    END AS bytes,
+               duration_s AS duration, nullif(session_id, '') AS session_id, 'network-connection' AS event_type,
+               {sql_string(source_name)} AS source, {raw_ref_sql(ctx)} AS raw_ref
+        FROM {table} WHERE outcome = 'parsed')"""
+
+
+def csv_fields_sql(line: str, sep: str) -> str:
+    """SQL: the fields of a CSV line; double-quoted fields (with "" escapes) only cost a regex when present."""
+    s = sql_string(sep)
+    pattern = sql_string(f'("(?:[^"]|"")*"|[^{re.escape(sep)}"]*){re.escape(sep)}')
+    return (
+        f"CASE WHEN contains({line}, '\"') THEN list_transform(regexp_extract_all({line} || {s}, {pattern}, 1), "
+        f"lambda v: CASE WHEN starts_with(v, '\"') THEN replace(substr(v, 2, length(v) - 2), '\"\"', '\"') ELSE v END) "
+        f"ELSE string_split({line}, {s}) END"
+    )
+
+
+def flexible_time_sql(expr: str, tz: str) -> str:
+    """SQL: epoch seconds / epoch ms / ISO 8601 (exact with offset, else local in `tz`) / 'YYYY-MM-DD hh:mm:ss[.f]'."""
+    e = f"trim({expr})"
+    return (
+        f"CASE WHEN regexp_full_match({e}, '[0-9]+(\\.[0-9]+)?') THEN "
+        f"  to_timestamp(TRY_CAST({e} AS DOUBLE) / CASE WHEN TRY_CAST({e} AS DOUBLE) > 1e11 THEN 1000.0 ELSE 1.0 END) "
+        f"WHEN regexp_matches({e}, '(Z|[+-][0-9][0-9]:?[0-9][0-9])$') THEN TRY_CAST({e} AS TIMESTAMPTZ) "
+        f"ELSE {local_time_sql(f'TRY_CAST({e} AS TIMESTAMP)', tz)} END"
+    )
+
+
+# --- nfdump ------------------------------------------------------------------------------------
+
+NFDUMP_PREFIX = "ts,te,td,sa,da,sp,dp,pr"
+
+
+def _first_line(head: list[str]) -> str | None:
+    return next((line.strip() for line in head if line.strip()), None)
+
+
+class NfdumpCSV:
+    name = "nfdump_csv"
+    data_model = NETWORK_TRAFFIC
+    description = "nfdump -o csv (NetFlow v5/v9, IPFIX, sFlow via nfcapd/sfcapd), Summary block skipped"
+    sample = ("2026-03-03 09:15:02,2026-03-03 09:15:07,5.012,10.20.0.15,93.184.216.34,51234,443,TCP,.AP.SF,0,0,"
+              "120,5400000,0,0,3,2,0,0,24,0,0,0,0.0.0.0,0.0.0.0,0,0,00:00:00:00:00:00,00:00:00:00:00:00,"
+              "00:00:00:00:00:00,00:00:00:00:00:00,0-0-0,0-0-0,0-0-0,0-0-0,0-0-0,0-0-0,0-0-0,0-0-0,0-0-0,0-0-0,"
+              "0.000,0.000,0.000,192.0.2.1,0/0,1,1970-01-01 00:00:00.000")
+
+    def sniff(self, head: list[str]) -> bool:
+        first = _first_line(head)
+        return first is not None and first.startswith(NFDUMP_PREFIX)
+
+    def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
+        header = _first_line(ctx.head) or ""
+        names = header.split(",")
+        position = {name: i + 1 for i, name in enumerate(names)}
+        missing = [n for n in ("ts", "sa", "da") if n not in position]
+        if missing:
+            raise ValueError(f"{ctx.file}: nfdump CSV header lacks {', '.join(missing)} (expected `nfdump -o csv` output)")
+
+        def col(name: str) -> str:
+            return f"trim(f[{position[name]}])" if name in position else "NULL"
+
+        duration = ("TRY_CAST(td AS DOUBLE)" if "td" in position else
+                    "epoch(te_time) - epoch(_time)" if "te" in position else "NULL")
+        table = "nfdump_csv_lines"
+        cols = {k: k for k in ("src_ip", "dest_ip", "src_port", "dest_port", "bytes_out", "bytes_in")}
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE {table} AS
+            WITH split AS (
+                SELECT line_no, line, string_split(line, ',') AS f FROM raw_lines
+            ), fields AS (
+                SELECT line_no, line, len(f) AS n, {col('ts')} AS ts, {col('te')} AS te, {col('td')} AS td,
+                       {col('sa')} AS src_ip, {col('da')} AS dest_ip, {col('sp')} AS src_port, {col('dp')} AS dest_port,
+                       {col('pr')} AS transport, {col('ibyt')} AS bytes_out, {col('obyt')} AS bytes_in,
+                       NULL AS app, NULL AS session_id
+                FROM split
+            ), timed AS (
+                SELECT *, {flexible_time_sql('ts', ctx.source_tz)} AS _time,
+                       {flexible_time_sql('te', ctx.source_tz) if 'te' in position else 'NULL'} AS te_time
+                FROM fields
+            ), typed AS (
+                SELECT *, CAST({duration} AS DOUBLE) AS duration_s FROM timed
+            )
+            SELECT *, CASE WHEN reason IS NULL THEN 'parsed'
+                           WHEN reason IN ('header', 'summary', 'blank line') THEN 'skipped'
+                           ELSE 'quarantined' END AS outcome
+            FROM (
+                SELECT *,
+                    CASE WHEN trim(line) = '' THEN 'blank line'
+                         WHEN trim(line) = {sql_string(header)} THEN 'header'
+                         WHEN trim(line) = 'Summary' OR starts_with(line, 'flows,bytes,packets')
+                              OR (n = 6 AND regexp_full_match(trim(line), '[0-9.]+(,[0-9.]+){{5}}')) THEN 'summary'
+                         WHEN n <> {len(names)} THEN 'expected {len(names)} comma-separated fields as in the header, found ' || n
+                         WHEN _time IS NULL THEN 'bad time in ts: ' || coalesce(ts, '') || ' (expected YYYY-MM-DD hh:mm:ss[.fff] or epoch)'
+                         {' '.join(flow_checks_sql(cols))}
+                         WHEN nullif(td, '') IS NOT NULL AND NOT coalesce(TRY_CAST(td AS DOUBLE) >= 0, false) THEN 'bad duration in td: ' || td
+                         END AS reason
+                FROM typed
+            )
+        """)
+        return ParsedBatch(classified=f"(SELECT line_no, outcome, reason FROM {table})",
+                           events=flow_events_sql(ctx, table, self.name))
+
+
+# --- generic NetFlow / IPFIX CSV ----------------------------------------------------------------
+
+# model field -> accepted column names (normalised: lower case, without _ - . and spaces), by priority.
+NETFLOW_COLUMNS: dict[str, list[str]] = {
+    "src_ip": ["srcaddr", "srcip", "srcipaddr", "srcaddress", "sa", "sourceip", "sourceaddress", "sourceipaddress",
+               "sourceipv4address", "sourceipv6address", "ipv4srcaddr", "ipv6srcaddr", "idorigh", "src", "source"],
+    "dest_ip": ["dstaddr", "dstip", "dstipaddr", "dstaddress", "da", "destip", "destaddr", "destinationip",
+                "destinationaddress", "destinationipaddress", "destinationipv4address", "destinationipv6address",
+                "ipv4dstaddr", "ipv6dstaddr", "idresph", "dst", "dest", "destination"],
+    "src_port": ["srcport", "sp", "sport", "sourceport", "sourcetransportport", "l4srcport", "idorigp"],
+    "dest_port": ["dstport", "dp", "dport", "destport", "destinationport", "destinationtransportport", "l4dstport",
+                  "idrespp"],
+    "transport": ["protocol", "proto", "pr", "prot", "protocolidentifier", "ipprotocol", "transport"],
+    "bytes_out": ["bytesout", "inbytes", "ibyt", "bytes", "octets", "doctets", "octetdeltacount", "octettotalcount",
+                  "srcbytes", "sentbytes", "bytessent", "origbytes"],
+    "bytes_in": ["bytesin", "outbytes", "obyt", "reverseoctetdeltacount", "reverseoctettotalcount", "dstbytes",
+                 "rcvdbytes", "bytesreceived", "respbytes"],
+    "start": ["first", "start", "starttime", "ts", "flowstart", "flowstartseconds", "flowstartmilliseconds",
+              "flowstartmicroseconds", "firstswitched", "firstseen", "timestart", "stime", "timestamp", "time"],
+    "end": ["last", "end", "endtime", "te", "flowend", "flowendseconds", "flowendmilliseconds", "flowendmicroseconds",
+            "lastswitched", "lastseen", "timeend", "etime"],
+    "duration": ["duration", "td", "dur", "flowduration"],
+    "app": ["app", "application", "applicationname", "service", "appname"],
+}
+
+
+def normalise_column(name: str) -> str:
+    return re.sub(r"[\s_.\-]", "", name.strip().strip('"').lower())
+
+
+@dataclass(frozen=True)
+class CsvHeader:
+    separator: str
+    names: list[str]
+    mapping: dict[str, int]  # model field -> 1-based column position
+
+
+def read_netflow_header(head: list[str]) -> CsvHeader | None:
+    line = next((l for l in head if l.strip() and not l.startswith("#")), None)
+    if line is None:
+        return None
+    separator = max([",", ";", "\t"], key=line.count)
+    if line.count(separator) < 2:
+        return None
+    names = next(csv.reader(io.StringIO(line), delimiter=separator))
+    normalised = [normalise_column(n) for n in names]
+    mapping: dict[str, int] = {}
+    for field, aliases in NETFLOW_COLUMNS.items():
+        for alias in aliases:
+            if alias in normalised:
+                mapping[field] = normalised.index(alias) + 1
+                break
+    if not {"src_ip", "dest_ip", "start"} <= mapping.keys():
+        return None
+    return CsvHeader(separator=separator, names=names, mapping=mapping)
+
+
+class NetflowCSV:
+    name = "netflow_csv"
+    data_model = NETWORK_TRAFFIC
+    description = ("NetFlow / IPFIX CSV export with a header (src/dst address, ports, protocol, bytes, "
+                   "start/end or duration; see NETFLOW_COLUMNS for the accepted names)")
+    sample = ("start_time,end_time,src_addr,dst_addr,src_port,dst_port,protocol,in_bytes,out_bytes\n"
+              "2026-03-03T09:15:02Z,2026-03-03T09:15:07Z,10.20.0.15,93.184.216.34,51234,443,6,5400000,1200")
+
+    def sniff(self, head: list[str]) -> bool:
+        first = _first_line(head)
+        if first is None or first.startswith(NFDUMP_PREFIX) or first.startswith("#") or first.startswith("{"):
+            return False
+        return read_netflow_header(head) is not None
+
+    def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
+        header = read_netflow_header(ctx.head)
+        if header is None:
+            raise ValueError(
+                f"{ctx.file}: the first line is not a flow CSV header naming a source address, a destination "
+                f"address and a start time (accepted names: {', '.join(NETFLOW_COLUMNS['src_ip'][:4])}, …)"
+            )
+        m = header.mapping
+
+        def col(field: str) -> str:
+            return f"trim(f[{m[field]}])" if field in m else "NULL"
+
+        if "duration" in m:
+            duration = f"TRY_CAST({col('duration')} AS DOUBLE)"
+        elif "end" in m:
+            duration = "epoch(end_time) - epoch(_time)"
+        else:
+            duration = "NULL"
+        header_line = header.separator.join(header.names)
+        table = "netflow_csv_lines"
+        cols = {k: k for k in ("src_ip", "dest_ip", "src_port", "dest_port", "bytes_out", "bytes_in")}
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE {table} AS
+            WITH split AS (
+                SELECT line_no, line, {csv_fields_sql('line', header.separator)} AS f FROM raw_lines
+            ), fields AS (
+                SELECT line_no, line, len(f) AS n, {col('start')} AS start_t, {col('end')} AS end_t,
+                       {col('src_ip')} AS src_ip, {col('dest_ip')} AS dest_ip, {col('src_port')} AS src_port,
+                       {col('dest_port')} AS dest_port, {col('transport')} AS transport, {col('bytes_out')} AS bytes_out,
+                       {col('bytes_in')} AS bytes_in, {col('app')} AS app, {col('duration')} AS duration_t,
+                       NULL AS session_id
+                FROM split
+            ), timed AS (
+                SELECT *, {flexible_time_sql('start_t', ctx.source_tz)} AS _time,
+                       {flexible_time_sql('end_t', ctx.source_tz)} AS end_time
+                FROM fields
+            ), typed AS (
+                SELECT *, CAST({duration} AS DOUBLE) AS duration_s FROM timed
+            )
+            SELECT *, CASE WHEN reason IS NULL THEN 'parsed'
+                           WHEN reason IN ('header', 'blank line') THEN 'skipped'
+                           ELSE 'quarantined' END AS outcome
+            FROM (
+                SELECT *,
+                    CASE WHEN trim(line) = '' THEN 'blank line'
+                         WHEN line_no = {self._header_line_no(ctx)} OR replace(line, '"', '') = {sql_string(header_line.replace('"', ''))} THEN 'header'
+                         WHEN n <> {len(header.names)} THEN 'expected {len(header.names)} fields as in the header, found ' || n
+                         WHEN _time IS NULL THEN 'bad start time: ' || coalesce(start_t, '') || ' (expected epoch seconds or ms, or ISO 8601)'
+                         {' '.join(flow_checks_sql(cols))}
+                         WHEN nullif(duration_t, '') IS NOT NULL AND NOT coalesce(TRY_CAST(duration_t AS DOUBLE) >= 0, false) THEN 'bad duration: ' || duration_t
+                         WHEN nullif(end_t, '') IS NOT NULL AND end_time IS NULL THEN 'bad end time: ' || end_t
+                         END AS reason
+                FROM typed
+            )
+        """)
+        return ParsedBatch(classified=f"(SELECT line_no, outcome, reason FROM {table})",
+                           events=flow_events_sql(ctx, table, self.name))
+
+    @staticmethod
+    def _header_line_no(ctx: ParseContext) -> int:
+        for index, line in enumerate(ctx.head):
+            if line.strip() and not line.startswith("#"):
+                return index + 1
+        return 1
+
+
+# --- Juniper SRX RT_FLOW ------------------------------------------------------------------------
+
+SRX_TIME = (
+    r"^(?:<\d{1,3}>)?(?:1 )?(?:(?P<hdr_bsd>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d)\s+\S+\s+(?:1 )?)?"
+    r"(?:(?P<hdr_iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?P<hdr_zone>Z|[+-]\d\d:?\d\d)?))?"
+)
+SRX_TEXT = (
+    r"^RT_FLOW_SESSION_CLOSE(?:_LS)?:.*?session closed (?P<reason>[^:]*): "
+    rf"(?P<src>{_IP_RE})/(?P<sport>\d+)->(?P<dst>{_IP_RE})/(?P<dport>\d+) (?:0x[0-9a-fA-F]+ )?(?P<service>\S+) "
+    r".*? (?P<proto>\d+) \S+ \S+ \S+ (?P<sid>\d+) \d+\((?P<bc>\d+)\) \d+\((?P<bs>\d+)\) (?P<elapsed>\d+)(?: (?P<app>\S+))?.*$"
+)
+SRX_KV = r'([A-Za-z0-9_-]+)="((?:[^"\\]|\\.)*)"'
+_SRX_SYSLOG = r"^(?:<\d{1,3}>)?(?:1 )?(?:[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)"
+
+
+def _sd(key: str) -> str:
+    return f"kv_vals[list_position(kv_keys, {sql_string(key)})]"
+
+
+class JuniperSRXFlow:
+    name = "srx_flow"
+    data_model = NETWORK_TRAFFIC
+    description = "Juniper SRX RT_FLOW_SESSION_CLOSE syslog, structured (sd-syslog) and standard text"
+    sample = ('<14>1 2026-03-03T09:15:07.120Z srx01 RT_FLOW - RT_FLOW_SESSION_CLOSE [junos@2636.1.1.1.2.129 '
+              'reason="TCP FIN" source-address="10.20.0.15" source-port="51234" destination-address="93.184.216.34" '
+              'destination-port="443" service-name="junos-https" protocol-id="6" policy-name="trust-to-untrust" '
+              'source-zone-name="trust" destination-zone-name="untrust" session-id-32="40012" packets-from-client="120" '
+              'bytes-from-client="5400000" packets-from-server="90" bytes-from-server="1200" elapsed-time="5" '
+              'application="SSL" nested-application="UNKNOWN"]')
+
+    def sniff(self, head: list[str]) -> bool:
+        lines = [line for line in head if line.strip()][:20]
+        return any("RT_FLOW_SESSION_" in line and "RT_FLOW" in line.split("RT_FLOW_SESSION_", 1)[0] + "RT_FLOW"
+                   for line in lines)
+
+    def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
+        tz = ctx.source_tz
+        table = "srx_flow_lines"
+        cols = {k: k for k in ("src_ip", "dest_ip", "src_port", "dest_port", "bytes_out", "bytes_in")}
+        close_kinds = "('CLOSE', 'CLOSE_LS')"
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE {table} AS
+            WITH base AS (
+                SELECT line_no, line, strpos(line, 'RT_FLOW_SESSION_') AS pos FROM raw_lines
+            ), kinded AS (
+                SELECT *, CASE WHEN pos > 0 THEN regexp_extract(substr(line, pos + 16, 32), '^([A-Z_]+)', 1) END AS kind,
+                       pos > 0 AND contains(line, '[junos@') AS structured
+                FROM base
+            ), close_sd AS (
+                SELECT line_no, substr(line, 1, pos - 1) AS pre,
+                       regexp_extract_all(substr(line, strpos(line, '[junos@')), {sql_string(SRX_KV)}, 1) AS kv_keys,
+                       regexp_extract_all(substr(line, strpos(line, '[junos@')), {sql_string(SRX_KV)}, 2) AS kv_vals
+                FROM kinded WHERE kind IN {close_kinds} AND structured
+            ), sd AS (
+                SELECT line_no, pre, true AS ok, {_sd('reason')} AS close_reason,
+                       {_sd('source-address')} AS src_ip, {_sd('source-port')} AS src_port,
+                       {_sd('destination-address')} AS dest_ip, {_sd('destination-port')} AS dest_port,
+                       {_sd('protocol-id')} AS transport,
+                       coalesce({_sd('session-id-32')}, {_sd('session-id')}) AS session_id,
+                       {_sd('bytes-from-client')} AS bytes_out, {_sd('bytes-from-server')} AS bytes_in,
+                       {_sd('elapsed-time')} AS elapsed, {_sd('application')} AS application,
+                       {_sd('service-name')} AS service
+                FROM close_sd
+            ), text AS (
+                SELECT line_no, substr(line, 1, pos - 1) AS pre, t.reason <> '' OR t.src <> '' AS ok,
+                       t.reason AS close_reason, t.src AS src_ip, t.sport AS src_port, t.dst AS dest_ip,
+                       t.dport AS dest_port, t.proto AS transport, t.sid AS session_id, t.bc AS bytes_out,
+                       t.bs AS bytes_in, t.elapsed AS elapsed, t.app AS application, t.service AS service
+                FROM (
+                    SELECT line_no, line, pos,
+                           regexp_extract(substr(line, pos), {sql_string(SRX_TEXT)},
+                                          ['reason', 'src', 'sport', 'dst', 'dport', 'service', 'proto', 'sid', 'bc', 'bs', 'elapsed', 'app']) AS t
+                    FROM kinded WHERE kind IN {close_kinds} AND NOT structured
+                )
+            ), closes AS (
+                SELECT * FROM sd UNION ALL BY NAME SELECT * FROM text
+            ), timed AS (
+                SELECT c.*, {header_time_sql('h.', tz, ctx.year)} AS close_time,
+                       CASE WHEN upper(coalesce(application, '')) IN ('', 'UNKNOWN', 'N/A', 'NONE') THEN
+                            CASE WHEN upper(coalesce(service, '')) IN ('', 'NONE', 'N/A') THEN NULL ELSE service END
+                            ELSE lower(application) END AS app,
+                       h.hdr_bsd AS hdr_bsd
+                FROM (SELECT *, regexp_extract(pre, {sql_string(SRX_TIME)}, ['hdr_bsd', 'hdr_iso', 'hdr_zone']) AS h FROM closes) c
+            ), parsed AS (
+                SELECT line_no, ok, close_reason, src_ip, src_port, dest_ip, dest_port, transport, session_id, bytes_out,
+                       bytes_in, elapsed, app, hdr_bsd, close_time,
+                       close_time - to_seconds(coalesce(TRY_CAST(elapsed AS BIGINT), 0)) AS _time,
+                       TRY_CAST(elapsed AS DOUBLE) AS duration_s
+                FROM timed
+            ), classified AS (
+                SELECT k.line_no, k.line, k.kind, k.structured, p.* EXCLUDE (line_no),
+                    CASE WHEN trim(k.line) = '' THEN 'blank line'
+                         WHEN k.kind IS NULL AND regexp_matches(k.line, {sql_string(_SRX_SYSLOG)}) THEN 'other syslog message'
+                         WHEN k.kind IS NULL THEN 'not a syslog line (expected a Juniper SRX RT_FLOW message)'
+                         WHEN k.kind NOT IN {close_kinds} THEN 'RT_FLOW_SESSION_' || k.kind
+                         WHEN NOT p.ok AND k.structured THEN 'RT_FLOW_SESSION_CLOSE structured data not in the expected form'
+                         WHEN NOT p.ok THEN 'RT_FLOW_SESSION_CLOSE not in the expected form: session closed REASON: '
+                              || 'SRC/PORT->DST/PORT … PROTOCOL POLICY FROM-ZONE TO-ZONE SESSION-ID PKTS(BYTES) PKTS(BYTES) ELAPSED …'
+                         WHEN p.close_time IS NULL AND p.hdr_bsd <> '' THEN 'syslog timestamp without a year: pass --year'
+                         WHEN p.close_time IS NULL THEN 'no usable syslog timestamp'
+                         {' '.join(flow_checks_sql(cols))}
+                         WHEN nullif(p.elapsed, '') IS NOT NULL AND TRY_CAST(p.elapsed AS BIGINT) IS NULL THEN 'bad elapsed-time: ' || p.elapsed
+                         END AS reason
+                FROM kinded k LEFT JOIN parsed p USING (line_no)
+            )
+            SELECT *, CASE WHEN reason IS NULL THEN 'parsed'
+                           WHEN reason = 'blank line' OR reason = 'other syslog message'
+                                OR (kind IS NOT NULL AND kind NOT IN {close_kinds}) THEN 'skipped'
+                           ELSE 'quarantined' END AS outcome
+            FROM classified
+        """)
+        return ParsedBatch(classified=f"(SELECT line_no, outcome, reason FROM {table})",
+                           events=flow_events_sql(ctx, table, self.name))
