@@ -9,6 +9,7 @@ nothing, and a later fire that sees the same entity and bucket with a larger val
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -258,6 +259,22 @@ def _record_run(state: StateStore, detection: Detection, mode: str, window: RunW
         return int(cursor.lastrowid)
 
 
+# Views that are not lake data models: a detection whose `data_model` names one (a correlation
+# detection reads `risk_events`) gets it from its provider, "module:function(con, state, settings,
+# start, end)", instead of the lake views.
+DERIVED_VIEWS = {"risk_events": "exfilwatch.risk:register_risk_events_view"}
+
+
+def register_derived_view(con: duckdb.DuckDBPyConnection, detection: Detection, settings: Settings,
+                          state: StateStore, start: datetime, end: datetime) -> bool:
+    target = DERIVED_VIEWS.get(detection.data_model)
+    if target is None:
+        return False
+    module, _, name = target.partition(":")
+    getattr(importlib.import_module(module), name)(con, state, settings, start, end)
+    return True
+
+
 @dataclass
 class DetectResult:
     detection: Detection
@@ -282,8 +299,9 @@ def detect_once(
         window = run_window(detection, now, settings.timezone, earliest, latest)
         params = resolve_parameters(detection, settings, overrides or {}, window)
         start, end = data_range(params)
-        register_lake_views(con, settings, state, start, end)
-        expose_models(con)
+        if not register_derived_view(con, detection, settings, state, start, end):
+            register_lake_views(con, settings, state, start, end)
+            expose_models(con)
         findings = findings_from_rows(detection, execute(con, detection, params), settings.timezone)
         result = DetectResult(detection, window, findings)
         if store:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import risk
 from ..config import Home, parse_settings
 from ..engine import connect
 from ..ingest import ingest_paths
@@ -34,6 +35,8 @@ class TestResult:
     risk_events: int
     detail: str
     findings: list[Finding]
+    # the risk events the test's findings produced (for a correlation rule: the ones it read)
+    risk_event_lines: list[str] = field(default_factory=list)
 
 
 def _same(expected: Any, actual: Any) -> bool:
@@ -47,13 +50,23 @@ def run_detection_test(detection: Detection, test: DetectionTest) -> TestResult:
     with tempfile.TemporaryDirectory(prefix="exfilwatch-test-") as tmp:
         home = Home(root=Path(tmp), config_path=Path(tmp) / "config.yaml")
         settings = parse_settings(test.config, f"{detection.folder / 'detection.yml'} test {test.name!r} config")
-        for data in test.data:
-            ingest_paths([detection.folder / data.file], home, settings, data.source)
         now = parse_time(test.now, datetime(1970, 1, 1, tzinfo=timezone.utc), settings.timezone)
         state = StateStore(home.state_path)
+        techniques = risk.techniques_by_detection([detection])
+        for data in test.data:
+            if data.source == "findings":  # hand-built findings, for correlation rules over risk events
+                techniques.update(risk.load_findings_file(state, detection.folder / data.file))
+                continue
+            ingest_paths([detection.folder / data.file], home, settings, data.source)
         con = connect(settings, home.spill_dir)
         try:
+            if detection.type == "correlation":  # its input: the risk events of the test's findings
+                risk.rebuild_risk_events(state, settings, techniques, now)
+                events = risk.stored_risk_events(state)
             result = detect_once(con, state, settings, [detection], now, overrides=test.set)[0]
+            if detection.type != "correlation":  # its output: the risk events of its findings
+                risk.rebuild_risk_events(state, settings, techniques, now)
+                events = risk.stored_risk_events(state)
         finally:
             con.close()
             state.close()
@@ -73,8 +86,8 @@ def run_detection_test(detection: Detection, test: DetectionTest) -> TestResult:
                 problems.append(f"{item.entity}: {name} = {finding.fields.get(name)!r}, expected {value!r}")
     return TestResult(
         detection_id=detection.id, name=test.name, kind=test.kind, passed=not problems,
-        expected=sorted(expected), got=sorted(got), risk_events=sum(len(f.risk_objects) for f in result.findings),
-        detail="; ".join(problems) or "ok", findings=result.findings,
+        expected=sorted(expected), got=sorted(got), risk_events=len(events),
+        detail="; ".join(problems) or "ok", findings=result.findings, risk_event_lines=[risk.describe_event(e) for e in events],
     )
 
 
