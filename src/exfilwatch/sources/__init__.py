@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import ParseContext, ParsedBatch, Source
 from .flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
+from .generic import GenericSource
 from .postfix import Postfix
 from .pulse_secure import PulseSecure
 from .zeek import ZeekConnJSON, ZeekConnTSV
@@ -19,6 +20,7 @@ SOURCES: dict[str, Source] = {
         JuniperSRXFlow(),
         Postfix(),
         NetflowCSV(),  # keep late: it claims any CSV whose header names flow columns
+        GenericSource(),  # never detected: --source generic --mapping FILE
     )
 }
 
