@@ -105,7 +105,45 @@ EMAIL = DataModel(
     ),
 )
 
-DATA_MODELS: dict[str, DataModel] = {m.name: m for m in (NETWORK_TRAFFIC, AUTHENTICATION, EMAIL)}
+_EVIDENCE_MESSAGE = ("STRUCT(\"time\" VARCHAR, message_id VARCHAR, size BIGINT, recipients VARCHAR[], "
+                     "subject VARCHAR, file_name VARCHAR[])[]")
+
+USER_SESSIONS = DataModel(
+    name="user_sessions",
+    description=("Derived: one row per closed user session (a VPN session, or the user's activity outside VPN "
+                 "on one local day) with its outgoing-mail features and evidence; built by "
+                 "exfilwatch.enrich.sessions, `_time` = the session's end"),
+    columns=(
+        ("_time", "TIMESTAMPTZ"),
+        ("session_key", "VARCHAR"),
+        ("user", "VARCHAR"),
+        ("department", "VARCHAR"),
+        ("session_kind", "VARCHAR"),
+        ("session_start", "TIMESTAMPTZ"),
+        ("session_end", "TIMESTAMPTZ"),
+        ("end_reason", "VARCHAR"),
+        ("boundary_source", "VARCHAR"),
+        ("vpn_account", "VARCHAR"),
+        ("vpn_session_id", "VARCHAR"),
+        ("src_ip", "VARCHAR"),
+        ("assigned_ip", "VARCHAR"),
+        ("messages_sent", "BIGINT"),
+        ("em_fnum", "BIGINT"),
+        ("em_dnum", "BIGINT"),
+        ("em_bsum", "BIGINT"),
+        ("em_bsum_personal", "BIGINT"),
+        ("em_personal_fnum", "BIGINT"),
+        ("net_flows", "BIGINT"),
+        ("net_bytes_out", "BIGINT"),
+        ("net_bytes_in", "BIGINT"),
+        ("top_domains", "STRUCT(domain VARCHAR, domain_class VARCHAR, messages BIGINT, bytes BIGINT)[]"),
+        ("top_recipients", "STRUCT(recipient VARCHAR, domain_class VARCHAR, messages BIGINT, bytes BIGINT)[]"),
+        ("largest_messages", _EVIDENCE_MESSAGE),
+        ("largest_personal_messages", _EVIDENCE_MESSAGE),
+    ),
+)
+
+DATA_MODELS: dict[str, DataModel] = {m.name: m for m in (NETWORK_TRAFFIC, AUTHENTICATION, EMAIL, USER_SESSIONS)}
 
 
 def get_model(name: str) -> DataModel:

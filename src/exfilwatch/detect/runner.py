@@ -195,13 +195,14 @@ def findings_from_rows(detection: Detection, rows: list[dict[str, Any]], tz: str
             for obj in detection.risk.objects
         ]
         value = fields.get(detection.finding.value) if detection.finding.value else None
-        bucket = fields.get(detection.finding.time)
+        when = fields.get(detection.finding.time)
+        bucket = fields.get(detection.finding.bucket) if detection.finding.bucket else when
         findings.append(Finding(
             detection_id=detection.id,
             detection_name=detection.name,
             entity=str(fields.get(detection.finding.entity)),
             bucket=str(bucket),
-            time=str(bucket),
+            time=str(when),
             value=float(value) if value is not None else None,
             risk_score=sum(obj["score"] for obj in objects),
             message=detection.risk_message({name: _display(value, tz) for name, value in row.items()}),
@@ -275,6 +276,20 @@ def register_derived_view(con: duckdb.DuckDBPyConnection, detection: Detection, 
     return True
 
 
+# Derived lake models (not ingested but computed from other models and stored in the lake):
+# "module:function(con, state, settings, now)" brings the model up to `now` before a detection
+# over it runs; the detection then reads it through the ordinary lake views.
+DERIVED_MODELS = {"user_sessions": "exfilwatch.enrich.sessions:build_user_sessions"}
+
+
+def build_derived_model(con: duckdb.DuckDBPyConnection, detection: Detection, settings: Settings,
+                        state: StateStore, now: datetime) -> None:
+    target = DERIVED_MODELS.get(detection.data_model)
+    if target is not None:
+        module, _, name = target.partition(":")
+        getattr(importlib.import_module(module), name)(con, state, settings, now)
+
+
 @dataclass
 class DetectResult:
     detection: Detection
@@ -299,6 +314,7 @@ def detect_once(
         window = run_window(detection, now, settings.timezone, earliest, latest)
         params = resolve_parameters(detection, settings, overrides or {}, window)
         start, end = data_range(params)
+        build_derived_model(con, detection, settings, state, window.now)
         if not register_derived_view(con, detection, settings, state, start, end):
             register_lake_views(con, settings, state, start, end)
             expose_models(con)
@@ -350,6 +366,7 @@ def run_schedule(
     """Run each detection once per cron fire time since its watermark, oldest first."""
     results = []
     for detection in detections:
+        build_derived_model(con, detection, settings, state, now)
         watermark = state.watermark(detection.id)
         if watermark is not None:
             after = datetime.fromisoformat(watermark)

@@ -58,6 +58,7 @@ class FindingKey(Strict):
     entity: str
     time: str = "_time"
     value: str | None = None
+    bucket: str | None = None  # what a finding is about besides its entity (a session id); default: `time`
 
 
 class Tags(Strict):

@@ -135,6 +135,9 @@ class IdentityResolver:
                 resolver._add("email", email, user, RULE_FILE)
             for account in identity.vpn_accounts:
                 resolver._add("vpn", account, user, RULE_FILE)
+                short = normalise_account(account)[0]  # CORP\\jsmith also covers jsmith
+                resolver.explicit.setdefault(("vpn", short), user)
+                resolver.explicit_rule.setdefault(("vpn", short), RULE_FILE)
             for host in identity.hosts:
                 resolver._add("host", host, user, RULE_FILE)
             # the user name itself is also a VPN account of theirs

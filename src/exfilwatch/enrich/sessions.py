@@ -1,0 +1,620 @@
+"""User sessions: VPN sessions from `authentication` events, daily sessions for the rest, and the
+outgoing-mail features of each — stored as the derived lake model `user_sessions`.
+
+Sessions
+--------
+A VPN session starts at a `vpn-login` and ends at its first `vpn-logout`. Lines are linked by
+the VPN session id when they carry one (`session:…`), else by the tunnel address
+(`VPN Tunneling: Session started … with IPv4 address …`), per user:
+
+* within one link key the events are taken in time order; each login opens a new session (a
+  logout at the same instant as a login is taken first), so a re-login with a reused session id
+  starts a new session and closes the previous one if it had no end (`re-login`);
+* a tunnel (an address-keyed session) that starts inside a login session of the same user is
+  part of it: the session gets the tunnel address. Its end is the login session's own first
+  end line (logout, timeout, "started new session", ...); without one, the first end line of
+  its tunnels (`tunnel-ended`); a tunnel that starts outside any login session is a session of
+  its own;
+* an end line that carries neither a session id nor an address (`Closed connection to … after
+  N seconds`) ends the user's latest session that started before it and has no end yet
+  (`connection-closed`);
+* a session whose end is never seen closes `sessions.idle_limit_hours` (default 12) after its
+  last event (`idle-limit`); a session whose end is still in the future at `now` is open and is
+  neither stored nor scored;
+* end lines before any login of their key (the session began before the data) are counted
+  and otherwise ignored; overlapping sessions of one user (two devices) are kept apart.
+
+Each end keeps its kind (`logout`, `timeout`, `new-session`, `terminated`, `tunnel-ended`,
+`connection-closed`, `re-login`, `idle-limit`, `end-of-day`) and the line it came from
+(`boundary_source`: the raw reference `file:line`).
+
+Attribution: a message belongs to the user its sender address resolves to (identities), and
+to that user's VPN session that holds its time (the latest-started one when two overlap). A
+flow belongs to the VPN session whose tunnel address is its source at its time, else — when
+its source host belongs to a user — to that user's session at that time. Whatever falls
+outside every VPN session belongs to the user's daily session: the local day (configured time
+zone; 23 or 25 hours on DST days), which closes at the next local midnight.
+
+Features (per session, over outgoing mail: messages sent by the user, deduplicated by
+message id, with at least one recipient outside the internal domains, not failed/blocked/
+relayed):
+
+* `em_fnum` distinct messages; `em_dnum` distinct external recipient registered domains;
+* `em_bsum` the sum of their sizes, each message once;
+* `em_bsum_personal` the sum of the sizes of those with a recipient in a personal domain;
+* evidence: top recipients and domains (messages, bytes), the largest messages, the largest
+  messages to personal addresses.
+
+Storage
+-------
+Closed sessions are written to the lake as the model `user_sessions` (Parquet partitioned by the
+UTC day of the session's end, committed through the state store like any batch), so a model
+reads months of history from a small table instead of re-reading the mail. The table
+`derived_builds` remembers up to when sessions were built, and `derived_inputs` which input lake
+files the build has seen. A build recomputes from the UTC midnight before the previous build's
+end, or — when input files arrived since for older days (late data) — from
+`sessions.lookback_days` before the oldest of them; it replaces the stored partitions from that
+day on in one transaction. A change to the identities, domain lists or session settings
+rebuilds everything. Session keys are deterministic, so a rebuilt session keeps its key and a
+finding about it is not repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ..config import Home, Settings
+from ..engine import register_lake_views
+from ..lake import write_batch
+from ..models import USER_SESSIONS
+from ..state import StateStore, dumps
+from .domains import register_domain_table
+from .identities import load_identities, register_identity_map
+
+NAME = "user_sessions"
+INPUT_MODELS = ("authentication", "email", "network_traffic")
+
+# Mail that did not leave: failed, blocked at the gateway, handed to a content filter (the
+# re-injected copy is the one counted), probes and dropped messages.
+NOT_SENT_ACTIONS = ("failed", "blocked", "relayed", "probe", "dropped", "rejected", "bounced", "quarantined")
+NOT_SENT_EVENT_TYPES = ("email-relay", "email-out-failed", "email-in")
+
+STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS derived_builds (
+    name TEXT PRIMARY KEY,
+    built_until TEXT NOT NULL,
+    settings_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS derived_inputs (
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (name, path)
+);
+"""
+
+END_KIND_SQL = """
+    CASE WHEN {r} IS NULL OR {r} = '' THEN 'logout'
+         WHEN contains(lower({r}), 'timed out') OR contains(lower({r}), 'timeout')
+              OR contains(lower({r}), 'maximum session') THEN 'timeout'
+         WHEN contains(lower({r}), 'new session') THEN 'new-session'
+         WHEN contains(lower({r}), 'tunnel') THEN 'tunnel-ended'
+         WHEN starts_with(lower({r}), 'connection to') OR contains(lower({r}), 'closed') THEN 'connection-closed'
+         WHEN contains(lower({r}), 'terminated') THEN 'terminated'
+         ELSE 'logout' END
+"""
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join("'" + v + "'" for v in values) + ")"
+
+
+@dataclass
+class SessionCounts:
+    """What one computation saw and could not use."""
+
+    vpn_events: int = 0
+    vpn_events_unresolved: int = 0
+    ends_before_login: int = 0
+    messages: int = 0
+    messages_unresolved_sender: int = 0  # sender outside the internal domains and not listed
+    flows: int = 0
+    flows_unattributed: int = 0  # source neither a tunnel address in a session nor a known host
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _settings_hash(settings: Settings) -> str:
+    identities: Any = settings.identities
+    if isinstance(identities, str):
+        path = Path(identities)
+        identities = [identities, path.stat().st_mtime_ns if path.exists() else None]
+    else:
+        identities = [i.model_dump() for i in identities]
+    data = {
+        "identities": identities,
+        "internal_domains": sorted(settings.internal_domains),
+        "personal_domains": settings.personal_domains.model_dump(),
+        "sessions": settings.sessions.model_dump(),
+        "timezone": settings.timezone,
+        "assets": [a.model_dump() for a in settings.assets if a.host and a.owner],
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def compute_sessions(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    now: datetime,
+    start: datetime,
+    read_from: datetime,
+    auth: str = "lake.authentication",
+    email: str = "lake.email",
+    flows: str | None = "lake.network_traffic",
+    target: str = "_ses_result",
+) -> SessionCounts:
+    """Create temp table `target` (the `user_sessions` columns) with the sessions closed in [start, now).
+
+    Events are read from [read_from, now): read_from must lie far enough before `start` to hold
+    the logins of sessions that end after `start` (`sessions.lookback_days`).
+    """
+    counts = SessionCounts()
+    tz = settings.timezone
+    idle = float(settings.sessions.idle_limit_hours) * 3600.0
+    p = {"now": now, "read_from": read_from}
+
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_auth AS
+        SELECT _time, "user" AS account, nullif(trim(session_id), '') AS sid, nullif(trim(assigned_ip), '') AS ip,
+               src_ip, event_type, reason, raw_ref
+        FROM {auth}
+        WHERE _time >= $read_from AND _time < $now
+          AND (event_type IN ('vpn-login', 'vpn-logout') OR nullif(trim(session_id), '') IS NOT NULL)
+    """, p)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_mail AS
+        SELECT _time, src_user, coalesce(nullif(message_id, ''), nullif(internal_message_id, ''), raw_ref) AS mkey,
+               size, recipient, subject, file_name
+        FROM {email}
+        WHERE _time >= $read_from AND _time < $now AND src_user IS NOT NULL
+          AND coalesce(action, '') NOT IN {_sql_list(NOT_SENT_ACTIONS)}
+          AND coalesce(event_type, '') NOT IN {_sql_list(NOT_SENT_EVENT_TYPES)}
+    """, p)
+    if flows:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _ses_flows AS
+            SELECT _time, src_ip, coalesce(bytes_out, 0) AS bytes_out, coalesce(bytes_in, 0) AS bytes_in
+            FROM {flows} WHERE _time >= $read_from AND _time < $now AND src_ip IS NOT NULL
+        """, p)
+    else:
+        con.execute("CREATE OR REPLACE TEMP TABLE _ses_flows AS SELECT NULL::TIMESTAMPTZ AS _time, NULL::VARCHAR AS src_ip, "
+                    "0::BIGINT AS bytes_out, 0::BIGINT AS bytes_in WHERE false")
+
+    register_identity_map(con, settings, {
+        "vpn": "SELECT DISTINCT account FROM _ses_auth",
+        "email": "SELECT DISTINCT src_user FROM _ses_mail",
+        "host": "SELECT DISTINCT src_ip FROM _ses_flows",
+    }, name="_ses_identity")
+    departments = {i.user.strip().lower(): i.department for i in load_identities(settings)}
+    con.execute("CREATE OR REPLACE TEMP TABLE _ses_departments (user VARCHAR, department VARCHAR)")
+    if departments:
+        con.executemany("INSERT INTO _ses_departments VALUES (?, ?)", list(departments.items()))
+
+    # --- 1. VPN events → parts (per user, link key, login sequence) -------------------------------
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_ev AS
+        SELECT a.*, m.user,
+               a.event_type = 'vpn-login' AS is_login,
+               a.event_type = 'vpn-logout' AS is_logout,
+               CASE WHEN a.sid IS NOT NULL THEN 's:' || a.sid
+                    WHEN a.ip IS NOT NULL THEN 'i:' || a.ip
+                    WHEN a.event_type = 'vpn-login' THEN 'u:' END AS link
+        FROM _ses_auth a JOIN _ses_identity m ON m.kind = 'vpn' AND m.key = a.account
+        WHERE m.user IS NOT NULL
+    """)
+    counts.vpn_events = con.execute("SELECT count(*) FROM _ses_auth").fetchall()[0][0]
+    counts.vpn_events_unresolved = counts.vpn_events - con.execute("SELECT count(*) FROM _ses_ev").fetchall()[0][0]
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_seq AS
+        SELECT *, sum(is_login::INTEGER) OVER (PARTITION BY user, link ORDER BY _time, is_login, raw_ref
+                                              ROWS UNBOUNDED PRECEDING) AS seq
+        FROM _ses_ev WHERE link IS NOT NULL
+    """)
+    counts.ends_before_login = con.execute(
+        "SELECT count(*) FROM _ses_seq WHERE seq = 0 AND is_logout").fetchall()[0][0]
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_parts AS
+        WITH g AS (
+            SELECT user, link, seq,
+                   min(_time) FILTER (WHERE is_login) AS start,
+                   arg_min(raw_ref, _time) FILTER (WHERE is_login) AS start_ref,
+                   min(_time) FILTER (WHERE is_logout) AS end_explicit,
+                   arg_min(reason, _time) FILTER (WHERE is_logout) AS end_reason_raw,
+                   arg_min(raw_ref, _time) FILTER (WHERE is_logout) AS end_ref,
+                   max(_time) AS last_event,
+                   arg_min(account, _time) FILTER (WHERE is_login) AS account,
+                   any_value(sid) AS sid, max(ip) AS ip,
+                   arg_min(src_ip, _time) FILTER (WHERE is_login) AS src_ip
+            FROM _ses_seq WHERE seq >= 1
+            GROUP BY user, link, seq
+        )
+        SELECT *, lead(start) OVER (PARTITION BY user, link ORDER BY seq) AS next_login,
+               starts_with(link, 'i:') AS is_tunnel
+        FROM g
+    """)
+    # Tunnels inside a login session join it; the rest stand alone.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_tunnel_host AS
+        SELECT t.user, t.link, t.seq, s.link AS host_link, s.seq AS host_seq
+        FROM (SELECT * FROM _ses_parts WHERE is_tunnel) t
+        ASOF JOIN (SELECT *, coalesce(end_explicit, least(next_login, last_event + to_seconds({idle}::DOUBLE)),
+                                      last_event + to_seconds({idle}::DOUBLE)) AS own_end
+                   FROM _ses_parts WHERE NOT is_tunnel) s
+          ON t.user = s.user AND t.start >= s.start
+        WHERE t.start < s.own_end
+    """)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_vpn0 AS
+        WITH host AS (
+            SELECT p.*, coalesce(h.host_link, p.link) AS g_link, coalesce(h.host_seq, p.seq) AS g_seq,
+                   h.host_link IS NOT NULL AS merged
+            FROM _ses_parts p
+            LEFT JOIN _ses_tunnel_host h ON p.user = h.user AND p.link = h.link AND p.seq = h.seq
+        )
+        SELECT user, g_link, g_seq,
+               min(start) AS session_start,
+               arg_min(start_ref, start) AS start_ref,
+               -- the login session's own end line wins; else the first end line of its tunnels
+               coalesce(min(end_explicit) FILTER (WHERE NOT merged), min(end_explicit)) AS end_explicit,
+               coalesce(arg_min(end_reason_raw, end_explicit) FILTER (WHERE NOT merged AND end_explicit IS NOT NULL),
+                        arg_min(end_reason_raw, end_explicit) FILTER (WHERE end_explicit IS NOT NULL)) AS end_reason_raw,
+               coalesce(arg_min(end_ref, end_explicit) FILTER (WHERE NOT merged AND end_explicit IS NOT NULL),
+                        arg_min(end_ref, end_explicit) FILTER (WHERE end_explicit IS NOT NULL)) AS end_ref,
+               max(last_event) AS last_event,
+               min(next_login) FILTER (WHERE NOT merged) AS next_login,
+               arg_min(account, start) AS account,
+               any_value(sid) FILTER (WHERE NOT merged) AS sid,
+               coalesce(max(ip) FILTER (WHERE NOT merged), arg_min(ip, start) FILTER (WHERE merged)) AS assigned_ip,
+               arg_min(src_ip, start) AS src_ip
+        FROM host GROUP BY user, g_link, g_seq
+    """)
+    # End lines with neither session id nor address end the user's latest open session.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_user_end AS
+        SELECT s.user, s.g_link, s.g_seq, min(e._time) AS t,
+               arg_min(e.reason, e._time) AS reason, arg_min(e.raw_ref, e._time) AS ref
+        FROM (SELECT * FROM _ses_ev WHERE link IS NULL AND is_logout) e
+        ASOF JOIN (SELECT *, least(next_login, last_event + to_seconds({idle}::DOUBLE)) AS soft_end
+                   FROM _ses_vpn0) s
+          ON e.user = s.user AND e._time >= s.session_start
+        WHERE s.end_explicit IS NULL AND e._time < s.soft_end
+        GROUP BY ALL
+    """)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_vpn AS
+        WITH v AS (
+            SELECT s.*, coalesce(s.end_explicit, u.t) AS end_seen,
+                   CASE WHEN s.end_explicit IS NOT NULL THEN s.end_reason_raw ELSE u.reason END AS reason_seen,
+                   CASE WHEN s.end_explicit IS NOT NULL THEN s.end_ref ELSE u.ref END AS ref_seen,
+                   last_event + to_seconds({idle}::DOUBLE) AS idle_end
+            FROM _ses_vpn0 s LEFT JOIN _ses_user_end u USING (user, g_link, g_seq)
+        ), e AS (
+            SELECT *,
+                   CASE WHEN end_seen IS NOT NULL THEN end_seen
+                        WHEN next_login IS NOT NULL AND next_login < idle_end THEN next_login
+                        ELSE idle_end END AS session_end,
+                   CASE WHEN end_seen IS NOT NULL THEN {END_KIND_SQL.format(r='reason_seen')}
+                        WHEN next_login IS NOT NULL AND next_login < idle_end THEN 're-login'
+                        ELSE 'idle-limit' END AS end_reason,
+                   CASE WHEN end_seen IS NOT NULL THEN ref_seen
+                        WHEN next_login IS NOT NULL AND next_login < idle_end THEN 'next login of the same session id'
+                        ELSE 'no end seen: idle limit {settings.sessions.idle_limit_hours:g} h after ' ||
+                             coalesce(start_ref, 'the last event') END AS boundary_source
+            FROM v
+        )
+        SELECT 'vpn|' || user || '|' || strftime(timezone('UTC', session_start), '%Y-%m-%dT%H:%M:%SZ') || '|' ||
+                   coalesce(sid, assigned_ip, '-') AS session_key,
+               user, session_start, session_end, end_reason, boundary_source, account AS vpn_account,
+               sid AS vpn_session_id, src_ip, assigned_ip,
+               max(session_end) OVER (PARTITION BY user ORDER BY session_start, session_end
+                                      ROWS UNBOUNDED PRECEDING) AS covered_until
+        FROM e
+    """)
+
+    # --- 2. messages: resolve the sender, deduplicate, attribute to a session -----------------------
+    counts.messages = con.execute("SELECT count(*) FROM _ses_mail").fetchall()[0][0]
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_msgs AS
+        SELECT m.user, e.mkey, min(e._time) AS _time, max(e.size) AS size,
+               list_distinct(flatten(list(e.recipient))) AS recipients,
+               min(e.subject) AS subject, list_distinct(flatten(list(e.file_name))) AS file_name
+        FROM _ses_mail e JOIN _ses_identity m ON m.kind = 'email' AND m.key = e.src_user
+        WHERE m.user IS NOT NULL
+        GROUP BY m.user, e.mkey
+    """)
+    counts.messages_unresolved_sender = counts.messages - con.execute(
+        "SELECT count(*) FROM _ses_mail e JOIN _ses_identity m ON m.kind = 'email' AND m.key = e.src_user "
+        "WHERE m.user IS NOT NULL").fetchall()[0][0]
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_msg_attr AS
+        SELECT m.*, CASE WHEN m._time < s.session_end THEN s.session_key END AS vpn_key,
+               m._time >= s.session_end AND m._time < s.covered_until AS overlapped
+        FROM _ses_msgs m ASOF LEFT JOIN _ses_vpn s ON m.user = s.user AND m._time >= s.session_start
+    """)
+    _resolve_overlaps(con, "_ses_msg_attr")
+
+    # --- 3. flows: by tunnel address during a session, else by the host's owner -------------------
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_flow_tun AS
+        SELECT f.*, CASE WHEN f._time < s.session_end THEN s.session_key END AS tunnel_key,
+               CASE WHEN f._time < s.session_end THEN s.user END AS tunnel_user
+        FROM _ses_flows f ASOF LEFT JOIN (SELECT * FROM _ses_vpn WHERE assigned_ip IS NOT NULL) s
+          ON f.src_ip = s.assigned_ip AND f._time >= s.session_start
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_flow_attr AS
+        SELECT coalesce(f.tunnel_user, m.user) AS user, f._time, f.bytes_out, f.bytes_in,
+               f.tunnel_key AS vpn_key, false AS overlapped
+        FROM _ses_flow_tun f LEFT JOIN _ses_identity m ON m.kind = 'host' AND m.key = f.src_ip
+        WHERE f.tunnel_key IS NOT NULL OR m.user IS NOT NULL
+    """)
+    counts.flows = con.execute("SELECT count(*) FROM _ses_flows").fetchall()[0][0]
+    counts.flows_unattributed = counts.flows - con.execute("SELECT count(*) FROM _ses_flow_attr").fetchall()[0][0]
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_flow_owner AS
+        SELECT f.user, f._time, f.bytes_out, f.bytes_in,
+               coalesce(f.vpn_key, CASE WHEN f._time < s.session_end THEN s.session_key END) AS vpn_key,
+               f.vpn_key IS NULL AND f._time >= s.session_end AND f._time < s.covered_until AS overlapped
+        FROM _ses_flow_attr f ASOF LEFT JOIN _ses_vpn s ON f.user = s.user AND f._time >= s.session_start
+    """)
+    _resolve_overlaps(con, "_ses_flow_owner")
+
+    # --- 4. keys: the VPN session, else the local day ------------------------------------------------
+    day_key = f"""
+        CASE WHEN vpn_key IS NOT NULL THEN vpn_key
+             ELSE 'day|' || user || '|' || strftime(timezone('{tz}', _time), '%Y-%m-%d') END
+    """
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ses_msg_keyed AS SELECT *, {day_key} AS session_key FROM _ses_msg_attr")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ses_flow_keyed AS SELECT *, {day_key} AS session_key FROM _ses_flow_owner")
+
+    register_domain_table(con, settings, """
+        SELECT DISTINCT lower(regexp_extract(r, '@([^@]+)$', 1)) FROM (SELECT unnest(recipients) AS r FROM _ses_msg_keyed)
+    """, name="_ses_domains")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_rcpt AS
+        SELECT r.session_key, r.mkey, r.size, r.recipient,
+               coalesce(d.registered_domain, r.domain) AS registered_domain,
+               coalesce(d.domain_class, 'internal') AS domain_class
+        FROM (SELECT *, lower(regexp_extract(recipient, '@([^@]+)$', 1)) AS domain
+              FROM (SELECT session_key, mkey, size, unnest(recipients) AS recipient FROM _ses_msg_keyed)) r
+        LEFT JOIN _ses_domains d ON d.domain = r.domain
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_msg_flags AS
+        SELECT k.session_key, k.mkey, k._time, k.size, k.subject, k.file_name, k.recipients,
+               coalesce(f.outgoing, false) AS outgoing, coalesce(f.personal, false) AS personal
+        FROM _ses_msg_keyed k LEFT JOIN (
+            SELECT session_key, mkey, bool_or(domain_class <> 'internal') AS outgoing,
+                   bool_or(domain_class = 'personal') AS personal
+            FROM _ses_rcpt GROUP BY session_key, mkey
+        ) f USING (session_key, mkey)
+    """)
+
+    # --- 5. features and evidence per session ----------------------------------------------------------
+    message_struct = """{'time': strftime(timezone('UTC', _time), '%Y-%m-%dT%H:%M:%SZ'), 'message_id': mkey,
+                         'size': size, 'recipients': recipients, 'subject': subject, 'file_name': file_name}"""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_features AS
+        WITH m AS (
+            SELECT session_key,
+                   count(*) AS messages_sent,
+                   count(*) FILTER (WHERE outgoing) AS em_fnum,
+                   coalesce(sum(size) FILTER (WHERE outgoing), 0) AS em_bsum,
+                   coalesce(sum(size) FILTER (WHERE personal), 0) AS em_bsum_personal,
+                   count(*) FILTER (WHERE personal) AS em_personal_fnum,
+                   list({message_struct} ORDER BY size DESC NULLS LAST, _time, mkey)
+                       FILTER (WHERE outgoing)[1:5] AS largest_messages,
+                   list({message_struct} ORDER BY size DESC NULLS LAST, _time, mkey)
+                       FILTER (WHERE personal)[1:5] AS largest_personal_messages
+            FROM _ses_msg_flags GROUP BY session_key
+        ), ext AS (
+            SELECT DISTINCT session_key, mkey, size, recipient, registered_domain, domain_class
+            FROM _ses_rcpt WHERE domain_class <> 'internal'
+        ), dom AS (
+            SELECT session_key, registered_domain, domain_class, count(DISTINCT mkey) AS messages,
+                   sum(size) AS bytes
+            FROM (SELECT DISTINCT session_key, mkey, size, registered_domain, domain_class FROM ext)
+            GROUP BY ALL
+        ), dom_top AS (
+            SELECT session_key, count(*) AS em_dnum,
+                   list({{'domain': registered_domain, 'domain_class': domain_class, 'messages': messages,
+                          'bytes': bytes}} ORDER BY messages DESC, bytes DESC, registered_domain)[1:5] AS top_domains
+            FROM dom GROUP BY session_key
+        ), rcp AS (
+            SELECT session_key, recipient, any_value(domain_class) AS domain_class, count(*) AS messages,
+                   sum(size) AS bytes
+            FROM ext GROUP BY session_key, recipient
+        ), rcp_top AS (
+            SELECT session_key,
+                   list({{'recipient': recipient, 'domain_class': domain_class, 'messages': messages,
+                          'bytes': bytes}} ORDER BY messages DESC, bytes DESC, recipient)[1:5] AS top_recipients
+            FROM rcp GROUP BY session_key
+        ), net AS (
+            SELECT session_key, count(*) AS net_flows, sum(bytes_out) AS net_bytes_out, sum(bytes_in) AS net_bytes_in
+            FROM _ses_flow_keyed GROUP BY session_key
+        ), keys AS (
+            SELECT session_key, user FROM _ses_msg_keyed UNION SELECT session_key, user FROM _ses_flow_keyed
+        )
+        SELECT keys.session_key, keys.user, m.messages_sent, m.em_fnum, d.em_dnum, m.em_bsum, m.em_bsum_personal,
+               m.em_personal_fnum, net.net_flows, net.net_bytes_out, net.net_bytes_in,
+               d.top_domains, r.top_recipients, m.largest_messages, m.largest_personal_messages
+        FROM keys
+        LEFT JOIN m USING (session_key) LEFT JOIN dom_top d USING (session_key)
+        LEFT JOIN rcp_top r USING (session_key) LEFT JOIN net USING (session_key)
+    """)
+
+    # --- 6. the closed sessions: VPN sessions and daily sessions ----------------------------------------
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {target} AS
+        WITH days AS (
+            SELECT session_key, user,
+                   timezone('{tz}', date_trunc('day', timezone('{tz}', min(_time)))) AS session_start,
+                   timezone('{tz}', date_trunc('day', timezone('{tz}', min(_time))) + INTERVAL 1 DAY) AS session_end
+            FROM (SELECT session_key, user, _time FROM _ses_msg_keyed WHERE vpn_key IS NULL
+                  UNION ALL SELECT session_key, user, _time FROM _ses_flow_keyed WHERE vpn_key IS NULL)
+            GROUP BY session_key, user
+        ), all_sessions AS (
+            SELECT session_key, user, 'vpn' AS session_kind, session_start, session_end, end_reason, boundary_source,
+                   vpn_account, vpn_session_id, src_ip, assigned_ip
+            FROM _ses_vpn
+            UNION ALL
+            SELECT session_key, user, 'day', session_start, session_end, 'end-of-day',
+                   'activity outside VPN sessions on ' || strftime(timezone('{tz}', session_start), '%Y-%m-%d') ||
+                   ' ({tz}), closed at local midnight', NULL, NULL, NULL, NULL
+            FROM days
+        )
+        SELECT s.session_end AS _time, s.session_key, s.user, dep.department, s.session_kind, s.session_start,
+               s.session_end, s.end_reason, s.boundary_source, s.vpn_account, s.vpn_session_id, s.src_ip,
+               s.assigned_ip,
+               coalesce(f.messages_sent, 0) AS messages_sent, coalesce(f.em_fnum, 0) AS em_fnum,
+               coalesce(f.em_dnum, 0) AS em_dnum, coalesce(f.em_bsum, 0) AS em_bsum,
+               coalesce(f.em_bsum_personal, 0) AS em_bsum_personal, coalesce(f.em_personal_fnum, 0) AS em_personal_fnum,
+               coalesce(f.net_flows, 0) AS net_flows, coalesce(f.net_bytes_out, 0) AS net_bytes_out,
+               coalesce(f.net_bytes_in, 0) AS net_bytes_in,
+               coalesce(f.top_domains, []) AS top_domains, coalesce(f.top_recipients, []) AS top_recipients,
+               coalesce(f.largest_messages, []) AS largest_messages,
+               coalesce(f.largest_personal_messages, []) AS largest_personal_messages
+        FROM all_sessions s
+        LEFT JOIN _ses_features f USING (session_key)
+        LEFT JOIN _ses_departments dep ON dep.user = s.user
+        WHERE s.session_end >= $start AND s.session_end <= $now
+    """, {"start": start, "now": now})
+    return counts
+
+
+def _resolve_overlaps(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Rows the ASOF join left outside the latest-started session but inside an earlier, longer one."""
+    n = con.execute(f"SELECT count(*) FROM {table} WHERE overlapped").fetchall()[0][0]
+    if not n:
+        return
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_overlap_fix AS
+        SELECT o.rowid AS rid, arg_max(s.session_key, s.session_start) AS key
+        FROM (SELECT rowid, * FROM {table} WHERE overlapped) o
+        JOIN _ses_vpn s ON o.user = s.user AND o._time >= s.session_start AND o._time < s.session_end
+        GROUP BY o.rowid
+    """)
+    con.execute(f"UPDATE {table} SET vpn_key = f.key FROM _ses_overlap_fix f WHERE {table}.rowid = f.rid")
+
+
+# --- the store --------------------------------------------------------------------------------------
+
+
+def _ensure_schema(state: StateStore) -> None:
+    state.conn.executescript(STATE_SCHEMA)
+
+
+def _utc_midnight(t: datetime) -> datetime:
+    t = t.astimezone(timezone.utc)
+    return datetime(t.year, t.month, t.day, tzinfo=timezone.utc)
+
+
+@dataclass
+class BuildReport:
+    built_from: datetime | None  # None: nothing to do
+    built_until: datetime
+    sessions: int = 0
+    reason: str = ""
+    counts: SessionCounts = field(default_factory=SessionCounts)
+
+
+def _input_files(state: StateStore) -> list[tuple[str, str]]:
+    marks = ",".join("?" * len(INPUT_MODELS))
+    return [(r["path"], r["day"]) for r in state.query(
+        f"SELECT path, day FROM batch_files WHERE model IN ({marks})", INPUT_MODELS)]
+
+
+def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, now: datetime,
+                        rebuild: bool = False) -> BuildReport:
+    """Bring the stored `user_sessions` up to `now` (see the module's Storage section)."""
+    from ..ingest import ingest_lock
+
+    home = Home(root=state.path.parent, config_path=state.path.parent / "config.yaml")
+    now = now.astimezone(timezone.utc)
+    with ingest_lock(home):  # no ingest may sweep our staged files as orphans meanwhile
+        _ensure_schema(state)
+        files = _input_files(state)
+        if not files:
+            return BuildReport(None, now, reason="no input data")
+        settings_hash = _settings_hash(settings)
+        previous = state.query("SELECT built_until, settings_hash FROM derived_builds WHERE name = ?", (NAME,))
+        seen = {r["path"] for r in state.query("SELECT path FROM derived_inputs WHERE name = ?", (NAME,))}
+        new_days = sorted(day for path, day in files if path not in seen)
+        first_day = datetime.fromisoformat(min(day for _, day in files)).replace(tzinfo=timezone.utc)
+        lookback = timedelta(days=settings.sessions.lookback_days)
+        if rebuild or not previous or previous[0]["settings_hash"] != settings_hash:
+            start, reason = first_day, "full build"
+        else:
+            built_until = datetime.fromisoformat(previous[0]["built_until"])
+            start, reason = _utc_midnight(built_until), "incremental"
+            if new_days:
+                late = datetime.fromisoformat(new_days[0]).replace(tzinfo=timezone.utc) - lookback
+                if late < start:
+                    start, reason = max(late, first_day), "late input data"
+            if not new_days and now <= built_until:
+                return BuildReport(None, built_until, reason="up to date")
+        start = _utc_midnight(start)
+        read_from = start - lookback
+        register_lake_views(con, settings, state, read_from, now)
+        counts = compute_sessions(con, settings, now, start, read_from)
+        rows = con.execute("SELECT count(*) FROM _ses_result").fetchall()[0][0]
+        batch_id = f"{NAME}-{start:%Y%m%d}-{uuid.uuid4().hex[:12]}"
+        written = write_batch(con, home.lake, USER_SESSIONS, batch_id, "_ses_result") if rows else []
+        from_day = start.date().isoformat()
+        with state.transaction() as db:
+            old = [r["path"] for r in db.execute(
+                "SELECT path FROM batch_files WHERE model = ? AND day >= ?", (NAME, from_day)).fetchall()]
+            db.execute("DELETE FROM batch_files WHERE model = ? AND day >= ?", (NAME, from_day))
+            db.execute("DELETE FROM batches WHERE model = ? AND batch_id NOT IN (SELECT batch_id FROM batch_files)",
+                       (NAME,))
+            db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (batch_id, NAME, "sessions", f"derived from {', '.join(INPUT_MODELS)}", 0, 0, 0, rows, 0, 0))
+            db.executemany("INSERT INTO batch_files VALUES (?,?,?,?,?)",
+                           [(f.path, batch_id, NAME, f.day, f.rows) for f in written])
+            db.execute("INSERT INTO derived_builds VALUES (?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                       "built_until=excluded.built_until, settings_hash=excluded.settings_hash",
+                       (NAME, now.isoformat(), settings_hash))
+            db.executemany("INSERT OR IGNORE INTO derived_inputs VALUES (?, ?)", [(NAME, path) for path, _ in files])
+        for path in old:
+            Path(path).unlink(missing_ok=True)
+        return BuildReport(start, now, rows, reason, counts)
+
+
+def register_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings,
+                           start: datetime, end: datetime) -> None:
+    """Provider for detections over `user_sessions`: build up to `end`, then expose the model views."""
+    from ..engine import expose_models
+
+    build_user_sessions(con, state, settings, end)
+    register_lake_views(con, settings, state, start, end)
+    expose_models(con)
+
+
+def session_summary(state: StateStore) -> dict[str, Any]:
+    _ensure_schema(state)
+    row = state.query("SELECT built_until FROM derived_builds WHERE name = ?", (NAME,))
+    return {"built_until": row[0]["built_until"] if row else None,
+            "files": len(state.lake_files(NAME))}
+
+
+__all__ = ["BuildReport", "SessionCounts", "build_user_sessions", "compute_sessions", "register_user_sessions",
+           "session_summary", "dumps"]
