@@ -253,7 +253,7 @@ def detect(
 ) -> None:
     """Run detections once at NOW and store their findings."""
     c = _context(ctx)
-    chosen = _select(_load_detections(), detection)
+    chosen = [d for d in _select(_load_detections(), detection) if d.type != "correlation"]  # those run in the risk step
     state = c.state()
     con = connect(c.settings, c.home.spill_dir)
     try:
@@ -268,6 +268,9 @@ def detect(
             console.print(f"{r.detection.id}: {len(r.findings)} findings "
                           f"({r.stored.added} new, {r.stored.updated} updated) for {r.window.earliest:%Y-%m-%d %H:%M}.."
                           f"{r.window.latest:%Y-%m-%d %H:%M} UTC")
+    from .cli_risk import run_risk_step
+
+    run_risk_step(c, state, con, _now(now, c.settings), quiet=fmt != "table")
 
 
 @app.command()
@@ -292,6 +295,9 @@ def run(
     rows = [{"detection": r.detection.id, "fire times": r.fires, "findings": r.findings,
              "new": r.stored.added, "updated": r.stored.updated} for r in results]
     print_table(console, f"run up to {run_now.isoformat()}", rows, ["detection", "fire times", "findings", "new", "updated"])
+    from .cli_risk import run_risk_step
+
+    run_risk_step(c, state, con, run_now, since_time)
 
 
 def stored_findings(state: StateStore, detection_ids: list[str] | None = None) -> list[dict[str, Any]]:
@@ -323,10 +329,12 @@ def findings(
     ctx: typer.Context,
     detection: list[str] | None = typer.Option(None, "--detection", help="Only these detections."),
     fmt: str = typer.Option("table", "--format", help="table, jsonl or csv."),
+    suppressed: bool = typer.Option(False, "--suppressed", help="Show the suppressed findings (hidden otherwise)."),
 ) -> None:
-    """List stored findings."""
-    c = _context(ctx)
-    _emit(stored_findings(c.state(), detection), fmt, "findings", FINDING_COLUMNS)
+    """List stored findings (suppressed ones only with --suppressed)."""
+    from .cli_risk import emit_findings
+
+    emit_findings(_context(ctx), detection, fmt, suppressed)
 
 
 @app.command("test")
@@ -340,6 +348,12 @@ def test_detections(ids: list[str] | None = typer.Argument(None, help="Detection
              "expected": ", ".join(r.expected) or "-", "got": ", ".join(r.got) or "-",
              "risk events": r.risk_events, "detail": r.detail} for r in results]
     print_table(console, "detection tests", rows, list(rows[0]) if rows else ["detection"])
+    for r in results:
+        if r.risk_event_lines:
+            label = "risk events read" if _load_detections()[r.detection_id].type == "correlation" else "risk events"
+            console.print(f"{r.detection_id} / {r.name}: {label}", markup=False)
+            for line in r.risk_event_lines:
+                console.print("  " + terminal_safe(line), markup=False, highlight=False)
     failed = sum(not r.passed for r in results)
     console.print(f"{len(results) - failed} passed, {failed} failed")
     if failed or not results:
@@ -377,6 +391,8 @@ def demo(
 
     raise typer.Exit(run_demo(out, hosts=hosts, days=days, seed=seed, console=console))
 
+
+from . import cli_risk  # noqa: E402,F401  (registers incidents, entity, risk, suppress, backtest, detections lint)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -29,7 +29,6 @@ window") lives in the incident rule's SQL, because it depends on the rule's wind
 from __future__ import annotations
 
 import bisect
-import csv
 import fnmatch
 import json
 import re
@@ -41,11 +40,11 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import yaml
 
 from .attack import tactics_of
 from .config import ConfigError, Settings
 from .engine import match_assets
+from .enrich.identities import IdentityResolver, load_identities
 from .riskconfig import Range, RiskModifier, SuppressionSpec
 from .state import StateStore, dumps
 from .timeexpr import TimeModifierError, parse_time
@@ -75,41 +74,6 @@ RISK_EVENT_COLUMNS: dict[str, str] = {
 # --- identities and assets -----------------------------------------------------------------------
 
 
-def _identity_dicts(settings: Settings) -> list[dict[str, Any]]:
-    """The configured identities as plain dicts: an inline list, or a YAML or CSV file."""
-    value = settings.identities if hasattr(settings, "identities") else []
-    if isinstance(value, str):
-        return _read_identity_file(Path(value))
-    return [item.model_dump() if hasattr(item, "model_dump") else dict(item) for item in value or []]
-
-
-def _split(cell: str | None) -> list[str]:
-    return [part.strip() for part in re.split(r"[;,|\s]+", cell or "") if part.strip()]
-
-
-def _read_identity_file(path: Path) -> list[dict[str, Any]]:
-    try:
-        from .enrich.identities import load_identities  # issue 4's reader, when present
-    except ImportError:
-        load_identities = None
-    if load_identities is not None:
-        try:
-            return [i.model_dump() if hasattr(i, "model_dump") else dict(i) for i in load_identities(path)]
-        except TypeError:
-            pass
-    if not path.exists():
-        raise ConfigError(f"identities file not found: {path}")
-    if path.suffix.lower() in (".yml", ".yaml"):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
-        return [dict(item) for item in data]
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [
-            {"user": row["user"], "emails": _split(row.get("emails")), "vpn_accounts": _split(row.get("vpn_accounts")),
-             "hosts": _split(row.get("hosts")), "department": row.get("department") or None}
-            for row in csv.DictReader(handle)
-        ]
-
-
 @dataclass
 class Resolved:
     risk_object: str
@@ -118,26 +82,26 @@ class Resolved:
 
 
 class Resolver:
-    """Maps a risk object (user name, mail address, VPN account, IP, host name) to its entity."""
+    """Maps a risk object (user name, mail address, VPN account, IP, host name) to its entity.
+
+    Users are resolved as the enrichment does (enrich/identities.py: the identities list, then the
+    default rules), so risk lands on the same user name the session rules use. A system resolves
+    to a user when the identities list it as one of their hosts or the asset inventory (a host or
+    a network) names an `owner`; otherwise it stays a system.
+    """
 
     def __init__(self, settings: Settings):
         self.assets = list(settings.assets)
-        self.identities = _identity_dicts(settings)
-        self._by_name: dict[str, dict[str, Any]] = {}
-        self._by_host: dict[str, dict[str, Any]] = {}
-        for identity in self.identities:
-            for name in [identity["user"], *identity.get("emails", []), *identity.get("vpn_accounts", [])]:
-                self._by_name.setdefault(str(name).lower(), identity)
-            for host in identity.get("hosts", []):
-                self._by_host.setdefault(str(host).lower(), identity)
+        self.users = IdentityResolver.from_settings(settings)
+        self.identities: dict[str, dict[str, Any]] = {}
+        for identity in load_identities(settings):
+            data = identity.model_dump()
+            self.identities.setdefault(identity.user.strip().lower(), data)
         self._asset_cache: dict[str, dict[str, Any] | None] = {}
 
-    def identity(self, value: str) -> dict[str, Any] | None:
-        key = value.strip().lower()
-        found = self._by_name.get(key) or self._by_host.get(key)
-        if found is None and "\\" in key:  # DOMAIN\user
-            found = self._by_name.get(key.rsplit("\\", 1)[1])
-        return found
+    def user_of(self, value: str) -> str | None:
+        kind = "email" if "@" in value and "\\" not in value else "vpn"
+        return self.users.resolve(kind, value)[0]
 
     def asset(self, value: str) -> dict[str, Any] | None:
         if value not in self._asset_cache:
@@ -150,40 +114,39 @@ class Resolver:
                 self._asset_cache[value] = {k: v for k, v in table[0].items() if k != "ip" and v is not None} if table else None
         return self._asset_cache[value]
 
+    def _user_attributes(self, user: str) -> dict[str, Any]:
+        identity = self.identities.get(user)
+        return {**(_identity_attrs(identity) if identity else {}), "user": user}
+
     def resolve(self, value: str, object_type: str) -> Resolved:
-        attributes: dict[str, Any] = {}
         if object_type == "system":
-            asset = self.asset(value)
-            if asset:
-                attributes.update(asset)
-            identity = self._by_host.get(value.lower())
-            if identity is None and asset and asset.get("owner"):
-                identity = self.identity(str(asset["owner"]))
-                if identity is None:
-                    return Resolved(str(asset["owner"]), "user", attributes | {"user": asset["owner"]})
-            if identity is not None:
-                return Resolved(identity["user"], "user", attributes | _identity_attrs(identity))
+            attributes = dict(self.asset(value) or {})
+            user, _ = self.users.resolve("host", value)
+            if user is None and attributes.get("owner"):
+                user = self.user_of(str(attributes["owner"])) or str(attributes["owner"]).strip().lower()
+            if user is not None:
+                return Resolved(user, "user", attributes | self._user_attributes(user))
             return Resolved(value, "system", attributes)
         if object_type == "user":
-            identity = self.identity(value)
-            if identity is not None:
-                return Resolved(identity["user"], "user", _identity_attrs(identity))
+            user = self.user_of(value)
+            if user is not None:
+                return Resolved(user, "user", self._user_attributes(user))
             return Resolved(value, "user", {"user": value})
-        return Resolved(value, object_type, attributes)
+        return Resolved(value, object_type, {})
 
     def aliases(self, name: str) -> tuple[str, set[str]]:
         """An entity's canonical name and every name it is known by (for `exfilwatch entity`)."""
-        identity = self.identity(name)
-        if identity is None:
-            asset = self.asset(name)
-            owner = asset.get("owner") if asset else None
-            identity = self.identity(str(owner)) if owner else None
-            if identity is None:
-                return (str(owner), {name, str(owner)}) if owner else (name, {name})
-        names = {identity["user"], *identity.get("emails", []), *identity.get("vpn_accounts", []),
-                 *identity.get("hosts", []), name}
-        owned = {a.host or a.cidr for a in self.assets if a.owner and a.owner == identity["user"] and a.host}
-        return identity["user"], {str(n) for n in names | owned}
+        resolved = self.resolve(name, "user" if self.user_of(name) in self.identities else "system")
+        if resolved.risk_object_type != "user" and self.user_of(name) is not None and "@" not in name:
+            resolved = self.resolve(name, "user")
+        canonical = resolved.risk_object
+        names = {name, canonical}
+        identity = self.identities.get(canonical)
+        if identity:
+            names |= {str(v) for v in [*identity.get("emails", []), *identity.get("vpn_accounts", []),
+                                       *identity.get("hosts", [])]}
+        names |= {a.host for a in self.assets if a.host and a.owner and a.owner.strip().lower() == canonical}
+        return canonical, names
 
 
 def _identity_attrs(identity: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +273,9 @@ def config_suppressions(settings: Settings, now: datetime) -> list[Suppression]:
 
 
 def _from_spec(spec: SuppressionSpec, sid: str, source: str, settings: Settings, now: datetime) -> Suppression:
+    if source == "config" and spec.expires.strip()[:1] in ("+", "-", "@"):
+        raise ConfigError(f"suppression {sid}: expires: {spec.expires!r} is relative; in a config file give a date, "
+                          "a time or 'never'")
     try:
         expires = parse_expiry(spec.expires, now, settings.timezone)
     except TimeModifierError as exc:
@@ -725,7 +691,7 @@ def process(
     if deliver and settings.outputs:
         from .outputs.deliver import deliver_pending
 
-        result.deliveries = deliver_pending(state, settings, now)
+        result.deliveries = deliver_pending(state, settings, now, names={d.id: d.name for d in detections})
     return result
 
 

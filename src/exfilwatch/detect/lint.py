@@ -1,0 +1,218 @@
+"""`exfilwatch detections lint`: the checks that keep detection files honest.
+
+Errors fail the lint (and `make test`); warnings are printed. Per detection file:
+
+- the file validates against the detection schema (a mistyped key is an error);
+- `data_model` is a lake data model or a derived view (`risk_events`);
+- every ATT&CK id in `tags.mitre_attack_id` exists in the bundled extract (ATT&CK Enterprise v18.1,
+  see attack.py), is neither revoked nor deprecated, and maps to at least one tactic;
+- no technique is listed together with one of its own sub-techniques (T1114 with T1114.002).
+  This is an **error**: the sub-technique implies its parent, and listing both counts one
+  behaviour twice wherever techniques are counted (coverage layers, "distinct techniques"). The
+  seed page lists T1114 and T1114.002 together; the shipped detections list T1114.002 only;
+- the search parses, runs with `LIMIT 0` on empty views of its data model, and its output has
+  every column the finding key, the risk objects and the risk message's `$field$`s name (a
+  correlation rule must also output `event_keys`, the risk events behind each row);
+- every `$parameter` the SQL uses is declared (or is a run time parameter); a declared parameter
+  the SQL never uses is a warning; parameter defaults have their declared type;
+- the schedule's cron expression and its earliest/latest time modifiers parse, and so do the
+  defaults of `time` parameters;
+- a production detection has at least one positive and one negative test, and each test's data
+  files exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import sqlglot
+from croniter import croniter
+
+from .. import attack
+from ..models import DATA_MODELS
+from ..timeexpr import TimeModifierError, relative_time
+from .runner import DERIVED_VIEWS, compiled_sql, sql_parameters
+from .schema import TIME_PARAMETERS, Detection, DetectionError, load_detection, template_fields
+
+# A fixed instant for parsing checks: lint never reads the clock.
+_LINT_NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class LintIssue:
+    path: str
+    detection_id: str
+    level: str  # error | warning
+    check: str
+    message: str
+
+
+def _empty_views(con: duckdb.DuckDBPyConnection) -> None:
+    from ..risk import RISK_EVENT_COLUMNS
+
+    for model in DATA_MODELS.values():
+        columns = list(model.columns) + list(model.enrichment)
+        casts = ", ".join(f'CAST(NULL AS {typ}) AS "{name}"' for name, typ in columns)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {model.name} AS SELECT {casts} WHERE false")
+    casts = ", ".join(f'CAST(NULL AS {typ}) AS "{name}"' for name, typ in RISK_EVENT_COLUMNS.items())
+    con.execute(f"CREATE OR REPLACE TEMP VIEW risk_events AS SELECT {casts} WHERE false")
+
+
+def _sample(kind: str, default: object) -> object:
+    if kind == "time":
+        return _LINT_NOW
+    if kind == "integer":
+        return int(default) if isinstance(default, (int, float)) else 1
+    if kind == "number":
+        return float(default) if isinstance(default, (int, float)) else 1.0
+    if kind == "boolean":
+        return bool(default)
+    return str(default)
+
+
+def output_columns(detection: Detection, con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The search's output columns, from running it with LIMIT 0 on empty views of its model."""
+    sql = compiled_sql(detection)
+    values: dict[str, object] = {name: _sample(spec.type, spec.default) for name, spec in detection.parameters.items()}
+    values.update(now=_LINT_NOW, earliest=_LINT_NOW, latest=_LINT_NOW, today=_LINT_NOW, timezone="UTC")
+    used = sql_parameters(sql)
+    cursor = con.execute(f"SELECT * FROM ({sql}) AS lint_output LIMIT 0", {n: values[n] for n in used if n in values})
+    return [d[0] for d in cursor.description]
+
+
+def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnection) -> list[LintIssue]:
+    issues: list[LintIssue] = []
+
+    def add(level: str, check: str, message: str) -> None:
+        issues.append(LintIssue(path, detection.id, level, check, message))
+
+    # ATT&CK
+    ids = detection.tags.mitre_attack_id
+    for tid in ids:
+        entry = attack.technique(tid)
+        if entry is None:
+            add("error", "attack", f"unknown ATT&CK technique {tid!r} (ATT&CK Enterprise {attack.source()['bundle']})")
+        elif entry.get("revoked"):
+            add("error", "attack", f"ATT&CK technique {tid} ({entry['name']}) is revoked")
+        elif entry.get("deprecated"):
+            add("error", "attack", f"ATT&CK technique {tid} ({entry['name']}) is deprecated")
+        elif not entry["tactics"]:
+            add("error", "attack", f"ATT&CK technique {tid} maps to no tactic")
+    for tid in ids:
+        parent = attack.parent_of(tid)
+        if parent and parent in ids:
+            add("error", "attack", f"{parent} is listed with its own sub-technique {tid}: list {tid} only")
+    if len(set(ids)) != len(ids):
+        add("warning", "attack", "a technique is listed twice")
+    if detection.type != "correlation" and not ids:
+        add("warning", "attack", "no ATT&CK technique: its risk events carry no tactic")
+
+    # data model
+    if detection.data_model not in DATA_MODELS and detection.data_model not in DERIVED_VIEWS:
+        add("error", "data_model", f"unknown data model {detection.data_model!r}; known: "
+            f"{', '.join([*DATA_MODELS, *DERIVED_VIEWS])}")
+
+    # parameters
+    try:
+        used = sql_parameters(compiled_sql(detection))
+    except sqlglot.errors.ParseError as exc:
+        add("error", "sql", f"the search does not parse: {str(exc).splitlines()[0]}")
+        used = set()
+    for name in sorted(used - set(detection.parameters) - set(TIME_PARAMETERS)):
+        add("error", "parameters", f"the search uses ${name}, which is not declared under parameters")
+    for name in sorted(set(detection.parameters) - used):
+        add("warning", "parameters", f"parameter {name!r} is declared but the search never uses it")
+    for name, spec in detection.parameters.items():
+        default = spec.default
+        if spec.type == "time":
+            try:
+                relative_time(_LINT_NOW, str(default), "UTC")
+            except TimeModifierError as exc:
+                add("error", "parameters", f"parameter {name}: {exc}")
+        elif spec.type in ("number", "integer") and (isinstance(default, bool) or not isinstance(default, (int, float))):
+            add("error", "parameters", f"parameter {name}: default {default!r} is not a {spec.type}")
+        elif spec.type == "integer" and isinstance(default, float) and not default.is_integer():
+            add("error", "parameters", f"parameter {name}: default {default!r} is not an integer")
+
+    # schedule
+    if not croniter.is_valid(detection.schedule.cron):
+        add("error", "schedule", f"cron expression {detection.schedule.cron!r} does not parse")
+    for which in ("earliest", "latest"):
+        try:
+            relative_time(_LINT_NOW, getattr(detection.schedule, which), "UTC")
+        except TimeModifierError as exc:
+            add("error", "schedule", f"schedule {which}: {exc}")
+
+    # output columns
+    if not any(i.level == "error" and i.check in ("data_model", "parameters", "sql") for i in issues):
+        try:
+            columns = set(output_columns(detection, con))
+        except duckdb.Error as exc:
+            add("error", "sql", f"the search fails on empty data: {str(exc).splitlines()[0]}")
+            columns = None
+        if columns is not None:
+            needed = {
+                "finding.entity": [detection.finding.entity],
+                "finding.time": [detection.finding.time],
+                "finding.value": [detection.finding.value] if detection.finding.value else [],
+                "risk object": [obj.field for obj in detection.risk.objects],
+                "risk message": template_fields(detection.risk.message),
+            }
+            if detection.type == "correlation":
+                needed["correlation rule (the risk events behind a row)"] = ["event_keys"]
+            for what, names in needed.items():
+                for name in names:
+                    if name not in columns:
+                        add("error", "fields", f"{what} field {name!r} is not in the search's output "
+                            f"({', '.join(sorted(columns))})")
+
+    # tests
+    kinds = {test.kind for test in detection.tests}
+    if detection.status == "production":
+        for kind in ("positive", "negative"):
+            if kind not in kinds:
+                add("error", "tests", f"a production detection needs at least one {kind} test")
+    for test in detection.tests:
+        for data in test.data:
+            if detection.folder is not None and not (detection.folder / data.file).exists():
+                add("error", "tests", f"test {test.name!r}: data file {data.file} not found")
+        try:
+            from ..timeexpr import parse_time
+
+            parse_time(test.now, _LINT_NOW, str(test.config.get("timezone", "UTC")))
+        except TimeModifierError as exc:
+            add("error", "tests", f"test {test.name!r}: now: {exc}")
+    return issues
+
+
+def lint_folder(folder: Path) -> tuple[int, list[LintIssue]]:
+    """Lint every detection.yml under the folder; returns (files checked, issues)."""
+    issues: list[LintIssue] = []
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    _empty_views(con)
+    seen: dict[str, str] = {}
+    paths = sorted(p for p in folder.rglob("detection.yml"))
+    try:
+        for path in paths:
+            try:
+                detection = load_detection(path)
+            except DetectionError as exc:
+                for line in str(exc).splitlines():
+                    issues.append(LintIssue(str(path), path.parent.name, "error", "schema",
+                                            line.removeprefix(f"{path}: ")))
+                continue
+            if detection.id in seen:
+                issues.append(LintIssue(str(path), detection.id, "error", "schema",
+                                        f"duplicate detection id (also {seen[detection.id]})"))
+            seen[detection.id] = str(path)
+            if path.parent.name != detection.id:
+                issues.append(LintIssue(str(path), detection.id, "warning", "schema",
+                                        f"folder {path.parent.name!r} differs from the id"))
+            issues += lint_detection(detection, str(path), con)
+    finally:
+        con.close()
+    return len(paths), issues
