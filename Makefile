@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/exfilwatch demo --out demo-out
 
 test: $(STAMP)
+	$(BIN)/exfilwatch detections lint
 	$(BIN)/exfilwatch test
 	$(BIN)/python -m pytest
 
