@@ -391,7 +391,7 @@ class PulseSecure:
                         ELSE coalesce(nullif(hdr_host, ''), nullif(node, '')) END AS dest,
                    CASE WHEN kind = 'account deleted' THEN NULL
                         ELSE coalesce(nullif(realm, ''), nullif(d.m_realm, '')) END AS realm_v,
-                   nullif(roles, '') AS roles_v,
+                   CASE WHEN kind = 'account deleted' THEN NULL ELSE nullif(roles, '') END AS roles_v,
                    coalesce(nullif(d.m_duration, ''), nullif(w_duration, '')) AS duration_t,
                    coalesce(nullif(d.m_read, ''), nullif(w_sent, '')) AS bytes_out_t,
                    coalesce(nullif(d.m_written, ''), nullif(w_rcvd, '')) AS bytes_in_t,
@@ -419,7 +419,7 @@ class PulseSecure:
                      WHEN NOT vendor_ok THEN 'CEF line from another product (' || d_vendor || '); expected Juniper, Pulse Secure or Ivanti'
                      WHEN event_type IS NULL THEN kind
                      WHEN kind IN ({patterned}) AND d.m_ok = '' THEN CASE kind {expected_case} END
-                     WHEN _time IS NULL AND body_ts <> '' AND body_time IS NULL THEN 'bad timestamp: ' || body_ts || ' (expected YYYY-MM-DD hh:mm:ss)'
+                     WHEN body_ts <> '' AND body_time IS NULL THEN 'bad timestamp: ' || body_ts || ' (expected YYYY-MM-DD hh:mm:ss)'
                      WHEN _time IS NULL AND hdr_bsd <> '' THEN 'syslog timestamp without a year and no other date on the line: pass --year'
                      WHEN _time IS NULL THEN 'no usable timestamp' || coalesce(': ' || c_rt, '')
                      WHEN src_ip IS NOT NULL AND NOT regexp_full_match(src_ip, {sql_string(_IP)}) THEN 'bad client address: ' || src_ip

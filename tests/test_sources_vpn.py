@@ -1,0 +1,321 @@
+"""Pulse Secure / Ivanti Connect Secure VPN logs → authentication: exact events per form, quarantine, detection, fuzz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from exfilwatch.config import Home
+from exfilwatch.ingest import ingest_paths, read_head
+from exfilwatch.sources import SOURCES, detect_source
+from exfilwatch.sources.base import ParseContext
+from exfilwatch.sources.pulse_secure import PulseSecure
+from exfilwatch.state import StateStore
+
+from .conftest import Flow, settings_for, write_conn_log
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pulse_secure"
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+SETTINGS = settings_for()
+TZ = "Europe/Berlin"  # the fixtures' appliance zone: 09:00 local = 08:00 UTC in March
+
+COLUMNS = ["_time", "user", "src_ip", "assigned_ip", "dest", "realm", "roles", "session_id", "action", "event_type",
+           "duration", "bytes_in", "bytes_out", "reason", "user_agent"]
+AGENT = "Pulse-Secure/9.1.3.1667 (Windows 10) Pulse/9.1.3.1667"
+
+
+def ingest(home: Home, path: Path, **kwargs):
+    [report] = ingest_paths([path], home, SETTINGS, source_tz=kwargs.pop("source_tz", TZ),
+                            year=kwargs.pop("year", 2026), **kwargs)
+    assert report.lines == report.parsed + report.quarantined + sum(report.skipped.values())
+    return report
+
+
+def events(home: Home) -> dict[int, tuple]:
+    """The lake's authentication rows by line number, times as UTC text."""
+    state = StateStore(home.state_path)
+    files = state.lake_files("authentication")
+    state.close()
+    if not files:
+        return {}
+    select = ", ".join(
+        "strftime(timezone('UTC', _time), '%Y-%m-%d %H:%M:%S')" if c == "_time" else f'"{c}"' for c in COLUMNS
+    )
+    rows = duckdb.sql(f"SELECT CAST(split_part(raw_ref, ':', -1) AS INTEGER), source, {select} "
+                      f"FROM read_parquet({files!r})").fetchall()
+    assert {row[1] for row in rows} == {"pulse_secure"}
+    return {row[0]: tuple(row[2:]) for row in rows}
+
+
+def quarantine(home: Home) -> dict[int, str]:
+    state = StateStore(home.state_path)
+    rows = state.query("SELECT file, line_no, reason FROM quarantine ORDER BY line_no")
+    state.close()
+    return {row["line_no"]: (row["file"], row["reason"]) for row in rows}
+
+
+def ev(time, user, src, event_type, reason=None, *, assigned=None, dest="vpn01", realm="Users", roles=None,
+       session=None, duration=None, bytes_in=None, bytes_out=None, agent=None):
+    action = "failure" if event_type in ("failed-vpn-login", "authentication-failed") else "success"
+    return (time, user, src, assigned, dest, realm, roles, session, action, event_type, duration, bytes_in,
+            bytes_out, reason, agent)
+
+
+STANDARD_EVENTS = {
+    1: ev("2026-03-03 08:00:01", "jdoe", "203.0.113.5", "authentication-successful",
+          "primary authentication (auth server ACME-AD)"),
+    2: ev("2026-03-03 08:00:02", "jdoe", "203.0.113.5", "vpn-login", roles="Users, VPN", session="5f3a9c01",
+          agent=AGENT),
+    3: ev("2026-03-03 08:00:05", "jdoe", "203.0.113.5", "vpn-login", "tunnel session started",
+          assigned="10.200.1.17", roles="Users, VPN"),
+    4: ev("2026-03-03 08:05:11", "asmith", "198.51.100.23", "vpn-login", "agent login", roles="Users",
+          session="8d1e4b22", agent=AGENT),
+    5: ev("2026-03-03 08:07:30", "mallory", "192.0.2.99", "failed-vpn-login",
+          "primary authentication failed (auth server ACME-AD)"),
+    6: ev("2026-03-03 08:07:30", "mallory", "192.0.2.99", "failed-vpn-login", "Failed"),
+    7: ev("2026-03-03 08:08:00", "mallory", "192.0.2.99", "authentication-failed", "source ip realm restrictions failed"),
+    8: ev("2026-03-03 08:09:00", "bwayne", "198.51.100.40", "authentication-failed",
+          "secondary authentication failed (auth server ACME-RADIUS)"),
+    9: ev("2026-03-03 08:09:30", "ckent", "198.51.100.41", "authentication-failed", "host checker policy AV-Check failed"),
+    10: ev("2026-03-03 08:10:00", "jdoe", "203.0.113.5", "web-activity-allowed",
+           "web request completed, GET to https://intranet.example.com:443//hr/index.html from 203.0.113.5 "
+           "result=200 sent=512 received=20480 in 0 seconds", roles="Users, VPN"),
+    # bytes read by the appliance = sent by the user = bytes_out
+    11: ev("2026-03-03 09:30:00", "jdoe", "203.0.113.5", "vpn-logout", "connection to TUN-VPN port 443 closed",
+           roles="Users, VPN", duration=5395.0, bytes_in=1834552, bytes_out=48211234),
+    12: ev("2026-03-03 09:30:00", "jdoe", "203.0.113.5", "vpn-logout", "tunnel session ended", assigned="10.200.1.17",
+           roles="Users, VPN"),
+    13: ev("2026-03-03 09:30:01", "jdoe", "203.0.113.5", "vpn-logout", "logout", roles="Users, VPN", session="5f3a9c01"),
+    14: ev("2026-03-03 10:20:00", "asmith", "198.51.100.23", "vpn-logout", "session timed out due to inactivity",
+           roles="Users", session="8d1e4b22"),
+    15: ev("2026-03-03 10:21:00", "dprince", "198.51.100.60", "vpn-logout", "maximum session length reached",
+           roles="Users", session="1a2b3c4d"),
+    16: ev("2026-03-03 10:22:00", "pparker", "198.51.100.61", "vpn-logout",
+           "logged out because the user started a new session", roles="Users", session="77aa88bb"),
+    17: ev("2026-03-03 10:23:00", "bbanner", "198.51.100.70", "vpn-logout", "session terminated", roles="Users"),
+    18: ev("2026-03-03 10:30:00", "pcsadmin", "192.0.2.10", "authentication-successful",
+           "admin login via management port", realm="Admin Users", roles=".Administrators"),
+    # CIM: the deleted account is the user; the administrator is named in the reason
+    19: ev("2026-03-03 10:31:00", "olduser", "192.0.2.10", "account-deleted",
+           "removed by pcsadmin from authentication server System Local", realm=None),
+    # ISO header with an offset: exact, wins over the body's local time
+    24: ev("2026-03-03 10:45:00", "kwong", "203.0.113.9", "vpn-logout", "logout", roles="Users", session="0c0c0c0c"),
+    # no syslog header (copied from the admin UI): body time in --source-tz, the node name as dest
+    25: ev("2026-03-03 10:50:00", "lfox", "203.0.113.77", "vpn-logout", "logout", dest="ive", roles="Users",
+           session="0d0d0d0d"),
+}
+
+
+def test_standard_syslog_every_event_kind_exactly(tmp_path, home):
+    path = FIXTURES / "standard.log"
+    report = ingest(home, path)
+    assert report.source == "pulse_secure"
+    assert events(home) == STANDARD_EVENTS
+    assert report.skipped == {"admin logout": 1, "concurrent user limit": 1, "tunnel ACL count": 1,
+                              "other message": 1, "blank line": 1}
+    assert quarantine(home) == {
+        27: (str(path), 'expected a Pulse Secure line: standard "YYYY-MM-DD hh:mm:ss - NODE - [IP] USER(REALM)[ROLES] - '
+                        'MESSAGE", WELF "id=firewall time=\\"…\\" … msg=\\"…\\"" or CEF "CEF:0|Juniper|Pulse Secure …|…", '
+                        "optionally after a syslog header"),
+        28: (str(path), "vpn login message not in the expected form: "
+                        "Login succeeded for USER/REALM (session:ID) from IP with AGENT."),
+        29: (str(path), "bad timestamp: 2026-13-03 09:00:00 (expected YYYY-MM-DD hh:mm:ss)"),
+        30: (str(path), "bad byte count: 99999999999999999999999"),
+        31: (str(path), "bad client address: vpn gateway"),
+    }
+    again = ingest(home, path)
+    assert again.lines == 0 and len(events(home)) == len(STANDARD_EVENTS)
+
+
+WELF_EVENTS = {
+    1: ev("2026-03-03 08:00:01", "jdoe", "203.0.113.5", "authentication-successful",
+          "primary authentication (auth server ACME-AD)"),
+    2: ev("2026-03-03 08:00:02", "jdoe", "203.0.113.5", "vpn-login", roles="Users, VPN", session="5f3a9c01",
+          agent=AGENT),
+    # 22.x: the session id in the tunnel message (and in sessionID=), the agent from agent=
+    3: ev("2026-03-03 08:00:05", "jdoe", "203.0.113.5", "vpn-login", "tunnel session started", assigned="10.200.1.17",
+          roles="Users, VPN", session="5f3a9c01", agent=AGENT),
+    4: ev("2026-03-03 08:05:11", "asmith@example.com", "198.51.100.23", "vpn-login", "agent login", roles="Users",
+          session="8d1e4b22", agent="Pulse-Secure/22.7.1.1234 (Windows 10) Pulse/22.7.1.1234"),
+    5: ev("2026-03-03 08:07:30", "mallory", "192.0.2.99", "failed-vpn-login",
+          "primary authentication failed (auth server ACME-AD)"),
+    6: ev("2026-03-03 08:07:30", "mallory", "192.0.2.99", "failed-vpn-login", "Failed"),
+    7: ev("2026-03-03 09:30:01", "jdoe", "203.0.113.5", "vpn-logout", "logout", roles="Users, VPN", session="5f3a9c01"),
+    8: ev("2026-03-03 10:20:00", "asmith@example.com", "198.51.100.23", "vpn-logout",
+          "session timed out due to inactivity", roles="Users", session="8d1e4b22"),
+    9: ev("2026-03-03 10:31:00", "olduser", None, "account-deleted",
+          "removed by pcsadmin from authentication server System Local", realm=None),
+    13: ev("2026-03-03 10:50:00", "lfox", "203.0.113.77", "vpn-logout", "logout", dest="ive", roles="Users",
+           session="0d0d0d0d"),
+}
+
+
+def test_welf_every_event_kind_exactly(home):
+    path = FIXTURES / "welf.log"
+    report = ingest(home, path)
+    assert report.source == "pulse_secure"
+    assert events(home) == WELF_EVENTS
+    assert report.skipped == {"concurrent user limit": 1, "unauthenticated request": 1,
+                              "other message (SYS31437)": 1}
+    assert quarantine(home) == {
+        14: (str(path), 'WELF line not in the expected form (truncated?): id=firewall time="…" pri=N fw=… vpn=… '
+                        'user=… realm="…" roles="…" … msg="…"'),
+        15: (str(path), "bad timestamp: 2026-02-30 10:00:00 (expected YYYY-MM-DD hh:mm:ss)"),
+    }
+
+
+CEF_EVENTS = {
+    1: ev("2026-03-03 08:00:02", "jdoe", "203.0.113.5", "vpn-login", dest="vpn01.example.com", roles="Users, VPN",
+          session="5f3a9c01", agent=AGENT),
+    2: ev("2026-03-03 08:00:05", "jdoe", "203.0.113.5", "vpn-login", "tunnel session started", assigned="10.200.1.17",
+          dest="vpn01.example.com", session="5f3a9c01"),
+    3: ev("2026-03-03 08:07:30", "mallory", "192.0.2.99", "failed-vpn-login", "Failed", dest="vpn01.example.com"),
+    # the message in the CEF name field, rt as local text
+    4: ev("2026-03-03 09:30:01", "jdoe", "203.0.113.5", "vpn-logout", "logout", dest="10.0.0.9", realm=None,
+          roles="Users", session="5f3a9c01"),
+}
+
+
+def test_cef_juniper_pulse_and_ivanti_vendors(home):
+    path = FIXTURES / "cef.log"
+    report = ingest(home, path)
+    assert report.source == "pulse_secure"
+    assert events(home) == CEF_EVENTS
+    assert report.skipped == {"concurrent user limit": 1}
+    assert quarantine(home) == {
+        6: (str(path), "CEF line from another product (Fortinet|Fortigate); expected Juniper, Pulse Secure or Ivanti"),
+        7: (str(path), "CEF line not in the expected form (truncated?): "
+                       "CEF:0|VENDOR|PRODUCT|VERSION|CODE|NAME|SEVERITY|EXTENSIONS"),
+    }
+
+
+def test_forms_mixed_in_one_file_and_gzip(tmp_path, home):
+    import gzip
+
+    lines = [
+        (FIXTURES / "standard.log").read_text().splitlines()[1],
+        (FIXTURES / "welf.log").read_text().splitlines()[6],
+        (FIXTURES / "cef.log").read_text().splitlines()[2],
+    ]
+    path = tmp_path / "mixed.log.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write("\n".join(lines) + "\n")
+    report = ingest(home, path)
+    assert (report.source, report.events, report.quarantined) == ("pulse_secure", 3, 0)
+    assert sorted(e[9] for e in events(home).values()) == ["failed-vpn-login", "vpn-login", "vpn-logout"]
+
+
+def test_bsd_header_year_and_zone(tmp_path, home):
+    path = tmp_path / "cef.log"
+    # CEF without rt: only the BSD syslog header dates the line
+    path.write_text("<134>Dec 31 23:30:00 vpn01 CEF:0|Pulse Secure|Pulse Connect Secure|9.1R13|AUT22673|Logout|3|"
+                    "src=203.0.113.5 suser=jdoe msg=Logout from 203.0.113.5 (session:5f3a9c01)\n")
+    ingest(home, path, year=2025, source_tz="America/New_York")
+    [row] = events(home).values()
+    assert row[0] == "2026-01-01 04:30:00" and row[1] == "jdoe"
+
+
+# --- format detection ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["standard.log", "welf.log", "cef.log"])
+def test_detection_picks_pulse_secure(name):
+    path = FIXTURES / name
+    assert detect_source(read_head(path), str(path)).name == "pulse_secure"
+
+
+def test_detection_does_not_confuse_pulse_and_zeek(tmp_path):
+    conn = write_conn_log(tmp_path / "conn.log", [Flow(1761955200.0, "10.20.0.1", "10.10.0.5", 1, 2)])
+    assert detect_source(read_head(conn), str(conn)).name == "zeek_conn"
+    assert not PulseSecure().sniff(read_head(conn))
+    for name in ("standard.log", "welf.log", "cef.log"):
+        head = read_head(FIXTURES / name)
+        assert not SOURCES["zeek_conn"].sniff(head) and not SOURCES["zeek_conn_json"].sniff(head)
+
+
+# --- the public samples ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not SAMPLES.exists(), reason="../shared/samples not present")
+def test_every_public_pulse_secure_sample_parses_without_quarantine(tmp_path):
+    files = sorted(SAMPLES.glob("usiem-pulsesecure__*"))
+    assert files
+    home = Home(root=tmp_path / "home", config_path=tmp_path / "none.yaml")
+    reports = ingest_paths(files, home, SETTINGS, year=2021)  # format detected
+    for path, report in zip(files, reports):
+        assert report.source == "pulse_secure", path
+        assert report.quarantined == 0, (path, quarantine(home))
+        assert report.lines == report.parsed + sum(report.skipped.values())
+    kinds = {row[9] for row in events(home).values()}
+    assert kinds == {"vpn-login", "vpn-logout", "failed-vpn-login", "authentication-successful",
+                     "authentication-failed"}
+
+
+# --- fuzz ---------------------------------------------------------------------------------------
+
+
+_CON: list[duckdb.DuckDBPyConnection] = []
+
+
+def run_parser(source, lines: list[str], head: list[str] | None = None, **ctx_args):
+    """Parse `lines` with the source on a DuckDB connection (reused: fuzz examples stay cheap)."""
+    if not _CON:
+        _CON.append(duckdb.connect())
+        _CON[0].execute("SET TimeZone = 'UTC'")
+    con = _CON[0]
+    con.execute("CREATE OR REPLACE TEMP TABLE raw_lines AS SELECT * FROM (SELECT unnest(range(1, len($l) + 1)) AS line_no, "
+                "unnest($l) AS line)", {"l": lines})
+    ctx = ParseContext(file="fuzz.log", head=head if head is not None else lines[:64], settings=SETTINGS,
+                       source_tz="Europe/Berlin", year=2026, **ctx_args)
+    batch = source.parse(con, ctx)
+    outcomes = con.execute(f"SELECT line_no, outcome FROM {batch.classified} ORDER BY line_no").fetchall()
+    parsed = con.execute(f"SELECT count(*), count(_time), count(event_type) FROM {batch.events}").fetchone()
+    assert [n for n, _ in outcomes] == list(range(1, len(lines) + 1))
+    assert parsed[0] == parsed[1] == parsed[2]
+    return [o for _, o in outcomes]
+
+
+def as_lines(payload: str | bytes) -> list[str]:
+    text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+    text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
+PREFIXES = [
+    "",
+    "<134>Mar  3 09:00:01 vpn01 PulseSecure: 2026-03-03 09:00:01 - ive - [203.0.113.5] Default Network::jdoe(Users)[] - ",
+    '2026-03-03T09:00:01+01:00 vpn01 PulseSecure: id=firewall time="2026-03-03 09:00:01" pri=6 fw=10.0.0.9 vpn=ive user=',
+    "<134>Mar  3 09:00:01 vpn01 CEF:0|Pulse Secure|Pulse Connect Secure|9.1R13|",
+]
+FUZZ = hsettings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Each example is a whole file of random lines: one parse (whose SQL planning dominates) checks many.
+RANDOM = st.lists(st.one_of(st.binary(max_size=300), st.text(max_size=300)), min_size=1, max_size=30)
+
+
+@FUZZ
+@given(payloads=RANDOM)
+def test_random_bytes_and_unicode_are_quarantined_or_skipped(payloads):
+    outcomes = run_parser(PulseSecure(), [line for p in payloads for line in as_lines(p)])
+    assert set(outcomes) <= {"quarantined", "skipped"}
+
+
+BROKEN = st.tuples(
+    st.sampled_from(PREFIXES),
+    st.one_of(st.text(max_size=200),
+              st.text(alphabet="Login succeded for/()[]:.- 0123456789session", max_size=200),
+              st.text(alphabet='=" |\\abcmsgCEF:0123456789', min_size=2000, max_size=20000)),
+)
+
+
+@FUZZ
+@given(lines=st.lists(BROKEN, min_size=1, max_size=30))
+def test_broken_pulse_lines_never_crash(lines):
+    run_parser(PulseSecure(), [line for prefix, body in lines for line in as_lines(prefix + body)])
+
+
+def test_very_long_line_is_quarantined():
+    line = "<134>Mar  3 09:00:01 vpn01 PulseSecure: 2026-03-03 09:00:01 - ive - [" + "9" * 200_000
+    assert run_parser(PulseSecure(), [line]) == ["quarantined"]
