@@ -161,7 +161,7 @@ CREATE TABLE IF NOT EXISTS postfix_pending (
     kind TEXT NOT NULL,
     time INTEGER NOT NULL,
     message_id TEXT, sender TEXT, size INTEGER, nrcpt INTEGER, client_ip TEXT,
-    rcpt TEXT, relay TEXT, dsn TEXT, status TEXT, response TEXT, subject TEXT, file_name TEXT,
+    rcpt TEXT, relay TEXT, dsn TEXT, status TEXT, hop INTEGER, subject TEXT, file_name TEXT,
     raw_ref TEXT NOT NULL,
     produced_by TEXT NOT NULL,
     consumed_by TEXT

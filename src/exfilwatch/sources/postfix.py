@@ -51,24 +51,34 @@ from .mailcommon import direction_notes, email_select, install_macros, recover
 SOURCE_NAME = "postfix"
 
 QID = r"[0-9A-F]{5,20}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,20}"
+# The syslog header up to the message body. Kept cheap for RE2 (no capture of the body, a
+# loose queue-id shape checked afterwards on the short capture): the body is the rest of the
+# line after the captured parts, so the per-line cost stays near a bare match.
 HEADER_RE = (
-    r"^(?:<\d{1,3}>)?(?:(?P<mon>[A-Z][a-z]{2}) +(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)(?:\.\d+)?"
-    r"|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?P<off>Z|[+-]\d\d:?\d\d)?))"
-    r" (?P<host>\S+) (?P<prog>[^\s\[\]:]+)(?:\[\d+\])?: "
-    r"(?:(?P<qid>" + QID + r"): )?(?P<body>.*)$"
+    r"^(?P<pri><\d{1,3}>)?(?P<ts>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)?|\d{4}-\d\d-\d\d[T ]\S+)"
+    r" (?P<host>\S+) (?P<prog>[^\s\[\]:]+)(?P<pid>\[\d+\])?: (?:(?P<qid>[0-9A-Za-z]{5,20}): )?"
 )
-HEADER_GROUPS = ["mon", "day", "hms", "iso", "off", "host", "prog", "qid", "body"]
+HEADER_GROUPS = ["pri", "ts", "host", "prog", "pid", "qid"]
 
+# A delivery line is checked whole with a plain match (RE2's DFA), then its fields are taken
+# with short captures: one regexp_extract with all groups over these long lines costs RE2 a
+# slower submatch pass, 4-5 times a match (measured; see bench/bench_sources_mail.py).
 DELIVERY_RE = (
-    r"^to=<?(?P<to>[^<>,]*)>?, (?:orig_to=<?[^<>,]*>?, )?relay=(?P<relay>[^,]*), (?:conn_use=\d+, )?"
-    r"delay=[0-9.]+, (?:delays=[0-9./]+, )?dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>[a-z]+)"
-    r"(?: \((?P<response>.*)\))?$"
+    r"^to=<?[^<>,]*>?, (?:orig_to=<?[^<>,]*>?, )?relay=[^,]*, (?:conn_use=\d+, )?"
+    r"delay=[0-9.]+, (?:delays=[0-9./]+, )?dsn=\d\.\d{1,3}\.\d{1,3}, status=[a-z]+(?: \(.*\))?$"
 )
+DELIVERY_FIELDS = {
+    "rcpt": (r"^to=<?([^<>,]*)", 1),
+    "relay": (r" relay=([^,]*),", 1),
+    "dsn": (r", dsn=([0-9.]+), status=", 1),
+    "status": (r", status=([a-z]+)", 1),
+}
 FROM_RE = (
     r"^from=<(?P<sender>[^<>]*)>, (?:size=(?P<size>\d{1,18}), nrcpt=(?P<nrcpt>\d{1,9}) \(queue active\)"
     r"|(?P<expired>status=expired), returned to sender)$"
 )
-CLIENT_RE = r"^client=(?P<chost>[^\s\[\],]*)\[(?P<cip>[^\]]*)\](?::\d+)?(?:, .*?orig_client=[^\s\[\],]*\[(?P<oip>[^\]]*)\].*|, .*)?$"
+CLIENT_RE = r"^client=[^\s\[\],]*\[([^\]]*)\]"
+ORIG_CLIENT_RE = r"orig_client=[^\s\[\],]*\[([^\]]*)\]"
 REJECT_RE = r"^(?:milter-)?(?:reject|discard): (?:.*? from [^\s\[\]]*\[(?P<ip>[^\]]*)\](?::\d+)?)?.*?(?:; from=<(?P<sender>[^<>]*)> to=<(?P<to>[^<>]*)>.*)?$"
 HEADER_INFO_RE = (
     r"^(?:info|warning|prepend|replace|redirect|filter|hold): header (?P<name>[^\s:]+): (?P<value>.*) "
@@ -92,7 +102,7 @@ PENDING_COLUMNS = [
     ("key", "VARCHAR"), ("queue_id", "VARCHAR"), ("kind", "VARCHAR"), ("time", "BIGINT"),
     ("message_id", "VARCHAR"), ("sender", "VARCHAR"), ("size", "BIGINT"), ("nrcpt", "BIGINT"),
     ("client_ip", "VARCHAR"), ("rcpt", "VARCHAR"), ("relay", "VARCHAR"), ("dsn", "VARCHAR"),
-    ("status", "VARCHAR"), ("response", "VARCHAR"), ("subject", "VARCHAR"), ("file_name", "VARCHAR"),
+    ("status", "VARCHAR"), ("hop", "BIGINT"), ("subject", "VARCHAR"), ("file_name", "VARCHAR"),
     ("raw_ref", "VARCHAR"),
 ]
 _ARROW = {"VARCHAR": pa.string(), "BIGINT": pa.int64()}
@@ -114,22 +124,29 @@ def classify_sql(ctx: ParseContext) -> str:
     known = _list(KNOWN_DAEMONS)
     return f"""
         WITH h AS (
-            SELECT line_no, line, {_struct_regex('line', HEADER_RE, HEADER_GROUPS)} AS h FROM raw_lines
-        ), f AS (
-            SELECT line_no, line, h.host AS host, h.qid AS qid, h.body AS body, h.prog AS prog,
-                   regexp_extract(h.prog, '([^/]+)$', 1) AS daemon,
-                   contains(h.prog, '/') AS has_slash,
-                   CASE WHEN h.mon <> '' THEN
-                            timezone({tz}, try_strptime('{year} ' || h.mon || ' ' || h.day || ' ' || h.hms,
-                                                        '%Y %b %d %H:%M:%S'))
-                        WHEN h.iso <> '' AND h.off <> '' THEN TRY_CAST(h.iso AS TIMESTAMPTZ)
-                        WHEN h.iso <> '' THEN timezone({tz}, TRY_CAST(h.iso AS TIMESTAMP)) END AS t,
-                   CASE WHEN h.mon <> '' THEN h.mon || ' ' || h.day || ' ' || h.hms ELSE h.iso END AS stamp
+            SELECT line_no, {_struct_regex('line', HEADER_RE, HEADER_GROUPS)} AS h, line
+            FROM raw_lines
+        ), g AS (
+            SELECT line_no, CASE WHEN h.host = '' THEN trim(line) = '' ELSE false END AS blank, h.host AS host, h.prog AS prog, h.ts AS stamp,
+                   h.qid <> '' AND regexp_full_match(h.qid, {sql_string(QID)}) AS has_qid,
+                   length(h.pri) + length(h.ts) + length(h.host) + length(h.prog) + length(h.pid) + 5 AS body_at, h.qid, line
             FROM h
+        ), f AS (
+            SELECT line_no, blank, host, prog, stamp,
+                   CASE WHEN has_qid THEN qid ELSE '' END AS qid,
+                   CASE WHEN has_qid THEN substr(line, body_at + length(qid) + 2) ELSE substr(line, body_at) END AS body,
+                   regexp_extract(prog, '([^/]+)$', 1) AS daemon,
+                   contains(prog, '/') AS has_slash,
+                   CASE WHEN stamp = '' THEN NULL
+                        WHEN NOT starts_with(stamp, '1') AND NOT starts_with(stamp, '2') THEN
+                            timezone({tz}, try_strptime('{year} ' || stamp, ['%Y %b %d %H:%M:%S', '%Y %b %d %H:%M:%S.%f']))
+                        WHEN regexp_matches(stamp, '(?:Z|[+-]\\d\\d:?\\d\\d)$') THEN TRY_CAST(stamp AS TIMESTAMPTZ)
+                        ELSE timezone({tz}, TRY_CAST(stamp AS TIMESTAMP)) END AS t
+            FROM g
         ), s AS (
             SELECT *,
                 has_slash AND list_contains({known}, daemon) AS is_postfix,
-                CASE WHEN trim(line) = '' THEN 'blank'
+                CASE WHEN blank THEN 'blank'
                      WHEN host = '' THEN 'nosyslog'
                      WHEN t IS NULL THEN 'badtime'
                      WHEN NOT (has_slash AND list_contains({known}, daemon)) THEN 'other_program'
@@ -146,19 +163,19 @@ def classify_sql(ctx: ParseContext) -> str:
             FROM f
         ), x AS (
             SELECT *,
-                CASE WHEN shape = 'delivery' THEN {_struct_regex('body', DELIVERY_RE, ['to', 'relay', 'dsn', 'status', 'response'])} END AS d,
+                CASE WHEN shape = 'delivery' THEN regexp_matches(body, {sql_string(DELIVERY_RE)}) END AS d_ok,
                 CASE WHEN shape = 'from' THEN {_struct_regex('body', FROM_RE, ['sender', 'size', 'nrcpt', 'expired'])} END AS q,
-                CASE WHEN shape = 'client' THEN {_struct_regex('body', CLIENT_RE, ['chost', 'cip', 'oip'])} END AS c,
+                CASE WHEN shape = 'client' THEN regexp_extract(body, {sql_string(CLIENT_RE)}, 1) END AS cip,
                 CASE WHEN shape = 'reject' THEN {_struct_regex('body', REJECT_RE, ['ip', 'sender', 'to'])} END AS r,
                 CASE WHEN shape = 'header' THEN {_struct_regex('body', HEADER_INFO_RE, ['name', 'value', 'ip', 'sender'])} END AS hi
             FROM s
         ), k AS (
             SELECT *,
-                CASE WHEN shape = 'delivery' AND d.status <> '' THEN 'delivery'
+                CASE WHEN shape = 'delivery' AND d_ok THEN 'delivery'
                      WHEN shape = 'from' AND q.expired <> '' THEN 'expired'
                      WHEN shape = 'from' AND q.size <> '' THEN 'from'
                      WHEN shape IN ('removed', 'mid', 'reject') THEN shape
-                     WHEN shape = 'client' AND c.cip <> '' THEN 'client'
+                     WHEN shape = 'client' AND cip <> '' THEN 'client'
                      WHEN shape = 'header' AND lower(hi.name) = 'subject' THEN 'subject'
                      WHEN shape = 'header' AND lower(hi.name) IN ('content-disposition', 'content-type')
                           AND regexp_matches(hi.value, {sql_string(FILENAME_RE)}) THEN 'attachment'
@@ -194,29 +211,44 @@ def classify_sql(ctx: ParseContext) -> str:
     """
 
 
-def records_sql(ctx: ParseContext) -> str:
-    """SQL over pf_lines: one record per parsed line, in the columns kept in postfix_pending."""
+def lines_sql(ctx: ParseContext) -> str:
+    """SQL: per line its outcome and reason, and for a parsed line its record (the columns kept in
+    postfix_pending), in one pass so the line bodies are never stored."""
+    loopback = sql_string(r"\[(?:127\.[0-9.]+|::1)\]")
     return f"""
-        SELECT host || '|' || qid AS key, qid AS queue_id, kind, t,
+        WITH cls AS ({classify_sql(ctx)})
+        SELECT line_no, outcome, reason,
+               key, queue_id, kind, t, message_id, sender, size, nrcpt, coalesce(orig_ip, direct_ip) AS client_ip,
+               rcpt, relay, dsn, status,
+               CASE WHEN kind = 'delivery' THEN CAST(queued AND status = 'sent' AND regexp_matches(relay, {loopback})
+                                                     AS BIGINT) END AS hop,
+               subject, file_name, raw_ref, pending_rowid, pos
+        FROM (
+        SELECT line_no, outcome, reason,
+               CASE WHEN kind IS NOT NULL THEN host || '|' || qid END AS key,
+               CASE WHEN kind IS NOT NULL THEN qid END AS queue_id, kind, t,
                CASE WHEN kind = 'mid' THEN nullif(trim(substr(body, 12), '<> '), '') END AS message_id,
                CASE kind WHEN 'from' THEN q.sender WHEN 'expired' THEN q.sender
                          WHEN 'reject' THEN r.sender END AS sender,
                CASE WHEN kind = 'from' THEN TRY_CAST(q.size AS BIGINT) END AS size,
                CASE WHEN kind = 'from' THEN TRY_CAST(q.nrcpt AS BIGINT) END AS nrcpt,
-               CASE kind WHEN 'client' THEN coalesce(nullif(c.oip, ''), c.cip)
+               CASE kind WHEN 'client' THEN CASE WHEN contains(body, 'orig_client=')
+                                                  THEN nullif(regexp_extract(body, {sql_string(ORIG_CLIENT_RE)}, 1), '') END
                          WHEN 'reject' THEN nullif(r.ip, '')
-                         WHEN 'subject' THEN nullif(hi.ip, '') WHEN 'attachment' THEN nullif(hi.ip, '') END AS client_ip,
-               CASE kind WHEN 'delivery' THEN d.to WHEN 'reject' THEN nullif(r.to, '') END AS rcpt,
-               CASE WHEN kind = 'delivery' THEN d.relay END AS relay,
-               CASE WHEN kind = 'delivery' THEN d.dsn END AS dsn,
-               CASE WHEN kind = 'delivery' THEN d.status END AS status,
-               CASE WHEN kind = 'delivery' THEN left(nullif(d.response, ''), 300) END AS response,
+                         WHEN 'subject' THEN nullif(hi.ip, '') WHEN 'attachment' THEN nullif(hi.ip, '') END AS orig_ip,
+               CASE WHEN kind = 'client' THEN cip END AS direct_ip,
+               CASE kind WHEN 'delivery' THEN regexp_extract(body, {sql_string(DELIVERY_FIELDS['rcpt'][0])}, 1)
+                         WHEN 'reject' THEN nullif(r.to, '') END AS rcpt,
+               CASE WHEN kind = 'delivery' THEN regexp_extract(body, {sql_string(DELIVERY_FIELDS['relay'][0])}, 1) END AS relay,
+               CASE WHEN kind = 'delivery' THEN regexp_extract(body, {sql_string(DELIVERY_FIELDS['dsn'][0])}, 1) END AS dsn,
+               CASE WHEN kind = 'delivery' THEN regexp_extract(body, {sql_string(DELIVERY_FIELDS['status'][0])}, 1) END AS status,
+               CASE WHEN kind = 'delivery' THEN contains(body, 'queued as ') END AS queued,
                CASE WHEN kind = 'subject' THEN left(hi.value, 1000) END AS subject,
                CASE WHEN kind = 'attachment' THEN left(regexp_extract(hi.value, {sql_string(FILENAME_RE)}, 1), 300) END AS file_name,
-               {raw_ref_sql(ctx)} AS raw_ref,
+               CASE WHEN kind IS NOT NULL THEN {raw_ref_sql(ctx)} END AS raw_ref,
                CAST(NULL AS BIGINT) AS pending_rowid,
                (CAST(1 AS BIGINT) << 50) + line_no AS pos
-        FROM pf_lines WHERE kind IS NOT NULL
+        FROM cls)
     """
 
 
@@ -231,14 +263,14 @@ class Postfix:
         hits = 0
         for line in head:
             m = _HEADER.match(line)
-            if m and "/" in m.group("prog") and m.group("prog").rsplit("/", 1)[1] in KNOWN_DAEMONS:
+            if m and "/" in m.group("prog") and m.group("prog").rsplit("/", 1)[1] in KNOWN_DAEMONS \
+                    and (not m.group("qid") or re.fullmatch(QID, m.group("qid"))):
                 hits += 1
         return hits > 0
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
         install_macros(con, ctx)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE pf_lines AS {classify_sql(ctx)}")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE pf_batch_recs AS {records_sql(ctx)}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE pf_lines AS {lines_sql(ctx)}")
         self._load_pending(con, ctx)
         batch_max = con.execute("SELECT max(t) FROM pf_lines WHERE kind IS NOT NULL").fetchall()[0][0]
         con.execute("CREATE OR REPLACE TEMP TABLE pf_now AS SELECT $t::TIMESTAMPTZ AS batch_max", {"t": batch_max})
@@ -269,52 +301,63 @@ class Postfix:
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE pf_recs AS
             SELECT key, queue_id, kind, timezone('UTC', make_timestamp(time)) AS t, message_id, sender, size, nrcpt, client_ip,
-                   rcpt, relay, dsn, status, response, subject, file_name, raw_ref, pending_rowid,
+                   rcpt, relay, dsn, status, hop, subject, file_name, raw_ref, pending_rowid,
                    pending_rowid AS pos
             FROM pf_pending_arrow
             UNION ALL BY NAME
-            SELECT * FROM pf_batch_recs
+            SELECT * EXCLUDE (line_no, outcome, reason) FROM pf_lines WHERE kind IS NOT NULL
         """)
         con.unregister("pf_pending_arrow")
 
     def _join(self, con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"""
+            -- Segments: a message ends at its `removed` (or reject) line. Lines are ordered by time,
+            -- then arrival (o). Most queue ids have at most one such line: their segment is found
+            -- with a hash join; the few with more (a reused queue id) go through a window.
+            CREATE OR REPLACE TEMP TABLE pf_ordered AS
+            SELECT *, (CAST(epoch_us(t) AS HUGEINT) << 52) + pos AS o,
+                   kind IN ('removed', 'reject') AS boundary
+            FROM pf_recs;
+            CREATE OR REPLACE TEMP TABLE pf_kb AS
+            SELECT key, count(*) FILTER (WHERE boundary) AS nb, min(o) FILTER (WHERE boundary) AS fb
+            FROM pf_ordered GROUP BY key;
             CREATE OR REPLACE TEMP TABLE pf_segs AS
-            WITH o AS (SELECT *, row_number() OVER (PARTITION BY key ORDER BY t, pos) AS ord FROM pf_recs)
-            SELECT *, coalesce(sum(CASE WHEN kind IN ('removed', 'reject') THEN 1 ELSE 0 END) OVER (
-                        PARTITION BY key ORDER BY ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS seg
-            FROM o;
+            SELECT r.*, CASE WHEN k.nb = 0 OR r.o <= k.fb THEN 0 ELSE 1 END AS seg
+            FROM pf_ordered r JOIN pf_kb k USING (key) WHERE k.nb <= 1
+            UNION ALL BY NAME
+            SELECT *, coalesce(sum(CAST(boundary AS INTEGER)) OVER (
+                        PARTITION BY key ORDER BY o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS seg
+            FROM pf_ordered WHERE key IN (SELECT key FROM pf_kb WHERE nb > 1);
 
             CREATE OR REPLACE TEMP TABLE pf_messages AS
             WITH info AS (
                 SELECT key, seg,
                     any_value(queue_id) AS queue_id,
                     min(t) AS t0, max(t) AS t1,
-                    arg_min(message_id, ord) FILTER (WHERE kind = 'mid') AS message_id,
-                    arg_min(sender, ord) FILTER (WHERE kind IN ('from', 'expired')) AS sender_q,
-                    arg_min(sender, ord) FILTER (WHERE kind = 'reject') AS sender_r,
+                    arg_min(message_id, o) FILTER (WHERE kind = 'mid') AS message_id,
+                    arg_min(sender, o) FILTER (WHERE kind IN ('from', 'expired')) AS sender_q,
+                    arg_min(sender, o) FILTER (WHERE kind = 'reject') AS sender_r,
                     max(size) AS size, max(nrcpt) AS nrcpt,
-                    arg_min(client_ip, ord) FILTER (WHERE kind = 'client') AS client_ip,
-                    arg_min(client_ip, ord) FILTER (WHERE kind <> 'client' AND client_ip IS NOT NULL) AS other_ip,
-                    arg_min(rcpt, ord) FILTER (WHERE kind = 'reject') AS reject_rcpt,
-                    arg_min(subject, ord) FILTER (WHERE kind = 'subject') AS subject,
+                    arg_min(client_ip, o) FILTER (WHERE kind = 'client') AS client_ip,
+                    arg_min(client_ip, o) FILTER (WHERE kind <> 'client' AND client_ip IS NOT NULL) AS other_ip,
+                    arg_min(rcpt, o) FILTER (WHERE kind = 'reject') AS reject_rcpt,
+                    arg_min(subject, o) FILTER (WHERE kind = 'subject') AS subject,
                     list_sort(list_distinct(list(file_name) FILTER (WHERE kind = 'attachment'))) AS files,
                     bool_or(kind = 'from') AS has_from,
                     bool_or(kind = 'removed') AS has_removed,
                     bool_or(kind = 'reject') AS has_reject,
                     bool_or(kind = 'expired') AS has_expired,
                     bool_or(kind IN ('delivery', 'mid', 'client', 'subject', 'attachment')) AS has_content,
-                    arg_min(raw_ref, ord) FILTER (WHERE kind = 'from') AS from_ref,
-                    arg_min(raw_ref, ord) AS first_ref
+                    arg_min(raw_ref, o) FILTER (WHERE kind = 'from') AS from_ref,
+                    arg_min(raw_ref, o) AS first_ref
                 FROM pf_segs GROUP BY key, seg
             ), last_status AS (
-                SELECT key, seg, rcpt, min(ord) AS first_pos,
-                       arg_max(status, ord) AS status, arg_max(relay, ord) AS relay, arg_max(response, ord) AS response
+                SELECT key, seg, rcpt, min(o) AS first_pos,
+                       arg_max(status, o) AS status, arg_max(relay, o) AS relay, arg_max(hop, o) AS hop
                 FROM pf_segs WHERE kind = 'delivery' GROUP BY key, seg, rcpt
             ), rcpt_state AS (
                 SELECT l.*, nullif(nullif(split_part(l.relay, '[', 1), 'none'), '') AS relay_host,
-                    CASE WHEN l.status = 'sent' AND regexp_matches(l.relay, '\\[(?:127\\.[0-9.]+|::1)\\]')
-                              AND contains(coalesce(l.response, ''), 'queued as') THEN 'hop'
+                    CASE WHEN l.status = 'sent' AND l.hop = 1 THEN 'hop'
                          WHEN l.status = 'sent' THEN 'delivered'
                          WHEN l.status IN ('bounced', 'expired') THEN 'failed'
                          WHEN l.status = 'deferred' AND i.has_expired THEN 'failed'
@@ -401,7 +444,7 @@ class Postfix:
         selected = ", ".join("epoch_us(r.t)" if n == "time" else f"r.{n}" for n in names)
         new_rows = con.execute(f"""
             SELECT {selected} FROM pf_segs r JOIN pf_messages m USING (key, seg)
-            WHERE NOT m.complete AND r.pending_rowid IS NULL ORDER BY r.key, r.ord""").fetchall()
+            WHERE NOT m.complete AND r.pending_rowid IS NULL ORDER BY r.key, r.o""").fetchall()
         consumed = con.execute("""
             SELECT r.pending_rowid FROM pf_segs r JOIN pf_messages m USING (key, seg)
             WHERE m.complete AND r.pending_rowid IS NOT NULL""").fetchall()

@@ -1,0 +1,196 @@
+"""Benchmark: ingesting a Postfix maillog, exfilwatch (DuckDB SQL) against a Python `re` loop.
+
+    python bench/bench_sources_mail.py [--lines 5000000] [--threads 2]
+
+Generates a realistic maillog (postscreen/anvil noise, smtpd connect/client/disconnect,
+cleanup message-id, qmgr from/removed, smtp/lmtp deliveries with some deferrals and
+bounces) in a temporary folder, then runs in separate child processes, so each has its own
+peak memory:
+
+* `exfilwatch`: `ingest_paths` into a fresh home: parse, join per queue id, write Parquet,
+  commit to the state store: the whole ingest, not only the parse;
+* `python-re`: the reference a user would write: read the file line by line, one `re` match
+  for the syslog header and one per message shape, a dict of messages per queue id, emit
+  on `removed` (no Parquet written: it only builds the list of messages).
+
+Prints a markdown table: lines, seconds, lines/s, messages, peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+USERS = [f"user{i:04d}" for i in range(2000)]
+EXTERNAL = ["gmail.com", "yahoo.com", "outlook.com", "partner-a.example.org", "partner-b.example.net",
+            "proton.me", "gmx.de", "supplier.example.com"]
+MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+def generate(path: Path, n_lines: int, seed: int = 7) -> int:
+    """Write about n_lines maillog lines; return the number of messages."""
+    rng = random.Random(seed)
+    t = 1_762_041_600  # 2026-11-02 00:00 UTC
+    written = messages = 0
+    qn = 0x100000
+    with open(path, "w", buffering=1 << 22) as out:
+        while written < n_lines:
+            t += rng.randint(0, 2)
+            tm = time.gmtime(t)
+            stamp = f"{MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} {tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
+            qn += rng.randint(1, 50)
+            qid = f"{qn:X}{rng.randint(0, 0xFFF):03X}"
+            user = rng.choice(USERS)
+            ip = f"10.{rng.randint(20, 23)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+            pid = rng.randint(1000, 60000)
+            lines = []
+            if rng.random() < 0.15:
+                lines.append(f"{stamp} mx1 postfix/postscreen[{pid}]: CONNECT from [{ip}]:{rng.randint(1024, 65535)} to [192.0.2.10]:25")
+                lines.append(f"{stamp} mx1 postfix/anvil[{pid + 1}]: statistics: max connection rate 1/60s for (smtpd:{ip}) at {stamp}")
+            lines.append(f"{stamp} mx1 postfix/smtpd[{pid}]: connect from ws-{user}.example.com[{ip}]")
+            lines.append(f"{stamp} mx1 postfix/smtpd[{pid}]: {qid}: client=ws-{user}.example.com[{ip}]")
+            lines.append(f"{stamp} mx1 postfix/cleanup[{pid + 2}]: {qid}: message-id=<{qid}.{t}@ws-{user}.example.com>")
+            nrcpt = 1 + int(rng.expovariate(0.7))
+            size = int(rng.lognormvariate(9.5, 1.6))
+            lines.append(f"{stamp} mx1 postfix/qmgr[812]: {qid}: from=<{user}@example.com>, size={size}, nrcpt={nrcpt} (queue active)")
+            lines.append(f"{stamp} mx1 postfix/smtpd[{pid}]: disconnect from ws-{user}.example.com[{ip}] ehlo=1 mail=1 rcpt={nrcpt} data=1 quit=1 commands={4 + nrcpt}")
+            for _ in range(nrcpt):
+                if rng.random() < 0.5:
+                    rcpt = f"{rng.choice(USERS)}@example.com"
+                    lines.append(f"{stamp} mx1 postfix/lmtp[{pid + 3}]: {qid}: to=<{rcpt}>, relay=mail.example.com[private/dovecot-lmtp], delay=0.15, delays=0.04/0.01/0.02/0.08, dsn=2.0.0, status=sent (250 2.0.0 <{rcpt}> Saved)")
+                    continue
+                rcpt = f"r{rng.randint(0, 99999)}@{rng.choice(EXTERNAL)}"
+                roll = rng.random()
+                if roll < 0.03:
+                    lines.append(f"{stamp} mx1 postfix/smtp[{pid + 4}]: {qid}: to=<{rcpt}>, relay=mx.remote.example[203.0.113.5]:25, delay=1.2, delays=0.1/0/0.5/0.6, dsn=4.4.2, status=deferred (conversation with mx.remote.example[203.0.113.5] timed out while receiving the initial server greeting)")
+                    status, dsn, resp = "sent", "2.0.0", "250 2.0.0 Ok: queued as 4ABC123"
+                elif roll < 0.05:
+                    status, dsn, resp = "bounced", "5.1.1", "host mx.remote.example[203.0.113.5] said: 550 5.1.1 user unknown (in reply to RCPT TO command)"
+                else:
+                    status, dsn, resp = "sent", "2.0.0", "250 2.0.0 Ok: queued as 4ABC123"
+                lines.append(f"{stamp} mx1 postfix/smtp[{pid + 4}]: {qid}: to=<{rcpt}>, relay=mx.remote.example[203.0.113.5]:25, delay=1.2, delays=0.1/0/0.5/0.6, dsn={dsn}, status={status} ({resp})")
+            lines.append(f"{stamp} mx1 postfix/qmgr[812]: {qid}: removed")
+            out.write("\n".join(lines) + "\n")
+            written += len(lines)
+            messages += 1
+    return messages
+
+
+# --- the reference: a Python re loop --------------------------------------------------------
+
+HEADER = re.compile(r"^(?P<mon>[A-Z][a-z]{2}) +(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d) (?P<host>\S+) "
+                    r"(?P<prog>[^\s\[\]:]+)(?:\[\d+\])?: (?:(?P<qid>[0-9A-F]{5,20}): )?(?P<body>.*)$")
+DELIVERY = re.compile(r"^to=<?(?P<to>[^<>,]*)>?, (?:orig_to=<?[^<>,]*>?, )?relay=(?P<relay>[^,]*), (?:conn_use=\d+, )?"
+                      r"delay=[0-9.]+, (?:delays=[0-9./]+, )?dsn=(?P<dsn>[\d.]+), status=(?P<status>[a-z]+)")
+FROM = re.compile(r"^from=<(?P<sender>[^<>]*)>, size=(?P<size>\d+), nrcpt=(?P<nrcpt>\d+)")
+CLIENT = re.compile(r"^client=(?P<chost>[^\s\[\],]*)\[(?P<cip>[^\]]*)\]")
+
+
+def python_reference(path: Path, year: int = 2026) -> tuple[int, int]:
+    from datetime import datetime, timezone
+
+    pending: dict[str, dict] = {}
+    messages: list[dict] = []
+    lines = 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            lines += 1
+            m = HEADER.match(line.rstrip("\n"))
+            if not m or not m["qid"]:
+                continue
+            ts = datetime.strptime(f"{year} {m['mon']} {m['day']} {m['hms']}", "%Y %b %d %H:%M:%S").replace(tzinfo=timezone.utc)
+            key = m["host"] + "|" + m["qid"]
+            body = m["body"]
+            msg = pending.setdefault(key, {"time": ts, "rcpt": {}})
+            if body.startswith("to="):
+                d = DELIVERY.match(body)
+                if d:
+                    msg["rcpt"][d["to"].lower()] = d["status"]
+            elif body.startswith("from=<"):
+                q = FROM.match(body)
+                if q:
+                    msg["sender"], msg["size"], msg["nrcpt"] = q["sender"].lower(), int(q["size"]), int(q["nrcpt"])
+            elif body.startswith("message-id="):
+                msg["message_id"] = body[11:].strip("<>")
+            elif body.startswith("client="):
+                c = CLIENT.match(body)
+                if c:
+                    msg["src_ip"] = c["cip"]
+            elif body == "removed":
+                done = pending.pop(key)
+                done["recipient"] = sorted(r for r, s in done.pop("rcpt").items() if s == "sent")
+                messages.append(done)
+    return lines, len(messages)
+
+
+# --- runners (each in its own process) ------------------------------------------------------
+
+def run_exfilwatch(path: Path, threads: int) -> dict:
+    from exfilwatch.config import Home, parse_settings
+    from exfilwatch.ingest import ingest_paths
+
+    root = Path(tempfile.mkdtemp(prefix="bench-home-"))
+    home = Home(root=root, config_path=root / "config.yaml")
+    settings = parse_settings({"internal_domains": ["example.com"], "threads": threads}, "bench")
+    start = time.perf_counter()
+    [report] = ingest_paths([path], home, settings, source_name="postfix", year=2026)
+    elapsed = time.perf_counter() - start
+    return {"lines": report.lines, "seconds": elapsed, "messages": report.events, "notes": report.notes}
+
+
+def run_python(path: Path) -> dict:
+    start = time.perf_counter()
+    lines, messages = python_reference(path)
+    return {"lines": lines, "seconds": time.perf_counter() - start, "messages": messages}
+
+
+def child(kind: str, path: Path, threads: int) -> None:
+    result = run_exfilwatch(path, threads) if kind == "exfilwatch" else run_python(path)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=5_000_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", choices=["exfilwatch", "python-re"])
+    parser.add_argument("--path", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.path, args.threads)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-maillog-") as tmp:
+        path = Path(tmp) / "maillog"
+        start = time.perf_counter()
+        messages = generate(path, args.lines)
+        size_mb = path.stat().st_size / 1e6
+        print(f"generated {args.lines:,}+ lines, {messages:,} messages, {size_mb:,.0f} MB "
+              f"in {time.perf_counter() - start:.0f} s; {os.cpu_count()} CPUs, threads={args.threads}\n")
+        rows = []
+        for kind in ("exfilwatch", "python-re"):
+            out = subprocess.run([sys.executable, __file__, "--child", kind, "--path", str(path),
+                                  "--threads", str(args.threads)], check=True, capture_output=True, text=True)
+            rows.append((kind, json.loads(out.stdout.strip().splitlines()[-1])))
+        print("| parser | lines | seconds | lines/s | messages | peak RSS (MB) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for kind, r in rows:
+            print(f"| {kind} | {r['lines']:,} | {r['seconds']:.1f} | {r['lines'] / r['seconds']:,.0f} | "
+                  f"{r['messages']:,} | {r['peak_rss_mb']:,.0f} |")
+        ratio = (rows[0][1]["lines"] / rows[0][1]["seconds"]) / (rows[1][1]["lines"] / rows[1][1]["seconds"])
+        print(f"\nexfilwatch / python-re speed: {ratio:.1f}x")
+        for note in rows[0][1].get("notes", []):
+            print(f"note: {note}")
+
+
+if __name__ == "__main__":
+    main()
