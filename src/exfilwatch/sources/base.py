@@ -60,3 +60,13 @@ def sql_string(value: str) -> str:
 
 def raw_ref_sql(ctx: ParseContext, line_no: str = "line_no") -> str:
     return f"{sql_string(ctx.file + ':')} || CAST({line_no} AS VARCHAR)"
+
+
+def epoch_seconds_sql(expr: str) -> str:
+    """SQL: epoch seconds (text or number) as TIMESTAMPTZ; null for text that is not a usable time.
+
+    NaN, infinities and values outside years 1970..2100 are null rather than a query error, so a
+    bad line is quarantined instead of failing its batch.
+    """
+    value = f"TRY_CAST({expr} AS DOUBLE)"
+    return f"CASE WHEN isfinite({value}) AND {value} BETWEEN 0 AND 4102444800 THEN to_timestamp({value}) END"

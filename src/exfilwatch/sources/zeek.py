@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import duckdb
 
 from ..models import NETWORK_TRAFFIC
-from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
+from .base import ParseContext, ParsedBatch, epoch_seconds_sql, raw_ref_sql, sql_string
 
 CONN_FIELDS = [
     "ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service", "duration",
@@ -155,7 +155,7 @@ class ZeekConnTSV:
             ), fields AS (
                 SELECT line_no, line, len(f) AS n, {extract} FROM split
             ), typed AS (
-                SELECT *, to_timestamp(TRY_CAST(ts AS DOUBLE)) AS _time FROM fields
+                SELECT *, {epoch_seconds_sql('ts')} AS _time FROM fields
             )
             SELECT *,
                 CASE WHEN line = '' THEN 'skipped'
@@ -206,7 +206,7 @@ class ZeekConnJSON:
             ), fields AS (
                 SELECT line_no, line, is_json, {extract} FROM checked
             ), typed AS (
-                SELECT *, coalesce(to_timestamp(TRY_CAST(ts AS DOUBLE)), TRY_CAST(ts AS TIMESTAMPTZ)) AS _time
+                SELECT *, coalesce({epoch_seconds_sql('ts')}, TRY_CAST(ts AS TIMESTAMPTZ)) AS _time
                 FROM fields
             )
             SELECT *,
