@@ -1,0 +1,145 @@
+"""`exfilwatch detections lint`: the shipped detections pass, and each kind of mistake is caught."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from exfilwatch import attack
+from exfilwatch.cli import app
+from exfilwatch.detect.lint import lint_folder
+from exfilwatch.detect.schema import default_detections_dir
+
+SHIPPED = default_detections_dir()
+BASE = "hosts_receiving_high_volume_of_network_traffic_from_email_server"
+
+
+def test_the_shipped_seed_and_risk_detections_pass():
+    _, issues = lint_folder(SHIPPED)
+    ours = {BASE, "email_servers_sending_high_volume_traffic_to_hosts", "risk_threshold_exceeded_24h",
+            "attack_tactic_threshold_exceeded_7d", "notable_session"}
+    assert [i for i in issues if i.detection_id in ours and i.level == "error"] == []
+
+
+def _mutated(tmp_path: Path, change, base: str = BASE) -> list:
+    folder = tmp_path / "detections" / base
+    shutil.copytree(SHIPPED / base, folder)
+    path = folder / "detection.yml"
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    _, issues = lint_folder(tmp_path / "detections")
+    return [(i.level, i.check, i.message) for i in issues]
+
+
+def _errors(issues, check):
+    return [m for level, c, m in issues if level == "error" and c == check]
+
+
+def test_unmodified_copy_is_clean(tmp_path):
+    assert _mutated(tmp_path, lambda d: None) == []
+
+
+def test_unknown_technique(tmp_path):
+    issues = _mutated(tmp_path, lambda d: d["tags"].update(mitre_attack_id=["T9999"]))
+    assert any("unknown ATT&CK technique 'T9999'" in m for m in _errors(issues, "attack"))
+
+
+def test_revoked_technique(tmp_path):
+    revoked = next(tid for tid, t in attack.attack_data()["techniques"].items() if t.get("revoked"))
+    issues = _mutated(tmp_path, lambda d: d["tags"].update(mitre_attack_id=[revoked]))
+    assert any("revoked" in m for m in _errors(issues, "attack"))
+
+
+def test_technique_listed_with_its_own_sub_technique(tmp_path):
+    issues = _mutated(tmp_path, lambda d: d["tags"].update(mitre_attack_id=["T1114", "T1114.002"]))
+    assert _errors(issues, "attack") == ["T1114 is listed with its own sub-technique T1114.002: list T1114.002 only"]
+
+
+def test_sibling_sub_techniques_are_fine(tmp_path):
+    assert _mutated(tmp_path, lambda d: d["tags"].update(mitre_attack_id=["T1114.001", "T1114.002"])) == []
+
+
+def test_message_field_missing_from_output(tmp_path):
+    issues = _mutated(tmp_path, lambda d: d["risk"].update(message="traffic to $dest$"))
+    assert any("risk message field 'dest'" in m for m in _errors(issues, "fields"))
+
+
+def test_risk_object_field_missing_from_output(tmp_path):
+    # the seed's own mistake: risk object `dest`, which the search never outputs
+    issues = _mutated(tmp_path, lambda d: d["risk"]["objects"][0].update(field="dest"))
+    assert any("risk object field 'dest'" in m for m in _errors(issues, "fields"))
+
+
+def test_undeclared_parameter(tmp_path):
+    def change(d):
+        d["search"] = d["search"].replace("$deviation_threshold", "$deviation_treshold", 1)
+
+    issues = _mutated(tmp_path, change)
+    assert any("$deviation_treshold" in m for m in _errors(issues, "parameters"))
+
+
+def test_unused_parameter_is_a_warning(tmp_path):
+    issues = _mutated(tmp_path, lambda d: d["parameters"].update(spare={"default": 1, "type": "number"}))
+    assert [(lvl, c) for lvl, c, m in issues] == [("warning", "parameters")]
+
+
+def test_bad_cron_and_bad_time_modifier(tmp_path):
+    issues = _mutated(tmp_path, lambda d: d["schedule"].update(cron="61 * * * *", earliest="-70x@m"))
+    errors = _errors(issues, "schedule")
+    assert any("cron expression '61 * * * *'" in m for m in errors)
+    assert any("schedule earliest" in m for m in errors)
+
+
+def test_bad_time_parameter_default(tmp_path):
+    issues = _mutated(tmp_path, lambda d: d["parameters"]["history"].update(default="-30dd"))
+    assert _errors(issues, "parameters")
+
+
+@pytest.mark.parametrize("kind", ["positive", "negative"])
+def test_production_detection_without_a_test_kind(tmp_path, kind):
+    issues = _mutated(tmp_path, lambda d: d.update(tests=[t for t in d["tests"] if t["kind"] != kind]))
+    assert _errors(issues, "tests") == [f"a production detection needs at least one {kind} test"]
+
+
+def test_experimental_detection_may_lack_tests(tmp_path):
+    assert _mutated(tmp_path, lambda d: d.update(status="experimental", tests=[])) == []
+
+
+def test_missing_test_data_file(tmp_path):
+    issues = _mutated(tmp_path, lambda d: d["tests"][0]["data"][0].update(file="data/nope.log"))
+    assert any("data/nope.log not found" in m for m in _errors(issues, "tests"))
+
+
+def test_schema_error_names_the_key(tmp_path):
+    issues = _mutated(tmp_path, lambda d: d.update(shedule={"cron": "0 * * * *"}))
+    assert any("shedule" in m and "unknown key" in m for m in _errors(issues, "schema"))
+
+
+def test_search_that_fails_on_empty_data(tmp_path):
+    issues = _mutated(tmp_path, lambda d: d.update(search=d["search"].replace("FROM network_traffic", "FROM no_such_table")))
+    assert any("no_such_table" in m for m in _errors(issues, "sql"))
+
+
+def test_correlation_rule_must_name_its_risk_events(tmp_path):
+    def change(d):
+        d["search"] = d["search"].replace("event_keys\nFROM per_object", "1 AS one\nFROM per_object")
+
+    issues = _mutated(tmp_path, change, base="risk_threshold_exceeded_24h")
+    assert any("'event_keys'" in m for m in _errors(issues, "fields"))
+
+
+def test_cli_exit_status(tmp_path):
+    runner = CliRunner()
+    folder = tmp_path / "detections" / BASE
+    shutil.copytree(SHIPPED / BASE, folder)
+    ok = runner.invoke(app, ["detections", "lint", "--path", str(tmp_path / "detections")])
+    assert ok.exit_code == 0 and "0 errors" in ok.output
+    path = folder / "detection.yml"
+    path.write_text(path.read_text().replace("mitre_attack_id: [T1114.002]", "mitre_attack_id: [T1114, T1114.002]"))
+    bad = runner.invoke(app, ["detections", "lint", "--path", str(tmp_path / "detections")])
+    assert bad.exit_code == 1 and "1 errors" in bad.output
