@@ -203,12 +203,14 @@ class GenericSource:
             text = {}
             for column, field in mapping.columns.items():
                 path = sql_string(_json_path(column))
+                # json functions see '{}' for lines that are not JSON objects, whatever the evaluation order
                 if types[field].endswith("[]"):
-                    text[field] = f"CASE WHEN is_json THEN json_extract(line, {path}) END"
+                    text[field] = f"json_extract(json_line, {path})"
                 else:
-                    text[field] = f"CASE WHEN is_json THEN nullif(json_extract_string(line, {path}), '') END"
-            split = ("SELECT line_no, line, coalesce(json_valid(line) AND json_type(line) = 'OBJECT', false) AS is_json "
-                     "FROM raw_lines")
+                    text[field] = f"nullif(json_extract_string(json_line, {path}), '')"
+            split = ("SELECT *, CASE WHEN is_json THEN line ELSE '{}' END AS json_line FROM ("
+                     "SELECT line_no, line, coalesce(CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' END, false) AS is_json "
+                     "FROM raw_lines)")
             shape_checks = "WHEN NOT is_json THEN 'not a JSON object (expected one record per line)'"
             skipped = "('blank line',)"
 
