@@ -142,5 +142,11 @@ class FileOutput(_Strict):
     path: str
     send: list[Literal["incidents", "findings"]] = Field(default_factory=lambda: ["incidents"])
 
+    @model_validator(mode="after")
+    def _one_kind_per_csv(self) -> "FileOutput":
+        if self.type == "csv" and len(set(self.send)) != 1:
+            raise ValueError("a CSV file holds one kind (one header): send incidents and findings to two files")
+        return self
+
 
 OutputSpec = Annotated[SyslogOutput | WebhookOutput | FileOutput, Field(discriminator="type")]
