@@ -106,7 +106,8 @@ CREATE TABLE IF NOT EXISTS risk_events (
     message TEXT NOT NULL,
     techniques TEXT NOT NULL,            -- JSON list of ATT&CK ids
     tactics TEXT NOT NULL,               -- JSON list of tactic short names
-    session_id TEXT
+    session_id TEXT,
+    available TEXT NOT NULL              -- when its finding was first detected: incident rules see it from then
 );
 CREATE INDEX IF NOT EXISTS risk_events_object_time ON risk_events(risk_object, time);
 CREATE TABLE IF NOT EXISTS suppressions (

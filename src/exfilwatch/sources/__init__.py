@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import ParseContext, ParsedBatch, Source
+from .exchange import ExchangeTracking, M365TraceCSV, M365TraceJSON
 from .flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
 from .generic import GenericSource
 from .postfix import Postfix
@@ -19,6 +20,9 @@ SOURCES: dict[str, Source] = {
         NfdumpCSV(),
         JuniperSRXFlow(),
         Postfix(),
+        ExchangeTracking(),
+        M365TraceCSV(),
+        M365TraceJSON(),
         NetflowCSV(),  # keep late: it claims any CSV whose header names flow columns
         GenericSource(),  # never detected: --source generic --mapping FILE
     )
