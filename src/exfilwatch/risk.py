@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from .attack import tactics_of
 from .config import ConfigError, Settings
-from .engine import match_assets
+from .engine import _drop_temp, match_assets
 from .enrich.identities import IdentityResolver, load_identities
 from .riskconfig import Range, RiskModifier, SuppressionSpec
 from .state import StateStore, dumps
@@ -68,6 +68,7 @@ RISK_EVENT_COLUMNS: dict[str, str] = {
     "techniques": "VARCHAR[]",
     "tactics": "VARCHAR[]",
     "session_id": "VARCHAR",
+    "_available": "TIMESTAMPTZ",  # when its finding was first detected
 }
 
 
@@ -372,12 +373,13 @@ class RiskEvent:
     techniques: list[str]
     tactics: list[str]
     session_id: str | None
+    available: datetime | None = None
 
     def row(self) -> tuple:
         return (self.event_key, self.finding_key, self.detection_id, self.time.isoformat(), self.risk_object,
                 self.risk_object_type, self.source_object, self.source_object_type, self.risk_object_field,
                 self.raw_score, self.score, dumps(self.modifiers), self.message, dumps(self.techniques),
-                dumps(self.tactics), self.session_id)
+                dumps(self.tactics), self.session_id, (self.available or self.time).isoformat())
 
     def as_json(self) -> dict[str, Any]:
         return {"time": self.time.isoformat(), "risk_object": self.risk_object, "risk_object_type": self.risk_object_type,
@@ -417,10 +419,17 @@ def risk_events_for(
     resolver: Resolver,
     modifiers: list[RiskModifier],
     fallback_time: datetime,
+    detected: datetime | None = None,
 ) -> list[RiskEvent]:
-    """One risk event per risk object of the finding that has a value."""
+    """One risk event per risk object of the finding that has a value.
+
+    `detected` is when the finding was first detected (its first run's now): an incident rule
+    replaying history sees the event only from then, as it would have live. Without it (findings
+    loaded by hand) the event is available from its own time.
+    """
     events = []
     when = finding_time(finding, fallback_time)
+    available = max(when, detected) if detected is not None else when
     fields = finding.get("fields", {})
     session_id = fields.get("session_id")
     for obj in finding["risk_objects"]:
@@ -440,7 +449,7 @@ def risk_events_for(
             source_object=str(value), source_object_type=obj.get("type", "other"),
             risk_object_field=str(obj.get("field")), raw_score=raw, score=score, modifiers=applied,
             message=finding.get("message", ""), techniques=list(techniques), tactics=tactics_of(techniques),
-            session_id=str(session_id) if session_id is not None else None,
+            session_id=str(session_id) if session_id is not None else None, available=available,
         ))
     return events
 
@@ -468,8 +477,13 @@ def rebuild_risk_events(
     result = RebuildResult()
     result.newly_decided, result.newly_suppressed = decide_suppressions(state, settings, now)
     resolver = Resolver(settings)
+    if "available" not in {row["name"] for row in state.query("PRAGMA table_info(risk_events)")}:
+        with state.transaction() as db:  # a store from before the column: the table is derived, rebuild it
+            db.execute("DROP TABLE risk_events")
+        state.conn.executescript(_risk_events_ddl())
     rows = state.query(
-        "SELECT f.*, s.suppression_id, s.decided_at FROM findings f JOIN finding_suppressions s USING (finding_key)"
+        "SELECT f.*, s.suppression_id, s.decided_at, r.now AS detected FROM findings f "
+        "JOIN finding_suppressions s USING (finding_key) LEFT JOIN detection_runs r ON r.run_id = f.first_run_id"
     )
     events: list[RiskEvent] = []
     for row in rows:
@@ -479,12 +493,21 @@ def rebuild_risk_events(
             continue
         finding = _finding_dict(row)
         fallback = datetime.fromisoformat(row["decided_at"])
-        events += risk_events_for(finding, techniques.get(row["detection_id"], []), resolver, settings.risk_modifiers, fallback)
+        detected = datetime.fromisoformat(row["detected"]) if row["detected"] else None
+        events += risk_events_for(finding, techniques.get(row["detection_id"], []), resolver, settings.risk_modifiers,
+                                  fallback, detected)
     with state.transaction() as db:
         db.execute("DELETE FROM risk_events")
-        db.executemany(f"INSERT INTO risk_events VALUES ({','.join('?' * 16)})", [e.row() for e in events])
+        db.executemany(f"INSERT INTO risk_events VALUES ({','.join('?' * 17)})", [e.row() for e in events])
     result.events = len(events)
     return result
+
+
+def _risk_events_ddl() -> str:
+    from .state import SCHEMA
+
+    start = SCHEMA.index("CREATE TABLE IF NOT EXISTS risk_events")
+    return SCHEMA[start:SCHEMA.index(");", start) + 2]
 
 
 def stored_risk_events(state: StateStore, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
@@ -502,7 +525,13 @@ def _risk_events_arrow(rows: list[dict[str, Any]]) -> pa.Table:
     columns: dict[str, list] = {name: [] for name in RISK_EVENT_COLUMNS}
     for row in rows:
         for name in RISK_EVENT_COLUMNS:
-            columns[name].append(datetime.fromisoformat(row["time"]) if name == "_time" else row.get(name))
+            if name == "_time":
+                value = datetime.fromisoformat(row["time"])
+            elif name == "_available":
+                value = datetime.fromisoformat(row.get("available") or row["time"])
+            else:
+                value = row.get(name)
+            columns[name].append(value)
     types = {"TIMESTAMPTZ": pa.timestamp("us", tz="UTC"), "VARCHAR": pa.string(), "DOUBLE": pa.float64(),
              "VARCHAR[]": pa.list_(pa.string())}
     schema = pa.schema([(name, types[typ]) for name, typ in RISK_EVENT_COLUMNS.items()])
@@ -511,21 +540,22 @@ def _risk_events_arrow(rows: list[dict[str, Any]]) -> pa.Table:
 
 def register_risk_events_view(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings,
                               start: datetime | None = None, end: datetime | None = None) -> None:
-    """Make `risk_events` a temporary table of the stored risk events in [start, end)."""
+    """Make `risk_events` a temporary table of the stored risk events in [start, end) detected by `end`."""
     where, params = [], []
     if start is not None:
         where.append("time >= ?")
         params.append(start.astimezone(timezone.utc).isoformat())
     if end is not None:
-        where.append("time < ?")
-        params.append(end.astimezone(timezone.utc).isoformat())
+        where.append("time < ? AND available <= ?")
+        params += [end.astimezone(timezone.utc).isoformat()] * 2
     rows = stored_risk_events(state, ("WHERE " + " AND ".join(where)) if where else "", tuple(params))
     load_risk_events(con, rows)
 
 
-def load_risk_events(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> None:
+def load_risk_events(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], name: str = "risk_events") -> None:
+    _drop_temp(con, name)
     con.register("risk_events_arrow", _risk_events_arrow(rows))
-    con.execute("CREATE OR REPLACE TEMP TABLE risk_events AS SELECT * FROM risk_events_arrow ORDER BY _time")
+    con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM risk_events_arrow ORDER BY _time")
     con.unregister("risk_events_arrow")
 
 
@@ -608,14 +638,17 @@ def run_correlations(
 ) -> list[CorrelationResult]:
     """Run each correlation detection at every cron fire time since its watermark, oldest first.
 
-    A rule's result depends only on the risk events in its window, so a fire whose window holds
-    exactly the events of the previous evaluated fire is skipped, and so is an empty window.
+    Each fire sees the risk events in its window whose findings had been detected by then, as it
+    would have live. A rule's result depends only on those events, so a fire that sees exactly
+    the events of the previous evaluated fire is skipped, and so is a fire that sees none.
     """
     from .detect.runner import data_range, execute, fire_times, resolve_parameters, run_window
 
-    register_risk_events_view(con, state, settings)
-    times = [row[0] for row in con.execute("SELECT _time FROM risk_events ORDER BY _time").fetchall()]
-    times = [t.astimezone(timezone.utc) for t in times]
+    load_risk_events(con, stored_risk_events(state), "risk_events_all")
+    pairs = [(t.astimezone(timezone.utc), a.astimezone(timezone.utc)) for t, a in con.execute(
+        "SELECT _time, _available FROM risk_events_all ORDER BY _time").fetchall()]
+    times = [t for t, _ in pairs]
+    _drop_temp(con, "risk_events")
     results = []
     for detection in detections:
         result = CorrelationResult(detection.id)
@@ -635,11 +668,14 @@ def run_correlations(
             window = run_window(detection, fire, settings.timezone)
             params = resolve_parameters(detection, settings, overrides or {}, window)
             start, end = data_range(params)
-            span = (bisect.bisect_left(times, start), bisect.bisect_left(times, end))
-            if span[0] == span[1] or span == previous:
+            lo, hi = bisect.bisect_left(times, start), bisect.bisect_left(times, end)
+            seen = tuple(i for i in range(lo, hi) if pairs[i][1] <= fire)
+            if not seen or seen == previous:
                 continue
-            previous = span
+            previous = seen
             result.evaluated += 1
+            con.execute(f"CREATE OR REPLACE TEMP VIEW risk_events AS SELECT * FROM risk_events_all "
+                        f"WHERE _available <= TIMESTAMPTZ '{fire.isoformat()}'")
             for row in execute(con, detection, params):
                 result.candidates += 1
                 outcome = upsert_incident(state, detection, row, fire, settings.timezone)
