@@ -368,8 +368,32 @@ def generate(
     seed: int = typer.Option(1, "--seed"),
     end: str = typer.Option("2026-10-31", "--end", help="Last day of data (local date)."),
     flows_per_host_day: int | None = typer.Option(None, "--flows-per-host-day"),
+    org: bool = typer.Option(False, "--org", help="A whole organisation: VPN, mail and flows, with labelled leaks."),
+    users: int = typer.Option(1000, "--users", help="With --org: the number of employees."),
+    mail: str = typer.Option("postfix", "--mail", help="With --org: postfix (maillog) or exchange (message tracking)."),
+    hosts_per_user: int = typer.Option(1, "--hosts-per-user", help="With --org: workstations per employee."),
 ) -> None:
-    """Write a synthetic network with labelled incidents (Zeek conn.log, asset inventory, labels)."""
+    """Write a synthetic network with labelled incidents (Zeek conn.log, asset inventory, labels).
+
+    With --org: a synthetic organisation (vpn.log, maillog or MessageTracking/, conn.log, config.yaml
+    with identities, labels.csv with the injected leaks and benign hard cases)."""
+    if org:
+        from .synth.org import MAIL_FORMATS, generate_organisation
+
+        if mail not in MAIL_FORMATS:
+            errors.print(f"--mail must be one of: {', '.join(MAIL_FORMATS)}")
+            raise typer.Exit(2)
+        try:
+            made = generate_organisation(out, users=users, days=days, seed=seed, end=date.fromisoformat(end), mail=mail,
+                                         hosts_per_user=hosts_per_user, flows_per_host_day=flows_per_host_day)
+        except ValueError as exc:
+            errors.print(str(exc))
+            raise typer.Exit(2) from None
+        console.print(f"wrote {made.users} users, {made.sessions} VPN sessions ({made.vpn_log}), {made.messages} "
+                      f"messages ({made.mail_log}), {made.flows} flows ({made.conn_log}), {made.config}, {made.labels}")
+        if made.network_note:
+            console.print(made.network_note)
+        return
     from .synth.network import generate_network
 
     kwargs: dict[str, Any] = {}

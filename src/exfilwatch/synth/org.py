@@ -66,10 +66,12 @@ import yaml
 
 INTERNAL_DOMAIN = "corp.example"
 MAIL_HOST = "mail01"
-MAIL_SERVER = ("mail01.corp.example", "10.10.0.25")
-MAIL_STORE = ("mailstore01.corp.example", "10.10.0.21")
-WEBMAIL = ("webmail.corp.example", "10.10.0.30")
-MARKETING_SERVER = ("mkt-auto01.corp.example", "10.10.0.40")
+# Addresses shared with the network generator (exfilwatch.synth.network): mx1, the mailbox
+# servers, the workstation range; the VPN pools are this module's own.
+MAIL_SERVER = ("mx1.corp.example", "10.10.0.5")  # the Postfix relay / Exchange transport
+MAIL_STORE = ("mbx1.corp.example", "10.10.0.6")  # mailboxes (LMTP from Postfix; MBX01 for Exchange)
+WEBMAIL = ("webmail.corp.example", "10.10.0.7")  # webmail / ActiveSync front end
+MARKETING_SERVER = ("mkt-auto01.corp.example", "10.30.0.60")
 VPN_HOST = "vpn01"
 VPN_REALM = "Users"
 AUTH_SERVER = "Corp AD"
@@ -79,6 +81,7 @@ TECHNIQUE = "T1048.003"
 PARTNER_DOMAINS = 200
 LABEL_HEADER = ["case_id", "detection_id", "entity", "day", "technique", "expected", "description"]
 MAIL_FORMATS = ("postfix", "exchange")
+EXCHANGE_SERVER = ("EXCH1", "10.10.0.6")  # Exchange 2019 mailbox server with its transport
 EXCHANGE_VERSION = "15.02.1118.007"
 EXCHANGE_FIELDS = (
     "date-time,client-ip,client-hostname,server-ip,server-hostname,source-context,connector-id,source,"
@@ -182,6 +185,8 @@ class OrgDataset:
     vpn_lines: int
     mail_lines: int
     cases: tuple[OrgCase, ...] = field(default=())
+    network_labels: Path | None = None  # the network generator's own labelled cases (hosts, T1114)
+    network_note: str = ""  # why conn.log holds only the org's own flows, when it does
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,6 +268,12 @@ def _pool_ip(prefix: int, index: np.ndarray) -> np.ndarray:
     return ((prefix << 16) + (index // 250) * 256 + index % 250 + 2).astype(np.int64)
 
 
+def _workstation_ip(index: np.ndarray) -> np.ndarray:
+    """Workstation i: 10.20.(1 + i // 250).(10 + i % 250), as in the network generator."""
+    index = np.asarray(index, dtype=np.int64)
+    return (_ip("10.20.0.0") + (1 + index // 250) * 256 + 10 + index % 250).astype(np.int64)
+
+
 def _unique_u32(rng: np.random.Generator, n: int) -> np.ndarray:
     values = rng.integers(1 << 28, 1 << 32, size=n, dtype=np.int64)
     while True:
@@ -340,7 +351,7 @@ def _make_people(rng: np.random.Generator, users: int, hosts_per_user: int) -> _
     home = rng.choice(2 * 65536 - 4, size=users, replace=users > 2 * 65536 - 4) + 1
     home_ip = (_ip("198.18.0.0") + home).astype(np.int64)
     tunnel_ip = _pool_ip(_ip("10.200.0.0") >> 16, np.arange(users))
-    hosts = _pool_ip(_ip("10.20.0.0") >> 16, np.arange(users * hosts_per_user)).reshape(users, hosts_per_user)
+    hosts = _workstation_ip(np.arange(users * hosts_per_user)).reshape(users, hosts_per_user)
     alphabet = np.array(list("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"))
     laptop = ["LAPTOP-" + "".join(row) for row in alphabet[rng.integers(0, len(alphabet), size=(users, 7))]]
     agent = rng.choice(len(AGENTS), size=users, p=[0.6, 0.25, 0.15])
@@ -538,7 +549,7 @@ class _Plan:
 
 class _Org:
     def __init__(self, users: int, days: int, seed: int, end: date, timezone: str, hosts_per_user: int,
-                 flows_per_host_day: int):
+                 flows_per_host_day: int | None, network: bool, vpn_syslog: str):
         if users < 12:
             raise ValueError("an organisation needs at least 12 users (the cases need their own people)")
         if days < 14:
@@ -558,6 +569,10 @@ class _Org:
         self.business = (self.dow < 5) & ~self.holiday
         self.hosts_per_user = hosts_per_user
         self.flows_per_host_day = flows_per_host_day
+        self.use_network = network
+        self.network_note = "" if network else "network generator not used: network=False"
+        self.vpn_syslog = vpn_syslog
+        self.seed = seed
         self.rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(16)]
         self.people = _make_people(self.rngs[0], users, hosts_per_user)
         self.book = _AddressBook()
@@ -618,6 +633,8 @@ class _Org:
         people.start_day[self.hire] = start
         # three weeks' leave, back a week (or less) before the end
         back = D - max(3, min(8, D // 6))
+        later = [i for i in range(back, D) if self.business[i]]
+        back = later[0] if later else self._business_day_near(back)
         length = min(21, max(3, D // 4))
         people.leave_lo[self.returner], people.leave_hi[self.returner] = back - length, back - 1
         self.leave_back = back
@@ -948,9 +965,9 @@ class _Org:
             for d, big in [(d, False) for d in weekly] + [(d, True) for d in month_ends]:
                 if not plan.works[u, d]:
                     continue
-                n = int(rng.integers(3, 7)) if big else int(rng.integers(1, 3))
-                median = 9_000_000 if big else 3_000_000
-                size = np.minimum((_lognormal(rng, median, 0.45, n) * 1.0).astype(np.int64), 24_000_000) + 5000
+                n = int(rng.integers(3, 7)) if big else int(rng.integers(3, 6))
+                median = 6_000_000 if big else 5_500_000
+                size = np.minimum(_lognormal(rng, median, 0.35, n).astype(np.int64), 24_000_000) + 5000
                 rcpts = [c.partner_first[rng.choice(auditors, size=min(2, len(auditors)), replace=False)]
                          + rng.integers(0, 3) for _ in range(n)]
                 self._case_mail(rng, plan, buf, u, d, n, size, rcpts, TAG_MONTH_END if big else TAG_WEEKLY,
@@ -960,12 +977,14 @@ class _Org:
                 self.cases.append(OrgCase(
                     case_id="month-end-finance", kind="month-end", user=people.names[u], expected="quiet", days=days,
                     description="benign: finance month-end reporting, large attachments to partners (auditors, banks) "
-                                "on the last business day of every month, with smaller weekly reports in between"))
+                                "on the last business day of every month, with weekly reports of the same kind "
+                                "in between"))
 
     # -- output -----------------------------------------------------------------------------------
 
     def write(self, out_dir: Path, mail: str, syslog_timestamps: str) -> OrgDataset:
         out_dir.mkdir(parents=True, exist_ok=True)
+        self.mail = mail
         self.cast()
         plan = self.plan()
         n_sessions = int(plan.b_vpn.sum())
@@ -991,7 +1010,7 @@ class _Org:
             else:
                 mail_log = out_dir / "MessageTracking"
                 mail_lines = self._write_exchange(con, msgs, rcpts, mail_log)
-            conn_log, assets, flows = self._write_network(con, out_dir, plan, msgs)
+            conn_log, assets, flows, network_labels = self._write_network(con, out_dir, plan, msgs)
         finally:
             con.close()
         config = self._write_config(out_dir / "config.yaml", assets)
@@ -999,7 +1018,8 @@ class _Org:
         return OrgDataset(
             out_dir=out_dir, vpn_log=vpn_log, mail_log=mail_log, mail=mail, conn_log=conn_log, config=config,
             labels=labels, users=self.U, sessions=n_sessions, messages=len(msgs["t0"]), flows=flows,
-            vpn_lines=vpn_lines, mail_lines=mail_lines, cases=tuple(self.cases))
+            vpn_lines=vpn_lines, mail_lines=mail_lines, cases=tuple(self.cases), network_labels=network_labels,
+            network_note=self.network_note)
 
     def _benign_cases(self, plan: _Plan, msgs: dict[str, np.ndarray], news_days: list[int]) -> None:
         people = self.people
@@ -1098,6 +1118,11 @@ class _Org:
         con.register("vpn_extra_users", pa.table({"u": -1 - np.arange(len(SPRAY_NAMES)), "name": list(SPRAY_NAMES)}))
         con.register("vpn_agents", pa.table({"a": np.arange(len(AGENTS)), "agent_s": list(AGENTS)}))
         con.register("vpn_hosts", pa.table({"u": np.arange(self.U), "laptop": people.laptop}))
+        if self.vpn_syslog == "rfc5424":  # RFC 5424 as the appliance sends it: APP-NAME, PROCID, MSGID, SD
+            header = (f"'<' || CASE WHEN kind IN (1, 2) THEN '133' ELSE '134' END || '>1 ' || "
+                      f"strftime(lt, '%Y-%m-%dT%H:%M:%S') || ew_offset(off) || ' {VPN_HOST} PulseSecure: - - - '")
+        else:  # as rsyslog stores it (the shape of the captured samples)
+            header = f"strftime(lt, '%Y-%m-%dT%H:%M:%S') || ew_offset(off) || ' {VPN_HOST} PulseSecure: '"
         sql = f"""
         WITH e AS (
             SELECT e.*, n.name, make_timestamp(e.ts + e.off * 1000000) AS lt, ew_ip(e.src) AS ip, ew_ip(e.tip) AS tun,
@@ -1107,8 +1132,7 @@ class _Org:
             LEFT JOIN vpn_agents a ON a.a = e.agent
             LEFT JOIN vpn_hosts h ON h.u = e.u
         )
-        SELECT '<' || CASE WHEN kind IN (1, 2) THEN '133' ELSE '134' END || '>1 '
-               || strftime(lt, '%Y-%m-%dT%H:%M:%S') || ew_offset(off) || ' {VPN_HOST} PulseSecure: - - - '
+        SELECT {header}
                || strftime(lt, '%Y-%m-%d %H:%M:%S') || ' - ive - [' || ip || '] ' || name
                || CASE WHEN kind IN (1, 2, 3) THEN '({VPN_REALM})[]' ELSE '({VPN_REALM})[Users, VPN]' END || ' - '
                || CASE kind
@@ -1277,7 +1301,7 @@ class _Org:
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        server = "MBX01"
+        server, server_ip = EXCHANGE_SERVER
         sql = f"""
         WITH m AS (
             SELECT p.*, a.address AS sender_addr, d.domain AS sender_dom,
@@ -1287,16 +1311,18 @@ class _Org:
             LEFT JOIN pf_hosts h ON h.chost = p.chost LEFT JOIN pf_dom cd ON cd.dom = -1 - p.chost
         ), m2 AS (
             SELECT *, '<' || upper(substr(md5(qid), 1, 16)) || '@'
-                      || CASE WHEN kind = {KIND_INBOUND} THEN sender_dom ELSE '{server}.{INTERNAL_DOMAIN}' END || '>' AS msgid,
+                      || CASE WHEN kind = {KIND_INBOUND} THEN sender_dom ELSE '{server.lower()}.{INTERNAL_DOMAIN}' END || '>' AS msgid,
                    substr(md5('n' || qid), 1, 8) || '-' || substr(md5('n' || qid), 9, 4) || '-'
                    || substr(md5('n' || qid), 13, 4) || '-' || substr(md5('n' || qid), 17, 4) || '-'
                    || substr(md5('n' || qid), 21, 12) AS nmid,
                    (2000000000000 + inode * 997)::BIGINT AS imid,
-                   ex_subject(hash(qid)) AS subject
+                   CASE WHEN kind = {KIND_NEWSLETTER}
+                        THEN 'Corp Example weekly - ' || strftime(make_timestamp(t0 + off_0 * 1000000), '%B %d')
+                        ELSE ex_subject(hash(qid)) END AS subject
             FROM m
         ), r AS (
-            SELECT r.m, a.address, d.provider = 9 AS local, r.t, r.r FROM pf_rcpts r JOIN pf_addr a ON a.a = r.addr
-            JOIN pf_dom d ON d.dom = a.dom
+            SELECT r.m, a.address, d.provider = 9 AS local, r.t, r.r, d.mx, d.mx_ip FROM pf_rcpts r
+            JOIN pf_addr a ON a.a = r.addr JOIN pf_dom d ON d.dom = a.dom
         ), g AS (
             SELECT m,
                    string_agg(address, ';' ORDER BY r) AS all_rcpt, count(*) AS n_all,
@@ -1304,34 +1330,38 @@ class _Org:
                    count(*) FILTER (WHERE NOT local) AS n_ext,
                    string_agg(address, ';' ORDER BY r) FILTER (WHERE local) AS int_rcpt,
                    count(*) FILTER (WHERE local) AS n_int,
-                   max(t) FILTER (WHERE NOT local) AS t_send, max(t) FILTER (WHERE local) AS t_deliver
+                   max(t) FILTER (WHERE NOT local) AS t_send, max(t) FILTER (WHERE local) AS t_deliver,
+                   arg_min(mx, r) FILTER (WHERE NOT local) AS mx, arg_min(mx_ip, r) FILTER (WHERE NOT local) AS mx_ip
             FROM r GROUP BY m
         ), rows AS (
             SELECT m2.t_qmgr AS ts, m2.m, 0 AS k,
-                   CASE WHEN kind = {KIND_INBOUND} THEN client_ip ELSE '{MAIL_SERVER[1]}' END AS client_ip_,
-                   CASE WHEN kind = {KIND_INBOUND} THEN client_name ELSE '{server}.{INTERNAL_DOMAIN}' END AS client_host_,
-                   '{MAIL_SERVER[1]}' AS server_ip, '{server}' AS server_host,
-                   CASE WHEN kind = {KIND_INBOUND} THEN upper(substr(md5(qid), 17, 16)) || ';' || ex_time(t0) || ';0'
+                   CASE WHEN kind <> {KIND_SUBMIT} THEN client_ip ELSE '{server_ip}' END AS client_ip_,
+                   CASE WHEN kind <> {KIND_SUBMIT} THEN client_name ELSE '{server.lower()}.{INTERNAL_DOMAIN}' END
+                       AS client_host_,
+                   '{server_ip}' AS server_ip, '{server}' AS server_host,
+                   CASE WHEN kind <> {KIND_SUBMIT} THEN upper(substr(md5(qid), 17, 16)) || ';' || ex_time(t0) || ';0'
                         ELSE 'MDB:5b9c2f0e-3d44-4a51-9c8b-2f1e0d9c8b7a, Mailbox:' || substr(md5(sender_addr), 1, 8)
                              || '-' || substr(md5(sender_addr), 9, 4) || ', Event:' || (imid % 9000000)
-                             || ', MessageClass:IPM.Note, CreationTime:' || ex_time(t0) || ', ClientType:'
-                             || CASE WHEN kind = {KIND_NEWSLETTER} THEN 'SMTP' ELSE 'MOMT' END END AS source_context,
-                   CASE WHEN kind = {KIND_INBOUND} THEN '{server}\\Default Frontend {server}' ELSE '' END AS connector,
-                   CASE WHEN kind = {KIND_INBOUND} THEN 'SMTP' ELSE 'STOREDRIVER' END AS source,
+                             || ', MessageClass:IPM.Note, CreationTime:' || ex_time(t0)
+                             || ', ClientType:MOMT' END AS source_context,
+                   CASE kind WHEN {KIND_INBOUND} THEN '{server}\\Default Frontend {server}'
+                             WHEN {KIND_NEWSLETTER} THEN '{server}\\Client Frontend {server}' ELSE '' END AS connector,
+                   CASE WHEN kind <> {KIND_SUBMIT} THEN 'SMTP' ELSE 'STOREDRIVER' END AS source,
                    'RECEIVE' AS event_id, g.all_rcpt AS rcpt, '' AS rstatus, g.n_all AS rcount
             FROM m2 JOIN g USING (m)
             UNION ALL
-            SELECT g.t_send, m2.m, 1, '{MAIL_SERVER[1]}', '{server}.{INTERNAL_DOMAIN}', '198.51.100.1', '',
-                   '250 2.0.0 OK', '{server}\\Internet Send Connector', 'SMTP', 'SEND', g.ext_rcpt,
-                   array_to_string(list_transform(string_split(g.ext_rcpt, ';'), x -> '250 2.0.0 OK'), ';'),
+            SELECT g.t_send, m2.m, 1, '{server_ip}', '{server.lower()}.{INTERNAL_DOMAIN}', g.mx_ip, g.mx,
+                   upper(substr(md5('s' || qid), 1, 16)) || ';250 2.0.0 OK;ClientSubmitTime:' || ex_time(t0),
+                   '{server}\\Internet Send Connector', 'SMTP', 'SEND', g.ext_rcpt,
+                   array_to_string(list_transform(string_split(g.ext_rcpt, ';'), lambda x: '250 2.0.0 OK'), ';'),
                    g.n_ext
             FROM m2 JOIN g USING (m) WHERE g.n_ext > 0
             UNION ALL
-            SELECT g.t_deliver, m2.m, 2, '{MAIL_SERVER[1]}', '{server}.{INTERNAL_DOMAIN}', '{MAIL_SERVER[1]}',
-                   '{server}.{INTERNAL_DOMAIN}', 'MDB:5b9c2f0e-3d44-4a51-9c8b-2f1e0d9c8b7a, Mailbox:'
+            SELECT g.t_deliver, m2.m, 2, '{server_ip}', '{server.lower()}.{INTERNAL_DOMAIN}', '{server_ip}',
+                   '{server.lower()}.{INTERNAL_DOMAIN}', 'MDB:5b9c2f0e-3d44-4a51-9c8b-2f1e0d9c8b7a, Mailbox:'
                    || substr(md5(g.int_rcpt), 1, 8) || ', Event:' || (imid % 9000000) || ', MessageClass:IPM.Note',
                    '', 'STOREDRIVER', 'DELIVER', g.int_rcpt,
-                   array_to_string(list_transform(string_split(g.int_rcpt, ';'), x -> '250 2.1.5 Recipient OK'), ';'),
+                   array_to_string(list_transform(string_split(g.int_rcpt, ';'), lambda x: '250 2.1.5 Recipient OK'), ';'),
                    g.n_int
             FROM m2 JOIN g USING (m) WHERE g.n_int > 0
         )
@@ -1341,7 +1371,7 @@ class _Org:
                CAST(rcount AS VARCHAR), '', '', ex_csv(subject), sender_addr, sender_addr,
                CASE WHEN k = 0 THEN ex_time(t0) ELSE '' END,
                CASE WHEN kind = {KIND_INBOUND} THEN 'Incoming' ELSE 'Originating' END, '',
-               CASE WHEN kind = {KIND_INBOUND} THEN '' ELSE client_ip END, '{MAIL_SERVER[1]}',
+               CASE WHEN kind = {KIND_INBOUND} THEN '' ELSE client_ip END, '{server_ip}',
                CASE WHEN k = 1 THEN 'S:DeliveryPriority=Normal;S:AccountForest={INTERNAL_DOMAIN}' ELSE '' END,
                'Email', substr(md5(nmid || k), 1, 8) || '-' || substr(md5(nmid || k), 9, 4) || '-'
                || substr(md5(nmid || k), 13, 4) || '-' || substr(md5(nmid || k), 17, 4) || '-'
@@ -1360,7 +1390,7 @@ class _Org:
                       f"#Fields: {EXCHANGE_FIELDS}\n")
             path = folder / f"MSGTRK{day.strftime('%Y%m%d')}-1.LOG"
             path.write_text(header, encoding="utf-8")
-            total += 5 + _copy_lines(con, f"SELECT line FROM ex_lines WHERE uday = {int(uday)} ORDER BY ts, line",
+            total += _copy_lines(con, f"SELECT line FROM ex_lines WHERE uday = {int(uday)} ORDER BY ts, line",
                                      path, append=True)
         con.execute("DROP TABLE ex_lines")
         return total
@@ -1368,73 +1398,103 @@ class _Org:
     # -- flows ------------------------------------------------------------------------------------
 
     def _write_network(self, con: duckdb.DuckDBPyConnection, out_dir: Path, plan: _Plan,
-                       msgs: dict[str, np.ndarray]) -> tuple[Path, list[dict], int]:
+                       msgs: dict[str, np.ndarray]) -> tuple[Path, list[dict], int, Path | None]:
+        """conn.log: the network generator's flows (if installed) plus the org's own mail flows."""
         conn_log = out_dir / "conn.log"
-        base_assets = [
-            {"host": MAIL_SERVER[1], "category": "email_server", "bunit": "it"},
-            {"host": MAIL_STORE[1], "category": "email_server", "bunit": "it"},
-            {"host": WEBMAIL[1], "category": "email_server", "bunit": "it"},
-            {"host": MARKETING_SERVER[1], "category": "server", "bunit": "marketing"},
-            {"cidr": "10.200.0.0/15", "category": "vpn_pool", "bunit": "it"},
+        own_assets = [
+            {"cidr": "10.10.0.0/28", "category": "email_server", "bunit": "it"},
+            {"cidr": "10.30.0.0/24", "category": "server", "bunit": "it"},
             {"cidr": "10.20.0.0/16", "category": "workstation", "bunit": "corp"},
         ]
+        vpn_asset = {"cidr": "10.200.0.0/15", "category": "vpn_pool", "bunit": "it", "owner": "network-team"}
         rng = self.rngs[12]
+        # every submission: a flow from the client (tunnel, workstation, webmail, marketing server) to the
+        # Postfix relay's submission port, or to Exchange (MAPI over HTTPS; SMTP for the newsletter)
         submit = msgs["kind"] != KIND_INBOUND
         t = msgs["t0"][submit]
         n = len(t)
         dur = np.maximum(((msgs["size"][submit] / 4e6) * US).astype(np.int64), 200_000) + 300_000
-        flows = {
+        mapi = (msgs["kind"][submit] == KIND_SUBMIT) & (self.mail == "exchange")
+        server = _ip(EXCHANGE_SERVER[1]) if self.mail == "exchange" else _ip(MAIL_SERVER[1])
+        parts = [{
             "ts": t, "orig": msgs["client_ip"][submit], "oport": rng.integers(49152, 65535, n),
-            "resp": np.full(n, _ip(MAIL_SERVER[1])), "rport": np.full(n, 587), "service": np.zeros(n, np.int8),
+            "resp": np.full(n, server), "rport": np.where(mapi, 443, 587), "service": np.zeros(n, np.int8),
             "dur": dur, "ob": msgs["size"][submit] + rng.integers(2_000, 4_000, n), "rb": rng.integers(3_000, 6_000, n),
-        }
-        # background: each working block syncs the mailbox (IMAPS) and talks to the internet
-        blocks = len(plan.b_user)
-        per = max(1, self.flows_per_host_day)
-        k = rng.poisson(per, blocks)
-        b = np.repeat(np.arange(blocks), k)
-        m = len(b)
-        span = np.maximum(plan.b_last[b] - plan.b_start[b], US)
-        bt = plan.b_start[b] + (rng.random(m) * span).astype(np.int64)
-        imap = rng.random(m) < 0.3
-        ext = _ip("198.51.100.0") + rng.integers(2, 254, m)
-        background = {
-            "ts": bt, "orig": plan.b_client_ip[b], "oport": rng.integers(49152, 65535, m),
-            "resp": np.where(imap, _ip(MAIL_STORE[1]), ext), "rport": np.where(imap, 993, 443),
-            "service": np.ones(m, np.int8), "dur": rng.integers(200_000, 120 * US, m),
-            "ob": _lognormal(rng, 2_000, 1.0, m).astype(np.int64), "rb": _lognormal(rng, 40_000, 1.5, m).astype(np.int64),
-        }
-        table = pa.table({key: np.concatenate([flows[key], background[key]]) for key in flows})
+        }]
+        network = self._network(out_dir) if self.use_network else None
+        if network is None:
+            # no network generator: each block of work syncs the mailbox (IMAPS) and browses the web
+            blocks = len(plan.b_user)
+            k = rng.poisson(self.flows_per_host_day or 6, blocks)
+            b = np.repeat(np.arange(blocks), k)
+            m = len(b)
+            span = np.maximum(plan.b_last[b] - plan.b_start[b], US)
+            imap = rng.random(m) < 0.3
+            parts.append({
+                "ts": plan.b_start[b] + (rng.random(m) * span).astype(np.int64), "orig": plan.b_client_ip[b],
+                "oport": rng.integers(49152, 65535, m),
+                "resp": np.where(imap, _ip(MAIL_STORE[1]), _ip("198.51.100.0") + rng.integers(2, 254, m)),
+                "rport": np.where(imap, 993, 443), "service": np.ones(m, np.int8),
+                "dur": rng.integers(200_000, 120 * US, m), "ob": _lognormal(rng, 2_000, 1.0, m).astype(np.int64),
+                "rb": _lognormal(rng, 40_000, 1.5, m).astype(np.int64),
+            })
+        table = pa.table({key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
         table = table.append_column("uid", pa.array(np.arange(table.num_rows)))
         con.register("conn_flows", table)
-        network = _network_part(out_dir, self)
-        extra_lines = 0
-        assets = list(base_assets)
-        header = _ZEEK_HEADER.format(open_=self.first.strftime("%Y-%m-%d-00-00-00"))
-        sql = f"""
+        mine = f"""
         SELECT printf('%.6f', ts / 1e6) || chr(9) || 'C' || substr(md5('c' || uid), 1, 17) || chr(9) || ew_ip(orig)
                || chr(9) || oport || chr(9) || ew_ip(resp) || chr(9) || rport || chr(9) || 'tcp' || chr(9)
-               || CASE WHEN service = 0 THEN 'smtp' ELSE 'ssl' END || chr(9) || printf('%.6f', dur / 1e6) || chr(9)
+               || CASE WHEN service = 0 AND rport = 587 THEN 'smtp,ssl' ELSE 'ssl' END || chr(9) || printf('%.6f', dur / 1e6) || chr(9)
                || ob || chr(9) || rb || chr(9) || 'SF' || chr(9) || 'T' || chr(9)
-               || CASE WHEN rport = 443 THEN 'F' ELSE 'T' END || chr(9) || '0' || chr(9) || 'ShADadFf' || chr(9)
+               || CASE WHEN rport = 443 AND service = 1 THEN 'F' ELSE 'T' END || chr(9) || '0' || chr(9) || 'ShADadFf' || chr(9)
                || (ob // 1400 + 4) || chr(9) || (ob + (ob // 1400 + 4) * 52) || chr(9) || (rb // 1400 + 4) || chr(9)
-               || (rb + (rb // 1400 + 4) * 52) || chr(9) || '(empty)' AS line, ts
+               || (rb + (rb // 1400 + 4) * 52) || chr(9) || '(empty)' AS line, ts, 0 AS src
         FROM conn_flows
         """
         if network is not None:
-            assets = network["assets"] + [a for a in base_assets if a not in network["assets"]]
-            con.execute(f"CREATE OR REPLACE TEMP TABLE conn_all AS SELECT line, ts, 0 AS src FROM ({sql}) UNION ALL "
-                        "SELECT line, ts, 1 FROM net_lines")
-            extra_lines = network["flows"]
+            theirs = str(network["conn_log"]).replace("'", "''")
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE conn_all AS {mine} UNION ALL
+                SELECT line, CAST(round(CAST(split_part(line, chr(9), 1) AS DOUBLE) * 1e6) AS BIGINT), 1
+                FROM read_csv('{theirs}', columns = {{'line': 'VARCHAR'}}, delim = e'\\x01', quote = '',
+                              escape = '', header = false, auto_detect = false)
+                WHERE NOT starts_with(line, '#')""")
+            assets = network["assets"] + [vpn_asset]
         else:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE conn_all AS SELECT line, ts, 0 AS src FROM ({sql})")
-        conn_log.write_text(header, encoding="utf-8")
-        count = _copy_lines(con, "SELECT line FROM conn_all ORDER BY ts, src, line", conn_log, append=True)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE conn_all AS {mine}")
+            assets = own_assets + [vpn_asset]
+        conn_log.write_text(_ZEEK_HEADER.format(open_=self.first.strftime("%Y-%m-%d-00-00-00")), encoding="utf-8")
+        count = _copy_lines(con, "SELECT line FROM conn_all ORDER BY ts, src, line", conn_log, append=True) - 8
         with open(conn_log, "a", encoding="utf-8") as handle:
             handle.write(f"#close\t{(self.end + timedelta(days=1)).strftime('%Y-%m-%d-00-00-00')}\n")
         con.execute("DROP TABLE conn_all")
-        del extra_lines
-        return conn_log, assets, count
+        network_labels = None
+        if network is not None:
+            network_labels = out_dir / "network_labels.csv"
+            shutil.move(str(network["labels"]), network_labels)
+            shutil.rmtree(network["folder"], ignore_errors=True)
+        return conn_log, assets, count, network_labels
+
+    def _network(self, out_dir: Path) -> dict | None:
+        """Run the network generator into a scratch folder; None when it is not installed or too small."""
+        try:
+            from .network import generate_network
+        except ImportError:
+            self.network_note = "network generator not used: exfilwatch.synth.network is not installed"
+            return None
+        hosts = self.U * self.hosts_per_user
+        folder = out_dir / ".network"
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            dataset = generate_network(folder, days=self.D, hosts=hosts, seed=self.seed, end=self.end,
+                                       timezone=self.tz_name,
+                                       flows_per_host_day=max(100, self.flows_per_host_day or 100))
+        except (RuntimeError, ValueError) as exc:  # too small a network for its cases: use the own flows
+            shutil.rmtree(folder, ignore_errors=True)
+            self.network_note = f"network generator not used: {exc}"
+            return None
+        assets = (yaml.safe_load(dataset.config.read_text(encoding="utf-8")) or {}).get("assets", [])
+        return {"conn_log": dataset.conn_log, "assets": assets, "labels": dataset.labels, "folder": folder,
+                "flows": dataset.flows}
 
     # -- config and labels ------------------------------------------------------------------------
 
@@ -1478,11 +1538,6 @@ _ZEEK_HEADER = (
 )
 
 
-def _network_part(out_dir: Path, org: _Org) -> dict | None:
-    """The network generator's flows and assets, when it is installed (see exfilwatch.synth.network)."""
-    return None
-
-
 def _install_sql_macros(con: duckdb.DuckDBPyConnection) -> None:
     subjects = "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in SUBJECTS) + "]"
     con.execute(f"""
@@ -1524,16 +1579,29 @@ def generate_organisation(
     mail: str = "postfix",
     timezone: str = "America/New_York",
     hosts_per_user: int = 1,
-    flows_per_host_day: int = 6,
+    flows_per_host_day: int | None = None,
+    network: bool = True,
     syslog_timestamps: str = "bsd",
+    vpn_syslog: str = "rsyslog",
 ) -> OrgDataset:
-    """Write a synthetic organisation's VPN, mail and flow logs with labelled cases into `out_dir`."""
+    """Write a synthetic organisation's VPN, mail and flow logs with labelled cases into `out_dir`.
+
+    `mail`: "postfix" (maillog) or "exchange" (MessageTracking/MSGTRK*.LOG). `network`: include the
+    network generator's flows (exfilwatch.synth.network, `flows_per_host_day` of them per host and
+    day, at least 100) in conn.log; without it (or when it is not installed) conn.log holds the
+    org's own flows: mail submissions plus `flows_per_host_day` (default 6) per block of work.
+    `syslog_timestamps`: "bsd" (`Oct  5 08:59:12`) or "rfc3339" for the maillog. `vpn_syslog`:
+    "rsyslog" (`<ISO time> vpn01 PulseSecure: <standard message>`) or "rfc5424"
+    (`<134>1 <ISO time> vpn01 PulseSecure: - - - <standard message>`).
+    """
     if mail not in MAIL_FORMATS:
         raise ValueError(f"mail must be one of {', '.join(MAIL_FORMATS)}, not {mail!r}")
     if syslog_timestamps not in ("bsd", "rfc3339"):
         raise ValueError("syslog_timestamps must be 'bsd' or 'rfc3339'")
+    if vpn_syslog not in ("rsyslog", "rfc5424"):
+        raise ValueError("vpn_syslog must be 'rsyslog' or 'rfc5424'")
     org = _Org(users=users, days=days, seed=seed, end=end, timezone=timezone, hosts_per_user=hosts_per_user,
-               flows_per_host_day=flows_per_host_day)
+               flows_per_host_day=flows_per_host_day, network=network, vpn_syslog=vpn_syslog)
     return org.write(Path(out_dir), mail, syslog_timestamps)
 
 
