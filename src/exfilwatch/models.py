@@ -143,7 +143,30 @@ USER_SESSIONS = DataModel(
     ),
 )
 
-DATA_MODELS: dict[str, DataModel] = {m.name: m for m in (NETWORK_TRAFFIC, AUTHENTICATION, EMAIL, USER_SESSIONS)}
+FILE_TRANSFER = DataModel(
+    name="file_transfer",
+    description=("Files seen on the wire (Zeek files.log): one row per file, linked to its connections; "
+                 "the Zeek smtp sources read it for message sizes and attachment names"),
+    columns=(
+        ("_time", "TIMESTAMPTZ"),
+        ("file_id", "VARCHAR"),  # Zeek fuid
+        ("session_ids", "VARCHAR[]"),  # Zeek conn uids
+        ("src_ips", "VARCHAR[]"),  # tx_hosts
+        ("dest_ips", "VARCHAR[]"),  # rx_hosts
+        ("app", "VARCHAR"),  # the protocol that carried it: SMTP, HTTP, ...
+        ("mime_type", "VARCHAR"),
+        ("file_name", "VARCHAR"),
+        ("bytes", "BIGINT"),  # seen_bytes
+        ("total_bytes", "BIGINT"),
+        ("is_orig", "BOOLEAN"),
+        ("event_type", "VARCHAR"),
+        ("source", "VARCHAR"),
+        ("raw_ref", "VARCHAR"),
+    ),
+)
+
+DATA_MODELS: dict[str, DataModel] = {m.name: m for m in (NETWORK_TRAFFIC, AUTHENTICATION, EMAIL, USER_SESSIONS,
+                                                         FILE_TRANSFER)}
 
 
 def get_model(name: str) -> DataModel:

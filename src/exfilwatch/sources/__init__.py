@@ -9,6 +9,7 @@ from .generic import GenericSource
 from .postfix import Postfix
 from .pulse_secure import PulseSecure
 from .zeek import ZeekConnJSON, ZeekConnTSV
+from .zeek_smtp import ZeekFilesJSON, ZeekFilesTSV, ZeekSmtpJSON, ZeekSmtpTSV
 
 # Order matters for detection: more specific formats first.
 SOURCES: dict[str, Source] = {
@@ -23,6 +24,10 @@ SOURCES: dict[str, Source] = {
         ExchangeTracking(),
         M365TraceCSV(),
         M365TraceJSON(),
+        ZeekSmtpTSV(),
+        ZeekSmtpJSON(),
+        ZeekFilesTSV(),
+        ZeekFilesJSON(),
         NetflowCSV(),  # keep late: it claims any CSV whose header names flow columns
         GenericSource(),  # never detected: --source generic --mapping FILE
     )
