@@ -65,13 +65,14 @@ def run_risk_step(c: Context, state: StateStore, con: Any, now: datetime, since:
             f"risk: {rebuilt.events} risk events from {rebuilt.findings - rebuilt.suppressed} findings "
             f"({rebuilt.suppressed} suppressed findings kept, {rebuilt.newly_suppressed} new); "
             + ", ".join(f"{r.detection_id}: {r.new} new incidents" + (f", {r.updated} updated" if r.updated else "")
-                        for r in result.correlations)
+                        for r in result.correlations),
+            soft_wrap=True,
         )
         for report in result.deliveries:
             line = f"output {report.output} ({report.kind}): {report.delivered} delivered, {report.pending} queued"
             if report.errors:
                 line += f" — {report.errors[-1]}"
-            console.print(terminal_safe(line), markup=False)
+            console.print(terminal_safe(line), markup=False, soft_wrap=True)
     return result
 
 
