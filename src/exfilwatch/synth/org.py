@@ -2,50 +2,63 @@
 
 `generate_organisation(out_dir, users, days, seed, end, mail, timezone, hosts_per_user)` writes
 
-* `vpn.log` — Pulse Secure / Ivanti Connect Secure syslog in the appliance's "standard" format
-  behind an RFC 5424 header (`<134>1 <ISO time> vpn01 PulseSecure: - - - <date> <time> - ive -
-  [ip] user(realm)[roles] - message`): primary authentication, login succeeded, VPN tunnel
-  started/ended, closed connection, logout, session timed out, failed logins (users' typos and
-  password spraying against made-up accounts).
-* `maillog` (`mail="postfix"`) — a Postfix server (`mail01`) that relays the users' submissions
-  (port 587, SASL), receives the internet's mail, and delivers to the mail store over LMTP:
-  smtpd connect / TLS / `client=` / disconnect, `cleanup` message-id, `qmgr` from/size/nrcpt and
-  `removed`, `smtp` / `lmtp` `to=…, relay=…, delay=…, delays=…, dsn=…, status=sent (…)`, in time
-  order as the server writes them. Timestamps are BSD syslog (`Oct  5 08:59:12`, local time,
-  no year: the file's modification time is set to the end of the last day so a reader can take
-  the year from it), or RFC 3339 with `syslog_timestamps="rfc3339"`.
-  Or `MessageTracking/MSGTRK<yyyymmdd>-1.LOG` (`mail="exchange"`) — Exchange 2019 message
-  tracking logs, one file per UTC day: RECEIVE, SEND (external recipients), DELIVER (internal).
-* `conn.log` — Zeek conn.log: the network generator's flows (when `exfilwatch.synth.network` is
-  installed), plus each mail submission from the user's tunnel or office address to the mail
-  server and each mailbox sync, so flows and mail agree.
-* `config.yaml` — time zone, asset inventory, `internal_domains`, `identities` (user, emails,
-  VPN accounts, hosts, department).
+* `vpn.log` — Pulse Secure / Ivanti Connect Secure syslog, the appliance's "standard" format
+  (`<date> <time> - ive - [ip] user(realm)[roles] - message`) behind the header rsyslog writes
+  (`2026-10-05T08:59:12-04:00 vpn01 PulseSecure: `, the shape of real captured files), or the
+  RFC 5424 header the appliance sends (`<134>1 2026-10-05T08:59:12-04:00 vpn01 PulseSecure: - - - `)
+  with `vpn_syslog="rfc5424"`: primary authentication, login succeeded (with session id and
+  agent), VPN tunnel started (tunnel address, host name) and ended, closed connection (seconds,
+  bytes), logout, session timed out (with the last access), failed logins (users' typos and
+  password spraying from the internet).
+* `maillog` (`mail="postfix"`) — the Postfix relay `mx1` (10.10.0.5): users submit on port 587
+  with SASL (`postfix/submission/smtpd`), the internet delivers on 25, mailboxes get their mail
+  over LMTP from `mbx1` (10.10.0.6): smtpd connect / TLS / `client=` / disconnect, `cleanup`
+  message-id, `qmgr` `from=<…>, size=N, nrcpt=N (queue active)` and `removed`, `smtp` / `lmtp`
+  `to=<…>, relay=…, delay=…, delays=…, dsn=2.0.0, status=sent (250 …)`, in time order as the
+  server writes them, with hex queue ids. Timestamps are BSD syslog (`Oct  5 08:59:12`, local
+  time, no year: the file's modification time is set to the end of the last day, where a reader
+  takes the year from), or RFC 3339 with `syslog_timestamps="rfc3339"`.
+  Or `MessageTracking/MSGTRK<yyyymmdd>-1.LOG` (`mail="exchange"`): Exchange 2019 (EXCH1,
+  10.10.0.6) message tracking logs, one file per UTC day, the `#Software/#Version/#Log-type/#Date/
+  #Fields` header and per message RECEIVE (all recipients), SEND (external ones), DELIVER
+  (internal ones).
+* `conn.log` — Zeek conn.log: the network generator's flows (exfilwatch.synth.network, hosts =
+  users × hosts_per_user, when it is installed and accepts the size; its own labels go to
+  `network_labels.csv`), plus a flow for each submission from the client (VPN tunnel address,
+  workstation, webmail, marketing server) to the relay, sized as the message.
+* `config.yaml` — time zone, asset inventory, `internal_domains: [corp.example]`, and
+  `identities` (user, emails, vpn_accounts, hosts, department) for every employee and the
+  newsletter's service account.
 * `labels.csv` — `case_id,detection_id,entity,day,technique,expected,description`: one row per
-  case and local day it covers (entity = user; detection_id empty = any of the four EM rules).
+  case and local day it covers (entity = user; detection_id empty = any of the four EM rules;
+  T1048.003; the description names the VPN sessions of injected mail).
 
 The people: `users` employees in seven departments (sales, finance, marketing, engineering, hr,
-legal, exec), each remote, hybrid or in the office, with their own log-normal mail rate,
-share of external recipients, partner domains (of 200 `partnerNNN.example`), attachment habit
-and working hours; weekdays busier than Fridays, weekends nearly empty, US federal holidays off,
-a few days of leave. Remote users log in to the VPN most weekday mornings for the working day;
-some split the day (lunch), some come back in the evening, some never log out (the session
-times out or its end is never logged). Mail a user sends from a VPN session is timestamped
-inside it and submitted from the tunnel address.
+legal, exec), each remote, hybrid or in the office, with their own log-normal mail rate, share
+of external recipients, partner domains (of 200 `partnerNNN.example`), attachment habit and
+working hours; Fridays quieter, weekends nearly empty, US federal holidays off, a few days of
+leave. Remote users log in to the VPN most weekday mornings for the working day; some split the
+day (lunch), some come back in the evening, some never log out (the session times out, or its
+end is never logged). Mail sent during a VPN session is timestamped inside it and submitted from
+the tunnel address; on office days from the user's workstation; in the evening a little from
+the phone (webmail). Personal webmail (gmail.com, outlook.com, yahoo.com, proton.me) is rare and
+small; the internet's mail comes in too.
 
 Injected cases (expected `fire`), each inside a VPN session of its user:
 1. `slow-leak` — a user mails files to their own personal address (`first.last.home@gmail.com`),
    more often and larger over the last weeks (CERT insider-threat scenario 4);
-2. `burst` — one session with many messages to many domains the user never mailed;
-3. `large-upload` — one ~40 MB message to a personal address.
-Benign hard cases (expected `quiet`): finance month-end reporting (big attachments to partners
-every month end, and weekly reports, so it is in the history), a marketing newsletter sent by a
-service account from the marketing automation server (weekly, hundreds of recipients), a new
-hire with no history, a user back from three weeks' leave, a sales user who always mails many
-domains.
+2. `burst` — one session with 40 messages to 32 domains the user never mailed;
+3. `large-upload` — one 40 MB message to a personal address.
+Benign hard cases (expected `quiet`): finance month-end reporting (large attachments to
+partners on the last business day of each month, and weekly reports of the same kind, so it is
+in the history), the weekly marketing newsletter (service account `svc.newsletter` on the
+marketing automation server, hundreds of recipients in batches of 50), a new hire five days
+before the end with no history, a user back from three weeks' leave, a sales user who mails
+many domains every day.
 
-Everything is a function of the parameters: no wall clock, one seed. Volumes are generated with
-numpy (no Python loop per message) and the lines are formatted and sorted by DuckDB.
+Everything is a function of the parameters: no wall clock, one seed, the same bytes each time.
+Volumes are generated with numpy (no Python loop per message or per user-day) and the lines
+are formatted and sorted by DuckDB.
 """
 
 from __future__ import annotations
@@ -65,7 +78,7 @@ import pyarrow as pa
 import yaml
 
 INTERNAL_DOMAIN = "corp.example"
-MAIL_HOST = "mail01"
+MAIL_HOST = "mx1"
 # Addresses shared with the network generator (exfilwatch.synth.network): mx1, the mailbox
 # servers, the workstation range; the VPN pools are this module's own.
 MAIL_SERVER = ("mx1.corp.example", "10.10.0.5")  # the Postfix relay / Exchange transport
