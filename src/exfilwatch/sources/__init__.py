@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import ParseContext, ParsedBatch, Source
+from .cert import CertEmail
 from .exchange import ExchangeTracking, M365TraceCSV, M365TraceJSON
 from .flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
 from .generic import GenericSource
@@ -28,6 +29,7 @@ SOURCES: dict[str, Source] = {
         ZeekSmtpJSON(),
         ZeekFilesTSV(),
         ZeekFilesJSON(),
+        CertEmail(),
         NetflowCSV(),  # keep late: it claims any CSV whose header names flow columns
         GenericSource(),  # never detected: --source generic --mapping FILE
     )

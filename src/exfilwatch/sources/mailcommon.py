@@ -86,13 +86,16 @@ def csv_covers_sql(cells: str, line: str = "line") -> str:
     return f"coalesce(list_sum(list_transform({cells}, lambda c: length(c))) = length({line}) + 1, false)"
 
 
-def email_select(source_name: str, table: str, where: str = "true") -> str:
+def email_select(source_name: str, table: str, where: str = "true", sent_by_user: bool = False) -> str:
     """The email model's columns from a table holding the message fields.
 
     `table` has: _time, message_id, internal_message_id, src_user, recipient (VARCHAR[], already
     normalised), size, subject, file_name, action, src_ip, dest, raw_ref, and optionally
-    event_type_override (NULL unless the source decides the event type itself).
+    event_type_override (NULL unless the source decides the event type itself). With
+    `sent_by_user` every row is mail the user sent (CERT: also from a personal webmail account),
+    so the direction depends on the recipients only.
     """
+    sender = "CAST(NULL AS VARCHAR)" if sent_by_user else "src_user"
     return f"""
         SELECT _time, message_id, internal_message_id, src_user,
                ew_domain(src_user) AS src_user_domain,
@@ -100,10 +103,10 @@ def email_select(source_name: str, table: str, where: str = "true") -> str:
                list_transform(recipient, lambda r: ew_domain(r)) AS recipient_domain,
                CAST(len(recipient) AS INTEGER) AS recipient_count,
                size, subject, file_name,
-               ew_direction(src_user, list_transform(recipient, lambda r: ew_domain(r))) AS direction,
+               ew_direction({sender}, list_transform(recipient, lambda r: ew_domain(r))) AS direction,
                action, src_ip, dest,
                coalesce(event_type_override,
-                        ew_event_type(ew_direction(src_user, list_transform(recipient, lambda r: ew_domain(r))), action))
+                        ew_event_type(ew_direction({sender}, list_transform(recipient, lambda r: ew_domain(r))), action))
                    AS event_type,
                {sql_string(source_name)} AS source, raw_ref
         FROM {table} WHERE {where}
