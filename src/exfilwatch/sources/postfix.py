@@ -344,6 +344,7 @@ class Postfix:
                     arg_min(subject, o) FILTER (WHERE kind = 'subject') AS subject,
                     list_sort(list_distinct(list(file_name) FILTER (WHERE kind = 'attachment'))) AS files,
                     bool_or(kind = 'from') AS has_from,
+                    bool_or(kind = 'mid') AS has_mid,
                     bool_or(kind = 'removed') AS has_removed,
                     bool_or(kind = 'reject') AS has_reject,
                     bool_or(kind = 'expired') AS has_expired,
@@ -382,14 +383,17 @@ class Postfix:
                         OR coalesce(i.has_from AND i.nrcpt > 0 AND coalesce(rc.n_final, 0) >= i.nrcpt
                                     AND i.t1 < n.batch_max - {NRCPT_GRACE}, false) AS closed,
                     coalesce(i.t1 < n.batch_max - {STALE_AFTER}, false) AS stale,
-                    coalesce(NOT i.has_from AND NOT i.has_reject AND i.t1 < n.batch_max - {ABANDON_AFTER}, false)
-                        AS abandoned,
-                    i.has_from OR i.has_reject AS has_start
+                    -- cleanup's message-id (or reject) line marks the message's beginning: a tail
+                    -- without it waits a day for an older file that may hold it
+                    i.has_mid OR i.has_reject AS start_seen,
+                    coalesce(NOT (i.has_mid OR i.has_reject) AND i.t1 < n.batch_max - {ABANDON_AFTER}, false)
+                        AS abandoned
                 FROM info i LEFT JOIN rc USING (key, seg) CROSS JOIN pf_now n
             )
             SELECT *,
-                ((closed OR stale) AND (has_from OR has_reject)) OR abandoned AS complete,
-                (closed OR stale) AND (has_from OR has_reject) AS emit,
+                (closed AND start_seen AND (has_from OR has_reject)) OR abandoned OR stale AS complete,
+                ((closed AND start_seen) OR abandoned OR stale) AND (has_from OR has_reject) AS emit,
+                closed AND start_seen AND (has_from OR has_reject) AS ready,
                 t0 AS _time,
                 queue_id AS internal_message_id,
                 ew_addr(coalesce(sender_q, sender_r)) AS src_user,
@@ -416,11 +420,11 @@ class Postfix:
         """)
 
     def _notes(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> list[str]:
-        pending, partial, orphans, stale = con.execute("""
-            SELECT count(*) FILTER (WHERE NOT complete AND has_start),
-                   count(*) FILTER (WHERE NOT complete AND NOT has_start AND has_content),
-                   count(*) FILTER (WHERE abandoned AND has_content),
-                   count(*) FILTER (WHERE emit AND NOT closed AND stale)
+        pending, partial, orphans, unfinished = con.execute("""
+            SELECT count(*) FILTER (WHERE NOT complete AND start_seen),
+                   count(*) FILTER (WHERE NOT complete AND NOT start_seen AND (has_content OR has_from)),
+                   count(*) FILTER (WHERE complete AND NOT emit AND (has_content OR has_from)),
+                   count(*) FILTER (WHERE emit AND NOT ready)
             FROM pf_messages""").fetchall()[0]
         notes = []
         kept = "kept in the state store and joined when their next lines are ingested" if ctx.state is not None \
@@ -428,13 +432,14 @@ class Postfix:
         if pending:
             notes.append(f"postfix: {pending} messages pending (no `removed` line yet), {kept}")
         if partial:
-            notes.append(f"postfix: {partial} queue ids seen without their qmgr `from=` line (their start may be in "
-                         f"an older file not ingested yet), {kept} for a day of log time")
+            notes.append(f"postfix: {partial} queue ids seen without their beginning (cleanup `message-id=` line; it may "
+                         f"be in an older file not ingested yet), {kept} for a day of log time")
         if orphans:
-            notes.append(f"postfix: {orphans} queue ids dropped: their qmgr `from=` line never came within a day "
+            notes.append(f"postfix: {orphans} queue ids dropped: no qmgr `from=` line within a day "
                          "(the message began before these logs, or only smtpd/cleanup lines exist)")
-        if stale:
-            notes.append(f"postfix: {stale} messages written without their `removed` line after 7 days of log time")
+        if unfinished:
+            notes.append(f"postfix: {unfinished} messages written with what was seen: their beginning did not come within "
+                         "a day, or their `removed` line within 7 days of log time")
         return notes + direction_notes(con, ctx, "pf_events", "postfix")
 
     def _save_pending(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
