@@ -198,6 +198,40 @@ def entity_timeline(state: StateStore, settings: Settings, name: str) -> dict[st
             "sessions": list(sessions.values()), "timeline": timeline}
 
 
+def print_entity(report: dict[str, Any], tz: str, out: Any = None) -> None:
+    out = out or console
+    identity = report["identity"]
+    lines = [f"[bold]{terminal_safe(report['entity'])}[/]"]
+    if identity.get("department"):
+        lines.append(f"department: {terminal_safe(identity['department'])}")
+    if report["aliases"]:
+        lines.append(f"also known as: {terminal_safe(', '.join(report['aliases']))}")
+    if report["asset"]:
+        lines.append("asset: " + terminal_safe(", ".join(f"{k}={v}" for k, v in report["asset"].items())))
+    lines.append(f"{report['risk_events']} risk events, total risk {report['total_risk']:g}; "
+                 f"{report['incidents']} incidents; {len(report['sessions'])} sessions with findings; "
+                 f"{report['suppressed_findings']} suppressed findings")
+    out.print("\n".join(lines))
+    rows = [{**r, "time": _local(r["time"], tz), "score": "" if r["score"] is None else f"{r['score']:g}",
+             "risk_24h": "" if r["risk_24h"] is None else f"{r['risk_24h']:g}"} for r in report["timeline"]]
+    print_table(out, f"timeline of {report['entity']} (times in {tz})", rows,
+                ["time", "kind", "source", "score", "risk_24h", "detail"])
+
+
+def print_incidents_with_timelines(out: Any, state: StateStore, settings: Settings, names: dict[str, str]) -> int:
+    """The incidents, then each incident's entity timeline (what `make demo` ends with)."""
+    records = incident_records(state, names)
+    tz = settings.timezone
+    rows = [{"id": r["incident_id"], "raised": _local(r["raised_at"], tz), "rule": r["rule"],
+             "risk_object": f"{r['risk_object']} ({r['risk_object_type']})", "severity": r["severity"],
+             "score": r["score"], "first": _local(r["first_time"], tz), "last": _local(r["last_time"], tz),
+             "delivered": "", "message": r["message"]} for r in records]
+    print_table(out, f"incidents ({len(records)}; times in {tz})", rows, [c for c in INCIDENT_COLUMNS if c != "delivered"])
+    for name in dict.fromkeys(r["risk_object"] for r in records):
+        print_entity(entity_timeline(state, settings, name), tz, out)
+    return len(records)
+
+
 @app.command()
 def entity(
     ctx: typer.Context,
@@ -212,22 +246,7 @@ def entity(
         return
     if fmt != "table":
         fail(f"--format {fmt!r}: expected table or jsonl")
-    tz = c.settings.timezone
-    identity = report["identity"]
-    lines = [f"[bold]{terminal_safe(report['entity'])}[/]"]
-    if identity.get("department"):
-        lines.append(f"department: {terminal_safe(identity['department'])}")
-    if report["aliases"]:
-        lines.append(f"also known as: {terminal_safe(', '.join(report['aliases']))}")
-    if report["asset"]:
-        lines.append("asset: " + terminal_safe(", ".join(f"{k}={v}" for k, v in report["asset"].items())))
-    lines.append(f"{report['risk_events']} risk events, total risk {report['total_risk']:g}; "
-                 f"{report['incidents']} incidents; {len(report['sessions'])} sessions with findings; "
-                 f"{report['suppressed_findings']} suppressed findings")
-    console.print("\n".join(lines))
-    rows = [{**r, "time": _local(r["time"], tz), "score": "" if r["score"] is None else f"{r['score']:g}",
-             "risk_24h": "" if r["risk_24h"] is None else f"{r['risk_24h']:g}"} for r in report["timeline"]]
-    print_table(console, f"timeline (times in {tz})", rows, ["time", "kind", "source", "score", "risk_24h", "detail"])
+    print_entity(report, c.settings.timezone)
 
 
 # --- findings --suppressed ------------------------------------------------------------------------

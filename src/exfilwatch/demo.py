@@ -86,6 +86,14 @@ def run_demo(out: Path, hosts: int, days: int, seed: int, console: Console) -> i
                          datetime.fromisoformat(r["bucket"]).astimezone(zone).date().isoformat()) not in labelled)
     console.print(f"{len(checked) - len(wrong)} of {len(checked)} labelled cases as expected; "
                   f"{unlabelled} findings on unlabelled hosts or days")
+
+    console.rule("6. risk: incidents, each with its timeline")
+    from . import risk
+    from .cli_risk import print_incidents_with_timelines
+
+    everything = list(load_detections().values())
+    risk.process(con, state, settings, everything, now, deliver=False)
+    print_incidents_with_timelines(console, state, settings, {d.id: d.name for d in everything})
     con.close()
     state.close()
     return 1 if wrong else 0
