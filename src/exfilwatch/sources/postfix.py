@@ -65,13 +65,13 @@ HEADER_GROUPS = ["pri", "ts", "host", "prog", "pid", "qid"]
 # slower submatch pass, 4-5 times a match (measured; see bench/bench_sources_mail.py).
 DELIVERY_RE = (
     r"^to=<?[^<>,]*>?, (?:orig_to=<?[^<>,]*>?, )?relay=[^,]*, (?:conn_use=\d+, )?"
-    r"delay=[0-9.]+, (?:delays=[0-9./]+, )?dsn=\d\.\d{1,3}\.\d{1,3}, status=[a-z]+(?: \(.*\))?$"
+    r"delay=[0-9.]+, (?:delays=[0-9./]+, )?dsn=\d\.\d{1,3}\.\d{1,3}, status=[a-z-]+(?: \(.*\))?$"
 )
 DELIVERY_FIELDS = {
     "rcpt": (r"^to=<?([^<>,]*)", 1),
     "relay": (r" relay=([^,]*),", 1),
     "dsn": (r", dsn=([0-9.]+), status=", 1),
-    "status": (r", status=([a-z]+)", 1),
+    "status": (r", status=([a-z-]+)", 1),
 }
 FROM_RE = (
     r"^from=<(?P<sender>[^<>]*)>, (?:size=(?P<size>\d{1,18}), nrcpt=(?P<nrcpt>\d{1,9}) \(queue active\)"
@@ -363,7 +363,7 @@ class Postfix:
                          WHEN l.status IN ('bounced', 'expired') THEN 'failed'
                          WHEN l.status = 'deferred' AND i.has_expired THEN 'failed'
                          WHEN l.status = 'deferred' THEN 'deferred'
-                         WHEN l.status IN ('deliverable', 'undeliverable') THEN 'probe'
+                         WHEN l.status = 'deliverable' OR starts_with(l.status, 'undeliverable') THEN 'probe'
                          ELSE 'other' END AS state
                 FROM last_status l JOIN info i USING (key, seg)
             ), rc AS (
