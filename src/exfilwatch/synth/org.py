@@ -1230,7 +1230,8 @@ class _Org:
         else:
             stamp = "strftime(lt, '%Y-%m-%dT%H:%M:%S.%f') || ew_offset(off)"
         host = f"' {MAIL_HOST} '"
-        sql = f"""
+        con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE m2 AS
         WITH m AS (
             SELECT p.*, a.address AS sender_addr, d.domain AS sender_dom,
                    upper(printf('%05x', usec) || printf('%x', inode)) AS qid,
@@ -1239,12 +1240,17 @@ class _Org:
                    CASE WHEN p.kind = {KIND_INBOUND} THEN 'postfix/smtpd' ELSE 'postfix/submission/smtpd' END AS smtpd
             FROM pf_msgs p JOIN pf_addr a ON a.a = p.sender JOIN pf_dom d ON d.dom = a.dom
             LEFT JOIN pf_hosts h ON h.chost = p.chost LEFT JOIN pf_dom cd ON cd.dom = -1 - p.chost
-        ), m2 AS (
+        )
             SELECT *, '<' || strftime(make_timestamp(t0 + off_0 * 1000000), '%Y%m%d%H%M%S') || '.'
                       || substr(md5(qid || sender_addr), 1, 12) || '@'
                       || CASE WHEN kind = {KIND_INBOUND} THEN sender_dom ELSE '{INTERNAL_DOMAIN}' END || '>' AS msgid
-            FROM m
-        ), lines AS (
+            FROM m""")
+        con.execute("""
+        CREATE OR REPLACE TEMP TABLE r2 AS
+        SELECT r.*, a.address, d.mx, d.mx_ip, d.provider FROM pf_rcpts r JOIN pf_addr a ON a.a = r.addr
+        JOIN pf_dom d ON d.dom = a.dom""")
+        sql = f"""
+        WITH lines AS (
             SELECT t0 AS ts, off_0 AS off, m, 0 AS k, 0 AS r,
                    smtpd || '[' || pid_d || ']: connect from ' || client_name || '[' || client_ip || ']' AS body FROM m2
             UNION ALL
@@ -1272,28 +1278,28 @@ class _Org:
             FROM m2
             UNION ALL
             SELECT r.t - r.d_xmit - 1000, r.off, r.m, 6, r.r,
-                   'postfix/smtp[' || r.pid_s || ']: Trusted TLS connection established to ' || d.mx || '[' || d.mx_ip
+                   'postfix/smtp[' || r.pid_s || ']: Trusted TLS connection established to ' || r.mx || '[' || r.mx_ip
                    || ']:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519 '
                    || 'server-signature RSA-PSS (2048 bits) server-digest SHA256'
-            FROM pf_rcpts r JOIN pf_addr a ON a.a = r.addr JOIN pf_dom d ON d.dom = a.dom WHERE r.tls
+            FROM r2 r WHERE r.tls
             UNION ALL
             SELECT r.t, r.off, r.m, 7, r.r,
                    CASE WHEN r.local THEN 'postfix/lmtp[' ELSE 'postfix/smtp[' END || r.pid_s || ']: ' || m2.qid
-                   || ': to=<' || a.address || '>, relay=' || d.mx || '[' || d.mx_ip || ']:'
+                   || ': to=<' || r.address || '>, relay=' || r.mx || '[' || r.mx_ip || ']:'
                    || CASE WHEN r.local THEN '24' ELSE '25' END
                    || ', delay=' || pf_delay((r.t - m2.t0) / 1e6) || ', delays=' || pf_delay(r.d_before / 1e6) || '/'
                    || pf_delay(r.d_queue / 1e6) || '/' || pf_delay(r.d_conn / 1e6) || '/' || pf_delay(r.d_xmit / 1e6)
                    || ', dsn=2.0.0, status=sent ('
-                   || CASE d.provider
-                      WHEN 9 THEN '250 2.0.0 <' || a.address || '> ' || substr(md5(m2.qid || a.address), 1, 22) || ' Saved'
-                      WHEN 1 THEN '250 2.0.0 OK  ' || (r.t // 1000000) || ' ' || substr(md5(m2.qid || a.address), 1, 20)
+                   || CASE r.provider
+                      WHEN 9 THEN '250 2.0.0 <' || r.address || '> ' || substr(md5(m2.qid || r.address), 1, 22) || ' Saved'
+                      WHEN 1 THEN '250 2.0.0 OK  ' || (r.t // 1000000) || ' ' || substr(md5(m2.qid || r.address), 1, 20)
                                   || 'si' || (r.r % 997) || '.' || (r.m % 89) || ' - gsmtp'
                       WHEN 2 THEN '250 2.6.0 ' || m2.msgid || ' [InternalId=' || (r.t % 99999999977)
                                   || ', Hostname=BN8PR12MB' || (1000 + r.m % 8999) || '.namprd12.prod.outlook.com] '
                                   || m2.size || ' bytes in 0.' || (100 + r.r % 899) || ', Queued mail for delivery'
                       WHEN 3 THEN '250 ok dirdel'
-                      ELSE '250 2.0.0 Ok: queued as ' || upper(substr(md5(a.address || m2.qid), 1, 10)) END || ')'
-            FROM pf_rcpts r JOIN m2 ON m2.m = r.m JOIN pf_addr a ON a.a = r.addr JOIN pf_dom d ON d.dom = a.dom
+                      ELSE '250 2.0.0 Ok: queued as ' || upper(substr(md5(r.address || m2.qid), 1, 10)) END || ')'
+            FROM r2 r JOIN m2 ON m2.m = r.m
             UNION ALL
             SELECT t_removed, off_r, m, 8, 0, 'postfix/qmgr[' || pid_q || ']: ' || qid || ': removed' FROM m2
         )
@@ -1302,6 +1308,7 @@ class _Org:
         ORDER BY ts, m, k, r
         """
         lines = _copy_lines(con, sql, path)
+        con.execute("DROP TABLE m2; DROP TABLE r2")
         if stamps == "bsd":  # the year of BSD timestamps comes from the file's modification time
             last = datetime.combine(self.end, datetime.max.time().replace(microsecond=0)).replace(tzinfo=ZoneInfo(self.tz_name))
             os.utime(path, (last.timestamp(), last.timestamp()))
