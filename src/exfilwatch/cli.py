@@ -418,5 +418,73 @@ def demo(
 
 from . import cli_risk  # noqa: E402,F401  (registers incidents, entity, risk, suppress, backtest, detections lint)
 
+@app.command()
+def sessions(
+    ctx: typer.Context,
+    now: str | None = typer.Option(None, "--now", help="Build sessions that closed before this (default: the clock)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Recompute every stored session."),
+    user: str | None = typer.Option(None, "--user", help="Only this user's sessions."),
+    limit: int = typer.Option(30, "--limit", help="Sessions to list (most recent first)."),
+    fmt: str = typer.Option("table", "--format", help="table, jsonl or csv."),
+) -> None:
+    """Build the user sessions (VPN and daily) with their email features, and list them."""
+    from .enrich.sessions import build_user_sessions, list_sessions, session_overview
+
+    c = _context(ctx)
+    state = c.state()
+    con = connect(c.settings, c.home.spill_dir)
+    run_now = _now(now, c.settings)
+    report = build_user_sessions(con, state, c.settings, run_now, rebuild=rebuild)
+    rows = list_sessions(con, state, c.settings, user=user, limit=limit)
+    if fmt != "table":
+        _emit(rows, fmt, "sessions", list(rows[0]) if rows else ["session_id"])
+        return
+    if report.built_from is None:
+        console.print(f"sessions: {report.reason} (built until {report.built_until:%Y-%m-%d %H:%M} UTC)")
+    else:
+        console.print(f"sessions: {report.reason} from {report.built_from:%Y-%m-%d} to {report.built_until:%Y-%m-%d %H:%M} "
+                      f"UTC: {report.sessions} closed sessions written")
+        counts = report.counts
+        console.print(
+            f"  VPN events {counts.vpn_events} ({counts.vpn_events_unresolved} with no user, "
+            f"{counts.ends_before_login} ends before any login); messages sent {counts.messages} "
+            f"({counts.messages_unresolved_sender} from senders outside the organisation or not resolved); "
+            f"flows {counts.flows} ({counts.flows_unattributed} from hosts that are neither a VPN tunnel nor a "
+            f"known user's)")
+    overview = session_overview(con, state, c.settings)
+    print_table(console, "stored sessions", overview, list(overview[0]) if overview else ["kind"])
+    columns = ["user", "session_kind", "session_start", "session_end", "end_reason", "em_fnum", "em_dnum",
+               "em_bsum", "em_bsum_personal", "session_id"]
+    print_table(console, f"latest sessions{' of ' + user if user else ''}", rows, columns)
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    labels: Path = typer.Option(..., "--labels", help="labels.csv: case_id,detection_id,entity,day,technique,expected,..."),
+    detection: list[str] | None = typer.Option(None, "--detection", help="Rules to evaluate (default: the session rules)."),
+    method: list[str] | None = typer.Option(None, "--method", help="Evaluate with this method (repeatable): zscore, robust, gamma."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Parameter override NAME=VALUE for every rule that has it."),
+    since: str | None = typer.Option(None, "--from", help="Judge sessions that closed from here (default: start of data)."),
+    until: str | None = typer.Option(None, "--to", help="... up to here (default: the local midnight after the data)."),
+    cases: bool = typer.Option(True, "--cases/--no-cases", help="Also list each labelled case and what happened to it."),
+    fmt: str = typer.Option("table", "--format", help="table, jsonl or markdown."),
+) -> None:
+    """Replay the session rules over the data and score them against labelled cases."""
+    from .evaluate import LabelError, evaluate_command
+
+    c = _context(ctx)
+    all_detections = _load_detections()
+    chosen = _select(all_detections, detection) if detection else [
+        d for d in all_detections.values() if d.data_model == "user_sessions"]
+    try:
+        text = evaluate_command(c.home, c.settings, chosen, labels, method or [], _parse_sets(set_ or []),
+                                since, until, cases, fmt, console if fmt == "table" else None)
+    except (LabelError, FileNotFoundError, DetectionRunError, TimeModifierError) as exc:
+        fail(str(exc))
+    if text:
+        sys.stdout.write(text)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

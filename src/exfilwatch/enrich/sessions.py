@@ -335,8 +335,8 @@ def compute_sessions(
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_msgs AS
         SELECT m.user, e.mkey, min(e._time) AS _time, max(e.size) AS size,
-               list_distinct(flatten(list(e.recipient))) AS recipients,
-               min(e.subject) AS subject, list_distinct(flatten(list(e.file_name))) AS file_name
+               list_sort(list_distinct(flatten(list(e.recipient)))) AS recipients,
+               min(e.subject) AS subject, list_sort(list_distinct(flatten(list(e.file_name)))) AS file_name
         FROM _ses_mail e JOIN _ses_identity m ON m.kind = 'email' AND m.key = e.src_user
         WHERE m.user IS NOT NULL
         GROUP BY m.user, e.mkey
@@ -599,22 +599,47 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
         return BuildReport(start, now, rows, reason, counts)
 
 
-def register_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings,
-                           start: datetime, end: datetime) -> None:
-    """Provider for detections over `user_sessions`: build up to `end`, then expose the model views."""
-    from ..engine import expose_models
+def _stored_view(con: duckdb.DuckDBPyConnection, state: StateStore) -> str:
+    from ..lake import parquet_source
 
-    build_user_sessions(con, state, settings, end)
-    register_lake_views(con, settings, state, start, end)
-    expose_models(con)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _stored_sessions AS {parquet_source(USER_SESSIONS, state.lake_files(NAME))}")
+    return "_stored_sessions"
 
 
-def session_summary(state: StateStore) -> dict[str, Any]:
-    _ensure_schema(state)
-    row = state.query("SELECT built_until FROM derived_builds WHERE name = ?", (NAME,))
-    return {"built_until": row[0]["built_until"] if row else None,
-            "files": len(state.lake_files(NAME))}
+def session_overview(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings) -> list[dict[str, Any]]:
+    """Stored sessions per kind and end: how many, over which days, average features."""
+    view = _stored_view(con, state)
+    cur = con.execute(f"""
+        SELECT session_kind AS kind, end_reason AS "end", count(*) AS sessions, count(DISTINCT user) AS users,
+               strftime(timezone($tz, min(session_start)), '%Y-%m-%d') AS first,
+               strftime(timezone($tz, max(session_end)), '%Y-%m-%d') AS last,
+               round(avg(em_fnum), 2) AS "avg EM-FNum", round(avg(em_dnum), 2) AS "avg EM-DNum",
+               formatReadableDecimalSize(CAST(avg(em_bsum) AS BIGINT)) AS "avg EM-BSum",
+               formatReadableDecimalSize(CAST(avg(em_bsum_personal) AS BIGINT)) AS "avg EM-BSum-personal"
+        FROM {view} GROUP BY ALL ORDER BY kind DESC, sessions DESC
+    """, {"tz": settings.timezone})
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-__all__ = ["BuildReport", "SessionCounts", "build_user_sessions", "compute_sessions", "register_user_sessions",
-           "session_summary", "dumps"]
+def list_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, user: str | None = None,
+                  limit: int = 30) -> list[dict[str, Any]]:
+    """The most recently closed stored sessions (of one user), newest first, times on the local clock."""
+    from ..detect.runner import plain
+
+    view = _stored_view(con, state)
+    cur = con.execute(f"""
+        SELECT session_key AS session_id, user, department, session_kind,
+               strftime(timezone($tz, session_start), '%Y-%m-%d %H:%M') AS session_start,
+               strftime(timezone($tz, session_end), '%Y-%m-%d %H:%M') AS session_end,
+               end_reason, boundary_source, vpn_account, vpn_session_id, src_ip, assigned_ip, messages_sent,
+               em_fnum, em_dnum, em_bsum, em_bsum_personal, net_flows, net_bytes_out, top_domains
+        FROM {view} WHERE $user IS NULL OR user = lower($user)
+        ORDER BY _time DESC, session_key LIMIT $limit
+    """, {"tz": settings.timezone, "user": user, "limit": limit})
+    names = [d[0] for d in cur.description]
+    return [{n: plain(v) for n, v in zip(names, row)} for row in cur.fetchall()]
+
+
+__all__ = ["BuildReport", "SessionCounts", "build_user_sessions", "compute_sessions", "list_sessions",
+           "session_overview", "dumps"]
