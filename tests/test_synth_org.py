@@ -532,8 +532,8 @@ def test_generated_files_ingest_without_quarantine(org, tmp_path):
     assert reports["conn.log"].events == org.ds.flows
 
 
-@pytest.mark.xfail(strict=True, reason="the pulse_secure source does not accept the RFC 5424 form "
-                                       "'PulseSecure: - - - <message>' (APP-NAME with colon, PROCID, MSGID, SD) yet")
-def test_rfc5424_vpn_log_ingests_without_quarantine(tmp_path):
-    ds = generate_organisation(tmp_path / "logs", users=14, days=14, end=END, network=False, vpn_syslog="rfc5424")
-    assert _ingest(ds, tmp_path / "home")["vpn.log"].quarantined == 0
+@pytest.mark.parametrize("vpn_syslog", ["rsyslog", "rfc5424"])
+def test_both_vpn_header_forms_ingest_without_quarantine(tmp_path, vpn_syslog):
+    ds = generate_organisation(tmp_path / "logs", users=14, days=14, end=END, network=False, vpn_syslog=vpn_syslog)
+    report = _ingest(ds, tmp_path / "home")["vpn.log"]
+    assert report.quarantined == 0 and report.events > 0
