@@ -73,6 +73,16 @@ def model_sql(model: DataModel, state: StateStore, earliest: datetime | None = N
     return parquet_source(model, state.lake_files(model.name, first, last))
 
 
+def local_day_sql(column: str, tz: str) -> str:
+    """SQL: the local midnight (as TIMESTAMPTZ) of the day holding `column` in zone `tz`.
+
+    Every model view carries it as `_day`, the daily bucket of Splunk's `span=1d` aligned to the
+    configured zone; a catch-up snapshot computes it once instead of once per fire time.
+    """
+    zone = tz.replace("'", "''")
+    return f"timezone('{zone}', date_trunc('day', timezone('{zone}', {column})))"
+
+
 def register_lake_views(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -82,10 +92,11 @@ def register_lake_views(
 ) -> None:
     """Create `lake.<model>` views over the committed files, enriched, pruned to [earliest, latest)."""
     con.execute("CREATE SCHEMA IF NOT EXISTS lake")
+    day = local_day_sql("_time", settings.timezone)
     for model in DATA_MODELS.values():
         base = model_sql(model, state, earliest, latest)
         if model.name != "network_traffic":
-            con.execute(f"CREATE OR REPLACE VIEW lake.{model.name} AS {base}")
+            con.execute(f"CREATE OR REPLACE VIEW lake.{model.name} AS SELECT *, {day} AS _day FROM ({base})")
             continue
         con.execute(f"CREATE OR REPLACE VIEW lake.network_traffic_stored AS {base}")
         ips = [row[0] for row in con.execute(
@@ -96,10 +107,10 @@ def register_lake_views(
         con.execute("CREATE OR REPLACE TABLE lake.asset_map AS SELECT * FROM asset_map_arrow")
         con.unregister("asset_map_arrow")
         con.execute(
-            """
+            f"""
             CREATE OR REPLACE VIEW lake.network_traffic AS
             SELECT t.*, s.category AS src_category, d.category AS dest_category,
-                   s.bunit AS src_bunit, d.bunit AS dest_bunit
+                   s.bunit AS src_bunit, d.bunit AS dest_bunit, {day} AS _day
             FROM lake.network_traffic_stored t
             LEFT JOIN lake.asset_map s ON t.src_ip = s.ip
             LEFT JOIN lake.asset_map d ON t.dest_ip = d.ip

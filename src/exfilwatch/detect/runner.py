@@ -9,6 +9,7 @@ nothing, and a later fire that sees the same entity and bucket with a larger val
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -102,12 +103,18 @@ def compiled_sql(detection: Detection) -> str:
     return f"SELECT * FROM ({search}) AS finding WHERE NOT coalesce(({detection.filter}), false)"
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed(sql: str) -> exp.Expression:
+    # A catch-up executes the same SQL for every fire time: parse it once.
+    return sqlglot.parse_one(sql, read="duckdb")
+
+
 def sql_parameters(sql: str) -> set[str]:
-    return {node.name for node in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Placeholder)}
+    return {node.name for node in _parsed(sql).find_all(exp.Placeholder)}
 
 
 def referenced_columns(sql: str) -> set[str]:
-    return {column.name for column in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Column)}
+    return {column.name for column in _parsed(sql).find_all(exp.Column)}
 
 
 def data_range(params: dict[str, Any]) -> tuple[datetime, datetime]:
@@ -386,7 +393,7 @@ def run_schedule(
             last_end = max(data_range(p)[1] for p in params)
             register_lake_views(con, settings, state, first_start, last_end)
             model = get_model(detection.data_model)
-            known = set(model.column_names) | {name for name, _ in model.enrichment}
+            known = set(model.column_names) | {name for name, _ in model.enrichment} | {"_day"}
             columns = sorted((referenced_columns(compiled_sql(detection)) & known) | {"_time"})
             expose_models(con, {model.name: (columns, first_start, last_end)})
             for index, (window, param) in enumerate(zip(windows, params)):
