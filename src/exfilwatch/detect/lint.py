@@ -23,6 +23,8 @@ Errors fail the lint (and `make test`); warnings are printed. Per detection file
 
 from __future__ import annotations
 
+import importlib
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +34,10 @@ import sqlglot
 from croniter import croniter
 
 from .. import attack
+from ..config import Settings
+from ..engine import expose_models, register_lake_views
 from ..models import DATA_MODELS
+from ..state import StateStore
 from ..timeexpr import TimeModifierError, relative_time
 from .runner import DERIVED_VIEWS, compiled_sql, sql_parameters
 from .schema import TIME_PARAMETERS, Detection, DetectionError, load_detection, template_fields
@@ -50,15 +55,22 @@ class LintIssue:
     message: str
 
 
-def _empty_views(con: duckdb.DuckDBPyConnection) -> None:
-    from ..risk import RISK_EVENT_COLUMNS
+def _empty_views(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
+    """The views detections read, exactly as the engine builds them, over an empty lake and state.
 
-    for model in DATA_MODELS.values():
-        columns = list(model.columns) + list(model.enrichment)
-        casts = ", ".join(f'CAST(NULL AS {typ}) AS "{name}"' for name, typ in columns)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {model.name} AS SELECT {casts} WHERE false")
-    casts = ", ".join(f'CAST(NULL AS {typ}) AS "{name}"' for name, typ in RISK_EVENT_COLUMNS.items())
-    con.execute(f"CREATE OR REPLACE TEMP VIEW risk_events AS SELECT {casts} WHERE false")
+    Lake models get their enrichment columns from the engine; derived views (`risk_events`, and
+    any other in runner.DERIVED_VIEWS) from their providers.
+    """
+    settings = Settings()
+    state = StateStore(folder / "state.sqlite")
+    try:
+        register_lake_views(con, settings, state)
+        expose_models(con)
+        for name in DERIVED_VIEWS:
+            module, _, function = DERIVED_VIEWS[name].partition(":")
+            getattr(importlib.import_module(module), function)(con, state, settings, _LINT_NOW, _LINT_NOW)
+    finally:
+        state.close()
 
 
 def _sample(kind: str, default: object) -> object:
@@ -193,10 +205,11 @@ def lint_folder(folder: Path) -> tuple[int, list[LintIssue]]:
     issues: list[LintIssue] = []
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
-    _empty_views(con)
     seen: dict[str, str] = {}
     paths = sorted(p for p in folder.rglob("detection.yml"))
+    scratch = tempfile.TemporaryDirectory(prefix="exfilwatch-lint-")
     try:
+        _empty_views(con, Path(scratch.name))
         for path in paths:
             try:
                 detection = load_detection(path)
@@ -215,4 +228,5 @@ def lint_folder(folder: Path) -> tuple[int, list[LintIssue]]:
             issues += lint_detection(detection, str(path), con)
     finally:
         con.close()
+        scratch.cleanup()
     return len(paths), issues
