@@ -125,3 +125,45 @@ def test_test_command_reports_risk_events():
     result = CliRunner().invoke(app, ["test", "risk_threshold_exceeded_24h", NET_B])
     assert result.exit_code == 0, result.output
     assert "risk events read" in result.output and "+25 10.20.0.66 (system)" in result.output
+
+
+def test_entity_timeline_shows_sessions_suppressed_findings_and_incidents(tmp_path):
+    from datetime import datetime, timezone
+
+    import duckdb
+
+    from exfilwatch import risk
+    from exfilwatch.cli_risk import entity_timeline
+    from exfilwatch.config import parse_settings
+    from exfilwatch.detect.schema import load_detections
+    from exfilwatch.state import StateStore
+
+    state = StateStore(tmp_path / "state.sqlite")
+    settings = parse_settings({"identities": [{"user": "alice", "emails": ["alice@corp.example"]}],
+                               "suppressions": [{"detection": "em_fnum", "owner": "o", "reason": "r",
+                                                 "expires": "never", "where": {"session_id": "s-2"}}]}, "test")
+    records = []
+    for rule, session, hour in (("em_fnum", "s-1", 9), ("em_dnum", "s-1", 9), ("em_bsum", "s-1", 9),
+                                ("em_bsum_personal", "s-1", 9), ("em_fnum", "s-2", 15)):
+        records.append(json.dumps({
+            "detection_id": rule, "entity": "alice", "bucket": session, "time": f"2026-10-31T{hour:02d}:00:00+00:00",
+            "message": f"{rule} in {session}", "mitre_attack_id": ["T1048.003"],
+            "fields": {"session_id": session, "session_start": "08:00", "session_end": f"{hour:02d}:00",
+                       "end_reason": "logout", "session_kind": "vpn"},
+            "risk_objects": [{"field": "user", "value": "alice@corp.example", "type": "user", "score": 25}]}))
+    (tmp_path / "f.jsonl").write_text("\n".join(records) + "\n")
+    now = datetime(2026, 10, 31, 18, 0, tzinfo=timezone.utc)
+    techniques = risk.load_findings_file(state, tmp_path / "f.jsonl")
+    risk.rebuild_risk_events(state, settings, techniques, now)
+    rules = [load_detections()[r] for r in ("notable_session", "risk_threshold_exceeded_24h")]
+    risk.run_correlations(duckdb.connect(), state, settings, rules, now)
+    report = entity_timeline(state, settings, "alice@corp.example")
+    assert report["entity"] == "alice" and report["suppressed_findings"] == 1
+    kinds = [(row["kind"], row["source"]) for row in report["timeline"]]
+    assert kinds[:5] == [("risk", "em_bsum"), ("risk", "em_bsum_personal"), ("risk", "em_dnum"), ("risk", "em_fnum"),
+                         ("session", "s-1")]
+    # 4 x 25 = 100 is not over the 24 h threshold (the fifth finding is suppressed): only the session is notable
+    assert sorted(k for k, _ in kinds[5:]) == ["INCIDENT high", "suppressed"]
+    session = report["timeline"][4]
+    assert session["score"] == 100 and "NOTABLE" in session["detail"] and "vpn session 08:00 to 09:00" in session["detail"]
+    state.close()

@@ -162,7 +162,7 @@ def entity_timeline(state: StateStore, settings: Settings, name: str) -> dict[st
             f"SELECT finding_key, fields FROM findings WHERE entity IN ({marks})", tuple(names))):
         sid = fields.get("session_id")
         if sid in sessions:
-            for key in ("session_start", "session_end", "end_reason", "boundary"):
+            for key in ("session_start", "session_end", "end_reason", "boundary_source", "session_kind"):
                 if fields.get(key) is not None:
                     sessions[sid][key] = fields[key]
     timeline: list[dict[str, Any]] = []
@@ -178,12 +178,18 @@ def entity_timeline(state: StateStore, settings: Settings, name: str) -> dict[st
         timeline.append({"time": finding["time"], "kind": "suppressed", "source": finding["detection_id"],
                          "score": 0, "risk_24h": None,
                          "detail": f"{finding['message']} (suppressed by {finding['suppression_id']})"})
+    notable = float(settings.detections.get("notable_session", {}).get("notable_score", 90))
     for session in sessions.values():
         score = round(sum(session["rules"].values()), 2)
+        span = ""
+        if session.get("session_start") or session.get("session_end"):
+            span = f"{session.get('session_kind') or ''} session {session.get('session_start')} to {session.get('session_end')}"
+            span += f", ended by {session['end_reason']}" if session.get("end_reason") else ""
+            span = span.strip() + ": "
         timeline.append({"time": session["last"], "kind": "session", "source": session["session_id"], "score": score,
                          "risk_24h": None,
-                         "detail": f"session score {score:g} from {len(session['rules'])} rules "
-                                   f"({', '.join(sorted(session['rules']))})" + (" — NOTABLE" if score >= 90 else "")})
+                         "detail": f"{span}session score {score:g} from {len(session['rules'])} rules "
+                                   f"({', '.join(sorted(session['rules']))})" + (" — NOTABLE" if score >= notable else "")})
     for incident in incident_rows:
         timeline.append({"time": incident["raised_at"], "kind": f"INCIDENT {incident['severity']}",
                          "source": incident["detection_id"], "score": incident["score"], "risk_24h": None,
