@@ -113,13 +113,15 @@ def parse_vpn(path: Path) -> tuple[dict[str, Session], list[tuple[str, str, dict
     for line in path.read_text(encoding="utf-8").splitlines():
         m = VPN_LINE.match(line)
         assert m, f"not a Pulse Secure standard line: {line}"
-        assert datetime.fromisoformat(m["iso"]) == _local(m["local"]), line
+        exact = datetime.fromisoformat(m["iso"])  # the header's time is the body's local time with its offset
+        assert exact.replace(tzinfo=None) == exact.astimezone(TZ).replace(tzinfo=None) == _local(m["local"]).replace(
+            tzinfo=None), line
         kinds = [(k, p.match(m["msg"])) for k, p in VPN_MESSAGES.items() if p.match(m["msg"])]
         assert len(kinds) == 1, f"message of no known kind: {m['msg']}"
         kind, mm = kinds[0]
         fields = {**m.groupdict(), **mm.groupdict()}
         events.append((kind, m["who"], fields))
-        when = _local(m["local"])
+        when = exact
         if kind == "login":
             assert fields["user"] == m["who"] and fields["ip"] == m["ip"]
             assert fields["sid"] not in sessions, "session ids are unique"
@@ -488,6 +490,13 @@ def test_exchange_message_tracking(tmp_path, org):
         assert {row["total-bytes"] for kind in rows.values() for row in kind} == {receive["total-bytes"]}
         outgoing = receive["sender-address"].endswith("@corp.example")
         assert receive["directionality"] == ("Originating" if outgoing else "Incoming")
+
+
+def test_maillog_over_new_year_has_full_timestamps(tmp_path):
+    ds = generate_organisation(tmp_path, users=14, days=14, end=date(2027, 1, 5), network=False)
+    lines = ds.mail_log.read_text().splitlines()
+    assert lines[0].startswith("2026-12-") and lines[-1].startswith("2027-01-")
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d mx1 postfix/", l) for l in lines)
 
 
 def test_bad_arguments_are_clear_errors(tmp_path):

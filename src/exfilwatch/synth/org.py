@@ -17,7 +17,8 @@
   `to=<…>, relay=…, delay=…, delays=…, dsn=2.0.0, status=sent (250 …)`, in time order as the
   server writes them, with hex queue ids. Timestamps are BSD syslog (`Oct  5 08:59:12`, local
   time, no year: the file's modification time is set to the end of the last day, where a reader
-  takes the year from), or RFC 3339 with `syslog_timestamps="rfc3339"`.
+  takes the year from), or RFC 3339 with `syslog_timestamps="rfc3339"` (the default when the period
+  spans New Year).
   Or `MessageTracking/MSGTRK<yyyymmdd>-1.LOG` (`mail="exchange"`): Exchange 2019 (EXCH1,
   10.10.0.6) message tracking logs, one file per UTC day, the `#Software/#Version/#Log-type/#Date/
   #Fields` header and per message RECEIVE (all recipients), SEND (external ones), DELIVER
@@ -1601,7 +1602,7 @@ def generate_organisation(
     hosts_per_user: int = 1,
     flows_per_host_day: int | None = None,
     network: bool = True,
-    syslog_timestamps: str = "bsd",
+    syslog_timestamps: str | None = None,
     vpn_syslog: str = "rsyslog",
 ) -> OrgDataset:
     """Write a synthetic organisation's VPN, mail and flow logs with labelled cases into `out_dir`.
@@ -1610,12 +1611,16 @@ def generate_organisation(
     network generator's flows (exfilwatch.synth.network, `flows_per_host_day` of them per host and
     day, at least 100) in conn.log; without it (or when it is not installed) conn.log holds the
     org's own flows: mail submissions plus `flows_per_host_day` (default 6) per block of work.
-    `syslog_timestamps`: "bsd" (`Oct  5 08:59:12`) or "rfc3339" for the maillog. `vpn_syslog`:
+    `syslog_timestamps`: "bsd" (`Oct  5 08:59:12`) or "rfc3339" for the maillog; by default
+    "bsd", or "rfc3339" when the period spans New Year (a year-less log over New Year can't be dated
+    from the file's modification time). `vpn_syslog`:
     "rsyslog" (`<ISO time> vpn01 PulseSecure: <standard message>`) or "rfc5424"
     (`<134>1 <ISO time> vpn01 PulseSecure: - - - <standard message>`).
     """
     if mail not in MAIL_FORMATS:
         raise ValueError(f"mail must be one of {', '.join(MAIL_FORMATS)}, not {mail!r}")
+    if syslog_timestamps is None:
+        syslog_timestamps = "bsd" if (end - timedelta(days=days - 1)).year == end.year else "rfc3339"
     if syslog_timestamps not in ("bsd", "rfc3339"):
         raise ValueError("syslog_timestamps must be 'bsd' or 'rfc3339'")
     if vpn_syslog not in ("rsyslog", "rfc5424"):
