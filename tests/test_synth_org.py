@@ -490,6 +490,13 @@ def test_exchange_message_tracking(tmp_path, org):
         assert {row["total-bytes"] for kind in rows.values() for row in kind} == {receive["total-bytes"]}
         outgoing = receive["sender-address"].endswith("@corp.example")
         assert receive["directionality"] == ("Originating" if outgoing else "Incoming")
+    from exfilwatch.ingest import ingest_paths
+
+    home = Home(root=tmp_path / "home", config_path=ds.config)
+    reports = ingest_paths([ds.mail_log], home, load_settings(home))
+    assert {r.source for r in reports} == {"exchange_tracking"}
+    assert sum(r.quarantined for r in reports) == 0
+    assert sum(r.events for r in reports) == ds.messages  # one event per message
 
 
 def test_maillog_over_new_year_has_full_timestamps(tmp_path):
