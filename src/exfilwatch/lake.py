@@ -37,31 +37,23 @@ def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, ba
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     columns = ", ".join(f'CAST("{name}" AS {typ}) AS "{name}"' for name, typ in model.columns)
-    con.execute(
+    # The UTC day by integer arithmetic: no time-zone lookup per row.
+    day = "(DATE '1970-01-01' + CAST(epoch_us(\"_time\") // 86400000000 AS INTEGER))"
+    files = con.execute(
         f"""
-        COPY (
-            SELECT {columns}, strftime(timezone('UTC', "_time"), '%Y-%m-%d') AS day
-            FROM {relation}
-        ) TO '{staging}' (FORMAT parquet, PARTITION_BY (day), FILENAME_PATTERN '{batch_id}_{{i}}',
-                           COMPRESSION zstd, ROW_GROUP_SIZE 122880)
+        COPY (SELECT {columns}, {day} AS day FROM {relation})
+        TO '{staging}' (FORMAT parquet, PARTITION_BY (day), FILENAME_PATTERN '{batch_id}_{{i}}',
+                        COMPRESSION zstd, ROW_GROUP_SIZE 122880, RETURN_STATS)
         """
-    )
-    counts = dict(
-        con.execute(
-            f"SELECT strftime(timezone('UTC', \"_time\"), '%Y-%m-%d') AS day, count(*) FROM {relation} GROUP BY day"
-        ).fetchall()
-    )
+    ).fetchall()
     written: list[LakeFile] = []
-    for part_dir in sorted(staging.iterdir()):
-        day = part_dir.name.removeprefix("day=")
-        target_dir = lake / model.name / part_dir.name
+    for filename, count, *_rest, partition_keys, _extra in sorted(files):
+        source = Path(filename)
+        target_dir = lake / model.name / source.parent.name
         target_dir.mkdir(parents=True, exist_ok=True)
-        files = sorted(part_dir.iterdir())
-        for index, file in enumerate(files):
-            target = target_dir / file.name
-            os.replace(file, target)
-            # DuckDB may split one partition into several files; the row count goes on the first.
-            written.append(LakeFile(path=str(target), day=day, rows=counts.get(day, 0) if index == 0 else 0))
+        target = target_dir / source.name
+        os.replace(source, target)
+        written.append(LakeFile(path=str(target), day=partition_keys["day"], rows=int(count)))
     shutil.rmtree(staging, ignore_errors=True)
     return written
 

@@ -70,56 +70,58 @@ def is_zeek_json(head: list[str], required_keys: set[str]) -> bool:
     return isinstance(record, dict) and required_keys <= record.keys()
 
 
-# The CIM mapping from the conn.log fields, shared by the TSV and JSON readers. Each value is a
-# SQL expression over a text column named after the Zeek field, already null for unset values.
+# Numeric conn.log fields, cast once per line: the casts serve both validation and the events.
+_NUMERIC_FIELDS = {
+    "id.orig_p": "INTEGER", "id.resp_p": "INTEGER", "duration": "DOUBLE",
+    "orig_bytes": "BIGINT", "resp_bytes": "BIGINT",
+}
+_REQUIRED_FIELDS = ["id.orig_h", "id.resp_h"]
+
+
+def _typed(name: str) -> str:
+    return f'"{name}:typed"'
+
+
+def _typed_columns_sql() -> str:
+    return ", ".join(f'TRY_CAST("{name}" AS {typ}) AS {_typed(name)}' for name, typ in _NUMERIC_FIELDS.items())
+
+
+def _validation_sql() -> str:
+    """SQL CASE giving the first reason a line's fields are unusable, else null."""
+    checks = ["WHEN _time IS NULL THEN 'bad timestamp in field ts: ' || coalesce(ts, 'missing') "
+              "|| ' (expected epoch seconds)'"]
+    for name in _REQUIRED_FIELDS:
+        checks.append(f"WHEN \"{name}\" IS NULL THEN 'missing required field {name}'")
+    for name, typ in _NUMERIC_FIELDS.items():
+        checks.append(f"WHEN \"{name}\" IS NOT NULL AND {_typed(name)} IS NULL "
+                      f"THEN 'bad number in field {name}: ' || \"{name}\" || ' (expected {typ.lower()})'")
+        if typ != "DOUBLE":
+            checks.append(f"WHEN {_typed(name)} < 0 THEN 'negative number in field {name}: ' || \"{name}\"")
+    return "CASE " + " ".join(checks) + " END"
+
+
 def _conn_events_sql(ctx: ParseContext, table: str, source_name: str) -> str:
+    """The CIM mapping of conn.log, shared by the TSV and JSON readers."""
+    out, into = _typed("orig_bytes"), _typed("resp_bytes")
     return f"""
         SELECT _time,
                "id.orig_h" AS src_ip,
-               CAST("id.orig_p" AS INTEGER) AS src_port,
+               {_typed("id.orig_p")} AS src_port,
                "id.resp_h" AS dest_ip,
-               CAST("id.resp_p" AS INTEGER) AS dest_port,
+               {_typed("id.resp_p")} AS dest_port,
                proto AS transport,
                service AS app,
-               CAST(resp_bytes AS BIGINT) AS bytes_in,
-               CAST(orig_bytes AS BIGINT) AS bytes_out,
-               CASE WHEN orig_bytes IS NULL AND resp_bytes IS NULL THEN NULL
-                    ELSE coalesce(CAST(orig_bytes AS BIGINT), 0) + coalesce(CAST(resp_bytes AS BIGINT), 0) END AS bytes,
-               CAST(duration AS DOUBLE) AS duration,
+               {into} AS bytes_in,
+               {out} AS bytes_out,
+               CASE WHEN {out} IS NULL AND {into} IS NULL THEN NULL
+                    ELSE coalesce({out}, 0) + coalesce({into}, 0) END AS bytes,
+               {_typed("duration")} AS duration,
                uid AS session_id,
                'network-connection' AS event_type,
                {sql_string(source_name)} AS source,
                {raw_ref_sql(ctx)} AS raw_ref
         FROM {table} WHERE outcome = 'parsed'
     """
-
-
-_NUMERIC_FIELDS = {
-    "id.orig_p": "INTEGER", "id.resp_p": "INTEGER", "duration": "DOUBLE",
-    "orig_bytes": "BIGINT", "resp_bytes": "BIGINT",
-}
-_REQUIRED_FIELDS = ["ts", "id.orig_h", "id.resp_h"]
-
-
-def _validation_sql(columns: dict[str, str]) -> str:
-    """SQL CASE giving the first reason a parsed row is unusable, else null.
-
-    `columns` maps each Zeek field to the SQL expression of its (null-for-unset) text.
-    """
-    checks = [f"WHEN _time IS NULL THEN 'bad timestamp in field ts: ' || coalesce({columns['ts']}, 'missing') || ' (expected epoch seconds)'"]
-    for name in _REQUIRED_FIELDS[1:]:
-        checks.append(f"WHEN {columns[name]} IS NULL THEN 'missing required field {name}'")
-    for name, typ in _NUMERIC_FIELDS.items():
-        expr = columns[name]
-        checks.append(
-            f"WHEN {expr} IS NOT NULL AND TRY_CAST({expr} AS {typ}) IS NULL "
-            f"THEN 'bad number in field {name}: ' || {expr} || ' (expected {typ.lower()})'"
-        )
-        if typ != "DOUBLE":
-            checks.append(
-                f"WHEN TRY_CAST({expr} AS {typ}) < 0 THEN 'negative number in field {name}: ' || {expr}"
-            )
-    return "CASE " + " ".join(checks) + " END"
 
 
 SOURCE_NAME_TSV = "zeek_conn"
@@ -143,7 +145,6 @@ class ZeekConnTSV:
             raise ValueError(f"{ctx.file}: Zeek #fields header lacks {', '.join(missing)}")
         wanted = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service",
                   "duration", "orig_bytes", "resp_bytes"]
-        columns = {name: f'"{name}"' for name in wanted}
         extract = ", ".join(f'{zeek_value(f"f[{position[name]}]")} AS "{name}"' for name in wanted)
         n_fields = len(header.fields)
         sep = sql_string(header.separator)
@@ -151,25 +152,26 @@ class ZeekConnTSV:
             f"""
             CREATE OR REPLACE TEMP TABLE zeek_conn_tsv AS
             WITH split AS (
-                SELECT line_no, line, string_split(line, {sep}) AS f FROM raw_lines
+                SELECT line_no, line = '' AS blank, starts_with(line, '#') AS header,
+                       string_split(line, {sep}) AS f
+                FROM raw_lines
             ), fields AS (
-                SELECT line_no, line, len(f) AS n, {extract} FROM split
+                SELECT line_no, blank, header, len(f) AS n, {extract} FROM split
             ), typed AS (
-                SELECT *, {epoch_seconds_sql('ts')} AS _time FROM fields
-            )
-            SELECT *,
-                CASE WHEN line = '' THEN 'skipped'
-                     WHEN starts_with(line, '#') THEN 'skipped'
-                     WHEN n <> {n_fields} OR reason IS NOT NULL THEN 'quarantined'
-                     ELSE 'parsed' END AS outcome
-            FROM (
+                SELECT *, {epoch_seconds_sql('ts')} AS _time, {_typed_columns_sql()} FROM fields
+            ), checked AS (
                 SELECT *,
-                    CASE WHEN line = '' THEN 'blank line'
-                         WHEN starts_with(line, '#') THEN 'header'
+                    CASE WHEN blank THEN 'blank line'
+                         WHEN header THEN 'header'
                          WHEN n <> {n_fields} THEN 'expected {n_fields} tab-separated fields, found ' || n
-                         ELSE {_validation_sql(columns)} END AS reason
+                         ELSE {_validation_sql()} END AS reason
                 FROM typed
             )
+            SELECT * EXCLUDE (blank, header, n),
+                CASE WHEN blank OR header THEN 'skipped'
+                     WHEN reason IS NOT NULL THEN 'quarantined'
+                     ELSE 'parsed' END AS outcome
+            FROM checked
             """
         )
         return ParsedBatch(
@@ -196,7 +198,6 @@ class ZeekConnJSON:
             f"""CASE WHEN is_json THEN json_extract_string(line, '$."{name}"') END AS "{name}\""""
             for name in wanted
         )
-        columns = {name: f'"{name}"' for name in wanted}
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE zeek_conn_json AS
@@ -206,7 +207,8 @@ class ZeekConnJSON:
             ), fields AS (
                 SELECT line_no, line, is_json, {extract} FROM checked
             ), typed AS (
-                SELECT *, coalesce({epoch_seconds_sql('ts')}, TRY_CAST(ts AS TIMESTAMPTZ)) AS _time
+                SELECT *, coalesce({epoch_seconds_sql('ts')}, TRY_CAST(ts AS TIMESTAMPTZ)) AS _time,
+                       {_typed_columns_sql()}
                 FROM fields
             )
             SELECT *,
@@ -217,7 +219,7 @@ class ZeekConnJSON:
                 SELECT *,
                     CASE WHEN trim(line) = '' THEN 'blank line'
                          WHEN NOT is_json THEN 'not a JSON object (expected one Zeek record per line)'
-                         ELSE {_validation_sql(columns)} END AS reason
+                         ELSE {_validation_sql()} END AS reason
                 FROM typed
             )
             """
