@@ -135,7 +135,7 @@ def classify_sql(ctx: ParseContext) -> str:
             SELECT line_no, blank, host, prog, stamp,
                    CASE WHEN has_qid THEN qid ELSE '' END AS qid,
                    CASE WHEN has_qid THEN substr(line, body_at + length(qid) + 2) ELSE substr(line, body_at) END AS body,
-                   regexp_extract(prog, '([^/]+)$', 1) AS daemon,
+                   split_part(prog, '/', -1) AS daemon,
                    contains(prog, '/') AS has_slash,
                    CASE WHEN stamp = '' THEN NULL
                         WHEN NOT starts_with(stamp, '1') AND NOT starts_with(stamp, '2') THEN
@@ -300,12 +300,14 @@ class Postfix:
         con.register("pf_pending_arrow", pa.table(columns))
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE pf_recs AS
+            SELECT *, (CAST(epoch_us(t) AS HUGEINT) << 52) + pos AS o, kind IN ('removed', 'reject') AS boundary
+            FROM (
             SELECT key, queue_id, kind, timezone('UTC', make_timestamp(time)) AS t, message_id, sender, size, nrcpt, client_ip,
                    rcpt, relay, dsn, status, hop, subject, file_name, raw_ref, pending_rowid,
                    pending_rowid AS pos
             FROM pf_pending_arrow
             UNION ALL BY NAME
-            SELECT * EXCLUDE (line_no, outcome, reason) FROM pf_lines WHERE kind IS NOT NULL
+            SELECT * EXCLUDE (line_no, outcome, reason) FROM pf_lines WHERE kind IS NOT NULL)
         """)
         con.unregister("pf_pending_arrow")
 
@@ -314,34 +316,30 @@ class Postfix:
             -- Segments: a message ends at its `removed` (or reject) line. Lines are ordered by time,
             -- then arrival (o). Most queue ids have at most one such line: their segment is found
             -- with a hash join; the few with more (a reused queue id) go through a window.
-            CREATE OR REPLACE TEMP TABLE pf_ordered AS
-            SELECT *, (CAST(epoch_us(t) AS HUGEINT) << 52) + pos AS o,
-                   kind IN ('removed', 'reject') AS boundary
-            FROM pf_recs;
             CREATE OR REPLACE TEMP TABLE pf_kb AS
             SELECT key, count(*) FILTER (WHERE boundary) AS nb, min(o) FILTER (WHERE boundary) AS fb
-            FROM pf_ordered GROUP BY key;
+            FROM pf_recs GROUP BY key;
             CREATE OR REPLACE TEMP TABLE pf_segs AS
             SELECT r.*, CASE WHEN k.nb = 0 OR r.o <= k.fb THEN 0 ELSE 1 END AS seg
-            FROM pf_ordered r JOIN pf_kb k USING (key) WHERE k.nb <= 1
+            FROM pf_recs r JOIN pf_kb k USING (key) WHERE k.nb <= 1
             UNION ALL BY NAME
             SELECT *, coalesce(sum(CAST(boundary AS INTEGER)) OVER (
                         PARTITION BY key ORDER BY o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS seg
-            FROM pf_ordered WHERE key IN (SELECT key FROM pf_kb WHERE nb > 1);
+            FROM pf_recs WHERE key IN (SELECT key FROM pf_kb WHERE nb > 1);
 
             CREATE OR REPLACE TEMP TABLE pf_messages AS
             WITH info AS (
                 SELECT key, seg,
                     any_value(queue_id) AS queue_id,
                     min(t) AS t0, max(t) AS t1,
-                    arg_min(message_id, o) FILTER (WHERE kind = 'mid') AS message_id,
-                    arg_min(sender, o) FILTER (WHERE kind IN ('from', 'expired')) AS sender_q,
-                    arg_min(sender, o) FILTER (WHERE kind = 'reject') AS sender_r,
+                    any_value(message_id) AS message_id,
+                    any_value(sender) FILTER (WHERE kind IN ('from', 'expired')) AS sender_q,
+                    any_value(sender) FILTER (WHERE kind = 'reject') AS sender_r,
                     max(size) AS size, max(nrcpt) AS nrcpt,
-                    arg_min(client_ip, o) FILTER (WHERE kind = 'client') AS client_ip,
-                    arg_min(client_ip, o) FILTER (WHERE kind <> 'client' AND client_ip IS NOT NULL) AS other_ip,
-                    arg_min(rcpt, o) FILTER (WHERE kind = 'reject') AS reject_rcpt,
-                    arg_min(subject, o) FILTER (WHERE kind = 'subject') AS subject,
+                    any_value(client_ip) FILTER (WHERE kind = 'client') AS client_ip,
+                    any_value(client_ip) FILTER (WHERE kind <> 'client') AS other_ip,
+                    any_value(rcpt) FILTER (WHERE kind = 'reject') AS reject_rcpt,
+                    any_value(subject) AS subject,
                     list_sort(list_distinct(list(file_name) FILTER (WHERE kind = 'attachment'))) AS files,
                     bool_or(kind = 'from') AS has_from,
                     bool_or(kind = 'mid') AS has_mid,
