@@ -37,7 +37,7 @@ def test_missing_logout_closes_at_the_idle_limit_and_is_open_before():
     rows, _ = sessions(auth, now=at(13))
     [s] = by_kind(rows, "vpn")
     assert s["session_end"] == at(12) and s["end_reason"] == "idle-limit"
-    assert "idle limit 12 h" in s["boundary_source"]
+    assert "idle limit, 12 h after its last event" in s["boundary_source"]
     rows, _ = sessions(auth, now=at(13), cfg=settings(sessions={"idle_limit_hours": 2}))
     assert by_kind(rows, "vpn")[0]["session_end"] == at(2)
 

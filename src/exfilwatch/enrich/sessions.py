@@ -317,8 +317,8 @@ def compute_sessions(
                         ELSE 'idle-limit' END AS end_reason,
                    CASE WHEN end_seen IS NOT NULL THEN ref_seen
                         WHEN next_login IS NOT NULL AND next_login < idle_end THEN 'next login of the same session id'
-                        ELSE 'no end seen: idle limit {settings.sessions.idle_limit_hours:g} h after ' ||
-                             coalesce(start_ref, 'the last event') END AS boundary_source
+                        ELSE 'no end seen: closed by the idle limit, {settings.sessions.idle_limit_hours:g} h after its '
+                             || 'last event (login: ' || coalesce(start_ref, '?') || ')' END AS boundary_source
             FROM v
         )
         SELECT 'vpn|' || user || '|' || strftime(timezone('UTC', session_start), '%Y-%m-%dT%H:%M:%SZ') || '|' ||
@@ -331,153 +331,211 @@ def compute_sessions(
     """)
 
     # --- 2. messages: resolve the sender, deduplicate, attribute to a session -----------------------
+    # Sessions get integer ids for the joins and groupings below: VPN sessions 1..n, daily
+    # sessions -(user number * 100000 + local day number).
     counts.messages = con.execute("SELECT count(*) FROM _ses_mail").fetchall()[0][0]
     con.execute("""
-        CREATE OR REPLACE TEMP TABLE _ses_msgs AS
-        SELECT m.user, e.mkey, min(e._time) AS _time, max(e.size) AS size,
-               list_sort(list_distinct(flatten(list(e.recipient)))) AS recipients,
-               min(e.subject) AS subject, list_sort(list_distinct(flatten(list(e.file_name)))) AS file_name
+        CREATE OR REPLACE TEMP TABLE _ses_users AS
+        SELECT user, row_number() OVER (ORDER BY user) AS uid FROM (SELECT DISTINCT user FROM _ses_identity
+                                                                   WHERE user IS NOT NULL)
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_vpn_ids AS
+        SELECT row_number() OVER (ORDER BY user, session_start, session_key) AS sk, v.*, u.uid
+        FROM _ses_vpn v JOIN _ses_users u USING (user)
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_mail_user AS
+        SELECT e.*, u.uid, u.user
         FROM _ses_mail e JOIN _ses_identity m ON m.kind = 'email' AND m.key = e.src_user
-        WHERE m.user IS NOT NULL
-        GROUP BY m.user, e.mkey
+        JOIN _ses_users u ON u.user = m.user
     """)
     counts.messages_unresolved_sender = counts.messages - con.execute(
-        "SELECT count(*) FROM _ses_mail e JOIN _ses_identity m ON m.kind = 'email' AND m.key = e.src_user "
-        "WHERE m.user IS NOT NULL").fetchall()[0][0]
+        "SELECT count(*) FROM _ses_mail_user").fetchall()[0][0]
+    # one row per message (a message logged twice counts once: first time, largest size)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_msgs AS
+        SELECT uid, mkey, min(_time) AS _time, max(size) AS size FROM _ses_mail_user GROUP BY uid, mkey
+    """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_msg_attr AS
-        SELECT m.*, CASE WHEN m._time < s.session_end THEN s.session_key END AS vpn_key,
+        SELECT m.uid, m.mkey, m._time, m.size, CASE WHEN m._time < s.session_end THEN s.sk END AS vpn_sk,
                m._time >= s.session_end AND m._time < s.covered_until AS overlapped
-        FROM _ses_msgs m ASOF LEFT JOIN _ses_vpn s ON m.user = s.user AND m._time >= s.session_start
+        FROM _ses_msgs m ASOF LEFT JOIN _ses_vpn_ids s ON m.uid = s.uid AND m._time >= s.session_start
     """)
     _resolve_overlaps(con, "_ses_msg_attr")
 
     # --- 3. flows: by tunnel address during a session, else by the host's owner -------------------
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_flow_tun AS
-        SELECT f.*, CASE WHEN f._time < s.session_end THEN s.session_key END AS tunnel_key,
-               CASE WHEN f._time < s.session_end THEN s.user END AS tunnel_user
-        FROM _ses_flows f ASOF LEFT JOIN (SELECT * FROM _ses_vpn WHERE assigned_ip IS NOT NULL) s
+        SELECT f.*, CASE WHEN f._time < s.session_end THEN s.sk END AS tunnel_sk,
+               CASE WHEN f._time < s.session_end THEN s.uid END AS tunnel_uid
+        FROM _ses_flows f ASOF LEFT JOIN (SELECT * FROM _ses_vpn_ids WHERE assigned_ip IS NOT NULL) s
           ON f.src_ip = s.assigned_ip AND f._time >= s.session_start
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_flow_attr AS
-        SELECT coalesce(f.tunnel_user, m.user) AS user, f._time, f.bytes_out, f.bytes_in,
-               f.tunnel_key AS vpn_key, false AS overlapped
-        FROM _ses_flow_tun f LEFT JOIN _ses_identity m ON m.kind = 'host' AND m.key = f.src_ip
-        WHERE f.tunnel_key IS NOT NULL OR m.user IS NOT NULL
+        SELECT coalesce(f.tunnel_uid, u.uid) AS uid, f._time, f.bytes_out, f.bytes_in, f.tunnel_sk
+        FROM _ses_flow_tun f
+        LEFT JOIN _ses_identity m ON m.kind = 'host' AND m.key = f.src_ip
+        LEFT JOIN _ses_users u ON u.user = m.user
+        WHERE f.tunnel_sk IS NOT NULL OR u.uid IS NOT NULL
     """)
     counts.flows = con.execute("SELECT count(*) FROM _ses_flows").fetchall()[0][0]
     counts.flows_unattributed = counts.flows - con.execute("SELECT count(*) FROM _ses_flow_attr").fetchall()[0][0]
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_flow_owner AS
-        SELECT f.user, f._time, f.bytes_out, f.bytes_in,
-               coalesce(f.vpn_key, CASE WHEN f._time < s.session_end THEN s.session_key END) AS vpn_key,
-               f.vpn_key IS NULL AND f._time >= s.session_end AND f._time < s.covered_until AS overlapped
-        FROM _ses_flow_attr f ASOF LEFT JOIN _ses_vpn s ON f.user = s.user AND f._time >= s.session_start
+        SELECT f.uid, f._time, f.bytes_out, f.bytes_in,
+               coalesce(f.tunnel_sk, CASE WHEN f._time < s.session_end THEN s.sk END) AS vpn_sk,
+               f.tunnel_sk IS NULL AND f._time >= s.session_end AND f._time < s.covered_until AS overlapped
+        FROM _ses_flow_attr f ASOF LEFT JOIN _ses_vpn_ids s ON f.uid = s.uid AND f._time >= s.session_start
     """)
     _resolve_overlaps(con, "_ses_flow_owner")
 
-    # --- 4. keys: the VPN session, else the local day ------------------------------------------------
-    day_key = f"""
-        CASE WHEN vpn_key IS NOT NULL THEN vpn_key
-             ELSE 'day|' || user || '|' || strftime(timezone('{tz}', _time), '%Y-%m-%d') END
-    """
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _ses_msg_keyed AS SELECT *, {day_key} AS session_key FROM _ses_msg_attr")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _ses_flow_keyed AS SELECT *, {day_key} AS session_key FROM _ses_flow_owner")
+    # --- 4. keys: the VPN session, else the user's local day -----------------------------------------
+    local_day = f"CAST(timezone('{tz}', _time) AS DATE)"
+    day_sk = f"CASE WHEN vpn_sk IS NOT NULL THEN vpn_sk ELSE -(uid * 100000 + ({local_day} - DATE '1970-01-01')) END"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ses_msg_keyed AS SELECT *, {day_sk} AS sk FROM _ses_msg_attr")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ses_flow_keyed AS SELECT *, {day_sk} AS sk FROM _ses_flow_owner")
 
-    register_domain_table(con, settings, """
-        SELECT DISTINCT lower(regexp_extract(r, '@([^@]+)$', 1)) FROM (SELECT unnest(recipients) AS r FROM _ses_msg_keyed)
-    """, name="_ses_domains")
+    # recipients of each message (deduplicated across its copies), with their domain class
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_rcpt0 AS
+        SELECT DISTINCT uid, mkey, lower(recipient) AS recipient,
+               lower(regexp_extract(recipient, '@([^@]+)$', 1)) AS domain
+        FROM (SELECT uid, mkey, unnest(recipient) AS recipient FROM _ses_mail_user)
+    """)
+    register_domain_table(con, settings, "SELECT DISTINCT domain FROM _ses_rcpt0 WHERE domain IS NOT NULL",
+                          name="_ses_domains")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_rcpt AS
-        SELECT r.session_key, r.mkey, r.size, r.recipient,
+        SELECT k.sk, r.uid, r.mkey, k.size, r.recipient,
                coalesce(d.registered_domain, r.domain) AS registered_domain,
                coalesce(d.domain_class, 'internal') AS domain_class
-        FROM (SELECT *, lower(regexp_extract(recipient, '@([^@]+)$', 1)) AS domain
-              FROM (SELECT session_key, mkey, size, unnest(recipients) AS recipient FROM _ses_msg_keyed)) r
+        FROM _ses_rcpt0 r
+        JOIN _ses_msg_keyed k USING (uid, mkey)
         LEFT JOIN _ses_domains d ON d.domain = r.domain
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_msg_flags AS
-        SELECT k.session_key, k.mkey, k._time, k.size, k.subject, k.file_name, k.recipients,
+        SELECT k.sk, k.uid, k.mkey, k._time, k.size,
                coalesce(f.outgoing, false) AS outgoing, coalesce(f.personal, false) AS personal
         FROM _ses_msg_keyed k LEFT JOIN (
-            SELECT session_key, mkey, bool_or(domain_class <> 'internal') AS outgoing,
+            SELECT uid, mkey, bool_or(domain_class <> 'internal') AS outgoing,
                    bool_or(domain_class = 'personal') AS personal
-            FROM _ses_rcpt GROUP BY session_key, mkey
-        ) f USING (session_key, mkey)
+            FROM _ses_rcpt GROUP BY uid, mkey
+        ) f USING (uid, mkey)
     """)
 
     # --- 5. features and evidence per session ----------------------------------------------------------
-    message_struct = """{'time': strftime(timezone('UTC', _time), '%Y-%m-%dT%H:%M:%SZ'), 'message_id': mkey,
-                         'size': size, 'recipients': recipients, 'subject': subject, 'file_name': file_name}"""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ses_features AS
-        WITH m AS (
-            SELECT session_key,
-                   count(*) AS messages_sent,
-                   count(*) FILTER (WHERE outgoing) AS em_fnum,
-                   coalesce(sum(size) FILTER (WHERE outgoing), 0) AS em_bsum,
-                   coalesce(sum(size) FILTER (WHERE personal), 0) AS em_bsum_personal,
-                   count(*) FILTER (WHERE personal) AS em_personal_fnum,
-                   list({message_struct} ORDER BY size DESC NULLS LAST, _time, mkey)
-                       FILTER (WHERE outgoing)[1:5] AS largest_messages,
-                   list({message_struct} ORDER BY size DESC NULLS LAST, _time, mkey)
-                       FILTER (WHERE personal)[1:5] AS largest_personal_messages
-            FROM _ses_msg_flags GROUP BY session_key
-        ), ext AS (
-            SELECT DISTINCT session_key, mkey, size, recipient, registered_domain, domain_class
-            FROM _ses_rcpt WHERE domain_class <> 'internal'
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_counts AS
+        SELECT sk, count(*) AS messages_sent,
+               count(*) FILTER (WHERE outgoing) AS em_fnum,
+               coalesce(sum(size) FILTER (WHERE outgoing), 0) AS em_bsum,
+               coalesce(sum(size) FILTER (WHERE personal), 0) AS em_bsum_personal,
+               count(*) FILTER (WHERE personal) AS em_personal_fnum,
+               -- the five largest messages (largest first; ties: earlier, then by id)
+               max_by(mkey, {'size': coalesce(size, -1), 't': -epoch_us(_time), 'm': mkey}, 5)
+                   FILTER (WHERE outgoing) AS top_messages,
+               max_by(mkey, {'size': coalesce(size, -1), 't': -epoch_us(_time), 'm': mkey}, 5)
+                   FILTER (WHERE personal) AS top_personal
+        FROM _ses_msg_flags GROUP BY sk
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_ext AS
+        SELECT DISTINCT sk, mkey, size, recipient, registered_domain, domain_class
+        FROM _ses_rcpt WHERE domain_class <> 'internal'
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_dom AS
+        WITH per_message AS (
+            SELECT sk, mkey, registered_domain, any_value(domain_class) AS domain_class, any_value(size) AS size
+            FROM _ses_ext GROUP BY sk, mkey, registered_domain
         ), dom AS (
-            SELECT session_key, registered_domain, domain_class, count(DISTINCT mkey) AS messages,
+            SELECT sk, registered_domain, any_value(domain_class) AS domain_class, count(*) AS messages,
                    sum(size) AS bytes
-            FROM (SELECT DISTINCT session_key, mkey, size, registered_domain, domain_class FROM ext)
-            GROUP BY ALL
-        ), dom_top AS (
-            SELECT session_key, count(*) AS em_dnum,
-                   list({{'domain': registered_domain, 'domain_class': domain_class, 'messages': messages,
-                          'bytes': bytes}} ORDER BY messages DESC, bytes DESC, registered_domain)[1:5] AS top_domains
-            FROM dom GROUP BY session_key
-        ), rcp AS (
-            SELECT session_key, recipient, any_value(domain_class) AS domain_class, count(*) AS messages,
-                   sum(size) AS bytes
-            FROM ext GROUP BY session_key, recipient
-        ), rcp_top AS (
-            SELECT session_key,
-                   list({{'recipient': recipient, 'domain_class': domain_class, 'messages': messages,
-                          'bytes': bytes}} ORDER BY messages DESC, bytes DESC, recipient)[1:5] AS top_recipients
-            FROM rcp GROUP BY session_key
-        ), net AS (
-            SELECT session_key, count(*) AS net_flows, sum(bytes_out) AS net_bytes_out, sum(bytes_in) AS net_bytes_in
-            FROM _ses_flow_keyed GROUP BY session_key
-        ), keys AS (
-            SELECT session_key, user FROM _ses_msg_keyed UNION SELECT session_key, user FROM _ses_flow_keyed
+            FROM per_message GROUP BY sk, registered_domain
         )
-        SELECT keys.session_key, keys.user, m.messages_sent, m.em_fnum, d.em_dnum, m.em_bsum, m.em_bsum_personal,
-               m.em_personal_fnum, net.net_flows, net.net_bytes_out, net.net_bytes_in,
-               d.top_domains, r.top_recipients, m.largest_messages, m.largest_personal_messages
+        SELECT sk, count(*) AS em_dnum,
+               max_by({'domain': registered_domain, 'domain_class': domain_class, 'messages': messages,
+                       'bytes': bytes}, {'m': messages, 'b': coalesce(bytes, -1), 'd': registered_domain}, 5)
+                   AS top_domains
+        FROM dom GROUP BY sk
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_rcp AS
+        WITH rcp AS (
+            SELECT sk, recipient, any_value(domain_class) AS domain_class, count(*) AS messages, sum(size) AS bytes
+            FROM _ses_ext GROUP BY sk, recipient
+        )
+        SELECT sk, max_by({'recipient': recipient, 'domain_class': domain_class, 'messages': messages,
+                           'bytes': bytes}, {'m': messages, 'b': coalesce(bytes, -1), 'r': recipient}, 5)
+                   AS top_recipients
+        FROM rcp GROUP BY sk
+    """)
+    # the details of the few messages shown as evidence
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_evidence AS
+        WITH wanted AS (
+            SELECT DISTINCT sk, unnest(list_concat(coalesce(top_messages, []), coalesce(top_personal, []))) AS mkey
+            FROM _ses_counts
+        ), k AS (
+            SELECT w.sk, k.uid, w.mkey, k._time, k.size FROM wanted w JOIN _ses_msg_keyed k USING (sk, mkey)
+        ), details AS (
+            SELECT m.uid, m.mkey, min(m.subject) AS subject,
+                   list_sort(list_distinct(flatten(list(m.recipient)))) AS recipients,
+                   list_sort(list_distinct(flatten(list(coalesce(m.file_name, []))))) AS file_name
+            FROM _ses_mail_user m SEMI JOIN k USING (uid, mkey)
+            GROUP BY m.uid, m.mkey
+        )
+        SELECT k.sk, k.mkey,
+               {'time': strftime(timezone('UTC', k._time), '%Y-%m-%dT%H:%M:%SZ'), 'message_id': k.mkey,
+                'size': k.size, 'recipients': d.recipients, 'subject': d.subject, 'file_name': d.file_name} AS message
+        FROM k JOIN details d USING (uid, mkey)
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_features AS
+        WITH ev AS (
+            SELECT c.sk,
+                   list(e.message ORDER BY list_position(c.top_messages, e.mkey))
+                       FILTER (WHERE list_contains(c.top_messages, e.mkey)) AS largest_messages,
+                   list(e.message ORDER BY list_position(c.top_personal, e.mkey))
+                       FILTER (WHERE list_contains(c.top_personal, e.mkey)) AS largest_personal_messages
+            FROM _ses_counts c JOIN _ses_evidence e USING (sk)
+            GROUP BY c.sk
+        ), net AS (
+            SELECT sk, count(*) AS net_flows, sum(bytes_out) AS net_bytes_out, sum(bytes_in) AS net_bytes_in
+            FROM _ses_flow_keyed GROUP BY sk
+        ), keys AS (
+            SELECT sk, uid, min(_time) AS first_time FROM (
+                SELECT sk, uid, _time FROM _ses_msg_keyed UNION ALL SELECT sk, uid, _time FROM _ses_flow_keyed)
+            GROUP BY sk, uid
+        )
+        SELECT keys.sk, keys.uid, keys.first_time, c.messages_sent, c.em_fnum, d.em_dnum, c.em_bsum,
+               c.em_bsum_personal, c.em_personal_fnum, net.net_flows, net.net_bytes_out, net.net_bytes_in,
+               d.top_domains, r.top_recipients, ev.largest_messages, ev.largest_personal_messages
         FROM keys
-        LEFT JOIN m USING (session_key) LEFT JOIN dom_top d USING (session_key)
-        LEFT JOIN rcp_top r USING (session_key) LEFT JOIN net USING (session_key)
+        LEFT JOIN _ses_counts c USING (sk) LEFT JOIN _ses_dom d USING (sk)
+        LEFT JOIN _ses_rcp r USING (sk) LEFT JOIN net USING (sk) LEFT JOIN ev USING (sk)
     """)
 
     # --- 6. the closed sessions: VPN sessions and daily sessions ----------------------------------------
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {target} AS
         WITH days AS (
-            SELECT session_key, user,
-                   timezone('{tz}', date_trunc('day', timezone('{tz}', min(_time)))) AS session_start,
-                   timezone('{tz}', date_trunc('day', timezone('{tz}', min(_time))) + INTERVAL 1 DAY) AS session_end
-            FROM (SELECT session_key, user, _time FROM _ses_msg_keyed WHERE vpn_key IS NULL
-                  UNION ALL SELECT session_key, user, _time FROM _ses_flow_keyed WHERE vpn_key IS NULL)
-            GROUP BY session_key, user
+            SELECT f.sk, u.user,
+                   timezone('{tz}', date_trunc('day', timezone('{tz}', f.first_time))) AS session_start,
+                   timezone('{tz}', date_trunc('day', timezone('{tz}', f.first_time)) + INTERVAL 1 DAY) AS session_end
+            FROM _ses_features f JOIN _ses_users u USING (uid)
+            WHERE f.sk < 0
         ), all_sessions AS (
-            SELECT session_key, user, 'vpn' AS session_kind, session_start, session_end, end_reason, boundary_source,
-                   vpn_account, vpn_session_id, src_ip, assigned_ip
-            FROM _ses_vpn
+            SELECT sk, session_key, user, 'vpn' AS session_kind, session_start, session_end, end_reason,
+                   boundary_source, vpn_account, vpn_session_id, src_ip, assigned_ip
+            FROM _ses_vpn_ids
             UNION ALL
-            SELECT session_key, user, 'day', session_start, session_end, 'end-of-day',
+            SELECT sk, 'day|' || user || '|' || strftime(timezone('{tz}', session_start), '%Y-%m-%d'), user, 'day',
+                   session_start, session_end, 'end-of-day',
                    'activity outside VPN sessions on ' || strftime(timezone('{tz}', session_start), '%Y-%m-%d') ||
                    ' ({tz}), closed at local midnight', NULL, NULL, NULL, NULL
             FROM days
@@ -494,7 +552,7 @@ def compute_sessions(
                coalesce(f.largest_messages, []) AS largest_messages,
                coalesce(f.largest_personal_messages, []) AS largest_personal_messages
         FROM all_sessions s
-        LEFT JOIN _ses_features f USING (session_key)
+        LEFT JOIN _ses_features f USING (sk)
         LEFT JOIN _ses_departments dep ON dep.user = s.user
         WHERE s.session_end >= $start AND s.session_end <= $now
     """, {"start": start, "now": now})
@@ -508,12 +566,12 @@ def _resolve_overlaps(con: duckdb.DuckDBPyConnection, table: str) -> None:
         return
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_overlap_fix AS
-        SELECT o.rowid AS rid, arg_max(s.session_key, s.session_start) AS key
+        SELECT o.rowid AS rid, arg_max(s.sk, s.session_start) AS sk
         FROM (SELECT rowid, * FROM {table} WHERE overlapped) o
-        JOIN _ses_vpn s ON o.user = s.user AND o._time >= s.session_start AND o._time < s.session_end
+        JOIN _ses_vpn_ids s ON o.uid = s.uid AND o._time >= s.session_start AND o._time < s.session_end
         GROUP BY o.rowid
     """)
-    con.execute(f"UPDATE {table} SET vpn_key = f.key FROM _ses_overlap_fix f WHERE {table}.rowid = f.rid")
+    con.execute(f"UPDATE {table} SET vpn_sk = f.sk FROM _ses_overlap_fix f WHERE {table}.rowid = f.rid")
 
 
 # --- the store --------------------------------------------------------------------------------------
