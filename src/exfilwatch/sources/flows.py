@@ -334,17 +334,20 @@ SRX_TIME = (
     r"^(?:<\d{1,3}>)?(?:1 )?(?:(?P<hdr_bsd>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d)\s+\S+\s+(?:1 )?)?"
     r"(?:(?P<hdr_iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?P<hdr_zone>Z|[+-]\d\d:?\d\d)?))?"
 )
-SRX_TEXT = (
-    r"^RT_FLOW_SESSION_CLOSE(?:_LS)?:.*?session closed (?P<reason>[^:]*): "
-    rf"(?P<src>{_IP_RE})/(?P<sport>\d+)->(?P<dst>{_IP_RE})/(?P<dport>\d+) (?:0x[0-9a-fA-F]+ )?(?P<service>\S+) "
-    r".*? (?P<proto>\d+) \S+ \S+ \S+ (?P<sid>\d+) \d+\((?P<bc>\d+)\) \d+\((?P<bs>\d+)\) (?P<elapsed>\d+)(?: (?P<app>\S+))?.*$"
-)
-SRX_KV = r'([A-Za-z0-9_-]+)="((?:[^"\\]|\\.)*)"'
+# Fields are taken with small patterns of few groups each (RE2 extracts those quickly): one per
+# structured-data key, and for the text form one for the reason and address tuple and one for
+# the run `PROTOCOL POLICY FROM-ZONE TO-ZONE SESSION-ID PKTS(BYTES) PKTS(BYTES) ELAPSED [APP]`.
+SRX_KEYS = ["reason", "source-address", "source-port", "destination-address", "destination-port", "protocol-id",
+            "session-id-32", "session-id", "bytes-from-client", "bytes-from-server", "elapsed-time", "application",
+            "service-name"]
+SRX_TEXT_HEAD = r"session closed ([^:]*): (\S+) (\S+) (\S+)"
+SRX_TEXT_COUNTERS = r" (\d+ \S+ \S+ \S+ \d+ \d+\(\d+\) \d+\(\d+\) \d+)(?: (\S+))?"
 _SRX_SYSLOG = r"^(?:<\d{1,3}>)?(?:1 )?(?:[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)"
 
 
 def _sd(key: str) -> str:
-    return f"kv_vals[list_position(kv_keys, {sql_string(key)})]"
+    pattern = " " + key + '="([^"]*)"'
+    return f"nullif(regexp_extract(sd, {sql_string(pattern)}, 1), '')"
 
 
 class JuniperSRXFlow:
@@ -373,36 +376,41 @@ class JuniperSRXFlow:
             WITH base AS (
                 SELECT line_no, line, strpos(line, 'RT_FLOW_SESSION_') AS pos FROM raw_lines
             ), kinded AS (
-                SELECT *, CASE WHEN pos > 0 THEN regexp_extract(substr(line, pos + 16, 32), '^([A-Z_]+)', 1) END AS kind,
-                       pos > 0 AND contains(line, '[junos@') AS structured
+                SELECT *, CASE WHEN pos > 0 THEN regexp_extract(substr(line, pos + 16, 32), '^([A-Z_]+)', 1) END AS kind
                 FROM base
-            ), close_sd AS (
+            ), closes AS (
                 SELECT line_no, substr(line, 1, pos - 1) AS pre,
-                       regexp_extract_all(substr(line, strpos(line, '[junos@')), {sql_string(SRX_KV)}, 1) AS kv_keys,
-                       regexp_extract_all(substr(line, strpos(line, '[junos@')), {sql_string(SRX_KV)}, 2) AS kv_vals
-                FROM kinded WHERE kind IN {close_kinds} AND structured
+                       substr(line, pos + 16 + length(kind), 8) = ' [junos@' AS structured, substr(line, pos) AS m
+                FROM kinded WHERE kind IN {close_kinds}
             ), sd AS (
                 SELECT line_no, pre, true AS ok, {_sd('reason')} AS close_reason,
                        {_sd('source-address')} AS src_ip, {_sd('source-port')} AS src_port,
                        {_sd('destination-address')} AS dest_ip, {_sd('destination-port')} AS dest_port,
-                       {_sd('protocol-id')} AS transport,
-                       coalesce({_sd('session-id-32')}, {_sd('session-id')}) AS session_id,
+                       {_sd('protocol-id')} AS transport, coalesce({_sd('session-id-32')}, {_sd('session-id')}) AS session_id,
                        {_sd('bytes-from-client')} AS bytes_out, {_sd('bytes-from-server')} AS bytes_in,
                        {_sd('elapsed-time')} AS elapsed, {_sd('application')} AS application,
                        {_sd('service-name')} AS service
-                FROM close_sd
+                FROM (SELECT line_no, pre, m AS sd FROM closes WHERE structured)
+            ), text_split AS (
+                SELECT line_no, pre,
+                       regexp_extract(m, {sql_string(SRX_TEXT_HEAD)}, ['reason', 'tuple', 't2', 't3']) AS a,
+                       regexp_extract(m, {sql_string(SRX_TEXT_COUNTERS)}, ['run', 'app']) AS c
+                FROM closes WHERE NOT structured
+            ), text_fields AS (
+                SELECT line_no, pre, a, c, string_split(c.run, ' ') AS run,
+                       string_split(split_part(a.tuple, '->', 1), '/') AS client,
+                       string_split(split_part(a.tuple, '->', 2), '/') AS server
+                FROM text_split
             ), text AS (
-                SELECT line_no, substr(line, 1, pos - 1) AS pre, t.reason <> '' OR t.src <> '' AS ok,
-                       t.reason AS close_reason, t.src AS src_ip, t.sport AS src_port, t.dst AS dest_ip,
-                       t.dport AS dest_port, t.proto AS transport, t.sid AS session_id, t.bc AS bytes_out,
-                       t.bs AS bytes_in, t.elapsed AS elapsed, t.app AS application, t.service AS service
-                FROM (
-                    SELECT line_no, line, pos,
-                           regexp_extract(substr(line, pos), {sql_string(SRX_TEXT)},
-                                          ['reason', 'src', 'sport', 'dst', 'dport', 'service', 'proto', 'sid', 'bc', 'bs', 'elapsed', 'app']) AS t
-                    FROM kinded WHERE kind IN {close_kinds} AND NOT structured
-                )
-            ), closes AS (
+                SELECT line_no, pre,
+                       a.tuple <> '' AND c.run <> '' AND len(client) = 2 AND len(server) = 2 AS ok,
+                       a.reason AS close_reason, client[1] AS src_ip, client[2] AS src_port,
+                       server[1] AS dest_ip, server[2] AS dest_port, run[1] AS transport, run[5] AS session_id,
+                       rtrim(split_part(run[6], '(', 2), ')') AS bytes_out, rtrim(split_part(run[7], '(', 2), ')') AS bytes_in,
+                       run[8] AS elapsed, nullif(c.app, '') AS application,
+                       CASE WHEN starts_with(a.t2, '0x') THEN a.t3 ELSE a.t2 END AS service
+                FROM text_fields
+            ), unified AS (
                 SELECT * FROM sd UNION ALL BY NAME SELECT * FROM text
             ), timed AS (
                 SELECT c.*, {header_time_sql('h.', tz, ctx.year)} AS close_time,
@@ -410,7 +418,7 @@ class JuniperSRXFlow:
                             CASE WHEN upper(coalesce(service, '')) IN ('', 'NONE', 'N/A') THEN NULL ELSE service END
                             ELSE lower(application) END AS app,
                        h.hdr_bsd AS hdr_bsd
-                FROM (SELECT *, regexp_extract(pre, {sql_string(SRX_TIME)}, ['hdr_bsd', 'hdr_iso', 'hdr_zone']) AS h FROM closes) c
+                FROM (SELECT *, regexp_extract(pre, {sql_string(SRX_TIME)}, ['hdr_bsd', 'hdr_iso', 'hdr_zone']) AS h FROM unified) c
             ), parsed AS (
                 SELECT line_no, ok, close_reason, src_ip, src_port, dest_ip, dest_port, transport, session_id, bytes_out,
                        bytes_in, elapsed, app, hdr_bsd, close_time,
@@ -418,12 +426,11 @@ class JuniperSRXFlow:
                        TRY_CAST(elapsed AS DOUBLE) AS duration_s
                 FROM timed
             ), classified AS (
-                SELECT k.line_no, k.line, k.kind, k.structured, p.* EXCLUDE (line_no),
+                SELECT k.line_no, k.line, k.kind, p.* EXCLUDE (line_no),
                     CASE WHEN trim(k.line) = '' THEN 'blank line'
                          WHEN k.kind IS NULL AND regexp_matches(k.line, {sql_string(_SRX_SYSLOG)}) THEN 'other syslog message'
                          WHEN k.kind IS NULL THEN 'not a syslog line (expected a Juniper SRX RT_FLOW message)'
                          WHEN k.kind NOT IN {close_kinds} THEN 'RT_FLOW_SESSION_' || k.kind
-                         WHEN NOT p.ok AND k.structured THEN 'RT_FLOW_SESSION_CLOSE structured data not in the expected form'
                          WHEN NOT p.ok THEN 'RT_FLOW_SESSION_CLOSE not in the expected form: session closed REASON: '
                               || 'SRC/PORT->DST/PORT … PROTOCOL POLICY FROM-ZONE TO-ZONE SESSION-ID PKTS(BYTES) PKTS(BYTES) ELAPSED …'
                          WHEN p.close_time IS NULL AND p.hdr_bsd <> '' THEN 'syslog timestamp without a year: pass --year'

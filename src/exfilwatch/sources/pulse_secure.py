@@ -31,7 +31,7 @@ import duckdb
 
 from ..models import AUTHENTICATION
 from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
-from .syslog_header import HEADER, HEADER_GROUPS, header_time_is_exact_sql, header_time_sql, local_time_sql
+from .syslog_header import HEADER_GROUPS, header_time_is_exact_sql, header_time_sql, local_time_sql
 
 SOURCE_NAME = "pulse_secure"
 
@@ -40,8 +40,8 @@ _USER_REALM = r"(?P<m_user>[^/(]*?)(?:/(?P<m_realm>[^(]*?))?"
 _SESSION = r"\(session:\s*(?P<m_session>[^)]*)\)"
 
 # Fields a message pattern may fill (every pattern gets all of them, unused ones empty).
-M_FIELDS = ["m_user", "m_realm", "m_session", "m_ip", "m_agent", "m_assigned", "m_host", "m_duration",
-            "m_read", "m_written", "m_reason", "m_server", "m_target"]
+M_FIELDS = ["m_user", "m_realm", "m_session", "m_ip", "m_agent", "m_assigned", "m_duration",
+            "m_read", "m_written", "m_reason", "m_server"]
 
 
 @dataclass(frozen=True)
@@ -71,21 +71,27 @@ KINDS: list[Kind] = [
          "authentication-successful",
          rf"Login succeeded for {_USER_REALM} from (?P<m_ip>{_IP}) via management port\.?",
          "Login succeeded for USER/REALM from IP via management port.", _const("admin login via management port")),
-    Kind("vpn login", _starts("Login succeeded for "), "vpn-login",
-         rf"Login succeeded for {_USER_REALM}(?: {_SESSION})? from (?P<m_ip>{_IP})(?: with (?P<m_agent>.*?))?\.?",
+    # The frequent kinds take what the line's header does not say (user and realm are there) with
+    # at most four groups and no ambiguity, which RE2 extracts quickly.
+    Kind("vpn login", f"{_starts('Login succeeded for ')} AND {_has('(session:')}", "vpn-login",
+         rf"Login succeeded for [^(]*\(session:(?P<m_session>[^)]*)\) from (?P<m_ip>{_IP})(?: with (?P<m_agent>.*))?",
          "Login succeeded for USER/REALM (session:ID) from IP with AGENT."),
+    Kind("vpn login without session", _starts("Login succeeded for "), "vpn-login",
+         rf"Login succeeded for {_USER_REALM} from (?P<m_ip>{_IP})(?: with (?P<m_agent>.*))?",
+         "Login succeeded for USER/REALM from IP with AGENT."),
     Kind("agent login", _starts("Agent login succeeded for "), "vpn-login",
-         rf"Agent login succeeded for {_USER_REALM}(?: {_SESSION})? from (?P<m_ip>{_IP})(?: with (?P<m_agent>.*?))?\.?",
+         rf"Agent login succeeded for [^(]*?(?:\(session: ?(?P<m_session>[^)]*)\) )?from (?P<m_ip>{_IP})(?: with (?P<m_agent>.*))?",
          "Agent login succeeded for USER/REALM (session:ID) from IP with AGENT.", _const("agent login")),
     Kind("logout", f"{_starts('Logout from ')} AND {_has('(session:')}", "vpn-logout",
-         rf"Logout from (?P<m_ip>{_IP}) {_SESSION}\.?", "Logout from IP (session:ID)", _const("logout")),
+         rf"Logout from (?P<m_ip>{_IP}) \(session:(?P<m_session>[^)]*)\)\.?", "Logout from IP (session:ID)",
+         _const("logout")),
     Kind("admin logout", _starts("Logout from ")),
     Kind("session timed out", _starts("Session timed out for "), "vpn-logout",
-         rf"Session timed out for {_USER_REALM} {_SESSION} due to inactivity.*",
+         r"Session timed out for [^(]*\(session:(?P<m_session>[^)]*)\) due to inactivity.*",
          "Session timed out for USER/REALM (session:ID) due to inactivity …",
          _const("session timed out due to inactivity")),
     Kind("max session timeout", _starts("Max session timeout for "), "vpn-logout",
-         rf"Max session timeout for {_USER_REALM} {_SESSION}.*", "Max session timeout for USER/REALM (session:ID).",
+         r"Max session timeout for [^(]*\(session:(?P<m_session>[^)]*)\).*", "Max session timeout for USER/REALM (session:ID).",
          _const("maximum session length reached")),
     Kind("logged out for new session", f"{_has('started new session')} OR {_has('started a new session')}",
          "vpn-logout", r".*logged out.*", "… logged out … because user started new session …",
@@ -95,22 +101,22 @@ KINDS: list[Kind] = [
          "Session for user USER on host IP has been terminated.", _const("session terminated")),
     Kind("tunnel session started",
          f"{_starts('VPN Tunneling: Session started')} OR {_starts('Network Connect: Session started')}", "vpn-login",
-         rf"(?:VPN Tunneling|Network Connect): Session started for user(?: (?P<m_user>[^\s(]+))?\s*(?:{_SESSION}\s*)?"
-         rf" ?with (?:IPv[46] address|IP) (?P<m_assigned>{_IP})(?:, hostname (?P<m_host>\S+))?.*",
+         r"(?P<m_ok>(?:VPN Tunneling|Network Connect): Session started for user)[^(]*?(?:\(session: ?(?P<m_session>[^)]*)\) *)?"
+         rf"with (?:IPv[46] address|IP) (?P<m_assigned>{_IP})(?:, hostname \S+)?.*",
          "VPN Tunneling: Session started for user [USER] with IPv4 address IP[, hostname HOST]",
          _const("tunnel session started")),
     Kind("tunnel session ended",
          f"{_starts('VPN Tunneling: Session ended')} OR {_starts('Network Connect: Session ended')}", "vpn-logout",
-         rf"(?:VPN Tunneling|Network Connect): Session ended for user(?: (?P<m_user>[^\s(]+))?\s*(?:{_SESSION}\s*)?"
-         rf" ?with (?:IPv[46] address|IP) (?P<m_assigned>{_IP}).*",
+         r"(?P<m_ok>(?:VPN Tunneling|Network Connect): Session ended for user)[^(]*?(?:\(session: ?(?P<m_session>[^)]*)\) *)?"
+         rf"with (?:IPv[46] address|IP) (?P<m_assigned>{_IP}).*",
          "VPN Tunneling: Session ended for user [USER] with IPv4 address IP", _const("tunnel session ended")),
     Kind("connection closed", _starts("Closed connection to "), "vpn-logout",
-         r"Closed connection to (?P<m_target>.+?) after (?P<m_duration>\d+) seconds?, with (?P<m_read>\d+) bytes read"
-         r"(?: \(in \d+ chunks?\))? and (?P<m_written>\d+) bytes written(?: \(in \d+ chunks?\))?\.?",
+         r"Closed connection to [^,]*? after (?P<m_duration>\d+) seconds?, with (?P<m_read>\d+) bytes read "
+         r"(?:\(in \d+ chunks?\) )?and (?P<m_written>\d+) bytes written.*",
          "Closed connection to TARGET after N seconds, with N bytes read (in N chunks) and N bytes written (in N chunks)",
-         "'connection to ' || d.m_target || ' closed'"),
+         "'connection to ' || split_part(substr(t, 22), ' after ', 1) || ' closed'"),
     Kind("primary authentication failed", _starts("Primary authentication failed for "), "failed-vpn-login",
-         rf"Primary authentication failed for (?P<m_user>[^/]*)/(?P<m_server>.*?) from (?P<m_ip>{_IP}).*",
+         rf"Primary authentication failed for [^/]*/(?P<m_server>.*?) from (?P<m_ip>{_IP}).*",
          "Primary authentication failed for USER/AUTH-SERVER from IP",
          "'primary authentication failed (auth server ' || d.m_server || ')'"),
     Kind("login failed", _starts("Login failed"), "failed-vpn-login",
@@ -118,7 +124,7 @@ KINDS: list[Kind] = [
          "Login failed using auth server SERVER.  Reason: REASON", "d.m_reason"),
     Kind("primary authentication successful", _starts("Primary authentication successful for "),
          "authentication-successful",
-         rf"Primary authentication successful for (?P<m_user>[^/]*)/(?P<m_server>.*?) from (?P<m_ip>{_IP}).*",
+         rf"Primary authentication successful for [^/]*/(?P<m_server>.*?) from (?P<m_ip>{_IP}).*",
          "Primary authentication successful for USER/AUTH-SERVER from IP",
          "'primary authentication (auth server ' || d.m_server || ')'"),
     Kind("secondary authentication successful", _starts("Secondary authentication successful for "),
@@ -170,21 +176,31 @@ EVENT_ACTION = {
 }
 
 
-def _kind_extract(kind: Kind) -> str:
-    """SQL: regexp_extract of the kind's pattern as a struct with every field of M_FIELDS and `m_ok`.
+_META = set("\\.^$*+?()[]{}|")
 
-    DuckDB names a struct's fields by capture-group position, so the names are listed in group
-    order; CASE branches with the same names in another order are unified by name.
+
+def _kind_regex(kind: Kind) -> tuple[str, list[str]]:
+    """The kind's anchored regex and its group names in group order (DuckDB names struct fields by position).
+
+    `m_ok` (non-empty exactly when the message matched) wraps the pattern's leading literal, so
+    the regex captures little; a trailing `.*` is dropped (the match need not reach the end).
     """
     assert kind.pattern is not None
-    groups = set(re.compile(kind.pattern).groupindex)
-    unknown = groups - set(M_FIELDS)
-    assert not unknown, f"{kind.name}: groups {unknown} not in M_FIELDS"
-    empty = "".join(f"(?P<{name}>)" for name in M_FIELDS if name not in groups)
-    regex = f"^{empty}(?P<m_ok>{kind.pattern})$"
+    pattern, anchor = kind.pattern, "$"
+    if pattern.endswith(".*") and not pattern.endswith("\\.*"):
+        pattern, anchor = pattern[:-2], ""
+    if "(?P<m_ok>" not in pattern:
+        cut = 0
+        while cut < len(pattern) and pattern[cut] not in _META:
+            cut += 1
+        if cut < len(pattern) and pattern[cut] in "*+?{":
+            cut -= 1  # a quantifier applies to the last literal character: leave it outside
+        pattern = f"(?P<m_ok>{pattern[:cut]}){pattern[cut:]}" if cut > 0 else f"(?P<m_ok>{pattern})"
+    regex = f"^{pattern}{anchor}"
     index = re.compile(regex).groupindex
-    names = ", ".join(sql_string(n) for n in sorted(index, key=index.__getitem__))
-    return f"regexp_extract(t, {sql_string(regex)}, [{names}])"
+    unknown = set(index) - set(M_FIELDS) - {"m_ok"}
+    assert not unknown, f"{kind.name}: groups {unknown} not in M_FIELDS"
+    return regex, sorted(index, key=index.__getitem__)
 
 
 def _positional(pattern: str, names: list[str]) -> None:
@@ -194,31 +210,36 @@ def _positional(pattern: str, names: list[str]) -> None:
 
 # --- line shapes -------------------------------------------------------------------------------
 
-STANDARD_BODY = (
-    r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) - (?P<node>\S+) - \[(?P<src>[^\]]*)\] "
-    r"(?P<who>[^()\[\]]*)\((?P<realm>[^()]*)\)\[(?P<roles>[^\]]*)\] - (?P<msg>.*)"
+# Line shapes. RE2 extracts groups quickly (its one-pass engine) only from unambiguous patterns
+# with at most four groups, so each form is taken apart in small pieces: a pattern that finds
+# the form's fixed part, string positions for the rest.
+SYSLOG_ENVELOPE = (  # on the text before the body; the program tag that may follow is not needed
+    r"^(?:<\d{1,3}>)?(?:1 )?(?:(?P<hdr_iso>2\d{3}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?P<hdr_zone>Z|[+-]\d\d:?\d\d)?)"
+    r"|(?P<hdr_bsd>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d)) +(?P<hdr_host>\S+)"
 )
-WELF_BODY = (
-    r'(?P<w_m>id=firewall) time="(?P<ts>[^"]*)" pri=\d* fw=(?P<fw>\S*) vpn=(?P<node>\S*) (?:ivs=.*? )?'
-    r'user=(?P<who>.*?) realm="(?P<realm>[^"]*)" roles="(?P<roles>[^"]*)"'
-    r'(?:.*? sessionID="(?P<w_session>[^"]*)")?(?:.*? src=(?P<src>\S*))?(?:.*? sent=(?P<w_sent>\S*))?'
-    r'(?:.*? rcvd=(?P<w_rcvd>\S*))?(?:.*? agent="(?P<w_agent>[^"]*)")?(?:.*? duration=(?P<w_duration>\S*))?'
-    r'.*? msg="(?P<msg>.*)"'
+STANDARD_HEAD = r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) - (?P<node>\S+) - \[(?P<src>[^\]]*)\] "  # searched anywhere
+STANDARD_WHO = r"^(?P<who>[^()\[\]]*)\((?P<realm>[^()]*)\)\[(?P<roles>[^\]]*)(?P<sep>\] - )"  # then the message
+WELF_HEAD = r'^(?P<w_m>id=firewall) time="(?P<ts>[^"]*)" pri=\d* fw=(?P<fw>\S*) vpn=(?P<node>\S*) '
+WELF_REALM = r'(?P<wr_m> realm=")(?P<realm>[^"]*)" roles="(?P<roles>[^"]*)"'
+WELF_KEYS = {  # searched in the part before msg="
+    "w_session": r' sessionID="([^"]*)"', "w_src": r" src=(\S*)", "w_sent": r" sent=(\S*)",
+    "w_rcvd": r" rcvd=(\S*)", "w_agent": r' agent="([^"]*)"', "w_duration": r" duration=(\S*)",
+}
+CEF_RE = (
+    r"^(?P<c_m>CEF:)\d+\|(?P<c_vendor>(?:[^|\\]|\\.)*)\|(?P<c_product>(?:[^|\\]|\\.)*)\|(?:[^|\\]|\\.)*\|"
+    r"(?P<c_sig>(?:[^|\\]|\\.)*)\|(?P<c_name>(?:[^|\\]|\\.)*)\|(?:[^|\\]|\\.)*\|(?P<c_ext>.*)$"
 )
-CEF_BODY = (
-    r"(?P<c_m>CEF:)\d+\|(?P<c_vendor>(?:[^|\\]|\\.)*)\|(?P<c_product>(?:[^|\\]|\\.)*)\|(?:[^|\\]|\\.)*\|"
-    r"(?P<c_sig>(?:[^|\\]|\\.)*)\|(?P<c_name>(?:[^|\\]|\\.)*)\|(?:[^|\\]|\\.)*\|(?P<c_ext>.*)"
-)
-STANDARD_RE = f"^(?:{HEADER})?{STANDARD_BODY}$"
-WELF_RE = f"^(?:{HEADER})?.*?{WELF_BODY}$"
-CEF_RE = f"^(?:{HEADER})?.*?{CEF_BODY}$"
 
-_STANDARD_GROUPS = HEADER_GROUPS + ["ts", "node", "src", "who", "realm", "roles", "msg"]
-_WELF_GROUPS = HEADER_GROUPS + ["w_m", "ts", "fw", "node", "who", "realm", "roles", "w_session", "src", "w_sent",
-                                "w_rcvd", "w_agent", "w_duration", "msg"]
-_CEF_GROUPS = HEADER_GROUPS + ["c_m", "c_vendor", "c_product", "c_sig", "c_name", "c_ext"]
+_ENVELOPE_GROUPS = HEADER_GROUPS
+_STANDARD_HEAD_GROUPS = ["ts", "node", "src"]
+_STANDARD_WHO_GROUPS = ["who", "realm", "roles", "sep"]
+_WELF_HEAD_GROUPS = ["w_m", "ts", "fw", "node"]
+_WELF_REALM_GROUPS = ["wr_m", "realm", "roles"]
+_CEF_GROUPS = ["c_m", "c_vendor", "c_product", "c_sig", "c_name", "c_ext"]
 
-for _pattern, _names in ((STANDARD_RE, _STANDARD_GROUPS), (WELF_RE, _WELF_GROUPS), (CEF_RE, _CEF_GROUPS)):
+for _pattern, _names in ((SYSLOG_ENVELOPE, _ENVELOPE_GROUPS), (STANDARD_HEAD, _STANDARD_HEAD_GROUPS),
+                         (STANDARD_WHO, _STANDARD_WHO_GROUPS), (WELF_HEAD, _WELF_HEAD_GROUPS),
+                         (WELF_REALM, _WELF_REALM_GROUPS), (CEF_RE, _CEF_GROUPS)):
     _positional(_pattern, _names)  # regexp_extract names groups by position
 
 _CEF_VENDOR = r"(?i)juniper|pulse|ivanti"
@@ -237,9 +258,9 @@ EXPECTED_LINE = (
 )
 
 
-def _extract(pattern: str, names: list[str], alias: str) -> str:
+def _extract(pattern: str, names: list[str], subject: str = "body") -> str:
     listed = ", ".join(sql_string(n) for n in names)
-    return f"regexp_extract(l, {sql_string(pattern)}, [{listed}]) AS {alias}"
+    return f"regexp_extract({subject}, {sql_string(pattern)}, [{listed}])"
 
 
 def _cef_value(key: str) -> str:
@@ -281,7 +302,19 @@ class PulseSecure:
 
     def _sql(self, ctx: ParseContext, tz: str) -> str:
         kind_case = " ".join(f"WHEN {k.test} THEN {sql_string(k.name)}" for k in KINDS)
-        detail_case = " ".join(f"WHEN {sql_string(k.name)} THEN {_kind_extract(k)}" for k in KINDS if k.pattern)
+        # One CASE over the kinds: each branch extracts only its own groups (few groups extract
+        # fast) and struct_insert adds the others as nulls, so all branches have one type.
+        detail_case = []
+        for kind in KINDS:
+            if not kind.pattern:
+                continue
+            regex, names = _kind_regex(kind)
+            extract = f"regexp_extract(t, {sql_string(regex)}, [{', '.join(sql_string(n) for n in names)}])"
+            missing = [f"{field} := CAST(NULL AS VARCHAR)" for field in M_FIELDS + ["m_ok"] if field not in names]
+            if missing:
+                extract = f"struct_insert({extract}, {', '.join(missing)})"
+            detail_case.append(f"WHEN {sql_string(kind.name)} THEN {extract}")
+        detail_case = " ".join(detail_case)
         event_case = " ".join(f"WHEN {sql_string(k.name)} THEN {sql_string(k.event_type)}" for k in KINDS if k.event_type)
         reason_case = " ".join(f"WHEN {sql_string(k.name)} THEN {k.reason}" for k in KINDS if k.event_type)
         expected_case = " ".join(
@@ -293,65 +326,110 @@ class PulseSecure:
         body_time = local_time_sql("try_strptime(body_ts, '%Y-%m-%d %H:%M:%S')", tz)
         cef_local = local_time_sql(
             "try_strptime(c_rt, ['%b %d %Y %H:%M:%S', '%b %d %Y %H:%M:%S.%g'])", tz)
-        header_cols = ", ".join(f"s.{g} AS {g}" for g in HEADER_GROUPS)
+        headers = ", ".join(f"coalesce(h.{g}, '') AS {g}" for g in HEADER_GROUPS)
+        welf_keys = ", ".join(
+            f"CASE WHEN w_keys IS NOT NULL THEN regexp_extract(w_keys, {sql_string(pattern)}, 1) END AS {name}"
+            for name, pattern in WELF_KEYS.items()
+        )
         return f"""
         WITH cleaned AS (
             SELECT line_no,
-                   CASE WHEN ends_with(line, '#015') THEN rtrim(substr(line, 1, length(line) - 4))
-                        ELSE rtrim(line, ' ' || chr(13) || chr(9)) END AS l
+                   CASE WHEN ends_with(line, '#015') THEN rtrim(substr(line, 1, length(line) - 4), ' ' || chr(13) || chr(9))
+                        WHEN ends_with(line, ' ') OR ends_with(line, chr(13)) OR ends_with(line, chr(9))
+                        THEN rtrim(line, ' ' || chr(13) || chr(9))
+                        ELSE line END AS l
             FROM raw_lines
-        ), formed AS (
+        ), located AS (
+            -- the standard body is found anywhere (after whatever envelope); CEF and WELF markers come
+            -- right after the syslog header
             SELECT line_no, l,
-                   CASE WHEN trim(l) = '' THEN 'blank'
-                        WHEN contains(l, 'CEF:') THEN 'cef'
-                        WHEN contains(l, 'id=firewall ') THEN 'welf'
-                        ELSE 'standard' END AS form
+                   CASE WHEN l = '' OR ((starts_with(l, ' ') OR starts_with(l, chr(9))) AND trim(l) = '') THEN NULL
+                        ELSE {_extract(STANDARD_HEAD, _STANDARD_HEAD_GROUPS, 'l')} END AS sa
             FROM cleaned
-        ), std AS (
-            SELECT line_no, form, {header_cols}, s.ts <> '' AS ok, s.ts AS body_ts, NULL AS c_rt,
-                   s.node AS node, s.src AS src, s.who AS who, s.realm AS realm, s.roles AS roles, s.msg AS raw_msg,
-                   NULL AS w_session, NULL AS w_sent, NULL AS w_rcvd, NULL AS w_agent, NULL AS w_duration,
-                   NULL AS c_code, NULL AS c_agent, NULL AS c_dest, NULL AS d_vendor, true AS vendor_ok
-            FROM (SELECT line_no, form, {_extract(STANDARD_RE, _STANDARD_GROUPS, 's')} FROM formed WHERE form = 'standard')
+        ), split AS (
+            SELECT *, CASE WHEN sa.ts <> '' THEN strpos(l, sa.ts || ' - ' || sa.node || ' - [' || sa.src || '] ') END AS std_at
+            FROM located
+        ), formed AS (
+            SELECT *, CASE form WHEN 'standard' THEN std_at WHEN 'cef' THEN strpos(l, 'CEF:')
+                                WHEN 'welf' THEN strpos(l, 'id=firewall ') END AS body_at
+            FROM (
+                SELECT *,
+                       CASE WHEN sa IS NULL THEN 'blank'
+                            WHEN std_at > 0 AND NOT contains(left(l, std_at), 'CEF:')
+                                 AND NOT contains(left(l, std_at), 'id=firewall ') THEN 'standard'
+                            WHEN contains(left(l, 160), 'CEF:') THEN 'cef'
+                            WHEN contains(left(l, 160), 'id=firewall ') THEN 'welf'
+                            ELSE 'standard' END AS form
+                FROM split
+            )
+        ), parts AS (
+            SELECT line_no, form, l, sa, body_at,
+                   CASE WHEN body_at > 1 THEN {_extract(SYSLOG_ENVELOPE, _ENVELOPE_GROUPS, 'left(l, body_at - 1)')} END AS h,
+                   CASE WHEN form = 'standard' AND body_at > 0 THEN
+                        substr(l, body_at + 28 + length(sa.node) + length(sa.src)) END AS who_part,
+                   CASE WHEN form <> 'standard' AND body_at > 0 THEN substr(l, body_at) END AS body
+            FROM formed
+        ), extracted AS (
+            SELECT *,
+                   CASE WHEN who_part IS NOT NULL THEN {_extract(STANDARD_WHO, _STANDARD_WHO_GROUPS, 'who_part')} END AS sb,
+                   CASE WHEN form = 'welf' THEN {_extract(WELF_HEAD, _WELF_HEAD_GROUPS)} END AS wa,
+                   CASE WHEN form = 'welf' THEN strpos(body, ' user=') END AS w_user_at,
+                   CASE WHEN form = 'welf' THEN strpos(body, ' msg="') END AS w_msg_at,
+                   CASE WHEN form = 'cef' THEN {_extract(CEF_RE, _CEF_GROUPS)} END AS c
+            FROM parts
+        ), welf_split AS (
+            SELECT *,
+                   CASE WHEN w_msg_at > 0 THEN left(body, w_msg_at) END AS w_keys,
+                   CASE WHEN w_msg_at > 0 THEN substr(body, w_msg_at + 6) END AS w_msg_q,
+                   CASE WHEN w_user_at > 0 THEN substr(body, w_user_at + 6) END AS w_user_part
+            FROM extracted
         ), welf AS (
-            SELECT line_no, form, {header_cols}, s.w_m <> '' AS ok, s.ts AS body_ts, NULL AS c_rt,
-                   s.node AS node, s.src AS src, s.who AS who, s.realm AS realm, s.roles AS roles, s.msg AS raw_msg,
-                   s.w_session AS w_session, s.w_sent AS w_sent, s.w_rcvd AS w_rcvd, s.w_agent AS w_agent,
-                   s.w_duration AS w_duration, NULL AS c_code, NULL AS c_agent, NULL AS c_dest, NULL AS d_vendor, true AS vendor_ok
-            FROM (SELECT line_no, form, {_extract(WELF_RE, _WELF_GROUPS, 's')} FROM formed WHERE form = 'welf')
+            SELECT *,
+                   CASE WHEN w_user_part IS NOT NULL AND strpos(w_user_part, ' realm="') > 0
+                        THEN left(w_user_part, strpos(w_user_part, ' realm="') - 1) END AS w_who,
+                   CASE WHEN w_user_part IS NOT NULL THEN {_extract(WELF_REALM, _WELF_REALM_GROUPS, 'w_user_part')} END AS wr,
+                   CASE WHEN ends_with(w_msg_q, '"') THEN left(w_msg_q, length(w_msg_q) - 1) END AS w_msg,
+                   {welf_keys}
+            FROM welf_split
         ), cef_split AS (
-            SELECT line_no, form, s, string_split(regexp_replace(s.c_ext, '\\s+([A-Za-z0-9_.]+)=', chr(1) || '\\1=', 'g'), chr(1)) AS parts
-            FROM (SELECT line_no, form, {_extract(CEF_RE, _CEF_GROUPS, 's')} FROM formed WHERE form = 'cef')
+            SELECT *, CASE WHEN form = 'cef' THEN
+                          string_split(regexp_replace(c.c_ext, '\\s+([A-Za-z0-9_.]+)=', chr(1) || '\\1=', 'g'), chr(1))
+                      END AS parts
+            FROM welf
         ), cef_kv AS (
-            SELECT line_no, form, s,
+            SELECT *,
                    list_transform(parts, lambda p: split_part(p, '=', 1)) AS c_keys,
                    list_transform(parts, lambda p: replace(replace(substr(p, strpos(p, '=') + 1), '\\=', '='), '\\\\', '\\')) AS c_vals
             FROM cef_split
-        ), cef AS (
-            SELECT line_no, form, {", ".join(f"s.{g} AS {g}" for g in HEADER_GROUPS)}, s.c_m <> '' AS ok,
-                   NULL AS body_ts, {_cef_value('rt')} AS c_rt,
-                   coalesce({_cef_value('dvchost')}, {_cef_value('dvc')}) AS node, {_cef_value('src')} AS src,
-                   coalesce({_cef_value('suser')}, {_cef_value('duser')}) AS who,
-                   {_cef_labelled('realm')} AS realm, coalesce({_cef_value('spriv')}, {_cef_labelled('roles')}) AS roles,
-                   coalesce({_cef_value('msg')}, replace(s.c_name, '\\|', '|')) AS raw_msg,
-                   NULL AS w_session, NULL AS w_sent, NULL AS w_rcvd, NULL AS w_agent, NULL AS w_duration,
-                   CASE WHEN regexp_full_match(s.c_sig, '[A-Z]{{3}}[0-9]{{5}}') THEN s.c_sig END AS c_code,
-                   {_cef_value('requestClientApplication')} AS c_agent,
-                   coalesce({_cef_value('dvchost')}, {_cef_value('dvc')}) AS c_dest,
-                   s.c_vendor || '|' || s.c_product AS d_vendor,
-                   s.c_m = '' OR (regexp_matches(s.c_vendor, {sql_string(_CEF_VENDOR)})
-                                  AND regexp_full_match(s.c_product, {sql_string(_CEF_PRODUCT)})) AS vendor_ok
-            FROM cef_kv
-        ), blank AS (
-            SELECT line_no, form, {", ".join(f"'' AS {g}" for g in HEADER_GROUPS)}, true AS ok,
-                   NULL AS body_ts, NULL AS c_rt, NULL AS node, NULL AS src, NULL AS who, NULL AS realm,
-                   NULL AS roles, NULL AS raw_msg, NULL AS w_session, NULL AS w_sent, NULL AS w_rcvd,
-                   NULL AS w_agent, NULL AS w_duration, NULL AS c_code, NULL AS c_agent, NULL AS c_dest,
-                   NULL AS d_vendor, true AS vendor_ok
-            FROM formed WHERE form = 'blank'
         ), unified AS (
-            SELECT * FROM std UNION ALL BY NAME SELECT * FROM welf
-            UNION ALL BY NAME SELECT * FROM cef UNION ALL BY NAME SELECT * FROM blank
+            SELECT line_no, form, {headers},
+                   CASE form WHEN 'standard' THEN coalesce(sb.sep <> '', false)
+                             WHEN 'welf' THEN coalesce(wa.w_m <> '' AND w_msg IS NOT NULL AND w_who IS NOT NULL
+                                                       AND wr.wr_m <> '', false)
+                             WHEN 'cef' THEN c.c_m <> ''
+                        ELSE true END AS ok,
+                   CASE form WHEN 'standard' THEN sa.ts WHEN 'welf' THEN wa.ts END AS body_ts,
+                   CASE WHEN form = 'cef' THEN {_cef_value('rt')} END AS c_rt,
+                   CASE WHEN form = 'cef' THEN coalesce({_cef_value('dvchost')}, {_cef_value('dvc')})
+                        WHEN form = 'standard' THEN sa.node ELSE wa.node END AS node,
+                   CASE WHEN form = 'cef' THEN {_cef_value('src')} WHEN form = 'standard' THEN sa.src ELSE w_src END AS src,
+                   CASE WHEN form = 'cef' THEN coalesce({_cef_value('suser')}, {_cef_value('duser')})
+                        ELSE coalesce(sb.who, w_who) END AS who,
+                   CASE WHEN form = 'cef' THEN {_cef_labelled('realm')} ELSE coalesce(sb.realm, wr.realm) END AS realm,
+                   CASE WHEN form = 'cef' THEN coalesce({_cef_value('spriv')}, {_cef_labelled('roles')})
+                        ELSE coalesce(sb.roles, wr.roles) END AS roles,
+                   CASE WHEN form = 'cef' THEN coalesce({_cef_value('msg')}, replace(c.c_name, '\\|', '|'))
+                        WHEN form = 'standard' AND sb.sep <> ''
+                        THEN substr(who_part, length(sb.who) + length(sb.realm) + length(sb.roles) + 8)
+                        ELSE w_msg END AS raw_msg,
+                   w_session, w_sent, w_rcvd, w_agent, w_duration,
+                   CASE WHEN form = 'cef' AND regexp_full_match(c.c_sig, '[A-Z]{{3}}[0-9]{{5}}') THEN c.c_sig END AS c_code,
+                   CASE WHEN form = 'cef' THEN {_cef_value('requestClientApplication')} END AS c_agent,
+                   CASE WHEN form = 'cef' THEN coalesce({_cef_value('dvchost')}, {_cef_value('dvc')}) END AS c_dest,
+                   CASE WHEN form = 'cef' THEN c.c_vendor || '|' || c.c_product END AS d_vendor,
+                   CASE WHEN form = 'cef' AND c.c_m <> '' THEN regexp_matches(c.c_vendor, {sql_string(_CEF_VENDOR)})
+                        AND regexp_full_match(c.c_product, {sql_string(_CEF_PRODUCT)}) ELSE true END AS vendor_ok
+            FROM cef_kv
         ), coded AS (
             SELECT *,
                    CASE WHEN c_code IS NOT NULL THEN c_code
@@ -370,7 +448,7 @@ class PulseSecure:
         ), typed AS (
             SELECT *,
                    CASE kind {event_case} END AS event_type,
-                   CASE WHEN {header_time_is_exact_sql('')} THEN {header_time_sql('', tz, ctx.year)} END AS exact_time,
+                   {header_time_is_exact_sql('')} AS exact_header,
                    CASE WHEN regexp_full_match(c_rt, '[0-9]{{1,15}}') THEN
                         to_timestamp(CAST(c_rt AS DOUBLE) / CASE WHEN length(c_rt) > 11 THEN 1000.0 ELSE 1.0 END) END AS cef_epoch,
                    CASE WHEN body_ts <> '' THEN {body_time} END AS body_time,
@@ -382,10 +460,10 @@ class PulseSecure:
             FROM detailed
         ), valued AS (
             SELECT *,
-                   coalesce(exact_time, cef_epoch, body_time, cef_local, header_time) AS _time,
+                   coalesce(CASE WHEN exact_header THEN header_time END, cef_epoch, body_time, cef_local, header_time) AS _time,
                    CASE WHEN kind = 'account deleted' THEN nullif(d.m_user, '')
                         ELSE coalesce(nullif(who_user, ''), nullif(d.m_user, '')) END AS "user",
-                   coalesce(nullif(src, ''), nullif(d.m_ip, '')) AS src_ip,
+                   coalesce(nullif(src, ''), nullif(rtrim(d.m_ip, '.'), '')) AS src_ip,
                    nullif(d.m_assigned, '') AS assigned_ip,
                    CASE WHEN form = 'cef' THEN coalesce(c_dest, nullif(hdr_host, ''))
                         ELSE coalesce(nullif(hdr_host, ''), nullif(node, '')) END AS dest,
@@ -395,7 +473,8 @@ class PulseSecure:
                    coalesce(nullif(d.m_duration, ''), nullif(w_duration, '')) AS duration_t,
                    coalesce(nullif(d.m_read, ''), nullif(w_sent, '')) AS bytes_out_t,
                    coalesce(nullif(d.m_written, ''), nullif(w_rcvd, '')) AS bytes_in_t,
-                   coalesce(nullif(d.m_agent, ''), nullif(w_agent, ''), c_agent) AS user_agent_v,
+                   coalesce(nullif(CASE WHEN ends_with(d.m_agent, '.') THEN left(d.m_agent, length(d.m_agent) - 1)
+                                        ELSE d.m_agent END, ''), nullif(w_agent, ''), c_agent) AS user_agent_v,
                    CASE kind {reason_case} END AS event_reason
             FROM typed
         )
