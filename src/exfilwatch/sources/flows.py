@@ -38,6 +38,12 @@ from .syslog_header import header_time_sql, local_time_sql
 _IP_RE = "[0-9A-Fa-f.:]+"
 
 
+def blank_sql(line: str = "line") -> str:
+    """SQL: the line is empty or only white space (without copying every line as trim() would)."""
+    return (f"({line} = '' OR ((starts_with({line}, ' ') OR starts_with({line}, chr(9)) OR starts_with({line}, chr(13)))"
+            f" AND trim({line}) = ''))")
+
+
 def transport_sql(expr: str) -> str:
     """SQL: an IP protocol number or name as Zeek's lower-case transport name."""
     return (f"CASE lower({expr}) WHEN '6' THEN 'tcp' WHEN '17' THEN 'udp' WHEN '1' THEN 'icmp' "
@@ -175,9 +181,9 @@ class NfdumpCSV:
                            ELSE 'quarantined' END AS outcome
             FROM (
                 SELECT *,
-                    CASE WHEN trim(line) = '' THEN 'blank line'
-                         WHEN trim(line) = {sql_string(header)} THEN 'header'
-                         WHEN trim(line) = 'Summary' OR starts_with(line, 'flows,bytes,packets')
+                    CASE WHEN {blank_sql()} THEN 'blank line'
+                         WHEN starts_with(line, {sql_string(header)}) AND rtrim(line) = {sql_string(header)} THEN 'header'
+                         WHEN starts_with(line, 'Summary') OR starts_with(line, 'flows,bytes,packets')
                               OR (n = 6 AND regexp_full_match(trim(line), '[0-9.]+(,[0-9.]+){{5}}')) THEN 'summary'
                          WHEN n <> {len(names)} THEN 'expected {len(names)} comma-separated fields as in the header, found ' || n
                          WHEN _time IS NULL THEN 'bad time in ts: ' || coalesce(ts, '') || ' (expected YYYY-MM-DD hh:mm:ss[.fff] or epoch)'
@@ -306,7 +312,7 @@ class NetflowCSV:
                            ELSE 'quarantined' END AS outcome
             FROM (
                 SELECT *,
-                    CASE WHEN trim(line) = '' THEN 'blank line'
+                    CASE WHEN {blank_sql()} THEN 'blank line'
                          WHEN line_no = {self._header_line_no(ctx)} OR replace(line, '"', '') = {sql_string(header_line.replace('"', ''))} THEN 'header'
                          WHEN n <> {len(header.names)} THEN 'expected {len(header.names)} fields as in the header, found ' || n
                          WHEN _time IS NULL THEN 'bad start time: ' || coalesce(start_t, '') || ' (expected epoch seconds or ms, or ISO 8601)'
@@ -337,9 +343,18 @@ SRX_TIME = (
 # Fields are taken with small patterns of few groups each (RE2 extracts those quickly): one per
 # structured-data key, and for the text form one for the reason and address tuple and one for
 # the run `PROTOCOL POLICY FROM-ZONE TO-ZONE SESSION-ID PKTS(BYTES) PKTS(BYTES) ELAPSED [APP]`.
-SRX_KEYS = ["reason", "source-address", "source-port", "destination-address", "destination-port", "protocol-id",
-            "session-id-32", "session-id", "bytes-from-client", "bytes-from-server", "elapsed-time", "application",
-            "service-name"]
+# Structured data: the keys Junos writes next to each other are read by two patterns (long lines
+# make every extra scan count); each key also has its own pattern, used when those two do not
+# match (another Junos release, another order).
+SRX_ADDRESSES = (r' source-address="([^"]*)" source-port="([^"]*)" destination-address="([^"]*)"'
+                 r' destination-port="([^"]*)"')
+SRX_COUNTERS = (r' session-id(?:-32)?="([^"]*)" packets-from-client="[^"]*" bytes-from-client="([^"]*)"'
+                r' packets-from-server="[^"]*" bytes-from-server="([^"]*)" elapsed-time="([^"]*)"')
+SRX_ADDRESS_FIELDS = {"src_ip": "source-address", "src_port": "source-port", "dest_ip": "destination-address",
+                      "dest_port": "destination-port"}
+SRX_COUNTER_FIELDS = {"session_id": "session-id-32", "bytes_out": "bytes-from-client",
+                      "bytes_in": "bytes-from-server", "elapsed": "elapsed-time"}
+SRX_OTHER_FIELDS = {"transport": "protocol-id", "application": "application", "service": "service-name"}
 SRX_TEXT_HEAD = r"session closed ([^:]*): (\S+) (\S+) (\S+)"
 SRX_TEXT_COUNTERS = r" (\d+ \S+ \S+ \S+ \d+ \d+\(\d+\) \d+\(\d+\) \d+)(?: (\S+))?"
 _SRX_SYSLOG = r"^(?:<\d{1,3}>)?(?:1 )?(?:[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)"
@@ -347,7 +362,7 @@ _SRX_SYSLOG = r"^(?:<\d{1,3}>)?(?:1 )?(?:[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d|\
 
 def _sd(key: str) -> str:
     pattern = " " + key + '="([^"]*)"'
-    return f"nullif(regexp_extract(sd, {sql_string(pattern)}, 1), '')"
+    return f"nullif(regexp_extract(m, {sql_string(pattern)}, 1), '')"
 
 
 class JuniperSRXFlow:
@@ -371,6 +386,11 @@ class JuniperSRXFlow:
         table = "srx_flow_lines"
         cols = {k: k for k in ("src_ip", "dest_ip", "src_port", "dest_port", "bytes_out", "bytes_in")}
         close_kinds = "('CLOSE', 'CLOSE_LS')"
+        sd_other = ", ".join(f"{name} := {_sd(key)}" for name, key in SRX_OTHER_FIELDS.items())
+
+        def sd_value(group: str, name: str, key: str) -> str:
+            fallback = f"coalesce({_sd(key)}, {_sd('session-id')})" if key == "session-id-32" else _sd(key)
+            return f"CASE WHEN {group}.{name} <> '' THEN {group}.{name} ELSE {fallback} END"
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE {table} AS
             WITH base AS (
@@ -379,70 +399,66 @@ class JuniperSRXFlow:
                 SELECT *, CASE WHEN pos > 0 THEN regexp_extract(substr(line, pos + 16, 32), '^([A-Z_]+)', 1) END AS kind
                 FROM base
             ), closes AS (
-                SELECT line_no, substr(line, 1, pos - 1) AS pre,
-                       substr(line, pos + 16 + length(kind), 8) = ' [junos@' AS structured, substr(line, pos) AS m
-                FROM kinded WHERE kind IN {close_kinds}
-            ), sd AS (
-                SELECT line_no, pre, true AS ok, {_sd('reason')} AS close_reason,
-                       {_sd('source-address')} AS src_ip, {_sd('source-port')} AS src_port,
-                       {_sd('destination-address')} AS dest_ip, {_sd('destination-port')} AS dest_port,
-                       {_sd('protocol-id')} AS transport, coalesce({_sd('session-id-32')}, {_sd('session-id')}) AS session_id,
-                       {_sd('bytes-from-client')} AS bytes_out, {_sd('bytes-from-server')} AS bytes_in,
-                       {_sd('elapsed-time')} AS elapsed, {_sd('application')} AS application,
-                       {_sd('service-name')} AS service
-                FROM (SELECT line_no, pre, m AS sd FROM closes WHERE structured)
+                SELECT *, kind IN {close_kinds} AS is_close,
+                       CASE WHEN kind IN {close_kinds} THEN substr(line, pos + 16 + length(kind), 8) = ' [junos@' END AS structured,
+                       CASE WHEN kind IN {close_kinds} THEN substr(line, pos) END AS m
+                FROM kinded
+            ), extracted AS (
+                -- every line goes one way: CASE evaluates each branch on its own rows only
+                SELECT *,
+                       CASE WHEN structured THEN regexp_extract(m, {sql_string(SRX_ADDRESSES)}, {list(SRX_ADDRESS_FIELDS)}) END AS sa,
+                       CASE WHEN structured THEN regexp_extract(m, {sql_string(SRX_COUNTERS)}, {list(SRX_COUNTER_FIELDS)}) END AS sc,
+                       CASE WHEN structured THEN struct_pack({sd_other}) END AS so,
+                       CASE WHEN NOT structured THEN regexp_extract(m, {sql_string(SRX_TEXT_HEAD)}, ['reason', 'tuple', 't2', 't3']) END AS a,
+                       CASE WHEN NOT structured THEN regexp_extract(m, {sql_string(SRX_TEXT_COUNTERS)}, ['run', 'app']) END AS c
+                FROM closes
             ), text_split AS (
-                SELECT line_no, pre,
-                       regexp_extract(m, {sql_string(SRX_TEXT_HEAD)}, ['reason', 'tuple', 't2', 't3']) AS a,
-                       regexp_extract(m, {sql_string(SRX_TEXT_COUNTERS)}, ['run', 'app']) AS c
-                FROM closes WHERE NOT structured
-            ), text_fields AS (
-                SELECT line_no, pre, a, c, string_split(c.run, ' ') AS run,
+                SELECT *, string_split(c.run, ' ') AS run,
                        string_split(split_part(a.tuple, '->', 1), '/') AS client,
                        string_split(split_part(a.tuple, '->', 2), '/') AS server
+                FROM extracted
+            ), fields AS (
+                SELECT line_no, line, kind, is_close, substr(line, 1, pos - 1) AS pre,
+                       CASE WHEN structured THEN true
+                            ELSE a.tuple <> '' AND c.run <> '' AND len(client) = 2 AND len(server) = 2 END AS ok,
+                       CASE WHEN structured THEN {sd_value('sa', 'src_ip', SRX_ADDRESS_FIELDS['src_ip'])} ELSE client[1] END AS src_ip,
+                       CASE WHEN structured THEN {sd_value('sa', 'src_port', SRX_ADDRESS_FIELDS['src_port'])} ELSE client[2] END AS src_port,
+                       CASE WHEN structured THEN {sd_value('sa', 'dest_ip', SRX_ADDRESS_FIELDS['dest_ip'])} ELSE server[1] END AS dest_ip,
+                       CASE WHEN structured THEN {sd_value('sa', 'dest_port', SRX_ADDRESS_FIELDS['dest_port'])} ELSE server[2] END AS dest_port,
+                       CASE WHEN structured THEN so.transport ELSE run[1] END AS transport,
+                       CASE WHEN structured THEN {sd_value('sc', 'session_id', 'session-id-32')} ELSE run[5] END AS session_id,
+                       CASE WHEN structured THEN {sd_value('sc', 'bytes_out', SRX_COUNTER_FIELDS['bytes_out'])} ELSE rtrim(split_part(run[6], '(', 2), ')') END AS bytes_out,
+                       CASE WHEN structured THEN {sd_value('sc', 'bytes_in', SRX_COUNTER_FIELDS['bytes_in'])} ELSE rtrim(split_part(run[7], '(', 2), ')') END AS bytes_in,
+                       CASE WHEN structured THEN {sd_value('sc', 'elapsed', SRX_COUNTER_FIELDS['elapsed'])} ELSE run[8] END AS elapsed,
+                       CASE WHEN structured THEN so.application ELSE nullif(c.app, '') END AS application,
+                       CASE WHEN structured THEN so.service WHEN starts_with(a.t2, '0x') THEN a.t3 ELSE a.t2 END AS service
                 FROM text_split
-            ), text AS (
-                SELECT line_no, pre,
-                       a.tuple <> '' AND c.run <> '' AND len(client) = 2 AND len(server) = 2 AS ok,
-                       a.reason AS close_reason, client[1] AS src_ip, client[2] AS src_port,
-                       server[1] AS dest_ip, server[2] AS dest_port, run[1] AS transport, run[5] AS session_id,
-                       rtrim(split_part(run[6], '(', 2), ')') AS bytes_out, rtrim(split_part(run[7], '(', 2), ')') AS bytes_in,
-                       run[8] AS elapsed, nullif(c.app, '') AS application,
-                       CASE WHEN starts_with(a.t2, '0x') THEN a.t3 ELSE a.t2 END AS service
-                FROM text_fields
-            ), unified AS (
-                SELECT * FROM sd UNION ALL BY NAME SELECT * FROM text
             ), timed AS (
-                SELECT c.*, {header_time_sql('h.', tz, ctx.year)} AS close_time,
+                SELECT *, {header_time_sql('h.', tz, ctx.year)} AS close_time, h.hdr_bsd AS hdr_bsd,
                        CASE WHEN upper(coalesce(application, '')) IN ('', 'UNKNOWN', 'N/A', 'NONE') THEN
                             CASE WHEN upper(coalesce(service, '')) IN ('', 'NONE', 'N/A') THEN NULL ELSE service END
-                            ELSE lower(application) END AS app,
-                       h.hdr_bsd AS hdr_bsd
-                FROM (SELECT *, regexp_extract(pre, {sql_string(SRX_TIME)}, ['hdr_bsd', 'hdr_iso', 'hdr_zone']) AS h FROM unified) c
-            ), parsed AS (
-                SELECT line_no, ok, close_reason, src_ip, src_port, dest_ip, dest_port, transport, session_id, bytes_out,
-                       bytes_in, elapsed, app, hdr_bsd, close_time,
-                       close_time - to_seconds(coalesce(TRY_CAST(elapsed AS BIGINT), 0)) AS _time,
-                       TRY_CAST(elapsed AS DOUBLE) AS duration_s
-                FROM timed
+                            ELSE lower(application) END AS app
+                FROM (SELECT *, CASE WHEN is_close THEN regexp_extract(pre, {sql_string(SRX_TIME)}, ['hdr_bsd', 'hdr_iso', 'hdr_zone']) END AS h
+                      FROM fields)
             ), classified AS (
-                SELECT k.line_no, k.line, k.kind, p.* EXCLUDE (line_no),
-                    CASE WHEN trim(k.line) = '' THEN 'blank line'
-                         WHEN k.kind IS NULL AND regexp_matches(k.line, {sql_string(_SRX_SYSLOG)}) THEN 'other syslog message'
-                         WHEN k.kind IS NULL THEN 'not a syslog line (expected a Juniper SRX RT_FLOW message)'
-                         WHEN k.kind NOT IN {close_kinds} THEN 'RT_FLOW_SESSION_' || k.kind
-                         WHEN NOT p.ok THEN 'RT_FLOW_SESSION_CLOSE not in the expected form: session closed REASON: '
+                SELECT *, close_time - to_seconds(coalesce(TRY_CAST(elapsed AS BIGINT), 0)) AS _time,
+                       TRY_CAST(elapsed AS DOUBLE) AS duration_s,
+                    CASE WHEN {blank_sql()} THEN 'blank line'
+                         WHEN kind IS NULL AND regexp_matches(line, {sql_string(_SRX_SYSLOG)}) THEN 'other syslog message'
+                         WHEN kind IS NULL THEN 'not a syslog line (expected a Juniper SRX RT_FLOW message)'
+                         WHEN NOT is_close THEN 'RT_FLOW_SESSION_' || kind
+                         WHEN NOT ok THEN 'RT_FLOW_SESSION_CLOSE not in the expected form: session closed REASON: '
                               || 'SRC/PORT->DST/PORT … PROTOCOL POLICY FROM-ZONE TO-ZONE SESSION-ID PKTS(BYTES) PKTS(BYTES) ELAPSED …'
-                         WHEN p.close_time IS NULL AND p.hdr_bsd <> '' THEN 'syslog timestamp without a year: pass --year'
-                         WHEN p.close_time IS NULL THEN 'no usable syslog timestamp'
+                         WHEN close_time IS NULL AND hdr_bsd <> '' THEN 'syslog timestamp without a year: pass --year'
+                         WHEN close_time IS NULL THEN 'no usable syslog timestamp'
                          {' '.join(flow_checks_sql(cols))}
-                         WHEN nullif(p.elapsed, '') IS NOT NULL AND TRY_CAST(p.elapsed AS BIGINT) IS NULL THEN 'bad elapsed-time: ' || p.elapsed
+                         WHEN nullif(elapsed, '') IS NOT NULL AND TRY_CAST(elapsed AS BIGINT) IS NULL THEN 'bad elapsed-time: ' || elapsed
                          END AS reason
-                FROM kinded k LEFT JOIN parsed p USING (line_no)
+                FROM timed
             )
             SELECT *, CASE WHEN reason IS NULL THEN 'parsed'
                            WHEN reason = 'blank line' OR reason = 'other syslog message'
-                                OR (kind IS NOT NULL AND kind NOT IN {close_kinds}) THEN 'skipped'
+                                OR (kind IS NOT NULL AND NOT is_close) THEN 'skipped'
                            ELSE 'quarantined' END AS outcome
             FROM classified
         """)

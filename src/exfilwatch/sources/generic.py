@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..config import ConfigError
 from ..models import DATA_MODELS, NETWORK_TRAFFIC, DataModel
 from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
-from .flows import csv_fields_sql
+from .flows import blank_sql, csv_fields_sql
 from .syslog_header import local_time_sql
 
 MAPPABLE_MODELS = ("network_traffic", "authentication", "email")
@@ -252,7 +252,7 @@ class GenericSource:
             SELECT *, CASE WHEN reason IS NULL THEN 'parsed' WHEN reason IN {skipped} THEN 'skipped'
                            ELSE 'quarantined' END AS outcome
             FROM (
-                SELECT *, CASE WHEN trim(line) = '' THEN 'blank line' {shape_checks} {' '.join(checks)} END AS reason
+                SELECT *, CASE WHEN {blank_sql()} THEN 'blank line' {shape_checks} {' '.join(checks)} END AS reason
                 FROM (SELECT *, {computed} FROM ({split}))
             )
         """)
