@@ -159,7 +159,7 @@ def main() -> None:
                negative={"carol": burst("carol", 4, PARTNERS, 50_000, t0)},
                habits={"alice": ORDINARY, "bob": ORDINARY, "carol": HEAVY_SENDER})
     write_rule("em_dnum",
-               positive={"alice": burst("alice", 9, [f"new{i}.com" for i in range(9)], 50_000, t0)},
+               positive={"alice": burst("alice", 24, [f"new{i}.com" for i in range(24)], 50_000, t0)},
                negative={"sam": burst("sam", 3, ["customer7.com", "customer8.com", "customer9.com"], 50_000, t0)},
                habits={"alice": ORDINARY, "bob": ORDINARY, "sam": SALES})
     write_rule("em_bsum",

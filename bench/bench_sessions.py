@@ -1,0 +1,278 @@
+"""Benchmark the session rules: build VPN/daily sessions with their email features, the models, and
+score a day, for 10,000 users x 90 days of mail and VPN events; against a bare DuckDB
+`GROUP BY sender, day` over the same email rows.
+
+    python bench/bench_sessions.py [--users 10000] [--days 90] [--out DIR] [--keep]
+
+The events are synthesised straight into the lake (authentication and email models, Parquet,
+committed through the state store as an ingest would), so the numbers are about sessions,
+features and models, not parsing (bench_sources_* measure that). Each phase runs in its own
+process so its peak RSS is its own; DuckDB gets memory_limit=2GB. Prints a markdown table for
+docs/benchmarks.md.
+
+Phases:
+* groupby      — the reference: SELECT src_user, local day, count(*), sum(size) ... GROUP BY 1, 2
+* build        — all sessions and features for the 90 days (a first run, or `sessions --rebuild`)
+* models       — the four rules over every session of the 90 days (each judged against its own
+                 model: the user's sessions in the 90 days before it), as `evaluate` does
+* day          — a day later: sessions of the new day (incremental build) and the four rules
+                 scoring the sessions that closed that day, as the hourly schedule does over a day
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+END = date(2026, 10, 31)
+TZ = "America/New_York"
+RULES = ["em_fnum", "em_dnum", "em_bsum", "em_bsum_personal"]
+CONFIG = f"timezone: {TZ}\nmemory_limit: 2GB\ninternal_domains: [corp.example]\n"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _home(out: Path):
+    from exfilwatch.config import Home, load_settings
+
+    home = Home(root=out / "home", config_path=out / "home" / "config.yaml")
+    return home, load_settings(home)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(TZ)).astimezone(timezone.utc)
+
+
+# Deterministic pseudo-random numbers in SQL: r(x) in [0, 1) from a hash of the arguments.
+SYNTH = """
+CREATE MACRO r(a, b, c) AS (hash(a, b, c) % 1000003) / 1000003.0;
+CREATE TABLE users AS
+    SELECT i AS uid, printf('u%05d', i) AS name,
+           1 + floor(r(i, 0, 1) * r(i, 0, 2) * 24)::INTEGER AS rate,      -- heavy-tailed mail rate
+           0.3 + 0.6 * r(i, 0, 3) AS remote                                 -- share of days on VPN
+    FROM range($users) t(i);
+CREATE TABLE days AS
+    SELECT CAST(d AS DATE) AS day, isodow(CAST(d AS DATE)) >= 6 AS weekend
+    FROM range($first::TIMESTAMP, $last::TIMESTAMP + INTERVAL 1 DAY, INTERVAL 1 DAY) t(d);
+CREATE TABLE vpn AS
+    SELECT u.uid, u.name, d.day,
+           timezone($tz, d.day + INTERVAL 7 HOUR + to_minutes(CAST(r(u.uid, d.day, 4) * 180 AS BIGINT))) AS t0,
+           to_minutes(CAST(300 + r(u.uid, d.day, 5) * 300 AS BIGINT)) AS len,
+           printf('%08x', hash(u.uid, d.day) % 4294967296) AS sid,
+           printf('10.%d.%d.%d', 200 + u.uid // 65536, (u.uid // 256) % 256, u.uid % 256) AS ip,
+           r(u.uid, d.day, 6) < 0.1 AS timed_out
+    FROM users u CROSS JOIN days d
+    WHERE NOT d.weekend AND r(u.uid, d.day, 7) < u.remote;
+CREATE TABLE auth_rows AS
+    SELECT t0 AS _time, name AS "user", '198.51.100.7' AS src_ip, NULL AS assigned_ip, 'vpn01' AS dest, 'Users' AS realm,
+           'Users' AS roles, sid AS session_id, 'success' AS action, 'vpn-login' AS event_type, NULL::DOUBLE AS duration,
+           NULL::BIGINT AS bytes_in, NULL::BIGINT AS bytes_out, NULL AS reason, 'Pulse-Secure' AS user_agent,
+           'bench' AS source, 'bench' AS raw_ref FROM vpn
+    UNION ALL SELECT t0 + INTERVAL 6 SECOND, name, '198.51.100.7', ip, 'vpn01', 'Users', 'Users', NULL, 'success',
+           'vpn-login', NULL, NULL, NULL, 'tunnel session started', NULL, 'bench', 'bench' FROM vpn
+    UNION ALL SELECT t0 + len - INTERVAL 3 SECOND, name, '198.51.100.7', ip, 'vpn01', 'Users', 'Users', NULL, 'success',
+           'vpn-logout', NULL, NULL, NULL, 'tunnel session ended', NULL, 'bench', 'bench' FROM vpn WHERE NOT timed_out
+    UNION ALL SELECT t0 + len, name, '198.51.100.7', NULL, 'vpn01', 'Users', 'Users', sid, 'success', 'vpn-logout',
+           NULL, NULL, NULL, CASE WHEN timed_out THEN 'session timed out due to inactivity' ELSE 'logout' END, NULL,
+           'bench', 'bench' FROM vpn;
+CREATE TABLE msg AS
+    SELECT u.uid, u.name, d.day, k,
+           r(u.uid, d.day, 100 + k) AS x1, r(u.uid, d.day, 200 + k) AS x2, r(u.uid, d.day, 300 + k) AS x3
+    FROM users u CROSS JOIN days d,
+         range(CASE WHEN d.weekend THEN CAST(r(u.uid, d.day, 8) < 0.2 AS INTEGER)
+                    ELSE CAST(u.rate * (0.5 + r(u.uid, d.day, 9)) AS INTEGER) END) t(k);
+CREATE TABLE email_rows AS
+    SELECT coalesce(
+               CASE WHEN v.uid IS NOT NULL AND m.x1 < 0.8 THEN v.t0 + to_seconds(CAST(m.x2 * epoch(v.len) AS BIGINT)) END,
+               timezone($tz, m.day + INTERVAL 8 HOUR + to_seconds(CAST(m.x2 * 36000 AS BIGINT)))) AS _time,
+           printf('<%d.%d.%d@corp.example>', m.uid, epoch(m.day)::BIGINT, m.k) AS message_id,
+           printf('Q%X', hash(m.uid, m.day, m.k) % 68719476736) AS internal_message_id,
+           m.name || '@corp.example' AS src_user, 'corp.example' AS src_user_domain,
+           CASE WHEN m.x3 < 0.35 THEN [printf('u%05d@corp.example', CAST(m.x1 * $users AS INTEGER))]
+                WHEN m.x3 < 0.97 THEN [printf('c%d@partner%03d.example', CAST(m.x2 * 9 AS INTEGER),
+                                               CAST((m.uid * 7 + CAST(m.x1 * 12 AS INTEGER)) % 500 AS INTEGER)),
+                                        printf('u%05d@corp.example', CAST(m.x2 * $users AS INTEGER))]
+                ELSE [m.name || '.home@gmail.com'] END AS recipient,
+           NULL::VARCHAR[] AS recipient_domain, 1 AS recipient_count,
+           CASE WHEN m.x2 < 0.01 THEN 5000000 + CAST(m.x1 * 15000000 AS BIGINT)
+                ELSE CAST(exp(8 + 4 * m.x1 * m.x2) AS BIGINT) END AS size,
+           'bench' AS subject, NULL::VARCHAR[] AS file_name, NULL AS direction, 'delivered' AS action,
+           NULL AS src_ip, NULL AS dest, 'email-out' AS event_type, 'bench' AS source, 'bench' AS raw_ref
+    FROM msg m LEFT JOIN vpn v ON v.uid = m.uid AND v.day = m.day;
+"""
+
+
+def phase_synth(out: Path, users: int, days: int) -> dict:
+    import duckdb
+
+    from exfilwatch.lake import write_batch
+    from exfilwatch.models import AUTHENTICATION, EMAIL
+    from exfilwatch.state import StateStore
+
+    (out / "home").mkdir(parents=True, exist_ok=True)
+    (out / "home" / "config.yaml").write_text(CONFIG)
+    home, settings = _home(out)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    first = END - timedelta(days=days - 1)
+    for statement in SYNTH.split(";\n"):
+        if statement.strip():
+            sql = statement.replace("$users", str(users)).replace("$first", f"'{first}'").replace(
+                "$last", f"'{END}'").replace("$tz", f"'{TZ}'")
+            con.execute(sql)
+    state = StateStore(home.state_path)
+    counts = {}
+    for model, table in ((AUTHENTICATION, "auth_rows"), (EMAIL, "email_rows")):
+        batch = f"bench-{model.name}"
+        files = write_batch(con, home.lake, model, batch, table)
+        rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+        counts[model.name] = rows
+        with state.transaction() as db:
+            db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (batch, model.name, "bench", "synthetic", 1, rows, rows, rows, 0, 0))
+            db.executemany("INSERT INTO batch_files VALUES (?,?,?,?,?)",
+                           [(f.path, batch, model.name, f.day, f.rows) for f in files])
+    return {"rows": counts["email"], "auth_rows": counts["authentication"]}
+
+
+def phase_groupby(out: Path) -> dict:
+    import duckdb
+
+    home, _settings = _home(out)
+    con = duckdb.connect()
+    con.execute("SET memory_limit = '2GB'")
+    rows = con.execute(f"""
+        SELECT src_user, CAST(timezone('{TZ}', _time) AS DATE) AS day, count(*) AS messages, sum(size) AS bytes
+        FROM read_parquet('{home.lake}/email/*/*.parquet') GROUP BY 1, 2
+    """).fetchall()
+    return {"rows": len(rows)}
+
+
+def phase_build(out: Path) -> dict:
+    from exfilwatch.engine import connect
+    from exfilwatch.enrich.sessions import build_user_sessions
+    from exfilwatch.state import StateStore
+
+    home, settings = _home(out)
+    state = StateStore(home.state_path)
+    con = connect(settings, home.spill_dir)
+    # up to the end of the last-but-one day; the `day` phase adds the last day
+    report = build_user_sessions(con, state, settings, _midnight(END), rebuild=True)
+    return {"rows": report.sessions}
+
+
+def phase_models(out: Path) -> dict:
+    from exfilwatch.detect.schema import load_detections
+    from exfilwatch.engine import connect
+    from exfilwatch.evaluate import replay
+    from exfilwatch.state import StateStore
+
+    home, settings = _home(out)
+    state = StateStore(home.state_path)
+    con = connect(settings, home.spill_dir)
+    detections = [load_detections()[i] for i in RULES]
+    findings, sessions = replay(con, state, settings, detections, _midnight(END - timedelta(days=400)), _midnight(END))
+    return {"rows": sessions, "findings": len(findings)}
+
+
+def phase_day(out: Path) -> dict:
+    from exfilwatch.detect.runner import RunWindow, execute, resolve_parameters
+    from exfilwatch.detect.schema import load_detections
+    from exfilwatch.engine import connect, expose_models, register_lake_views
+    from exfilwatch.enrich.sessions import build_user_sessions
+    from exfilwatch.state import StateStore
+
+    home, settings = _home(out)
+    state = StateStore(home.state_path)
+    con = connect(settings, home.spill_dir)
+    start, end = _midnight(END), _midnight(END + timedelta(days=1))
+    report = build_user_sessions(con, state, settings, end + timedelta(hours=2))
+    window = RunWindow(now=end + timedelta(hours=2), earliest=start, latest=end)
+    findings = 0
+    for detection in (load_detections()[i] for i in RULES):
+        params = resolve_parameters(detection, settings, {}, window)
+        register_lake_views(con, settings, state, params["history"], end)
+        expose_models(con)
+        findings += len(execute(con, detection, params))
+    judged = con.execute("SELECT count(*) FROM user_sessions WHERE _time >= $s AND _time < $e",
+                         {"s": start, "e": end}).fetchall()[0][0]
+    return {"rows": judged, "new_sessions": report.sessions, "findings": findings}
+
+
+PHASES = {"synth": phase_synth, "groupby": phase_groupby, "build": phase_build, "models": phase_models,
+          "day": phase_day}
+
+
+def run_phase(name: str, out: Path, extra: list[str]) -> dict:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--phase", name, "--out", str(out), *extra],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"phase {name} failed:\n{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall"] = time.perf_counter() - started
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--out", type=Path, default=Path("bench/out/sessions"))
+    parser.add_argument("--phase", choices=PHASES)
+    parser.add_argument("--keep", action="store_true", help="Reuse the synthesised lake.")
+    args = parser.parse_args()
+    if args.phase:
+        import duckdb  # noqa: F401
+        import exfilwatch.enrich.sessions, exfilwatch.evaluate  # noqa: F401,E401
+        started, cpu = time.perf_counter(), time.process_time()
+        if args.phase == "synth":
+            result = phase_synth(args.out, args.users, args.days)
+        else:
+            result = PHASES[args.phase](args.out)
+        result.update(seconds=time.perf_counter() - started, cpu=time.process_time() - cpu,
+                      peak_rss_mb=peak_rss_mb())
+        print(json.dumps(result))
+        return 0
+
+    extra = ["--users", str(args.users), "--days", str(args.days)]
+    results = {}
+    if not (args.keep and (args.out / "home" / "state.sqlite").exists()):
+        shutil.rmtree(args.out, ignore_errors=True)
+        args.out.mkdir(parents=True)
+        results["synth"] = run_phase("synth", args.out, extra)
+    for name in ("groupby", "build", "models", "day"):
+        results[name] = run_phase(name, args.out, extra)
+    base = results["groupby"]["seconds"]
+    base_cpu = results["groupby"]["cpu"]
+    labels = {
+        "synth": "synthesise the events into the lake (not measured against)",
+        "groupby": "bare DuckDB `GROUP BY sender, day` over the email rows (reference)",
+        "build": f"build all sessions + features ({args.days} days)",
+        "models": f"models + the four rules over every session ({args.days} days)",
+        "day": "a day later: new sessions + models + score the day",
+    }
+    print(f"\n{args.users} users x {args.days} days: {results.get('synth', {}).get('rows', '?')} email rows, "
+          f"{results.get('synth', {}).get('auth_rows', '?')} VPN rows\n")
+    print("| phase | rows out | seconds | CPU seconds | x reference (wall) | x reference (CPU) | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for name, result in results.items():
+        print(f"| {labels[name]} | {result['rows']} | {result['seconds']:.2f} | {result['cpu']:.2f} | "
+              f"{result['seconds'] / base:.1f} | {result['cpu'] / base_cpu:.1f} | {result['peak_rss_mb']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
