@@ -453,14 +453,15 @@ class PulseSecure:
                         to_timestamp(CAST(c_rt AS DOUBLE) / CASE WHEN length(c_rt) > 11 THEN 1000.0 ELSE 1.0 END) END AS cef_epoch,
                    CASE WHEN body_ts <> '' THEN {body_time} END AS body_time,
                    CASE WHEN c_rt IS NOT NULL AND NOT regexp_full_match(c_rt, '[0-9]{{1,15}}') THEN {cef_local} END AS cef_local,
-                   {header_time_sql('', tz, ctx.year)} AS header_time,
                    coalesce(nullif(d.m_session, ''),
                             CASE WHEN contains(t, '(session:') THEN nullif(trim(regexp_extract(t, '\\(session:\\s*([^)]*)\\)', 1)), '') END,
                             nullif(w_session, '')) AS session_id_v
             FROM detailed
         ), valued AS (
             SELECT *,
-                   coalesce(CASE WHEN exact_header THEN header_time END, cef_epoch, body_time, cef_local, header_time) AS _time,
+                   -- coalesce is lazy: the header's local time is only converted for lines without another time
+                   coalesce(CASE WHEN exact_header THEN TRY_CAST(hdr_iso AS TIMESTAMPTZ) END, cef_epoch, body_time,
+                            cef_local, {header_time_sql('', tz, ctx.year)}) AS _time,
                    CASE WHEN kind = 'account deleted' THEN nullif(d.m_user, '')
                         ELSE coalesce(nullif(who_user, ''), nullif(d.m_user, '')) END AS "user",
                    coalesce(nullif(src, ''), nullif(rtrim(d.m_ip, '.'), '')) AS src_ip,
