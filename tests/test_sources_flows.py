@@ -125,6 +125,12 @@ def test_srx_structured_and_text_close_events(home):
                 880000, 3200, 62.0, "40013"),
         4: flow("srx_flow", "2026-03-03 08:16:30.000", "10.20.0.17", 53000, "10.10.0.53", 53, "udp", "dns",
                 190, 74, 60.0, "40014"),
+        # logical-system variant
+        11: flow("srx_flow", "2026-03-03 08:20:50.000", "10.30.0.5", 40000, "10.10.0.5", 25, "tcp", "smtp",
+                 4000, 150000, 10.0, "50001"),
+        # an older release: session-id, keys in another order (read one by one), UNKNOWN app -> the service
+        12: flow("srx_flow", "2026-03-03 08:21:30.000", "10.30.0.6", 40001, "203.0.113.80", 443, "tcp", "junos-https",
+                 20000, 900000, 30.0, "50002"),
     }
     assert report.skipped == {"RT_FLOW_SESSION_CREATE": 1, "RT_FLOW_SESSION_DENY": 1, "other syslog message": 1}
     text_form = ("RT_FLOW_SESSION_CLOSE not in the expected form: session closed REASON: SRC/PORT->DST/PORT … PROTOCOL "
