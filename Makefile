@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean java
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -12,10 +13,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,web]'
 	touch $(STAMP)
 
+# The tests also run every Spark-ready detection on PySpark, which needs Java 17+.
+java:
+	@command -v java >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,web,spark]'
+	touch $(TEST_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/exfilwatch demo --out demo-out
 
-test: $(STAMP)
+test: $(TEST_STAMP) java
 	$(BIN)/exfilwatch detections lint
 	$(BIN)/exfilwatch test
 	$(BIN)/python -m pytest

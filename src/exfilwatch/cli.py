@@ -250,15 +250,25 @@ def detect(
     latest: str | None = typer.Option(None, "--latest", help="Override the schedule's latest, e.g. now."),
     set_: list[str] | None = typer.Option(None, "--set", help="Parameter override NAME=VALUE (repeatable)."),
     fmt: str = typer.Option("table", "--format", help="table, jsonl or csv."),
+    engine: str | None = typer.Option(None, "--engine", help="duckdb (default) or spark; else config.yaml's engine."),
 ) -> None:
     """Run detections once at NOW and store their findings."""
     c = _context(ctx)
     chosen = [d for d in _select(_load_detections(), detection) if d.type != "correlation"]  # those run in the risk step
     state = c.state()
     con = connect(c.settings, c.home.spill_dir)
+    run_now = _now(now, c.settings)
     try:
-        results = detect_once(con, state, c.settings, chosen, _now(now, c.settings), earliest, latest,
-                              _parse_sets(set_ or []))
+        if (engine or c.settings.engine) == "spark":
+            from .spark_engine import SparkUnavailable, detect_once_spark, spark_session
+
+            try:
+                results = detect_once_spark(spark_session(c.settings), state, c.settings, chosen, run_now, earliest,
+                                            latest, _parse_sets(set_ or []))
+            except SparkUnavailable as exc:
+                fail(str(exc))
+        else:
+            results = detect_once(con, state, c.settings, chosen, run_now, earliest, latest, _parse_sets(set_ or []))
     except (DetectionRunError, TimeModifierError) as exc:
         fail(str(exc))
     records = [f.as_json() for r in results for f in r.findings]
@@ -270,7 +280,7 @@ def detect(
                           f"{r.window.latest:%Y-%m-%d %H:%M} UTC")
     from .cli_risk import run_risk_step
 
-    run_risk_step(c, state, con, _now(now, c.settings), quiet=fmt != "table")
+    run_risk_step(c, state, con, run_now, quiet=fmt != "table")
 
 
 @app.command()

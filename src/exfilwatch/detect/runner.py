@@ -258,7 +258,7 @@ def store_findings(state: StateStore, findings: list[Finding], run_id: int) -> S
     return result
 
 
-def _record_run(state: StateStore, detection: Detection, mode: str, window: RunWindow, count: int) -> int:
+def record_run(state: StateStore, detection: Detection, mode: str, window: RunWindow, count: int) -> int:
     with state.transaction() as db:
         cursor = db.execute(
             "INSERT INTO detection_runs (detection_id, mode, now, earliest, latest, findings) VALUES (?,?,?,?,?,?)",
@@ -328,7 +328,7 @@ def detect_once(
         findings = findings_from_rows(detection, execute(con, detection, params), settings.timezone)
         result = DetectResult(detection, window, findings)
         if store:
-            run_id = _record_run(state, detection, "detect", window, len(findings))
+            run_id = record_run(state, detection, "detect", window, len(findings))
             result.stored = store_findings(state, findings, run_id)
         results.append(result)
     return results
@@ -398,7 +398,7 @@ def run_schedule(
             expose_models(con, {model.name: (columns, first_start, last_end)})
             for index, (window, param) in enumerate(zip(windows, params)):
                 findings = findings_from_rows(detection, execute(con, detection, param), settings.timezone)
-                run_id = _record_run(state, detection, "schedule", window, len(findings))
+                run_id = record_run(state, detection, "schedule", window, len(findings))
                 stored = store_findings(state, findings, run_id)
                 total.added += stored.added
                 total.updated += stored.updated

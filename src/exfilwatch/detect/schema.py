@@ -119,6 +119,9 @@ class Detection(Strict):
     known_false_positives: str = ""
     references: list[str] = Field(default_factory=list)
     tests: list[DetectionTest] = Field(default_factory=list)
+    # Engines the search is written for: "spark" means it keeps to the SQL that SQLGlot carries
+    # over to Spark, which tests/test_spark_conformance.py checks on the detection's own tests.
+    engines: list[Literal["duckdb", "spark"]] = Field(default_factory=lambda: ["duckdb"])
 
     # Where the file was loaded from: test data paths are relative to its folder.
     folder: Path | None = Field(default=None, exclude=True)

@@ -1,0 +1,151 @@
+"""The Spark engine: the same detections, transpiled by SQLGlot, on PySpark over the same lake.
+
+For a user whose lake outgrows one machine. A detection's DuckDB SQL is parsed once, its named
+parameters are replaced by typed literals (times as UTC timestamps; the Spark session runs in
+UTC like the DuckDB one), and SQLGlot writes it as Spark SQL. The data-model views are built
+from the committed Parquet files, with the same query-time enrichment (`src_category`, `_day`)
+as DuckDB's, so the findings are the same; `tests/test_spark_conformance.py` checks that on
+every shipped detection that reads a lake model.
+
+PySpark is an optional dependency (`pip install exfilwatch[spark]`, Java 17+).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+
+from .config import Settings
+from .detect.runner import (DetectResult, Finding, build_derived_model, compiled_sql, data_range, findings_from_rows,
+                            record_run, resolve_parameters, run_window, store_findings)
+from .detect.schema import Detection
+from .engine import connect, match_assets, register_lake_views
+from .models import DATA_MODELS
+from .state import StateStore
+
+
+class SparkUnavailable(RuntimeError):
+    pass
+
+
+def spark_session(settings: Settings, master: str = "local[2]"):
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise SparkUnavailable("the Spark engine needs PySpark: pip install 'exfilwatch[spark]' (and Java 17+)") from None
+    return (
+        SparkSession.builder.master(master).appName("exfilwatch")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.driver.memory", settings.memory_limit.replace("GB", "g").replace("MB", "m"))
+        .getOrCreate()
+    )
+
+
+def _literal(value: Any) -> exp.Expression:
+    if isinstance(value, datetime):
+        utc = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return exp.cast(exp.Literal.string(utc.isoformat(sep=" ")), exp.DataType.build("TIMESTAMP"))
+    if isinstance(value, bool):
+        return exp.Boolean(this=value)
+    if isinstance(value, (int, float)):
+        return exp.Literal.number(value)
+    return exp.Literal.string(str(value))
+
+
+def to_spark_sql(sql: str, params: dict[str, Any]) -> str:
+    """DuckDB SQL with `$name` parameters → Spark SQL with the values inlined."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+
+    def inline(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Placeholder) and node.name in params:
+            return _literal(params[node.name])
+        return node
+
+    def spark_functions(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.ToDays):  # DuckDB's to_days(n) is an interval of n days
+            return exp.Anonymous(this="make_dt_interval", expressions=[node.this])
+        return node
+
+    return tree.transform(inline).transform(spark_functions).sql(dialect="spark")
+
+
+def _local_day_spark(column: str, tz: str) -> str:
+    return f"to_utc_timestamp(date_trunc('DAY', from_utc_timestamp({column}, '{tz}')), '{tz}')"
+
+
+def register_spark_views(spark, settings: Settings, state: StateStore, start: datetime, end: datetime) -> None:
+    """Spark views named like the data models, over the committed lake files, enriched as in DuckDB."""
+    from pyspark.sql import functions as F
+
+    # The asset map comes from the same code as DuckDB's; it is small (one row per address).
+    con = connect(settings)
+    register_lake_views(con, settings, state, start, end)
+    cursor = con.execute("SELECT ip, category, bunit, owner, priority FROM lake.asset_map")
+    assets = cursor.fetchall()
+    con.close()
+    asset_schema = "ip string, category string, bunit string, owner string, priority string"
+    spark.createDataFrame(assets, schema=asset_schema).createOrReplaceTempView("asset_map")
+    for model in DATA_MODELS.values():
+        files = state.lake_files(model.name)
+        if files:
+            frame = spark.read.parquet(*files).drop("day")
+        else:
+            frame = spark.createDataFrame([], ", ".join(f"`{n}` {_spark_type(t)}" for n, t in model.columns))
+        frame = frame.where((F.col("_time") >= F.lit(start.astimezone(timezone.utc).replace(tzinfo=None)))
+                            & (F.col("_time") < F.lit(end.astimezone(timezone.utc).replace(tzinfo=None))))
+        frame.createOrReplaceTempView(f"{model.name}_stored")
+        day = _local_day_spark("t._time", settings.timezone)
+        if model.name == "network_traffic":
+            spark.sql(f"""
+                CREATE OR REPLACE TEMP VIEW network_traffic AS
+                SELECT t.*, s.category AS src_category, d.category AS dest_category,
+                       s.bunit AS src_bunit, d.bunit AS dest_bunit, {day} AS _day
+                FROM network_traffic_stored t
+                LEFT JOIN asset_map s ON t.src_ip = s.ip
+                LEFT JOIN asset_map d ON t.dest_ip = d.ip
+            """)
+        else:
+            spark.sql(f"CREATE OR REPLACE TEMP VIEW {model.name} AS SELECT t.*, {day} AS _day FROM {model.name}_stored t")
+
+
+def _spark_type(duckdb_type: str) -> str:
+    return {"TIMESTAMPTZ": "timestamp", "VARCHAR": "string", "INTEGER": "int", "BIGINT": "bigint",
+            "DOUBLE": "double", "VARCHAR[]": "array<string>"}.get(duckdb_type, "string")
+
+
+def _python_value(value: Any) -> Any:
+    # Spark hands back naive datetimes in the session zone, which is UTC.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def detect_once_spark(spark, state: StateStore, settings: Settings, detections: list[Detection], now: datetime,
+                      earliest: str | None = None, latest: str | None = None,
+                      overrides: dict[str, Any] | None = None, store: bool = True) -> list[DetectResult]:
+    """`detect_once` on Spark, storing findings in the same state store."""
+    results = []
+    for detection in detections:
+        if "spark" not in detection.engines:
+            raise SparkUnavailable(f"{detection.id}: not written for Spark (its `engines` are {detection.engines})")
+        window = run_window(detection, now, settings.timezone, earliest, latest)
+        params = resolve_parameters(detection, settings, overrides or {}, window)
+        start, end = data_range(params)
+        con = connect(settings)
+        build_derived_model(con, detection, settings, state, window.now)  # derived models live in the lake too
+        con.close()
+        register_spark_views(spark, settings, state, start, end)
+        rows = spark.sql(to_spark_sql(compiled_sql(detection), params)).collect()
+        records = [{k: _python_value(v) for k, v in row.asDict().items()} for row in rows]
+        findings: list[Finding] = findings_from_rows(detection, records, settings.timezone)
+        result = DetectResult(detection, window, findings)
+        if store:
+            result.stored = store_findings(state, findings, record_run(state, detection, "detect-spark", window,
+                                                                       len(findings)))
+        results.append(result)
+    return results
