@@ -119,7 +119,7 @@ def test_postfix_messages_joined_across_three_files(tmp_path):
     assert [(r.source, r.lines, r.events, r.quarantined) for r in reports] == [
         ("postfix", 65, 8, 4), ("postfix", 7, 1, 0), ("postfix", 2, 1, 0)]
     assert dict(reports[0].skipped) == POSTFIX_SKIPPED
-    assert reports[0].notes == ["postfix: 1 messages pending (no `removed` line yet), kept in the state store and "
+    assert reports[0].notes == ["postfix: 1 messages pending (no `removed` line yet, or only their smtpd line), kept in the state store and "
                                 "joined when their next lines are ingested"]
     assert brief(email_rows(home)) == POSTFIX_ROWS
     assert quarantine(home) == POSTFIX_QUARANTINE

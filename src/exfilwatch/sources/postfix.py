@@ -45,20 +45,21 @@ import duckdb
 import pyarrow as pa
 
 from ..models import EMAIL
-from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
+from .base import ParseContext, ParsedBatch, sql_string
 from .mailcommon import direction_notes, email_select, install_macros, recover
 
 SOURCE_NAME = "postfix"
 
 QID = r"[0-9A-F]{5,20}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,20}"
-# The syslog header up to the message body. Kept cheap for RE2 (no capture of the body, a
-# loose queue-id shape checked afterwards on the short capture): the body is the rest of the
-# line after the captured parts, so the per-line cost stays near a bare match.
+# The syslog header up to the message body. Kept cheap for RE2: it must stay "one-pass" (an
+# optional capture such as a separate pid group makes it 3 times slower, measured), the body is
+# not captured (it is the rest of the line after the captured parts) and the queue id is a
+# loose shape checked afterwards on the short capture.
 HEADER_RE = (
-    r"^(?P<pri><\d{1,3}>)?(?P<ts>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)?|\d{4}-\d\d-\d\d[T ]\S+)"
-    r" (?P<host>\S+) (?P<prog>[^\s\[\]:]+)(?P<pid>\[\d+\])?: (?:(?P<qid>[0-9A-Za-z]{5,20}): )?"
+    r"^(?:<\d{1,3}>)?(?P<ts>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)?|\d{4}-\d\d-\d\d[T ]\S+)"
+    r" (?P<host>\S+) (?P<prog>[^\s\[\]:]+(?:\[\d+\])?): (?:(?P<qid>[0-9A-Za-z]{5,20}): )?"
 )
-HEADER_GROUPS = ["pri", "ts", "host", "prog", "pid", "qid"]
+HEADER_GROUPS = ["ts", "host", "prog", "qid"]
 
 # A delivery line is checked whole with a plain match (RE2's DFA), then its fields are taken
 # with short captures: one regexp_extract with all groups over these long lines costs RE2 a
@@ -127,9 +128,11 @@ def classify_sql(ctx: ParseContext) -> str:
             SELECT line_no, {_struct_regex('line', HEADER_RE, HEADER_GROUPS)} AS h, line
             FROM raw_lines
         ), g AS (
-            SELECT line_no, CASE WHEN h.host = '' THEN trim(line) = '' ELSE false END AS blank, h.host AS host, h.prog AS prog, h.ts AS stamp,
+            SELECT line_no, CASE WHEN h.host = '' THEN trim(line) = '' ELSE false END AS blank, h.host AS host,
+                   split_part(h.prog, '[', 1) AS prog, h.ts AS stamp,
                    h.qid <> '' AND regexp_full_match(h.qid, {sql_string(QID)}) AS has_qid,
-                   length(h.pri) + length(h.ts) + length(h.host) + length(h.prog) + length(h.pid) + 5 AS body_at, h.qid, line
+                   CASE WHEN starts_with(line, '<') THEN strpos(line, '>') ELSE 0 END
+                       + length(h.ts) + length(h.host) + length(h.prog) + 5 AS body_at, h.qid, line
             FROM h
         ), f AS (
             SELECT line_no, blank, host, prog, stamp,
@@ -218,14 +221,14 @@ def lines_sql(ctx: ParseContext) -> str:
     return f"""
         WITH cls AS ({classify_sql(ctx)})
         SELECT line_no, outcome, reason,
-               key, queue_id, kind, t, message_id, sender, size, nrcpt, coalesce(orig_ip, direct_ip) AS client_ip,
+               kh, host, queue_id, kind, t, message_id, sender, size, nrcpt, coalesce(orig_ip, direct_ip) AS client_ip,
                rcpt, relay, dsn, status,
                CASE WHEN kind = 'delivery' THEN CAST(queued AND status = 'sent' AND regexp_matches(relay, {loopback})
                                                      AS BIGINT) END AS hop,
-               subject, file_name, raw_ref, pending_rowid, pos
+               subject, file_name, raw_ref, ref_line, pending_rowid, pos
         FROM (
         SELECT line_no, outcome, reason,
-               CASE WHEN kind IS NOT NULL THEN host || '|' || qid END AS key,
+               CASE WHEN kind IS NOT NULL THEN hash(host, qid) END AS kh, host,
                CASE WHEN kind IS NOT NULL THEN qid END AS queue_id, kind, t,
                CASE WHEN kind = 'mid' THEN nullif(trim(substr(body, 12), '<> '), '') END AS message_id,
                CASE kind WHEN 'from' THEN q.sender WHEN 'expired' THEN q.sender
@@ -245,7 +248,8 @@ def lines_sql(ctx: ParseContext) -> str:
                CASE WHEN kind = 'delivery' THEN contains(body, 'queued as ') END AS queued,
                CASE WHEN kind = 'subject' THEN left(hi.value, 1000) END AS subject,
                CASE WHEN kind = 'attachment' THEN left(regexp_extract(hi.value, {sql_string(FILENAME_RE)}, 1), 300) END AS file_name,
-               CASE WHEN kind IS NOT NULL THEN {raw_ref_sql(ctx)} END AS raw_ref,
+               CAST(NULL AS VARCHAR) AS raw_ref,
+               line_no AS ref_line,
                CAST(NULL AS BIGINT) AS pending_rowid,
                (CAST(1 AS BIGINT) << 50) + line_no AS pos
         FROM cls)
@@ -263,7 +267,7 @@ class Postfix:
         hits = 0
         for line in head:
             m = _HEADER.match(line)
-            if m and "/" in m.group("prog") and m.group("prog").rsplit("/", 1)[1] in KNOWN_DAEMONS \
+            if m and "/" in m.group("prog") and m.group("prog").split("[")[0].rsplit("/", 1)[1] in KNOWN_DAEMONS \
                     and (not m.group("qid") or re.fullmatch(QID, m.group("qid"))):
                 hits += 1
         return hits > 0
@@ -274,7 +278,7 @@ class Postfix:
         self._load_pending(con, ctx)
         batch_max = con.execute("SELECT max(t) FROM pf_lines WHERE kind IS NOT NULL").fetchall()[0][0]
         con.execute("CREATE OR REPLACE TEMP TABLE pf_now AS SELECT $t::TIMESTAMPTZ AS batch_max", {"t": batch_max})
-        self._join(con)
+        self._join(con, ctx)
         con.execute(f"CREATE OR REPLACE TEMP TABLE pf_events AS {email_select(self.name, 'pf_messages', 'emit')}")
         notes = self._notes(con, ctx)
         self._save_pending(con, ctx)
@@ -302,34 +306,36 @@ class Postfix:
             CREATE OR REPLACE TEMP TABLE pf_recs AS
             SELECT *, (CAST(epoch_us(t) AS HUGEINT) << 52) + pos AS o, kind IN ('removed', 'reject') AS boundary
             FROM (
-            SELECT key, queue_id, kind, timezone('UTC', make_timestamp(time)) AS t, message_id, sender, size, nrcpt, client_ip,
-                   rcpt, relay, dsn, status, hop, subject, file_name, raw_ref, pending_rowid,
-                   pending_rowid AS pos
+            SELECT hash(split_part(key, '|', 1), queue_id) AS kh, split_part(key, '|', 1) AS host, queue_id, kind,
+                   timezone('UTC', make_timestamp(time)) AS t, message_id, sender, size, nrcpt, client_ip,
+                   rcpt, relay, dsn, status, hop, subject, file_name, raw_ref, CAST(NULL AS BIGINT) AS ref_line,
+                   pending_rowid, pending_rowid AS pos
             FROM pf_pending_arrow
             UNION ALL BY NAME
             SELECT * EXCLUDE (line_no, outcome, reason) FROM pf_lines WHERE kind IS NOT NULL)
         """)
         con.unregister("pf_pending_arrow")
 
-    def _join(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _join(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
+        file_prefix = sql_string(ctx.file + ':')
         con.execute(f"""
             -- Segments: a message ends at its `removed` (or reject) line. Lines are ordered by time,
             -- then arrival (o). Most queue ids have at most one such line: their segment is found
             -- with a hash join; the few with more (a reused queue id) go through a window.
             CREATE OR REPLACE TEMP TABLE pf_kb AS
-            SELECT key, count(*) FILTER (WHERE boundary) AS nb, min(o) FILTER (WHERE boundary) AS fb
-            FROM pf_recs GROUP BY key;
+            SELECT kh, count(*) FILTER (WHERE boundary) AS nb, min(o) FILTER (WHERE boundary) AS fb
+            FROM pf_recs GROUP BY kh;
             CREATE OR REPLACE TEMP TABLE pf_segs AS
             SELECT r.*, CASE WHEN k.nb = 0 OR r.o <= k.fb THEN 0 ELSE 1 END AS seg
-            FROM pf_recs r JOIN pf_kb k USING (key) WHERE k.nb <= 1
+            FROM pf_recs r JOIN pf_kb k USING (kh) WHERE k.nb <= 1
             UNION ALL BY NAME
             SELECT *, coalesce(sum(CAST(boundary AS INTEGER)) OVER (
-                        PARTITION BY key ORDER BY o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS seg
-            FROM pf_recs WHERE key IN (SELECT key FROM pf_kb WHERE nb > 1);
+                        PARTITION BY kh ORDER BY o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS seg
+            FROM pf_recs WHERE kh IN (SELECT kh FROM pf_kb WHERE nb > 1);
 
             CREATE OR REPLACE TEMP TABLE pf_messages AS
             WITH info AS (
-                SELECT key, seg,
+                SELECT kh, seg,
                     any_value(queue_id) AS queue_id,
                     min(t) AS t0, max(t) AS t1,
                     any_value(message_id) AS message_id,
@@ -347,13 +353,14 @@ class Postfix:
                     bool_or(kind = 'reject') AS has_reject,
                     bool_or(kind = 'expired') AS has_expired,
                     bool_or(kind IN ('delivery', 'mid', 'client', 'subject', 'attachment')) AS has_content,
-                    arg_min(raw_ref, o) FILTER (WHERE kind = 'from') AS from_ref,
-                    arg_min(raw_ref, o) AS first_ref
-                FROM pf_segs GROUP BY key, seg
+                    bool_or(kind IN ('delivery', 'removed', 'expired', 'from')) AS has_tail,
+                    arg_min({{'r': raw_ref, 'l': ref_line}}, o) FILTER (WHERE kind = 'from') AS from_ref,
+                    arg_min({{'r': raw_ref, 'l': ref_line}}, o) AS first_ref
+                FROM pf_segs GROUP BY kh, seg
             ), last_status AS (
-                SELECT key, seg, rcpt, min(o) AS first_pos,
+                SELECT kh, seg, rcpt, min(o) AS first_pos,
                        arg_max(status, o) AS status, arg_max(relay, o) AS relay, arg_max(hop, o) AS hop
-                FROM pf_segs WHERE kind = 'delivery' GROUP BY key, seg, rcpt
+                FROM pf_segs WHERE kind = 'delivery' GROUP BY kh, seg, rcpt
             ), rcpt_state AS (
                 SELECT l.*, nullif(nullif(split_part(l.relay, '[', 1), 'none'), '') AS relay_host,
                     CASE WHEN l.status = 'sent' AND l.hop = 1 THEN 'hop'
@@ -363,9 +370,9 @@ class Postfix:
                          WHEN l.status = 'deferred' THEN 'deferred'
                          WHEN l.status = 'deliverable' OR starts_with(l.status, 'undeliverable') THEN 'probe'
                          ELSE 'other' END AS state
-                FROM last_status l JOIN info i USING (key, seg)
+                FROM last_status l JOIN info i USING (kh, seg)
             ), rc AS (
-                SELECT key, seg,
+                SELECT kh, seg,
                     list(rcpt ORDER BY first_pos) FILTER (WHERE state = 'delivered') AS delivered,
                     list(rcpt ORDER BY first_pos) FILTER (WHERE state = 'hop') AS hops,
                     list(rcpt ORDER BY first_pos) FILTER (WHERE state IN ('failed', 'deferred', 'other')) AS undelivered,
@@ -374,9 +381,9 @@ class Postfix:
                     bool_or(state = 'failed') AS any_failed,
                     arg_min(relay_host, first_pos) FILTER (WHERE state = 'delivered') AS dest_delivered,
                     arg_min(relay_host, first_pos) AS dest_any
-                FROM rcpt_state GROUP BY key, seg
+                FROM rcpt_state GROUP BY kh, seg
             ), m AS (
-                SELECT i.*, rc.*  EXCLUDE (key, seg), n.batch_max,
+                SELECT i.*, rc.*  EXCLUDE (kh, seg), n.batch_max,
                     i.has_removed OR i.has_reject OR i.has_expired
                         OR coalesce(i.has_from AND i.nrcpt > 0 AND coalesce(rc.n_final, 0) >= i.nrcpt
                                     AND i.t1 < n.batch_max - {NRCPT_GRACE}, false) AS closed,
@@ -386,7 +393,7 @@ class Postfix:
                     i.has_mid OR i.has_reject AS start_seen,
                     coalesce(NOT (i.has_mid OR i.has_reject) AND i.t1 < n.batch_max - {ABANDON_AFTER}, false)
                         AS abandoned
-                FROM info i LEFT JOIN rc USING (key, seg) CROSS JOIN pf_now n
+                FROM info i LEFT JOIN rc USING (kh, seg) CROSS JOIN pf_now n
             )
             SELECT *,
                 (closed AND start_seen AND (has_from OR has_reject)) OR abandoned OR stale AS complete,
@@ -413,14 +420,15 @@ class Postfix:
                 coalesce(dest_delivered, dest_any) AS dest,
                 CASE WHEN coalesce(len(delivered), 0) = 0 AND NOT has_reject AND coalesce(len(hops), 0) > 0 THEN 'email-relay' END
                     AS event_type_override,
-                coalesce(from_ref, first_ref) AS raw_ref
+                coalesce(coalesce(from_ref, first_ref).r,
+                         {file_prefix} || CAST(coalesce(from_ref, first_ref).l AS VARCHAR)) AS raw_ref
             FROM m
         """)
 
     def _notes(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> list[str]:
         pending, partial, orphans, unfinished = con.execute("""
-            SELECT count(*) FILTER (WHERE NOT complete AND start_seen),
-                   count(*) FILTER (WHERE NOT complete AND NOT start_seen AND (has_content OR has_from)),
+            SELECT count(*) FILTER (WHERE NOT complete AND (start_seen OR NOT has_tail)),
+                   count(*) FILTER (WHERE NOT complete AND NOT start_seen AND has_tail),
                    count(*) FILTER (WHERE complete AND NOT emit AND (has_content OR has_from)),
                    count(*) FILTER (WHERE emit AND NOT ready)
             FROM pf_messages""").fetchall()[0]
@@ -428,7 +436,7 @@ class Postfix:
         kept = "kept in the state store and joined when their next lines are ingested" if ctx.state is not None \
             else "not kept: no state store"
         if pending:
-            notes.append(f"postfix: {pending} messages pending (no `removed` line yet), {kept}")
+            notes.append(f"postfix: {pending} messages pending (no `removed` line yet, or only their smtpd line), {kept}")
         if partial:
             notes.append(f"postfix: {partial} queue ids seen without their beginning (cleanup `message-id=` line; it may "
                          f"be in an older file not ingested yet), {kept} for a day of log time")
@@ -444,12 +452,14 @@ class Postfix:
         if ctx.state is None:
             return
         names = [name for name, _ in PENDING_COLUMNS]
-        selected = ", ".join("epoch_us(r.t)" if n == "time" else f"r.{n}" for n in names)
+        special = {"time": "epoch_us(r.t)", "key": "r.host || '|' || r.queue_id",
+                   "raw_ref": f"coalesce(r.raw_ref, {sql_string(ctx.file + ':')} || CAST(r.ref_line AS VARCHAR))"}
+        selected = ", ".join(special.get(n, f"r.{n}") for n in names)
         new_rows = con.execute(f"""
-            SELECT {selected} FROM pf_segs r JOIN pf_messages m USING (key, seg)
-            WHERE NOT m.complete AND r.pending_rowid IS NULL ORDER BY r.key, r.o""").fetchall()
+            SELECT {selected} FROM pf_segs r JOIN pf_messages m USING (kh, seg)
+            WHERE NOT m.complete AND r.pending_rowid IS NULL ORDER BY r.kh, r.o""").fetchall()
         consumed = con.execute("""
-            SELECT r.pending_rowid FROM pf_segs r JOIN pf_messages m USING (key, seg)
+            SELECT r.pending_rowid FROM pf_segs r JOIN pf_messages m USING (kh, seg)
             WHERE m.complete AND r.pending_rowid IS NOT NULL""").fetchall()
         with ctx.state.transaction() as db:
             db.executemany("UPDATE postfix_pending SET consumed_by = ? WHERE rowid = ?",
