@@ -284,6 +284,8 @@ def test_random_input_never_crashes_flow_parsers(payloads):
 
 SRX_PREFIXES = [
     "<14>Mar  3 09:17:02 srx01 RT_FLOW: RT_FLOW_SESSION_CLOSE: session closed TCP FIN: ",
+    "<14>Mar  3 09:17:02 srx01 RT_FLOW: RT_FLOW_SESSION_CLOSE: session closed TCP FIN: 10.0.0.1/1->10.0.0.2/2 0x0 x "
+    "10.0.0.1/1->10.0.0.2/2 0x0 N/A N/A N/A N/A 6 p z1 z2 7 1(",
     '<14>1 2026-03-03T09:15:07.120+01:00 srx01 RT_FLOW - RT_FLOW_SESSION_CLOSE [junos@2636.1.1.1.2.129 reason="',
     "2026-03-03 09:15:02,2026-03-03 09:15:07,5.012,",
 ]

@@ -33,7 +33,7 @@ import duckdb
 
 from ..models import NETWORK_TRAFFIC
 from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
-from .syslog_header import header_time_sql, local_time_sql
+from .syslog_header import epoch_sql, header_time_sql, local_time_sql
 
 _IP_RE = "[0-9A-Fa-f.:]+"
 
@@ -116,7 +116,7 @@ def flexible_time_sql(expr: str, tz: str) -> str:
     e = f"trim({expr})"
     return (
         f"CASE WHEN regexp_full_match({e}, '[0-9]+(\\.[0-9]+)?') THEN "
-        f"  to_timestamp(TRY_CAST({e} AS DOUBLE) / CASE WHEN TRY_CAST({e} AS DOUBLE) > 1e11 THEN 1000.0 ELSE 1.0 END) "
+        f"  {epoch_sql(f'(TRY_CAST({e} AS DOUBLE) / CASE WHEN TRY_CAST({e} AS DOUBLE) > 1e11 THEN 1000.0 ELSE 1.0 END)')} "
         f"WHEN regexp_matches({e}, '(Z|[+-][0-9][0-9]:?[0-9][0-9])$') THEN TRY_CAST({e} AS TIMESTAMPTZ) "
         f"ELSE {local_time_sql(f'TRY_CAST({e} AS TIMESTAMP)', tz)} END"
     )
@@ -441,7 +441,8 @@ class JuniperSRXFlow:
                 FROM (SELECT *, CASE WHEN is_close THEN regexp_extract(pre, {sql_string(SRX_TIME)}, ['hdr_bsd', 'hdr_iso', 'hdr_zone']) END AS h
                       FROM fields)
             ), classified AS (
-                SELECT *, close_time - to_seconds(coalesce(TRY_CAST(elapsed AS BIGINT), 0)) AS _time,
+                SELECT *, close_time - to_seconds(CASE WHEN TRY_CAST(elapsed AS BIGINT) BETWEEN 0 AND 3153600000
+                                                       THEN TRY_CAST(elapsed AS BIGINT) ELSE 0 END) AS _time,
                        TRY_CAST(elapsed AS DOUBLE) AS duration_s,
                     CASE WHEN {blank_sql()} THEN 'blank line'
                          WHEN kind IS NULL AND regexp_matches(line, {sql_string(_SRX_SYSLOG)}) THEN 'other syslog message'
@@ -452,7 +453,8 @@ class JuniperSRXFlow:
                          WHEN close_time IS NULL AND hdr_bsd <> '' THEN 'syslog timestamp without a year: pass --year'
                          WHEN close_time IS NULL THEN 'no usable syslog timestamp'
                          {' '.join(flow_checks_sql(cols))}
-                         WHEN nullif(elapsed, '') IS NOT NULL AND TRY_CAST(elapsed AS BIGINT) IS NULL THEN 'bad elapsed-time: ' || elapsed
+                         WHEN nullif(elapsed, '') IS NOT NULL AND NOT coalesce(TRY_CAST(elapsed AS BIGINT) BETWEEN 0 AND 3153600000, false)
+                              THEN 'bad elapsed-time: ' || elapsed
                          END AS reason
                 FROM timed
             )

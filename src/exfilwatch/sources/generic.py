@@ -43,7 +43,7 @@ from ..config import ConfigError
 from ..models import DATA_MODELS, NETWORK_TRAFFIC, DataModel
 from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
 from .flows import blank_sql, csv_fields_sql
-from .syslog_header import local_time_sql
+from .syslog_header import epoch_sql, local_time_sql
 
 MAPPABLE_MODELS = ("network_traffic", "authentication", "email")
 DEFAULT_EVENT_TYPE = {"network_traffic": "network-connection"}
@@ -280,9 +280,9 @@ class GenericSource:
     @staticmethod
     def _time_sql(expr: str, time_format: str, tz: str) -> str:
         if time_format == "epoch":
-            return f"to_timestamp(TRY_CAST({expr} AS DOUBLE))"
+            return epoch_sql(f"TRY_CAST({expr} AS DOUBLE)")
         if time_format == "epoch_ms":
-            return f"to_timestamp(TRY_CAST({expr} AS DOUBLE) / 1000.0)"
+            return epoch_sql(f"(TRY_CAST({expr} AS DOUBLE) / 1000.0)")
         if time_format == "iso8601":
             return (f"CASE WHEN regexp_matches({expr}, '(Z|[+-][0-9][0-9]:?[0-9][0-9])$') THEN TRY_CAST({expr} AS TIMESTAMPTZ) "
                     f"ELSE {local_time_sql(f'TRY_CAST({expr} AS TIMESTAMP)', tz)} END")

@@ -31,13 +31,13 @@ import duckdb
 
 from ..models import AUTHENTICATION
 from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
-from .syslog_header import HEADER_GROUPS, header_time_is_exact_sql, header_time_sql, local_time_sql
+from .syslog_header import (ENVELOPE, HEADER_GROUPS, epoch_sql, header_time_is_exact_sql, header_time_sql,
+                            local_time_sql)
 
 SOURCE_NAME = "pulse_secure"
 
 _IP = r"[0-9A-Fa-f.:]+"
 _USER_REALM = r"(?P<m_user>[^/(]*?)(?:/(?P<m_realm>[^(]*?))?"
-_SESSION = r"\(session:\s*(?P<m_session>[^)]*)\)"
 
 # Fields a message pattern may fill (every pattern gets all of them, unused ones empty).
 M_FIELDS = ["m_user", "m_realm", "m_session", "m_ip", "m_agent", "m_assigned", "m_duration",
@@ -213,10 +213,6 @@ def _positional(pattern: str, names: list[str]) -> None:
 # Line shapes. RE2 extracts groups quickly (its one-pass engine) only from unambiguous patterns
 # with at most four groups, so each form is taken apart in small pieces: a pattern that finds
 # the form's fixed part, string positions for the rest.
-SYSLOG_ENVELOPE = (  # on the text before the body; the program tag that may follow is not needed
-    r"^(?:<\d{1,3}>)?(?:1 )?(?:(?P<hdr_iso>2\d{3}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?P<hdr_zone>Z|[+-]\d\d:?\d\d)?)"
-    r"|(?P<hdr_bsd>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d)) +(?P<hdr_host>\S+)"
-)
 STANDARD_HEAD = r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) - (?P<node>\S+) - \[(?P<src>[^\]]*)\] "  # searched anywhere
 STANDARD_WHO = r"^(?P<who>[^()\[\]]*)\((?P<realm>[^()]*)\)\[(?P<roles>[^\]]*)(?P<sep>\] - )"  # then the message
 WELF_HEAD = r'^(?P<w_m>id=firewall) time="(?P<ts>[^"]*)" pri=\d* fw=(?P<fw>\S*) vpn=(?P<node>\S*) '
@@ -237,7 +233,7 @@ _WELF_HEAD_GROUPS = ["w_m", "ts", "fw", "node"]
 _WELF_REALM_GROUPS = ["wr_m", "realm", "roles"]
 _CEF_GROUPS = ["c_m", "c_vendor", "c_product", "c_sig", "c_name", "c_ext"]
 
-for _pattern, _names in ((SYSLOG_ENVELOPE, _ENVELOPE_GROUPS), (STANDARD_HEAD, _STANDARD_HEAD_GROUPS),
+for _pattern, _names in ((ENVELOPE, _ENVELOPE_GROUPS), (STANDARD_HEAD, _STANDARD_HEAD_GROUPS),
                          (STANDARD_WHO, _STANDARD_WHO_GROUPS), (WELF_HEAD, _WELF_HEAD_GROUPS),
                          (WELF_REALM, _WELF_REALM_GROUPS), (CEF_RE, _CEF_GROUPS)):
     _positional(_pattern, _names)  # regexp_extract names groups by position
@@ -364,7 +360,7 @@ class PulseSecure:
             )
         ), parts AS (
             SELECT line_no, form, l, sa, body_at,
-                   CASE WHEN body_at > 1 THEN {_extract(SYSLOG_ENVELOPE, _ENVELOPE_GROUPS, 'left(l, body_at - 1)')} END AS h,
+                   CASE WHEN body_at > 1 THEN {_extract(ENVELOPE, _ENVELOPE_GROUPS, 'left(l, body_at - 1)')} END AS h,
                    CASE WHEN form = 'standard' AND body_at > 0 THEN
                         substr(l, body_at + 28 + length(sa.node) + length(sa.src)) END AS who_part,
                    CASE WHEN form <> 'standard' AND body_at > 0 THEN substr(l, body_at) END AS body
@@ -450,7 +446,7 @@ class PulseSecure:
                    CASE kind {event_case} END AS event_type,
                    {header_time_is_exact_sql('')} AS exact_header,
                    CASE WHEN regexp_full_match(c_rt, '[0-9]{{1,15}}') THEN
-                        to_timestamp(CAST(c_rt AS DOUBLE) / CASE WHEN length(c_rt) > 11 THEN 1000.0 ELSE 1.0 END) END AS cef_epoch,
+                        {epoch_sql('(CAST(c_rt AS DOUBLE) / CASE WHEN length(c_rt) > 11 THEN 1000.0 ELSE 1.0 END)')} END AS cef_epoch,
                    CASE WHEN body_ts <> '' THEN {body_time} END AS body_time,
                    CASE WHEN c_rt IS NOT NULL AND NOT regexp_full_match(c_rt, '[0-9]{{1,15}}') THEN {cef_local} END AS cef_local,
                    coalesce(nullif(d.m_session, ''),
