@@ -53,7 +53,9 @@ def install_macros(con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
             nullif(lower(trim(CASE WHEN contains(a, '<') AND contains(a, '>')
                                    THEN regexp_extract(a, '<([^<>]*)>', 1) ELSE a END, ' <>"''')), ''));
         CREATE OR REPLACE TEMP MACRO ew_domain(a) AS (
-            CASE WHEN contains(a, '@') THEN nullif(rtrim(string_split(a, '@')[-1], '.'), '') END);
+            CASE WHEN NOT contains(a, '@') THEN NULL
+                 WHEN ends_with(a, '.') THEN nullif(rtrim(split_part(a, '@', -1), '.'), '')
+                 ELSE nullif(split_part(a, '@', -1), '') END);
         CREATE OR REPLACE TEMP MACRO ew_is_internal(d) AS (
             d IS NULL OR list_bool_or(list_transform({domains}, lambda x: d = x OR ends_with(d, '.' || x))));
         CREATE OR REPLACE TEMP MACRO ew_addr_list(l) AS (
@@ -97,19 +99,20 @@ def email_select(source_name: str, table: str, where: str = "true", sent_by_user
     """
     sender = "CAST(NULL AS VARCHAR)" if sent_by_user else "src_user"
     return f"""
-        SELECT _time, message_id, internal_message_id, src_user,
-               ew_domain(src_user) AS src_user_domain,
-               recipient,
-               list_transform(recipient, lambda r: ew_domain(r)) AS recipient_domain,
-               CAST(len(recipient) AS INTEGER) AS recipient_count,
-               size, subject, file_name,
-               ew_direction({sender}, list_transform(recipient, lambda r: ew_domain(r))) AS direction,
-               action, src_ip, dest,
-               coalesce(event_type_override,
-                        ew_event_type(ew_direction({sender}, list_transform(recipient, lambda r: ew_domain(r))), action))
-                   AS event_type,
+        SELECT _time, message_id, internal_message_id, src_user, src_user_domain, recipient, recipient_domain,
+               recipient_count, size, subject, file_name, direction, action, src_ip, dest,
+               coalesce(event_type_override, ew_event_type(direction, action)) AS event_type,
                {sql_string(source_name)} AS source, raw_ref
-        FROM {table} WHERE {where}
+        FROM (
+            SELECT *, ew_direction({sender}, recipient_domain) AS direction
+            FROM (
+                SELECT _time, message_id, internal_message_id, src_user,
+                       ew_domain(src_user) AS src_user_domain,
+                       recipient,
+                       list_transform(recipient, lambda r: ew_domain(r)) AS recipient_domain,
+                       CAST(len(recipient) AS INTEGER) AS recipient_count,
+                       size, subject, file_name, action, src_ip, dest, event_type_override, raw_ref
+                FROM {table} WHERE {where}))
     """
 
 

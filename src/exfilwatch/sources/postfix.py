@@ -231,8 +231,8 @@ def lines_sql(ctx: ParseContext) -> str:
                CASE WHEN kind IS NOT NULL THEN hash(host, qid) END AS kh, host,
                CASE WHEN kind IS NOT NULL THEN qid END AS queue_id, kind, t,
                CASE WHEN kind = 'mid' THEN nullif(trim(substr(body, 12), '<> '), '') END AS message_id,
-               CASE kind WHEN 'from' THEN q.sender WHEN 'expired' THEN q.sender
-                         WHEN 'reject' THEN r.sender END AS sender,
+               lower(CASE kind WHEN 'from' THEN q.sender WHEN 'expired' THEN q.sender
+                               WHEN 'reject' THEN r.sender END) AS sender,
                CASE WHEN kind = 'from' THEN TRY_CAST(q.size AS BIGINT) END AS size,
                CASE WHEN kind = 'from' THEN TRY_CAST(q.nrcpt AS BIGINT) END AS nrcpt,
                CASE kind WHEN 'client' THEN CASE WHEN contains(body, 'orig_client=')
@@ -240,8 +240,8 @@ def lines_sql(ctx: ParseContext) -> str:
                          WHEN 'reject' THEN nullif(r.ip, '')
                          WHEN 'subject' THEN nullif(hi.ip, '') WHEN 'attachment' THEN nullif(hi.ip, '') END AS orig_ip,
                CASE WHEN kind = 'client' THEN cip END AS direct_ip,
-               CASE kind WHEN 'delivery' THEN regexp_extract(body, {sql_string(DELIVERY_FIELDS['rcpt'][0])}, 1)
-                         WHEN 'reject' THEN nullif(r.to, '') END AS rcpt,
+               lower(CASE kind WHEN 'delivery' THEN nullif(regexp_extract(body, {sql_string(DELIVERY_FIELDS['rcpt'][0])}, 1), '')
+                               WHEN 'reject' THEN nullif(r.to, '') END) AS rcpt,
                CASE WHEN kind = 'delivery' THEN regexp_extract(body, {sql_string(DELIVERY_FIELDS['relay'][0])}, 1) END AS relay,
                CASE WHEN kind = 'delivery' THEN regexp_extract(body, {sql_string(DELIVERY_FIELDS['dsn'][0])}, 1) END AS dsn,
                CASE WHEN kind = 'delivery' THEN regexp_extract(body, {sql_string(DELIVERY_FIELDS['status'][0])}, 1) END AS status,
@@ -303,14 +303,15 @@ class Postfix:
             columns[name] = pa.array([r[name] for r in rows], _ARROW[typ])
         con.register("pf_pending_arrow", pa.table(columns))
         con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE pf_recs AS
+            CREATE OR REPLACE TEMP TABLE pf_pending AS SELECT * FROM pf_pending_arrow;
+            CREATE OR REPLACE TEMP VIEW pf_recs AS
             SELECT *, (CAST(epoch_us(t) AS HUGEINT) << 52) + pos AS o, kind IN ('removed', 'reject') AS boundary
             FROM (
             SELECT hash(split_part(key, '|', 1), queue_id) AS kh, split_part(key, '|', 1) AS host, queue_id, kind,
                    timezone('UTC', make_timestamp(time)) AS t, message_id, sender, size, nrcpt, client_ip,
                    rcpt, relay, dsn, status, hop, subject, file_name, raw_ref, CAST(NULL AS BIGINT) AS ref_line,
                    pending_rowid, pending_rowid AS pos
-            FROM pf_pending_arrow
+            FROM pf_pending
             UNION ALL BY NAME
             SELECT * EXCLUDE (line_no, outcome, reason) FROM pf_lines WHERE kind IS NOT NULL)
         """)
@@ -373,10 +374,10 @@ class Postfix:
                 FROM last_status l JOIN info i USING (kh, seg)
             ), rc AS (
                 SELECT kh, seg,
-                    list(rcpt ORDER BY first_pos) FILTER (WHERE state = 'delivered') AS delivered,
-                    list(rcpt ORDER BY first_pos) FILTER (WHERE state = 'hop') AS hops,
-                    list(rcpt ORDER BY first_pos) FILTER (WHERE state IN ('failed', 'deferred', 'other')) AS undelivered,
-                    list(rcpt ORDER BY first_pos) FILTER (WHERE state = 'probe') AS probes,
+                    list(rcpt) FILTER (WHERE state = 'delivered') AS delivered,
+                    list(rcpt) FILTER (WHERE state = 'hop') AS hops,
+                    list(rcpt) FILTER (WHERE state IN ('failed', 'deferred', 'other')) AS undelivered,
+                    list(rcpt) FILTER (WHERE state = 'probe') AS probes,
                     count(*) FILTER (WHERE state IN ('delivered', 'hop', 'failed', 'probe')) AS n_final,
                     bool_or(state = 'failed') AS any_failed,
                     arg_min(relay_host, first_pos) FILTER (WHERE state = 'delivered') AS dest_delivered,
@@ -401,13 +402,13 @@ class Postfix:
                 closed AND start_seen AND (has_from OR has_reject) AS ready,
                 t0 AS _time,
                 queue_id AS internal_message_id,
-                ew_addr(coalesce(sender_q, sender_r)) AS src_user,
-                ew_addr_list(CASE WHEN coalesce(len(delivered), 0) > 0 THEN delivered
+                nullif(coalesce(sender_q, sender_r), '') AS src_user,
+                list_sort(list_distinct(CASE WHEN coalesce(len(delivered), 0) > 0 THEN delivered
                                   WHEN coalesce(len(hops), 0) > 0 THEN hops
                                   WHEN coalesce(len(undelivered), 0) > 0 THEN undelivered
                                   WHEN coalesce(len(probes), 0) > 0 THEN probes
                                   WHEN reject_rcpt IS NOT NULL THEN [reject_rcpt]
-                                  ELSE []::VARCHAR[] END) AS recipient,
+                                  ELSE []::VARCHAR[] END)) AS recipient,
                 CASE WHEN coalesce(len(files), 0) > 0 THEN files END AS file_name,
                 CASE WHEN coalesce(len(delivered), 0) > 0 THEN 'delivered'
                      WHEN has_reject THEN 'blocked'
