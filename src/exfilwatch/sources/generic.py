@@ -236,6 +236,8 @@ class GenericSource:
                                      f"lambda x: trim(x)), lambda x: x <> '')")
             elif typ == "VARCHAR":
                 values[field] = expr
+                if field == "event_type":
+                    checks.append(f"WHEN {expr} IS NULL THEN {sql_string(f'missing event type in {label}')}")
             else:
                 values[field] = f"TRY_CAST({expr} AS {typ})"
                 checks.append(f"WHEN {expr} IS NOT NULL AND v_{field} IS NULL THEN "
