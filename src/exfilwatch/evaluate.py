@@ -319,3 +319,31 @@ def evaluate_command(home, settings: Settings, detections: list[Detection], labe
     finally:
         con.close()
         state.close()
+
+
+def stored_session_findings(state: StateStore, rule_ids: list[str], tz: str) -> list[EvalFinding]:
+    """The stored findings of the session rules, with the local days their sessions overlap."""
+    import json
+
+    zone = ZoneInfo(tz)
+    if not rule_ids:
+        return []
+    marks = ",".join("?" * len(rule_ids))
+    out = []
+    for row in state.query(f"SELECT detection_id, entity, bucket, value, message, fields FROM findings "
+                           f"WHERE detection_id IN ({marks})", tuple(rule_ids)):
+        fields = json.loads(row["fields"])
+        start = datetime.fromisoformat(fields["session_start"])
+        end = datetime.fromisoformat(fields["session_end"])
+        out.append(EvalFinding(row["detection_id"], row["entity"], row["bucket"], _local_days(start, end, zone),
+                               row["value"], row["message"], fields))
+    return out
+
+
+def check_stored(labels_path: Path, state: StateStore, settings: Settings, rule_ids: list[str]
+                 ) -> tuple[list[dict[str, Any]], RuleQuality]:
+    """Each labelled case of the session rules with what the stored findings did about it."""
+    labels = [label for label in read_labels(labels_path) if label.detection_id in ("", *rule_ids)]
+    findings = stored_session_findings(state, rule_ids, settings.timezone)
+    _rules, overall, cases = score(findings, labels, rule_ids, 0)
+    return cases, overall
