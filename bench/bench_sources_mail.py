@@ -139,12 +139,13 @@ def run_exfilwatch(path: Path, threads: int) -> dict:
     from exfilwatch.config import Home, parse_settings
     from exfilwatch.ingest import ingest_paths
 
-    root = Path(tempfile.mkdtemp(prefix="bench-home-"))
-    home = Home(root=root, config_path=root / "config.yaml")
-    settings = parse_settings({"internal_domains": ["example.com"], "threads": threads}, "bench")
-    start = time.perf_counter()
-    [report] = ingest_paths([path], home, settings, source_name="postfix", year=2026)
-    elapsed = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="bench-mail-home-") as tmp:
+        root = Path(tmp)
+        home = Home(root=root, config_path=root / "config.yaml")
+        settings = parse_settings({"internal_domains": ["example.com"], "threads": threads}, "bench")
+        start = time.perf_counter()
+        [report] = ingest_paths([path], home, settings, source_name="postfix", year=2026)
+        elapsed = time.perf_counter() - start
     return {"lines": report.lines, "seconds": elapsed, "messages": report.events, "notes": report.notes}
 
 
