@@ -213,7 +213,7 @@ def _positional(pattern: str, names: list[str]) -> None:
 # Line shapes. RE2 extracts groups quickly (its one-pass engine) only from unambiguous patterns
 # with at most four groups, so each form is taken apart in small pieces: a pattern that finds
 # the form's fixed part, string positions for the rest.
-STANDARD_HEAD = r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) - (?P<node>\S+) - \[(?P<src>[^\]]*)\] "  # searched anywhere
+STANDARD_HEAD = r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) - (?P<node>\S+) - \[$"  # the text up to the first ` - [`
 STANDARD_WHO = r"^(?P<who>[^()\[\]]*)\((?P<realm>[^()]*)\)\[(?P<roles>[^\]]*)(?P<sep>\] - )"  # then the message
 WELF_HEAD = r'^(?P<w_m>id=firewall) time="(?P<ts>[^"]*)" pri=\d* fw=(?P<fw>\S*) vpn=(?P<node>\S*) '
 WELF_REALM = r'(?P<wr_m> realm=")(?P<realm>[^"]*)" roles="(?P<roles>[^"]*)"'
@@ -227,7 +227,7 @@ CEF_RE = (
 )
 
 _ENVELOPE_GROUPS = HEADER_GROUPS
-_STANDARD_HEAD_GROUPS = ["ts", "node", "src"]
+_STANDARD_HEAD_GROUPS = ["ts", "node"]
 _STANDARD_WHO_GROUPS = ["who", "realm", "roles", "sep"]
 _WELF_HEAD_GROUPS = ["w_m", "ts", "fw", "node"]
 _WELF_REALM_GROUPS = ["wr_m", "realm", "roles"]
@@ -336,21 +336,26 @@ class PulseSecure:
                         ELSE line END AS l
             FROM raw_lines
         ), located AS (
-            -- the standard body is found anywhere (after whatever envelope); CEF and WELF markers come
-            -- right after the syslog header
+            -- the standard body: its first ` - [` is the one after the node; the timestamp and the node
+            -- before it are read backwards from there (an end-anchored pattern: RE2 runs it in reverse)
             SELECT line_no, l,
                    CASE WHEN l = '' OR ((starts_with(l, ' ') OR starts_with(l, chr(9))) AND trim(l) = '') THEN NULL
-                        ELSE {_extract(STANDARD_HEAD, _STANDARD_HEAD_GROUPS, 'l')} END AS sa
+                        ELSE strpos(l, ' - [') END AS bracket
             FROM cleaned
         ), split AS (
-            SELECT *, CASE WHEN sa.ts <> '' THEN strpos(l, sa.ts || ' - ' || sa.node || ' - [' || sa.src || '] ') END AS std_at
-            FROM located
+            SELECT *,
+                   CASE WHEN bracket > 22 AND sa.ts <> '' THEN bracket - 22 - length(sa.node) END AS std_at,
+                   CASE WHEN bracket > 22 AND sa.ts <> '' THEN split_part(substr(l, bracket + 4), ']', 1) END AS std_src
+            FROM (
+                SELECT *, CASE WHEN bracket > 22 THEN {_extract(STANDARD_HEAD, _STANDARD_HEAD_GROUPS, 'left(l, bracket + 3)')} END AS sa
+                FROM located
+            )
         ), formed AS (
             SELECT *, CASE form WHEN 'standard' THEN std_at WHEN 'cef' THEN strpos(l, 'CEF:')
                                 WHEN 'welf' THEN strpos(l, 'id=firewall ') END AS body_at
             FROM (
                 SELECT *,
-                       CASE WHEN sa IS NULL THEN 'blank'
+                       CASE WHEN bracket IS NULL THEN 'blank'
                             WHEN std_at > 0 AND NOT contains(left(l, std_at), 'CEF:')
                                  AND NOT contains(left(l, std_at), 'id=firewall ') THEN 'standard'
                             WHEN contains(left(l, 160), 'CEF:') THEN 'cef'
@@ -359,10 +364,11 @@ class PulseSecure:
                 FROM split
             )
         ), parts AS (
-            SELECT line_no, form, l, sa, body_at,
+            SELECT line_no, form, l, sa, std_src, bracket, body_at,
                    CASE WHEN body_at > 1 THEN {_extract(ENVELOPE, _ENVELOPE_GROUPS, 'left(l, body_at - 1)')} END AS h,
                    CASE WHEN form = 'standard' AND body_at > 0 THEN
-                        substr(l, body_at + 28 + length(sa.node) + length(sa.src)) END AS who_part,
+                        CASE WHEN substr(l, bracket + 4 + length(std_src), 2) = '] '
+                             THEN substr(l, bracket + 6 + length(std_src)) END END AS who_part,
                    CASE WHEN form <> 'standard' AND body_at > 0 THEN substr(l, body_at) END AS body
             FROM formed
         ), extracted AS (
@@ -408,7 +414,7 @@ class PulseSecure:
                    CASE WHEN form = 'cef' THEN {_cef_value('rt')} END AS c_rt,
                    CASE WHEN form = 'cef' THEN coalesce({_cef_value('dvchost')}, {_cef_value('dvc')})
                         WHEN form = 'standard' THEN sa.node ELSE wa.node END AS node,
-                   CASE WHEN form = 'cef' THEN {_cef_value('src')} WHEN form = 'standard' THEN sa.src ELSE w_src END AS src,
+                   CASE WHEN form = 'cef' THEN {_cef_value('src')} WHEN form = 'standard' THEN std_src ELSE w_src END AS src,
                    CASE WHEN form = 'cef' THEN coalesce({_cef_value('suser')}, {_cef_value('duser')})
                         ELSE coalesce(sb.who, w_who) END AS who,
                    CASE WHEN form = 'cef' THEN {_cef_labelled('realm')} ELSE coalesce(sb.realm, wr.realm) END AS realm,
