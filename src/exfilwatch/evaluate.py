@@ -149,33 +149,40 @@ def _local_days(start: datetime, end: datetime, zone: ZoneInfo) -> tuple[date, .
 
 
 def replay(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, detections: list[Detection],
-           start: datetime, end: datetime, overrides: dict[str, Any] | None = None) -> tuple[list[EvalFinding], int]:
+           start: datetime, end: datetime, overrides: dict[str, Any] | None = None,
+           chunk: timedelta = timedelta(days=7)) -> tuple[list[EvalFinding], int]:
     """Findings of the session rules for the sessions that closed in [start, end), not stored.
 
-    One run with the window [start, end) and `now` = end. The rules compare each session with the
-    user's sessions in the model window before *that session* (not before `now`), so one run gives
-    what the hourly schedule would have given session by session.
+    The rules compare each session with the user's sessions in the model window before *that
+    session* (not before `now`), so a run over a long window gives what the hourly schedule would
+    have given session by session. The range is cut into `chunk`-long windows only to bound the
+    memory of the model join (sessions judged x their history).
     """
     zone = ZoneInfo(settings.timezone)
     for detection in detections:
         build_derived_model(con, detection, settings, state, end)
-    window = RunWindow(now=end, earliest=start, latest=end)
     out: list[EvalFinding] = []
     sessions = 0
-    for detection in detections:
-        params = resolve_parameters(detection, settings, overrides_for(detection, overrides), window)
-        lo, hi = data_range(params)
-        register_lake_views(con, settings, state, lo, hi)
-        expose_models(con)
-        if detection.data_model == "user_sessions" and not sessions:
-            sessions = con.execute("SELECT count(*) FROM user_sessions WHERE _time >= $s AND _time < $e",
-                                   {"s": start, "e": end}).fetchall()[0][0]
-        for finding in findings_from_rows(detection, execute(con, detection, params), settings.timezone):
-            f = finding.fields
-            s_start = datetime.fromisoformat(f["session_start"])
-            s_end = datetime.fromisoformat(f["session_end"])
-            out.append(EvalFinding(detection.id, finding.entity, finding.bucket,
-                                   _local_days(s_start, s_end, zone), finding.value, finding.message, f))
+    lo = start
+    while lo < end:
+        hi = min(lo + chunk, end)
+        window = RunWindow(now=hi, earliest=lo, latest=hi)
+        for index, detection in enumerate(detections):
+            params = resolve_parameters(detection, settings, overrides_for(detection, overrides), window)
+            first, last = data_range(params)
+            if index == 0:
+                register_lake_views(con, settings, state, first, last)
+                expose_models(con)
+                if detection.data_model == "user_sessions":
+                    sessions += con.execute("SELECT count(*) FROM user_sessions WHERE _time >= $s AND _time < $e",
+                                            {"s": lo, "e": hi}).fetchall()[0][0]
+            for finding in findings_from_rows(detection, execute(con, detection, params), settings.timezone):
+                f = finding.fields
+                s_start = datetime.fromisoformat(f["session_start"])
+                s_end = datetime.fromisoformat(f["session_end"])
+                out.append(EvalFinding(detection.id, finding.entity, finding.bucket,
+                                       _local_days(s_start, s_end, zone), finding.value, finding.message, f))
+        lo = hi
     return out, sessions
 
 
