@@ -454,9 +454,10 @@ def sessions(
     else:
         console.print(f"sessions: {report.reason} from {report.built_from:%Y-%m-%d} to {report.built_until:%Y-%m-%d %H:%M} "
                       f"UTC: {report.sessions} closed sessions written")
+    if report.counts.vpn_events or report.counts.messages or report.counts.flows:
         counts = report.counts
         console.print(
-            f"  VPN events {counts.vpn_events} ({counts.vpn_events_unresolved} with no user, "
+            f"  the last build read: VPN events {counts.vpn_events} ({counts.vpn_events_unresolved} with no user, "
             f"{counts.ends_before_login} ends before any login); messages sent {counts.messages} "
             f"({counts.messages_unresolved_sender} from senders outside the organisation or not resolved); "
             f"flows {counts.flows} ({counts.flows_unattributed} from hosts that are neither a VPN tunnel nor a "

@@ -91,7 +91,8 @@ STATE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS derived_builds (
     name TEXT PRIMARY KEY,
     built_until TEXT NOT NULL,
-    settings_hash TEXT NOT NULL
+    settings_hash TEXT NOT NULL,
+    counts TEXT  -- what the last build saw and could not use (SessionCounts, JSON)
 );
 CREATE TABLE IF NOT EXISTS derived_inputs (
     name TEXT NOT NULL,
@@ -579,6 +580,9 @@ def _resolve_overlaps(con: duckdb.DuckDBPyConnection, table: str) -> None:
 
 def _ensure_schema(state: StateStore) -> None:
     state.conn.executescript(STATE_SCHEMA)
+    columns = {row["name"] for row in state.query("PRAGMA table_info(derived_builds)")}
+    if "counts" not in columns:  # a state store from before the column
+        state.conn.execute("ALTER TABLE derived_builds ADD COLUMN counts TEXT")
 
 
 def _utc_midnight(t: datetime) -> datetime:
@@ -593,6 +597,13 @@ class BuildReport:
     sessions: int = 0
     reason: str = ""
     counts: SessionCounts = field(default_factory=SessionCounts)
+
+
+def _last_counts(state: StateStore) -> SessionCounts:
+    row = state.query("SELECT counts FROM derived_builds WHERE name = ?", (NAME,))
+    if not row or not row[0]["counts"]:
+        return SessionCounts()
+    return SessionCounts(**json.loads(row[0]["counts"]))
 
 
 def _input_files(state: StateStore) -> list[tuple[str, str]]:
@@ -629,7 +640,7 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
                 if late < start:
                     start, reason = max(late, first_day), "late input data"
             if not new_days and now <= built_until:
-                return BuildReport(None, built_until, reason="up to date")
+                return BuildReport(None, built_until, reason="up to date", counts=_last_counts(state))
         start = _utc_midnight(start)
         read_from = start - lookback
         register_lake_views(con, settings, state, read_from, now)
@@ -648,9 +659,9 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
                        (batch_id, NAME, "sessions", f"derived from {', '.join(INPUT_MODELS)}", 0, 0, 0, rows, 0, 0))
             db.executemany("INSERT INTO batch_files VALUES (?,?,?,?,?)",
                            [(f.path, batch_id, NAME, f.day, f.rows) for f in written])
-            db.execute("INSERT INTO derived_builds VALUES (?,?,?) ON CONFLICT(name) DO UPDATE SET "
-                       "built_until=excluded.built_until, settings_hash=excluded.settings_hash",
-                       (NAME, now.isoformat(), settings_hash))
+            db.execute("INSERT INTO derived_builds VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                       "built_until=excluded.built_until, settings_hash=excluded.settings_hash, counts=excluded.counts",
+                       (NAME, now.isoformat(), settings_hash, dumps(counts.as_dict())))
             db.executemany("INSERT OR IGNORE INTO derived_inputs VALUES (?, ?)", [(NAME, path) for path, _ in files])
         for path in old:
             Path(path).unlink(missing_ok=True)
