@@ -231,7 +231,6 @@ def _ingest_chunk(chunk: LineChunk, source: Source, ctx: ParseContext, home: Hom
                 "WHEN ends_with(line, chr(10)) THEN left(line, -1) ELSE line END AS VARCHAR) AS line "
                 "FROM raw_lines_arrow")
     parsed = source.parse(con, ctx)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE batch_events AS SELECT * FROM {parsed.events}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE batch_outcomes AS SELECT * FROM {parsed.classified}")
     outcome_counts = dict(con.execute("SELECT outcome, count(*) FROM batch_outcomes GROUP BY outcome").fetchall())
     classified = sum(outcome_counts.values())
@@ -244,8 +243,8 @@ def _ingest_chunk(chunk: LineChunk, source: Source, ctx: ParseContext, home: Hom
         f"""SELECT o.line_no, o.reason, left(r.line, {RAW_LINE_LIMIT}) FROM batch_outcomes o
             JOIN raw_lines r USING (line_no) WHERE o.outcome = 'quarantined' ORDER BY o.line_no"""
     ).fetchall()
-    events = con.execute("SELECT count(*) FROM batch_events").fetchall()[0][0]
-    files = write_batch(con, home.lake, source.data_model, ctx.batch_id, "batch_events") if events else []
+    files = write_batch(con, home.lake, source.data_model, ctx.batch_id, parsed.events)
+    events = sum(f.rows for f in files)
     with state.transaction() as db:
         db.execute("DELETE FROM quarantine WHERE batch_id = ?", (ctx.batch_id,))
         db.execute("DELETE FROM skipped WHERE batch_id = ?", (ctx.batch_id,))

@@ -43,7 +43,7 @@ def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, ba
         f"""
         COPY (SELECT {columns}, {day} AS day FROM {relation})
         TO '{staging}' (FORMAT parquet, PARTITION_BY (day), FILENAME_PATTERN '{batch_id}_{{i}}',
-                        COMPRESSION zstd, ROW_GROUP_SIZE 122880, RETURN_STATS)
+                        COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE 122880, RETURN_STATS)
         """
     ).fetchall()
     written: list[LakeFile] = []
