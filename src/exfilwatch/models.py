@@ -105,8 +105,9 @@ EMAIL = DataModel(
     ),
 )
 
-_EVIDENCE_MESSAGE = ("STRUCT(\"time\" VARCHAR, message_id VARCHAR, size BIGINT, recipients VARCHAR[], "
-                     "subject VARCHAR, file_name VARCHAR[])[]")
+# recipients and attachment names as one comma-separated string each: cheaper to build per session
+_EVIDENCE_MESSAGE = ("STRUCT(\"time\" VARCHAR, message_id VARCHAR, size BIGINT, recipients VARCHAR, "
+                     "subject VARCHAR, file_name VARCHAR)[]")
 
 USER_SESSIONS = DataModel(
     name="user_sessions",

@@ -152,7 +152,25 @@ def _settings_hash(settings: Settings) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def compute_sessions(
+def compute_sessions(con: duckdb.DuckDBPyConnection, settings: Settings, now: datetime, start: datetime,
+                     read_from: datetime, **tables: Any) -> SessionCounts:
+    """Create temp table `target` (the `user_sessions` columns) with the sessions closed in [start, now).
+
+    Events are read from [read_from, now): read_from must lie far enough before `start` to hold
+    the logins of sessions that end after `start` (`sessions.lookback_days`). `tables` may name
+    other relations for `auth`, `email`, `flows` and the `target`.
+    """
+    # Nothing below depends on the order rows are stored in; without that promise DuckDB
+    # parallelises the table builds.
+    before = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
+    con.execute("SET preserve_insertion_order = false")
+    try:
+        return _compute_sessions(con, settings, now, start, read_from, **tables)
+    finally:
+        con.execute(f"SET preserve_insertion_order = {'true' if before else 'false'}")
+
+
+def _compute_sessions(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
     now: datetime,
@@ -436,12 +454,13 @@ def compute_sessions(
                coalesce(sum(size) FILTER (WHERE outgoing), 0) AS em_bsum,
                coalesce(sum(size) FILTER (WHERE personal), 0) AS em_bsum_personal,
                count(*) FILTER (WHERE personal) AS em_personal_fnum,
-               -- the five largest messages (largest first; ties: earlier, then by id)
-               max_by(mkey, {'size': coalesce(size, -1), 't': -epoch_us(_time), 'm': mkey}, 5)
-                   FILTER (WHERE outgoing) AS top_messages,
-               max_by(mkey, {'size': coalesce(size, -1), 't': -epoch_us(_time), 'm': mkey}, 5)
-                   FILTER (WHERE personal) AS top_personal
-        FROM _ses_msg_flags GROUP BY sk
+               -- the five largest messages (largest first; the same size: the earlier first)
+               max_by(mkey, order_key, 5) FILTER (WHERE outgoing) AS top_messages,
+               max_by(mkey, order_key, 5) FILTER (WHERE personal) AS top_personal
+        FROM (SELECT *, CAST(coalesce(size, 0) AS HUGEINT) * 100000000000 + (99999999999 - CAST(epoch(_time) AS BIGINT))
+                            AS order_key
+              FROM _ses_msg_flags)
+        GROUP BY sk
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_ext AS
@@ -477,34 +496,52 @@ def compute_sessions(
     """)
     # the details of the few messages shown as evidence
     con.execute("""
-        CREATE OR REPLACE TEMP TABLE _ses_evidence AS
-        WITH wanted AS (
-            SELECT DISTINCT sk, unnest(list_concat(coalesce(top_messages, []), coalesce(top_personal, []))) AS mkey
-            FROM _ses_counts
-        ), k AS (
-            SELECT w.sk, k.uid, w.mkey, k._time, k.size FROM wanted w JOIN _ses_msg_keyed k USING (sk, mkey)
-        ), details AS (
-            SELECT m.uid, m.mkey, min(m.subject) AS subject,
-                   list_sort(list_distinct(flatten(list(m.recipient)))) AS recipients,
-                   list_sort(list_distinct(flatten(list(coalesce(m.file_name, []))))) AS file_name
-            FROM _ses_mail_user m SEMI JOIN k USING (uid, mkey)
+        CREATE OR REPLACE TEMP TABLE _ses_top AS
+        SELECT sk, 'all' AS kind, unnest(top_messages) AS mkey, unnest(range(1, len(top_messages) + 1)) AS rank
+        FROM _ses_counts WHERE len(top_messages) > 0
+        UNION ALL
+        SELECT sk, 'personal', unnest(top_personal), unnest(range(1, len(top_personal) + 1))
+        FROM _ses_counts WHERE len(top_personal) > 0
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_evidence_rows AS
+        WITH k AS (
+            SELECT t.sk, t.kind, t.rank, m.uid, t.mkey, m._time, m.size
+            FROM _ses_top t JOIN _ses_msg_keyed m USING (sk, mkey)
+        ), wanted AS (
+            SELECT DISTINCT uid, mkey FROM k
+        ), copies AS (
+            SELECT m.uid, m.mkey, count(*) AS n, min(m.subject) AS subject, any_value(m.recipient) AS recipient,
+                   any_value(m.file_name) AS file_name
+            FROM _ses_mail_user m SEMI JOIN wanted USING (uid, mkey) GROUP BY m.uid, m.mkey
+        ), merged AS (  -- the few messages logged more than once: the union of their copies' lists
+            SELECT m.uid, m.mkey, list_distinct(flatten(list(m.recipient))) AS recipient,
+                   list_distinct(flatten(list(m.file_name))) AS file_name
+            FROM _ses_mail_user m SEMI JOIN (SELECT uid, mkey FROM copies WHERE n > 1) USING (uid, mkey)
             GROUP BY m.uid, m.mkey
+        ), rows AS (
+            SELECT k.sk, k.kind, k.rank,
+                   {'time': strftime(timezone('UTC', k._time), '%Y-%m-%dT%H:%M:%SZ'), 'message_id': k.mkey,
+                    'size': k.size,
+                    'recipients': array_to_string(list_sort(list_distinct(list_transform(
+                        coalesce(g.recipient, c.recipient, []), lambda x: lower(x)))), ', '),
+                    'subject': c.subject,
+                    'file_name': array_to_string(list_sort(coalesce(g.file_name, c.file_name, [])), ', ')} AS message
+            FROM k LEFT JOIN copies c USING (uid, mkey) LEFT JOIN merged g USING (uid, mkey)
         )
-        SELECT k.sk, k.mkey,
-               {'time': strftime(timezone('UTC', k._time), '%Y-%m-%dT%H:%M:%SZ'), 'message_id': k.mkey,
-                'size': k.size, 'recipients': d.recipients, 'subject': d.subject, 'file_name': d.file_name} AS message
-        FROM k JOIN details d USING (uid, mkey)
+        SELECT * FROM rows
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ses_evidence AS
+        SELECT sk,
+               max_by(message, -rank, 5) FILTER (WHERE kind = 'all') AS largest_messages,
+               max_by(message, -rank, 5) FILTER (WHERE kind = 'personal') AS largest_personal_messages
+        FROM _ses_evidence_rows GROUP BY sk
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_features AS
         WITH ev AS (
-            SELECT c.sk,
-                   list(e.message ORDER BY list_position(c.top_messages, e.mkey))
-                       FILTER (WHERE list_contains(c.top_messages, e.mkey)) AS largest_messages,
-                   list(e.message ORDER BY list_position(c.top_personal, e.mkey))
-                       FILTER (WHERE list_contains(c.top_personal, e.mkey)) AS largest_personal_messages
-            FROM _ses_counts c JOIN _ses_evidence e USING (sk)
-            GROUP BY c.sk
+            SELECT * FROM _ses_evidence
         ), net AS (
             SELECT sk, count(*) AS net_flows, sum(bytes_out) AS net_bytes_out, sum(bytes_in) AS net_bytes_in
             FROM _ses_flow_keyed GROUP BY sk
