@@ -199,30 +199,7 @@ def _compute_sessions(
         WHERE _time >= $read_from AND _time < $now
           AND (event_type IN ('vpn-login', 'vpn-logout') OR nullif(trim(session_id), '') IS NOT NULL)
     """, p)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ses_mail AS
-        SELECT _time, src_user, coalesce(nullif(message_id, ''), nullif(internal_message_id, ''), raw_ref) AS mkey,
-               size, recipient, subject, file_name
-        FROM {email}
-        WHERE _time >= $read_from AND _time < $now AND src_user IS NOT NULL
-          AND coalesce(action, '') NOT IN {_sql_list(NOT_SENT_ACTIONS)}
-          AND coalesce(event_type, '') NOT IN {_sql_list(NOT_SENT_EVENT_TYPES)}
-    """, p)
-    if flows:
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _ses_flows AS
-            SELECT _time, src_ip, coalesce(bytes_out, 0) AS bytes_out, coalesce(bytes_in, 0) AS bytes_in
-            FROM {flows} WHERE _time >= $read_from AND _time < $now AND src_ip IS NOT NULL
-        """, p)
-    else:
-        con.execute("CREATE OR REPLACE TEMP TABLE _ses_flows AS SELECT NULL::TIMESTAMPTZ AS _time, NULL::VARCHAR AS src_ip, "
-                    "0::BIGINT AS bytes_out, 0::BIGINT AS bytes_in WHERE false")
-
-    register_identity_map(con, settings, {
-        "vpn": "SELECT DISTINCT account FROM _ses_auth",
-        "email": "SELECT DISTINCT src_user FROM _ses_mail",
-        "host": "SELECT DISTINCT src_ip FROM _ses_flows",
-    }, name="_ses_identity")
+    register_identity_map(con, settings, {"vpn": "SELECT DISTINCT account FROM _ses_auth"}, name="_ses_identity")
     departments = {i.user.strip().lower(): i.department for i in load_identities(settings)}
     con.execute("CREATE OR REPLACE TEMP TABLE _ses_departments (user VARCHAR, department VARCHAR)")
     if departments:
@@ -348,6 +325,37 @@ def _compute_sessions(
                                       ROWS UNBOUNDED PRECEDING) AS covered_until
         FROM e
     """)
+
+    # Mail and flows only matter for the sessions written: those ending from `start` on. They began
+    # at the earliest login among them, or (a daily session, at most 25 hours long) a day before.
+    vpn_from = con.execute("SELECT min(session_start) FROM _ses_vpn WHERE session_end >= $start",
+                           {"start": start}).fetchall()[0][0]
+    mail_from = min(start - timedelta(hours=26), vpn_from) if vpn_from is not None else start - timedelta(hours=26)
+    mail_from = max(mail_from, read_from)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_mail AS
+        SELECT _time, src_user, coalesce(nullif(message_id, ''), nullif(internal_message_id, ''), raw_ref) AS mkey,
+               size, recipient, subject, file_name
+        FROM {email}
+        WHERE _time >= $mail_from AND _time < $now AND src_user IS NOT NULL
+          AND coalesce(action, '') NOT IN {_sql_list(NOT_SENT_ACTIONS)}
+          AND coalesce(event_type, '') NOT IN {_sql_list(NOT_SENT_EVENT_TYPES)}
+    """, {"now": now, "mail_from": mail_from})
+    if flows:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _ses_flows AS
+            SELECT _time, src_ip, coalesce(bytes_out, 0) AS bytes_out, coalesce(bytes_in, 0) AS bytes_in
+            FROM {flows} WHERE _time >= $mail_from AND _time < $now AND src_ip IS NOT NULL
+        """, {"now": now, "mail_from": mail_from})
+    else:
+        con.execute("CREATE OR REPLACE TEMP TABLE _ses_flows AS SELECT NULL::TIMESTAMPTZ AS _time, NULL::VARCHAR AS src_ip, "
+                    "0::BIGINT AS bytes_out, 0::BIGINT AS bytes_in WHERE false")
+
+    register_identity_map(con, settings, {
+        "email": "SELECT DISTINCT src_user FROM _ses_mail",
+        "host": "SELECT DISTINCT src_ip FROM _ses_flows",
+    }, name="_ses_identity_more")
+    con.execute("INSERT INTO _ses_identity SELECT * FROM _ses_identity_more")
 
     # --- 2. messages: resolve the sender, deduplicate, attribute to a session -----------------------
     # Sessions get integer ids for the joins and groupings below: VPN sessions 1..n, daily
