@@ -9,7 +9,9 @@ applies to data ingested before it.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -99,13 +101,7 @@ def register_lake_views(
             con.execute(f"CREATE OR REPLACE VIEW lake.{model.name} AS SELECT *, {day} AS _day FROM ({base})")
             continue
         con.execute(f"CREATE OR REPLACE VIEW lake.network_traffic_stored AS {base}")
-        ips = [row[0] for row in con.execute(
-            "SELECT DISTINCT ip FROM (SELECT src_ip AS ip FROM lake.network_traffic_stored "
-            "UNION SELECT dest_ip FROM lake.network_traffic_stored) WHERE ip IS NOT NULL"
-        ).fetchall()]
-        con.register("asset_map_arrow", match_assets(ips, settings.assets))
-        con.execute("CREATE OR REPLACE TABLE lake.asset_map AS SELECT * FROM asset_map_arrow")
-        con.unregister("asset_map_arrow")
+        _refresh_asset_map(con, settings, state)
         con.execute(
             f"""
             CREATE OR REPLACE VIEW lake.network_traffic AS
@@ -116,6 +112,26 @@ def register_lake_views(
             LEFT JOIN lake.asset_map d ON t.dest_ip = d.ip
             """
         )
+
+
+def _refresh_asset_map(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateStore) -> None:
+    """`lake.asset_map`: each address seen in the lake with its inventory entry.
+
+    Rebuilt only when the inventory or the set of addresses (append-only) changed since the
+    connection last built it, so several detections in one run match addresses once.
+    """
+    count = state.query("SELECT count(*) AS n FROM lake_addresses")[0]["n"]
+    inventory = json.dumps([asset.model_dump() for asset in settings.assets], sort_keys=True)
+    key = f"{count}:{hashlib.sha256(inventory.encode()).hexdigest()}"
+    con.execute("CREATE TABLE IF NOT EXISTS lake.asset_map_key (key VARCHAR)")
+    if con.execute("SELECT 1 FROM lake.asset_map_key WHERE key = ?", [key]).fetchall():
+        return
+    ips = [row["ip"] for row in state.query("SELECT ip FROM lake_addresses")]
+    con.register("asset_map_arrow", match_assets(ips, settings.assets))
+    con.execute("CREATE OR REPLACE TABLE lake.asset_map AS SELECT * FROM asset_map_arrow")
+    con.unregister("asset_map_arrow")
+    con.execute("DELETE FROM lake.asset_map_key")
+    con.execute("INSERT INTO lake.asset_map_key VALUES (?)", [key])
 
 
 def expose_models(

@@ -216,6 +216,16 @@ def ingest_file(
     return report
 
 
+def batch_addresses(con: duckdb.DuckDBPyConnection, files: list[str]) -> list[tuple[str]]:
+    """The distinct source and destination addresses in a batch's flow files."""
+    if not files:
+        return []
+    return con.execute(
+        "SELECT DISTINCT ip FROM (SELECT src_ip AS ip FROM read_parquet($f) UNION ALL "
+        "SELECT dest_ip FROM read_parquet($f)) WHERE ip IS NOT NULL", {"f": files}
+    ).fetchall()
+
+
 def _ingest_chunk(chunk: LineChunk, source: Source, ctx: ParseContext, home: Home, state: StateStore,
                   con: duckdb.DuckDBPyConnection, report: FileReport, file_key: str, fingerprint: str,
                   inode: int) -> None:
@@ -245,6 +255,7 @@ def _ingest_chunk(chunk: LineChunk, source: Source, ctx: ParseContext, home: Hom
     ).fetchall()
     files = write_batch(con, home.lake, source.data_model, ctx.batch_id, parsed.events)
     events = sum(f.rows for f in files)
+    addresses = batch_addresses(con, [f.path for f in files]) if source.data_model.name == "network_traffic" else []
     with state.transaction() as db:
         db.execute("DELETE FROM quarantine WHERE batch_id = ?", (ctx.batch_id,))
         db.execute("DELETE FROM skipped WHERE batch_id = ?", (ctx.batch_id,))
@@ -264,6 +275,7 @@ def _ingest_chunk(chunk: LineChunk, source: Source, ctx: ParseContext, home: Hom
             [(ctx.batch_id, source.name, ctx.file, line, reason, raw) for line, reason, raw in quarantined],
         )
         db.executemany("INSERT INTO skipped VALUES (?,?,?)", [(ctx.batch_id, kind, n) for kind, n in skipped])
+        db.executemany("INSERT OR IGNORE INTO lake_addresses VALUES (?)", addresses)
         db.execute(
             """INSERT INTO file_checkpoints VALUES (?,?,?,?,?,?)
                ON CONFLICT(path) DO UPDATE SET source=excluded.source, fingerprint=excluded.fingerprint,

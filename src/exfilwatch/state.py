@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS batch_files (
     rows INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS batch_files_model_day ON batch_files(model, day);
+-- Every address seen in committed network_traffic batches: the asset inventory is matched
+-- against these at query time without scanning the lake.
+CREATE TABLE IF NOT EXISTS lake_addresses (
+    ip TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     batch_id TEXT NOT NULL,
