@@ -158,12 +158,18 @@ def parse_settings(data: Any, source: str) -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            key = _error_location(err["loc"])
-            message = "unknown key (mistyped?)" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{source}: key '{key}': {message}")
-        raise ConfigError("\n".join(lines)) from None
+        raise validation_error(exc, source) from None
+
+
+def validation_error(exc: ValidationError, source: str) -> ConfigError:
+    """A pydantic error as the user should read it: one line per problem, naming file and key."""
+    lines = []
+    for err in exc.errors():
+        key = _error_location(err["loc"])
+        message = "unknown key (mistyped?)" if err["type"] == "extra_forbidden" else err["msg"]
+        message = message.removeprefix("Value error, ")
+        lines.append(f"{source}: key '{key}': {message}" if err["loc"] else f"{source}: {message}")
+    return ConfigError("\n".join(lines))
 
 
 def load_settings(home: Home) -> Settings:

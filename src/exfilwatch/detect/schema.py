@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import ConfigError
+from ..config import ConfigError, validation_error
 
 TIME_PARAMETERS = ("now", "earliest", "latest", "today", "timezone")
 
@@ -160,10 +160,7 @@ def load_detection(path: Path) -> Detection:
     try:
         detection = Detection.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{path}: key '{'.'.join(str(p) for p in err['loc']) or '(top level)'}': "
-                 f"{'unknown key (mistyped?)' if err['type'] == 'extra_forbidden' else err['msg']}"
-                 for err in exc.errors()]
-        raise DetectionError("\n".join(lines)) from None
+        raise DetectionError(str(validation_error(exc, str(path)))) from None
     detection.folder = path.parent
     return detection
 

@@ -39,7 +39,7 @@ import duckdb
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ConfigError
+from ..config import ConfigError, validation_error
 from ..models import DATA_MODELS, NETWORK_TRAFFIC, DataModel
 from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
 from .flows import blank_sql, csv_fields_sql
@@ -137,13 +137,7 @@ def load_mapping(path: Path) -> Mapping:
     try:
         return Mapping.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-            message = "unknown key (mistyped?)" if err["type"] == "extra_forbidden" else err["msg"]
-            message = message.removeprefix("Value error, ")
-            lines.append(f"{path}: key '{key}': {message}" if key != "(top level)" else f"{path}: {message}")
-        raise ConfigError("\n".join(lines)) from None
+        raise validation_error(exc, str(path)) from None
 
 
 def _json_path(column: str) -> str:
