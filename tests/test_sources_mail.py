@@ -558,3 +558,20 @@ def test_public_zeek_smtp_samples_are_never_quarantined(tmp_path):
 def teardown_module(module):
     if _con is not None:
         _con.close()
+
+
+
+def test_yearless_syslog_times_of_december_in_a_file_written_in_january_are_last_year():
+    from datetime import datetime as _dt, timezone as _tz
+
+    import duckdb
+
+    from exfilwatch.sources.syslog_header import yearless_time_sql
+
+    written = _dt(2027, 1, 1, 0, 5, tzinfo=_tz.utc)  # the file's mtime, which gave the year 2027
+    rolled = yearless_time_sql("s", ["%b %d %H:%M:%S"], "UTC", 2027, written)
+    stamps = "(VALUES ('Dec 31 23:59:58'), ('Jan  1 00:00:02')) v(s)"
+    assert [row[0].year for row in duckdb.sql(f"SELECT {rolled} FROM {stamps}").fetchall()] == [2026, 2027]
+    # An explicit --year means what it says: no rollover.
+    fixed = yearless_time_sql("s", ["%b %d %H:%M:%S"], "UTC", 2027, None)
+    assert [row[0].year for row in duckdb.sql(f"SELECT {fixed} FROM {stamps}").fetchall()] == [2027, 2027]

@@ -198,8 +198,10 @@ def ingest_file(
     size = _content_size(path)
     offset, line_no = _resume_point(path, state, fingerprint, size)
     report = FileReport(file=str(path), source=chosen.name, resumed_from_line=line_no)
-    if year is None:
-        year = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc).year
+    reference_time = None
+    if year is None:  # syslog without a year: the file's last write dates it (with rollover)
+        reference_time = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+        year = reference_time.year
     file_key = str(path.resolve())
     inode = path.stat().st_ino
     with open_log(path) as handle:
@@ -207,7 +209,8 @@ def ingest_file(
         for chunk in iter_line_chunks(handle, offset, line_no, chunk_bytes):
             batch_id = f"{chosen.name}-{fingerprint.split(':')[1][:16]}-{chunk.first_line}"
             ctx = ParseContext(file=str(path), head=head, settings=settings,
-                               source_tz=source_tz or settings.timezone, year=year, batch_id=batch_id,
+                               source_tz=source_tz or settings.timezone, year=year, reference_time=reference_time,
+                               batch_id=batch_id,
                                state=state, mapping=mapping)
             _ingest_chunk(chunk, chosen, ctx, home, state, con, report, file_key, fingerprint, inode)
             if on_progress:

@@ -12,6 +12,7 @@ Python loop over lines.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ class ParseContext:
     settings: Settings
     source_tz: str = "UTC"  # zone of timestamps written in local time
     year: int | None = None  # for syslog timestamps without a year
+    reference_time: datetime | None = None  # the file's mtime when `year` came from it (year rollover)
     batch_id: str = ""
     state: Any = None  # the StateStore, for sources that join lines across batches (Postfix)
     mapping: Path | None = None  # the generic source's column mapping file (--mapping)

@@ -434,7 +434,7 @@ class JuniperSRXFlow:
                        CASE WHEN structured THEN so.service WHEN starts_with(a.t2, '0x') THEN a.t3 ELSE a.t2 END AS service
                 FROM text_split
             ), timed AS (
-                SELECT *, {header_time_sql('h.', tz, ctx.year)} AS close_time, h.hdr_bsd AS hdr_bsd,
+                SELECT *, {header_time_sql('h.', tz, ctx.year, ctx.reference_time)} AS close_time, h.hdr_bsd AS hdr_bsd,
                        CASE WHEN upper(coalesce(application, '')) IN ('', 'UNKNOWN', 'N/A', 'NONE') THEN
                             CASE WHEN upper(coalesce(service, '')) IN ('', 'NONE', 'N/A') THEN NULL ELSE service END
                             ELSE lower(application) END AS app

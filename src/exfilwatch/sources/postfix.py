@@ -32,14 +32,14 @@ re-injects the message under a new queue id, and that copy is the one counted as
 `email-out`.
 
 Syslog headers: RFC 3164 (`Mmm dd hh:mm:ss host prog[pid]:`; the year from `--year` or
-the file's modification time, the zone from `--source-tz`) and the ISO 8601 high-precision
+the file's modification time, with December lines of a file last written in January dated in
+the year before; the zone from `--source-tz`) and the ISO 8601 high-precision
 form of rsyslog/syslog-ng (`2026-11-02T09:15:01.123456+01:00 host prog[pid]:`).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 
 import duckdb
 import pyarrow as pa
@@ -47,6 +47,7 @@ import pyarrow as pa
 from ..models import EMAIL
 from .base import ParseContext, ParsedBatch, sql_string
 from .mailcommon import direction_notes, email_select, install_macros, recover
+from .syslog_header import yearless_time_sql
 
 SOURCE_NAME = "postfix"
 
@@ -120,7 +121,6 @@ def _struct_regex(expr: str, pattern: str, groups: list[str]) -> str:
 
 def classify_sql(ctx: ParseContext) -> str:
     """SQL over raw_lines: every line with its header fields, shape, outcome and reason."""
-    year = ctx.year or datetime.now(timezone.utc).year
     tz = sql_string(ctx.source_tz)
     known = _list(KNOWN_DAEMONS)
     return f"""
@@ -142,7 +142,7 @@ def classify_sql(ctx: ParseContext) -> str:
                    contains(prog, '/') AS has_slash,
                    CASE WHEN stamp = '' THEN NULL
                         WHEN NOT starts_with(stamp, '1') AND NOT starts_with(stamp, '2') THEN
-                            timezone({tz}, try_strptime('{year} ' || stamp, ['%Y %b %d %H:%M:%S', '%Y %b %d %H:%M:%S.%f']))
+                            {yearless_time_sql('stamp', ['%b %d %H:%M:%S', '%b %d %H:%M:%S.%f'], ctx.source_tz, ctx.year, ctx.reference_time)}
                         WHEN regexp_matches(stamp, '(?:Z|[+-]\\d\\d:?\\d\\d)$') THEN TRY_CAST(stamp AS TIMESTAMPTZ)
                         ELSE timezone({tz}, TRY_CAST(stamp AS TIMESTAMP)) END AS t
             FROM g

@@ -463,7 +463,7 @@ class PulseSecure:
             SELECT *,
                    -- coalesce is lazy: the header's local time is only converted for lines without another time
                    coalesce(CASE WHEN exact_header THEN TRY_CAST(hdr_iso AS TIMESTAMPTZ) END, cef_epoch, body_time,
-                            cef_local, {header_time_sql('', tz, ctx.year)}) AS _time,
+                            cef_local, {header_time_sql('', tz, ctx.year, ctx.reference_time)}) AS _time,
                    CASE WHEN kind = 'account deleted' THEN nullif(d.m_user, '')
                         ELSE coalesce(nullif(who_user, ''), nullif(d.m_user, '')) END AS "user",
                    coalesce(nullif(src, ''), nullif(rtrim(d.m_ip, '.'), '')) AS src_ip,

@@ -16,6 +16,7 @@ source's zone (`--source-tz`, default the configured zone) and are converted to 
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .base import sql_string
@@ -46,17 +47,34 @@ def local_time_sql(naive: str, tz: str) -> str:
     return f"timezone({sql_string(checked_zone(tz))}, {naive})"
 
 
-def header_time_sql(prefix: str, tz: str, year: int | None) -> str:
+def yearless_time_sql(stamp: str, formats: list[str], tz: str, year: int | None,
+                      reference: datetime | None = None) -> str:
+    """SQL: a timestamp without a year (`Oct 11 22:14:15`) as TIMESTAMPTZ, dated in `year`.
+
+    With a `reference` (the file's modification time, when the year came from it), a time more
+    than a day after the reference belongs to the year before: the December lines of a log that
+    was last written in January.
+    """
+    if year is None:
+        return "CAST(NULL AS TIMESTAMPTZ)"
+    listed = "[" + ", ".join(sql_string("%Y " + f) for f in formats) + "]"
+
+    def dated(y: int) -> str:
+        return local_time_sql(f"try_strptime('{int(y)} ' || {stamp}, {listed})", tz)
+
+    if reference is None:
+        return dated(year)
+    limit = sql_string((reference + timedelta(days=1)).isoformat())
+    return f"CASE WHEN {dated(year)} > TIMESTAMPTZ {limit} THEN {dated(year - 1)} ELSE {dated(year)} END"
+
+
+def header_time_sql(prefix: str, tz: str, year: int | None, reference: datetime | None = None) -> str:
     """SQL: the header's timestamp as TIMESTAMPTZ, null when there is none or it is invalid.
 
     `prefix` names the struct holding the HEADER groups (e.g. `h.`).
     """
     iso, zone, bsd = f"{prefix}hdr_iso", f"{prefix}hdr_zone", f"{prefix}hdr_bsd"
-    if year is None:
-        bsd_sql = "CAST(NULL AS TIMESTAMPTZ)"
-    else:
-        naive = f"try_strptime('{int(year)} ' || {bsd}, '%Y %b %d %H:%M:%S')"
-        bsd_sql = local_time_sql(naive, tz)
+    bsd_sql = yearless_time_sql(bsd, ["%b %d %H:%M:%S"], tz, year, reference)
     return (
         f"CASE WHEN {iso} <> '' AND {zone} <> '' THEN TRY_CAST({iso} AS TIMESTAMPTZ) "
         f"WHEN {iso} <> '' THEN {local_time_sql(f'TRY_CAST({iso} AS TIMESTAMP)', tz)} "
