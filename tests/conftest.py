@@ -6,9 +6,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import os
+
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from exfilwatch.config import Home, Settings, parse_settings
+
+# No per-example deadline: a shared 2-core machine makes timings noisy, and speed is measured in
+# bench/, not here. In CI the examples are derandomised so that a run is reproducible.
+hypothesis_settings.register_profile("exfilwatch", deadline=None, derandomize=bool(os.environ.get("CI")))
+hypothesis_settings.load_profile("exfilwatch")
 
 ZEEK_CONN_HEADER = (
     "#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n"
