@@ -137,12 +137,13 @@ def _refresh_asset_map(con: duckdb.DuckDBPyConnection, settings: Settings, state
 def expose_models(
     con: duckdb.DuckDBPyConnection,
     snapshot: dict[str, tuple[list[str], datetime, datetime]] | None = None,
+    condition: str | None = None,
 ) -> None:
     """Make each model visible by its plain name, as detections refer to it.
 
     With `snapshot` (model -> columns, start, end) the model becomes an in-memory table of just
-    those columns and rows, so a catch-up that runs one detection for many fire times scans the
-    lake once.
+    those columns and rows (and, with `condition`, only the rows that meet it), so a catch-up that
+    runs one detection for many fire times scans the lake once.
     """
     snapshot = snapshot or {}
     for model in DATA_MODELS.values():
@@ -152,7 +153,7 @@ def expose_models(
             listed = ", ".join(f'"{c}"' for c in columns)
             con.execute(
                 f"CREATE TEMP TABLE {model.name} AS SELECT {listed} FROM lake.{model.name} "
-                "WHERE _time >= $start AND _time < $end ORDER BY _time",
+                f"WHERE _time >= $start AND _time < $end AND {condition or 'true'} ORDER BY _time",
                 {"start": start, "end": end},
             )
         else:

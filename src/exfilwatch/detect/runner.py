@@ -117,6 +117,31 @@ def referenced_columns(sql: str) -> set[str]:
     return {column.name for column in _parsed(sql).find_all(exp.Column)}
 
 
+def snapshot_condition(sql: str, model: str) -> str | None:
+    """The search's own parameter-free conditions on the rows it reads from `model`, if any.
+
+    When the model is read once, straight from a FROM clause with no join, its WHERE conjuncts
+    that use no parameter (`src_category = 'email_server'`) hold for every row that can matter
+    at any fire time, so a catch-up snapshot may keep only those rows: same findings, fewer rows.
+    """
+    tables = [table for table in _parsed(sql).find_all(exp.Table) if table.name == model]
+    if len(tables) != 1 or not isinstance(tables[0].parent, exp.From):
+        return None
+    select = tables[0].parent.parent
+    if not isinstance(select, exp.Select) or select.args.get("joins") or select.args.get("where") is None:
+        return None
+    condition = select.args["where"].this
+    conjuncts = list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+    kept = [c for c in conjuncts if c.find(exp.Placeholder) is None and c.find(exp.Select) is None]
+    if not kept:
+        return None
+
+    def unqualified(node: exp.Expression) -> exp.Expression:
+        return exp.column(node.name) if isinstance(node, exp.Column) else node
+
+    return " AND ".join(f"({c.copy().transform(unqualified).sql(dialect='duckdb')})" for c in kept)
+
+
 def data_range(params: dict[str, Any]) -> tuple[datetime, datetime]:
     """The rows a run may read: from the earliest time parameter to `latest`."""
     starts = [value for name, value in params.items() if isinstance(value, datetime) and name not in ("latest", "now", "today")]
@@ -395,7 +420,8 @@ def run_schedule(
             model = get_model(detection.data_model)
             known = set(model.column_names) | {name for name, _ in model.enrichment} | {"_day"}
             columns = sorted((referenced_columns(compiled_sql(detection)) & known) | {"_time"})
-            expose_models(con, {model.name: (columns, first_start, last_end)})
+            condition = snapshot_condition(compiled_sql(detection), model.name)
+            expose_models(con, {model.name: (columns, first_start, last_end)}, condition)
             for index, (window, param) in enumerate(zip(windows, params)):
                 findings = findings_from_rows(detection, execute(con, detection, param), settings.timezone)
                 run_id = record_run(state, detection, "schedule", window, len(findings))
