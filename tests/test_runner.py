@@ -115,3 +115,17 @@ def test_catch_up_gives_the_findings_of_running_each_fire_in_order(setup, tmp_pa
     # A second run right after adds no fire and no finding; the watermark moved to the last fire.
     assert run_schedule(con, state, settings, [detections[OUT]], now)[0].fires == 0
     assert state.watermark(OUT) == datetime(2026, 11, 1, 3, 0, tzinfo=NY).astimezone(timezone.utc).isoformat()
+
+
+def test_catch_up_snapshot_keeps_only_rows_the_search_can_use():
+    from exfilwatch.detect.runner import snapshot_condition
+
+    sql = "SELECT t.dest_ip FROM network_traffic t WHERE t.src_category = 'email_server' AND _time < $latest"
+    assert snapshot_condition(sql, "network_traffic") == "(src_category = 'email_server')"
+    # Conditions with parameters, reads through a join or read twice tell nothing for every fire.
+    assert snapshot_condition("SELECT * FROM network_traffic WHERE bytes > $floor", "network_traffic") is None
+    joined = "SELECT * FROM network_traffic a JOIN asset_map b ON a.src_ip = b.ip WHERE a.bytes > 5"
+    assert snapshot_condition(joined, "network_traffic") is None
+    twice = ("SELECT * FROM network_traffic WHERE bytes > 5 UNION ALL "
+             "SELECT * FROM network_traffic WHERE bytes < 2")
+    assert snapshot_condition(twice, "network_traffic") is None
