@@ -31,7 +31,7 @@ from datetime import timedelta
 import duckdb
 
 from ..models import EMAIL, FILE_TRANSFER
-from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
+from .base import ParseContext, ParsedBatch, epoch_seconds_sql, raw_ref_sql, sql_string
 from .mailcommon import direction_notes, email_select, install_macros
 from .zeek import first_data_line, is_zeek_json, is_zeek_tsv, read_zeek_header, zeek_value
 
@@ -81,7 +81,7 @@ def _tsv_table(con: duckdb.DuckDBPyConnection, ctx: ParseContext, table: str, pa
         WITH s AS (SELECT line_no, line, string_split(line, {sql_string(header.separator)}) AS f FROM raw_lines)
         SELECT line_no, line, len(f) AS n, {len(header.fields)} AS n_expected,
                starts_with(line, '#') AS header, trim(line) = '' AS blank,
-               to_timestamp(TRY_CAST(f[{position['ts']}] AS DOUBLE)) AS _time,
+               {epoch_seconds_sql(f"f[{position['ts']}]")} AS _time,
                {", ".join(columns)}
         FROM s
     """)
@@ -106,7 +106,7 @@ def _json_table(con: duckdb.DuckDBPyConnection, table: str, fields: list[str], l
             FROM raw_lines
         ), f AS (SELECT line_no, line, is_json, {", ".join(columns)} FROM c)
         SELECT *, CASE WHEN is_json THEN 1 ELSE 0 END AS n, 1 AS n_expected, false AS header, trim(line) = '' AS blank,
-               coalesce(to_timestamp(TRY_CAST(ts AS DOUBLE)), TRY_CAST(ts AS TIMESTAMPTZ)) AS _time
+               coalesce({epoch_seconds_sql('ts')}, TRY_CAST(ts AS TIMESTAMPTZ)) AS _time
         FROM f
     """)
 
