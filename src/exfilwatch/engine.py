@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -64,8 +64,8 @@ def match_assets(ips: list[str], assets: list[Asset]) -> pa.Table:
 
 def _day_bounds(earliest: datetime | None, latest: datetime | None) -> tuple[str | None, str | None]:
     # Partitions are UTC days; widen by a day so no row in range is pruned.
-    first = (earliest.date().fromordinal(earliest.date().toordinal() - 1)).isoformat() if earliest else None
-    last = (latest.date().fromordinal(latest.date().toordinal() + 1)).isoformat() if latest else None
+    first = (earliest.date() - timedelta(days=1)).isoformat() if earliest else None
+    last = (latest.date() + timedelta(days=1)).isoformat() if latest else None
     return first, last
 
 

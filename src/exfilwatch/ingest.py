@@ -189,14 +189,18 @@ def ingest_file(
     source_tz: str | None = None,
     year: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
-    on_progress: Callable[[int], None] | None = None,
+    progress: Callable[[Path, int], Callable[[int], None]] | None = None,
     mapping: Path | None = None,
 ) -> FileReport:
+    """Ingest one file from its checkpoint; `progress(path, size)` may return an advance callback."""
     head = read_head(path)
     chosen = source or detect_source(head, str(path))
     fingerprint = content_fingerprint(path)
-    size = _content_size(path)
+    size = _content_size(path)  # for gzip this decompresses the file: do it once
     offset, line_no = _resume_point(path, state, fingerprint, size)
+    on_progress = progress(path, size) if progress else None
+    if on_progress and offset:
+        on_progress(offset)
     report = FileReport(file=str(path), source=chosen.name, resumed_from_line=line_no)
     reference_time = None
     if year is None:  # syslog without a year: the file's last write dates it (with rollover)
@@ -315,9 +319,8 @@ def ingest_paths(
         try:
             remove_orphans(home.lake, state)
             for path in files:
-                advance = progress(path, _content_size(path)) if progress else None
                 reports.append(ingest_file(path, home, settings, state, con, source, source_tz, year,
-                                           chunk_bytes, advance, mapping))
+                                           chunk_bytes, progress, mapping))
         finally:
             con.close()
             state.close()

@@ -81,14 +81,13 @@ def resolve_parameters(detection: Detection, settings: Settings, overrides: dict
     """Declared defaults, then config.yaml's `detections.<id>`, then command-line `--set`."""
     values = {name: spec.default for name, spec in detection.parameters.items()}
     for layer in (settings.detections.get(detection.id, {}), overrides):
-        for name, value in layer.items():
-            values[name] = _coerce(detection, name, value)
+        values.update(layer)
     resolved = {}
     for name, value in values.items():
+        value = _coerce(detection, name, value)  # also rejects an undeclared name
         if detection.parameters[name].type == "time":
-            resolved[name] = relative_time(window.now, str(value), settings.timezone)
-        else:
-            resolved[name] = _coerce(detection, name, value)
+            value = relative_time(window.now, value, settings.timezone)
+        resolved[name] = value
     resolved.update(
         now=window.now, earliest=window.earliest, latest=window.latest,
         today=window.today(settings.timezone), timezone=settings.timezone,

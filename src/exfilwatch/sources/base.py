@@ -64,11 +64,12 @@ def raw_ref_sql(ctx: ParseContext, line_no: str = "line_no") -> str:
     return f"{sql_string(ctx.file + ':')} || CAST({line_no} AS VARCHAR)"
 
 
-def epoch_seconds_sql(expr: str) -> str:
-    """SQL: epoch seconds (text or number) as TIMESTAMPTZ; null for text that is not a usable time.
+def epoch_sql(seconds: str) -> str:
+    """SQL: epoch seconds (a DOUBLE) as TIMESTAMPTZ; null for NaN, infinities and times outside
+    years 1–9999, where to_timestamp would fail the whole batch instead of one line."""
+    return f"CASE WHEN {seconds} BETWEEN -62135596800 AND 253402300799 THEN to_timestamp({seconds}) END"
 
-    NaN, infinities and values outside years 1970..2100 are null rather than a query error, so a
-    bad line is quarantined instead of failing its batch.
-    """
-    value = f"TRY_CAST({expr} AS DOUBLE)"
-    return f"CASE WHEN isfinite({value}) AND {value} BETWEEN 0 AND 4102444800 THEN to_timestamp({value}) END"
+
+def epoch_seconds_sql(expr: str) -> str:
+    """SQL: epoch seconds written as text (or a number) as TIMESTAMPTZ, null when not a usable time."""
+    return epoch_sql(f"TRY_CAST({expr} AS DOUBLE)")

@@ -41,9 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import ConfigError, validation_error
 from ..models import DATA_MODELS, NETWORK_TRAFFIC, DataModel
-from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
+from .base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
 from .flows import blank_sql, csv_fields_sql
-from .syslog_header import epoch_sql, local_time_sql
+from .syslog_header import local_time_sql
 
 MAPPABLE_MODELS = ("network_traffic", "authentication", "email")
 DEFAULT_EVENT_TYPE = {"network_traffic": "network-connection"}

@@ -37,11 +37,6 @@ def checked_zone(tz: str) -> str:
     return tz
 
 
-def epoch_sql(seconds: str) -> str:
-    """SQL: epoch seconds (DOUBLE) as TIMESTAMPTZ; null outside years 1–9999 (to_timestamp would raise)."""
-    return f"CASE WHEN {seconds} BETWEEN -62135596800 AND 253402300799 THEN to_timestamp({seconds}) END"
-
-
 def local_time_sql(naive: str, tz: str) -> str:
     """SQL: a TIMESTAMP (wall-clock time in zone `tz`) as TIMESTAMPTZ."""
     return f"timezone({sql_string(checked_zone(tz))}, {naive})"
