@@ -64,6 +64,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -152,25 +154,7 @@ def _settings_hash(settings: Settings) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def compute_sessions(con: duckdb.DuckDBPyConnection, settings: Settings, now: datetime, start: datetime,
-                     read_from: datetime, **tables: Any) -> SessionCounts:
-    """Create temp table `target` (the `user_sessions` columns) with the sessions closed in [start, now).
-
-    Events are read from [read_from, now): read_from must lie far enough before `start` to hold
-    the logins of sessions that end after `start` (`sessions.lookback_days`). `tables` may name
-    other relations for `auth`, `email`, `flows` and the `target`.
-    """
-    # Nothing below depends on the order rows are stored in; without that promise DuckDB
-    # parallelises the table builds.
-    before = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
-    con.execute("SET preserve_insertion_order = false")
-    try:
-        return _compute_sessions(con, settings, now, start, read_from, **tables)
-    finally:
-        con.execute(f"SET preserve_insertion_order = {'true' if before else 'false'}")
-
-
-def _compute_sessions(
+def compute_sessions(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
     now: datetime,
@@ -183,14 +167,80 @@ def _compute_sessions(
 ) -> SessionCounts:
     """Create temp table `target` (the `user_sessions` columns) with the sessions closed in [start, now).
 
-    Events are read from [read_from, now): read_from must lie far enough before `start` to hold
-    the logins of sessions that end after `start` (`sessions.lookback_days`).
+    Events are read from [read_from, now) of the relations `auth`, `email` and `flows`: read_from
+    must lie far enough before `start` to hold the logins of sessions that end after `start`
+    (`sessions.lookback_days`). Each step reads the relations it is given and creates the temp
+    tables (named `_ses_…`) it returns.
     """
     counts = SessionCounts()
     tz = settings.timezone
-    idle = float(settings.sessions.idle_limit_hours) * 3600.0
-    p = {"now": now, "read_from": read_from}
+    idle_hours = float(settings.sessions.idle_limit_hours)
+    with _insertion_order_ignored(con):
+        # VPN lines → login sessions and tunnels → VPN sessions with their ends
+        lines = _vpn_lines(con, auth, read_from, now)
+        events, vpn_identity = _vpn_events(con, settings, lines)
+        counts.vpn_events = _count(con, lines)
+        counts.vpn_events_unresolved = counts.vpn_events - _count(con, events)
+        parts, counts.ends_before_login = _login_parts(con, events)
+        joined = _join_tunnels(con, parts, idle_hours)
+        user_ends = _connection_closed_ends(con, joined, events, idle_hours)
+        vpn = _vpn_sessions(con, joined, user_ends, idle_hours)
 
+        # mail and flows → the user's VPN session at their time, else the user's local day
+        mail, flow_rows = _activity(con, email, flows, vpn, start, read_from, now)
+        identity = _activity_identities(con, settings, vpn_identity, mail, flow_rows)
+        users, vpn_ids = _number_sessions(con, identity, vpn)
+        mail_user, messages = _attribute_mail(con, mail, identity, users, vpn_ids, tz)
+        counts.messages = _count(con, mail)
+        counts.messages_unresolved_sender = counts.messages - _count(con, mail_user)
+        flow_keyed = _attribute_flows(con, flow_rows, identity, users, vpn_ids, tz)
+        counts.flows = _count(con, flow_rows)
+        counts.flows_unattributed = counts.flows - _count(con, flow_keyed)
+
+        # features and evidence per session
+        recipients, flags = _classify_recipients(con, settings, mail_user, messages)
+        mail_counts = _mail_counts(con, flags)
+        top_domains, top_recipients = _recipient_tops(con, recipients)
+        evidence = _evidence(con, mail_counts, messages, mail_user)
+        features = _session_features(con, messages, flow_keyed, mail_counts, top_domains, top_recipients, evidence)
+
+        # the sessions closed in [start, now)
+        days = _daily_sessions(con, features, users, tz)
+        _closed_sessions(con, target, vpn_ids, days, features, _departments(con, settings), start, now)
+    return counts
+
+
+@contextmanager
+def _insertion_order_ignored(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Let DuckDB parallelise the table builds: nothing in the computation depends on the order
+    rows are stored in."""
+    before = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
+    con.execute("SET preserve_insertion_order = false")
+    try:
+        yield
+    finally:
+        con.execute(f"SET preserve_insertion_order = {'true' if before else 'false'}")
+
+
+def _count(con: duckdb.DuckDBPyConnection, rows: str) -> int:
+    """How many rows `rows` holds: a relation, or a relation and a WHERE clause."""
+    return con.execute(f"SELECT count(*) FROM {rows}").fetchall()[0][0]
+
+
+def _idle_end_sql(idle_hours: float) -> str:
+    """SQL for when a session whose end is never seen closes: the idle limit after its last event."""
+    return f"last_event + to_seconds({idle_hours * 3600.0}::DOUBLE)"
+
+
+# --- 1. VPN sessions ---------------------------------------------------------------------------------
+
+
+def _vpn_lines(con: duckdb.DuckDBPyConnection, auth: str, read_from: datetime, now: datetime) -> str:
+    """`_ses_auth`: the lines of `auth` in [read_from, now) that may open, end or link a session.
+
+    Columns _time, account, sid, ip (session id and tunnel address, trimmed, '' as NULL), src_ip,
+    event_type, reason, raw_ref: logins, logouts and every other line with a session id.
+    """
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_auth AS
         SELECT _time, "user" AS account, nullif(trim(session_id), '') AS sid, nullif(trim(assigned_ip), '') AS ip,
@@ -198,15 +248,20 @@ def _compute_sessions(
         FROM {auth}
         WHERE _time >= $read_from AND _time < $now
           AND (event_type IN ('vpn-login', 'vpn-logout') OR nullif(trim(session_id), '') IS NOT NULL)
-    """, p)
-    register_identity_map(con, settings, {"vpn": "SELECT DISTINCT account FROM _ses_auth"}, name="_ses_identity")
-    departments = {i.user.strip().lower(): i.department for i in load_identities(settings)}
-    con.execute("CREATE OR REPLACE TEMP TABLE _ses_departments (user VARCHAR, department VARCHAR)")
-    if departments:
-        con.executemany("INSERT INTO _ses_departments VALUES (?, ?)", list(departments.items()))
+    """, {"now": now, "read_from": read_from})
+    return "_ses_auth"
 
-    # --- 1. VPN events → parts (per user, link key, login sequence) -------------------------------
-    con.execute("""
+
+def _vpn_events(con: duckdb.DuckDBPyConnection, settings: Settings, lines: str) -> tuple[str, str]:
+    """`_ses_ev` and `_ses_identity_vpn`: the `lines` whose account resolves to a user, and the
+    identity rows (identities.register_identity_map) of their accounts.
+
+    `_ses_ev` adds user, is_login, is_logout and the link key: `s:` session id, else `i:` tunnel
+    address, else `u:` for a login with neither; NULL for an end line with neither.
+    """
+    register_identity_map(con, settings, {"vpn": f"SELECT DISTINCT account FROM {lines}"},
+                          name="_ses_identity_vpn")
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_ev AS
         SELECT a.*, m.user,
                a.event_type = 'vpn-login' AS is_login,
@@ -214,20 +269,28 @@ def _compute_sessions(
                CASE WHEN a.sid IS NOT NULL THEN 's:' || a.sid
                     WHEN a.ip IS NOT NULL THEN 'i:' || a.ip
                     WHEN a.event_type = 'vpn-login' THEN 'u:' END AS link
-        FROM _ses_auth a JOIN _ses_identity m ON m.kind = 'vpn' AND m.key = a.account
+        FROM {lines} a JOIN _ses_identity_vpn m ON m.kind = 'vpn' AND m.key = a.account
         WHERE m.user IS NOT NULL
     """)
-    counts.vpn_events = con.execute("SELECT count(*) FROM _ses_auth").fetchall()[0][0]
-    counts.vpn_events_unresolved = counts.vpn_events - con.execute("SELECT count(*) FROM _ses_ev").fetchall()[0][0]
-    con.execute("""
+    return "_ses_ev", "_ses_identity_vpn"
+
+
+def _login_parts(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, int]:
+    """`_ses_parts`: one row per user, link key and login: from the login to the first end line of
+    the same key before the next login, and how many end lines came before any login of their key.
+
+    Columns user, link, seq, start, start_ref, end_explicit, end_reason_raw, end_ref, last_event,
+    account, sid, ip, src_ip, next_login (the next login of the key), is_tunnel (an `i:` key).
+    """
+    # A logout at the same instant as a login belongs to the session before it.
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_seq AS
         SELECT *, sum(is_login::INTEGER) OVER (PARTITION BY user, link ORDER BY _time, is_login, raw_ref
                                               ROWS UNBOUNDED PRECEDING) AS seq
-        FROM _ses_ev WHERE link IS NOT NULL
+        FROM {events} WHERE link IS NOT NULL
     """)
-    counts.ends_before_login = con.execute(
-        "SELECT count(*) FROM _ses_seq WHERE seq = 0 AND is_logout").fetchall()[0][0]
-    con.execute(f"""
+    ends_before_login = _count(con, "_ses_seq WHERE seq = 0 AND is_logout")
+    con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_parts AS
         WITH g AS (
             SELECT user, link, seq,
@@ -247,14 +310,26 @@ def _compute_sessions(
                starts_with(link, 'i:') AS is_tunnel
         FROM g
     """)
-    # Tunnels inside a login session join it; the rest stand alone.
+    return "_ses_parts", ends_before_login
+
+
+def _join_tunnels(con: duckdb.DuckDBPyConnection, parts: str, idle_hours: float) -> str:
+    """`_ses_vpn0`: the `parts` with each tunnel that starts inside a login session of its user
+    merged into that session; a tunnel outside every login session stays a session of its own.
+
+    One row per session (user, g_link, g_seq: the key of the login session, or of the lone
+    tunnel) with session_start, start_ref, the end line seen (end_explicit, end_reason_raw,
+    end_ref: the login session's own, else its tunnels' first), last_event, next_login, account,
+    sid, assigned_ip (the login session's, else its first tunnel's) and src_ip.
+    """
+    idle_end = _idle_end_sql(idle_hours)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_tunnel_host AS
         SELECT t.user, t.link, t.seq, s.link AS host_link, s.seq AS host_seq
-        FROM (SELECT * FROM _ses_parts WHERE is_tunnel) t
-        ASOF JOIN (SELECT *, coalesce(end_explicit, least(next_login, last_event + to_seconds({idle}::DOUBLE)),
-                                      last_event + to_seconds({idle}::DOUBLE)) AS own_end
-                   FROM _ses_parts WHERE NOT is_tunnel) s
+        FROM (SELECT * FROM {parts} WHERE is_tunnel) t
+        ASOF JOIN (SELECT *, coalesce(end_explicit, least(next_login, {idle_end}),
+                                      {idle_end}) AS own_end
+                   FROM {parts} WHERE NOT is_tunnel) s
           ON t.user = s.user AND t.start >= s.start
         WHERE t.start < s.own_end
     """)
@@ -263,7 +338,7 @@ def _compute_sessions(
         WITH host AS (
             SELECT p.*, coalesce(h.host_link, p.link) AS g_link, coalesce(h.host_seq, p.seq) AS g_seq,
                    h.host_link IS NOT NULL AS merged
-            FROM _ses_parts p
+            FROM {parts} p
             LEFT JOIN _ses_tunnel_host h ON p.user = h.user AND p.link = h.link AND p.seq = h.seq
         )
         SELECT user, g_link, g_seq,
@@ -283,26 +358,47 @@ def _compute_sessions(
                arg_min(src_ip, start) AS src_ip
         FROM host GROUP BY user, g_link, g_seq
     """)
-    # End lines with neither session id nor address end the user's latest open session.
+    return "_ses_vpn0"
+
+
+def _connection_closed_ends(con: duckdb.DuckDBPyConnection, joined: str, events: str, idle_hours: float) -> str:
+    """`_ses_user_end`: for the sessions of `joined` without an end line, the first end line in
+    `events` with neither session id nor address that falls in them (the user's latest-started
+    session before it, until its next login or idle limit).
+
+    Columns user, g_link, g_seq (the session), t, reason, ref.
+    """
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_user_end AS
         SELECT s.user, s.g_link, s.g_seq, min(e._time) AS t,
                arg_min(e.reason, e._time) AS reason, arg_min(e.raw_ref, e._time) AS ref
-        FROM (SELECT * FROM _ses_ev WHERE link IS NULL AND is_logout) e
-        ASOF JOIN (SELECT *, least(next_login, last_event + to_seconds({idle}::DOUBLE)) AS soft_end
-                   FROM _ses_vpn0) s
+        FROM (SELECT * FROM {events} WHERE link IS NULL AND is_logout) e
+        ASOF JOIN (SELECT *, least(next_login, {_idle_end_sql(idle_hours)}) AS soft_end
+                   FROM {joined}) s
           ON e.user = s.user AND e._time >= s.session_start
         WHERE s.end_explicit IS NULL AND e._time < s.soft_end
         GROUP BY ALL
     """)
+    return "_ses_user_end"
+
+
+def _vpn_sessions(con: duckdb.DuckDBPyConnection, joined: str, user_ends: str, idle_hours: float) -> str:
+    """`_ses_vpn`: the VPN sessions of `joined`, each with its end and how it ended.
+
+    The end is the session's end line, else its `user_ends` line, else the next login of its key
+    (`re-login`) when that comes before the idle limit, else the idle limit (`idle-limit`).
+    Columns session_key, user, session_start, session_end, end_reason, boundary_source,
+    vpn_account, vpn_session_id, src_ip, assigned_ip, and covered_until: the latest end of the
+    user's sessions started up to this one (overlapping sessions, see _resolve_overlaps).
+    """
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_vpn AS
         WITH v AS (
             SELECT s.*, coalesce(s.end_explicit, u.t) AS end_seen,
                    CASE WHEN s.end_explicit IS NOT NULL THEN s.end_reason_raw ELSE u.reason END AS reason_seen,
                    CASE WHEN s.end_explicit IS NOT NULL THEN s.end_ref ELSE u.ref END AS ref_seen,
-                   last_event + to_seconds({idle}::DOUBLE) AS idle_end
-            FROM _ses_vpn0 s LEFT JOIN _ses_user_end u USING (user, g_link, g_seq)
+                   {_idle_end_sql(idle_hours)} AS idle_end
+            FROM {joined} s LEFT JOIN {user_ends} u USING (user, g_link, g_seq)
         ), e AS (
             SELECT *,
                    CASE WHEN end_seen IS NOT NULL THEN end_seen
@@ -313,7 +409,7 @@ def _compute_sessions(
                         ELSE 'idle-limit' END AS end_reason,
                    CASE WHEN end_seen IS NOT NULL THEN ref_seen
                         WHEN next_login IS NOT NULL AND next_login < idle_end THEN 'next login of the same session id'
-                        ELSE 'no end seen: closed by the idle limit, {settings.sessions.idle_limit_hours:g} h after its '
+                        ELSE 'no end seen: closed by the idle limit, {idle_hours:g} h after its '
                              || 'last event (login: ' || coalesce(start_ref, '?') || ')' END AS boundary_source
             FROM v
         )
@@ -325,13 +421,27 @@ def _compute_sessions(
                                       ROWS UNBOUNDED PRECEDING) AS covered_until
         FROM e
     """)
+    return "_ses_vpn"
 
-    # Mail and flows only matter for the sessions written: those ending from `start` on. They began
-    # at the earliest login among them, or (a daily session, at most 25 hours long) a day before.
-    vpn_from = con.execute("SELECT min(session_start) FROM _ses_vpn WHERE session_end >= $start",
+
+# --- 2. attribution of mail and flows ------------------------------------------------------------------
+
+
+def _activity(con: duckdb.DuckDBPyConnection, email: str, flows: str | None, vpn: str, start: datetime,
+              read_from: datetime, now: datetime) -> tuple[str, str]:
+    """`_ses_mail` and `_ses_flows`: the sent mail of `email` and the flows of `flows` (none when
+    `flows` is None) that can fall in a session ending in [start, now).
+
+    `_ses_mail`: _time, src_user, mkey (message id, else internal id, else the raw line), size,
+    recipient, subject, file_name of mail that left (not NOT_SENT_*). `_ses_flows`: _time,
+    src_ip, bytes_out, bytes_in (0 when missing).
+    """
+    # Those sessions began at the earliest login among them, or (a daily session, at most 25
+    # hours long) a day before `start`.
+    vpn_from = con.execute(f"SELECT min(session_start) FROM {vpn} WHERE session_end >= $start",
                            {"start": start}).fetchall()[0][0]
     mail_from = min(start - timedelta(hours=26), vpn_from) if vpn_from is not None else start - timedelta(hours=26)
-    mail_from = max(mail_from, read_from)
+    p = {"now": now, "mail_from": max(mail_from, read_from)}
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_mail AS
         SELECT _time, src_user, coalesce(nullif(message_id, ''), nullif(internal_message_id, ''), raw_ref) AS mkey,
@@ -340,140 +450,216 @@ def _compute_sessions(
         WHERE _time >= $mail_from AND _time < $now AND src_user IS NOT NULL
           AND coalesce(action, '') NOT IN {_sql_list(NOT_SENT_ACTIONS)}
           AND coalesce(event_type, '') NOT IN {_sql_list(NOT_SENT_EVENT_TYPES)}
-    """, {"now": now, "mail_from": mail_from})
+    """, p)
     if flows:
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _ses_flows AS
             SELECT _time, src_ip, coalesce(bytes_out, 0) AS bytes_out, coalesce(bytes_in, 0) AS bytes_in
             FROM {flows} WHERE _time >= $mail_from AND _time < $now AND src_ip IS NOT NULL
-        """, {"now": now, "mail_from": mail_from})
+        """, p)
     else:
         con.execute("CREATE OR REPLACE TEMP TABLE _ses_flows AS SELECT NULL::TIMESTAMPTZ AS _time, NULL::VARCHAR AS src_ip, "
                     "0::BIGINT AS bytes_out, 0::BIGINT AS bytes_in WHERE false")
+    return "_ses_mail", "_ses_flows"
 
+
+def _activity_identities(con: duckdb.DuckDBPyConnection, settings: Settings, vpn_identity: str, mail: str,
+                         flow_rows: str) -> str:
+    """`_ses_identity`: the rows of `vpn_identity` and the identity rows of the senders of `mail`
+    (kind email) and the source hosts of `flow_rows` (kind host)."""
     register_identity_map(con, settings, {
-        "email": "SELECT DISTINCT src_user FROM _ses_mail",
-        "host": "SELECT DISTINCT src_ip FROM _ses_flows",
+        "email": f"SELECT DISTINCT src_user FROM {mail}",
+        "host": f"SELECT DISTINCT src_ip FROM {flow_rows}",
     }, name="_ses_identity_more")
-    con.execute("INSERT INTO _ses_identity SELECT * FROM _ses_identity_more")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_identity AS
+        SELECT * FROM {vpn_identity} UNION ALL SELECT * FROM _ses_identity_more
+    """)
+    return "_ses_identity"
 
-    # --- 2. messages: resolve the sender, deduplicate, attribute to a session -----------------------
-    # Sessions get integer ids for the joins and groupings below: VPN sessions 1..n, daily
-    # sessions -(user number * 100000 + local day number).
-    counts.messages = con.execute("SELECT count(*) FROM _ses_mail").fetchall()[0][0]
-    con.execute("""
+
+def _number_sessions(con: duckdb.DuckDBPyConnection, identity: str, vpn: str) -> tuple[str, str]:
+    """`_ses_users` (user, uid 1..n in name order) and `_ses_vpn_ids`: the `vpn` sessions with
+    their uid and sk 1..n (by user, start, key), the integer ids the joins below group by."""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_users AS
-        SELECT user, row_number() OVER (ORDER BY user) AS uid FROM (SELECT DISTINCT user FROM _ses_identity
+        SELECT user, row_number() OVER (ORDER BY user) AS uid FROM (SELECT DISTINCT user FROM {identity}
                                                                    WHERE user IS NOT NULL)
     """)
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_vpn_ids AS
         SELECT row_number() OVER (ORDER BY user, session_start, session_key) AS sk, v.*, u.uid
-        FROM _ses_vpn v JOIN _ses_users u USING (user)
+        FROM {vpn} v JOIN _ses_users u USING (user)
     """)
-    con.execute("""
+    return "_ses_users", "_ses_vpn_ids"
+
+
+def _attribute_mail(con: duckdb.DuckDBPyConnection, mail: str, identity: str, users: str, vpn_ids: str,
+                    tz: str) -> tuple[str, str]:
+    """`_ses_mail_user` and `_ses_msg_keyed`: the `mail` of resolved senders, and their messages
+    attributed to a session.
+
+    `_ses_mail_user`: every logged copy, with the sender's uid and user. `_ses_msg_keyed`: one
+    row per message (a message logged twice counts once: first time, largest size) with uid,
+    mkey, _time, size, vpn_sk (the latest-started VPN session of the sender holding its time, or
+    NULL), overlapped and sk (see _with_session_keys).
+    """
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_mail_user AS
         SELECT e.*, u.uid, u.user
-        FROM _ses_mail e JOIN _ses_identity m ON m.kind = 'email' AND m.key = e.src_user
-        JOIN _ses_users u ON u.user = m.user
+        FROM {mail} e JOIN {identity} m ON m.kind = 'email' AND m.key = e.src_user
+        JOIN {users} u ON u.user = m.user
     """)
-    counts.messages_unresolved_sender = counts.messages - con.execute(
-        "SELECT count(*) FROM _ses_mail_user").fetchall()[0][0]
-    # one row per message (a message logged twice counts once: first time, largest size)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_msgs AS
         SELECT uid, mkey, min(_time) AS _time, max(size) AS size FROM _ses_mail_user GROUP BY uid, mkey
     """)
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_msg_attr AS
         SELECT m.uid, m.mkey, m._time, m.size, CASE WHEN m._time < s.session_end THEN s.sk END AS vpn_sk,
                m._time >= s.session_end AND m._time < s.covered_until AS overlapped
-        FROM _ses_msgs m ASOF LEFT JOIN _ses_vpn_ids s ON m.uid = s.uid AND m._time >= s.session_start
+        FROM _ses_msgs m ASOF LEFT JOIN {vpn_ids} s ON m.uid = s.uid AND m._time >= s.session_start
     """)
-    _resolve_overlaps(con, "_ses_msg_attr")
+    _resolve_overlaps(con, "_ses_msg_attr", vpn_ids)
+    return "_ses_mail_user", _with_session_keys(con, "_ses_msg_attr", "_ses_msg_keyed", tz)
 
-    # --- 3. flows: by tunnel address during a session, else by the host's owner -------------------
-    con.execute("""
+
+def _attribute_flows(con: duckdb.DuckDBPyConnection, flow_rows: str, identity: str, users: str, vpn_ids: str,
+                     tz: str) -> str:
+    """`_ses_flow_keyed`: the `flow_rows` that belong to a user, attributed to a session.
+
+    A flow from the tunnel address of a VPN session at its time is that session's (and its
+    user's); else a flow from a host a user owns is that user's, in their session at its time.
+    Columns uid, _time, bytes_out, bytes_in, tunnel_sk, vpn_sk, overlapped, sk; flows of
+    neither are left out.
+    """
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_flow_tun AS
         SELECT f.*, CASE WHEN f._time < s.session_end THEN s.sk END AS tunnel_sk,
                CASE WHEN f._time < s.session_end THEN s.uid END AS tunnel_uid
-        FROM _ses_flows f ASOF LEFT JOIN (SELECT * FROM _ses_vpn_ids WHERE assigned_ip IS NOT NULL) s
+        FROM {flow_rows} f ASOF LEFT JOIN (SELECT * FROM {vpn_ids} WHERE assigned_ip IS NOT NULL) s
           ON f.src_ip = s.assigned_ip AND f._time >= s.session_start
     """)
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_flow_attr AS
         SELECT coalesce(f.tunnel_uid, u.uid) AS uid, f._time, f.bytes_out, f.bytes_in, f.tunnel_sk
         FROM _ses_flow_tun f
-        LEFT JOIN _ses_identity m ON m.kind = 'host' AND m.key = f.src_ip
-        LEFT JOIN _ses_users u ON u.user = m.user
+        LEFT JOIN {identity} m ON m.kind = 'host' AND m.key = f.src_ip
+        LEFT JOIN {users} u ON u.user = m.user
         WHERE f.tunnel_sk IS NOT NULL OR u.uid IS NOT NULL
     """)
-    counts.flows = con.execute("SELECT count(*) FROM _ses_flows").fetchall()[0][0]
-    counts.flows_unattributed = counts.flows - con.execute("SELECT count(*) FROM _ses_flow_attr").fetchall()[0][0]
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_flow_owner AS
         SELECT f.uid, f._time, f.bytes_out, f.bytes_in,
                coalesce(f.tunnel_sk, CASE WHEN f._time < s.session_end THEN s.sk END) AS vpn_sk,
                f.tunnel_sk IS NULL AND f._time >= s.session_end AND f._time < s.covered_until AS overlapped
-        FROM _ses_flow_attr f ASOF LEFT JOIN _ses_vpn_ids s ON f.uid = s.uid AND f._time >= s.session_start
+        FROM _ses_flow_attr f ASOF LEFT JOIN {vpn_ids} s ON f.uid = s.uid AND f._time >= s.session_start
     """)
-    _resolve_overlaps(con, "_ses_flow_owner")
+    _resolve_overlaps(con, "_ses_flow_owner", vpn_ids)
+    return _with_session_keys(con, "_ses_flow_owner", "_ses_flow_keyed", tz)
 
-    # --- 4. keys: the VPN session, else the user's local day -----------------------------------------
+
+def _resolve_overlaps(con: duckdb.DuckDBPyConnection, table: str, vpn_ids: str) -> None:
+    """Set `table`.vpn_sk of the rows the ASOF join left outside the latest-started session but
+    inside an earlier, longer one (`overlapped`) to the latest-started `vpn_ids` session holding them."""
+    if not _count(con, f"{table} WHERE overlapped"):
+        return
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_overlap_fix AS
+        SELECT o.rowid AS rid, arg_max(s.sk, s.session_start) AS sk
+        FROM (SELECT rowid, * FROM {table} WHERE overlapped) o
+        JOIN {vpn_ids} s ON o.uid = s.uid AND o._time >= s.session_start AND o._time < s.session_end
+        GROUP BY o.rowid
+    """)
+    con.execute(f"UPDATE {table} SET vpn_sk = f.sk FROM _ses_overlap_fix f WHERE {table}.rowid = f.rid")
+
+
+def _with_session_keys(con: duckdb.DuckDBPyConnection, attributed: str, name: str, tz: str) -> str:
+    """Temp table `name`: the rows of `attributed` (uid, _time, vpn_sk) with sk, their session: the
+    VPN session, else the user's daily session -(uid * 100000 + local day number)."""
     local_day = f"CAST(timezone('{tz}', _time) AS DATE)"
-    day_sk = f"CASE WHEN vpn_sk IS NOT NULL THEN vpn_sk ELSE -(uid * 100000 + ({local_day} - DATE '1970-01-01')) END"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _ses_msg_keyed AS SELECT *, {day_sk} AS sk FROM _ses_msg_attr")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _ses_flow_keyed AS SELECT *, {day_sk} AS sk FROM _ses_flow_owner")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {name} AS
+        SELECT *, CASE WHEN vpn_sk IS NOT NULL THEN vpn_sk
+                       ELSE -(uid * 100000 + ({local_day} - DATE '1970-01-01')) END AS sk
+        FROM {attributed}
+    """)
+    return name
 
-    # recipients of each message (deduplicated across its copies), with their domain class
-    con.execute("""
+
+# --- 3. features and evidence per session --------------------------------------------------------------
+
+
+def _classify_recipients(con: duckdb.DuckDBPyConnection, settings: Settings, mail_user: str,
+                         messages: str) -> tuple[str, str]:
+    """`_ses_rcpt` and `_ses_msg_flags`: the recipients of each message and what they make it.
+
+    `_ses_rcpt`: one row per message of `messages` and recipient (lower case, deduplicated across
+    the message's copies in `mail_user`) with sk, uid, mkey, size, registered_domain and
+    domain_class (enrich.domains; `internal` for an address without a domain).
+    `_ses_msg_flags`: every message of `messages` (sk, uid, mkey, _time, size) with outgoing (a
+    recipient outside the internal domains) and personal (a recipient in a personal domain).
+    """
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_rcpt0 AS
         SELECT DISTINCT uid, mkey, lower(recipient) AS recipient,
                lower(regexp_extract(recipient, '@([^@]+)$', 1)) AS domain
-        FROM (SELECT uid, mkey, unnest(recipient) AS recipient FROM _ses_mail_user)
+        FROM (SELECT uid, mkey, unnest(recipient) AS recipient FROM {mail_user})
     """)
     register_domain_table(con, settings, "SELECT DISTINCT domain FROM _ses_rcpt0 WHERE domain IS NOT NULL",
                           name="_ses_domains")
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_rcpt AS
         SELECT k.sk, r.uid, r.mkey, k.size, r.recipient,
                coalesce(d.registered_domain, r.domain) AS registered_domain,
                coalesce(d.domain_class, 'internal') AS domain_class
         FROM _ses_rcpt0 r
-        JOIN _ses_msg_keyed k USING (uid, mkey)
+        JOIN {messages} k USING (uid, mkey)
         LEFT JOIN _ses_domains d ON d.domain = r.domain
     """)
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_msg_flags AS
         SELECT k.sk, k.uid, k.mkey, k._time, k.size,
                coalesce(f.outgoing, false) AS outgoing, coalesce(f.personal, false) AS personal
-        FROM _ses_msg_keyed k LEFT JOIN (
+        FROM {messages} k LEFT JOIN (
             SELECT uid, mkey, bool_or(domain_class <> 'internal') AS outgoing,
                    bool_or(domain_class = 'personal') AS personal
             FROM _ses_rcpt GROUP BY uid, mkey
         ) f USING (uid, mkey)
     """)
+    return "_ses_rcpt", "_ses_msg_flags"
 
-    # --- 5. features and evidence per session ----------------------------------------------------------
-    con.execute("""
+
+def _mail_counts(con: duckdb.DuckDBPyConnection, flags: str) -> str:
+    """`_ses_counts`: per session (sk) of `flags`, messages_sent, em_fnum, em_bsum,
+    em_bsum_personal, em_personal_fnum, and the keys (mkey) of the five largest outgoing messages
+    (top_messages) and of the five largest to personal addresses (top_personal), largest first,
+    of one size the earlier first."""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_counts AS
         SELECT sk, count(*) AS messages_sent,
                count(*) FILTER (WHERE outgoing) AS em_fnum,
                coalesce(sum(size) FILTER (WHERE outgoing), 0) AS em_bsum,
                coalesce(sum(size) FILTER (WHERE personal), 0) AS em_bsum_personal,
                count(*) FILTER (WHERE personal) AS em_personal_fnum,
-               -- the five largest messages (largest first; the same size: the earlier first)
                max_by(mkey, order_key, 5) FILTER (WHERE outgoing) AS top_messages,
                max_by(mkey, order_key, 5) FILTER (WHERE personal) AS top_personal
         FROM (SELECT *, CAST(coalesce(size, 0) AS HUGEINT) * 100000000000 + (99999999999 - CAST(epoch(_time) AS BIGINT))
                             AS order_key
-              FROM _ses_msg_flags)
+              FROM {flags})
         GROUP BY sk
     """)
-    con.execute("""
+    return "_ses_counts"
+
+
+def _recipient_tops(con: duckdb.DuckDBPyConnection, recipients: str) -> tuple[str, str]:
+    """`_ses_dom` (sk, em_dnum, top_domains) and `_ses_rcp` (sk, top_recipients): per session, over
+    the external recipients in `recipients`, the distinct registered domains and the top five
+    domains and recipients by messages, then bytes (each message once per domain or recipient)."""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_ext AS
         SELECT DISTINCT sk, mkey, size, recipient, registered_domain, domain_class
-        FROM _ses_rcpt WHERE domain_class <> 'internal'
+        FROM {recipients} WHERE domain_class <> 'internal'
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_dom AS
@@ -502,39 +688,48 @@ def _compute_sessions(
                    AS top_recipients
         FROM rcp GROUP BY sk
     """)
-    # the details of the few messages shown as evidence
-    con.execute("""
+    return "_ses_dom", "_ses_rcp"
+
+
+def _evidence(con: duckdb.DuckDBPyConnection, mail_counts: str, messages: str, mail_user: str) -> str:
+    """`_ses_evidence` (sk, largest_messages, largest_personal_messages): the details of the
+    messages named in `mail_counts`' top_messages and top_personal, in their order.
+
+    A message: time, message_id, size (from `messages`), recipients, subject, file_name (from
+    its copies in `mail_user`; a message logged more than once shows the union of their lists).
+    """
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_top AS
         SELECT sk, 'all' AS kind, unnest(top_messages) AS mkey, unnest(range(1, len(top_messages) + 1)) AS rank
-        FROM _ses_counts WHERE len(top_messages) > 0
+        FROM {mail_counts} WHERE len(top_messages) > 0
         UNION ALL
         SELECT sk, 'personal', unnest(top_personal), unnest(range(1, len(top_personal) + 1))
-        FROM _ses_counts WHERE len(top_personal) > 0
+        FROM {mail_counts} WHERE len(top_personal) > 0
     """)
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_evidence_rows AS
         WITH k AS (
             SELECT t.sk, t.kind, t.rank, m.uid, t.mkey, m._time, m.size
-            FROM _ses_top t JOIN _ses_msg_keyed m USING (sk, mkey)
+            FROM _ses_top t JOIN {messages} m USING (sk, mkey)
         ), wanted AS (
             SELECT DISTINCT uid, mkey FROM k
         ), copies AS (
             SELECT m.uid, m.mkey, count(*) AS n, min(m.subject) AS subject, any_value(m.recipient) AS recipient,
                    any_value(m.file_name) AS file_name
-            FROM _ses_mail_user m SEMI JOIN wanted USING (uid, mkey) GROUP BY m.uid, m.mkey
+            FROM {mail_user} m SEMI JOIN wanted USING (uid, mkey) GROUP BY m.uid, m.mkey
         ), merged AS (  -- the few messages logged more than once: the union of their copies' lists
             SELECT m.uid, m.mkey, list_distinct(flatten(list(m.recipient))) AS recipient,
                    list_distinct(flatten(list(m.file_name))) AS file_name
-            FROM _ses_mail_user m SEMI JOIN (SELECT uid, mkey FROM copies WHERE n > 1) USING (uid, mkey)
+            FROM {mail_user} m SEMI JOIN (SELECT uid, mkey FROM copies WHERE n > 1) USING (uid, mkey)
             GROUP BY m.uid, m.mkey
         ), rows AS (
             SELECT k.sk, k.kind, k.rank,
-                   {'time': strftime(timezone('UTC', k._time), '%Y-%m-%dT%H:%M:%SZ'), 'message_id': k.mkey,
+                   {{'time': strftime(timezone('UTC', k._time), '%Y-%m-%dT%H:%M:%SZ'), 'message_id': k.mkey,
                     'size': k.size,
                     'recipients': array_to_string(list_sort(list_distinct(list_transform(
                         coalesce(g.recipient, c.recipient, []), lambda x: lower(x)))), ', '),
                     'subject': c.subject,
-                    'file_name': array_to_string(list_sort(coalesce(g.file_name, c.file_name, [])), ', ')} AS message
+                    'file_name': array_to_string(list_sort(coalesce(g.file_name, c.file_name, [])), ', ')}} AS message
             FROM k LEFT JOIN copies c USING (uid, mkey) LEFT JOIN merged g USING (uid, mkey)
         )
         SELECT * FROM rows
@@ -546,45 +741,86 @@ def _compute_sessions(
                max_by(message, -rank, 5) FILTER (WHERE kind = 'personal') AS largest_personal_messages
         FROM _ses_evidence_rows GROUP BY sk
     """)
-    con.execute("""
+    return "_ses_evidence"
+
+
+def _session_features(con: duckdb.DuckDBPyConnection, messages: str, flow_keyed: str, mail_counts: str,
+                      top_domains: str, top_recipients: str, evidence: str) -> str:
+    """`_ses_features`: one row per session (sk) with mail or flows: uid, first_time (its first
+    message or flow), the columns of `mail_counts`, `top_domains`, `top_recipients` and
+    `evidence`, and net_flows, net_bytes_out, net_bytes_in over `flow_keyed` (NULL where none)."""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_features AS
-        WITH ev AS (
-            SELECT * FROM _ses_evidence
-        ), net AS (
+        WITH net AS (
             SELECT sk, count(*) AS net_flows, sum(bytes_out) AS net_bytes_out, sum(bytes_in) AS net_bytes_in
-            FROM _ses_flow_keyed GROUP BY sk
+            FROM {flow_keyed} GROUP BY sk
         ), keys AS (
             SELECT sk, uid, min(_time) AS first_time FROM (
-                SELECT sk, uid, _time FROM _ses_msg_keyed UNION ALL SELECT sk, uid, _time FROM _ses_flow_keyed)
+                SELECT sk, uid, _time FROM {messages} UNION ALL SELECT sk, uid, _time FROM {flow_keyed})
             GROUP BY sk, uid
         )
         SELECT keys.sk, keys.uid, keys.first_time, c.messages_sent, c.em_fnum, d.em_dnum, c.em_bsum,
                c.em_bsum_personal, c.em_personal_fnum, net.net_flows, net.net_bytes_out, net.net_bytes_in,
                d.top_domains, r.top_recipients, ev.largest_messages, ev.largest_personal_messages
         FROM keys
-        LEFT JOIN _ses_counts c USING (sk) LEFT JOIN _ses_dom d USING (sk)
-        LEFT JOIN _ses_rcp r USING (sk) LEFT JOIN net USING (sk) LEFT JOIN ev USING (sk)
+        LEFT JOIN {mail_counts} c USING (sk) LEFT JOIN {top_domains} d USING (sk)
+        LEFT JOIN {top_recipients} r USING (sk) LEFT JOIN net USING (sk) LEFT JOIN {evidence} ev USING (sk)
     """)
+    return "_ses_features"
 
-    # --- 6. the closed sessions: VPN sessions and daily sessions ----------------------------------------
+
+# --- 4. the closed sessions ------------------------------------------------------------------------------
+
+
+def _daily_sessions(con: duckdb.DuckDBPyConnection, features: str, users: str, tz: str) -> str:
+    """`_ses_days`: the daily sessions, one per user and local day with mail or flows outside VPN
+    sessions (the negative sk of `features`), from local midnight to the next.
+
+    Columns sk, session_key (`day|user|date`), user, session_kind, session_start, session_end,
+    end_reason (`end-of-day`) and boundary_source.
+    """
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {target} AS
+        CREATE OR REPLACE TEMP TABLE _ses_days AS
         WITH days AS (
             SELECT f.sk, u.user,
                    timezone('{tz}', date_trunc('day', timezone('{tz}', f.first_time))) AS session_start,
                    timezone('{tz}', date_trunc('day', timezone('{tz}', f.first_time)) + INTERVAL 1 DAY) AS session_end
-            FROM _ses_features f JOIN _ses_users u USING (uid)
+            FROM {features} f JOIN {users} u USING (uid)
             WHERE f.sk < 0
-        ), all_sessions AS (
+        )
+        SELECT sk, 'day|' || user || '|' || strftime(timezone('{tz}', session_start), '%Y-%m-%d') AS session_key,
+               user, 'day' AS session_kind, session_start, session_end, 'end-of-day' AS end_reason,
+               'activity outside VPN sessions on ' || strftime(timezone('{tz}', session_start), '%Y-%m-%d') ||
+               ' ({tz}), closed at local midnight' AS boundary_source
+        FROM days
+    """)
+    return "_ses_days"
+
+
+def _departments(con: duckdb.DuckDBPyConnection, settings: Settings) -> str:
+    """`_ses_departments` (user, department): the departments the identities list."""
+    departments = {i.user.strip().lower(): i.department for i in load_identities(settings)}
+    con.execute("CREATE OR REPLACE TEMP TABLE _ses_departments (user VARCHAR, department VARCHAR)")
+    if departments:
+        con.executemany("INSERT INTO _ses_departments VALUES (?, ?)", list(departments.items()))
+    return "_ses_departments"
+
+
+def _closed_sessions(con: duckdb.DuckDBPyConnection, target: str, vpn_ids: str, days: str, features: str,
+                     departments: str, start: datetime, now: datetime) -> None:
+    """Temp table `target` (the `user_sessions` columns): the VPN sessions of `vpn_ids` and the
+    daily sessions of `days` that end in [start, now], with their user's department and their
+    `features` (0 and [] where none)."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {target} AS
+        WITH all_sessions AS (
             SELECT sk, session_key, user, 'vpn' AS session_kind, session_start, session_end, end_reason,
                    boundary_source, vpn_account, vpn_session_id, src_ip, assigned_ip
-            FROM _ses_vpn_ids
+            FROM {vpn_ids}
             UNION ALL
-            SELECT sk, 'day|' || user || '|' || strftime(timezone('{tz}', session_start), '%Y-%m-%d'), user, 'day',
-                   session_start, session_end, 'end-of-day',
-                   'activity outside VPN sessions on ' || strftime(timezone('{tz}', session_start), '%Y-%m-%d') ||
-                   ' ({tz}), closed at local midnight', NULL, NULL, NULL, NULL
-            FROM days
+            SELECT sk, session_key, user, session_kind, session_start, session_end, end_reason,
+                   boundary_source, NULL, NULL, NULL, NULL
+            FROM {days}
         )
         SELECT s.session_end AS _time, s.session_key, s.user, dep.department, s.session_kind, s.session_start,
                s.session_end, s.end_reason, s.boundary_source, s.vpn_account, s.vpn_session_id, s.src_ip,
@@ -598,26 +834,10 @@ def _compute_sessions(
                coalesce(f.largest_messages, []) AS largest_messages,
                coalesce(f.largest_personal_messages, []) AS largest_personal_messages
         FROM all_sessions s
-        LEFT JOIN _ses_features f USING (sk)
-        LEFT JOIN _ses_departments dep ON dep.user = s.user
+        LEFT JOIN {features} f USING (sk)
+        LEFT JOIN {departments} dep ON dep.user = s.user
         WHERE s.session_end >= $start AND s.session_end <= $now
     """, {"start": start, "now": now})
-    return counts
-
-
-def _resolve_overlaps(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    """Rows the ASOF join left outside the latest-started session but inside an earlier, longer one."""
-    n = con.execute(f"SELECT count(*) FROM {table} WHERE overlapped").fetchall()[0][0]
-    if not n:
-        return
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ses_overlap_fix AS
-        SELECT o.rowid AS rid, arg_max(s.sk, s.session_start) AS sk
-        FROM (SELECT rowid, * FROM {table} WHERE overlapped) o
-        JOIN _ses_vpn_ids s ON o.uid = s.uid AND o._time >= s.session_start AND o._time < s.session_end
-        GROUP BY o.rowid
-    """)
-    con.execute(f"UPDATE {table} SET vpn_sk = f.sk FROM _ses_overlap_fix f WHERE {table}.rowid = f.rid")
 
 
 # --- the store --------------------------------------------------------------------------------------
