@@ -187,8 +187,8 @@ def compute_sessions(
         vpn = _vpn_sessions(con, joined, user_ends, idle_hours)
 
         # mail and flows → the user's VPN session at their time, else the user's local day
-        mail, flow_rows = _activity(con, email, flows, vpn, start, read_from, now)
-        identity = _activity_identities(con, settings, vpn_identity, mail, flow_rows)
+        mail, flow_rows = _mail_and_flows(con, email, flows, vpn, start, read_from, now)
+        identity = _all_identities(con, settings, vpn_identity, mail, flow_rows)
         users, vpn_ids = _number_sessions(con, identity, vpn)
         mail_user, messages = _attribute_mail(con, mail, identity, users, vpn_ids, tz)
         counts.messages = _count(con, mail)
@@ -427,8 +427,8 @@ def _vpn_sessions(con: duckdb.DuckDBPyConnection, joined: str, user_ends: str, i
 # --- 2. attribution of mail and flows ------------------------------------------------------------------
 
 
-def _activity(con: duckdb.DuckDBPyConnection, email: str, flows: str | None, vpn: str, start: datetime,
-              read_from: datetime, now: datetime) -> tuple[str, str]:
+def _mail_and_flows(con: duckdb.DuckDBPyConnection, email: str, flows: str | None, vpn: str, start: datetime,
+                    read_from: datetime, now: datetime) -> tuple[str, str]:
     """`_ses_mail` and `_ses_flows`: the sent mail of `email` and the flows of `flows` (none when
     `flows` is None) that can fall in a session ending in [start, now).
 
@@ -463,8 +463,8 @@ def _activity(con: duckdb.DuckDBPyConnection, email: str, flows: str | None, vpn
     return "_ses_mail", "_ses_flows"
 
 
-def _activity_identities(con: duckdb.DuckDBPyConnection, settings: Settings, vpn_identity: str, mail: str,
-                         flow_rows: str) -> str:
+def _all_identities(con: duckdb.DuckDBPyConnection, settings: Settings, vpn_identity: str, mail: str,
+                    flow_rows: str) -> str:
     """`_ses_identity`: the rows of `vpn_identity` and the identity rows of the senders of `mail`
     (kind email) and the source hosts of `flow_rows` (kind host)."""
     register_identity_map(con, settings, {
