@@ -55,7 +55,7 @@ def phase_generate(out: Path, hosts: int, days: int, per_day: int) -> dict:
 
 
 def phase_ingest(out: Path) -> dict:
-    from exfilwatch.ingest import ingest_paths
+    from exfilwatch.events.ingest import ingest_paths
 
     home, settings = _home(out)
     [report] = ingest_paths([out / "logs" / "conn.log"], home, settings)
@@ -63,9 +63,9 @@ def phase_ingest(out: Path) -> dict:
 
 
 def phase_detect(out: Path) -> dict:
-    from exfilwatch.detect.runner import detect_once
-    from exfilwatch.detect.schema import load_detections
-    from exfilwatch.engine import connect
+    from exfilwatch.detections.runner import detect_once
+    from exfilwatch.detections.schema import load_detections
+    from exfilwatch.events.engine import connect
     from exfilwatch.state import StateStore
 
     home, settings = _home(out)

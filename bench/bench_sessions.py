@@ -117,7 +117,7 @@ CREATE TABLE email_rows AS
 def phase_synth(out: Path, users: int, days: int) -> dict:
     import duckdb
 
-    from exfilwatch.lake import write_batch
+    from exfilwatch.events.lake import write_batch
     from exfilwatch.models import AUTHENTICATION, EMAIL
     from exfilwatch.state import StateStore
 
@@ -161,8 +161,8 @@ def phase_groupby(out: Path) -> dict:
 
 
 def phase_build(out: Path) -> dict:
-    from exfilwatch.engine import connect
-    from exfilwatch.enrich.sessions import build_user_sessions
+    from exfilwatch.events.engine import connect
+    from exfilwatch.features.sessions import build_user_sessions
     from exfilwatch.state import StateStore
 
     home, settings = _home(out)
@@ -174,9 +174,9 @@ def phase_build(out: Path) -> dict:
 
 
 def phase_models(out: Path) -> dict:
-    from exfilwatch.detect.schema import load_detections
-    from exfilwatch.engine import connect
-    from exfilwatch.evaluate import replay
+    from exfilwatch.detections.schema import load_detections
+    from exfilwatch.events.engine import connect
+    from exfilwatch.evaluate.replay import replay
     from exfilwatch.state import StateStore
 
     home, settings = _home(out)
@@ -188,10 +188,10 @@ def phase_models(out: Path) -> dict:
 
 
 def phase_day(out: Path) -> dict:
-    from exfilwatch.detect.runner import RunWindow, execute, resolve_parameters
-    from exfilwatch.detect.schema import load_detections
-    from exfilwatch.engine import connect, expose_models, register_lake_views
-    from exfilwatch.enrich.sessions import build_user_sessions
+    from exfilwatch.detections.runner import RunWindow, execute, resolve_parameters
+    from exfilwatch.detections.schema import load_detections
+    from exfilwatch.events.engine import connect, expose_models, register_lake_views
+    from exfilwatch.features.sessions import build_user_sessions
     from exfilwatch.state import StateStore
 
     home, settings = _home(out)

@@ -137,7 +137,7 @@ def python_reference(path: Path, year: int = 2026) -> tuple[int, int]:
 
 def run_exfilwatch(path: Path, threads: int) -> dict:
     from exfilwatch.config import Home, parse_settings
-    from exfilwatch.ingest import ingest_paths
+    from exfilwatch.events.ingest import ingest_paths
 
     with tempfile.TemporaryDirectory(prefix="bench-mail-home-") as tmp:
         root = Path(tmp)

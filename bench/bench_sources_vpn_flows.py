@@ -230,7 +230,7 @@ def reference_srx(path: Path) -> tuple[int, int]:
 
 def run_exfilwatch(path: Path, source: str, threads: int) -> tuple[int, int]:
     from exfilwatch.config import Home, parse_settings
-    from exfilwatch.ingest import ingest_paths
+    from exfilwatch.events.ingest import ingest_paths
 
     root = Path(tempfile.mkdtemp(prefix="bench-home-"))
     settings = parse_settings({"threads": threads, "memory_limit": "3GB"}, "bench")

@@ -1,4 +1,4 @@
-"""Write the test data of the four per-user email session rules (detections/em_*/data/).
+"""Write the test data of the four per-user email session rules (src/exfilwatch/content/detections/em_*/data/).
 
 Real formats: a Pulse Secure syslog (standard format: login, tunnel start/end, closed
 connection, logout) and a Postfix maillog (smtpd / cleanup / qmgr / smtp|lmtp / removed per
@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 ZONE = ZoneInfo("America/New_York")
 JUDGED = date(2026, 10, 15)
 HISTORY_DAYS = 20
-ROOT = Path(__file__).resolve().parents[1] / "detections"
+ROOT = Path(__file__).resolve().parents[1] / "src" / "exfilwatch" / "content" / "detections"
 PARTNERS = ["partner1.com", "partner2.com"]
 
 

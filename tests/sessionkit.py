@@ -8,7 +8,7 @@ from typing import Any
 import duckdb
 
 from exfilwatch.config import Settings, parse_settings
-from exfilwatch.enrich.sessions import compute_sessions
+from exfilwatch.features.sessions import compute_sessions
 from exfilwatch.models import AUTHENTICATION, EMAIL, NETWORK_TRAFFIC, DataModel
 
 UTC = timezone.utc

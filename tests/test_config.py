@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exfilwatch.config import ConfigError, load_settings, resolve_home
-from exfilwatch.engine import match_assets
+from exfilwatch.events.engine import match_assets
 from exfilwatch.config import Asset
 
 

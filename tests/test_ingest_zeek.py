@@ -11,9 +11,9 @@ import duckdb
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from exfilwatch import ingest as ingest_module
-from exfilwatch.ingest import ingest_paths
-from exfilwatch.lake import remove_orphans
+from exfilwatch.events import ingest as ingest_module
+from exfilwatch.events.ingest import ingest_paths
+from exfilwatch.events.lake import remove_orphans
 from exfilwatch.state import StateStore
 
 from .conftest import ZEEK_CONN_HEADER, Flow, conn_line, settings_for, write_conn_log

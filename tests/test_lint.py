@@ -10,9 +10,9 @@ import yaml
 from typer.testing import CliRunner
 
 from exfilwatch import attack
-from exfilwatch.cli import app
-from exfilwatch.detect.lint import lint_folder
-from exfilwatch.detect.schema import default_detections_dir
+from exfilwatch.cli.main import app
+from exfilwatch.detections.lint import lint_folder
+from exfilwatch.detections.schema import default_detections_dir
 
 SHIPPED = default_detections_dir()
 BASE = "hosts_receiving_high_volume_of_network_traffic_from_email_server"

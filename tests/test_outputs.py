@@ -17,9 +17,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from exfilwatch import risk
+from exfilwatch.findings.store import load_findings_file
+
+from exfilwatch.incidents.correlation import stored_incidents
+
+from exfilwatch.risk.events import rebuild_risk_events
+
+from .pipelinekit import run_correlations
 from exfilwatch.config import parse_settings
-from exfilwatch.detect.schema import load_detections
+from exfilwatch.detections.schema import load_detections
 from exfilwatch.outputs.cef import extension_escape, header_escape, incident_cef, octet_frame, rfc5424
 from exfilwatch.outputs.deliver import deliver_pending
 from exfilwatch.state import StateStore
@@ -41,10 +47,10 @@ def _state_with_incidents(tmp_path: Path, users: tuple[str, ...] = ("alice",)) -
     path = tmp_path / "findings.jsonl"
     path.write_text("\n".join(lines) + "\n")
     settings = parse_settings({}, "test")
-    techniques = risk.load_findings_file(state, path)
-    risk.rebuild_risk_events(state, settings, techniques, NOW)
-    risk.run_correlations(duckdb.connect(), state, settings, [load_detections()["risk_threshold_exceeded_24h"]], NOW)
-    assert len(risk.stored_incidents(state)) == len(users)
+    techniques = load_findings_file(state, path)
+    rebuild_risk_events(state, settings, techniques, NOW)
+    run_correlations(duckdb.connect(), state, settings, [load_detections()["risk_threshold_exceeded_24h"]], NOW)
+    assert len(stored_incidents(state)) == len(users)
     return state
 
 

@@ -13,10 +13,22 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from exfilwatch import risk
+from exfilwatch.enrich.identities import EntityResolver
+
+from exfilwatch.findings.store import load_findings_file
+
+from exfilwatch.findings.suppressions import add_suppression, config_suppressions, remove_suppression, stored_suppressions, suppression_hits
+
+from exfilwatch.incidents.correlation import stored_incidents
+
+from exfilwatch.risk.events import load_risk_events, rebuild_risk_events, risk_events_for
+
+from exfilwatch.risk.modifiers import apply_modifiers
+
+from .pipelinekit import run_correlations
 from exfilwatch.config import parse_settings
-from exfilwatch.detect.runner import execute, resolve_parameters, run_window
-from exfilwatch.detect.schema import load_detections
+from exfilwatch.detections.runner import execute, resolve_parameters, run_window
+from exfilwatch.detections.schema import load_detections
 from exfilwatch.state import StateStore
 
 DETECTIONS = load_detections()
@@ -40,7 +52,7 @@ def run_rule(rule: str, events: list[dict], now: datetime, tz: str = "UTC", **ov
     settings = parse_settings({"timezone": tz}, "test")
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
-    risk.load_risk_events(con, events)
+    load_risk_events(con, events)
     params = resolve_parameters(detection, settings, overrides, run_window(detection, now, tz))
     return execute(con, detection, params)
 
@@ -167,11 +179,11 @@ def test_modifiers_multiply_then_add_and_say_which_applied():
         {"match": {"user": "svc-*"}, "multiply": 0.5},
         {"match": {"department": ["finance", "legal"]}, "add": 10},
     ]}, "test").risk_modifiers
-    assert risk.apply_modifiers(25, {"priority": "critical"}, mods)[0] == 50
-    assert risk.apply_modifiers(25, {"priority": "high"}, mods) == (25, [])
-    score, applied = risk.apply_modifiers(25, {"priority": "critical", "department": "legal"}, mods)
+    assert apply_modifiers(25, {"priority": "critical"}, mods)[0] == 50
+    assert apply_modifiers(25, {"priority": "high"}, mods) == (25, [])
+    score, applied = apply_modifiers(25, {"priority": "critical", "department": "legal"}, mods)
     assert score == 60 and [a["modifier"] for a in applied] == ["crown jewels", "risk_modifiers[2]"]
-    assert risk.apply_modifiers(40, {"user": "svc-backup"}, mods)[0] == 20
+    assert apply_modifiers(40, {"user": "svc-backup"}, mods)[0] == 20
 
 
 def _settings(**extra):
@@ -187,7 +199,7 @@ def _settings(**extra):
 
 
 def test_a_system_resolves_to_its_user_through_identities_or_the_inventory_owner():
-    resolver = risk.Resolver(_settings())
+    resolver = EntityResolver(_settings())
     laptop = resolver.resolve("10.20.0.66", "system")
     assert (laptop.risk_object, laptop.risk_object_type, laptop.attributes["department"]) == ("alice", "user", "finance")
     owned = resolver.resolve("10.50.0.7", "system")
@@ -202,13 +214,13 @@ def test_a_system_resolves_to_its_user_through_identities_or_the_inventory_owner
 def test_risk_events_resolve_and_modify():
     settings = _settings(risk_modifiers=[{"match": {"priority": "critical"}, "multiply": 2},
                                          {"match": {"user": "svc-*"}, "multiply": 0.5}])
-    resolver = risk.Resolver(settings)
+    resolver = EntityResolver(settings)
     finding = {"finding_key": "k", "detection_id": "d", "entity": "x", "time": "2026-10-31T00:00:00+00:00",
                "message": "msg", "fields": {"session_id": "s9"},
                "risk_objects": [{"field": "src_ip", "value": "10.60.0.9", "type": "system", "score": 25},
                                 {"field": "user", "value": "CORP\\svc-backup", "type": "user", "score": 40},
                                 {"field": "dest_ip", "value": None, "type": "system", "score": 25}]}
-    events = risk.risk_events_for(finding, ["T1114.002"], resolver, settings.risk_modifiers, NOW)
+    events = risk_events_for(finding, ["T1114.002"], resolver, settings.risk_modifiers, NOW)
     assert [(e.risk_object, e.raw_score, e.score, e.tactics, e.session_id) for e in events] == [
         ("10.60.0.9", 25, 50, ["collection"], "s9"), ("svc-backup", 40, 20, ["collection"], "s9")]
 
@@ -235,19 +247,19 @@ def test_an_episode_is_one_incident_that_grows_and_a_later_one_is_new(tmp_path):
     t0 = datetime(2026, 10, 30, 9, 0, tzinfo=UTC)
 
     def step(records, now):
-        techniques = risk.load_findings_file(state, _write_findings(tmp_path / f"{now:%d%H}.jsonl", records))
-        risk.rebuild_risk_events(state, settings, techniques, now)
-        return risk.run_correlations(con, state, settings, [rule], now)[0]
+        techniques = load_findings_file(state, _write_findings(tmp_path / f"{now:%d%H}.jsonl", records))
+        rebuild_risk_events(state, settings, techniques, now)
+        return run_correlations(con, state, settings, [rule], now)[0]
 
     first = step([_finding("a", "alice", t0, 60), _finding("b", "alice", t0 + timedelta(hours=1), 50)],
                  t0 + timedelta(hours=3))
     assert (first.new, first.updated) == (1, 0)
-    incident = risk.stored_incidents(state)[0]
+    incident = stored_incidents(state)[0]
     assert (incident["severity"], incident["score"]) == ("medium", 110)
     # hourly fires that keep seeing the same events add nothing; a new event continues the incident
     later = step([_finding("c", "alice", t0 + timedelta(hours=5), 200)], t0 + timedelta(hours=6))
     assert (later.new, later.updated) == (0, 1)
-    [incident] = risk.stored_incidents(state)
+    [incident] = stored_incidents(state)
     assert (incident["severity"], incident["score"], len(incident["event_keys"])) == ("high", 310, 3)
     again = step([], t0 + timedelta(hours=12))
     assert (again.new, again.updated) == (0, 0)
@@ -255,7 +267,7 @@ def test_an_episode_is_one_incident_that_grows_and_a_later_one_is_new(tmp_path):
     t2 = t0 + timedelta(days=3)
     second = step([_finding("a", "alice", t2, 70), _finding("d", "alice", t2, 40)], t2 + timedelta(hours=2))
     assert second.new == 1
-    assert [i["score"] for i in risk.stored_incidents(state)] == [310, 110]
+    assert [i["score"] for i in stored_incidents(state)] == [310, 110]
     state.close()
 
 
@@ -270,16 +282,16 @@ def test_suppression_applies_until_it_expires_and_its_decisions_stay(tmp_path):
                _finding("em_bsum", "svc-mail2", day, 30, bytes=6e9),  # over the range: not suppressed
                _finding("em_fnum", "svc-mail", day, 30, bytes=1e9),   # another detection
                _finding("em_bsum", "bob", day, 30, bytes=1e9)]        # another entity
-    risk.load_findings_file(state, _write_findings(tmp_path / "a.jsonl", records))
+    load_findings_file(state, _write_findings(tmp_path / "a.jsonl", records))
     last_moment = datetime.fromisoformat("2026-10-31T23:59:59-04:00")  # a date expiry covers that local day
-    rebuilt = risk.rebuild_risk_events(state, settings, {}, last_moment)
+    rebuilt = rebuild_risk_events(state, settings, {}, last_moment)
     assert (rebuilt.findings, rebuilt.suppressed, rebuilt.events) == (4, 1, 3)
-    assert risk.suppression_hits(state) == {"config:backup": 1}
+    assert suppression_hits(state) == {"config:backup": 1}
     # after expiry: a new matching finding is not suppressed; the earlier decision stands
-    risk.load_findings_file(state, _write_findings(tmp_path / "b.jsonl", [
+    load_findings_file(state, _write_findings(tmp_path / "b.jsonl", [
         _finding("em_bsum", "svc-mail", day + timedelta(days=1), 30, bytes=4e9)]))
     after = datetime.fromisoformat("2026-11-01T00:00:00-04:00")
-    rebuilt = risk.rebuild_risk_events(state, settings, {}, after)
+    rebuilt = rebuild_risk_events(state, settings, {}, after)
     assert (rebuilt.findings, rebuilt.suppressed, rebuilt.events, rebuilt.newly_suppressed) == (5, 1, 4, 0)
     assert state.query("SELECT count(*) AS n FROM findings")[0]["n"] == 5  # suppressed findings are kept
     state.close()
@@ -292,7 +304,7 @@ def test_cli_suppression_with_relative_expiry_and_list_conditions(tmp_path):
 
     spec = SuppressionSpec(detection="all", where={"recipient_domain": "partner.example", "size": {"gt": 10}},
                            owner="o", reason="r", expires="+2h")
-    added = risk.add_suppression(state, settings, spec, NOW)
+    added = add_suppression(state, settings, spec, NOW)
     assert added.suppression_id == "s1" and added.expires == NOW + timedelta(hours=2)
     finding = {"detection_id": "x", "entity": "u", "fields": {"recipient_domain": ["gmail.com", "partner.example"],
                                                              "size": 11}}
@@ -300,10 +312,10 @@ def test_cli_suppression_with_relative_expiry_and_list_conditions(tmp_path):
     assert not added.matches({**finding, "fields": {**finding["fields"], "size": 10}})
     assert not added.matches({**finding, "fields": {"recipient_domain": ["gmail.com"], "size": 50}})
     assert not added.matches({**finding, "fields": {"recipient_domain": "partner.example"}})  # null size: false
-    [stored] = risk.stored_suppressions(state)
+    [stored] = stored_suppressions(state)
     assert stored.active(NOW + timedelta(hours=1, minutes=59)) and not stored.active(NOW + timedelta(hours=2))
-    assert risk.add_suppression(state, settings, spec, NOW).suppression_id == "s2"
-    assert risk.remove_suppression(state, "s1") and not risk.remove_suppression(state, "s1")
+    assert add_suppression(state, settings, spec, NOW).suppression_id == "s2"
+    assert remove_suppression(state, "s1") and not remove_suppression(state, "s1")
     state.close()
 
 
@@ -312,4 +324,4 @@ def test_relative_expiry_is_refused_in_config():
 
     settings = parse_settings({"suppressions": [{"owner": "o", "reason": "r", "expires": "+30d"}]}, "test")
     with pytest.raises(ConfigError, match="relative"):
-        risk.config_suppressions(settings, NOW)
+        config_suppressions(settings, NOW)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from exfilwatch.cli import app
-from exfilwatch.detect.schema import default_detections_dir
+from exfilwatch.cli.main import app
+from exfilwatch.detections.schema import default_detections_dir
 
 NET_A = "email_servers_sending_high_volume_traffic_to_hosts"
 NET_B = "hosts_receiving_high_volume_of_network_traffic_from_email_server"
@@ -132,10 +132,14 @@ def test_entity_timeline_shows_sessions_suppressed_findings_and_incidents(tmp_pa
 
     import duckdb
 
-    from exfilwatch import risk
-    from exfilwatch.cli_risk import entity_timeline
+    from exfilwatch.findings.store import load_findings_file
+
+    from exfilwatch.risk.events import rebuild_risk_events
+
+    from .pipelinekit import run_correlations
+    from exfilwatch.incidents.timeline import entity_timeline
     from exfilwatch.config import parse_settings
-    from exfilwatch.detect.schema import load_detections
+    from exfilwatch.detections.schema import load_detections
     from exfilwatch.state import StateStore
 
     state = StateStore(tmp_path / "state.sqlite")
@@ -153,10 +157,10 @@ def test_entity_timeline_shows_sessions_suppressed_findings_and_incidents(tmp_pa
             "risk_objects": [{"field": "user", "value": "alice@corp.example", "type": "user", "score": 25}]}))
     (tmp_path / "f.jsonl").write_text("\n".join(records) + "\n")
     now = datetime(2026, 10, 31, 18, 0, tzinfo=timezone.utc)
-    techniques = risk.load_findings_file(state, tmp_path / "f.jsonl")
-    risk.rebuild_risk_events(state, settings, techniques, now)
+    techniques = load_findings_file(state, tmp_path / "f.jsonl")
+    rebuild_risk_events(state, settings, techniques, now)
     rules = [load_detections()[r] for r in ("notable_session", "risk_threshold_exceeded_24h")]
-    risk.run_correlations(duckdb.connect(), state, settings, rules, now)
+    run_correlations(duckdb.connect(), state, settings, rules, now)
     report = entity_timeline(state, settings, "alice@corp.example")
     assert report["entity"] == "alice" and report["suppressed_findings"] == 1
     kinds = [(row["kind"], row["source"]) for row in report["timeline"]]

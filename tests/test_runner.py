@@ -8,10 +8,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from exfilwatch.config import parse_settings
-from exfilwatch.detect.runner import DetectionRunError, detect_once, fire_times, run_schedule, store_findings
-from exfilwatch.detect.schema import load_detections
-from exfilwatch.engine import connect
-from exfilwatch.ingest import ingest_paths
+from exfilwatch.detections.runner import DetectionRunError
+from exfilwatch.detections.schedule import fire_times
+from exfilwatch.findings.store import store_findings
+
+from .pipelinekit import detect_once, run_schedule
+from exfilwatch.detections.schema import load_detections
+from exfilwatch.events.engine import connect
+from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.state import StateStore
 
 from .conftest import Flow, settings_for, write_conn_log
@@ -118,7 +122,7 @@ def test_catch_up_gives_the_findings_of_running_each_fire_in_order(setup, tmp_pa
 
 
 def test_catch_up_snapshot_keeps_only_rows_the_search_can_use():
-    from exfilwatch.detect.runner import snapshot_condition
+    from exfilwatch.detections.runner import snapshot_condition
 
     sql = "SELECT t.dest_ip FROM network_traffic t WHERE t.src_category = 'email_server' AND _time < $latest"
     assert snapshot_condition(sql, "network_traffic") == "(src_category = 'email_server')"

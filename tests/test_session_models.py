@@ -11,8 +11,8 @@ import duckdb
 import pytest
 
 from exfilwatch.config import parse_settings
-from exfilwatch.detect.runner import RunWindow, execute, resolve_parameters
-from exfilwatch.detect.schema import load_detections
+from exfilwatch.detections.runner import RunWindow, execute, resolve_parameters
+from exfilwatch.detections.schema import load_detections
 from exfilwatch.models import USER_SESSIONS
 
 from .sessionkit import load_table

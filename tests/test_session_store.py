@@ -10,16 +10,16 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from exfilwatch.config import parse_settings
-from exfilwatch.detect.runner import run_schedule
-from exfilwatch.detect.schema import load_detections
-from exfilwatch.engine import connect
-from exfilwatch.enrich.sessions import build_user_sessions
-from exfilwatch.ingest import ingest_paths
-from exfilwatch.lake import parquet_source
+from .pipelinekit import run_schedule
+from exfilwatch.detections.schema import load_detections
+from exfilwatch.events.engine import connect
+from exfilwatch.features.sessions import build_user_sessions
+from exfilwatch.events.ingest import ingest_paths
+from exfilwatch.events.lake import parquet_source
 from exfilwatch.models import USER_SESSIONS
 from exfilwatch.state import StateStore
 
-DATA = Path(__file__).resolve().parents[1] / "detections" / "em_fnum" / "data"
+DATA = Path(__file__).resolve().parents[1] / "src" / "exfilwatch" / "content" / "detections" / "em_fnum" / "data"
 ZONE = ZoneInfo("America/New_York")
 CONFIG = {"timezone": "America/New_York", "internal_domains": ["corp.example"]}
 

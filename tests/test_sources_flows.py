@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from exfilwatch.config import ConfigError
-from exfilwatch.ingest import ingest_paths, read_head
+from exfilwatch.events.ingest import ingest_paths, read_head
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
 from exfilwatch.sources.generic import GenericSource, load_mapping

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from exfilwatch import ingest as ingest_module
+from exfilwatch.events import ingest as ingest_module
 from exfilwatch.config import Home, parse_settings
-from exfilwatch.ingest import ingest_paths, read_head
+from exfilwatch.events.ingest import ingest_paths, read_head
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
 from exfilwatch.state import StateStore

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from exfilwatch.config import Home
-from exfilwatch.ingest import ingest_paths, read_head
+from exfilwatch.events.ingest import ingest_paths, read_head
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
 from exfilwatch.sources.pulse_secure import PulseSecure

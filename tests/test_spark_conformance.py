@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 import pytest
 
 from exfilwatch.config import Home, parse_settings
-from exfilwatch.detect.runner import detect_once
-from exfilwatch.detect.schema import load_detections
-from exfilwatch.engine import connect
-from exfilwatch.ingest import ingest_paths
+from .pipelinekit import detect_once
+from exfilwatch.detections.schema import load_detections
+from exfilwatch.events.engine import connect
+from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import parse_time
 
@@ -24,7 +24,7 @@ pyspark = pytest.importorskip("pyspark")
 if shutil.which("java") is None:
     pytest.skip("Spark needs Java", allow_module_level=True)
 
-from exfilwatch.spark_engine import detect_once_spark, spark_session  # noqa: E402
+from exfilwatch.detections.spark import spark_session  # noqa: E402
 
 CASES = [(d, t) for d in load_detections().values() if "spark" in d.engines for t in d.tests]
 
@@ -52,7 +52,7 @@ def test_spark_findings_equal_duckdb_findings(spark, tmp_path, detection, test):
     state = StateStore(home.state_path)
     con = connect(settings)
     duck = detect_once(con, state, settings, [detection], now, overrides=test.set, store=False)[0].findings
-    sparked = detect_once_spark(spark, state, settings, [detection], now, overrides=test.set, store=False)[0].findings
+    sparked = detect_once(con, state, settings, [detection], now, overrides=test.set, store=False, spark=spark)[0].findings
     assert [f.key for f in sparked] == [f.key for f in duck]
     for ours, theirs in zip(duck, sparked):
         assert ours.fields.keys() == theirs.fields.keys()

@@ -19,10 +19,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exfilwatch.detect.runner import detect_once
-from exfilwatch.detect.schema import load_detections
-from exfilwatch.engine import connect
-from exfilwatch.ingest import ingest_paths
+from .pipelinekit import detect_once
+from exfilwatch.detections.schema import load_detections
+from exfilwatch.events.engine import connect
+from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.state import StateStore
 
 from .conftest import Flow, settings_for, write_conn_log

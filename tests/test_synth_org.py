@@ -490,7 +490,7 @@ def test_exchange_message_tracking(tmp_path, org):
         assert {row["total-bytes"] for kind in rows.values() for row in kind} == {receive["total-bytes"]}
         outgoing = receive["sender-address"].endswith("@corp.example")
         assert receive["directionality"] == ("Originating" if outgoing else "Incoming")
-    from exfilwatch.ingest import ingest_paths
+    from exfilwatch.events.ingest import ingest_paths
 
     home = Home(root=tmp_path / "home", config_path=ds.config)
     reports = ingest_paths([ds.mail_log], home, load_settings(home))
@@ -518,7 +518,7 @@ def test_bad_arguments_are_clear_errors(tmp_path):
 def test_cli_generate_org(tmp_path):
     from typer.testing import CliRunner
 
-    from exfilwatch.cli import app
+    from exfilwatch.cli.main import app
 
     result = CliRunner().invoke(app, ["generate", "--org", "--users", "14", "--days", "14", "--out", str(tmp_path),
                                       "--mail", "exchange"])
@@ -529,7 +529,7 @@ def test_cli_generate_org(tmp_path):
 
 
 def _ingest(ds: OrgDataset, root: Path):
-    from exfilwatch.ingest import ingest_paths
+    from exfilwatch.events.ingest import ingest_paths
 
     home = Home(root=root, config_path=ds.config)
     settings = load_settings(home)

@@ -17,13 +17,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .riskconfig import OutputSpec, RiskModifier, SuppressionSpec
+from exfilwatch.errors import ConfigError
+from exfilwatch.riskconfig import OutputSpec, RiskModifier, SuppressionSpec
 
 DEFAULT_HOME = ".exfilwatch"
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be used, with the file and the key at fault."""
 
 
 class StrictModel(BaseModel):

@@ -170,6 +170,30 @@ DATA_MODELS: dict[str, DataModel] = {m.name: m for m in (NETWORK_TRAFFIC, AUTHEN
                                                          FILE_TRANSFER)}
 
 
+# The `risk_events` view correlation detections read: name -> DuckDB type.
+RISK_EVENT_COLUMNS: dict[str, str] = {
+    "_time": "TIMESTAMPTZ",
+    "event_key": "VARCHAR",
+    "finding_key": "VARCHAR",
+    "detection_id": "VARCHAR",
+    "risk_object": "VARCHAR",
+    "risk_object_type": "VARCHAR",
+    "source_object": "VARCHAR",
+    "source_object_type": "VARCHAR",
+    "risk_object_field": "VARCHAR",
+    "raw_score": "DOUBLE",
+    "score": "DOUBLE",
+    "message": "VARCHAR",
+    "techniques": "VARCHAR[]",
+    "tactics": "VARCHAR[]",
+    "session_id": "VARCHAR",
+    "_available": "TIMESTAMPTZ",  # when its finding was first detected
+}
+
+# Views that are not lake models: computed from the state store when a detection reads them.
+DERIVED_VIEWS: dict[str, dict[str, str]] = {"risk_events": RISK_EVENT_COLUMNS}
+
+
 def get_model(name: str) -> DataModel:
     try:
         return DATA_MODELS[name]

@@ -19,6 +19,8 @@ reads the wall clock, so results are reproducible and testable).
 
 from __future__ import annotations
 
+from exfilwatch.errors import TimeError
+
 import re
 from calendar import monthrange
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
@@ -50,7 +52,7 @@ _EPOCH = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 _SPLUNK_ABS = "%m/%d/%Y:%H:%M:%S"
 
 
-class TimeModifierError(ValueError):
+class TimeModifierError(TimeError):
     """A time modifier, timestamp or time zone could not be understood."""
 
 

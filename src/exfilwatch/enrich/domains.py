@@ -27,7 +27,7 @@ from importlib import resources
 import duckdb
 import pyarrow as pa
 
-from ..config import Settings
+from exfilwatch.config import Settings
 
 INTERNAL, PERSONAL, DISPOSABLE, EXTERNAL = "internal", "personal", "disposable", "external"
 DOMAIN_CLASSES = (INTERNAL, PERSONAL, DISPOSABLE, EXTERNAL)

@@ -27,13 +27,15 @@ import csv
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import yaml
 
-from ..config import ConfigError, Identity, Settings
+from exfilwatch.config import ConfigError, Identity, Settings
+from exfilwatch.events.engine import match_assets
 
 KINDS = ("email", "vpn", "host")
 
@@ -217,3 +219,86 @@ def register_identity_map(con: duckdb.DuckDBPyConnection, settings: Settings,
     finally:
         con.unregister("_identity_map_arrow")
     return table
+
+
+# --- one resolver for every entity: users, addresses, accounts, hosts, IPs -----------------------
+
+
+
+@dataclass
+class Resolved:
+    risk_object: str
+    risk_object_type: str
+    attributes: dict[str, Any]
+
+
+class EntityResolver:
+    """Maps a risk object (user name, mail address, VPN account, IP, host name) to its entity.
+
+    Users are resolved as the enrichment does (enrich/identities.py: the identities list, then the
+    default rules), so risk lands on the same user name the session rules use. A system resolves
+    to a user when the identities list it as one of their hosts or the asset inventory (a host or
+    a network) names an `owner`; otherwise it stays a system.
+    """
+
+    def __init__(self, settings: Settings):
+        self.assets = list(settings.assets)
+        self.users = IdentityResolver.from_settings(settings)
+        self.identities: dict[str, dict[str, Any]] = {}
+        for identity in load_identities(settings):
+            data = identity.model_dump()
+            self.identities.setdefault(identity.user.strip().lower(), data)
+        self._asset_cache: dict[str, dict[str, Any] | None] = {}
+
+    def user_of(self, value: str) -> str | None:
+        kind = "email" if "@" in value and "\\" not in value else "vpn"
+        return self.users.resolve(kind, value)[0]
+
+    def asset(self, value: str) -> dict[str, Any] | None:
+        if value not in self._asset_cache:
+            hosts = {a.host.lower(): a for a in self.assets if a.host}
+            match = hosts.get(value.lower())
+            if match is not None:
+                self._asset_cache[value] = match.model_dump(exclude_none=True)
+            else:
+                table = match_assets([value], self.assets).to_pylist()
+                self._asset_cache[value] = {k: v for k, v in table[0].items() if k != "ip" and v is not None} if table else None
+        return self._asset_cache[value]
+
+    def _user_attributes(self, user: str) -> dict[str, Any]:
+        identity = self.identities.get(user)
+        return {**(_identity_attrs(identity) if identity else {}), "user": user}
+
+    def resolve(self, value: str, object_type: str) -> Resolved:
+        if object_type == "system":
+            attributes = dict(self.asset(value) or {})
+            user, _ = self.users.resolve("host", value)
+            if user is None and attributes.get("owner"):
+                user = self.user_of(str(attributes["owner"])) or str(attributes["owner"]).strip().lower()
+            if user is not None:
+                return Resolved(user, "user", attributes | self._user_attributes(user))
+            return Resolved(value, "system", attributes)
+        if object_type == "user":
+            user = self.user_of(value)
+            if user is not None:
+                return Resolved(user, "user", self._user_attributes(user))
+            return Resolved(value, "user", {"user": value})
+        return Resolved(value, object_type, {})
+
+    def aliases(self, name: str) -> tuple[str, set[str]]:
+        """An entity's canonical name and every name it is known by (for `exfilwatch entity`)."""
+        resolved = self.resolve(name, "user" if self.user_of(name) in self.identities else "system")
+        if resolved.risk_object_type != "user" and self.user_of(name) is not None and "@" not in name:
+            resolved = self.resolve(name, "user")
+        canonical = resolved.risk_object
+        names = {name, canonical}
+        identity = self.identities.get(canonical)
+        if identity:
+            names |= {str(v) for v in [*identity.get("emails", []), *identity.get("vpn_accounts", []),
+                                       *identity.get("hosts", [])]}
+        names |= {a.host for a in self.assets if a.host and a.owner and a.owner.strip().lower() == canonical}
+        return canonical, names
+
+
+def _identity_attrs(identity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in identity.items() if v not in (None, [], "")}

@@ -16,7 +16,7 @@ import socket
 from datetime import datetime, timezone
 from typing import Any
 
-from .. import __version__
+from exfilwatch import __version__
 
 CEF_SEVERITY = {"informational": 1, "low": 3, "medium": 5, "high": 8, "critical": 10}
 SYSLOG_SEVERITY = {"informational": 6, "low": 5, "medium": 4, "high": 3, "critical": 2}  # notice..critical

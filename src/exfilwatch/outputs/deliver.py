@@ -20,12 +20,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
-from ..riskconfig import FileOutput, SyslogOutput, WebhookOutput
-from ..state import StateStore
-from .cef import finding_cef, incident_cef, rfc5424, send_tcp, send_udp
-from .formats import csv_safe, to_jsonl
-from .webhook import post_with_retries
+from exfilwatch.config import Settings
+from exfilwatch.findings.record import finding_dict
+from exfilwatch.riskconfig import FileOutput, SyslogOutput, WebhookOutput
+from exfilwatch.state import StateStore
+from exfilwatch.outputs.cef import finding_cef, incident_cef, rfc5424, send_tcp, send_udp
+from exfilwatch.outputs.formats import csv_safe, to_jsonl
+from exfilwatch.outputs.webhook import post_with_retries
 
 INCIDENT_COLUMNS = ["incident_id", "rule", "risk_object", "risk_object_type", "severity", "score", "first_time",
                     "last_time", "raised_at", "message", "incident_key"]
@@ -82,16 +83,18 @@ def incident_records(state: StateStore, names: dict[str, str] | None = None,
 
 def finding_records(state: StateStore, names: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Findings risk has seen and not suppressed."""
-    names = names or {}
     rows = state.query(
         "SELECT f.* FROM findings f JOIN finding_suppressions s USING (finding_key) "
         "WHERE s.suppression_id IS NULL ORDER BY f.time, f.finding_key")
-    return [{
-        "type": "finding", "finding_key": row["finding_key"], "detection_id": row["detection_id"],
-        "detection_name": names.get(row["detection_id"], row["detection_id"]), "time": row["time"],
-        "entity": row["entity"], "risk_score": row["risk_score"], "message": row["message"],
-        "risk_objects": json.loads(row["risk_objects"]), "fields": json.loads(row["fields"]),
-    } for row in rows]
+    return [{"type": "finding", **finding_dict(row, names)} for row in rows]
+
+
+def delivered_outputs(state: StateStore) -> dict[str, list[str]]:
+    """Per incident key, the outputs it went to ('name (queued)' while not yet acknowledged)."""
+    out: dict[str, list[str]] = {}
+    for row in state.query("SELECT output, item_key, status FROM deliveries WHERE kind = 'incidents' ORDER BY output"):
+        out.setdefault(row["item_key"], []).append(row["output"] + ("" if row["status"] == "delivered" else " (queued)"))
+    return out
 
 
 def _item_key(kind: str, record: dict[str, Any]) -> str:

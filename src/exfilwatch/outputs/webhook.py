@@ -7,6 +7,8 @@ not retried (the request itself is wrong). The caller keeps what was not deliver
 
 from __future__ import annotations
 
+from exfilwatch.errors import OutputError
+
 import json
 import time
 import urllib.error
@@ -14,12 +16,12 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from .. import __version__
+from exfilwatch import __version__
 
 RETRYABLE_STATUS = {408, 425, 429}
 
 
-class WebhookError(RuntimeError):
+class WebhookError(OutputError):
     def __init__(self, message: str, retryable: bool):
         super().__init__(message)
         self.retryable = retryable

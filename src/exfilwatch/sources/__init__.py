@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from .base import ParseContext, ParsedBatch, Source
-from .cert import CertEmail
-from .exchange import ExchangeTracking, M365TraceCSV, M365TraceJSON
-from .flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
-from .generic import GenericSource
-from .postfix import Postfix
-from .pulse_secure import PulseSecure
-from .zeek import ZeekConnJSON, ZeekConnTSV
-from .zeek_smtp import ZeekFilesJSON, ZeekFilesTSV, ZeekSmtpJSON, ZeekSmtpTSV
+from exfilwatch.errors import UsageError
+
+from exfilwatch.sources.base import ParseContext, ParsedBatch, Source
+from exfilwatch.sources.cert import CertEmail
+from exfilwatch.sources.exchange import ExchangeTracking, M365TraceCSV, M365TraceJSON
+from exfilwatch.sources.flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
+from exfilwatch.sources.generic import GenericSource
+from exfilwatch.sources.postfix import Postfix
+from exfilwatch.sources.pulse_secure import PulseSecure
+from exfilwatch.sources.zeek import ZeekConnJSON, ZeekConnTSV
+from exfilwatch.sources.zeek_smtp import ZeekFilesJSON, ZeekFilesTSV, ZeekSmtpJSON, ZeekSmtpTSV
 
 # Order matters for detection: more specific formats first.
 SOURCES: dict[str, Source] = {
@@ -36,7 +38,7 @@ SOURCES: dict[str, Source] = {
 }
 
 
-class UnknownFormatError(ValueError):
+class UnknownFormatError(UsageError):
     pass
 
 

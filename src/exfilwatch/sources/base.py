@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import duckdb
 
-from ..config import Settings
-from ..models import DataModel
+from exfilwatch.config import Settings
+from exfilwatch.models import DataModel
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import csv
 
 import duckdb
 
-from ..models import EMAIL
-from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
-from .mailcommon import csv_cells_sql, csv_covers_sql, direction_notes, email_select, install_macros
+from exfilwatch.models import EMAIL
+from exfilwatch.sources.base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
+from exfilwatch.sources.mailcommon import csv_cells_sql, csv_covers_sql, direction_notes, email_select, install_macros
 
 CERT_FIELDS = ["id", "date", "user", "pc", "to", "cc", "bcc", "from", "size", "attachments", "content"]
 

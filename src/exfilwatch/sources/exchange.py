@@ -44,9 +44,9 @@ import csv
 
 import duckdb
 
-from ..models import EMAIL
-from .base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
-from .mailcommon import Seen, csv_cells_sql, csv_covers_sql, direction_notes, email_select, install_macros
+from exfilwatch.models import EMAIL
+from exfilwatch.sources.base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
+from exfilwatch.sources.mailcommon import Seen, csv_cells_sql, csv_covers_sql, direction_notes, email_select, install_macros
 
 EXCHANGE_NAME = "exchange_tracking"
 M365_CSV_NAME = "m365_trace_csv"

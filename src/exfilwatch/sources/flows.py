@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import duckdb
 
-from ..models import NETWORK_TRAFFIC
-from .base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
-from .syslog_header import header_time_sql, local_time_sql
+from exfilwatch.models import NETWORK_TRAFFIC
+from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
+from exfilwatch.sources.syslog_header import header_time_sql, local_time_sql
 
 _IP_RE = "[0-9A-Fa-f.:]+"
 

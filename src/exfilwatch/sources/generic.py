@@ -39,11 +39,11 @@ import duckdb
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ConfigError, validation_error
-from ..models import DATA_MODELS, NETWORK_TRAFFIC, DataModel
-from .base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
-from .flows import blank_sql, csv_fields_sql
-from .syslog_header import local_time_sql
+from exfilwatch.config import ConfigError, validation_error
+from exfilwatch.models import DATA_MODELS, NETWORK_TRAFFIC, DataModel
+from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
+from exfilwatch.sources.flows import blank_sql, csv_fields_sql
+from exfilwatch.sources.syslog_header import local_time_sql
 
 MAPPABLE_MODELS = ("network_traffic", "authentication", "email")
 DEFAULT_EVENT_TYPE = {"network_traffic": "network-connection"}

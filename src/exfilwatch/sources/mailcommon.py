@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 
-from .base import ParseContext, sql_string
+from exfilwatch.sources.base import ParseContext, sql_string
 
 # One CSV cell and its separator: a quoted cell (with "" escapes) or an unquoted one.
 CSV_CELL_RE = r'("(?:[^"]|"")*"|[^,"]*),'

@@ -44,10 +44,10 @@ import re
 import duckdb
 import pyarrow as pa
 
-from ..models import EMAIL
-from .base import ParseContext, ParsedBatch, sql_string
-from .mailcommon import direction_notes, email_select, install_macros, recover
-from .syslog_header import yearless_time_sql
+from exfilwatch.models import EMAIL
+from exfilwatch.sources.base import ParseContext, ParsedBatch, sql_string
+from exfilwatch.sources.mailcommon import direction_notes, email_select, install_macros, recover
+from exfilwatch.sources.syslog_header import yearless_time_sql
 
 SOURCE_NAME = "postfix"
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import duckdb
 
-from ..models import AUTHENTICATION
-from .base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
-from .syslog_header import (ENVELOPE, HEADER_GROUPS, header_time_is_exact_sql, header_time_sql,
+from exfilwatch.models import AUTHENTICATION
+from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
+from exfilwatch.sources.syslog_header import (ENVELOPE, HEADER_GROUPS, header_time_is_exact_sql, header_time_sql,
                             local_time_sql)
 
 SOURCE_NAME = "pulse_secure"

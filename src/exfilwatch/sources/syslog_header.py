@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .base import sql_string
+from exfilwatch.sources.base import sql_string
 
 ENVELOPE = (
     r"^(?:<\d{1,3}>)?(?:1 )?(?:(?P<hdr_iso>2\d{3}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?P<hdr_zone>Z|[+-]\d\d:?\d\d)?)"

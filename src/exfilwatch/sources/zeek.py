@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import duckdb
 
-from ..models import NETWORK_TRAFFIC
-from .base import ParseContext, ParsedBatch, epoch_seconds_sql, raw_ref_sql, sql_string
+from exfilwatch.models import NETWORK_TRAFFIC
+from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_seconds_sql, raw_ref_sql, sql_string
 
 CONN_FIELDS = [
     "ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service", "duration",

@@ -30,10 +30,10 @@ from datetime import timedelta
 
 import duckdb
 
-from ..models import EMAIL, FILE_TRANSFER
-from .base import ParseContext, ParsedBatch, epoch_seconds_sql, raw_ref_sql, sql_string
-from .mailcommon import direction_notes, email_select, install_macros
-from .zeek import first_data_line, is_zeek_json, is_zeek_tsv, read_zeek_header, zeek_value
+from exfilwatch.models import EMAIL, FILE_TRANSFER
+from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_seconds_sql, raw_ref_sql, sql_string
+from exfilwatch.sources.mailcommon import direction_notes, email_select, install_macros
+from exfilwatch.sources.zeek import first_data_line, is_zeek_json, is_zeek_tsv, read_zeek_header, zeek_value
 
 SMTP_FIELDS = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "trans_depth", "helo", "mailfrom",
                "rcptto", "date", "from", "to", "cc", "reply_to", "msg_id", "in_reply_to", "subject",

@@ -1498,7 +1498,7 @@ class _Org:
     def _network(self, out_dir: Path) -> dict | None:
         """Run the network generator into a scratch folder; None when it is not installed or too small."""
         try:
-            from .network import generate_network
+            from exfilwatch.synth.network import generate_network
         except ImportError:
             self.network_note = "network generator not used: exfilwatch.synth.network is not installed"
             return None

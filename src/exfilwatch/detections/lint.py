@@ -23,7 +23,6 @@ Errors fail the lint (and `make test`); warnings are printed. Per detection file
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,14 +32,14 @@ import duckdb
 import sqlglot
 from croniter import croniter
 
-from .. import attack
-from ..config import Settings
-from ..engine import expose_models, register_lake_views
-from ..models import DATA_MODELS
-from ..state import StateStore
-from ..timeexpr import TimeModifierError, relative_time
-from .runner import DERIVED_VIEWS, compiled_sql, sql_parameters
-from .schema import TIME_PARAMETERS, Detection, DetectionError, load_detection, template_fields
+from exfilwatch import attack
+from exfilwatch.config import Settings
+from exfilwatch.events.engine import expose_models, register_lake_views
+from exfilwatch.models import DATA_MODELS, DERIVED_VIEWS
+from exfilwatch.state import StateStore
+from exfilwatch.timeexpr import TimeModifierError, relative_time
+from exfilwatch.detections.runner import compiled_sql, sql_parameters
+from exfilwatch.detections.schema import TIME_PARAMETERS, Detection, DetectionError, load_detection, template_fields
 
 # A fixed instant for parsing checks: lint never reads the clock.
 _LINT_NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
@@ -59,16 +58,16 @@ def _empty_views(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
     """The views detections read, exactly as the engine builds them, over an empty lake and state.
 
     Lake models get their enrichment columns from the engine; derived views (`risk_events`, and
-    any other in runner.DERIVED_VIEWS) from their providers.
+    any other in models.DERIVED_VIEWS) empty, with their declared columns.
     """
     settings = Settings()
     state = StateStore(folder / "state.sqlite")
     try:
         register_lake_views(con, settings, state)
         expose_models(con)
-        for name in DERIVED_VIEWS:
-            module, _, function = DERIVED_VIEWS[name].partition(":")
-            getattr(importlib.import_module(module), function)(con, state, settings, _LINT_NOW, _LINT_NOW)
+        for name, columns in DERIVED_VIEWS.items():
+            listed = ", ".join(f'CAST(NULL AS {typ}) AS "{column}"' for column, typ in columns.items())
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {listed} WHERE false")
     finally:
         state.close()
 
@@ -192,7 +191,7 @@ def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnecti
             if detection.folder is not None and not (detection.folder / data.file).exists():
                 add("error", "tests", f"test {test.name!r}: data file {data.file} not found")
         try:
-            from ..timeexpr import parse_time
+            from exfilwatch.timeexpr import parse_time
 
             parse_time(test.now, _LINT_NOW, str(test.config.get("timezone", "UTC")))
         except TimeModifierError as exc:

@@ -19,6 +19,8 @@ and their findings are compared with the labels:
 
 from __future__ import annotations
 
+from exfilwatch.errors import ConfigError
+
 import csv
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -29,17 +31,18 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from .config import Settings
-from .detect.runner import (RunWindow, build_derived_model, data_range, execute, findings_from_rows,
-                            resolve_parameters)
-from .detect.schema import Detection
-from .engine import expose_models, register_lake_views
-from .state import StateStore
+from exfilwatch.config import Settings
+from exfilwatch.detections.runner import RunWindow, data_range, execute, resolve_parameters
+from exfilwatch.features.sessions import build_user_sessions
+from exfilwatch.findings.record import findings_from_rows
+from exfilwatch.detections.schema import Detection
+from exfilwatch.events.engine import expose_models, register_lake_views
+from exfilwatch.state import StateStore
 
 LABEL_COLUMNS = ("case_id", "detection_id", "entity", "day", "technique", "expected", "description")
 
 
-class LabelError(ValueError):
+class LabelError(ConfigError):
     pass
 
 
@@ -159,8 +162,8 @@ def replay(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings
     memory of the model join (sessions judged x their history).
     """
     zone = ZoneInfo(settings.timezone)
-    for detection in detections:
-        build_derived_model(con, detection, settings, state, end)
+    if any(d.data_model == "user_sessions" for d in detections):
+        build_user_sessions(con, state, settings, end)
     out: list[EvalFinding] = []
     sessions = 0
     lo = start
@@ -279,9 +282,9 @@ def evaluate_command(home, settings: Settings, detections: list[Detection], labe
     """What `exfilwatch evaluate` prints: one evaluation per method (or one with the defaults)."""
     import json
 
-    from .engine import connect
-    from .outputs.formats import print_table
-    from .timeexpr import parse_time
+    from exfilwatch.events.engine import connect
+    from exfilwatch.outputs.formats import print_table
+    from exfilwatch.timeexpr import parse_time
 
     if fmt not in ("table", "jsonl", "markdown"):
         raise LabelError(f"--format {fmt!r}: expected table, jsonl or markdown")
@@ -354,3 +357,23 @@ def check_stored(labels_path: Path, state: StateStore, settings: Settings, rule_
     findings = stored_session_findings(state, rule_ids, settings.timezone)
     _rules, overall, cases = score(findings, labels, rule_ids, 0)
     return cases, overall
+
+
+def check_labels(labels: Path, state: StateStore, tz: str) -> list[dict[str, str]]:
+    """Each labelled case with what happened to it: found, missed, quiet or fired."""
+    zone = ZoneInfo(tz)
+    found = set()
+    for row in state.query("SELECT detection_id, entity, bucket FROM findings"):
+        try:
+            day = datetime.fromisoformat(row["bucket"]).astimezone(zone).date().isoformat()
+        except ValueError:  # a session id: the session rules are checked by evaluate.check_stored
+            continue
+        found.add((row["detection_id"], row["entity"], day))
+    results = []
+    with open(labels, newline="") as handle:
+        for label in csv.DictReader(handle):
+            fired = (label["detection_id"], label["entity"], label["day"]) in found
+            expected = label["expected"] == "fire"
+            outcome = ("found" if fired else "MISSED") if expected else ("FIRED" if fired else "quiet")
+            results.append({**label, "outcome": outcome, "ok": "yes" if fired == expected else "NO"})
+    return results

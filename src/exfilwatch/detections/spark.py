@@ -12,22 +12,23 @@ PySpark is an optional dependency (`pip install exfilwatch[spark]`, Java 17+).
 
 from __future__ import annotations
 
+from exfilwatch.errors import UsageError
+
 from datetime import datetime, timezone
 from typing import Any
 
 import sqlglot
 from sqlglot import exp
 
-from .config import Settings
-from .detect.runner import (DetectResult, Finding, build_derived_model, compiled_sql, data_range, findings_from_rows,
-                            record_run, resolve_parameters, run_window, store_findings)
-from .detect.schema import Detection
-from .engine import connect, match_assets, register_lake_views
-from .models import DATA_MODELS
-from .state import StateStore
+from exfilwatch.config import Settings
+from exfilwatch.detections.runner import compiled_sql, data_range
+from exfilwatch.detections.schema import Detection
+from exfilwatch.events.engine import connect, register_lake_views
+from exfilwatch.models import DATA_MODELS
+from exfilwatch.state import StateStore
 
 
-class SparkUnavailable(RuntimeError):
+class SparkUnavailable(UsageError):
     pass
 
 
@@ -125,27 +126,12 @@ def _python_value(value: Any) -> Any:
     return value
 
 
-def detect_once_spark(spark, state: StateStore, settings: Settings, detections: list[Detection], now: datetime,
-                      earliest: str | None = None, latest: str | None = None,
-                      overrides: dict[str, Any] | None = None, store: bool = True) -> list[DetectResult]:
-    """`detect_once` on Spark, storing findings in the same state store."""
-    results = []
-    for detection in detections:
-        if "spark" not in detection.engines:
-            raise SparkUnavailable(f"{detection.id}: not written for Spark (its `engines` are {detection.engines})")
-        window = run_window(detection, now, settings.timezone, earliest, latest)
-        params = resolve_parameters(detection, settings, overrides or {}, window)
-        start, end = data_range(params)
-        con = connect(settings)
-        build_derived_model(con, detection, settings, state, window.now)  # derived models live in the lake too
-        con.close()
-        register_spark_views(spark, settings, state, start, end)
-        rows = spark.sql(to_spark_sql(compiled_sql(detection), params)).collect()
-        records = [{k: _python_value(v) for k, v in row.asDict().items()} for row in rows]
-        findings: list[Finding] = findings_from_rows(detection, records, settings.timezone)
-        result = DetectResult(detection, window, findings)
-        if store:
-            result.stored = store_findings(state, findings, record_run(state, detection, "detect-spark", window,
-                                                                       len(findings)))
-        results.append(result)
-    return results
+def execute_spark(spark, state: StateStore, settings: Settings, detection: Detection,
+                  params: dict[str, Any]) -> list[dict[str, Any]]:
+    """`runner.execute` on Spark: the same compiled SQL, transpiled, over the same committed lake files."""
+    if "spark" not in detection.engines:
+        raise SparkUnavailable(f"{detection.id}: not written for Spark (its `engines` are {detection.engines})")
+    start, end = data_range(params)
+    register_spark_views(spark, settings, state, start, end)
+    rows = spark.sql(to_spark_sql(compiled_sql(detection), params)).collect()
+    return [{k: _python_value(v) for k, v in row.asDict().items()} for row in rows]

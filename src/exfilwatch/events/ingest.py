@@ -29,11 +29,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from .config import Home, Settings
-from .engine import connect
-from .lake import remove_orphans, write_batch
-from .sources import ParseContext, Source, detect_source, get_source
-from .state import StateStore
+from exfilwatch.config import Home, Settings
+from exfilwatch.events.engine import connect
+from exfilwatch.events.lake import remove_orphans, write_batch
+from exfilwatch.sources import ParseContext, Source, detect_source, get_source
+from exfilwatch.state import StateStore
 
 CHUNK_BYTES = 64 * 1024 * 1024
 FINGERPRINT_BYTES = 1024

@@ -18,10 +18,10 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from .config import Asset, Settings
-from .lake import parquet_source
-from .models import DATA_MODELS, DataModel
-from .state import StateStore
+from exfilwatch.config import Asset, Settings
+from exfilwatch.events.lake import parquet_source
+from exfilwatch.models import DATA_MODELS, DataModel
+from exfilwatch.state import StateStore
 
 
 def connect(settings: Settings, spill_dir: Path | None = None) -> duckdb.DuckDBPyConnection:

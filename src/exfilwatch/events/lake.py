@@ -17,8 +17,8 @@ from pathlib import Path
 
 import duckdb
 
-from .models import DataModel
-from .state import StateStore
+from exfilwatch.models import DataModel
+from exfilwatch.state import StateStore
 
 STAGING = ".staging"
 

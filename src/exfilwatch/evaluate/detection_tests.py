@@ -14,14 +14,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import risk
-from ..config import Home, parse_settings
-from ..engine import connect
-from ..ingest import ingest_paths
-from ..state import StateStore
-from ..timeexpr import parse_time
-from .runner import Finding, detect_once
-from .schema import Detection, DetectionTest
+from exfilwatch import pipeline
+from exfilwatch.config import Home, parse_settings
+from exfilwatch.detections.schema import Detection, DetectionTest
+from exfilwatch.events.engine import connect
+from exfilwatch.events.ingest import ingest_paths
+from exfilwatch.findings.record import Finding
+from exfilwatch.findings.store import load_findings_file
+from exfilwatch.risk.events import describe_event, stored_risk_events
+from exfilwatch.state import StateStore
+from exfilwatch.timeexpr import parse_time
 
 
 @dataclass
@@ -52,21 +54,20 @@ def run_detection_test(detection: Detection, test: DetectionTest) -> TestResult:
         settings = parse_settings(test.config, f"{detection.folder / 'detection.yml'} test {test.name!r} config")
         now = parse_time(test.now, datetime(1970, 1, 1, tzinfo=timezone.utc), settings.timezone)
         state = StateStore(home.state_path)
-        techniques = risk.techniques_by_detection([detection])
+        techniques: dict[str, list[str]] = {}
         for data in test.data:
             if data.source == "findings":  # hand-built findings, for correlation rules over risk events
-                techniques.update(risk.load_findings_file(state, detection.folder / data.file))
+                techniques.update(load_findings_file(state, detection.folder / data.file))
                 continue
             ingest_paths([detection.folder / data.file], home, settings, data.source)
         con = connect(settings, home.spill_dir)
         try:
-            if detection.type == "correlation":  # its input: the risk events of the test's findings
-                risk.rebuild_risk_events(state, settings, techniques, now)
-                events = risk.stored_risk_events(state)
-            result = detect_once(con, state, settings, [detection], now, overrides=test.set)[0]
-            if detection.type != "correlation":  # its output: the risk events of its findings
-                risk.rebuild_risk_events(state, settings, techniques, now)
-                events = risk.stored_risk_events(state)
+            # A correlation rule reads the risk events of the test's findings; any other detection's
+            # risk events are the ones its findings produce.
+            result = pipeline.run(con, state, settings, [detection], now, pipeline.Options(
+                mode="once", detections=[detection], overrides=test.set, incident_rules=[], deliver=False,
+                techniques=techniques)).detections[0]
+            events = stored_risk_events(state)
         finally:
             con.close()
             state.close()
@@ -87,7 +88,7 @@ def run_detection_test(detection: Detection, test: DetectionTest) -> TestResult:
     return TestResult(
         detection_id=detection.id, name=test.name, kind=test.kind, passed=not problems,
         expected=sorted(expected), got=sorted(got), risk_events=len(events),
-        detail="; ".join(problems) or "ok", findings=result.findings, risk_event_lines=[risk.describe_event(e) for e in events],
+        detail="; ".join(problems) or "ok", findings=result.findings, risk_event_lines=[describe_event(e) for e in events],
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import ConfigError, validation_error
+from exfilwatch.config import ConfigError, validation_error
 
 TIME_PARAMETERS = ("now", "earliest", "latest", "today", "timezone")
 
@@ -166,11 +166,8 @@ def load_detection(path: Path) -> Detection:
 
 
 def default_detections_dir() -> Path:
-    """The shipped detections: beside the source tree in a checkout, in the package when installed."""
-    checkout = Path(__file__).resolve().parents[3] / "detections"
-    if checkout.is_dir():
-        return checkout
-    return Path(__file__).resolve().parents[1] / "data" / "detections"
+    """The shipped detections: package data, so a checkout and an installed wheel read the same files."""
+    return Path(__file__).resolve().parents[1] / "content" / "detections"
 
 
 def load_detections(folder: Path | None = None) -> dict[str, Detection]:

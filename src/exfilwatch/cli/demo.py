@@ -1,4 +1,4 @@
-"""The demo: generate a synthetic organisation (VPN, mail and network logs), ingest it, run the
+"""`exfilwatch demo` (what `make demo` runs): generate a synthetic organisation (VPN, mail and network logs), ingest it, run the
 scheduled detections (network and per-user session rules), show findings.
 
 It is what `make demo` runs, and the quickest way to see the whole pipeline. The findings are
@@ -8,7 +8,6 @@ hard case may fire.
 
 from __future__ import annotations
 
-import csv
 import shutil
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -16,40 +15,22 @@ from zoneinfo import ZoneInfo
 
 from rich.console import Console
 
-from .config import Home, load_settings
-from .detect.runner import run_schedule
-from .detect.schema import load_detections
-from .engine import connect
-from .ingest import ingest_paths
-from .outputs.formats import print_table
-from .state import StateStore
+from exfilwatch import pipeline
+from exfilwatch.cli.run import terminal_progress
+from exfilwatch.cli.triage import print_incidents_with_timelines
+from exfilwatch.config import Home, load_settings
+from exfilwatch.detections.schema import load_detections
+from exfilwatch.events.engine import connect
+from exfilwatch.events.ingest import ingest_paths
+from exfilwatch.outputs.formats import print_table
+from exfilwatch.evaluate.replay import check_labels, check_stored
+from exfilwatch.state import StateStore
+from exfilwatch.synth.org import generate_organisation
 
 DEMO_END = date(2026, 10, 31)
 
 
-def check_labels(labels: Path, state: StateStore, tz: str) -> list[dict[str, str]]:
-    """Each labelled case with what happened to it: found, missed, quiet or fired."""
-    zone = ZoneInfo(tz)
-    found = set()
-    for row in state.query("SELECT detection_id, entity, bucket FROM findings"):
-        try:
-            day = datetime.fromisoformat(row["bucket"]).astimezone(zone).date().isoformat()
-        except ValueError:  # a session id: the session rules are checked by evaluate.check_stored
-            continue
-        found.add((row["detection_id"], row["entity"], day))
-    results = []
-    with open(labels, newline="") as handle:
-        for label in csv.DictReader(handle):
-            fired = (label["detection_id"], label["entity"], label["day"]) in found
-            expected = label["expected"] == "fire"
-            outcome = ("found" if fired else "MISSED") if expected else ("FIRED" if fired else "quiet")
-            results.append({**label, "outcome": outcome, "ok": "yes" if fired == expected else "NO"})
-    return results
-
-
 def run_demo(out: Path, hosts: int, days: int, seed: int, console: Console) -> int:
-    from .synth.org import generate_organisation
-
     logs, home_dir = out / "logs", out / "home"
     for folder in (logs, home_dir):
         shutil.rmtree(folder, ignore_errors=True)
@@ -73,11 +54,13 @@ def run_demo(out: Path, hosts: int, days: int, seed: int, console: Console) -> i
     now = datetime.combine(DEMO_END + timedelta(days=1), time(0, 0), tzinfo=zone)
     state = StateStore(home.state_path)
     con = connect(settings, home.spill_dir)
-    detections = [d for d in load_detections().values()
-                  if d.data_model in ("network_traffic", "user_sessions") and d.type != "correlation"]
-    results = run_schedule(con, state, settings, detections, now)
-    for result in results:
-        console.print(f"{result.detection.id}: {result.fires} hourly fire times, {result.stored.added} findings stored")
+    catalog = list(load_detections().values())
+    detections = [d for d in catalog if d.data_model in ("network_traffic", "user_sessions") and d.type != "correlation"]
+    with terminal_progress() as progress:
+        result = pipeline.run(con, state, settings, catalog, now, pipeline.Options(
+            detections=detections, deliver=False, progress=progress))
+    for run in result.detections:
+        console.print(f"{run.detection.id}: {run.fires} hourly fire times, {run.stored.added} findings stored")
 
     console.rule("4. findings")
     rows = [dict(r) for r in state.query("SELECT time, detection_id, entity, risk_score, message FROM findings ORDER BY time, detection_id")]
@@ -95,7 +78,6 @@ def run_demo(out: Path, hosts: int, days: int, seed: int, console: Console) -> i
                          datetime.fromisoformat(r["bucket"]).astimezone(zone).date().isoformat()) not in labelled)
     console.print(f"{len(checked) - len(wrong)} of {len(checked)} labelled cases as expected; "
                   f"{unlabelled} findings on unlabelled hosts or days")
-    from .evaluate import check_stored
 
     session_rules = [d.id for d in detections if d.data_model == "user_sessions"]
     cases, overall = check_stored(dataset.labels, state, settings, session_rules)
@@ -106,12 +88,7 @@ def run_demo(out: Path, hosts: int, days: int, seed: int, console: Console) -> i
                   f"{overall.quiet_cases} benign cases fired, {overall.unlabelled} findings on unlabelled users or days")
 
     console.rule("6. risk: incidents, each with its timeline")
-    from . import risk
-    from .cli_risk import print_incidents_with_timelines
-
-    everything = list(load_detections().values())
-    risk.process(con, state, settings, everything, now, deliver=False)
-    print_incidents_with_timelines(console, state, settings, {d.id: d.name for d in everything})
+    print_incidents_with_timelines(console, state, settings, {d.id: d.name for d in catalog})
     con.close()
     state.close()
     return 1 if wrong else 0

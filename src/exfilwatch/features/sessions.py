@@ -73,13 +73,13 @@ from typing import Any
 
 import duckdb
 
-from ..config import Home, Settings
-from ..engine import register_lake_views
-from ..lake import write_batch
-from ..models import USER_SESSIONS
-from ..state import StateStore, dumps
-from .domains import register_domain_table
-from .identities import load_identities, register_identity_map
+from exfilwatch.config import Home, Settings
+from exfilwatch.events.engine import register_lake_views
+from exfilwatch.events.lake import write_batch
+from exfilwatch.models import USER_SESSIONS
+from exfilwatch.state import StateStore, dumps
+from exfilwatch.enrich.domains import register_domain_table
+from exfilwatch.enrich.identities import load_identities, register_identity_map
 
 NAME = "user_sessions"
 INPUT_MODELS = ("authentication", "email", "network_traffic")
@@ -880,7 +880,7 @@ def _input_files(state: StateStore) -> list[tuple[str, str]]:
 def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, now: datetime,
                         rebuild: bool = False) -> BuildReport:
     """Bring the stored `user_sessions` up to `now` (see the module's Storage section)."""
-    from ..ingest import ingest_lock
+    from exfilwatch.events.ingest import ingest_lock
 
     home = Home(root=state.path.parent, config_path=state.path.parent / "config.yaml")
     now = now.astimezone(timezone.utc)
@@ -934,7 +934,7 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
 
 
 def _stored_view(con: duckdb.DuckDBPyConnection, state: StateStore) -> str:
-    from ..lake import parquet_source
+    from exfilwatch.events.lake import parquet_source
 
     con.execute(f"CREATE OR REPLACE TEMP VIEW _stored_sessions AS {parquet_source(USER_SESSIONS, state.lake_files(NAME))}")
     return "_stored_sessions"
@@ -959,7 +959,7 @@ def session_overview(con: duckdb.DuckDBPyConnection, state: StateStore, settings
 def list_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, user: str | None = None,
                   limit: int = 30) -> list[dict[str, Any]]:
     """The most recently closed stored sessions (of one user), newest first, times on the local clock."""
-    from ..detect.runner import plain
+    from exfilwatch.detections.runner import plain
 
     view = _stored_view(con, state)
     cur = con.execute(f"""

@@ -1,0 +1,116 @@
+"""What every command shares: the home and config, the clock at the edge, output formats, failing in one line.
+
+The CLI is a front end only: it parses arguments, calls the stages and prints. `--now` defaults
+to the wall clock here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+
+from exfilwatch.config import Home, Settings, load_settings
+from exfilwatch.detections.schema import Detection, load_detections
+from exfilwatch.errors import ExfilwatchError, UsageError
+from exfilwatch.outputs.formats import print_table, terminal_safe, to_csv, to_jsonl
+from exfilwatch.state import StateStore
+from exfilwatch.timeexpr import parse_time
+
+console = Console(width=None if sys.stdout.isatty() else 200)
+errors = Console(stderr=True)
+
+
+class Context:
+    """The home and its settings, read once per command, and its detections."""
+
+    def __init__(self, home: Home):
+        self.home = home
+        self._settings: Settings | None = None
+        self._detections: dict[str, Detection] | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.home)
+        return self._settings
+
+    @property
+    def detections(self) -> dict[str, Detection]:
+        if self._detections is None:
+            self._detections = load_detections()
+        return self._detections
+
+    def state(self) -> StateStore:
+        return StateStore(self.home.state_path)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {terminal_safe(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def fail_on(exc: ExfilwatchError) -> NoReturn:
+    fail(str(exc), exc.exit_code)
+
+
+def context(ctx: typer.Context) -> Context:
+    c: Context = ctx.obj
+    _ = c.settings  # a bad config fails here, before any work
+    return c
+
+
+def now_from(text: str | None, settings: Settings) -> datetime:
+    wall = datetime.now(timezone.utc)
+    if text is None:
+        return wall
+    return parse_time(text, wall, settings.timezone)
+
+
+def parse_sets(values: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in values or []:
+        if "=" not in item:
+            raise UsageError(f"--set {item!r}: expected NAME=VALUE, e.g. --set deviation_threshold=4")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def select(all_detections: dict[str, Detection], ids: list[str] | None) -> list[Detection]:
+    if not ids:
+        return list(all_detections.values())
+    unknown = [i for i in ids if i not in all_detections]
+    if unknown:
+        raise UsageError(f"unknown detection {', '.join(unknown)}; known: {', '.join(all_detections)}")
+    return [all_detections[i] for i in ids]
+
+
+def emit(records: list[dict[str, Any]], fmt: str, title: str, columns: list[str]) -> None:
+    if fmt == "jsonl":
+        sys.stdout.write(to_jsonl(records))
+    elif fmt == "csv":
+        flat = [{**r, **{f"fields.{k}": v for k, v in r.get("fields", {}).items()}} for r in records]
+        extra = sorted({k for r in flat for k in r if k.startswith("fields.")})
+        sys.stdout.write(to_csv(flat, columns + extra))
+    elif fmt == "table":
+        print_table(console, title, records, columns)
+    else:
+        raise UsageError(f"--format {fmt!r}: expected table, jsonl or csv")
+
+
+def local_time(text: str | None, tz: str) -> str:
+    """An ISO time from the store on the configured zone's clock, for a table."""
+    if not text:
+        return ""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")

@@ -1,0 +1,139 @@
+"""`evaluate`, `backtest`, `generate`, `demo`: how well the detections do, on labelled and synthetic data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from exfilwatch.cli.common import console, context, errors, local_time, parse_sets, select
+from exfilwatch.cli.run import terminal_progress
+from exfilwatch.errors import UsageError
+from exfilwatch.evaluate.backtest import backtest_detection, day_or_time
+from exfilwatch.evaluate.replay import evaluate_command
+from exfilwatch.outputs.formats import print_table
+
+commands = typer.Typer()
+
+
+def register(app: typer.Typer) -> None:
+    app.registered_commands += commands.registered_commands
+
+
+@commands.command()
+def evaluate(
+    ctx: typer.Context,
+    labels: Path = typer.Option(..., "--labels", help="labels.csv: case_id,detection_id,entity,day,technique,expected,..."),
+    detection: list[str] | None = typer.Option(None, "--detection", help="Rules to evaluate (default: the session rules)."),
+    method: list[str] | None = typer.Option(None, "--method", help="Evaluate with this method (repeatable): zscore, robust, gamma."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Parameter override NAME=VALUE for every rule that has it."),
+    since: str | None = typer.Option(None, "--from", help="Judge sessions that closed from here (default: start of data)."),
+    until: str | None = typer.Option(None, "--to", help="... up to here (default: the local midnight after the data)."),
+    cases: bool = typer.Option(True, "--cases/--no-cases", help="Also list each labelled case and what happened to it."),
+    fmt: str = typer.Option("table", "--format", help="table, jsonl or markdown."),
+) -> None:
+    """Replay the session rules over the data and score them against labelled cases."""
+    c = context(ctx)
+    chosen = select(c.detections, detection) if detection else [
+        d for d in c.detections.values() if d.data_model == "user_sessions"]
+    try:
+        text = evaluate_command(c.home, c.settings, chosen, labels, method or [], parse_sets(set_),
+                                since, until, cases, fmt, console if fmt == "table" else None)
+    except FileNotFoundError as exc:
+        raise UsageError(f"{exc.filename}: no such file") from None
+    if text:
+        sys.stdout.write(text)
+
+
+@commands.command()
+def backtest(
+    ctx: typer.Context,
+    detection: str = typer.Option(..., "--detection", help="The detection to replay."),
+    from_: str = typer.Option(..., "--from", help="First day (local date) or time."),
+    to: str = typer.Option(..., "--to", help="Last day (local date, inclusive) or time (exclusive)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Parameter override NAME=VALUE (repeatable)."),
+    fmt: str = typer.Option("table", "--format", help="table or jsonl."),
+) -> None:
+    """Replay a detection day by day as its schedule would have run, without touching stored findings."""
+    c = context(ctx)
+    tz = c.settings.timezone
+    anchor = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    start = day_or_time(from_, anchor, tz, end=False)
+    end = day_or_time(to, anchor, tz, end=True)
+    if end <= start:
+        raise UsageError("--to must be after --from")
+    chosen = select(c.detections, [detection])[0]
+    state = c.state()
+    with terminal_progress() as progress:
+        report = backtest_detection(state, c.settings, list(c.detections.values()), chosen, start, end,
+                                    parse_sets(set_), progress)
+    if fmt == "jsonl":
+        sys.stdout.write(json.dumps(report, default=str) + "\n")
+        return
+    settings_note = ", ".join(f"{k}={v}" for k, v in report["overrides"].items()) or "defaults"
+    kind = "incidents" if report["type"] == "correlation" else "findings"
+    print_table(console, f"{detection}: {kind} per day ({settings_note}; days in {tz})", report["per_day"],
+                ["day", "findings", "entities"])
+    print_table(console, f"{kind} per entity", report["per_entity"], ["entity", "findings", "days", "max value", "risk"])
+    console.print(f"{report['findings']} {kind} from {local_time(report['from'], tz)} to {local_time(report['to'], tz)}; "
+                  "stored findings untouched")
+
+
+@commands.command()
+def generate(
+    out: Path = typer.Option(..., "--out", help="Folder to write conn.log, config.yaml and labels.csv into."),
+    days: int = typer.Option(45, "--days"),
+    hosts: int = typer.Option(500, "--hosts"),
+    seed: int = typer.Option(1, "--seed"),
+    end: str = typer.Option("2026-10-31", "--end", help="Last day of data (local date)."),
+    flows_per_host_day: int | None = typer.Option(None, "--flows-per-host-day"),
+    org: bool = typer.Option(False, "--org", help="A whole organisation: VPN, mail and flows, with labelled leaks."),
+    users: int = typer.Option(1000, "--users", help="With --org: the number of employees."),
+    mail: str = typer.Option("postfix", "--mail", help="With --org: postfix (maillog) or exchange (message tracking)."),
+    hosts_per_user: int = typer.Option(1, "--hosts-per-user", help="With --org: workstations per employee."),
+) -> None:
+    """Write a synthetic network with labelled incidents (Zeek conn.log, asset inventory, labels).
+
+    With --org: a synthetic organisation (vpn.log, maillog or MessageTracking/, conn.log, config.yaml
+    with identities, labels.csv with the injected leaks and benign hard cases)."""
+    if org:
+        from exfilwatch.synth.org import MAIL_FORMATS, generate_organisation
+
+        if mail not in MAIL_FORMATS:
+            errors.print(f"--mail must be one of: {', '.join(MAIL_FORMATS)}")
+            raise typer.Exit(2)
+        try:
+            made = generate_organisation(out, users=users, days=days, seed=seed, end=date.fromisoformat(end), mail=mail,
+                                         hosts_per_user=hosts_per_user, flows_per_host_day=flows_per_host_day)
+        except ValueError as exc:
+            errors.print(str(exc))
+            raise typer.Exit(2) from None
+        console.print(f"wrote {made.users} users, {made.sessions} VPN sessions ({made.vpn_log}), {made.messages} "
+                      f"messages ({made.mail_log}), {made.flows} flows ({made.conn_log}), {made.config}, {made.labels}")
+        if made.network_note:
+            console.print(made.network_note)
+        return
+    from exfilwatch.synth.network import generate_network
+
+    kwargs: dict[str, Any] = {}
+    if flows_per_host_day:
+        kwargs["flows_per_host_day"] = flows_per_host_day
+    dataset = generate_network(out, days=days, hosts=hosts, seed=seed, end=date.fromisoformat(end), **kwargs)
+    console.print(f"wrote {dataset.flows} flows to {dataset.conn_log}, {dataset.config}, {dataset.labels}")
+
+
+@commands.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the generated logs and the demo home."),
+    hosts: int = typer.Option(200, "--hosts"),
+    days: int = typer.Option(35, "--days"),
+    seed: int = typer.Option(1, "--seed"),
+) -> None:
+    """Generate a small network, ingest it, run the detections at the end of the data, show findings."""
+    from exfilwatch.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(out, hosts=hosts, days=days, seed=seed, console=console))

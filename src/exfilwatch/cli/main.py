@@ -1,0 +1,56 @@
+"""The `exfilwatch` command line: the app, its global options, and one line per error.
+
+Commands live in one module per group (ingest, detections, run, triage, suppress, evaluate);
+each parses its arguments, calls the stages (most through `pipeline.run`) and prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+import typer.core
+
+from exfilwatch import __version__
+from exfilwatch.cli.common import Context, errors
+from exfilwatch.config import resolve_home
+from exfilwatch.errors import ExfilwatchError
+from exfilwatch.outputs.formats import terminal_safe
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Any error a user can cause ends as one line on stderr and an exit code, never a traceback."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except ExfilwatchError as exc:
+            errors.print(f"[bold red]error:[/] {terminal_safe(str(exc))}", soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Find data leaks through email in VPN, mail-server and network-flow logs.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"exfilwatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Path | None = typer.Option(None, "--home", help="Home folder (else $EXFILWATCH_HOME, else ./.exfilwatch)."),
+    config: Path | None = typer.Option(None, "--config", help="Config file (else HOME/config.yaml)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    ctx.obj = Context(resolve_home(home, config))
+
+
+from exfilwatch.cli import detections, evaluate, ingest, run, suppress, triage  # noqa: E402  (registers the commands)
+
+for module in (ingest, detections, run, triage, suppress, evaluate):
+    module.register(app)

@@ -1,0 +1,174 @@
+"""Running one detection at one time: its window, its parameters, its SQL on DuckDB.
+
+`run_window` turns a fire time into the search's earliest/latest; `resolve_parameters` layers
+declared defaults, config.yaml and `--set`; `execute` runs the compiled SQL over whatever views
+the caller registered and returns plain rows. Which fires are due, and what becomes of the rows
+(findings, incidents), is the pipeline's business (pipeline.py, detections/schedule.py).
+"""
+
+from __future__ import annotations
+
+from exfilwatch.errors import EngineError
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+import sqlglot
+from sqlglot import exp
+
+from exfilwatch.config import Settings
+from exfilwatch.events.engine import register_lake_views
+from exfilwatch.models import get_model
+from exfilwatch.state import StateStore
+from exfilwatch.timeexpr import relative_time
+from exfilwatch.detections.schema import Detection
+
+
+class DetectionRunError(EngineError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunWindow:
+    now: datetime
+    earliest: datetime
+    latest: datetime
+
+    def today(self, tz: str) -> datetime:
+        # The bucket being judged is the local day holding `latest`. With latest = now this is
+        # SPL's relative_time(now(), "@d"); with the hourly -10m@m latest, the first run after
+        # midnight still judges the day that just ended.
+        return relative_time(self.latest, "@d", tz)
+
+
+def run_window(detection: Detection, now: datetime, tz: str, earliest: str | None = None,
+               latest: str | None = None) -> RunWindow:
+    return RunWindow(
+        now=now,
+        earliest=relative_time(now, earliest or detection.schedule.earliest, tz),
+        latest=relative_time(now, latest or detection.schedule.latest, tz),
+    )
+
+
+def _coerce(detection: Detection, name: str, value: Any) -> Any:
+    spec = detection.parameters.get(name)
+    if spec is None:
+        raise DetectionRunError(
+            f"{detection.id}: unknown parameter {name!r}; declared: {', '.join(detection.parameters) or 'none'}"
+        )
+    try:
+        if spec.type == "integer":
+            return int(value)
+        if spec.type == "number":
+            return float(value)
+        if spec.type == "boolean":
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        return str(value)
+    except (TypeError, ValueError):
+        raise DetectionRunError(f"{detection.id}: parameter {name}={value!r} is not a {spec.type}") from None
+
+
+def resolve_parameters(detection: Detection, settings: Settings, overrides: dict[str, Any],
+                       window: RunWindow) -> dict[str, Any]:
+    """Declared defaults, then config.yaml's `detections.<id>`, then command-line `--set`."""
+    values = {name: spec.default for name, spec in detection.parameters.items()}
+    for layer in (settings.detections.get(detection.id, {}), overrides):
+        values.update(layer)
+    resolved = {}
+    for name, value in values.items():
+        value = _coerce(detection, name, value)  # also rejects an undeclared name
+        if detection.parameters[name].type == "time":
+            value = relative_time(window.now, value, settings.timezone)
+        resolved[name] = value
+    resolved.update(
+        now=window.now, earliest=window.earliest, latest=window.latest,
+        today=window.today(settings.timezone), timezone=settings.timezone,
+    )
+    return resolved
+
+
+def compiled_sql(detection: Detection) -> str:
+    search = detection.search.strip().rstrip(";")
+    if not detection.filter.strip():
+        return search
+    return f"SELECT * FROM ({search}) AS finding WHERE NOT coalesce(({detection.filter}), false)"
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(sql: str) -> exp.Expression:
+    # A catch-up executes the same SQL for every fire time: parse it once.
+    return sqlglot.parse_one(sql, read="duckdb")
+
+
+def sql_parameters(sql: str) -> set[str]:
+    return {node.name for node in _parsed(sql).find_all(exp.Placeholder)}
+
+
+def referenced_columns(sql: str) -> set[str]:
+    return {column.name for column in _parsed(sql).find_all(exp.Column)}
+
+
+def snapshot_condition(sql: str, model: str) -> str | None:
+    """The search's own parameter-free conditions on the rows it reads from `model`, if any.
+
+    When the model is read once, straight from a FROM clause with no join, its WHERE conjuncts
+    that use no parameter (`src_category = 'email_server'`) hold for every row that can matter
+    at any fire time, so a catch-up snapshot may keep only those rows: same findings, fewer rows.
+    """
+    tables = [table for table in _parsed(sql).find_all(exp.Table) if table.name == model]
+    if len(tables) != 1 or not isinstance(tables[0].parent, exp.From):
+        return None
+    select = tables[0].parent.parent
+    if not isinstance(select, exp.Select) or select.args.get("joins") or select.args.get("where") is None:
+        return None
+    condition = select.args["where"].this
+    conjuncts = list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+    kept = [c for c in conjuncts if c.find(exp.Placeholder) is None and c.find(exp.Select) is None]
+    if not kept:
+        return None
+
+    def unqualified(node: exp.Expression) -> exp.Expression:
+        return exp.column(node.name) if isinstance(node, exp.Column) else node
+
+    return " AND ".join(f"({c.copy().transform(unqualified).sql(dialect='duckdb')})" for c in kept)
+
+
+def data_range(params: dict[str, Any]) -> tuple[datetime, datetime]:
+    """The rows a run may read: from the earliest time parameter to `latest`."""
+    starts = [value for name, value in params.items() if isinstance(value, datetime) and name not in ("latest", "now", "today")]
+    return min(starts), params["latest"]
+
+
+def execute(con: duckdb.DuckDBPyConnection, detection: Detection, params: dict[str, Any]) -> list[dict[str, Any]]:
+    sql = compiled_sql(detection)
+    used = sql_parameters(sql)
+    missing = used - set(params)
+    if missing:
+        raise DetectionRunError(f"{detection.id}: the search uses undeclared parameters {sorted(missing)}")
+    try:
+        cursor = con.execute(sql, {name: params[name] for name in used})
+    except duckdb.Error as exc:
+        raise DetectionRunError(f"{detection.id}: the search failed: {exc}") from None
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def record_run(state: StateStore, detection: Detection, mode: str, window: RunWindow, count: int) -> int:
+    with state.transaction() as db:
+        cursor = db.execute(
+            "INSERT INTO detection_runs (detection_id, mode, now, earliest, latest, findings) VALUES (?,?,?,?,?,?)",
+            (detection.id, mode, window.now.isoformat(), window.earliest.isoformat(), window.latest.isoformat(), count),
+        )
+        return int(cursor.lastrowid)
+
+
+def data_bounds(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings,
+                model: str) -> tuple[datetime | None, datetime | None]:
+    """The first and last event time of a lake model (None, None when it holds nothing)."""
+    register_lake_views(con, settings, state)
+    first, last = con.execute(f"SELECT min(_time), max(_time) FROM lake.{get_model(model).name}").fetchall()[0]
+    return (first.astimezone(timezone.utc) if first is not None else None,
+            last.astimezone(timezone.utc) if last is not None else None)

@@ -1,0 +1,206 @@
+"""The pipeline: what runs at `now`, assembled in this one place.
+
+    sessions that closed ─▶ detections whose cron fired ─▶ risk events ─▶ incident rules ─▶ delivery
+
+`run` is the one function every front end calls: `exfilwatch run` (each missed fire time once, in
+order), `exfilwatch detect` (each chosen detection once at `now`, with an optional window), the
+demo, the detection tests (`exfilwatch test`), `backtest` (on a copy of the state) and the
+service's scheduler. They differ only in `Options`. Every input is a parameter: `now`, the
+settings (time zone included) and the detections; nothing reads the clock.
+
+Read next: detections/schedule.py (which fires are due), features/sessions.py, risk/events.py,
+incidents/correlation.py, outputs/deliver.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import duckdb
+
+from exfilwatch.config import Settings
+from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
+                                          referenced_columns, resolve_parameters, run_window, snapshot_condition)
+from exfilwatch.detections.schedule import DuePlan, due_fires, set_watermark
+from exfilwatch.detections.schema import Detection
+from exfilwatch.events.engine import expose_models, register_lake_views
+from exfilwatch.features.sessions import BuildReport, build_user_sessions
+from exfilwatch.findings.record import Finding, findings_from_rows
+from exfilwatch.findings.store import StoreResult, store_findings
+from exfilwatch.incidents.correlation import CorrelationResult, RiskEventTimeline, evaluate_fires
+from exfilwatch.models import get_model
+from exfilwatch.outputs.deliver import DeliveryReport, deliver_pending
+from exfilwatch.risk.events import RebuildResult, rebuild_risk_events, register_risk_events_view, techniques_by_detection
+from exfilwatch.state import StateStore
+
+# Progress of a long step: (what, done, total). A front end draws it; the pipeline only reports.
+Progress = Callable[[str, int, int], None]
+
+RISK_EVENTS = "risk_events"  # the view incident rules read, made from stored risk events
+DERIVED_MODELS = ("user_sessions",)  # lake models computed from other models before detections read them
+
+
+@dataclass
+class Options:
+    """What one call runs. The defaults are `exfilwatch run`."""
+
+    mode: Literal["schedule", "once"] = "schedule"  # each missed fire time, or once at `now`
+    detections: list[Detection] | None = None  # to run at step 2; None: every non-correlation detection
+    since: datetime | None = None  # a first scheduled run catches up from here (else the start of the data)
+    earliest: str | None = None  # `once` only: override the schedule's window
+    latest: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set NAME=VALUE
+    store: bool = True  # store findings and runs (the detection tests compare without storing twice)
+    risk: bool = True  # rebuild risk events after the detections
+    incident_rules: list[Detection] | None = None  # None: every correlation detection of the catalog
+    deliver: bool = True
+    techniques: dict[str, list[str]] = field(default_factory=dict)  # of detections outside the catalog (hand-built findings)
+    spark: Any = None  # a SparkSession: run `once` detections on Spark instead of DuckDB
+    progress: Progress | None = None
+
+
+@dataclass
+class DetectionRun:
+    detection: Detection
+    fires: int = 0
+    skipped_fires: int = 0  # fires whose window held no data, skipped in bulk
+    findings: list[Finding] = field(default_factory=list)
+    stored: StoreResult = field(default_factory=StoreResult)
+    window: RunWindow | None = None  # `once`: the window it ran over
+
+
+@dataclass
+class Result:
+    sessions: BuildReport | None = None
+    detections: list[DetectionRun] = field(default_factory=list)
+    risk: RebuildResult | None = None
+    incidents: list[CorrelationResult] = field(default_factory=list)
+    deliveries: list[DeliveryReport] = field(default_factory=list)
+
+
+def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, catalog: list[Detection],
+        now: datetime, options: Options | None = None) -> Result:
+    """Run what is due at `now`: sessions, detections, risk, incident rules, delivery.
+
+    `catalog` is every loaded detection: the risk step reads their ATT&CK techniques and runs
+    their incident rules even when `options.detections` picks a few to run.
+    """
+    options = options or Options()
+    result = Result()
+    chosen = options.detections if options.detections is not None else [d for d in catalog if d.type != "correlation"]
+    if any(d.data_model in DERIVED_MODELS for d in chosen):
+        _report(options, "sessions", 0, 1)
+        result.sessions = build_user_sessions(con, state, settings, now)
+        _report(options, "sessions", 1, 1)
+    if any(d.data_model == RISK_EVENTS for d in chosen):  # a correlation run as a detection reads risk events
+        rebuild_risk_events(state, settings, techniques_by_detection(catalog) | options.techniques, now)
+    for detection in chosen:
+        if options.mode == "once":
+            result.detections.append(_run_once(con, state, settings, detection, now, options))
+        else:
+            result.detections.append(_catch_up(con, state, settings, detection, now, options))
+    if options.risk:
+        result.risk = rebuild_risk_events(state, settings, techniques_by_detection(catalog) | options.techniques, now)
+        rules = options.incident_rules
+        rules = rules if rules is not None else [d for d in catalog if d.type == "correlation"]
+        if rules:
+            result.incidents = run_incident_rules(con, state, settings, rules, now, options.since, options.overrides)
+        if options.deliver and settings.outputs:
+            result.deliveries = deliver_pending(state, settings, now, names={d.id: d.name for d in catalog})
+    return result
+
+
+def _report(options: Options, what: str, done: int, total: int) -> None:
+    if options.progress is not None:
+        options.progress(what, done, total)
+
+
+def _register_views(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, detection: Detection,
+                    start: datetime, end: datetime) -> None:
+    if detection.data_model == RISK_EVENTS:
+        register_risk_events_view(con, state, settings, start, end)
+    else:
+        register_lake_views(con, settings, state, start, end)
+        expose_models(con)
+
+
+def _run_once(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, detection: Detection,
+              now: datetime, options: Options) -> DetectionRun:
+    window = run_window(detection, now, settings.timezone, options.earliest, options.latest)
+    params = resolve_parameters(detection, settings, options.overrides, window)
+    if options.spark is not None:
+        from exfilwatch.detections.spark import execute_spark
+
+        rows = execute_spark(options.spark, state, settings, detection, params)
+    else:
+        _register_views(con, state, settings, detection, *data_range(params))
+        rows = execute(con, detection, params)
+    findings = findings_from_rows(detection, rows, settings.timezone)
+    run = DetectionRun(detection, fires=1, findings=findings, window=window)
+    if options.store:
+        run_id = record_run(state, detection, "detect-spark" if options.spark is not None else "detect", window,
+                            len(findings))
+        run.stored = store_findings(state, findings, run_id)
+    return run
+
+
+def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, detection: Detection,
+              now: datetime, options: Options) -> DetectionRun:
+    """Run one detection at each fire time since its watermark, oldest first, reading the lake once."""
+    tz = settings.timezone
+    first, last = data_bounds(con, state, settings, detection.data_model)
+
+    def window_start(fire: datetime) -> datetime:
+        return data_range(resolve_parameters(detection, settings, options.overrides, run_window(detection, fire, tz)))[0]
+
+    plan: DuePlan = due_fires(state, detection.id, detection.schedule.cron, now, tz, data_start=first, data_end=last,
+                              window_start=window_start, since=options.since)
+    run = DetectionRun(detection, fires=len(plan.fires), skipped_fires=plan.skipped)
+    if plan.fires:
+        windows = [run_window(detection, fire, tz) for fire in plan.fires]
+        params = [resolve_parameters(detection, settings, options.overrides, w) for w in windows]
+        first_start = min(data_range(p)[0] for p in params)
+        last_end = max(data_range(p)[1] for p in params)
+        register_lake_views(con, settings, state, first_start, last_end)
+        model = get_model(detection.data_model)
+        known = set(model.column_names) | {name for name, _ in model.enrichment} | {"_day"}
+        sql = compiled_sql(detection)
+        columns = sorted((referenced_columns(sql) & known) | {"_time"})
+        expose_models(con, {model.name: (columns, first_start, last_end)}, snapshot_condition(sql, model.name))
+        for index, (window, param) in enumerate(zip(windows, params)):
+            findings = findings_from_rows(detection, execute(con, detection, param), tz)
+            run_id = record_run(state, detection, "schedule", window, len(findings))
+            stored = store_findings(state, findings, run_id)
+            run.stored.added += stored.added
+            run.stored.updated += stored.updated
+            run.stored.unchanged += stored.unchanged
+            run.findings.extend(findings)
+            set_watermark(state, detection.id, window.now)
+            _report(options, detection.id, index + 1, len(plan.fires))
+        expose_models(con)
+    if plan.last is not None:
+        set_watermark(state, detection.id, plan.last)
+    return run
+
+
+def run_incident_rules(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, rules: list[Detection],
+                       now: datetime, since: datetime | None = None,
+                       overrides: dict[str, Any] | None = None) -> list[CorrelationResult]:
+    """Each incident rule at every fire time since its watermark, over the stored risk events:
+    the same schedule as detections (step 4 of `run`)."""
+    events = RiskEventTimeline(con, state)
+    tz = settings.timezone
+    results = []
+    for rule in rules:
+        def window_start(fire: datetime, rule: Detection = rule) -> datetime:
+            return data_range(resolve_parameters(rule, settings, overrides or {}, run_window(rule, fire, tz)))[0]
+
+        plan = due_fires(state, rule.id, rule.schedule.cron, now, tz, data_start=events.first, data_end=events.last,
+                         window_start=window_start, since=since)
+        results.append(evaluate_fires(con, state, settings, rule, plan.fires, events, overrides))
+        if plan.last is not None:
+            set_watermark(state, rule.id, plan.last)
+    return results
