@@ -48,10 +48,6 @@ background day that would is scaled down to its own mean + 1 standard deviation.
 from __future__ import annotations
 
 import csv
-import gzip as _gzipmod
-import os
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -60,6 +56,9 @@ from zoneinfo import ZoneInfo
 import duckdb
 import numpy as np
 import pyarrow as pa
+
+from .writers import zeek_conn
+from .writers.zeek_conn import FIELDS, TYPES
 
 __all__ = ["NetworkDataset", "generate_network", "DETECTION_A", "DETECTION_B", "ADDRESSES"]
 
@@ -77,16 +76,6 @@ ADDRESSES = {name: ip for name, ip in _INFRA}
 _EMAIL = (MX1, EXCH1, EXCH2)
 _LINUX_INFRA = (MX1, HELPDESK, BACKUP)  # TCP timestamps on: 52-byte headers
 _PUBLIC_RESOLVERS = ("9.9.9.9", "149.112.112.112")
-
-FIELDS = [
-    "ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service", "duration",
-    "orig_bytes", "resp_bytes", "conn_state", "local_orig", "local_resp", "missed_bytes", "history",
-    "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes", "tunnel_parents",
-]
-TYPES = [
-    "time", "string", "addr", "port", "addr", "port", "enum", "string", "interval", "count", "count",
-    "string", "bool", "bool", "count", "string", "count", "count", "count", "count", "set[string]",
-]
 
 TCP, UDP = 0, 1
 PROTOS = ["tcp", "udp"]
@@ -903,16 +892,6 @@ def _packets(f: dict[str, np.ndarray], linux: np.ndarray) -> tuple[np.ndarray, .
     return opk, oipb, rpk, ripb
 
 
-def _decimal6(values_us: np.ndarray, unset: np.ndarray | None) -> pa.Array:
-    """int64 microseconds -> decimal128(18, 6) without a per-value conversion (prints as 123.456789)."""
-    n = values_us.size
-    buf = np.zeros((n, 2), dtype=np.int64)
-    buf[:, 0] = values_us
-    validity = None if unset is None else pa.py_buffer(np.packbits(~unset, bitorder="little"))
-    return pa.Array.from_buffers(pa.decimal128(18, 6), n, [validity, pa.py_buffer(buf)],
-                                 null_count=-1 if unset is not None else 0)
-
-
 def _uids(rng: np.random.Generator, n: int) -> pa.Array:
     raw = np.empty((n, 18), dtype=np.uint8)
     raw[:, 0] = ord("C")
@@ -925,88 +904,18 @@ def _dict(indices: np.ndarray, names: list[str]) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(indices), pa.array(names, type=pa.string()))
 
 
-def _zeek_time(epoch_s: float, tz: ZoneInfo) -> str:
-    return datetime.fromtimestamp(epoch_s, tz).strftime("%Y-%m-%d-%H-%M-%S")
-
-
 def _write_conn(path: Path, table: pa.Table, open_ts: float, close_ts: float, tz: ZoneInfo, compress: bool) -> None:
-    header = "".join([
-        "#separator \\x09\n", "#set_separator\t,\n", "#empty_field\t(empty)\n", "#unset_field\t-\n",
-        "#path\tconn\n", f"#open\t{_zeek_time(open_ts, tz)}\n", "#fields\t" + "\t".join(FIELDS) + "\n",
-        "#types\t" + "\t".join(TYPES) + "\n",
-    ]).encode()
-    close = f"#close\t{_zeek_time(close_ts, tz)}\n".encode()
-    body = path.with_name(f".{path.name}.body.tmp")
     con = duckdb.connect()
     try:
         con.execute("SET preserve_insertion_order = true")
         con.execute("SET enable_progress_bar = false")
+        zeek_conn.install(con)
         con.register("flows", table)
-        columns = ", ".join(f'"{c}"' for c in table.column_names)
-        con.execute(f"COPY (SELECT {columns}, '(empty)' FROM flows) TO '{_sql_path(body)}' "
-                    "(FORMAT csv, DELIMITER '\t', HEADER false, QUOTE '', ESCAPE '', NULLSTR '-')")
+        columns = ", ".join(name for name, _ in zeek_conn.COLUMNS)
+        zeek_conn.write_query(con, f"SELECT zeek_conn_line({columns}) AS line FROM flows", path,
+                              zeek_conn.stamp(open_ts, tz), zeek_conn.stamp(close_ts, tz), compress)
     finally:
         con.close()
-    try:
-        if compress:
-            _gzip_concat(path, header, body, close)
-        else:
-            with open(path, "wb") as out, open(body, "rb") as src:
-                out.write(header)
-                out.flush()
-                size = os.fstat(src.fileno()).st_size
-                _copy_range(src, out, size)
-                out.write(close)
-    finally:
-        body.unlink(missing_ok=True)
-
-
-def _sql_path(path: Path) -> str:
-    return str(path).replace("'", "''")
-
-
-def _copy_range(src, out, size: int) -> None:
-    done = 0
-    try:
-        while done < size:
-            sent = os.copy_file_range(src.fileno(), out.fileno(), size - done)
-            if sent == 0:
-                break
-            done += sent
-    except (AttributeError, OSError):
-        pass
-    if done < size:
-        src.seek(done)
-        out.seek(0, os.SEEK_END)
-        while chunk := src.read(1 << 24):
-            out.write(chunk)
-    out.seek(0, os.SEEK_END)
-
-
-_GZIP_CHUNK = 8 << 20
-_GZIP_LEVEL = 6
-
-
-def _gzip_member(data: bytes) -> bytes:
-    co = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
-    return co.compress(data) + co.flush()
-
-
-def _gzip_concat(path: Path, header: bytes, body: Path, close: bytes) -> None:
-    """gzip in independent 8 MiB members compressed in parallel (a valid multi-member .gz; no mtime)."""
-    workers = max(1, min(os.cpu_count() or 1, 8))
-    with open(path, "wb") as out, open(body, "rb") as src, ThreadPoolExecutor(workers) as pool:
-        out.write(_gzipmod.compress(header, compresslevel=_GZIP_LEVEL, mtime=0))
-        pending = []
-        while True:
-            chunk = src.read(_GZIP_CHUNK)
-            if chunk:
-                pending.append(pool.submit(_gzip_member, chunk))
-            while pending and (len(pending) > 2 * workers or not chunk):
-                out.write(pending.pop(0).result())
-            if not chunk:
-                break
-        out.write(_gzipmod.compress(close, compresslevel=_GZIP_LEVEL, mtime=0))
 
 
 def _config_yaml(timezone: str) -> str:
@@ -1129,7 +1038,7 @@ def generate_network(
     opk, oipb, rpk, ripb = _packets(f, net.linux)
     unset = f["unset"]
     table = pa.table({
-        "ts": _decimal6(ts, None),
+        "ts_us": ts,
         "uid": _uids(rng, n),
         "orig_h": _dict(f["oh"], net.names),
         "orig_p": f["op"],
@@ -1137,7 +1046,7 @@ def generate_network(
         "resp_p": f["rp"],
         "proto": _dict(f["proto"], PROTOS),
         "service": _dict(f["svc"], SERVICES),
-        "duration": _decimal6(f["dur"], unset),
+        "duration_us": pa.array(f["dur"], mask=unset),
         "orig_bytes": pa.array(f["ob"], mask=unset),
         "resp_bytes": pa.array(f["rb"], mask=unset),
         "conn_state": _dict(f["state"], STATES),
@@ -1149,6 +1058,7 @@ def generate_network(
         "orig_ip_bytes": oipb,
         "resp_pkts": rpk,
         "resp_ip_bytes": ripb,
+        "tunnel_parents": _dict(np.zeros(n, np.int8), ["(empty)"]),
     })
     del f
     conn_log = out_dir / ("conn.log.gz" if gzip else "conn.log")
