@@ -78,6 +78,8 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
+from .writers import _text, exchange, postfix, pulse_secure, zeek_conn
+
 INTERNAL_DOMAIN = "corp.example"
 MAIL_HOST = "mx1"
 # Addresses shared with the network generator (exfilwatch.synth.network): mx1, the mailbox
@@ -97,13 +99,7 @@ LABEL_HEADER = ["case_id", "detection_id", "entity", "day", "technique", "expect
 MAIL_FORMATS = ("postfix", "exchange")
 EXCHANGE_SERVER = ("EXCH1", "10.10.0.6")  # Exchange 2019 mailbox server with its transport
 EXCHANGE_VERSION = "15.02.1118.007"
-EXCHANGE_FIELDS = (
-    "date-time,client-ip,client-hostname,server-ip,server-hostname,source-context,connector-id,source,"
-    "event-id,internal-message-id,message-id,network-message-id,recipient-address,recipient-status,"
-    "total-bytes,recipient-count,related-recipient-address,reference,message-subject,sender-address,"
-    "return-path,message-info,directionality,tenant-id,original-client-ip,original-server-ip,custom-data,"
-    "transport-traffic-type,log-id,schema-version"
-)
+EXCHANGE_FIELDS = exchange.FIELDS
 
 DEPARTMENTS = ("sales", "finance", "marketing", "engineering", "hr", "legal", "exec")
 DEPT_SHARE = np.array([0.18, 0.10, 0.10, 0.44, 0.07, 0.06, 0.05])
@@ -1132,11 +1128,6 @@ class _Org:
         con.register("vpn_extra_users", pa.table({"u": -1 - np.arange(len(SPRAY_NAMES)), "name": list(SPRAY_NAMES)}))
         con.register("vpn_agents", pa.table({"a": np.arange(len(AGENTS)), "agent_s": list(AGENTS)}))
         con.register("vpn_hosts", pa.table({"u": np.arange(self.U), "laptop": people.laptop}))
-        if self.vpn_syslog == "rfc5424":  # RFC 5424 as the appliance sends it: APP-NAME, PROCID, MSGID, SD
-            header = (f"'<' || CASE WHEN kind IN (1, 2) THEN '133' ELSE '134' END || '>1 ' || "
-                      f"strftime(lt, '%Y-%m-%dT%H:%M:%S') || ew_offset(off) || ' {VPN_HOST} PulseSecure: - - - '")
-        else:  # as rsyslog stores it (the shape of the captured samples)
-            header = f"strftime(lt, '%Y-%m-%dT%H:%M:%S') || ew_offset(off) || ' {VPN_HOST} PulseSecure: '"
         sql = f"""
         WITH e AS (
             SELECT e.*, n.name, make_timestamp(e.ts + e.off * 1000000) AS lt, ew_ip(e.src) AS ip, ew_ip(e.tip) AS tun,
@@ -1146,30 +1137,13 @@ class _Org:
             LEFT JOIN vpn_agents a ON a.a = e.agent
             LEFT JOIN vpn_hosts h ON h.u = e.u
         )
-        SELECT {header}
-               || strftime(lt, '%Y-%m-%d %H:%M:%S') || ' - ive - [' || ip || '] ' || name
-               || CASE WHEN kind IN (1, 2, 3) THEN '({VPN_REALM})[]' ELSE '({VPN_REALM})[Users, VPN]' END || ' - '
-               || CASE kind
-                  WHEN 1 THEN 'Primary authentication failed for ' || name || '/{AUTH_SERVER} from ' || ip
-                  WHEN 2 THEN 'Login failed using auth server {AUTH_SERVER} (Active Directory).  Reason: Failed'
-                  WHEN 3 THEN 'Primary authentication successful for ' || name || '/{AUTH_SERVER} from ' || ip
-                  WHEN 4 THEN 'Login succeeded for ' || name || '/{VPN_REALM} (session:' || session || ') from ' || ip
-                              || ' with ' || agent_s || '.'
-                  WHEN 5 THEN 'VPN Tunneling: Session started for user with IPv4 address ' || tun || ', hostname '
-                              || laptop
-                  WHEN 6 THEN 'VPN Tunneling: Session ended for user with IPv4 address ' || tun
-                  WHEN 7 THEN 'Closed connection to TUN-VPN port 443 after ' || x || ' seconds, with ' || y
-                              || ' bytes read (in ' || (y // 1400 + 1) || ' chunks) and ' || z
-                              || ' bytes written (in ' || (z // 1400 + 1) || ' chunks)'
-                  WHEN 8 THEN 'Logout from ' || ip || ' (session:' || session || ')'
-                  WHEN 9 THEN 'Session timed out for ' || name || '/{VPN_REALM} (session:' || session
-                              || ') due to inactivity (last access at '
-                              || strftime(make_timestamp(x + off * 1000000), '%H:%M:%S %Y/%m/%d')
-                              || '). Idle session identified during routine system scan.'
-                  END AS line
+        SELECT pulse_secure_line('{self.vpn_syslog}', lt, off, '{VPN_HOST}', 'ive', ip, NULL, name, '{VPN_REALM}',
+                                 CASE WHEN kind IN (1, 2, 3) THEN '' ELSE 'Users, VPN' END, kind, '{AUTH_SERVER}',
+                                 session, agent_s, tun, laptop, x, y, y // 1400 + 1, z, z // 1400 + 1,
+                                 make_timestamp(x + off * 1000000)) AS line
         FROM e ORDER BY ts, ord
         """
-        return _copy_lines(con, sql, path)
+        return _text.copy_lines(con, sql, path)
 
     # -- Postfix ----------------------------------------------------------------------------------
 
@@ -1226,11 +1200,7 @@ class _Org:
 
     def _write_postfix(self, con: duckdb.DuckDBPyConnection, msgs, rcpts, path: Path, stamps: str) -> int:
         self._register_mail(con, msgs, rcpts)
-        if stamps == "bsd":
-            stamp = ("strftime(lt, '%b ') || lpad(CAST(day(lt) AS VARCHAR), 2, ' ') || strftime(lt, ' %H:%M:%S')")
-        else:
-            stamp = "strftime(lt, '%Y-%m-%dT%H:%M:%S.%f') || ew_offset(off)"
-        host = f"' {MAIL_HOST} '"
+        host = MAIL_HOST
         con.execute(f"""
         CREATE OR REPLACE TEMP TABLE m2 AS
         WITH m AS (
@@ -1252,46 +1222,30 @@ class _Org:
         JOIN pf_dom d ON d.dom = a.dom""")
         sql = f"""
         WITH lines AS (
-            SELECT t0 AS ts, off_0 AS off, m, 0 AS k, 0 AS r,
-                   smtpd || '[' || pid_d || ']: connect from ' || client_name || '[' || client_ip || ']' AS body FROM m2
+            SELECT t0 AS ts, off_0 AS off, m, 0 AS k, 0 AS r, smtpd AS program, pid_d AS pid,
+                   postfix_connect(client_name, client_ip) AS message FROM m2
             UNION ALL
-            SELECT t0 + 40000, off_0, m, 1, 0,
-                   smtpd || '[' || pid_d || ']: Anonymous TLS connection established from ' || client_name || '['
-                   || client_ip || ']: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519 '
-                   || 'server-signature RSA-PSS (2048 bits) server-digest SHA256' FROM m2
+            SELECT t0 + 40000, off_0, m, 1, 0, smtpd, pid_d, postfix_tls_from(client_name, client_ip) FROM m2
             UNION ALL
-            SELECT t0 + 90000, off_0, m, 2, 0,
-                   smtpd || '[' || pid_d || ']: ' || qid || ': client=' || client_name || '[' || client_ip || ']'
-                   || CASE WHEN kind = {KIND_INBOUND} THEN ''
-                      ELSE ', sasl_method=LOGIN, sasl_username=' || sender_addr END FROM m2
+            SELECT t0 + 90000, off_0, m, 2, 0, smtpd, pid_d,
+                   postfix_client(qid, client_name, client_ip, CASE WHEN kind = {KIND_INBOUND} THEN NULL ELSE 'LOGIN' END,
+                                  sender_addr) FROM m2
             UNION ALL
-            SELECT t_clean, off_c, m, 3, 0,
-                   'postfix/cleanup[' || pid_c || ']: ' || qid || ': message-id=' || msgid FROM m2
+            SELECT t_clean, off_c, m, 3, 0, 'postfix/cleanup', pid_c, postfix_cleanup(qid, msgid) FROM m2
             UNION ALL
-            SELECT t_qmgr, off_q, m, 4, 0,
-                   'postfix/qmgr[' || pid_q || ']: ' || qid || ': from=<' || sender_addr || '>, size=' || size
-                   || ', nrcpt=' || nrcpt || ' (queue active)' FROM m2
+            SELECT t_qmgr, off_q, m, 4, 0, 'postfix/qmgr', pid_q, postfix_queued(qid, sender_addr, size, nrcpt) FROM m2
             UNION ALL
-            SELECT t_disc, off_q, m, 5, 0,
-                   smtpd || '[' || pid_d || ']: disconnect from ' || client_name || '[' || client_ip || '] ehlo=2 '
-                   || 'starttls=1 ' || CASE WHEN kind = {KIND_INBOUND} THEN '' ELSE 'auth=1 ' END || 'mail=1 rcpt='
-                   || nrcpt || ' data=1 quit=1 commands=' || (6 + nrcpt + CASE WHEN kind = {KIND_INBOUND} THEN 0 ELSE 1 END)
-            FROM m2
+            SELECT t_disc, off_q, m, 5, 0, smtpd, pid_d,
+                   postfix_disconnect(client_name, client_ip, kind <> {KIND_INBOUND}, nrcpt) FROM m2
             UNION ALL
-            SELECT r.t - r.d_xmit - 1000, r.off, r.m, 6, r.r,
-                   'postfix/smtp[' || r.pid_s || ']: Trusted TLS connection established to ' || r.mx || '[' || r.mx_ip
-                   || ']:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519 '
-                   || 'server-signature RSA-PSS (2048 bits) server-digest SHA256'
+            SELECT r.t - r.d_xmit - 1000, r.off, r.m, 6, r.r, 'postfix/smtp', r.pid_s, postfix_tls_to(r.mx, r.mx_ip, 25)
             FROM r2 r WHERE r.tls
             UNION ALL
-            SELECT r.t, r.off, r.m, 7, r.r,
-                   CASE WHEN r.local THEN 'postfix/lmtp[' ELSE 'postfix/smtp[' END || r.pid_s || ']: ' || m2.qid
-                   || ': to=<' || r.address || '>, relay=' || r.mx || '[' || r.mx_ip || ']:'
-                   || CASE WHEN r.local THEN '24' ELSE '25' END
-                   || ', delay=' || pf_delay((r.t - m2.t0) / 1e6) || ', delays=' || pf_delay(r.d_before / 1e6) || '/'
-                   || pf_delay(r.d_queue / 1e6) || '/' || pf_delay(r.d_conn / 1e6) || '/' || pf_delay(r.d_xmit / 1e6)
-                   || ', dsn=2.0.0, status=sent ('
-                   || CASE r.provider
+            SELECT r.t, r.off, r.m, 7, r.r, CASE WHEN r.local THEN 'postfix/lmtp' ELSE 'postfix/smtp' END, r.pid_s,
+                   postfix_delivery(m2.qid, r.address, r.mx, r.mx_ip, CASE WHEN r.local THEN 24 ELSE 25 END,
+                                    (r.t - m2.t0) / 1e6, r.d_before / 1e6, r.d_queue / 1e6, r.d_conn / 1e6,
+                                    r.d_xmit / 1e6, '2.0.0', 'sent',
+                   CASE r.provider
                       WHEN 9 THEN '250 2.0.0 <' || r.address || '> ' || substr(md5(m2.qid || r.address), 1, 22) || ' Saved'
                       WHEN 1 THEN '250 2.0.0 OK  ' || (r.t // 1000000) || ' ' || substr(md5(m2.qid || r.address), 1, 20)
                                   || 'si' || (r.r % 997) || '.' || (r.m % 89) || ' - gsmtp'
@@ -1299,16 +1253,16 @@ class _Org:
                                   || ', Hostname=BN8PR12MB' || (1000 + r.m % 8999) || '.namprd12.prod.outlook.com] '
                                   || m2.size || ' bytes in 0.' || (100 + r.r % 899) || ', Queued mail for delivery'
                       WHEN 3 THEN '250 ok dirdel'
-                      ELSE '250 2.0.0 Ok: queued as ' || upper(substr(md5(r.address || m2.qid), 1, 10)) END || ')'
+                      ELSE '250 2.0.0 Ok: queued as ' || upper(substr(md5(r.address || m2.qid), 1, 10)) END)
             FROM r2 r JOIN m2 ON m2.m = r.m
             UNION ALL
-            SELECT t_removed, off_r, m, 8, 0, 'postfix/qmgr[' || pid_q || ']: ' || qid || ': removed' FROM m2
+            SELECT t_removed, off_r, m, 8, 0, 'postfix/qmgr', pid_q, postfix_removed(qid) FROM m2
         )
-        SELECT {stamp} || {host} || body AS line
+        SELECT postfix_line(postfix_stamp('{stamps}', lt, off), '{host}', program, pid, message) AS line
         FROM (SELECT *, make_timestamp(ts + off * 1000000) AS lt FROM lines)
         ORDER BY ts, m, k, r
         """
-        lines = _copy_lines(con, sql, path)
+        lines = _text.copy_lines(con, sql, path)
         con.execute("DROP TABLE m2; DROP TABLE r2")
         if stamps == "bsd":  # the year of BSD timestamps comes from the file's modification time
             last = datetime.combine(self.end, datetime.max.time().replace(microsecond=0)).replace(tzinfo=ZoneInfo(self.tz_name))
@@ -1360,10 +1314,10 @@ class _Org:
                    CASE WHEN kind <> {KIND_SUBMIT} THEN client_name ELSE '{server.lower()}.{INTERNAL_DOMAIN}' END
                        AS client_host_,
                    '{server_ip}' AS server_ip, '{server}' AS server_host,
-                   CASE WHEN kind <> {KIND_SUBMIT} THEN upper(substr(md5(qid), 17, 16)) || ';' || ex_time(t0) || ';0'
+                   CASE WHEN kind <> {KIND_SUBMIT} THEN upper(substr(md5(qid), 17, 16)) || ';' || exchange_time(t0) || ';0'
                         ELSE 'MDB:5b9c2f0e-3d44-4a51-9c8b-2f1e0d9c8b7a, Mailbox:' || substr(md5(sender_addr), 1, 8)
                              || '-' || substr(md5(sender_addr), 9, 4) || ', Event:' || (imid % 9000000)
-                             || ', MessageClass:IPM.Note, CreationTime:' || ex_time(t0)
+                             || ', MessageClass:IPM.Note, CreationTime:' || exchange_time(t0)
                              || ', ClientType:MOMT' END AS source_context,
                    CASE kind WHEN {KIND_INBOUND} THEN '{server}\\Default Frontend {server}'
                              WHEN {KIND_NEWSLETTER} THEN '{server}\\Client Frontend {server}' ELSE '' END AS connector,
@@ -1372,7 +1326,7 @@ class _Org:
             FROM m2 JOIN g USING (m)
             UNION ALL
             SELECT g.t_send, m2.m, 1, '{server_ip}', '{server.lower()}.{INTERNAL_DOMAIN}', g.mx_ip, g.mx,
-                   upper(substr(md5('s' || qid), 1, 16)) || ';250 2.0.0 OK;ClientSubmitTime:' || ex_time(t0),
+                   upper(substr(md5('s' || qid), 1, 16)) || ';250 2.0.0 OK;ClientSubmitTime:' || exchange_time(t0),
                    '{server}\\Internet Send Connector', 'SMTP', 'SEND', g.ext_rcpt,
                    array_to_string(list_transform(string_split(g.ext_rcpt, ';'), lambda x: '250 2.0.0 OK'), ';'),
                    g.n_ext
@@ -1386,11 +1340,10 @@ class _Org:
                    g.n_int
             FROM m2 JOIN g USING (m) WHERE g.n_int > 0
         )
-        SELECT ts, CAST(ts // 86400000000 AS BIGINT) AS uday, concat_ws(',',
-               ex_time(ts), client_ip_, client_host_, server_ip, server_host, ex_csv(source_context), connector,
-               source, event_id, CAST(imid AS VARCHAR), msgid, nmid, rcpt, ex_csv(rstatus), CAST(size AS VARCHAR),
-               CAST(rcount AS VARCHAR), '', '', ex_csv(subject), sender_addr, sender_addr,
-               CASE WHEN k = 0 THEN ex_time(t0) ELSE '' END,
+        SELECT ts, exchange_line(ts, client_ip_, client_host_, server_ip, server_host, source_context, connector,
+               source, event_id, CAST(imid AS VARCHAR), msgid, nmid, rcpt, rstatus, CAST(size AS VARCHAR),
+               CAST(rcount AS VARCHAR), '', '', subject, sender_addr, sender_addr,
+               CASE WHEN k = 0 THEN exchange_time(t0) ELSE '' END,
                CASE WHEN kind = {KIND_INBOUND} THEN 'Incoming' ELSE 'Originating' END, '',
                CASE WHEN kind = {KIND_INBOUND} THEN '' ELSE client_ip END, '{server_ip}',
                CASE WHEN k = 1 THEN 'S:DeliveryPriority=Normal;S:AccountForest={INTERNAL_DOMAIN}' ELSE '' END,
@@ -1398,23 +1351,8 @@ class _Org:
                || substr(md5(nmid || k), 13, 4) || '-' || substr(md5(nmid || k), 17, 4) || '-'
                || substr(md5(nmid || k), 21, 12), '{EXCHANGE_VERSION}') AS line
         FROM rows JOIN m2 USING (m)
-        ORDER BY ts, m, k
         """
-        con.execute(f"CREATE OR REPLACE TEMP TABLE ex_lines AS {sql}")
-        total = 0
-        for (uday,) in con.execute("SELECT DISTINCT uday FROM ex_lines ORDER BY uday").fetchall():
-            day = date(1970, 1, 1) + timedelta(days=int(uday))
-            first = con.execute("SELECT min(ts) FROM ex_lines WHERE uday = ?", [uday]).fetchone()[0]
-            stamp = datetime(1970, 1, 1) + timedelta(microseconds=int(first))
-            header = (f"#Software: Microsoft Exchange Server\n#Version: {EXCHANGE_VERSION}\n"
-                      f"#Log-type: Message Tracking Log\n#Date: {stamp.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z\n"
-                      f"#Fields: {EXCHANGE_FIELDS}\n")
-            path = folder / f"MSGTRK{day.strftime('%Y%m%d')}-1.LOG"
-            path.write_text(header, encoding="utf-8")
-            total += _copy_lines(con, f"SELECT line FROM ex_lines WHERE uday = {int(uday)} ORDER BY ts, line",
-                                     path, append=True)
-        con.execute("DROP TABLE ex_lines")
-        return total
+        return exchange.write_query(con, sql, folder, EXCHANGE_VERSION)
 
     # -- flows ------------------------------------------------------------------------------------
 
@@ -1463,13 +1401,11 @@ class _Org:
         table = table.append_column("uid", pa.array(np.arange(table.num_rows)))
         con.register("conn_flows", table)
         mine = f"""
-        SELECT printf('%.6f', ts / 1e6) || chr(9) || 'C' || substr(md5('c' || uid), 1, 17) || chr(9) || ew_ip(orig)
-               || chr(9) || oport || chr(9) || ew_ip(resp) || chr(9) || rport || chr(9) || 'tcp' || chr(9)
-               || CASE WHEN service = 0 AND rport = 587 THEN 'smtp,ssl' ELSE 'ssl' END || chr(9) || printf('%.6f', dur / 1e6) || chr(9)
-               || ob || chr(9) || rb || chr(9) || 'SF' || chr(9) || 'T' || chr(9)
-               || CASE WHEN rport = 443 AND service = 1 THEN 'F' ELSE 'T' END || chr(9) || '0' || chr(9) || 'ShADadFf' || chr(9)
-               || (ob // 1400 + 4) || chr(9) || (ob + (ob // 1400 + 4) * 52) || chr(9) || (rb // 1400 + 4) || chr(9)
-               || (rb + (rb // 1400 + 4) * 52) || chr(9) || '(empty)' AS line, ts, 0 AS src
+        SELECT zeek_conn_line(ts, 'C' || substr(md5('c' || uid), 1, 17), ew_ip(orig), oport, ew_ip(resp), rport, 'tcp',
+                              CASE WHEN service = 0 AND rport = 587 THEN 'smtp,ssl' ELSE 'ssl' END, dur, ob, rb, 'SF',
+                              'T', CASE WHEN rport = 443 AND service = 1 THEN 'F' ELSE 'T' END, 0, 'ShADadFf',
+                              ob // 1400 + 4, ob + (ob // 1400 + 4) * 52, rb // 1400 + 4, rb + (rb // 1400 + 4) * 52,
+                              '(empty)') AS line, ts, 0 AS src
         FROM conn_flows
         """
         if network is not None:
@@ -1483,10 +1419,9 @@ class _Org:
         else:
             con.execute(f"CREATE OR REPLACE TEMP TABLE conn_all AS {mine}")
             assets = own_assets + [vpn_asset]
-        conn_log.write_text(_ZEEK_HEADER.format(open_=self.first.strftime("%Y-%m-%d-00-00-00")), encoding="utf-8")
-        count = _copy_lines(con, "SELECT line FROM conn_all ORDER BY ts, src, line", conn_log, append=True) - 8
-        with open(conn_log, "a", encoding="utf-8") as handle:
-            handle.write(f"#close\t{(self.end + timedelta(days=1)).strftime('%Y-%m-%d-00-00-00')}\n")
+        count = zeek_conn.write_query(con, "SELECT line FROM conn_all ORDER BY ts, src, line", conn_log,
+                                      self.first.strftime(zeek_conn.STAMP),
+                                      (self.end + timedelta(days=1)).strftime(zeek_conn.STAMP))
         con.execute("DROP TABLE conn_all")
         network_labels = None
         if network is not None:
@@ -1549,46 +1484,14 @@ class _Org:
         return path
 
 
-_ZEEK_HEADER = (
-    "#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n#open\t{open_}\n"
-    "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tservice\tduration\torig_bytes\tresp_bytes\t"
-    "conn_state\tlocal_orig\tlocal_resp\tmissed_bytes\thistory\torig_pkts\torig_ip_bytes\tresp_pkts\tresp_ip_bytes\t"
-    "tunnel_parents\n"
-    "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tstring\tinterval\tcount\tcount\tstring\tbool\tbool\tcount\t"
-    "string\tcount\tcount\tcount\tcount\tset[string]\n"
-)
-
-
 def _install_sql_macros(con: duckdb.DuckDBPyConnection) -> None:
+    _text.install(con)
+    for writer in (pulse_secure, postfix, exchange, zeek_conn):
+        writer.install(con)
     subjects = "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in SUBJECTS) + "]"
     con.execute(f"""
-        CREATE OR REPLACE TEMP MACRO ew_ip(x) AS
-            printf('%d.%d.%d.%d', (x >> 24) & 255, (x >> 16) & 255, (x >> 8) & 255, x & 255);
-        CREATE OR REPLACE TEMP MACRO ew_offset(off) AS
-            CASE WHEN off < 0 THEN '-' ELSE '+' END || printf('%02d:%02d', abs(off) // 3600, (abs(off) % 3600) // 60);
-        CREATE OR REPLACE TEMP MACRO pf_delay(x) AS
-            CASE WHEN x < 0.005 THEN '0' WHEN x >= 100 THEN printf('%.0f', x) ELSE printf('%.2g', round(x, 2)) END;
-        CREATE OR REPLACE TEMP MACRO ex_time(us) AS strftime(make_timestamp(us), '%Y-%m-%dT%H:%M:%S.%g') || 'Z';
-        CREATE OR REPLACE TEMP MACRO ex_csv(s) AS
-            CASE WHEN contains(s, ',') OR contains(s, '"') THEN '"' || replace(s, '"', '""') || '"' ELSE s END;
         CREATE OR REPLACE TEMP MACRO ex_subject(h) AS {subjects}[1 + (h % {len(SUBJECTS)})::INTEGER];
     """)
-
-
-def _copy_lines(con: duckdb.DuckDBPyConnection, sql: str, path: Path, append: bool = False) -> int:
-    """Write the `line` column of a query as text lines, in the query's order; return the count."""
-    target = path if not append else path.with_name(path.name + ".part")
-    con.execute(f"COPY (SELECT line FROM ({sql})) TO '{target}' "
-                "(FORMAT csv, HEADER false, QUOTE '', ESCAPE '', DELIMITER e'\\x01')")
-    if append:
-        with open(path, "ab") as out, open(target, "rb") as part:
-            shutil.copyfileobj(part, out, 16 * 1024 * 1024)
-        target.unlink()
-    count = 0
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(16 * 1024 * 1024), b""):
-            count += block.count(b"\n")
-    return count
 
 
 def generate_organisation(
