@@ -60,7 +60,7 @@ import pyarrow as pa
 from .writers import zeek_conn
 from .writers.zeek_conn import FIELDS, TYPES
 
-__all__ = ["NetworkDataset", "generate_network", "DETECTION_A", "DETECTION_B", "ADDRESSES"]
+__all__ = ["NetworkDataset", "generate_network", "DETECTION_A", "DETECTION_B", "ADDRESSES", "FIELDS", "TYPES"]
 
 DETECTION_A = "hosts_receiving_high_volume_of_network_traffic_from_email_server"
 DETECTION_B = "email_servers_sending_high_volume_traffic_to_hosts"
