@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh home folder and a writer of Zeek conn.log files in the real format."""
+"""Shared fixtures: a fresh home folder and Zeek conn.log files written by the synth conn.log writer."""
 
 from __future__ import annotations
 
@@ -12,21 +12,14 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from exfilwatch.config import Home, Settings, parse_settings
+from exfilwatch.synth.writers import zeek_conn
 
 # No per-example deadline: a shared 2-core machine makes timings noisy, and speed is measured in
 # bench/, not here. In CI the examples are derandomised so that a run is reproducible.
 hypothesis_settings.register_profile("exfilwatch", deadline=None, derandomize=bool(os.environ.get("CI")))
 hypothesis_settings.load_profile("exfilwatch")
 
-ZEEK_CONN_HEADER = (
-    "#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n"
-    "#open\t2026-10-01-00-00-00\n"
-    "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tservice\tduration\torig_bytes\t"
-    "resp_bytes\tconn_state\tlocal_orig\tlocal_resp\tmissed_bytes\thistory\torig_pkts\torig_ip_bytes\tresp_pkts\t"
-    "resp_ip_bytes\ttunnel_parents\n"
-    "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tstring\tinterval\tcount\tcount\tstring\tbool\tbool\t"
-    "count\tstring\tcount\tcount\tcount\tcount\tset[string]\n"
-)
+ZEEK_CONN_HEADER = zeek_conn.header("2026-10-01-00-00-00")
 
 
 @dataclass(frozen=True)
@@ -41,25 +34,17 @@ class Flow:
     uid: str = "CAbCdEfGhIjKlMnOp1"
 
 
-def conn_line(flow: Flow) -> str:
-    def value(v):
-        return "-" if v is None else str(v)
+def _record(flow: Flow) -> zeek_conn.ConnRecord:
+    return zeek_conn.ConnRecord(ts=flow.ts, orig_h=flow.orig, resp_h=flow.resp, orig_bytes=flow.orig_bytes,
+                                resp_bytes=flow.resp_bytes, resp_p=flow.resp_port, service=flow.service, uid=flow.uid)
 
-    return "\t".join([
-        f"{flow.ts:.6f}", flow.uid, flow.orig, "51234", flow.resp, str(flow.resp_port), "tcp", flow.service,
-        "1.500000", value(flow.orig_bytes), value(flow.resp_bytes), "SF", "T", "T", "0", "ShADadFf",
-        "10", "1000", "10", "1000", "(empty)",
-    ])
+
+def conn_line(flow: Flow) -> str:
+    return zeek_conn.line(_record(flow))
 
 
 def write_conn_log(path: Path, flows: Iterable[Flow], close: bool = True) -> Path:
-    with open(path, "w") as handle:
-        handle.write(ZEEK_CONN_HEADER)
-        for flow in flows:
-            handle.write(conn_line(flow) + "\n")
-        if close:
-            handle.write("#close\t2026-11-01-00-00-00\n")
-    return path
+    return zeek_conn.write(path, [_record(f) for f in flows], close="2026-11-01-00-00-00" if close else None)
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Write the test data of the four per-user email session rules (src/exfilwatch/content/detections/em_*/data/).
 
-Real formats: a Pulse Secure syslog (standard format: login, tunnel start/end, closed
-connection, logout) and a Postfix maillog (smtpd / cleanup / qmgr / smtp|lmtp / removed per
-message), time zone America/New_York. Every user has 20 days of ordinary sessions (one VPN
+Real formats, written by the synth writers: a Pulse Secure syslog (standard format: login, tunnel
+start/end, closed connection, logout) and a Postfix maillog (smtpd / cleanup / qmgr / smtp|lmtp /
+removed per message), time zone America/New_York. Every user has 20 days of ordinary sessions (one VPN
 session a day, 09:00 to 17:00) before the judged day, 2026-10-15, whose session ends at 12:10;
 the tests run at 14:30 (window 12:00 to 13:00).
 
@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+from exfilwatch.synth.writers import postfix, pulse_secure
 
 ZONE = ZoneInfo("America/New_York")
 JUDGED = date(2026, 10, 15)
@@ -34,56 +36,54 @@ class Message:
 
 @dataclass
 class Log:
-    vpn: list[tuple[datetime, str]] = field(default_factory=list)
-    mail: list[tuple[datetime, str]] = field(default_factory=list)
+    vpn: list[tuple[datetime, dict]] = field(default_factory=list)
+    mail: list[tuple[datetime, str, int, postfix.Message]] = field(default_factory=list)
     queue: int = 0x1A2B3C000
 
     def session(self, user: str, start: datetime, end: datetime, sid: str, tunnel_ip: str, client_ip: str) -> None:
-        head = f"[{client_ip}] Default Network::{user}(Users)[Users, VPN] - "
-        self.vpn.append((start, head + f"Login succeeded for {user}/Users (session:{sid}) from {client_ip} "
-                                       f"with Pulse-Secure/9.1.15.8591 (Windows 10) Pulse Secure/9.1.15.8591."))
-        self.vpn.append((start + timedelta(seconds=6), head + f"VPN Tunneling: Session started for user with IPv4 "
-                                                              f"address {tunnel_ip}, hostname LAPTOP-{user.upper()}"))
-        self.vpn.append((end - timedelta(seconds=3), head + f"VPN Tunneling: Session ended for user with IPv4 address "
-                                                            f"{tunnel_ip}"))
-        seconds = int((end - start).total_seconds())
-        self.vpn.append((end - timedelta(seconds=2), head + f"Closed connection to TUN-VPN port 443 after {seconds} "
-                                                            f"seconds, with 48213 bytes read (in 120 chunks) and "
-                                                            f"1823221 bytes written (in 98 chunks)"))
-        self.vpn.append((end, head + f"Logout from {client_ip} (session:{sid})"))
+        def event(t: datetime, kind: int, **fields) -> None:
+            self.vpn.append((t, {"event": kind, "user": user, "ip": client_ip, "network": "Default Network", **fields}))
+
+        event(start, pulse_secure.LOGIN, session=sid,
+              agent="Pulse-Secure/9.1.15.8591 (Windows 10) Pulse Secure/9.1.15.8591")
+        event(start + timedelta(seconds=6), pulse_secure.TUNNEL_START, tunnel=tunnel_ip, hostname=f"LAPTOP-{user.upper()}")
+        event(end - timedelta(seconds=3), pulse_secure.TUNNEL_END, tunnel=tunnel_ip)
+        event(end - timedelta(seconds=2), pulse_secure.CLOSED, seconds=int((end - start).total_seconds()),
+              bytes_read=48213, read_chunks=120, bytes_written=1823221, written_chunks=98)
+        event(end, pulse_secure.LOGOUT, session=sid)
 
     def message(self, m: Message, client_ip: str) -> None:
         self.queue += 0x1F3
         q = f"{self.queue:X}"
         t = m.t
         user = m.sender.split("@")[0]
-        self.mail.append((t, f"postfix/submission/smtpd[2101]: {q}: client=unknown[{client_ip}], "
-                             f"sasl_method=PLAIN, sasl_username={user}"))
-        self.mail.append((t, f"postfix/cleanup[2102]: {q}: message-id=<{q}.{user}@corp.example>"))
-        self.mail.append((t, f"postfix/qmgr[2103]: {q}: from=<{m.sender}>, size={m.size}, "
-                             f"nrcpt={len(m.recipients)} (queue active)"))
+        self.mail.append((t, "postfix/submission/smtpd", 2101, postfix.client(q, "unknown", client_ip, "PLAIN", user)))
+        self.mail.append((t, "postfix/cleanup", 2102, postfix.cleanup(q, f"<{q}.{user}@corp.example>")))
+        self.mail.append((t, "postfix/qmgr", 2103, postfix.queued(q, m.sender, m.size, len(m.recipients))))
         for i, rcpt in enumerate(m.recipients):
             domain = rcpt.split("@")[1]
             if domain == "corp.example":
-                relay = "relay=mailstore01.corp.example[10.10.0.21]:24, delay=0.2, delays=0.1/0/0/0.1, dsn=2.0.0, " \
-                        "status=sent (250 2.0.0 Saved)"
-                daemon = "lmtp"
+                daemon = "postfix/lmtp"
+                delivery = postfix.delivery(q, rcpt, "mailstore01.corp.example", "10.10.0.21", 24, 0.2, (0.1, 0, 0, 0.1),
+                                            "250 2.0.0 Saved")
             else:
-                relay = f"relay=mx.{domain}[203.0.113.{10 + i}]:25, delay=1.2, delays=0.1/0/0.5/0.6, dsn=2.0.0, " \
-                        f"status=sent (250 2.0.0 Ok: queued as {q}{i})"
-                daemon = "smtp"
-            self.mail.append((t + timedelta(seconds=1), f"postfix/{daemon}[2104]: {q}: to=<{rcpt}>, {relay}"))
-        self.mail.append((t + timedelta(seconds=2), f"postfix/qmgr[2103]: {q}: removed"))
+                daemon = "postfix/smtp"
+                delivery = postfix.delivery(q, rcpt, f"mx.{domain}", f"203.0.113.{10 + i}", 25, 1.2, (0.1, 0, 0.5, 0.6),
+                                            f"250 2.0.0 Ok: queued as {q}{i}")
+            self.mail.append((t + timedelta(seconds=1), daemon, 2104, delivery))
+        self.mail.append((t + timedelta(seconds=2), "postfix/qmgr", 2103, postfix.removed(q)))
 
     def write(self, folder: Path, prefix: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        vpn = sorted(self.vpn, key=lambda x: x[0])
         with open(folder / f"{prefix}_vpn.log", "w") as handle:
-            for t, text in sorted(self.vpn, key=lambda x: x[0]):
-                local = t.astimezone(ZONE)
-                handle.write(f"{local.isoformat()} vpn01 PulseSecure: {local:%Y-%m-%d %H:%M:%S} - ive - {text}\n")
+            for text in pulse_secure.lines({**record, "t": t.astimezone(ZONE)} for t, record in vpn):
+                handle.write(text + "\n")
+        mail = sorted(self.mail, key=lambda x: x[0])
         with open(folder / f"{prefix}_maillog", "w") as handle:
-            for t, text in sorted(self.mail, key=lambda x: x[0]):
-                handle.write(f"{t.astimezone(ZONE).isoformat(timespec='microseconds')} mail01 {text}\n")
+            for text in postfix.lines(postfix.Entry(t.astimezone(ZONE), program, pid, message, host="mail01",
+                                                    stamp="rfc3339") for t, program, pid, message in mail):
+                handle.write(text + "\n")
 
 
 def at(day: date, hour: float) -> datetime:

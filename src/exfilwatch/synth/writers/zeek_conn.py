@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -95,11 +96,15 @@ class ConnRecord:
     tunnel_parents: str = "(empty)"
 
 
+def _micros(seconds: float | None) -> int | None:
+    # through the %.6f text: seconds * 1e6 in floating point can miss the last digit
+    return None if seconds is None else int(Decimal(f"{seconds:.6f}") * 1_000_000)
+
+
 def _values(record: ConnRecord) -> dict:
     values = asdict(record)
-    values["ts_us"] = round(values.pop("ts") * 1_000_000)
-    duration = values.pop("duration")
-    values["duration_us"] = None if duration is None else round(duration * 1_000_000)
+    values["ts_us"] = _micros(values.pop("ts"))
+    values["duration_us"] = _micros(values.pop("duration"))
     return values
 
 
