@@ -18,6 +18,7 @@ from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.events.lake import parquet_source
 from exfilwatch.models import USER_SESSIONS
 from exfilwatch.state import StateStore
+from exfilwatch.synth.writers import postfix
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "exfilwatch" / "content" / "detections" / "em_fnum" / "data"
 ZONE = ZoneInfo("America/New_York")
@@ -61,13 +62,15 @@ def test_incremental_builds_equal_a_full_build_and_take_in_late_data(home, tmp_p
 
     # a maillog that arrives late, with a message bob sent on 2026-10-05 during his VPN session
     late = tmp_path / "late_maillog"
-    late.write_text(
-        "2026-10-05T10:00:00.000000-04:00 mail01 postfix/cleanup[1]: 9F9F9F9F9: message-id=<late@corp.example>\n"
-        "2026-10-05T10:00:00.000000-04:00 mail01 postfix/qmgr[2]: 9F9F9F9F9: from=<bob@corp.example>, size=777, "
-        "nrcpt=1 (queue active)\n"
-        "2026-10-05T10:00:01.000000-04:00 mail01 postfix/smtp[3]: 9F9F9F9F9: to=<x@late.example>, "
-        "relay=mx.late.example[203.0.113.9]:25, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 ok)\n"
-        "2026-10-05T10:00:02.000000-04:00 mail01 postfix/qmgr[2]: 9F9F9F9F9: removed\n")
+    qid, sent = "9F9F9F9F9", local(2026, 10, 5, 10, 0)
+    late.write_text("".join(line + "\n" for line in postfix.lines(postfix.Entry(t, program, pid, message, "mail01", "rfc3339")
+                                                                 for t, program, pid, message in [
+        (sent, "postfix/cleanup", 1, postfix.cleanup(qid, "<late@corp.example>")),
+        (sent, "postfix/qmgr", 2, postfix.queued(qid, "bob@corp.example", 777, 1)),
+        (local(2026, 10, 5, 10, 0, 1), "postfix/smtp", 3,
+         postfix.delivery(qid, "x@late.example", "mx.late.example", "203.0.113.9", 25, 1, (0, 0, 0.5, 0.5), "250 ok")),
+        (local(2026, 10, 5, 10, 0, 2), "postfix/qmgr", 2, postfix.removed(qid)),
+    ])))
     ingest_paths([late], home, settings)
     report = build_user_sessions(con, state, settings, local(2026, 10, 15, 14, 30))
     assert report.reason == "late input data"

@@ -21,6 +21,7 @@ from exfilwatch.events.ingest import ingest_paths, read_head
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
 from exfilwatch.state import StateStore
+from exfilwatch.synth.writers import postfix
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
@@ -203,16 +204,29 @@ def _maillog(tmp_path: Path, lines: list[str]) -> Path:
     return path
 
 
+def _postfix(*entries: tuple) -> list[str]:
+    """Maillog lines from (time, program, pid, message) written by the synth Postfix writer (BSD stamps, host mx1)."""
+    return postfix.lines(postfix.Entry(t.replace(tzinfo=timezone.utc), program, pid, message)
+                         for t, program, pid, message in entries)
+
+
+def _sent(qid: str, to: str, relay: str = "x", dsn: str = "2.0.0", status: str = "sent", reply: str = "250 ok"):
+    return postfix.delivery(qid, to, relay, "192.0.2.1", 25, 1, (0, 0, 0, 1), reply, dsn=dsn, status=status)
+
+
 def test_postfix_all_recipients_final_without_removed_line(tmp_path):
     home = new_home(tmp_path)
-    final = [
-        "Nov  3 08:00:00 mx1 postfix/cleanup[1]: 1A2B3C4D5E: message-id=<one@example.com>",
-        "Nov  3 08:00:00 mx1 postfix/qmgr[2]: 1A2B3C4D5E: from=<alice@example.com>, size=100, nrcpt=2 (queue active)",
-        "Nov  3 08:00:01 mx1 postfix/smtp[3]: 1A2B3C4D5E: to=<a@gmail.com>, relay=x[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 ok)",
-        "Nov  3 08:00:01 mx1 postfix/smtp[3]: 1A2B3C4D5E: to=<b@gmail.com>, relay=x[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn=5.1.1, status=bounced (550 no)",
-    ]
+    q, t0, t1 = "1A2B3C4D5E", datetime(2026, 11, 3, 8, 0, 0), datetime(2026, 11, 3, 8, 0, 1)
+    final = _postfix(
+        (t0, "postfix/cleanup", 1, postfix.cleanup(q, "<one@example.com>")),
+        (t0, "postfix/qmgr", 2, postfix.queued(q, "alice@example.com", 100, 2)),
+        (t1, "postfix/smtp", 3, _sent(q, "a@gmail.com")),
+        (t1, "postfix/smtp", 3, _sent(q, "b@gmail.com", dsn="5.1.1", status="bounced", reply="550 no")),
+    )
+    # anvil's statistics: a line the parser skips (not written by the writer)
     later = ["Nov  3 08:11:02 mx1 postfix/anvil[9]: statistics: max cache size 1 at Nov  3 08:11:02",
-             "Nov  3 08:11:02 mx1 postfix/cleanup[1]: 9ABCDEF012: message-id=<other@example.com>"]
+             *_postfix((datetime(2026, 11, 3, 8, 11, 2), "postfix/cleanup", 1,
+                        postfix.cleanup("9ABCDEF012", "<other@example.com>")))]
     path = _maillog(tmp_path, final)
     [first] = ingest_paths([path], home, SETTINGS, year=2026)
     assert first.events == 0 and "1 messages pending" in first.notes[0]  # the `removed` line may still come
@@ -221,7 +235,7 @@ def test_postfix_all_recipients_final_without_removed_line(tmp_path):
     [second] = ingest_paths([path], home, SETTINGS, year=2026)
     assert second.events == 1  # ten minutes later without it: all recipients final is enough
     with open(path, "a") as handle:
-        handle.write("Nov  3 08:12:00 mx1 postfix/qmgr[2]: 1A2B3C4D5E: removed\n")
+        handle.write(_postfix((datetime(2026, 11, 3, 8, 12, 0), "postfix/qmgr", 2, postfix.removed(q)))[0] + "\n")
     [third] = ingest_paths([path], home, SETTINGS, year=2026)
     assert third.events == 0  # the late `removed` line adds no second row
     assert [(r[1], r[3], r[4], r[9]) for r in brief(email_rows(home))] == [
@@ -232,12 +246,13 @@ def test_postfix_queue_id_reused_in_one_file(tmp_path):
     home = new_home(tmp_path)
     lines = []
     for minute, (sender, rcpt) in enumerate([("alice@example.com", "x@gmail.com"), ("bob@example.com", "y@yahoo.com")]):
-        lines += [
-            f"Nov  3 08:0{minute}:00 mx1 postfix/cleanup[1]: 0F5383D: message-id=<m{minute}@example.com>",
-            f"Nov  3 08:0{minute}:00 mx1 postfix/qmgr[2]: 0F5383D: from=<{sender}>, size=5360, nrcpt=1 (queue active)",
-            f"Nov  3 08:0{minute}:01 mx1 postfix/smtp[3]: 0F5383D: to=<{rcpt}>, relay=mx[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 ok)",
-            f"Nov  3 08:0{minute}:01 mx1 postfix/qmgr[2]: 0F5383D: removed",
-        ]
+        t0, t1 = datetime(2026, 11, 3, 8, minute, 0), datetime(2026, 11, 3, 8, minute, 1)
+        lines += _postfix(
+            (t0, "postfix/cleanup", 1, postfix.cleanup("0F5383D", f"<m{minute}@example.com>")),
+            (t0, "postfix/qmgr", 2, postfix.queued("0F5383D", sender, 5360, 1)),
+            (t1, "postfix/smtp", 3, _sent("0F5383D", rcpt, relay="mx")),
+            (t1, "postfix/qmgr", 2, postfix.removed("0F5383D")),
+        )
     ingest_paths([_maillog(tmp_path, lines)], home, SETTINGS, year=2026)
     assert [(r[1], r[3], r[4]) for r in brief(email_rows(home))] == [
         ("m0@example.com", "alice@example.com", ["x@gmail.com"]), ("m1@example.com", "bob@example.com", ["y@yahoo.com"])]
@@ -245,12 +260,13 @@ def test_postfix_queue_id_reused_in_one_file(tmp_path):
 
 def test_postfix_local_time_zone_and_year(tmp_path):
     home = new_home(tmp_path)
-    path = _maillog(tmp_path, [
-        "Jul  1 10:00:00 mx1 postfix/cleanup[1]: 0F5383D: message-id=<tz@example.com>",
-        "Jul  1 10:00:00 mx1 postfix/qmgr[2]: 0F5383D: from=<alice@example.com>, size=1, nrcpt=1 (queue active)",
-        "Jul  1 10:00:01 mx1 postfix/smtp[3]: 0F5383D: to=<x@gmail.com>, relay=mx[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 ok)",
-        "Jul  1 10:00:01 mx1 postfix/qmgr[2]: 0F5383D: removed",
-    ])
+    t0, t1 = datetime(2025, 7, 1, 10, 0, 0), datetime(2025, 7, 1, 10, 0, 1)
+    path = _maillog(tmp_path, _postfix(
+        (t0, "postfix/cleanup", 1, postfix.cleanup("0F5383D", "<tz@example.com>")),
+        (t0, "postfix/qmgr", 2, postfix.queued("0F5383D", "alice@example.com", 1, 1)),
+        (t1, "postfix/smtp", 3, _sent("0F5383D", "x@gmail.com", relay="mx")),
+        (t1, "postfix/qmgr", 2, postfix.removed("0F5383D")),
+    ))
     ingest_paths([path], home, SETTINGS, year=2025, source_tz="Europe/Berlin")
     [row] = email_rows(home)
     assert row["_time"] == datetime(2025, 7, 1, 8, 0, 0, tzinfo=timezone.utc)

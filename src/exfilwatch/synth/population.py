@@ -237,8 +237,8 @@ def _make_people(rng: np.random.Generator, users: int, hosts_per_user: int) -> _
     first = [FIRST_NAMES[i // len(LAST_NAMES)] for i in picks]
     last = [LAST_NAMES[i % len(LAST_NAMES)] for i in picks]
     names, seen = [], {}
-    for f, l in zip(first, last):
-        base = f"{f}.{l}"
+    for f, surname in zip(first, last):
+        base = f"{f}.{surname}"
         seen[base] = seen.get(base, 0) + 1
         names.append(base if seen[base] == 1 else f"{base}{seen[base]}")
     dept = rng.permutation(np.repeat(np.arange(len(DEPARTMENTS)), _department_quota(users)))
@@ -310,7 +310,7 @@ class _AddressBook:
 
     def add_many(self, locals_: list[str], domain_ids: list[int]) -> np.ndarray:
         start = len(self.address)
-        self.address.extend(f"{l}@{self.domains[d]}" for l, d in zip(locals_, domain_ids))
+        self.address.extend(f"{local}@{self.domains[d]}" for local, d in zip(locals_, domain_ids))
         self.domain.extend(domain_ids)
         return np.arange(start, len(self.address))
 
