@@ -57,8 +57,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from .writers import zeek_conn
-from .writers.zeek_conn import FIELDS, TYPES
+from exfilwatch.synth.writers import zeek_conn
+from exfilwatch.synth.writers.zeek_conn import FIELDS, TYPES
 
 __all__ = ["NetworkDataset", "generate_network", "DETECTION_A", "DETECTION_B", "ADDRESSES", "FIELDS", "TYPES"]
 

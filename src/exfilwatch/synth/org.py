@@ -79,10 +79,10 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from .plan import KIND_INBOUND, KIND_NEWSLETTER, KIND_SUBMIT, OrgCase, Organisation, Plan
-from .population import (AGENTS, DEPARTMENTS, EXCHANGE_SERVER, INTERNAL_DOMAIN, MARKETING_SERVER, NEWSLETTER_ADDRESS,
+from exfilwatch.synth.plan import KIND_INBOUND, KIND_NEWSLETTER, KIND_SUBMIT, OrgCase, Organisation, Plan
+from exfilwatch.synth.population import (AGENTS, DEPARTMENTS, EXCHANGE_SERVER, INTERNAL_DOMAIN, MARKETING_SERVER, NEWSLETTER_ADDRESS,
                          NEWSLETTER_USER, SPRAY_NAMES, SUBJECTS, _ip_str, us_holidays)
-from .writers import _text, exchange, postfix, pulse_secure, zeek_conn
+from exfilwatch.synth.writers import _text, exchange, postfix, pulse_secure, zeek_conn
 
 MAIL_HOST = "mx1"
 VPN_HOST = "vpn01"

@@ -17,13 +17,13 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from .population import (
+from exfilwatch.synth.population import (
     DEPARTMENTS, DOW_FACTOR, ENGINEERING, EXEC, FINANCE, HR, HYBRID, LEGAL, MAIL_SERVER, MAIL_STORE,
     MARKETING, MARKETING_SERVER, MODE_VPN, NEWSLETTER_ADDRESS, NEWSLETTER_USER, PARTNER_DOMAINS, REMOTE, SALES,
     SPRAY_NAMES, US, WEBMAIL, EXCHANGE_SERVER, INTERNAL_DOMAIN, _AddressBook, _Zone, _ip, _lognormal, _make_addresses,
     _make_people, _naive_us, _pool_ip, _set_partners, _unique_u32, us_holidays,
 )
-from .writers import pulse_secure
+from exfilwatch.synth.writers import pulse_secure
 
 KIND_SUBMIT, KIND_INBOUND, KIND_NEWSLETTER = 0, 1, 2
 TAG_NONE, TAG_LEAK, TAG_BURST, TAG_UPLOAD, TAG_MONTH_END, TAG_WEEKLY, TAG_NEWSLETTER = range(7)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from . import _text
+from exfilwatch.synth.writers import _text
 
 FIELDS = (
     "date-time,client-ip,client-hostname,server-ip,server-hostname,source-context,connector-id,source,"

@@ -21,7 +21,7 @@ from datetime import datetime
 
 import duckdb
 
-from . import _text
+from exfilwatch.synth.writers import _text
 
 STAMPS = ("bsd", "rfc3339")
 _TLS = ("TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519 "

@@ -20,7 +20,7 @@ from datetime import datetime
 
 import duckdb
 
-from . import _text
+from exfilwatch.synth.writers import _text
 
 AUTH_FAILED, LOGIN_FAILED, AUTH_OK, LOGIN, TUNNEL_START, TUNNEL_END, CLOSED, LOGOUT, TIMED_OUT = range(1, 10)
 EVENTS = (AUTH_FAILED, LOGIN_FAILED, AUTH_OK, LOGIN, TUNNEL_START, TUNNEL_END, CLOSED, LOGOUT, TIMED_OUT)
