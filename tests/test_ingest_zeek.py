@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from exfilwatch.events import ingest as ingest_module
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.events.lake import remove_orphans
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 
 from .conftest import ZEEK_CONN_HEADER, Flow, conn_line, settings_for, write_conn_log
 
@@ -22,7 +22,7 @@ SETTINGS = settings_for()
 
 
 def lake_rows(home, order="raw_ref"):
-    state = StateStore(home.state_path)
+    state = open_state(home)
     files = state.lake_files("network_traffic")
     state.close()
     if not files:
@@ -69,7 +69,7 @@ def test_json_lines_and_gzip(tmp_path, home):
     rows = lake_rows(home)
     assert rows[0]["bytes_in"] == 20 and rows[0]["duration"] == 2.5
     assert rows[1]["src_ip"] == "fe80::1" and rows[1]["bytes_out"] is None
-    state = StateStore(home.state_path)
+    state = open_state(home)
     [bad] = state.query("SELECT line_no, reason FROM quarantine")
     assert bad["line_no"] == 3 and "not a JSON object" in bad["reason"]
 
@@ -89,7 +89,7 @@ def test_bad_lines_are_quarantined_with_file_line_and_reason(tmp_path, home):
     [report] = ingest_paths([path], home, SETTINGS)
     assert report.lines == report.parsed + report.quarantined + sum(report.skipped.values())
     assert (report.events, report.quarantined) == (1, 5)
-    state = StateStore(home.state_path)
+    state = open_state(home)
     rows = state.query("SELECT file, line_no, reason, raw FROM quarantine ORDER BY line_no")
     assert [r["line_no"] for r in rows] == [10, 11, 12, 13, 14]
     assert all(r["file"] == str(path) for r in rows)
@@ -157,10 +157,10 @@ def test_a_killed_ingest_leaves_no_half_batch_and_the_next_run_completes_it(tmp_
     ingest_paths([path], home, SETTINGS, chunk_bytes=600)
     rows = lake_rows(home)
     assert len(rows) == 40 and len({r["session_id"] for r in rows}) == 40
-    state = StateStore(home.state_path)
+    state = open_state(home)
     assert remove_orphans(home.lake, state) == 0
     on_disk = {str(p) for p in Path(home.lake).rglob("*.parquet")}
-    assert on_disk == state.committed_lake_paths()
+    assert on_disk == {state.absolute(p) for p in state.committed_lake_paths()}
 
 
 def test_unknown_format_is_a_clear_error(tmp_path, home):

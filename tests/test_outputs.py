@@ -28,6 +28,7 @@ from exfilwatch.config import parse_settings
 from exfilwatch.detections.schema import load_detections
 from exfilwatch.outputs.cef import extension_escape, header_escape, incident_cef, octet_frame, rfc5424
 from exfilwatch.outputs.deliver import deliver_pending
+from exfilwatch.home import open_state
 from exfilwatch.state import StateStore
 
 UTC = timezone.utc
@@ -36,7 +37,7 @@ RFC5424 = re.compile(r"^<(\d{1,3})>1 (\S+) (\S+) (\S+) - (\S+) - (CEF:0\|.*)$", 
 
 
 def _state_with_incidents(tmp_path: Path, users: tuple[str, ...] = ("alice",)) -> StateStore:
-    state = StateStore(tmp_path / "home" / "state.sqlite")
+    state = open_state(tmp_path / "home")
     lines = []
     for user in users:
         for detection, score in (("em_bsum", 70), ("em_dnum", 50)):

@@ -29,7 +29,7 @@ from .pipelinekit import run_correlations
 from exfilwatch.config import parse_settings
 from exfilwatch.detections.runner import execute, resolve_parameters, run_window
 from exfilwatch.detections.schema import load_detections
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 
 DETECTIONS = load_detections()
 UTC = timezone.utc
@@ -240,7 +240,7 @@ def _finding(detection: str, entity: str, when: datetime, score: float, **fields
 
 
 def test_an_episode_is_one_incident_that_grows_and_a_later_one_is_new(tmp_path):
-    state = StateStore(tmp_path / "state.sqlite")
+    state = open_state(tmp_path)
     settings = parse_settings({}, "test")
     rule = DETECTIONS["risk_threshold_exceeded_24h"]
     con = duckdb.connect(":memory:")
@@ -272,7 +272,7 @@ def test_an_episode_is_one_incident_that_grows_and_a_later_one_is_new(tmp_path):
 
 
 def test_suppression_applies_until_it_expires_and_its_decisions_stay(tmp_path):
-    state = StateStore(tmp_path / "state.sqlite")
+    state = open_state(tmp_path)
     tz = "America/New_York"
     settings = parse_settings({"timezone": tz, "suppressions": [
         {"id": "backup", "detection": "em_bsum", "entity": "svc-*", "where": {"bytes": {"max": 5e9}},
@@ -298,7 +298,7 @@ def test_suppression_applies_until_it_expires_and_its_decisions_stay(tmp_path):
 
 
 def test_cli_suppression_with_relative_expiry_and_list_conditions(tmp_path):
-    state = StateStore(tmp_path / "state.sqlite")
+    state = open_state(tmp_path)
     settings = parse_settings({}, "test")
     from exfilwatch.riskconfig import SuppressionSpec
 

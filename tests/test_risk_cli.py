@@ -140,9 +140,9 @@ def test_entity_timeline_shows_sessions_suppressed_findings_and_incidents(tmp_pa
     from exfilwatch.incidents.timeline import entity_timeline
     from exfilwatch.config import parse_settings
     from exfilwatch.detections.schema import load_detections
-    from exfilwatch.state import StateStore
+    from exfilwatch.home import open_state
 
-    state = StateStore(tmp_path / "state.sqlite")
+    state = open_state(tmp_path)
     settings = parse_settings({"identities": [{"user": "alice", "emails": ["alice@corp.example"]}],
                                "suppressions": [{"detection": "em_fnum", "owner": "o", "reason": "r",
                                                  "expires": "never", "where": {"session_id": "s-2"}}]}, "test")

@@ -16,7 +16,7 @@ from .pipelinekit import detect_once, run_schedule
 from exfilwatch.detections.schema import load_detections
 from exfilwatch.events.engine import connect
 from exfilwatch.events.ingest import ingest_paths
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 
 from .conftest import Flow, settings_for, write_conn_log
 
@@ -41,7 +41,7 @@ def history(spike: int | None = None, spike_hour: int = 10) -> list[Flow]:
 def setup(tmp_path, home):
     settings = settings_for("America/New_York")
     detections = load_detections()
-    state = StateStore(home.state_path)
+    state = open_state(home)
     con = connect(settings)
     yield tmp_path, home, settings, detections, state, con
     con.close()
@@ -109,7 +109,7 @@ def test_catch_up_gives_the_findings_of_running_each_fire_in_order(setup, tmp_pa
     caught_up = [dict(r) for r in state.query("SELECT finding_key, value, fields FROM findings ORDER BY 1")]
     assert [r["finding_key"].split("|")[1] for r in caught_up] == ["10.20.0.66"]
     # The same fires, one detect_once each, their findings stored in a fresh state store.
-    other = StateStore(tmp_path_factory.mktemp("other") / "state.sqlite")
+    other = open_state(tmp_path_factory.mktemp("other"))
     for fire in fire_times("0 * * * *", datetime(2026, 10, 20, tzinfo=NY) - timedelta(microseconds=1), now,
                            "America/New_York"):
         result = detect_once(con, state, settings, [detections[OUT]], fire, store=False)[0]

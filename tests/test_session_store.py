@@ -17,6 +17,7 @@ from exfilwatch.features.sessions import build_user_sessions
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.events.lake import parquet_source
 from exfilwatch.models import USER_SESSIONS
+from exfilwatch.home import open_state
 from exfilwatch.state import StateStore
 from exfilwatch.synth.writers import postfix
 
@@ -41,7 +42,7 @@ def stored(state: StateStore) -> list[tuple]:
 def test_incremental_builds_equal_a_full_build_and_take_in_late_data(home, tmp_path):
     settings = parse_settings(CONFIG, "test")
     ingest_paths([DATA / "positive_vpn.log", DATA / "positive_maillog"], home, settings)
-    state = StateStore(home.state_path)
+    state = open_state(home)
     con = connect(settings, home.spill_dir)
     first = build_user_sessions(con, state, settings, local(2026, 10, 5))
     assert first.reason == "full build" and first.sessions > 0
@@ -89,7 +90,7 @@ def test_incremental_builds_equal_a_full_build_and_take_in_late_data(home, tmp_p
 def test_the_hourly_schedule_scores_each_session_once(home):
     settings = parse_settings(CONFIG, "test")
     ingest_paths([DATA / "positive_vpn.log", DATA / "positive_maillog"], home, settings)
-    state = StateStore(home.state_path)
+    state = open_state(home)
     con = connect(settings, home.spill_dir)
     detection = load_detections()["em_fnum"]
     [result] = run_schedule(con, state, settings, [detection], local(2026, 10, 15, 14, 30))

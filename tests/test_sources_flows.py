@@ -13,7 +13,7 @@ from exfilwatch.events.ingest import ingest_paths, read_head
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
 from exfilwatch.sources.generic import GenericSource, load_mapping
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 
 from .conftest import Flow, settings_for, write_conn_log
 from .test_sources_vpn import FUZZ, RANDOM, as_lines, quarantine, run_parser
@@ -33,7 +33,7 @@ def ingest(home, path, **kwargs):
 
 
 def lake(home, model: str, columns: list[str]) -> dict[int, tuple]:
-    state = StateStore(home.state_path)
+    state = open_state(home)
     files = state.lake_files(model)
     state.close()
     if not files:

@@ -20,7 +20,7 @@ from exfilwatch.config import Home, parse_settings
 from exfilwatch.events.ingest import ingest_paths, read_head
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 from exfilwatch.synth.writers import postfix
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -42,7 +42,7 @@ def M(time, message_id, internal_id, src_user, recipient, size, subject, file_na
 
 
 def email_rows(home: Home) -> list[dict]:
-    state = StateStore(home.state_path)
+    state = open_state(home)
     files = state.lake_files("email")
     state.close()
     if not files:
@@ -68,7 +68,7 @@ def brief(rows: list[dict]) -> list[tuple]:
 
 
 def quarantine(home: Home) -> list[tuple]:
-    state = StateStore(home.state_path)
+    state = open_state(home)
     rows = [(Path(r["file"]).name, r["line_no"], r["reason"]) for r in
             state.query("SELECT file, line_no, reason FROM quarantine ORDER BY file, line_no")]
     state.close()
@@ -124,7 +124,7 @@ def test_postfix_messages_joined_across_three_files(tmp_path):
                                 "joined when their next lines are ingested"]
     assert brief(email_rows(home)) == POSTFIX_ROWS
     assert quarantine(home) == POSTFIX_QUARANTINE
-    state = StateStore(home.state_path)
+    state = open_state(home)
     assert state.query("SELECT count(*) AS n FROM postfix_pending WHERE consumed_by IS NULL")[0]["n"] == 0
     state.close()
 
@@ -402,7 +402,7 @@ def test_zeek_smtp_with_sizes_from_files_log_and_conn_log(tmp_path):
         ("smtp.log", 16, "bad timestamp in field ts: XXXXXXXXXX.XXXXXX (expected epoch seconds or ISO 8601)"),
         ("smtp.log", 17, "bad number in field trans_depth: one"),
     ]
-    state = StateStore(home.state_path)
+    state = open_state(home)
     files = state.lake_files("file_transfer")
     state.close()
     got = duckdb.sql(f"SELECT file_id, session_ids, src_ips, app, file_name, bytes FROM read_parquet({files!r}) "

@@ -13,7 +13,7 @@ from exfilwatch.events.ingest import ingest_paths, read_head
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
 from exfilwatch.sources.pulse_secure import PulseSecure
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 
 from .conftest import Flow, settings_for, write_conn_log
 
@@ -36,7 +36,7 @@ def ingest(home: Home, path: Path, **kwargs):
 
 def events(home: Home) -> dict[int, tuple]:
     """The lake's authentication rows by line number, times as UTC text."""
-    state = StateStore(home.state_path)
+    state = open_state(home)
     files = state.lake_files("authentication")
     state.close()
     if not files:
@@ -51,7 +51,7 @@ def events(home: Home) -> dict[int, tuple]:
 
 
 def quarantine(home: Home) -> dict[int, str]:
-    state = StateStore(home.state_path)
+    state = open_state(home)
     rows = state.query("SELECT file, line_no, reason FROM quarantine ORDER BY line_no")
     state.close()
     return {row["line_no"]: (row["file"], row["reason"]) for row in rows}

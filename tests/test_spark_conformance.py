@@ -17,7 +17,7 @@ from .pipelinekit import detect_once
 from exfilwatch.detections.schema import load_detections
 from exfilwatch.events.engine import connect
 from exfilwatch.events.ingest import ingest_paths
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 from exfilwatch.timeexpr import parse_time
 
 pyspark = pytest.importorskip("pyspark")
@@ -49,7 +49,7 @@ def test_spark_findings_equal_duckdb_findings(spark, tmp_path, detection, test):
     for data in test.data:
         ingest_paths([detection.folder / data.file], home, settings, data.source)
     now = parse_time(test.now, datetime(1970, 1, 1, tzinfo=timezone.utc), settings.timezone)
-    state = StateStore(home.state_path)
+    state = open_state(home)
     con = connect(settings)
     duck = detect_once(con, state, settings, [detection], now, overrides=test.set, store=False)[0].findings
     sparked = detect_once(con, state, settings, [detection], now, overrides=test.set, store=False, spark=spark)[0].findings

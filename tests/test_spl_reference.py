@@ -23,7 +23,7 @@ from .pipelinekit import detect_once
 from exfilwatch.detections.schema import load_detections
 from exfilwatch.events.engine import connect
 from exfilwatch.events.ingest import ingest_paths
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 
 from .conftest import Flow, settings_for, write_conn_log
 
@@ -128,7 +128,7 @@ def test_detections_match_spl_reference_row_for_row(tmp_path, home, seed, tz, th
     settings = settings_for(tz)
     ingest_paths([write_conn_log(tmp_path / "conn.log", sorted(flows, key=lambda f: f.ts))], home, settings)
     detections = load_detections()
-    state = StateStore(home.state_path)
+    state = open_state(home)
     con = connect(settings)
     fired = 0
     for direction, (detection_id, entity, value_field) in DETECTIONS.items():

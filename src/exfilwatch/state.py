@@ -4,201 +4,120 @@ Ingest checkpoints and committed lake batches, quarantined lines, detection runs
 watermarks, and findings. WAL lets the service, the CLI and the UI use it at once. A lake
 batch becomes visible only when its row in `batch_files` is committed here, in the same
 transaction that moves the file's checkpoint, so a killed ingest never leaves half a batch.
+
+Schema. Each stage owns its tables and declares them as a `StageSchema`: its name and its
+ordered migrations (SQL scripts, or functions of the connection and the home root for what SQL
+cannot say). `schema_versions(stage, version)` records how many of a stage's migrations a store
+has had; opening a store applies the pending ones of the stages it is given, in order, in one
+transaction. The core imports no stage: whoever opens the store passes the stages
+(`exfilwatch.home` passes them all; a stage that opens a store of its own passes the ones it
+needs). `StateStore(path)` with no stages opens the store as it is.
+
+Paths. Every path stored under the home (lake files) is relative to the home root, in POSIX
+spelling, so a home reached by a relative path or a symlink, moved, or copied uses its own
+files; `StateStore.root` is the home root the relative paths resolve against (`lake_files`
+returns absolute paths, for DuckDB), which a copy of the store elsewhere (backtest) keeps
+pointing at the real home.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS file_checkpoints (
-    path TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    inode INTEGER,
-    offset INTEGER NOT NULL,
-    line_no INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id TEXT PRIMARY KEY,
-    model TEXT NOT NULL,
-    source TEXT NOT NULL,
-    file TEXT NOT NULL,
-    first_line INTEGER NOT NULL,
-    last_line INTEGER NOT NULL,
-    lines INTEGER NOT NULL,
-    events INTEGER NOT NULL,
-    quarantined INTEGER NOT NULL,
-    skipped INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batch_files (
-    path TEXT PRIMARY KEY,
-    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
-    model TEXT NOT NULL,
-    day TEXT NOT NULL,
-    rows INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS batch_files_model_day ON batch_files(model, day);
--- Every address seen in committed network_traffic batches: the asset inventory is matched
--- against these at query time without scanning the lake.
-CREATE TABLE IF NOT EXISTS lake_addresses (
-    ip TEXT PRIMARY KEY
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY,
-    batch_id TEXT NOT NULL,
-    source TEXT NOT NULL,
-    file TEXT NOT NULL,
-    line_no INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    raw TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS skipped (
-    batch_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (batch_id, kind)
-);
-CREATE TABLE IF NOT EXISTS detection_runs (
-    run_id INTEGER PRIMARY KEY,
-    detection_id TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    now TEXT NOT NULL,
-    earliest TEXT NOT NULL,
-    latest TEXT NOT NULL,
-    findings INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS watermarks (
-    detection_id TEXT PRIMARY KEY,
-    last_fire TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS findings (
-    finding_key TEXT PRIMARY KEY,
-    detection_id TEXT NOT NULL,
-    entity TEXT NOT NULL,
-    bucket TEXT NOT NULL,
-    time TEXT NOT NULL,
-    value REAL,
-    risk_score REAL NOT NULL,
-    message TEXT NOT NULL,
-    risk_objects TEXT NOT NULL,
-    fields TEXT NOT NULL,
-    first_run_id INTEGER,
-    last_run_id INTEGER,
-    updates INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS findings_detection_time ON findings(detection_id, time);
--- risk-based alerting (risk.py): risk events are rebuilt from findings on every risk run;
--- suppression decisions, incidents and deliveries are kept.
-CREATE TABLE IF NOT EXISTS risk_events (
-    event_key TEXT PRIMARY KEY,          -- finding_key|risk object field
-    finding_key TEXT NOT NULL,
-    detection_id TEXT NOT NULL,
-    time TEXT NOT NULL,                  -- ISO 8601 UTC
-    risk_object TEXT NOT NULL,           -- after identity resolution
-    risk_object_type TEXT NOT NULL,
-    source_object TEXT NOT NULL,         -- as the finding named it
-    source_object_type TEXT NOT NULL,
-    risk_object_field TEXT NOT NULL,
-    raw_score REAL NOT NULL,
-    score REAL NOT NULL,                 -- after risk modifiers
-    modifiers TEXT NOT NULL,             -- JSON: the modifiers applied
-    message TEXT NOT NULL,
-    techniques TEXT NOT NULL,            -- JSON list of ATT&CK ids
-    tactics TEXT NOT NULL,               -- JSON list of tactic short names
-    session_id TEXT,
-    available TEXT NOT NULL              -- when its finding was first detected: incident rules see it from then
-);
-CREATE INDEX IF NOT EXISTS risk_events_object_time ON risk_events(risk_object, time);
-CREATE TABLE IF NOT EXISTS suppressions (
-    suppression_id TEXT PRIMARY KEY,
-    detection_id TEXT NOT NULL,          -- or '*'
-    entity TEXT,                         -- glob
-    conditions TEXT NOT NULL,            -- JSON: field -> value, glob, list or {min,max,gt,lt}
-    owner TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    created TEXT NOT NULL,
-    expires TEXT                         -- ISO 8601 UTC; NULL = never
-);
-CREATE TABLE IF NOT EXISTS finding_suppressions (
-    finding_key TEXT PRIMARY KEY,        -- every finding once risk has seen it
-    suppression_id TEXT,                 -- NULL = not suppressed
-    decided_at TEXT NOT NULL             -- the run's now
-);
-CREATE TABLE IF NOT EXISTS incidents (
-    incident_id INTEGER PRIMARY KEY,
-    incident_key TEXT NOT NULL UNIQUE,   -- rule|risk object|first risk event time
-    detection_id TEXT NOT NULL,
-    risk_object TEXT NOT NULL,
-    risk_object_type TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    score REAL,
-    first_time TEXT NOT NULL,
-    last_time TEXT NOT NULL,
-    raised_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    updates INTEGER NOT NULL DEFAULT 0,
-    message TEXT NOT NULL,
-    event_keys TEXT NOT NULL,            -- JSON list of risk event keys
-    fields TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS incidents_object ON incidents(risk_object, detection_id);
-CREATE TABLE IF NOT EXISTS deliveries (
-    output TEXT NOT NULL,
-    kind TEXT NOT NULL,                  -- incident | finding
-    item_key TEXT NOT NULL,
-    status TEXT NOT NULL,                -- delivered | pending
-    attempts INTEGER NOT NULL,
-    last_error TEXT,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (output, kind, item_key)
-);
--- mail sources (sources/postfix.py, sources/mailcommon.py): lines of Postfix messages not yet
--- complete, and keys of messages already written (Exchange/M365 dedup across batches). A row
--- counts only once its producing batch is in `batches`; see mailcommon.recover.
-CREATE TABLE IF NOT EXISTS postfix_pending (
-    key TEXT NOT NULL,
-    queue_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    time INTEGER NOT NULL,
-    message_id TEXT, sender TEXT, size INTEGER, nrcpt INTEGER, client_ip TEXT,
-    rcpt TEXT, relay TEXT, dsn TEXT, status TEXT, hop INTEGER, subject TEXT, file_name TEXT,
-    raw_ref TEXT NOT NULL,
-    produced_by TEXT NOT NULL,
-    consumed_by TEXT
-);
-CREATE INDEX IF NOT EXISTS postfix_pending_key ON postfix_pending(key);
-CREATE TABLE IF NOT EXISTS mail_seen (
-    source TEXT NOT NULL,
-    key TEXT NOT NULL,
-    time INTEGER NOT NULL,
-    produced_by TEXT NOT NULL,
-    PRIMARY KEY (source, key)
-);
-CREATE INDEX IF NOT EXISTS mail_seen_time ON mail_seen(source, time);
-"""
+# A migration: an SQL script, or a function of the connection (inside the migrating
+# transaction) and the home root.
+Migration = str | Callable[[sqlite3.Connection, Path], None]
+
+
+@dataclass(frozen=True)
+class StageSchema:
+    """The tables one stage owns: its ordered migrations; a store at version n has had the first n."""
+
+    stage: str
+    migrations: tuple[Migration, ...]
+
+    @property
+    def version(self) -> int:
+        return len(self.migrations)
+
+
+VERSIONS_DDL = "CREATE TABLE IF NOT EXISTS schema_versions (stage TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+
+
+def sql_statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, one by one (executescript would commit the open transaction)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \t\r\n;"):
+        raise ValueError(f"an incomplete SQL statement in a migration: {pending.strip()[:80]!r}")
+
+
+def home_relative(path: str | os.PathLike[str], root: Path) -> str | None:
+    """A file-system path (absolute, or relative to the working folder) as a POSIX path relative
+    to the home `root`, under any spelling of either (symlinks, `..`); None when outside the home."""
+    for base, target in ((Path(os.path.abspath(root)), Path(os.path.abspath(path))),
+                         (Path(root).resolve(), Path(path).resolve())):
+        try:
+            return target.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return None
 
 
 class StateStore:
-    """A thin, explicit wrapper over the SQLite state file."""
+    """A thin, explicit wrapper over the SQLite state file of the home at `root` (default: its folder)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, stages: Sequence[StageSchema] = (), root: Path | None = None):
         self.path = path
+        self.root = Path(os.path.abspath(root if root is not None else path.parent))
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.executescript(SCHEMA)
+        if stages:
+            self.migrate(stages)
 
     def close(self) -> None:
         self.conn.close()
+
+    # --- schema -----------------------------------------------------------------------------
+
+    def versions(self) -> dict[str, int]:
+        exists = self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_versions'")
+        return {r["stage"]: r["version"] for r in self.query("SELECT * FROM schema_versions")} if exists else {}
+
+    def migrate(self, stages: Sequence[StageSchema]) -> None:
+        """Apply the stages' pending migrations, in order, in one transaction (nothing when all are applied)."""
+        if all(self.versions().get(s.stage, 0) >= s.version for s in stages):
+            return  # no write at all: a read-only home still opens
+        with self.transaction() as db:
+            db.execute(VERSIONS_DDL)
+            applied = {r["stage"]: r["version"] for r in db.execute("SELECT * FROM schema_versions")}
+            for schema in stages:
+                current = applied.get(schema.stage, 0)
+                for migration in schema.migrations[current:]:
+                    if isinstance(migration, str):
+                        for statement in sql_statements(migration):
+                            db.execute(statement)
+                    else:
+                        migration(db, self.root)
+                if schema.version > current:
+                    db.execute("INSERT INTO schema_versions VALUES (?, ?) ON CONFLICT(stage) DO UPDATE SET "
+                               "version = excluded.version", (schema.stage, schema.version))
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -213,6 +132,29 @@ class StateStore:
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()
 
+    # --- paths under the home ------------------------------------------------------------------
+
+    def relative(self, path: str | os.PathLike[str]) -> str:
+        """How a path under the home is stored: relative to the home root, POSIX spelling."""
+        relative = home_relative(path, self.root)
+        if relative is None:
+            raise ValueError(f"{path} is not under the home {self.root}")
+        return relative
+
+    def absolute(self, stored: str) -> str:
+        """A stored path resolved against the home root (a path stored absolute stays as it is)."""
+        return str(self.root / stored)
+
+    def normalised(self, stored: Iterable[str]) -> set[str]:
+        """Stored paths in one spelling, home-relative POSIX (those outside the home absolute)."""
+        spelled = set()
+        for path in stored:
+            if os.path.isabs(path):
+                spelled.add(home_relative(path, self.root) or path)
+            else:
+                spelled.add(Path(os.path.normpath(path)).as_posix())
+        return spelled
+
     # --- ingest ---------------------------------------------------------------------------
 
     def checkpoint(self, path: str) -> sqlite3.Row | None:
@@ -226,7 +168,7 @@ class StateStore:
         return rows[0] if rows else None
 
     def lake_files(self, model: str, first_day: str | None = None, last_day: str | None = None) -> list[str]:
-        """Committed Parquet files of a model, optionally only partitions in [first_day, last_day]."""
+        """Committed Parquet files of a model (absolute paths), optionally only partitions in [first_day, last_day]."""
         sql = "SELECT path FROM batch_files WHERE model = ?"
         params: list[Any] = [model]
         if first_day:
@@ -235,10 +177,11 @@ class StateStore:
         if last_day:
             sql += " AND day <= ?"
             params.append(last_day)
-        return [row["path"] for row in self.query(sql + " ORDER BY day, path", tuple(params))]
+        return [self.absolute(row["path"]) for row in self.query(sql + " ORDER BY day, path", tuple(params))]
 
     def committed_lake_paths(self) -> set[str]:
-        return {row["path"] for row in self.query("SELECT path FROM batch_files")}
+        """Every committed lake file, home-relative (see `normalised`)."""
+        return self.normalised(row["path"] for row in self.query("SELECT path FROM batch_files"))
 
     # --- detections -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from exfilwatch.config import Home, Settings, load_settings
 from exfilwatch.detections.schema import Detection, load_detections
 from exfilwatch.errors import ExfilwatchError, UsageError
 from exfilwatch.outputs.formats import print_table, terminal_safe, to_csv, to_jsonl
+from exfilwatch.home import open_state
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import parse_time
 
@@ -46,7 +47,7 @@ class Context:
         return self._detections
 
     def state(self) -> StateStore:
-        return StateStore(self.home.state_path)
+        return open_state(self.home)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -24,7 +24,7 @@ from exfilwatch.events.engine import connect
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.outputs.formats import print_table
 from exfilwatch.evaluate.replay import check_labels, check_stored
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 from exfilwatch.synth.org import generate_organisation
 
 DEMO_END = date(2026, 10, 31)
@@ -52,7 +52,7 @@ def run_demo(out: Path, hosts: int, days: int, seed: int, console: Console) -> i
     console.rule("3. run the scheduled detections, catching up from the start of the data")
     zone = ZoneInfo(settings.timezone)
     now = datetime.combine(DEMO_END + timedelta(days=1), time(0, 0), tzinfo=zone)
-    state = StateStore(home.state_path)
+    state = open_state(home)
     con = connect(settings, home.spill_dir)
     catalog = list(load_detections().values())
     detections = [d for d in catalog if d.data_model in ("network_traffic", "user_sessions") and d.type != "correlation"]

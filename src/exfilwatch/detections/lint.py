@@ -36,6 +36,7 @@ from exfilwatch import attack
 from exfilwatch.config import Settings
 from exfilwatch.events.engine import expose_models, register_lake_views
 from exfilwatch.models import DATA_MODELS, DERIVED_VIEWS
+from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import TimeModifierError, relative_time
 from exfilwatch.detections.runner import compiled_sql, sql_parameters
@@ -61,7 +62,7 @@ def _empty_views(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
     any other in models.DERIVED_VIEWS) empty, with their declared columns.
     """
     settings = Settings()
-    state = StateStore(folder / "state.sqlite")
+    state = StateStore(folder / "state.sqlite", (EVENTS_TABLES,))
     try:
         register_lake_views(con, settings, state)
         expose_models(con)

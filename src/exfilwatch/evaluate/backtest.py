@@ -51,7 +51,7 @@ def backtest_detection(state: StateStore, settings: Settings, catalog: list[Dete
         target.execute("DELETE FROM watermarks WHERE detection_id = ?", (detection_id,))
         target.commit()
         target.close()
-        copy = StateStore(copy_path)
+        copy = StateStore(copy_path, root=state.root)  # the copy reads the real home's lake
         con = connect(settings, Path(tmp) / "spill")
         try:
             if detection.type == "correlation":

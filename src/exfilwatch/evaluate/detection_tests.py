@@ -22,7 +22,7 @@ from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.findings.record import Finding
 from exfilwatch.findings.store import load_findings_file
 from exfilwatch.risk.events import describe_event, stored_risk_events
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 from exfilwatch.timeexpr import parse_time
 
 
@@ -53,7 +53,7 @@ def run_detection_test(detection: Detection, test: DetectionTest) -> TestResult:
         home = Home(root=Path(tmp), config_path=Path(tmp) / "config.yaml")
         settings = parse_settings(test.config, f"{detection.folder / 'detection.yml'} test {test.name!r} config")
         now = parse_time(test.now, datetime(1970, 1, 1, tzinfo=timezone.utc), settings.timezone)
-        state = StateStore(home.state_path)
+        state = open_state(home)
         techniques: dict[str, list[str]] = {}
         for data in test.data:
             if data.source == "findings":  # hand-built findings, for correlation rules over risk events

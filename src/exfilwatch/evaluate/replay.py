@@ -37,6 +37,7 @@ from exfilwatch.features.sessions import build_user_sessions
 from exfilwatch.findings.record import findings_from_rows
 from exfilwatch.detections.schema import Detection
 from exfilwatch.events.engine import expose_models, register_lake_views
+from exfilwatch.home import open_state
 from exfilwatch.state import StateStore
 
 LABEL_COLUMNS = ("case_id", "detection_id", "entity", "day", "technique", "expected", "description")
@@ -289,7 +290,7 @@ def evaluate_command(home, settings: Settings, detections: list[Detection], labe
     if fmt not in ("table", "jsonl", "markdown"):
         raise LabelError(f"--format {fmt!r}: expected table, jsonl or markdown")
     labels = read_labels(labels_path)
-    state = StateStore(home.state_path)
+    state = open_state(home)
     con = connect(settings, home.spill_dir)
     try:
         bounds = data_bounds(con, state, settings)

@@ -32,7 +32,9 @@ import pyarrow as pa
 from exfilwatch.config import Home, Settings
 from exfilwatch.events.engine import connect
 from exfilwatch.events.lake import remove_orphans, write_batch
+from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.sources import ParseContext, Source, detect_source, get_source
+from exfilwatch.sources.tables import SCHEMA as SOURCE_TABLES
 from exfilwatch.state import StateStore
 
 CHUNK_BYTES = 64 * 1024 * 1024
@@ -275,7 +277,7 @@ def _ingest_chunk(chunk: LineChunk, source: Source, ctx: ParseContext, home: Hom
         )
         db.executemany(
             "INSERT INTO batch_files VALUES (?,?,?,?,?)",
-            [(f.path, ctx.batch_id, source.data_model.name, f.day, f.rows) for f in files],
+            [(state.relative(f.path), ctx.batch_id, source.data_model.name, f.day, f.rows) for f in files],
         )
         db.executemany(
             "INSERT INTO quarantine (batch_id, source, file, line_no, reason, raw) VALUES (?,?,?,?,?,?)",
@@ -314,7 +316,7 @@ def ingest_paths(
     source = get_source(source_name) if source_name else None
     reports: list[FileReport] = []
     with ingest_lock(home):
-        state = StateStore(home.state_path)
+        state = StateStore(home.state_path, (SOURCE_TABLES, EVENTS_TABLES), root=home.root)
         con = connect(settings, home.spill_dir)
         try:
             remove_orphans(home.lake, state)

@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from exfilwatch.models import DataModel
-from exfilwatch.state import StateStore
+from exfilwatch.state import StateStore, home_relative
 
 STAGING = ".staging"
 
@@ -59,18 +59,24 @@ def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, ba
 
 
 def remove_orphans(lake: Path, state: StateStore) -> int:
-    """Delete staged or renamed files of batches that were never committed (a killed run)."""
+    """Delete staged or renamed files of batches that were never committed (a killed run).
+
+    A file is kept when the state lists it, committed or superseded, under any spelling: both
+    sides are compared as home-relative POSIX paths, never as absolute spellings.
+    """
     removed = 0
     staging = lake / STAGING
     if staging.exists():
         shutil.rmtree(staging, ignore_errors=True)
     if not lake.exists():
         return 0
-    committed = state.committed_lake_paths()
+    listed = state.committed_lake_paths() | state.normalised(
+        row["path"] for row in state.query("SELECT path FROM superseded_files"))
     for dirpath, _dirnames, filenames in os.walk(lake):
         for name in filenames:
             path = os.path.join(dirpath, name)
-            if name.endswith(".parquet") and path not in committed:
+            relative = home_relative(path, state.root)
+            if name.endswith(".parquet") and relative is not None and relative not in listed:
                 os.remove(path)
                 removed += 1
     return removed

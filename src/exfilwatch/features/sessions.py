@@ -77,6 +77,7 @@ from exfilwatch.config import Home, Settings
 from exfilwatch.events.engine import register_lake_views
 from exfilwatch.events.lake import write_batch
 from exfilwatch.models import USER_SESSIONS
+from exfilwatch.features.tables import SCHEMA as FEATURE_TABLES
 from exfilwatch.state import StateStore, dumps
 from exfilwatch.enrich.domains import register_domain_table
 from exfilwatch.enrich.identities import load_identities, register_identity_map
@@ -89,19 +90,6 @@ INPUT_MODELS = ("authentication", "email", "network_traffic")
 NOT_SENT_ACTIONS = ("failed", "blocked", "relayed", "probe", "dropped", "rejected", "bounced", "quarantined")
 NOT_SENT_EVENT_TYPES = ("email-relay", "email-out-failed", "email-in")
 
-STATE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS derived_builds (
-    name TEXT PRIMARY KEY,
-    built_until TEXT NOT NULL,
-    settings_hash TEXT NOT NULL,
-    counts TEXT  -- what the last build saw and could not use (SessionCounts, JSON)
-);
-CREATE TABLE IF NOT EXISTS derived_inputs (
-    name TEXT NOT NULL,
-    path TEXT NOT NULL,
-    PRIMARY KEY (name, path)
-);
-"""
 
 END_KIND_SQL = """
     CASE WHEN {r} IS NULL OR {r} = '' THEN 'logout'
@@ -843,13 +831,6 @@ def _closed_sessions(con: duckdb.DuckDBPyConnection, target: str, vpn_ids: str, 
 # --- the store --------------------------------------------------------------------------------------
 
 
-def _ensure_schema(state: StateStore) -> None:
-    state.conn.executescript(STATE_SCHEMA)
-    columns = {row["name"] for row in state.query("PRAGMA table_info(derived_builds)")}
-    if "counts" not in columns:  # a state store from before the column
-        state.conn.execute("ALTER TABLE derived_builds ADD COLUMN counts TEXT")
-
-
 def _utc_midnight(t: datetime) -> datetime:
     t = t.astimezone(timezone.utc)
     return datetime(t.year, t.month, t.day, tzinfo=timezone.utc)
@@ -882,10 +863,10 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
     """Bring the stored `user_sessions` up to `now` (see the module's Storage section)."""
     from exfilwatch.events.ingest import ingest_lock
 
-    home = Home(root=state.path.parent, config_path=state.path.parent / "config.yaml")
+    home = Home(root=state.root, config_path=state.root / "config.yaml")
     now = now.astimezone(timezone.utc)
     with ingest_lock(home):  # no ingest may sweep our staged files as orphans meanwhile
-        _ensure_schema(state)
+        state.migrate((FEATURE_TABLES,))
         files = _input_files(state)
         if not files:
             return BuildReport(None, now, reason="no input data")
@@ -923,13 +904,13 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
             db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (batch_id, NAME, "sessions", f"derived from {', '.join(INPUT_MODELS)}", 0, 0, 0, rows, 0, 0))
             db.executemany("INSERT INTO batch_files VALUES (?,?,?,?,?)",
-                           [(f.path, batch_id, NAME, f.day, f.rows) for f in written])
+                           [(state.relative(f.path), batch_id, NAME, f.day, f.rows) for f in written])
             db.execute("INSERT INTO derived_builds VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
                        "built_until=excluded.built_until, settings_hash=excluded.settings_hash, counts=excluded.counts",
                        (NAME, now.isoformat(), settings_hash, dumps(counts.as_dict())))
             db.executemany("INSERT OR IGNORE INTO derived_inputs VALUES (?, ?)", [(NAME, path) for path, _ in files])
         for path in old:
-            Path(path).unlink(missing_ok=True)
+            Path(state.absolute(path)).unlink(missing_ok=True)
         return BuildReport(start, now, rows, reason, counts)
 
 

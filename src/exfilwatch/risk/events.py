@@ -158,10 +158,6 @@ def rebuild_risk_events(
     result = RebuildResult()
     result.newly_decided, result.newly_suppressed = decide_suppressions(state, settings, now)
     resolver = EntityResolver(settings)
-    if "available" not in {row["name"] for row in state.query("PRAGMA table_info(risk_events)")}:
-        with state.transaction() as db:  # a store from before the column: the table is derived, rebuild it
-            db.execute("DROP TABLE risk_events")
-        state.conn.executescript(_risk_events_ddl())
     rows = state.query(
         "SELECT f.*, s.suppression_id, s.decided_at, r.now AS detected FROM findings f "
         "JOIN finding_suppressions s USING (finding_key) LEFT JOIN detection_runs r ON r.run_id = f.first_run_id"
@@ -182,13 +178,6 @@ def rebuild_risk_events(
         db.executemany(f"INSERT INTO risk_events VALUES ({','.join('?' * 17)})", [e.row() for e in events])
     result.events = len(events)
     return result
-
-
-def _risk_events_ddl() -> str:
-    from exfilwatch.state import SCHEMA
-
-    start = SCHEMA.index("CREATE TABLE IF NOT EXISTS risk_events")
-    return SCHEMA[start:SCHEMA.index(");", start) + 2]
 
 
 def stored_risk_events(state: StateStore, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:

@@ -1,0 +1,24 @@
+"""The detections stage's tables in the state store: runs and watermarks (see state.py, Schema).
+"""
+
+from __future__ import annotations
+
+from exfilwatch.state import StageSchema
+
+SCHEMA = StageSchema("detections", (
+    """
+CREATE TABLE IF NOT EXISTS detection_runs (
+    run_id INTEGER PRIMARY KEY,
+    detection_id TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    now TEXT NOT NULL,
+    earliest TEXT NOT NULL,
+    latest TEXT NOT NULL,
+    findings INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watermarks (
+    detection_id TEXT PRIMARY KEY,
+    last_fire TEXT NOT NULL
+);
+""",
+))

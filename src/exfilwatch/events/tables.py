@@ -1,0 +1,110 @@
+"""The events stage's tables in the state store: file checkpoints, committed lake batches and their
+files, quarantined lines and skipped counts (see state.py, Schema).
+
+Lake file paths are stored relative to the home (migration 2 makes those of a home from the
+release before relative). `superseded_files` lists lake files that a newer batch replaced and
+that a reader may still be reading: lake.py deletes them once no reader can hold them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path, PurePosixPath
+
+from exfilwatch.state import StageSchema, home_relative
+
+LAKE = "lake"
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS file_checkpoints (
+    path TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    inode INTEGER,
+    offset INTEGER NOT NULL,
+    line_no INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    source TEXT NOT NULL,
+    file TEXT NOT NULL,
+    first_line INTEGER NOT NULL,
+    last_line INTEGER NOT NULL,
+    lines INTEGER NOT NULL,
+    events INTEGER NOT NULL,
+    quarantined INTEGER NOT NULL,
+    skipped INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_files (
+    path TEXT PRIMARY KEY,
+    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
+    model TEXT NOT NULL,
+    day TEXT NOT NULL,
+    rows INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batch_files_model_day ON batch_files(model, day);
+-- Every address seen in committed network_traffic batches: the asset inventory is matched
+-- against these at query time without scanning the lake.
+CREATE TABLE IF NOT EXISTS lake_addresses (
+    ip TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    batch_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    file TEXT NOT NULL,
+    line_no INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    raw TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    batch_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (batch_id, kind)
+);
+"""
+
+SUPERSEDED = """
+CREATE TABLE IF NOT EXISTS superseded_files (
+    path TEXT PRIMARY KEY,               -- home-relative, like batch_files.path
+    superseded_by TEXT NOT NULL          -- the batch or command that replaced it
+);
+"""
+
+
+def stored_spelling(path: str, root: Path) -> str:
+    """A lake path as a home made by the release before stored it, in today's spelling.
+
+    Absolute paths under the home become relative. An absolute path into another home's lake
+    (this home was copied from it) becomes this home's copy of the file when that exists.
+    """
+    if not Path(path).is_absolute():
+        return path
+    relative = home_relative(path, root)
+    if relative is not None:
+        return relative
+    parts = PurePosixPath(path).parts
+    if LAKE in parts:
+        own = PurePosixPath(*parts[len(parts) - 1 - parts[::-1].index(LAKE):])
+        if (root / own).is_file():
+            return own.as_posix()
+    return path
+
+
+def relativise_paths(db: sqlite3.Connection, root: Path, table: str, *key: str) -> None:
+    """Rewrite `table.path` in today's spelling (see `stored_spelling`), keeping its other key columns."""
+    columns = ("path", *key)
+    where = " AND ".join(f"{name} = ?" for name in columns)
+    for row in db.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall():
+        spelled = stored_spelling(row[0], root)
+        if spelled != row[0]:
+            db.execute(f"UPDATE OR REPLACE {table} SET path = ? WHERE {where}", (spelled, *row))
+
+
+def _relative_batch_files(db: sqlite3.Connection, root: Path) -> None:
+    relativise_paths(db, root, "batch_files")
+
+
+SCHEMA = StageSchema("events", (TABLES, _relative_batch_files, SUPERSEDED))

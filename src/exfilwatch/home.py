@@ -1,0 +1,31 @@
+"""Opening a home's state store with every stage's tables: the one list of them, at the pipeline layer.
+
+Each stage declares the tables it owns and their ordered migrations (`<stage>/tables.py`); the
+core state store imports none of them. This module lists them in the order data flows and
+opens the store with all of them, applying what a store lacks (state.py, Schema). Front ends,
+the pipeline's callers and the evaluation tools open the store here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from exfilwatch.config import Home
+from exfilwatch.detections.tables import SCHEMA as DETECTIONS
+from exfilwatch.events.tables import SCHEMA as EVENTS
+from exfilwatch.features.tables import SCHEMA as FEATURES
+from exfilwatch.findings.tables import SCHEMA as FINDINGS
+from exfilwatch.incidents.tables import SCHEMA as INCIDENTS
+from exfilwatch.outputs.tables import SCHEMA as OUTPUTS
+from exfilwatch.risk.tables import SCHEMA as RISK
+from exfilwatch.sources.tables import SCHEMA as SOURCES
+from exfilwatch.state import StageSchema, StateStore
+
+STAGES: tuple[StageSchema, ...] = (SOURCES, EVENTS, FEATURES, DETECTIONS, FINDINGS, RISK, INCIDENTS, OUTPUTS)
+
+
+def open_state(home: Home | Path) -> StateStore:
+    """The state store of a home (or of the home folder at a path), migrated to this release."""
+    if not isinstance(home, Home):
+        home = Home(root=Path(home), config_path=Path(home) / "config.yaml")
+    return StateStore(home.state_path, STAGES, root=home.root)
