@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exfilwatch.config import parse_settings
+from exfilwatch.config import Home, parse_settings
 from exfilwatch.detections.runner import DetectionRunError
 from exfilwatch.detections.schedule import fire_times
 from exfilwatch.findings.store import store_findings
@@ -133,3 +133,58 @@ def test_catch_up_snapshot_keeps_only_rows_the_search_can_use():
     twice = ("SELECT * FROM network_traffic WHERE bytes > 5 UNION ALL "
              "SELECT * FROM network_traffic WHERE bytes < 2")
     assert snapshot_condition(twice, "network_traffic") is None
+
+
+def flows_on(days: list[datetime], spike_day: datetime | None = None) -> list[Flow]:
+    """Daily traffic of nine hosts from the mail server on `days`; host .66 spikes on `spike_day`."""
+    flows = []
+    for day in days:
+        for h in range(1, 9):
+            flows.append(Flow(day.replace(hour=10).timestamp(), "10.10.0.5", f"10.20.0.{h}",
+                              1_000_000 + 10_000 * ((h * day.day) % 7), 100, resp_port=445))
+        total = 50_000_000 if day == spike_day else 1_000_000 + 5_000 * (day.day % 3)
+        flows.append(Flow(day.replace(hour=11).timestamp(), "10.10.0.5", "10.20.0.66", total, 100, resp_port=445))
+    return sorted(flows, key=lambda f: f.ts)
+
+
+def stored(state: StateStore) -> list[dict]:
+    return [dict(r) for r in state.query("SELECT finding_key, value, fields FROM findings ORDER BY 1")]
+
+
+def test_catch_up_over_gaps_and_a_dst_change_skips_empty_fires_and_finds_the_same(setup, tmp_path_factory):
+    tmp_path, home, settings, detections, state, con = setup
+    # Two bursts of data 50 days apart: the 30-day windows of the fires in between hold nothing.
+    # The second burst spans the end of daylight saving time (1 November 2026 in New York).
+    days = [datetime(2026, 8, d, tzinfo=NY) for d in range(1, 21)] + [datetime(2026, 10, 10, tzinfo=NY)] + \
+        [datetime(2026, 10, 20, tzinfo=NY) + timedelta(days=i) for i in range(16)]
+    spike = datetime(2026, 11, 4, tzinfo=NY)
+    ingest_paths([write_conn_log(tmp_path / "a.log", flows_on(days, spike))], home, settings)
+    now = datetime(2026, 11, 5, 6, 0, tzinfo=NY)
+    [caught_up] = run_schedule(con, state, settings, [detections[OUT]], now)
+    assert caught_up.skipped_fires > 24 * 10  # the empty hours between the bursts were not run
+    other = StateStore(tmp_path_factory.mktemp("other") / "state.sqlite")
+    first_row = datetime(2026, 8, 1, 10, tzinfo=NY)  # a first run catches up from the start of the data
+    every = fire_times("0 * * * *", first_row - timedelta(microseconds=1), now, "America/New_York")
+    assert caught_up.fires + caught_up.skipped_fires == len(every)
+    for fire in every:  # the reference: each fire in order, the same store rule (larger value: update)
+        store_findings(other, detect_once(con, state, settings, [detections[OUT]], fire, store=False)[0].findings, 0)
+    assert stored(state) == stored(other)
+    assert [r["finding_key"].split("|")[1] for r in stored(state)] == ["10.20.0.66"]
+
+
+def test_a_first_run_with_the_wall_clock_on_old_logs_runs_only_the_fires_that_can_find_something(setup, tmp_path):
+    _, home, settings, detections, state, con = setup
+    days = [datetime(2021, 3, 1, tzinfo=NY) + timedelta(days=i) for i in range(20)]
+    log = write_conn_log(tmp_path / "old.log", flows_on(days, days[-2]))
+    ingest_paths([log], home, settings)
+    end_of_data = datetime(2021, 3, 21, 0, 0, tzinfo=NY)
+    reference_home = Home(root=tmp_path / "reference", config_path=tmp_path / "reference" / "config.yaml")
+    ingest_paths([log], reference_home, settings)
+    reference_state = StateStore(reference_home.state_path)
+    [at_end] = run_schedule(con, reference_state, settings, [detections[OUT]], end_of_data + timedelta(days=31))
+    # Years later: every fire after the data's last 30-day window is skipped without being run.
+    years_later = datetime(2026, 12, 2, 9, 17, tzinfo=timezone.utc)
+    [late] = run_schedule(con, state, settings, [detections[OUT]], years_later)
+    assert late.fires == at_end.fires and late.skipped_fires > 5 * 365 * 24
+    assert stored(state) == stored(reference_state) and len(stored(state)) == 1
+    assert state.watermark(OUT) == datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc).isoformat()

@@ -14,6 +14,7 @@ incidents/correlation.py, outputs/deliver.py.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,8 @@ import duckdb
 
 from exfilwatch.config import Settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
-                                          referenced_columns, resolve_parameters, run_window, snapshot_condition)
+                                          referenced_columns, referenced_tables, resolve_parameters, run_window,
+                                          snapshot_condition)
 from exfilwatch.detections.schedule import DuePlan, due_fires, set_watermark
 from exfilwatch.detections.schema import Detection
 from exfilwatch.events.engine import expose_models, register_lake_views
@@ -31,7 +33,7 @@ from exfilwatch.features.sessions import BuildReport, build_user_sessions
 from exfilwatch.findings.record import Finding, findings_from_rows
 from exfilwatch.findings.store import StoreResult, store_findings
 from exfilwatch.incidents.correlation import CorrelationResult, RiskEventTimeline, evaluate_fires
-from exfilwatch.models import get_model
+from exfilwatch.models import DATA_MODELS, get_model
 from exfilwatch.outputs.deliver import DeliveryReport, deliver_pending
 from exfilwatch.risk.events import RebuildResult, rebuild_risk_events, register_risk_events_view, techniques_by_detection
 from exfilwatch.state import StateStore
@@ -169,8 +171,22 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
         known = set(model.column_names) | {name for name, _ in model.enrichment} | {"_day"}
         sql = compiled_sql(detection)
         columns = sorted((referenced_columns(sql) & known) | {"_time"})
-        expose_models(con, {model.name: (columns, first_start, last_end)}, snapshot_condition(sql, model.name))
+        condition = snapshot_condition(sql, model.name)
+        # A fire whose window holds no row can be skipped only if the search reads no other model
+        # and finds nothing in no data (an aggregate without GROUP BY would still return a row):
+        # asked once, on empty input.
+        expose_models(con, {model.name: (columns, first_start, last_end)}, "false")
+        silent_when_empty = (referenced_tables(sql) & set(DATA_MODELS)) <= {model.name} and not execute(
+            con, detection, params[0])
+        expose_models(con, {model.name: (columns, first_start, last_end)}, condition)
+        hours = _hours_with_rows(con, model.name)
+        run.fires = 0
         for index, (window, param) in enumerate(zip(windows, params)):
+            _report(options, detection.id, index + 1, len(plan.fires))
+            if silent_when_empty and not _any_hour_in(hours, *data_range(param)):
+                run.skipped_fires += 1
+                continue
+            run.fires += 1
             findings = findings_from_rows(detection, execute(con, detection, param), tz)
             run_id = record_run(state, detection, "schedule", window, len(findings))
             stored = store_findings(state, findings, run_id)
@@ -179,11 +195,24 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
             run.stored.unchanged += stored.unchanged
             run.findings.extend(findings)
             set_watermark(state, detection.id, window.now)
-            _report(options, detection.id, index + 1, len(plan.fires))
         expose_models(con)
     if plan.last is not None:
         set_watermark(state, detection.id, plan.last)
     return run
+
+
+def _hours_with_rows(con: duckdb.DuckDBPyConnection, table: str) -> list[int]:
+    """The hours (since the epoch, UTC) in which the snapshot has at least one row, in order."""
+    return [h for (h,) in con.execute(f"SELECT DISTINCT epoch_us(_time) // 3600000000 AS h FROM {table} "
+                                      "WHERE _time IS NOT NULL ORDER BY h").fetchall()]
+
+
+def _any_hour_in(hours: list[int], start: datetime, end: datetime) -> bool:
+    """Whether some hour with rows overlaps [start, end): a superset test, so it never hides a row."""
+    first = int(start.timestamp() // 3600)
+    last = -int(-end.timestamp() // 3600) - 1  # the hour holding the instant just before `end`
+    index = bisect.bisect_left(hours, first)
+    return index < len(hours) and hours[index] <= last
 
 
 def run_incident_rules(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, rules: list[Detection],

@@ -111,6 +111,10 @@ def referenced_columns(sql: str) -> set[str]:
     return {column.name for column in _parsed(sql).find_all(exp.Column)}
 
 
+def referenced_tables(sql: str) -> set[str]:
+    return {table.name for table in _parsed(sql).find_all(exp.Table)}
+
+
 def snapshot_condition(sql: str, model: str) -> str | None:
     """The search's own parameter-free conditions on the rows it reads from `model`, if any.
 
