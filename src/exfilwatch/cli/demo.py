@@ -24,6 +24,7 @@ from exfilwatch.events.engine import connect
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.outputs.formats import print_table
 from exfilwatch.evaluate.replay import check_labels, check_stored
+from exfilwatch.findings.store import query_findings
 from exfilwatch.home import open_state
 from exfilwatch.synth.org import generate_organisation
 
@@ -63,7 +64,8 @@ def run_demo(out: Path, hosts: int, days: int, seed: int, console: Console) -> i
         console.print(f"{run.detection.id}: {run.fires} hourly fire times, {run.stored.added} findings stored")
 
     console.rule("4. findings")
-    rows = [dict(r) for r in state.query("SELECT time, detection_id, entity, risk_score, message FROM findings ORDER BY time, detection_id")]
+    found = query_findings(state, suppressed=None)
+    rows = sorted(found, key=lambda r: (r["time"], r["detection_id"]))
     print_table(console, f"findings ({len(rows)})", rows, ["time", "detection_id", "entity", "risk_score", "message"])
 
     console.rule("5. against the labels")
@@ -72,9 +74,7 @@ def run_demo(out: Path, hosts: int, days: int, seed: int, console: Console) -> i
     wrong = [c for c in checked if c["ok"] != "yes"]
     labelled = {(c["detection_id"], c["entity"], c["day"]) for c in checked}
     network_ids = tuple(d.id for d in detections if d.data_model == "network_traffic")
-    unlabelled = sum(1 for r in state.query(f"SELECT detection_id, entity, bucket FROM findings WHERE detection_id "
-                                            f"IN ({','.join('?' * len(network_ids))})", network_ids)
-                     if (r["detection_id"], r["entity"],
+    unlabelled = sum(1 for r in found if r["detection_id"] in network_ids and (r["detection_id"], r["entity"],
                          datetime.fromisoformat(r["bucket"]).astimezone(zone).date().isoformat()) not in labelled)
     console.print(f"{len(checked) - len(wrong)} of {len(checked)} labelled cases as expected; "
                   f"{unlabelled} findings on unlabelled hosts or days")

@@ -41,7 +41,7 @@ def findings(
     state = c.state()
     names = {d.id: d.name for d in c.detections.values()}
     techniques = {d.id: list(d.tags.mitre_attack_id) for d in c.detections.values()}
-    rows = query_findings(state, detection, suppressed, names, techniques)
+    rows = query_findings(state, detection, suppressed, names=names, techniques=techniques)
     by_id = {s.suppression_id: s for s in all_suppressions(state, c.settings, now_from(None, c.settings))} if suppressed else {}
     records = []
     for row in rows:

@@ -53,6 +53,12 @@ def set_watermark(state: StateStore, detection_id: str, fire: datetime) -> None:
                    (detection_id, fire.isoformat()))
 
 
+def clear_watermark(state: StateStore, detection_id: str) -> None:
+    """Forget where a detection's schedule stopped: its next run catches up from the start."""
+    with state.transaction() as db:
+        db.execute("DELETE FROM watermarks WHERE detection_id = ?", (detection_id,))
+
+
 @dataclass(frozen=True)
 class DuePlan:
     """The fires to run, in order, and the fire the watermark ends at (later than the last run

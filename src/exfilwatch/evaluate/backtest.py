@@ -20,7 +20,9 @@ from exfilwatch import pipeline
 from exfilwatch.config import Settings
 from exfilwatch.detections.schema import Detection
 from exfilwatch.events.engine import connect
-from exfilwatch.incidents.correlation import stored_incidents
+from exfilwatch.detections.schedule import clear_watermark
+from exfilwatch.findings.store import forget_detection, query_findings
+from exfilwatch.incidents.correlation import forget_rule, stored_incidents
 from exfilwatch.risk.events import as_time
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import parse_time, relative_time
@@ -46,12 +48,11 @@ def backtest_detection(state: StateStore, settings: Settings, catalog: list[Dete
         copy_path = Path(tmp) / "state.sqlite"
         target = sqlite3.connect(copy_path)
         source.conn.backup(target)
-        target.execute("DELETE FROM findings WHERE detection_id = ?", (detection_id,))
-        target.execute("DELETE FROM incidents WHERE detection_id = ?", (detection_id,))
-        target.execute("DELETE FROM watermarks WHERE detection_id = ?", (detection_id,))
-        target.commit()
         target.close()
         copy = StateStore(copy_path, root=state.root)  # the copy reads the real home's lake
+        forget_detection(copy, detection_id)
+        forget_rule(copy, detection_id)
+        clear_watermark(copy, detection_id)
         con = connect(settings, Path(tmp) / "spill")
         try:
             if detection.type == "correlation":
@@ -65,7 +66,7 @@ def backtest_detection(state: StateStore, settings: Settings, catalog: list[Dete
                 pipeline.run(con, copy, settings, catalog, end, pipeline.Options(
                     detections=[detection], since=start, overrides=overrides, risk=False, progress=progress))
                 rows = [{"entity": r["entity"], "value": r["value"], "score": r["risk_score"], "time": r["time"]}
-                        for r in copy.query("SELECT * FROM findings WHERE detection_id = ?", (detection_id,))]
+                        for r in query_findings(copy, [detection_id], suppressed=None)]
         finally:
             con.close()
             copy.close()

@@ -35,6 +35,7 @@ from exfilwatch.config import Settings
 from exfilwatch.detections.runner import RunWindow, data_range, execute, resolve_parameters
 from exfilwatch.features.sessions import build_user_sessions
 from exfilwatch.findings.record import findings_from_rows
+from exfilwatch.findings.store import query_findings
 from exfilwatch.detections.schema import Detection
 from exfilwatch.events.engine import expose_models, register_lake_views
 from exfilwatch.home import open_state
@@ -334,16 +335,12 @@ def evaluate_command(home, settings: Settings, detections: list[Detection], labe
 
 def stored_session_findings(state: StateStore, rule_ids: list[str], tz: str) -> list[EvalFinding]:
     """The stored findings of the session rules, with the local days their sessions overlap."""
-    import json
-
     zone = ZoneInfo(tz)
     if not rule_ids:
         return []
-    marks = ",".join("?" * len(rule_ids))
     out = []
-    for row in state.query(f"SELECT detection_id, entity, bucket, value, message, fields FROM findings "
-                           f"WHERE detection_id IN ({marks})", tuple(rule_ids)):
-        fields = json.loads(row["fields"])
+    for row in query_findings(state, rule_ids, suppressed=None):
+        fields = row["fields"]
         start = datetime.fromisoformat(fields["session_start"])
         end = datetime.fromisoformat(fields["session_end"])
         out.append(EvalFinding(row["detection_id"], row["entity"], row["bucket"], _local_days(start, end, zone),
@@ -364,7 +361,7 @@ def check_labels(labels: Path, state: StateStore, tz: str) -> list[dict[str, str
     """Each labelled case with what happened to it: found, missed, quiet or fired."""
     zone = ZoneInfo(tz)
     found = set()
-    for row in state.query("SELECT detection_id, entity, bucket FROM findings"):
+    for row in query_findings(state, suppressed=None):
         try:
             day = datetime.fromisoformat(row["bucket"]).astimezone(zone).date().isoformat()
         except ValueError:  # a session id: the session rules are checked by evaluate.check_stored

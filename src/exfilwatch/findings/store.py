@@ -83,19 +83,43 @@ def load_findings_file(state: StateStore, path: Path) -> dict[str, list[str]]:
     return techniques
 
 
-def query_findings(state: StateStore, detection_ids: list[str] | None = None, suppressed: bool = False,
+def query_findings(state: StateStore, detection_ids: list[str] | None = None, suppressed: bool | None = False,
+                   entities: list[str] | None = None, seen_by_risk: bool = False,
                    names: dict[str, str] | None = None,
                    techniques: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-    """Stored findings as records, oldest first: the unsuppressed ones, or with `suppressed` the
-    hidden ones, each with `suppression_id`."""
-    sql = ("SELECT f.*, s.suppression_id FROM findings f LEFT JOIN finding_suppressions s USING (finding_key) WHERE "
-           + ("s.suppression_id IS NOT NULL" if suppressed else "s.suppression_id IS NULL"))
-    params: tuple = ()
-    if detection_ids:
-        sql += f" AND f.detection_id IN ({','.join('?' * len(detection_ids))})"
-        params = tuple(detection_ids)
+    """Stored findings as records, oldest first, each with its `suppression_id`.
+
+    `suppressed`: False for the ones not suppressed (what an analyst sees), True for the hidden
+    ones, None for all. `seen_by_risk`: only findings whose suppression the risk step decided.
+    """
+    join = "JOIN" if seen_by_risk else "LEFT JOIN"
+    where, params = [], []
+    if suppressed is not None:
+        where.append("s.suppression_id IS NOT NULL" if suppressed else "s.suppression_id IS NULL")
+    for column, values in (("f.detection_id", detection_ids), ("f.entity", entities)):
+        if values:
+            where.append(f"{column} IN ({','.join('?' * len(values))})")
+            params += list(values)
+    sql = (f"SELECT f.*, s.suppression_id FROM findings f {join} finding_suppressions s USING (finding_key)"
+           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY f.time, f.detection_id, f.entity")
     return [finding_dict(row, names, techniques) | {"suppression_id": row["suppression_id"]}
-            for row in state.query(sql + " ORDER BY f.time, f.detection_id, f.entity", params)]
+            for row in state.query(sql, tuple(params))]
+
+
+def findings_for_risk(state: StateStore) -> list[dict[str, Any]]:
+    """Every finding risk has decided, with its decision, when it was decided and when it was
+    first detected (its first run's `now`; None for findings loaded by hand)."""
+    rows = state.query(
+        "SELECT f.*, s.suppression_id, s.decided_at, r.now AS detected FROM findings f "
+        "JOIN finding_suppressions s USING (finding_key) LEFT JOIN detection_runs r ON r.run_id = f.first_run_id")
+    return [finding_dict(row) | {"suppression_id": row["suppression_id"], "decided_at": row["decided_at"],
+                                 "detected": row["detected"]} for row in rows]
+
+
+def forget_detection(state: StateStore, detection_id: str) -> None:
+    """Drop a detection's findings (a backtest's copy of the store starts fresh)."""
+    with state.transaction() as db:
+        db.execute("DELETE FROM findings WHERE detection_id = ?", (detection_id,))
 
 
 def suppressed_count(state: StateStore) -> int:

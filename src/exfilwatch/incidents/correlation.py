@@ -143,3 +143,9 @@ def stored_incidents(state: StateStore, where: str = "", params: tuple = ()) -> 
         item["fields"] = json.loads(item["fields"])
         out.append(item)
     return out
+
+
+def forget_rule(state: StateStore, detection_id: str) -> None:
+    """Drop an incident rule's incidents (a backtest's copy of the store starts fresh)."""
+    with state.transaction() as db:
+        db.execute("DELETE FROM incidents WHERE detection_id = ?", (detection_id,))

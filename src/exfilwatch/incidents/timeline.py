@@ -7,12 +7,12 @@ entity page both read `entity_timeline`.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
 from exfilwatch.config import Settings
 from exfilwatch.enrich.identities import EntityResolver
+from exfilwatch.findings.store import query_findings
 from exfilwatch.incidents.correlation import stored_incidents
 from exfilwatch.risk.events import stored_risk_events
 from exfilwatch.state import StateStore
@@ -26,12 +26,8 @@ def entity_timeline(state: StateStore, settings: Settings, name: str) -> dict[st
     marks = ",".join("?" * len(names))
     events = stored_risk_events(state, f"WHERE risk_object IN ({marks}) OR source_object IN ({marks})",
                                      tuple(names) * 2)
-    suppressed = [dict(r) for r in state.query(
-        f"""SELECT f.finding_key, f.detection_id, f.entity, f.time, f.risk_score, f.message, f.fields, f.risk_objects,
-                   s.suppression_id FROM findings f JOIN finding_suppressions s USING (finding_key)
-            WHERE s.suppression_id IS NOT NULL ORDER BY f.time""")]
-    suppressed = [f for f in suppressed
-                  if f["entity"] in aliases or any(str(o.get("value")) in aliases for o in json.loads(f["risk_objects"]))]
+    suppressed = [f for f in query_findings(state, suppressed=True)
+                  if f["entity"] in aliases or any(str(o.get("value")) in aliases for o in f["risk_objects"])]
     incident_rows = stored_incidents(state, f"WHERE risk_object IN ({marks})", tuple(names))
     sessions: dict[str, dict[str, Any]] = {}
     for event in events:
@@ -40,8 +36,7 @@ def entity_timeline(state: StateStore, settings: Settings, name: str) -> dict[st
                                                               "first": event["time"], "last": event["time"]})
             entry["rules"][event["detection_id"]] = max(entry["rules"].get(event["detection_id"], 0), event["raw_score"])
             entry["first"], entry["last"] = min(entry["first"], event["time"]), max(entry["last"], event["time"])
-    for finding_key, fields in ((r["finding_key"], json.loads(r["fields"])) for r in state.query(
-            f"SELECT finding_key, fields FROM findings WHERE entity IN ({marks})", tuple(names))):
+    for fields in (f["fields"] for f in query_findings(state, suppressed=None, entities=names)):
         sid = fields.get("session_id")
         if sid in sessions:
             for key in ("session_start", "session_end", "end_reason", "boundary_source", "session_kind"):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from exfilwatch.config import Settings
-from exfilwatch.findings.record import finding_dict
+from exfilwatch.findings.store import query_findings
 from exfilwatch.riskconfig import FileOutput, SyslogOutput, WebhookOutput
 from exfilwatch.state import StateStore
 from exfilwatch.outputs.cef import finding_cef, incident_cef, rfc5424, send_tcp, send_udp
@@ -83,10 +83,7 @@ def incident_records(state: StateStore, names: dict[str, str] | None = None,
 
 def finding_records(state: StateStore, names: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Findings risk has seen and not suppressed."""
-    rows = state.query(
-        "SELECT f.* FROM findings f JOIN finding_suppressions s USING (finding_key) "
-        "WHERE s.suppression_id IS NULL ORDER BY f.time, f.finding_key")
-    return [{"type": "finding", **finding_dict(row, names)} for row in rows]
+    return [{"type": "finding", **record} for record in query_findings(state, seen_by_risk=True, names=names)]
 
 
 def delivered_outputs(state: StateStore) -> dict[str, list[str]]:

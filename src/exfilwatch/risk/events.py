@@ -27,7 +27,7 @@ from exfilwatch.attack import tactics_of
 from exfilwatch.config import Settings
 from exfilwatch.enrich.identities import EntityResolver
 from exfilwatch.events.engine import _drop_temp
-from exfilwatch.findings.record import finding_dict
+from exfilwatch.findings.store import findings_for_risk
 from exfilwatch.findings.suppressions import decide_suppressions
 from exfilwatch.risk.modifiers import apply_modifiers
 from exfilwatch.riskconfig import RiskModifier
@@ -158,17 +158,13 @@ def rebuild_risk_events(
     result = RebuildResult()
     result.newly_decided, result.newly_suppressed = decide_suppressions(state, settings, now)
     resolver = EntityResolver(settings)
-    rows = state.query(
-        "SELECT f.*, s.suppression_id, s.decided_at, r.now AS detected FROM findings f "
-        "JOIN finding_suppressions s USING (finding_key) LEFT JOIN detection_runs r ON r.run_id = f.first_run_id"
-    )
     events: list[RiskEvent] = []
-    for row in rows:
+    for row in findings_for_risk(state):
         result.findings += 1
         if row["suppression_id"] is not None:
             result.suppressed += 1
             continue
-        finding = finding_dict(row)
+        finding = row
         fallback = datetime.fromisoformat(row["decided_at"])
         detected = datetime.fromisoformat(row["detected"]) if row["detected"] else None
         events += risk_events_for(finding, techniques.get(row["detection_id"], []), resolver, settings.risk_modifiers,
