@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(BIN)/exfilwatch demo --out demo-out
 
 test: $(TEST_STAMP) java
+	$(BIN)/lint-imports
 	$(BIN)/exfilwatch detections lint
 	$(BIN)/exfilwatch test
 	$(BIN)/python -m pytest

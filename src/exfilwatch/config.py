@@ -94,6 +94,8 @@ class Settings(StrictModel):
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     # detection id -> parameter name -> value; overrides the detection's defaults
     detections: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # the user's own detection folders, added to the shipped ones (relative to the config file)
+    detections_path: list[Path] = Field(default_factory=list)
     # risk-based alerting (riskconfig.py): score modifiers, suppressions, alert outputs
     risk_modifiers: list[RiskModifier] = Field(default_factory=list)
     suppressions: list[SuppressionSpec] = Field(default_factory=list)
@@ -185,4 +187,5 @@ def load_settings(home: Home) -> Settings:
     settings = parse_settings(data, str(path))
     if isinstance(settings.identities, str) and not Path(settings.identities).is_absolute():
         settings.identities = str(path.parent / settings.identities)
+    settings.detections_path = [path.parent / folder.expanduser() for folder in settings.detections_path]
     return settings

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
@@ -27,10 +28,11 @@ errors = Console(stderr=True)
 
 
 class Context:
-    """The home and its settings, read once per command, and its detections."""
+    """The home and its settings, read once per command, and the detection catalog."""
 
-    def __init__(self, home: Home):
+    def __init__(self, home: Home, detection_folders: list[Path] | None = None):
         self.home = home
+        self._detection_folders = detection_folders or []
         self._settings: Settings | None = None
         self._detections: dict[str, Detection] | None = None
 
@@ -41,9 +43,16 @@ class Context:
         return self._settings
 
     @property
+    def detection_folders(self) -> list[Path]:
+        """The user's own detection folders: the config's `detections_path`, then `--detections`."""
+        folders = [*self.settings.detections_path, *self._detection_folders]
+        return list({folder.resolve(): folder for folder in folders}.values())  # a folder named twice counts once
+
+    @property
     def detections(self) -> dict[str, Detection]:
+        """The catalog: the shipped detections and the user's."""
         if self._detections is None:
-            self._detections = load_detections()
+            self._detections = load_detections(self.detection_folders)
         return self._detections
 
     def state(self) -> StateStore:

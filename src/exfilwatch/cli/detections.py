@@ -8,10 +8,10 @@ import typer
 import yaml
 
 from exfilwatch.attack import source
-from exfilwatch.cli.common import console, select
-from exfilwatch.detections.lint import lint_folder
+from exfilwatch.cli.common import console, context, emit, select
+from exfilwatch.detections.lint import lint_files
 from exfilwatch.detections.runner import compiled_sql
-from exfilwatch.detections.schema import default_detections_dir, load_detections
+from exfilwatch.detections.schema import catalog_files, detection_files
 from exfilwatch.evaluate.detection_tests import run_detection_tests
 from exfilwatch.outputs.formats import print_table, terminal_safe
 
@@ -25,18 +25,23 @@ def register(app: typer.Typer) -> None:
 
 
 @detections_app.command("list")
-def detections_list() -> None:
-    """The shipped detections."""
+def detections_list(
+    ctx: typer.Context,
+    fmt: str = typer.Option("table", "--format", help="table, jsonl or csv."),
+) -> None:
+    """The detections: the shipped ones and those of your --detections folders."""
     rows = [{"id": d.id, "name": d.name, "type": d.type, "status": d.status, "data model": d.data_model,
              "schedule": f"{d.schedule.cron} ({d.schedule.earliest}..{d.schedule.latest})",
-             "mitre": ", ".join(d.tags.mitre_attack_id)} for d in load_detections().values()]
-    print_table(console, "detections", rows, list(rows[0]) if rows else ["id"])
+             "mitre": ", ".join(d.tags.mitre_attack_id), "folder": str(d.folder)}
+            for d in context(ctx).detections.values()]
+    emit(rows, fmt, "detections", [c for c in rows[0] if c != "folder"])
 
 
 @detections_app.command("show")
-def detections_show(detection_id: str, sql: bool = typer.Option(False, "--sql", help="Print only the compiled SQL.")) -> None:
+def detections_show(ctx: typer.Context, detection_id: str,
+                    sql: bool = typer.Option(False, "--sql", help="Print only the compiled SQL.")) -> None:
     """One detection: its metadata, parameters and search."""
-    detection = select(load_detections(), [detection_id])[0]
+    detection = select(context(ctx).detections, [detection_id])[0]
     if sql:
         console.print(compiled_sql(detection), markup=False, highlight=False)
         return
@@ -47,10 +52,12 @@ def detections_show(detection_id: str, sql: bool = typer.Option(False, "--sql", 
 
 @detections_app.command("lint")
 def detections_lint(
-    path: Path | None = typer.Option(None, "--path", help="Folder of detections (default: the shipped ones)."),
+    ctx: typer.Context,
+    path: Path | None = typer.Option(None, "--path", help="Only this folder of detections (default: the catalog, "
+                                     "the shipped ones and your --detections folders)."),
 ) -> None:
     """Check every detection file: schema, ATT&CK ids, output fields, parameters, schedule, tests."""
-    count, issues = lint_folder(path or default_detections_dir())
+    count, issues = lint_files(detection_files(path) if path else catalog_files(context(ctx).detection_folders))
     if issues:
         rows = [{"level": i.level, "detection": i.detection_id, "check": i.check, "problem": i.message} for i in issues]
         print_table(console, "detections lint", rows, ["level", "detection", "check", "problem"])
@@ -63,9 +70,10 @@ def detections_lint(
 
 
 @commands.command("test")
-def test_detections(ids: list[str] | None = typer.Argument(None, help="Detection ids; default all.")) -> None:
+def test_detections(ctx: typer.Context,
+                    ids: list[str] | None = typer.Argument(None, help="Detection ids; default all.")) -> None:
     """Run each detection's own tests: its datasets and the findings they must produce."""
-    catalog = load_detections()
+    catalog = context(ctx).detections
     results = run_detection_tests(select(catalog, ids))
     rows = [{"detection": r.detection_id, "test": r.name, "kind": r.kind, "result": "pass" if r.passed else "FAIL",
              "expected": ", ".join(r.expected) or "-", "got": ", ".join(r.got) or "-",

@@ -45,9 +45,12 @@ def main(
     ctx: typer.Context,
     home: Path | None = typer.Option(None, "--home", help="Home folder (else $EXFILWATCH_HOME, else ./.exfilwatch)."),
     config: Path | None = typer.Option(None, "--config", help="Config file (else HOME/config.yaml)."),
+    detections: list[Path] | None = typer.Option(
+        None, "--detections", metavar="DIR",
+        help="A folder of your own detections, added to the shipped ones (repeatable; also detections_path: in the config)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    ctx.obj = Context(resolve_home(home, config))
+    ctx.obj = Context(resolve_home(home, config), detections or [])
 
 
 from exfilwatch.cli import detections, evaluate, ingest, run, suppress, triage  # noqa: E402  (registers the commands)

@@ -40,7 +40,8 @@ from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import TimeModifierError, relative_time
 from exfilwatch.detections.runner import compiled_sql, sql_parameters
-from exfilwatch.detections.schema import TIME_PARAMETERS, Detection, DetectionError, load_detection, template_fields
+from exfilwatch.detections.schema import (TIME_PARAMETERS, Detection, DetectionError, detection_files, load_detection,
+                                         template_fields)
 
 # A fixed instant for parsing checks: lint never reads the clock.
 _LINT_NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
@@ -202,11 +203,15 @@ def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnecti
 
 def lint_folder(folder: Path) -> tuple[int, list[LintIssue]]:
     """Lint every detection.yml under the folder; returns (files checked, issues)."""
+    return lint_files(detection_files(folder))
+
+
+def lint_files(paths: list[Path]) -> tuple[int, list[LintIssue]]:
+    """Lint these detection files together (an id used twice among them is an error); returns (files checked, issues)."""
     issues: list[LintIssue] = []
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     seen: dict[str, str] = {}
-    paths = sorted(p for p in folder.rglob("detection.yml"))
     scratch = tempfile.TemporaryDirectory(prefix="exfilwatch-lint-")
     try:
         _empty_views(con, Path(scratch.name))

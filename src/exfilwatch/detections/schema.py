@@ -9,6 +9,7 @@ condition over the search's output that drops findings (the seed's empty `_filte
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,14 +171,40 @@ def default_detections_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "content" / "detections"
 
 
-def load_detections(folder: Path | None = None) -> dict[str, Detection]:
-    folder = folder or default_detections_dir()
+def detection_files(folder: Path) -> list[Path]:
+    """Every `detection.yml` in the folder or below it, in a stable order."""
+    return sorted(folder.rglob("detection.yml"))
+
+
+def catalog_files(user_folders: Sequence[Path] = ()) -> list[Path]:
+    """The detection files of the catalog: the shipped ones, then those of each of the user's folders.
+
+    A user folder that does not exist or holds no detection is a mistake worth one line, and so is
+    a catalog with no detection at all: a run must never silently run nothing.
+    """
+    shipped = default_detections_dir()
+    files = detection_files(shipped)
+    for folder in user_folders:
+        if not folder.is_dir():
+            raise DetectionError(f"{folder}: detections folder not found")
+        found = detection_files(folder)
+        if not found:
+            raise DetectionError(f"{folder}: no detection.yml in this folder or below it")
+        files += found
+    if not files:
+        raise DetectionError(f"no detections found: the shipped detections are missing from {shipped} "
+                             "(reinstall exfilwatch) and no --detections folder was given")
+    return files
+
+
+def load_detections(user_folders: Sequence[Path] = ()) -> dict[str, Detection]:
+    """The catalog by id: the shipped detections and the user's (`--detections DIR`, `detections_path:`)."""
     detections: dict[str, Detection] = {}
-    for path in sorted(folder.rglob("*.yml")):
-        if path.name != "detection.yml":
-            continue
+    for path in catalog_files(user_folders):
         detection = load_detection(path)
         if detection.id in detections:
-            raise DetectionError(f"{path}: duplicate detection id {detection.id!r}")
+            other = detections[detection.id].folder
+            raise DetectionError(f"{path}: detection id {detection.id!r} is already defined in "
+                                 f"{other / path.name if other else 'another file'}")
         detections[detection.id] = detection
     return detections

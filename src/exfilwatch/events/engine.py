@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from datetime import datetime, timedelta
+import math
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
 from pathlib import Path
 
 import duckdb
@@ -34,6 +37,21 @@ def connect(settings: Settings, spill_dir: Path | None = None) -> duckdb.DuckDBP
         spill_dir.mkdir(parents=True, exist_ok=True)
         con.execute(f"SET temp_directory = '{spill_dir}'")
     return con
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready value: datetimes in ISO 8601 UTC, decimals as floats, NaN as null."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 def match_assets(ips: list[str], assets: list[Asset]) -> pa.Table:

@@ -74,7 +74,7 @@ from typing import Any
 import duckdb
 
 from exfilwatch.config import Home, Settings
-from exfilwatch.events.engine import register_lake_views
+from exfilwatch.events.engine import plain, register_lake_views
 from exfilwatch.events.lake import write_batch
 from exfilwatch.models import USER_SESSIONS
 from exfilwatch.features.tables import SCHEMA as FEATURE_TABLES
@@ -940,8 +940,6 @@ def session_overview(con: duckdb.DuckDBPyConnection, state: StateStore, settings
 def list_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, user: str | None = None,
                   limit: int = 30) -> list[dict[str, Any]]:
     """The most recently closed stored sessions (of one user), newest first, times on the local clock."""
-    from exfilwatch.detections.runner import plain
-
     view = _stored_view(con, state)
     cur = con.execute(f"""
         SELECT session_key AS session_id, user, department, session_kind,

@@ -7,29 +7,13 @@ output rows into records; `finding_dict` is the one conversion of a stored row b
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from exfilwatch.detections.schema import Detection
-
-
-def plain(value: Any) -> Any:
-    """A JSON-ready value: datetimes in ISO 8601 UTC, decimals as floats, NaN as null."""
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+from exfilwatch.events.engine import plain
 
 
 @dataclass

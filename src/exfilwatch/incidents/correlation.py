@@ -20,8 +20,8 @@ import duckdb
 
 from exfilwatch.config import Settings
 from exfilwatch.detections.runner import data_range, execute, resolve_parameters, run_window
-from exfilwatch.events.engine import _drop_temp
-from exfilwatch.findings.record import display, plain
+from exfilwatch.events.engine import _drop_temp, plain
+from exfilwatch.findings.record import display
 from exfilwatch.risk.events import load_risk_events, stored_risk_events
 from exfilwatch.state import StateStore, dumps
 
