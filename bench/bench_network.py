@@ -183,7 +183,7 @@ def main() -> int:
     if args.phase:
         # Imports are not part of what is measured.
         import duckdb, pandas  # noqa: F401,E401
-        import exfilwatch.detect.runner, exfilwatch.ingest, exfilwatch.synth.network  # noqa: F401,E401
+        import exfilwatch.detections.runner, exfilwatch.events.ingest, exfilwatch.synth.network  # noqa: F401,E401
         started = time.perf_counter()
         if args.phase == "generate":
             result = phase_generate(args.out, args.hosts, args.days, args.flows_per_host_day)

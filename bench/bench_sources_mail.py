@@ -158,7 +158,7 @@ def run_python(path: Path) -> dict:
 def child(kind: str, path: Path, threads: int) -> None:
     if kind == "exfilwatch":  # imports are not part of the measurement
         import exfilwatch.config  # noqa: F401
-        import exfilwatch.ingest  # noqa: F401
+        import exfilwatch.events.ingest  # noqa: F401
     before = resource.getrusage(resource.RUSAGE_SELF)
     result = run_exfilwatch(path, threads) if kind == "exfilwatch" else run_python(path)
     usage = resource.getrusage(resource.RUSAGE_SELF)
