@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from exfilwatch.config import ConfigError
-from exfilwatch.events.ingest import ingest_paths, read_head
+from exfilwatch.events.files import read_head
+from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
 from exfilwatch.sources.generic import GenericSource, load_mapping
@@ -151,7 +152,7 @@ def test_srx_bsd_timestamp_needs_a_year(tmp_path, home):
 
     con = duckdb.connect()
     con.execute("CREATE TEMP TABLE raw_lines AS SELECT 1::BIGINT AS line_no, ? AS line", [line])
-    batch = JuniperSRXFlow().parse(con, ParseContext(file="x", head=[line], settings=SETTINGS, year=None))
+    batch = JuniperSRXFlow().parse(con, ParseContext(origin="x", header_lines=[line], settings=SETTINGS, year=None))
     assert con.execute(f"SELECT outcome, reason FROM {batch.classified}").fetchall() == [
         ("quarantined", "syslog timestamp without a year: pass --year")]
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from exfilwatch.events import ingest as ingest_module
 from exfilwatch.config import Home, parse_settings
-from exfilwatch.events.ingest import ingest_paths, read_head
+from exfilwatch.events.files import read_head
+from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
 from exfilwatch.home import open_state
@@ -499,7 +500,7 @@ def _parse(source_name: str, lines: list[str]) -> list[tuple]:
     table = pa.table({"line_no": pa.array(range(1, len(lines) + 1), pa.int64()), "line": pa.array(lines, pa.string())})
     _con.register("fuzz_arrow", table)
     _con.execute("CREATE OR REPLACE TEMP VIEW raw_lines AS SELECT line_no, line FROM fuzz_arrow")
-    ctx = ParseContext(file="fuzz", head=HEADS[source_name], settings=SETTINGS, year=2026, batch_id="fuzz")
+    ctx = ParseContext(origin="fuzz", header_lines=HEADS[source_name], settings=SETTINGS, year=2026)
     batch = SOURCES[source_name].parse(_con, ctx)
     outcomes = _con.execute(f"SELECT line_no, outcome, reason FROM {batch.classified} ORDER BY line_no").fetchall()
     _con.execute(f"SELECT count(*) FROM {batch.events}").fetchall()

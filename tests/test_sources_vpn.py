@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from exfilwatch.config import Home
-from exfilwatch.events.ingest import ingest_paths, read_head
+from exfilwatch.events.files import read_head
+from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
 from exfilwatch.sources.pulse_secure import PulseSecure
@@ -268,7 +269,7 @@ def run_parser(source, lines: list[str], head: list[str] | None = None, **ctx_ar
     con = _CON[0]
     con.execute("CREATE OR REPLACE TEMP TABLE raw_lines AS SELECT * FROM (SELECT unnest(range(1, len($l) + 1)) AS line_no, "
                 "unnest($l) AS line)", {"l": lines})
-    ctx = ParseContext(file="fuzz.log", head=head if head is not None else lines[:64], settings=SETTINGS,
+    ctx = ParseContext(origin="fuzz.log", header_lines=head if head is not None else lines[:64], settings=SETTINGS,
                        source_tz="Europe/Berlin", year=2026, **ctx_args)
     batch = source.parse(con, ctx)
     outcomes = con.execute(f"SELECT line_no, outcome FROM {batch.classified} ORDER BY line_no").fetchall()

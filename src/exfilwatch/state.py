@@ -3,7 +3,8 @@
 Ingest checkpoints and committed lake batches, quarantined lines, detection runs and
 watermarks, and findings. WAL lets the service, the CLI and the UI use it at once. A lake
 batch becomes visible only when its row in `batch_files` is committed here, in the same
-transaction that moves the file's checkpoint, so a killed ingest never leaves half a batch.
+transaction that moves its cursor (a file's checkpoint), so a killed ingest never leaves half a
+batch.
 
 Schema. Each stage owns its tables and declares them as a `StageSchema`: its name and its
 ordered migrations (SQL scripts, or functions of the connection and the home root for what SQL

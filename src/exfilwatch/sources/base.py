@@ -1,7 +1,9 @@
 """What a log source is: how it recognises its files and how DuckDB turns its lines into events.
 
-The ingest loop hands a source a DuckDB relation `raw_lines(line_no BIGINT, line VARCHAR)`
-(one row per physical line, newline stripped) and a `ParseContext`. The source answers with
+Ingest (`events.ingest.ingest_lines`) hands a source a DuckDB relation
+`raw_lines(line_no BIGINT, line VARCHAR)` (one row per line, newline stripped) and a
+`ParseContext`; lines may come from a file or a network receiver, and a source does no I/O:
+what it keeps between batches goes through `ctx.state` (sources/state.py). The source answers with
 two relations: `classified` — exactly one row per input line with `outcome` one of
 `parsed`, `skipped` (known but irrelevant: headers, other event kinds; `reason` says which
 kind) or `quarantined` (`reason` says what was expected) — and `events`, the data-model rows.
@@ -11,27 +13,38 @@ Python loop over lines.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import duckdb
 
 from exfilwatch.config import Settings
 from exfilwatch.models import DataModel
+from exfilwatch.sources.state import SourceState
 
 
 @dataclass(frozen=True)
 class ParseContext:
-    file: str  # as shown in raw_ref and messages
-    head: list[str]  # the first lines of the file (headers such as Zeek's #fields)
+    """What a source knows about a batch of lines besides the lines themselves.
+
+    Nothing here assumes a file: a cursor (events/) says where the lines came from and
+    provides the header lines and the reference time; the user's options give the rest.
+    """
+
+    origin: str  # where the lines came from, as shown in raw_ref and messages: a file, `syslog:udp/127.0.0.1:5514`
     settings: Settings
+    # Lines that declare a format's columns (Exchange `#Fields:`, Zeek `#fields`, a CSV header):
+    # a file's first lines; the header lines a receiver saw.
+    header_lines: Sequence[str] = ()
     source_tz: str = "UTC"  # zone of timestamps written in local time
     year: int | None = None  # for syslog timestamps without a year
-    reference_time: datetime | None = None  # the file's mtime when `year` came from it (year rollover)
-    batch_id: str = ""
-    state: Any = None  # the StateStore, for sources that join lines across batches (Postfix)
+    # When the lines were written (a file's mtime, a receiver's reception time), when `year`
+    # came from it: December lines written in January are of the year before.
+    reference_time: datetime | None = None
+    state: SourceState | None = None  # what the source remembers between batches; None: nothing
     mapping: Path | None = None  # the generic source's column mapping file (--mapping)
 
 
@@ -49,7 +62,7 @@ class Source(Protocol):
     sample: str
 
     def sniff(self, head: list[str]) -> bool:
-        """True when the first lines of a file are in this format."""
+        """True when these first lines (of a file, or a receiver's first lines) are in this format."""
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
         """Parse the relation `raw_lines` into a ParsedBatch."""
@@ -61,7 +74,7 @@ def sql_string(value: str) -> str:
 
 
 def raw_ref_sql(ctx: ParseContext, line_no: str = "line_no") -> str:
-    return f"{sql_string(ctx.file + ':')} || CAST({line_no} AS VARCHAR)"
+    return f"{sql_string(ctx.origin + ':')} || CAST({line_no} AS VARCHAR)"
 
 
 def epoch_sql(seconds: str) -> str:

@@ -56,9 +56,9 @@ class CertEmail:
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
         install_macros(con, ctx)
-        header = cert_header(ctx.head)
+        header = cert_header(ctx.header_lines)
         if header is None:
-            raise ValueError(f"{ctx.file}: no CERT email.csv header (id,date,user,pc,to,cc,bcc,from,…) on the first line")
+            raise ValueError(f"{ctx.origin}: no CERT email.csv header (id,date,user,pc,to,cc,bcc,from,…) on the first line")
         pos = {name: i + 1 for i, name in enumerate(header)}
         n = len(header) - (1 if header[-1] == "content" else 0)  # content may hold commas: at least the others
         has_activity = "activity" in pos

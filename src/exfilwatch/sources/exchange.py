@@ -127,12 +127,12 @@ class ExchangeTracking:
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
         install_macros(con, ctx)
-        fields = exchange_fields(ctx.head)
+        fields = exchange_fields(ctx.header_lines)
         if fields is None:
-            raise ValueError(f"{ctx.file}: no '#Fields:' header in the first lines (not an Exchange message tracking log?)")
+            raise ValueError(f"{ctx.origin}: no '#Fields:' header in the first lines (not an Exchange message tracking log?)")
         missing = [f for f in EXCHANGE_REQUIRED if f not in fields]
         if missing:
-            raise ValueError(f"{ctx.file}: Exchange #Fields header lacks {', '.join(missing)}")
+            raise ValueError(f"{ctx.origin}: Exchange #Fields header lacks {', '.join(missing)}")
         pos = {name: i + 1 for i, name in enumerate(fields)}
         n = len(fields)
 
@@ -326,9 +326,9 @@ class M365TraceCSV:
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
         install_macros(con, ctx)
-        header = _csv_header(ctx.head, {"Received", "SenderAddress", "RecipientAddress"})
+        header = _csv_header(ctx.header_lines, {"Received", "SenderAddress", "RecipientAddress"})
         if header is None:
-            raise ValueError(f"{ctx.file}: no message trace header (Received, SenderAddress, RecipientAddress, …) "
+            raise ValueError(f"{ctx.origin}: no message trace header (Received, SenderAddress, RecipientAddress, …) "
                              "in the first lines")
         pos = {name: i + 1 for i, name in enumerate(header)}
         n = len(header)
@@ -479,7 +479,7 @@ class M365TraceJSON:
             bad = con.execute("SELECT count(*), arg_min(reason, idx) FROM m365j_rows WHERE reason IS NOT NULL").fetchall()[0]
             if bad[0]:
                 note = f"m365 trace: {bad[0]} records of the JSON document left out, the first: {bad[1]}"
-        ref = f"{sql_string(ctx.file + ':')} || CAST(line_no AS VARCHAR) || '#' || CAST(idx AS VARCHAR)"
+        ref = f"{sql_string(ctx.origin + ':')} || CAST(line_no AS VARCHAR) || '#' || CAST(idx AS VARCHAR)"
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE m365j_groups AS
             {_m365_groups_sql(ctx, f"(SELECT *, {ref} AS raw_ref, {{'t': _t, 'l': line_no, 'i': idx}} AS o FROM ({good}))")}

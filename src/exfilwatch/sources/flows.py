@@ -145,12 +145,12 @@ class NfdumpCSV:
         return first is not None and first.startswith(NFDUMP_PREFIX)
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
-        header = _first_line(ctx.head) or ""
+        header = _first_line(ctx.header_lines) or ""
         names = header.split(",")
         position = {name: i + 1 for i, name in enumerate(names)}
         missing = [n for n in ("ts", "sa", "da") if n not in position]
         if missing:
-            raise ValueError(f"{ctx.file}: nfdump CSV header lacks {', '.join(missing)} (expected `nfdump -o csv` output)")
+            raise ValueError(f"{ctx.origin}: nfdump CSV header lacks {', '.join(missing)} (expected `nfdump -o csv` output)")
 
         def col(name: str) -> str:
             return f"trim(f[{position[name]}])" if name in position else "NULL"
@@ -269,10 +269,10 @@ class NetflowCSV:
         return read_netflow_header(head) is not None
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
-        header = read_netflow_header(ctx.head)
+        header = read_netflow_header(ctx.header_lines)
         if header is None:
             raise ValueError(
-                f"{ctx.file}: the first line is not a flow CSV header naming a source address, a destination "
+                f"{ctx.origin}: the first line is not a flow CSV header naming a source address, a destination "
                 f"address and a start time (accepted names: {', '.join(NETFLOW_COLUMNS['src_ip'][:4])}, …)"
             )
         m = header.mapping
@@ -328,7 +328,7 @@ class NetflowCSV:
 
     @staticmethod
     def _header_line_no(ctx: ParseContext) -> int:
-        for index, line in enumerate(ctx.head):
+        for index, line in enumerate(ctx.header_lines):
             if line.strip() and not line.startswith("#"):
                 return index + 1
         return 1

@@ -185,7 +185,7 @@ class GenericSource:
             missing = [column for column in mapping.columns if column not in names]
             if missing:
                 raise ConfigError(f"{ctx.mapping}: columns {', '.join(repr(m) for m in missing)} are not in the header "
-                                  f"of {ctx.file} (it has: {', '.join(names)})")
+                                  f"of {ctx.origin} (it has: {', '.join(names)})")
             text = {field: f"nullif(trim(f[{names.index(column) + 1}]), '')" for column, field in mapping.columns.items()}
             split = f"SELECT line_no, line, {csv_fields_sql('line', mapping.delimiter)} AS f FROM raw_lines"
             shape_checks = (
@@ -267,11 +267,11 @@ class GenericSource:
 
     @staticmethod
     def _csv_header(ctx: ParseContext, mapping: Mapping) -> tuple[int, list[str]]:
-        for index, line in enumerate(ctx.head):
+        for index, line in enumerate(ctx.header_lines):
             if line.strip():
                 names = next(csv.reader(io.StringIO(line), delimiter=mapping.delimiter))
                 return index + 1, [n.strip() for n in names]
-        raise ConfigError(f"{ctx.file}: empty file, expected a CSV header line")
+        raise ConfigError(f"{ctx.origin}: empty file, expected a CSV header line")
 
     @staticmethod
     def _time_sql(expr: str, time_format: str, tz: str) -> str:

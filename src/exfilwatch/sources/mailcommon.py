@@ -11,9 +11,9 @@ consistent:
   whether the cells cover the whole line (an unbalanced quote does not).
 * `Seen` remembers the keys of messages already written (Exchange's network message id,
   Microsoft 365's trace id) so a message logged by two servers, or exported twice in
-  overlapping traces, becomes one row. Its rows are written by the batch that saw them and
-  only count once that batch is committed (see `recover`), so a killed ingest that re-reads a
-  batch neither loses nor doubles a message.
+  overlapping traces, becomes one row. The keys are kept through `ctx.state`
+  (sources/state.py) and committed with the batch that wrote the messages, so a killed ingest
+  that re-reads a batch neither loses nor doubles a message.
 
 Direction (from `settings.internal_domains`, compared case-insensitively, sub-domains
 included): a sender in an internal domain with any recipient outside is `outbound`, with
@@ -136,27 +136,6 @@ def _us(value: datetime | None) -> int | None:
     return int(value.timestamp() * 1_000_000)
 
 
-def recover(state, table: str, batch_id: str) -> None:
-    """Forget what uncommitted attempts wrote to a `produced_by`/`consumed_by` state table.
-
-    A batch is committed when the ingest records it in `batches`; anything produced by an
-    attempt that never got there (a killed run) is dropped, what it consumed becomes
-    available again, and rows consumed by committed batches are deleted for good.
-    """
-    has_consumed = any(row["name"] == "consumed_by" for row in state.query(f"PRAGMA table_info({table})"))
-    with state.transaction() as db:
-        if has_consumed:
-            db.execute(
-                f"UPDATE {table} SET consumed_by = NULL WHERE consumed_by = ? OR "
-                "(consumed_by IS NOT NULL AND consumed_by NOT IN (SELECT batch_id FROM batches))",
-                (batch_id,),
-            )
-        db.execute(f"DELETE FROM {table} WHERE produced_by = ? OR produced_by NOT IN (SELECT batch_id FROM batches)",
-                   (batch_id,))
-        if has_consumed:
-            db.execute(f"DELETE FROM {table} WHERE consumed_by IS NOT NULL")
-
-
 class Seen:
     """Keys of messages already written by a source, within a time window around a batch."""
 
@@ -173,14 +152,11 @@ class Seen:
         if state is None:
             self.con.register("ew_seen_arrow", empty)
             return "true", 0
-        recover(state, "mail_seen", self.ctx.batch_id)
         lo, hi = self.con.execute(f"SELECT min({time}), max({time}) FROM {candidates}").fetchall()[0]
         rows: list[str] = []
         if lo is not None:
             window = self.WINDOW_DAYS * 86_400_000_000
-            rows = [r["key"] for r in state.query(
-                "SELECT key FROM mail_seen WHERE source = ? AND time BETWEEN ? AND ?",
-                (self.source, _us(lo) - window, _us(hi) + window))]
+            rows = state.seen_message_keys(self.source, _us(lo) - window, _us(hi) + window)
         self.con.register("ew_seen_arrow", pa.table({"key": pa.array(rows, pa.string())}) if rows else empty)
         self.con.execute("CREATE OR REPLACE TEMP TABLE ew_seen AS SELECT DISTINCT key FROM ew_seen_arrow")
         self.con.unregister("ew_seen_arrow")
@@ -195,11 +171,5 @@ class Seen:
         rows = self.con.execute(
             f"SELECT {key}, epoch_us({time}) FROM {written} WHERE {key} IS NOT NULL").fetchall()
         newest = max((t for _, t in rows if t is not None), default=None)
-        with state.transaction() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO mail_seen (source, key, time, produced_by) VALUES (?,?,?,?)",
-                [(self.source, k, t, self.ctx.batch_id) for k, t in rows],
-            )
-            if newest is not None:
-                db.execute("DELETE FROM mail_seen WHERE source = ? AND time < ?",
-                           (self.source, newest - self.RETENTION_DAYS * 86_400_000_000))
+        state.remember_message_keys(
+            self.source, rows, None if newest is None else newest - self.RETENTION_DAYS * 86_400_000_000)

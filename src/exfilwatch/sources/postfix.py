@@ -42,11 +42,11 @@ from __future__ import annotations
 import re
 
 import duckdb
-import pyarrow as pa
 
 from exfilwatch.models import EMAIL
 from exfilwatch.sources.base import ParseContext, ParsedBatch, sql_string
-from exfilwatch.sources.mailcommon import direction_notes, email_select, install_macros, recover
+from exfilwatch.sources.mailcommon import direction_notes, email_select, install_macros
+from exfilwatch.sources.state import PENDING_COLUMNS, pending_mail_table
 from exfilwatch.sources.syslog_header import yearless_time_sql
 
 SOURCE_NAME = "postfix"
@@ -99,15 +99,6 @@ NRCPT_GRACE = "INTERVAL 10 MINUTE"  # all recipients final, no `removed` line ye
 STALE_AFTER = "INTERVAL 7 DAY"  # beyond the 5-day default maximal_queue_lifetime
 ABANDON_AFTER = "INTERVAL 1 DAY"  # a queue id with no qmgr from= line
 
-# postfix_pending columns (state.py) in order, and their DuckDB types
-PENDING_COLUMNS = [
-    ("key", "VARCHAR"), ("queue_id", "VARCHAR"), ("kind", "VARCHAR"), ("time", "BIGINT"),
-    ("message_id", "VARCHAR"), ("sender", "VARCHAR"), ("size", "BIGINT"), ("nrcpt", "BIGINT"),
-    ("client_ip", "VARCHAR"), ("rcpt", "VARCHAR"), ("relay", "VARCHAR"), ("dsn", "VARCHAR"),
-    ("status", "VARCHAR"), ("hop", "BIGINT"), ("subject", "VARCHAR"), ("file_name", "VARCHAR"),
-    ("raw_ref", "VARCHAR"),
-]
-_ARROW = {"VARCHAR": pa.string(), "BIGINT": pa.int64()}
 _HEADER = re.compile(HEADER_RE)
 
 
@@ -225,7 +216,7 @@ def lines_sql(ctx: ParseContext) -> str:
                rcpt, relay, dsn, status,
                CASE WHEN kind = 'delivery' THEN CAST(queued AND status = 'sent' AND regexp_matches(relay, {loopback})
                                                      AS BIGINT) END AS hop,
-               subject, file_name, raw_ref, ref_line, pending_rowid, pos
+               subject, file_name, raw_ref, ref_line, pending_id, pos
         FROM (
         SELECT line_no, outcome, reason,
                CASE WHEN kind IS NOT NULL THEN hash(host, qid) END AS kh, host,
@@ -250,7 +241,7 @@ def lines_sql(ctx: ParseContext) -> str:
                CASE WHEN kind = 'attachment' THEN left(regexp_extract(hi.value, {sql_string(FILENAME_RE)}, 1), 300) END AS file_name,
                CAST(NULL AS VARCHAR) AS raw_ref,
                line_no AS ref_line,
-               CAST(NULL AS BIGINT) AS pending_rowid,
+               CAST(NULL AS BIGINT) AS pending_id,
                (CAST(1 AS BIGINT) << 50) + line_no AS pos
         FROM cls)
     """
@@ -291,17 +282,8 @@ class Postfix:
     # --- the join -----------------------------------------------------------------------------
 
     def _load_pending(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
-        names = [name for name, _ in PENDING_COLUMNS]
-        rows: list = []
-        if ctx.state is not None:
-            recover(ctx.state, "postfix_pending", ctx.batch_id)
-            rows = ctx.state.query(
-                f"SELECT rowid AS pending_rowid, {', '.join(names)} FROM postfix_pending "
-                "WHERE consumed_by IS NULL ORDER BY rowid")
-        columns = {"pending_rowid": pa.array([r["pending_rowid"] for r in rows], pa.int64())}
-        for name, typ in PENDING_COLUMNS:
-            columns[name] = pa.array([r[name] for r in rows], _ARROW[typ])
-        con.register("pf_pending_arrow", pa.table(columns))
+        pending = ctx.state.pending_mail_lines() if ctx.state is not None else pending_mail_table([])
+        con.register("pf_pending_arrow", pending)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE pf_pending AS SELECT * FROM pf_pending_arrow;
             CREATE OR REPLACE TEMP VIEW pf_recs AS
@@ -310,7 +292,7 @@ class Postfix:
             SELECT hash(split_part(key, '|', 1), queue_id) AS kh, split_part(key, '|', 1) AS host, queue_id, kind,
                    timezone('UTC', make_timestamp(time)) AS t, message_id, sender, size, nrcpt, client_ip,
                    rcpt, relay, dsn, status, hop, subject, file_name, raw_ref, CAST(NULL AS BIGINT) AS ref_line,
-                   pending_rowid, pending_rowid AS pos
+                   pending_id, pending_id AS pos
             FROM pf_pending
             UNION ALL BY NAME
             SELECT * EXCLUDE (line_no, outcome, reason) FROM pf_lines WHERE kind IS NOT NULL)
@@ -318,7 +300,7 @@ class Postfix:
         con.unregister("pf_pending_arrow")
 
     def _join(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
-        file_prefix = sql_string(ctx.file + ':')
+        file_prefix = sql_string(ctx.origin + ':')
         con.execute(f"""
             -- Segments: a message ends at its `removed` (or reject) line. Lines are ordered by time,
             -- then arrival (o). Most queue ids have at most one such line: their segment is found
@@ -454,18 +436,12 @@ class Postfix:
             return
         names = [name for name, _ in PENDING_COLUMNS]
         special = {"time": "epoch_us(r.t)", "key": "r.host || '|' || r.queue_id",
-                   "raw_ref": f"coalesce(r.raw_ref, {sql_string(ctx.file + ':')} || CAST(r.ref_line AS VARCHAR))"}
+                   "raw_ref": f"coalesce(r.raw_ref, {sql_string(ctx.origin + ':')} || CAST(r.ref_line AS VARCHAR))"}
         selected = ", ".join(special.get(n, f"r.{n}") for n in names)
         new_rows = con.execute(f"""
             SELECT {selected} FROM pf_segs r JOIN pf_messages m USING (kh, seg)
-            WHERE NOT m.complete AND r.pending_rowid IS NULL ORDER BY r.kh, r.o""").fetchall()
+            WHERE NOT m.complete AND r.pending_id IS NULL ORDER BY r.kh, r.o""").fetchall()
         consumed = con.execute("""
-            SELECT r.pending_rowid FROM pf_segs r JOIN pf_messages m USING (kh, seg)
-            WHERE m.complete AND r.pending_rowid IS NOT NULL""").fetchall()
-        with ctx.state.transaction() as db:
-            db.executemany("UPDATE postfix_pending SET consumed_by = ? WHERE rowid = ?",
-                           [(ctx.batch_id, rowid) for (rowid,) in consumed])
-            db.executemany(
-                f"INSERT INTO postfix_pending ({', '.join(names)}, produced_by) VALUES ({', '.join('?' * (len(names) + 1))})",
-                [(*row, ctx.batch_id) for row in new_rows],
-            )
+            SELECT r.pending_id FROM pf_segs r JOIN pf_messages m USING (kh, seg)
+            WHERE m.complete AND r.pending_id IS NOT NULL""").fetchall()
+        ctx.state.keep_pending_mail_lines(new_rows, [pending_id for (pending_id,) in consumed])

@@ -1,7 +1,7 @@
 """The sources' state that survives between batches, in the state store (see state.py, Schema).
 
 Mail sources keep lines of Postfix messages not yet complete and keys of messages already
-written; the one interface for source state (issue 8, part 3) declares its tables here.
+written; sources/state.py (`SourceState`) is the one interface that reads and writes them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ SCHEMA = StageSchema("sources", (
     """
 -- mail sources (sources/postfix.py, sources/mailcommon.py): lines of Postfix messages not yet
 -- complete, and keys of messages already written (Exchange/M365 dedup across batches). A row
--- counts only once its producing batch is in `batches`; see mailcommon.recover.
+-- counts only once its producing batch is in `batches`; see sources/state.py.
 CREATE TABLE IF NOT EXISTS postfix_pending (
     key TEXT NOT NULL,
     queue_id TEXT NOT NULL,

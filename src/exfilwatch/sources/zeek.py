@@ -138,11 +138,11 @@ class ZeekConnTSV:
         return is_zeek_tsv(head, "conn", "conn_state")
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
-        header = read_zeek_header(ctx.head, CONN_FIELDS)
+        header = read_zeek_header(ctx.header_lines, CONN_FIELDS)
         position = {name: index + 1 for index, name in enumerate(header.fields)}
         missing = [name for name in CONN_FIELDS[:11] if name not in position]
         if missing:
-            raise ValueError(f"{ctx.file}: Zeek #fields header lacks {', '.join(missing)}")
+            raise ValueError(f"{ctx.origin}: Zeek #fields header lacks {', '.join(missing)}")
         wanted = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service",
                   "duration", "orig_bytes", "resp_bytes"]
         extract = ", ".join(f'{zeek_value(f"f[{position[name]}]")} AS "{name}"' for name in wanted)

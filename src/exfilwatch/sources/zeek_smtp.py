@@ -55,14 +55,14 @@ NUMBERS = {"id.orig_p": "INTEGER", "id.resp_p": "INTEGER", "trans_depth": "INTEG
 def _tsv_table(con: duckdb.DuckDBPyConnection, ctx: ParseContext, table: str, path: str, fields: list[str],
                lists: set[str], required: list[str]) -> None:
     """raw_lines (Zeek TSV) → `table`: one text or list column per field, and `n`/`line`/`header`."""
-    header = read_zeek_header(ctx.head, [])
+    header = read_zeek_header(ctx.header_lines, [])
     if not header.fields:
-        raise ValueError(f"{ctx.file}: no Zeek #fields header in the first lines")
+        raise ValueError(f"{ctx.origin}: no Zeek #fields header in the first lines")
     missing = [f for f in required if f not in header.fields]
     if missing:
-        raise ValueError(f"{ctx.file}: Zeek {path}.log #fields header lacks {', '.join(missing)}")
+        raise ValueError(f"{ctx.origin}: Zeek {path}.log #fields header lacks {', '.join(missing)}")
     set_sep = ","
-    for line in ctx.head:
+    for line in ctx.header_lines:
         if line.startswith("#set_separator"):
             parts = line.split(header.separator, 1)
             set_sep = parts[1] if len(parts) == 2 else set_sep

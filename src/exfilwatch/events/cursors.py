@@ -1,0 +1,72 @@
+"""Cursors: where a batch of lines came from, and the position to commit with it.
+
+`ingest_lines(source, lines, cursor, …)` takes one batch of lines and a cursor. The cursor
+gives:
+
+* `name` and `first_line`: the origin shown in `raw_ref` and quarantine (`<name>:<line>`);
+* `batch_key`: the batch's identity among all batches of this origin, the same when the same
+  lines are read again, so a retried batch replaces its earlier attempt instead of adding to it;
+* `header_lines` and `reference_time`: what sources may need besides the lines (a format's
+  header lines; when the lines were written, which dates yearless syslog timestamps);
+* `commit(db, source)`: records the position after the batch, inside the transaction that
+  commits the batch, so the batch and the position are committed together or not at all.
+
+Kinds: `events.files.FileCursor` (fingerprint, byte offset, line number in `file_checkpoints`);
+a receiver's spool cursor commits its spool position the same way; `StreamCursor` is lines
+handed over in memory, whose position the caller keeps (tests, tools that already hold lines).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+
+class Cursor(Protocol):
+    name: str
+    first_line: int
+    header_lines: Sequence[str]
+    reference_time: datetime | None
+
+    @property
+    def batch_key(self) -> str:
+        """Identifies the batch within its origin; stable when the same lines are read again."""
+
+    def commit(self, db: sqlite3.Connection, source: str) -> None:
+        """Record the position after this batch, inside the batch's transaction."""
+
+
+@dataclass(frozen=True)
+class StreamCursor:
+    """Lines received in memory, e.g. by a syslog receiver: named `syslog:udp/127.0.0.1:5514`.
+
+    Line numbers count from the stream's first line; `received_at` is when the batch was
+    received (it dates yearless syslog timestamps). The caller keeps the position: `commit`
+    records nothing, so the lines are lost unless the caller can hand them over again.
+    """
+
+    name: str
+    received_at: datetime
+    first_line: int = 1
+    header_lines: tuple[str, ...] = ()
+
+    @property
+    def reference_time(self) -> datetime:
+        return self.received_at
+
+    @property
+    def batch_key(self) -> str:
+        origin = hashlib.sha256(self.name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        received = self.received_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        return f"{origin}-{received}-{self.first_line}"
+
+    def following(self, lines: int, received_at: datetime) -> StreamCursor:
+        """The cursor of the next batch, after `lines` lines of this one."""
+        return StreamCursor(self.name, received_at, self.first_line + lines, self.header_lines)
+
+    def commit(self, db: sqlite3.Connection, source: str) -> None:
+        return None
