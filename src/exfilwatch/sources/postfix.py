@@ -284,7 +284,7 @@ class Postfix:
     def _load_pending(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
         pending = ctx.state.pending_mail_lines() if ctx.state is not None else pending_mail_table([])
         con.register("pf_pending_arrow", pending)
-        con.execute(f"""
+        con.execute("""
             CREATE OR REPLACE TEMP TABLE pf_pending AS SELECT * FROM pf_pending_arrow;
             CREATE OR REPLACE TEMP VIEW pf_recs AS
             SELECT *, (CAST(epoch_us(t) AS HUGEINT) << 52) + pos AS o, kind IN ('removed', 'reject') AS boundary
