@@ -22,7 +22,7 @@ from exfilwatch.events.cursors import StreamCursor
 from exfilwatch.events.ingest import ingest_lines, ingest_paths, open_target
 from exfilwatch.events.lake import remove_orphans
 from exfilwatch.sources import get_source
-from exfilwatch.state import StateStore
+from exfilwatch.home import open_state
 
 from .conftest import ZEEK_CONN_HEADER, Flow, conn_line, write_conn_log
 
@@ -47,7 +47,7 @@ def new_home(tmp_path: Path) -> Home:
 
 
 def lake(home: Home, model: str) -> list[dict]:
-    state = StateStore(home.state_path)
+    state = open_state(home)
     files = state.lake_files(model)
     state.close()
     if not files:
@@ -57,7 +57,7 @@ def lake(home: Home, model: str) -> list[dict]:
 
 
 def stored(home: Home, sql: str) -> list[tuple]:
-    state = StateStore(home.state_path)
+    state = open_state(home)
     rows = [tuple(r) for r in state.query(sql)]
     state.close()
     return rows
@@ -173,9 +173,9 @@ def run_until_written_then_sigkill(kind: str, home: Home, arg: Path, kill_at_wri
 
 
 def assert_no_orphans(home: Home) -> None:
-    state = StateStore(home.state_path)
+    state = open_state(home)
     assert remove_orphans(home.lake, state) == 0
-    assert {str(p) for p in Path(home.lake).rglob("*.parquet")} == state.committed_lake_paths()
+    assert {str(p) for p in Path(home.lake).rglob("*.parquet")} == {state.absolute(p) for p in state.committed_lake_paths()}
     state.close()
 
 
