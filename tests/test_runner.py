@@ -17,6 +17,7 @@ from exfilwatch.detections.schema import load_detections
 from exfilwatch.events.engine import connect
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.home import open_state
+from exfilwatch.state import StateStore
 
 from .conftest import Flow, settings_for, write_conn_log
 
@@ -162,7 +163,7 @@ def test_catch_up_over_gaps_and_a_dst_change_skips_empty_fires_and_finds_the_sam
     now = datetime(2026, 11, 5, 6, 0, tzinfo=NY)
     [caught_up] = run_schedule(con, state, settings, [detections[OUT]], now)
     assert caught_up.skipped_fires > 24 * 10  # the empty hours between the bursts were not run
-    other = StateStore(tmp_path_factory.mktemp("other") / "state.sqlite")
+    other = open_state(tmp_path_factory.mktemp("other"))
     first_row = datetime(2026, 8, 1, 10, tzinfo=NY)  # a first run catches up from the start of the data
     every = fire_times("0 * * * *", first_row - timedelta(microseconds=1), now, "America/New_York")
     assert caught_up.fires + caught_up.skipped_fires == len(every)
@@ -180,7 +181,7 @@ def test_a_first_run_with_the_wall_clock_on_old_logs_runs_only_the_fires_that_ca
     end_of_data = datetime(2021, 3, 21, 0, 0, tzinfo=NY)
     reference_home = Home(root=tmp_path / "reference", config_path=tmp_path / "reference" / "config.yaml")
     ingest_paths([log], reference_home, settings)
-    reference_state = StateStore(reference_home.state_path)
+    reference_state = open_state(reference_home)
     [at_end] = run_schedule(con, reference_state, settings, [detections[OUT]], end_of_data + timedelta(days=31))
     # Years later: every fire after the data's last 30-day window is skipped without being run.
     years_later = datetime(2026, 12, 2, 9, 17, tzinfo=timezone.utc)
