@@ -32,8 +32,8 @@ from exfilwatch.events.files import CHUNK_BYTES, expand_paths, read_file
 from exfilwatch.events.lake import remove_orphans, write_batch
 from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.sources import ParseContext, Source, detect_source, get_source
-from exfilwatch.sources.tables import SCHEMA as SOURCE_TABLES
 from exfilwatch.sources.state import StoredSourceState
+from exfilwatch.sources.tables import SCHEMA as SOURCE_TABLES
 from exfilwatch.state import StateStore
 
 RAW_LINE_LIMIT = 4096  # longest raw line kept in quarantine
@@ -116,8 +116,9 @@ def open_target(home: Home, settings: Settings) -> Iterator[IngestTarget]:
 
 
 def line_array(lines: pa.Array | pa.ChunkedArray | Sequence[str]) -> pa.Array | pa.ChunkedArray:
-    """Lines as an Arrow string array DuckDB can read: NUL and unencodable characters (lone
-    surrogates) become U+FFFD, so each such line reaches its parser and is quarantined there."""
+    """Lines as an Arrow string array DuckDB can read. In a list of str, NUL and characters UTF-8
+    cannot encode (lone surrogates) become U+FFFD, so each such line reaches its parser and is
+    quarantined there; an Arrow array is taken as it is (`events.files` already cleaned it)."""
     if isinstance(lines, (pa.Array, pa.ChunkedArray)):
         return lines
     try:
