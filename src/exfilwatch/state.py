@@ -18,7 +18,8 @@ Paths. Every path stored under the home (lake files) is relative to the home roo
 spelling, so a home reached by a relative path or a symlink, moved, or copied uses its own
 files; `StateStore.root` is the home root the relative paths resolve against (`lake_files`
 returns absolute paths, for DuckDB), which a copy of the store elsewhere (backtest) keeps
-pointing at the real home.
+pointing at the real home. Such a copy is given a `scratch` folder: the lake files it derives go
+there (stored absolute), and it never deletes a file of the home it reads.
 """
 
 from __future__ import annotations
@@ -78,11 +79,17 @@ def home_relative(path: str | os.PathLike[str], root: Path) -> str | None:
 
 
 class StateStore:
-    """A thin, explicit wrapper over the SQLite state file of the home at `root` (default: its folder)."""
+    """A thin, explicit wrapper over the SQLite state file of the home at `root` (default: its folder).
 
-    def __init__(self, path: Path, stages: Sequence[StageSchema] = (), root: Path | None = None):
+    `writes_to` is the folder whose lake this store writes and may delete from: the home, or the
+    `scratch` folder of a throwaway copy that reads another home's lake.
+    """
+
+    def __init__(self, path: Path, stages: Sequence[StageSchema] = (), root: Path | None = None,
+                 scratch: Path | None = None):
         self.path = path
         self.root = Path(os.path.abspath(root if root is not None else path.parent))
+        self.writes_to = Path(os.path.abspath(scratch)) if scratch is not None else self.root
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
@@ -135,12 +142,24 @@ class StateStore:
 
     # --- paths under the home ------------------------------------------------------------------
 
+    @property
+    def lake(self) -> Path:
+        """Where this store writes lake files."""
+        return self.writes_to / "lake"
+
     def relative(self, path: str | os.PathLike[str]) -> str:
-        """How a path under the home is stored: relative to the home root, POSIX spelling."""
+        """How a lake file this store wrote is stored: relative to the home root, POSIX spelling
+        (absolute when it is in a scratch folder outside the home)."""
         relative = home_relative(path, self.root)
         if relative is None:
-            raise ValueError(f"{path} is not under the home {self.root}")
+            if self.writes_to == self.root:
+                raise ValueError(f"{path} is not under the home {self.root}")
+            return os.path.abspath(path)
         return relative
+
+    def owns(self, path: str | os.PathLike[str]) -> bool:
+        """Whether this store may delete the lake file at `path` (one under the lake it writes)."""
+        return home_relative(path, self.lake) is not None
 
     def absolute(self, stored: str) -> str:
         """A stored path resolved against the home root (a path stored absolute stays as it is)."""

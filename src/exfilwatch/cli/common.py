@@ -19,7 +19,8 @@ from exfilwatch.config import Home, Settings, load_settings
 from exfilwatch.detections.schema import Detection, load_detections
 from exfilwatch.errors import ExfilwatchError, UsageError
 from exfilwatch.outputs.formats import print_table, terminal_safe, to_csv, to_jsonl
-from exfilwatch.home import open_state
+from exfilwatch.home import reader, writer
+from exfilwatch.homelock import DEFAULT_TIMEOUT
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import parse_time
 
@@ -30,9 +31,12 @@ errors = Console(stderr=True)
 class Context:
     """The home and its settings, read once per command, and the detection catalog."""
 
-    def __init__(self, home: Home, detection_folders: list[Path] | None = None):
+    def __init__(self, home: Home, detection_folders: list[Path] | None = None,
+                 lock_timeout: float = DEFAULT_TIMEOUT):
         self.home = home
         self._detection_folders = detection_folders or []
+        self.lock_timeout = lock_timeout
+        self.command: typer.Context | None = None  # the running command's context: it holds the home's locks
         self._settings: Settings | None = None
         self._detections: dict[str, Detection] | None = None
 
@@ -55,8 +59,15 @@ class Context:
             self._detections = load_detections(self.detection_folders)
         return self._detections
 
-    def state(self) -> StateStore:
-        return open_state(self.home)
+    def writer(self) -> StateStore:
+        """The state store for a command that changes the home: holds the writer lock until the command ends."""
+        assert self.command is not None, "call context(ctx) first"
+        return self.command.with_resource(writer(self.home, self.lock_timeout))
+
+    def reader(self) -> StateStore:
+        """The state store for a command that only reads: holds the readers lock until the command ends."""
+        assert self.command is not None, "call context(ctx) first"
+        return self.command.with_resource(reader(self.home))
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -70,6 +81,7 @@ def fail_on(exc: ExfilwatchError) -> NoReturn:
 
 def context(ctx: typer.Context) -> Context:
     c: Context = ctx.obj
+    c.command = ctx
     _ = c.settings  # a bad config fails here, before any work
     return c
 

@@ -40,6 +40,7 @@ def evaluate(
     c = context(ctx)
     chosen = select(c.detections, detection) if detection else [
         d for d in c.detections.values() if d.data_model == "user_sessions"]
+    c.reader()  # held until the command ends: evaluate_command opens its own store under it
     try:
         text = evaluate_command(c.home, c.settings, chosen, labels, method or [], parse_sets(set_),
                                 since, until, cases, fmt, console if fmt == "table" else None)
@@ -67,7 +68,7 @@ def backtest(
     if end <= start:
         raise UsageError("--to must be after --from")
     chosen = select(c.detections, [detection])[0]
-    state = c.state()
+    state = c.reader()
     with terminal_progress() as progress:
         report = backtest_detection(state, c.settings, list(c.detections.values()), chosen, start, end,
                                     parse_sets(set_), progress)

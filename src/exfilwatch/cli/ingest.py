@@ -71,6 +71,7 @@ def ingest(
 ) -> None:
     """Read log files into the lake; re-reading a file adds only what is new."""
     c = context(ctx)
+    c.writer()  # held until the command ends; ingest_paths opens its own store under it
     progress = None
     if sys.stderr.isatty():
         progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
@@ -92,7 +93,7 @@ def quarantine(ctx: typer.Context, limit: int = typer.Option(50, help="Rows to s
                fmt: str = typer.Option("table", "--format")) -> None:
     """List quarantined lines: file, line number, reason and the raw line."""
     c = context(ctx)
-    state = c.state()
+    state = c.reader()
     total = state.query("SELECT count(*) AS n FROM quarantine")[0]["n"]
     rows = [dict(r) for r in state.query(
         "SELECT file, line_no, source, reason, raw FROM quarantine ORDER BY file, line_no LIMIT ?", (limit,))]

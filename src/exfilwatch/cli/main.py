@@ -15,6 +15,7 @@ from exfilwatch import __version__
 from exfilwatch.cli.common import Context, errors
 from exfilwatch.config import resolve_home
 from exfilwatch.errors import ExfilwatchError
+from exfilwatch.homelock import DEFAULT_TIMEOUT
 from exfilwatch.outputs.formats import terminal_safe
 
 
@@ -49,8 +50,10 @@ def main(
         None, "--detections", metavar="DIR",
         help="A folder of your own detections, added to the shipped ones (repeatable; also detections_path: in the config)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    lock_timeout: float = typer.Option(DEFAULT_TIMEOUT, "--lock-timeout", envvar="EXFILWATCH_LOCK_TIMEOUT",
+                                       help="Seconds to wait for another exfilwatch writing to the home."),
 ) -> None:
-    ctx.obj = Context(resolve_home(home, config), detections or [])
+    ctx.obj = Context(resolve_home(home, config), detections or [], lock_timeout)
 
 
 from exfilwatch.cli import detections, evaluate, ingest, run, suppress, triage  # noqa: E402  (registers the commands)

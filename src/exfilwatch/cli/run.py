@@ -50,7 +50,7 @@ def terminal_progress() -> Iterator[pipeline.Progress | None]:
 
 
 def run_pipeline(c: Context, now: datetime, options: pipeline.Options, quiet: bool = False) -> pipeline.Result:
-    state = c.state()
+    state = c.writer()
     con = connect(c.settings, c.home.spill_dir)
     try:
         with terminal_progress() as progress:
@@ -156,7 +156,7 @@ def sessions(
 ) -> None:
     """Build the user sessions (VPN and daily) with their email features, and list them."""
     c = context(ctx)
-    state = c.state()
+    state = c.writer()
     con = connect(c.settings, c.home.spill_dir)
     with terminal_progress() as progress:
         if progress:

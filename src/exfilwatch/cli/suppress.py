@@ -44,7 +44,7 @@ def suppress_add(
         raise validation_error(exc, "suppress add") from None
     if entity is None and not conditions and detection in ("all", "*"):
         raise UsageError("a suppression of every finding of every detection: name a --detection, an --entity or a --where")
-    added = add_suppression(c.state(), c.settings, spec, now_from(now, c.settings))
+    added = add_suppression(c.writer(), c.settings, spec, now_from(now, c.settings))
     expiry = local_time(added.expires.isoformat(), c.settings.timezone) if added.expires else "never"
     console.print(f"added suppression {added.suppression_id}: {terminal_safe(added.describe())} "
                   f"(detection {added.detection_id}, expires {expiry}); it applies to findings decided from now on",
@@ -59,7 +59,7 @@ def suppress_list(
 ) -> None:
     """Suppressions from config.yaml and the command line, whether active at NOW, and the findings each hid."""
     c = context(ctx)
-    state = c.state()
+    state = c.reader()
     at = now_from(now, c.settings)
     suppressions = all_suppressions(state, c.settings, at)
     hits = suppression_hits(state)
@@ -79,6 +79,6 @@ def suppress_remove(ctx: typer.Context, suppression_id: str = typer.Argument(...
     c = context(ctx)
     if suppression_id.startswith("config:"):
         raise UsageError(f"{suppression_id} comes from {c.home.config_path}: remove it there")
-    if not remove_suppression(c.state(), suppression_id):
+    if not remove_suppression(c.writer(), suppression_id):
         raise UsageError(f"no suppression {suppression_id!r}; see `exfilwatch suppress list`")
     console.print(f"removed suppression {suppression_id}")

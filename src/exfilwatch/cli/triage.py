@@ -38,7 +38,7 @@ def findings(
 ) -> None:
     """List stored findings (suppressed ones only with --suppressed)."""
     c = context(ctx)
-    state = c.state()
+    state = c.reader()
     names = {d.id: d.name for d in c.detections.values()}
     techniques = {d.id: list(d.tags.mitre_attack_id) for d in c.detections.values()}
     rows = query_findings(state, detection, suppressed, names=names, techniques=techniques)
@@ -69,7 +69,7 @@ def incidents(
 ) -> None:
     """List the incidents the risk rules raised, oldest first."""
     c = context(ctx)
-    state = c.state()
+    state = c.reader()
     records = incident_records(state, {d.id: d.name for d in c.detections.values()})
     if entity:
         records = [r for r in records if r["risk_object"] == entity]
@@ -137,7 +137,7 @@ def entity(
 ) -> None:
     """One entity's timeline, read top to bottom: risk events, suppressed findings, sessions, incidents."""
     c = context(ctx)
-    report = entity_timeline(c.state(), c.settings, name)
+    report = entity_timeline(c.reader(), c.settings, name)
     if fmt == "jsonl":
         sys.stdout.write(json.dumps(report, default=str) + "\n")
         return

@@ -49,7 +49,8 @@ def backtest_detection(state: StateStore, settings: Settings, catalog: list[Dete
         target = sqlite3.connect(copy_path)
         source.conn.backup(target)
         target.close()
-        copy = StateStore(copy_path, root=state.root)  # the copy reads the real home's lake
+        # The copy reads the real home's lake; sessions it derives go to the scratch folder.
+        copy = StateStore(copy_path, root=state.root, scratch=Path(tmp))
         forget_detection(copy, detection_id)
         forget_rule(copy, detection_id)
         clear_watermark(copy, detection_id)

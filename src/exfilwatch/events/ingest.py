@@ -13,7 +13,6 @@ checkpoints, rotation and gzip — `ingest_paths` below), a receiver's spool, or
 
 from __future__ import annotations
 
-import fcntl
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,8 +27,9 @@ from exfilwatch.config import Home, Settings
 from exfilwatch.events.cursors import Cursor
 from exfilwatch.events.engine import connect
 from exfilwatch.events.files import CHUNK_BYTES, expand_paths, read_file
-from exfilwatch.events.lake import remove_orphans, write_batch
+from exfilwatch.events.lake import remove_orphans, remove_superseded, write_batch
 from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
+from exfilwatch.homelock import writing
 from exfilwatch.sources import ParseContext, Source, detect_source, get_source
 from exfilwatch.sources.state import StoredSourceState
 from exfilwatch.sources.tables import SCHEMA as SOURCE_TABLES
@@ -89,25 +89,15 @@ class IngestTarget:
 
 
 @contextmanager
-def ingest_lock(home: Home) -> Iterator[None]:
-    """One ingest at a time per home: orphan clean-up must not touch another run's batch."""
-    home.root.mkdir(parents=True, exist_ok=True)
-    with open(home.root / "ingest.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-@contextmanager
 def open_target(home: Home, settings: Settings) -> Iterator[IngestTarget]:
-    """The home opened for ingest: locked, with the orphans of killed runs removed."""
-    with ingest_lock(home):
+    """The home opened for ingest: under its writer lock, with the orphans of killed runs and the
+    files replaced while readers held them removed."""
+    with writing(home.root):
         state = StateStore(home.state_path, (SOURCE_TABLES, EVENTS_TABLES), root=home.root)
         con = connect(settings, home.spill_dir)
         try:
             remove_orphans(home.lake, state)
+            remove_superseded(state)
             yield IngestTarget(home, settings, state, con)
         finally:
             con.close()

@@ -6,18 +6,29 @@ its partition. The files become visible to readers only once the state store rec
 between the rename and the commit leaves orphans that `remove_orphans` deletes, and the next
 ingest rewrites that batch from the unchanged checkpoint. The `day` partition is the UTC date
 of `_time`; local-day buckets are computed by queries in the configured time zone.
+
+Replaced files. A writer that replaces committed files (the sessions build, `ingest --replace`)
+does not delete the old ones: in the transaction that drops them from `batch_files` it lists
+them in `superseded_files` (`supersede`), and `remove_superseded` deletes them when no reader
+holds the home's readers lock (homelock.py): a reader that listed them listed them before that
+commit and holds the lock until its last query, so a file goes only when no reader can hold it.
+If a reader is active the files wait for the next writer's sweep (each writer sweeps when it
+starts). A path listed in `batch_files` again (a batch rewritten under the same name) is never
+deleted; the orphan sweep keeps superseded files too.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from exfilwatch.models import DataModel
+from exfilwatch.homelock import no_readers
 from exfilwatch.state import StateStore, home_relative
 
 STAGING = ".staging"
@@ -79,6 +90,31 @@ def remove_orphans(lake: Path, state: StateStore) -> int:
             if name.endswith(".parquet") and relative is not None and relative not in listed:
                 os.remove(path)
                 removed += 1
+    return removed
+
+
+def supersede(db: sqlite3.Connection, paths: list[str], by: str) -> None:
+    """Record stored lake paths that `by` replaced (in the transaction that drops them from `batch_files`)."""
+    db.executemany("INSERT OR IGNORE INTO superseded_files VALUES (?, ?)", [(path, by) for path in paths])
+
+
+def remove_superseded(state: StateStore) -> int:
+    """Delete superseded lake files if no reader can hold them (see the module docstring); how many went."""
+    waiting = [row["path"] for row in state.query("SELECT path FROM superseded_files")]
+    if not waiting:
+        return 0
+    removed = 0
+    with no_readers(state.writes_to) as free:
+        if not free:
+            return 0
+        committed = state.committed_lake_paths()
+        for stored in waiting:
+            path = state.absolute(stored)
+            if state.normalised([stored]).isdisjoint(committed) and state.owns(path):
+                Path(path).unlink(missing_ok=True)
+                removed += 1
+        with state.transaction() as db:
+            db.executemany("DELETE FROM superseded_files WHERE path = ?", [(p,) for p in waiting])
     return removed
 
 

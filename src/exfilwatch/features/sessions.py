@@ -73,11 +73,12 @@ from typing import Any
 
 import duckdb
 
-from exfilwatch.config import Home, Settings
+from exfilwatch.config import Settings
 from exfilwatch.events.engine import plain, register_lake_views
-from exfilwatch.events.lake import write_batch
+from exfilwatch.events.lake import remove_superseded, supersede, write_batch
 from exfilwatch.models import USER_SESSIONS
 from exfilwatch.features.tables import SCHEMA as FEATURE_TABLES
+from exfilwatch.homelock import writing
 from exfilwatch.state import StateStore, dumps
 from exfilwatch.enrich.domains import register_domain_table
 from exfilwatch.enrich.identities import load_identities, register_identity_map
@@ -861,11 +862,8 @@ def _input_files(state: StateStore) -> list[tuple[str, str]]:
 def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, now: datetime,
                         rebuild: bool = False) -> BuildReport:
     """Bring the stored `user_sessions` up to `now` (see the module's Storage section)."""
-    from exfilwatch.events.ingest import ingest_lock
-
-    home = Home(root=state.root, config_path=state.root / "config.yaml")
     now = now.astimezone(timezone.utc)
-    with ingest_lock(home):  # no ingest may sweep our staged files as orphans meanwhile
+    with writing(state.writes_to):  # no ingest may sweep our staged files as orphans meanwhile
         state.migrate((FEATURE_TABLES,))
         files = _input_files(state)
         if not files:
@@ -893,7 +891,7 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
         counts = compute_sessions(con, settings, now, start, read_from)
         rows = con.execute("SELECT count(*) FROM _ses_result").fetchall()[0][0]
         batch_id = f"{NAME}-{start:%Y%m%d}-{uuid.uuid4().hex[:12]}"
-        written = write_batch(con, home.lake, USER_SESSIONS, batch_id, "_ses_result") if rows else []
+        written = write_batch(con, state.lake, USER_SESSIONS, batch_id, "_ses_result") if rows else []
         from_day = start.date().isoformat()
         with state.transaction() as db:
             old = [r["path"] for r in db.execute(
@@ -909,8 +907,8 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
                        "built_until=excluded.built_until, settings_hash=excluded.settings_hash, counts=excluded.counts",
                        (NAME, now.isoformat(), settings_hash, dumps(counts.as_dict())))
             db.executemany("INSERT OR IGNORE INTO derived_inputs VALUES (?, ?)", [(NAME, path) for path, _ in files])
-        for path in old:
-            Path(state.absolute(path)).unlink(missing_ok=True)
+            supersede(db, old, batch_id)  # a reader may still be scanning them: lake.py deletes them when none can
+        remove_superseded(state)
         return BuildReport(start, now, rows, reason, counts)
 
 
