@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import date, datetime, time as dtime, timedelta
+from datetime import date, datetime, time as dtime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -63,16 +63,18 @@ def phase_ingest(out: Path) -> dict:
 
 
 def phase_detect(out: Path) -> dict:
-    from exfilwatch.detections.runner import detect_once
+    from exfilwatch import pipeline
     from exfilwatch.detections.schema import load_detections
     from exfilwatch.events.engine import connect
-    from exfilwatch.state import StateStore
+    from exfilwatch.home import open_state
 
     home, settings = _home(out)
     detections = load_detections()
-    state = StateStore(home.state_path)
+    chosen = [detections[OUT_ID], detections[IN_ID]]
+    state = open_state(home)
     con = connect(settings, home.spill_dir)
-    results = detect_once(con, state, settings, [detections[OUT_ID], detections[IN_ID]], _now(settings), store=False)
+    results = pipeline.run(con, state, settings, chosen, _now(settings), pipeline.Options(
+        mode="once", detections=chosen, store=False, risk=False)).detections
     return {"rows": sum(len(r.findings) for r in results),
             "findings": sorted((r.detection.id, f.entity) for r in results for f in r.findings)}
 
@@ -183,7 +185,7 @@ def main() -> int:
     if args.phase:
         # Imports are not part of what is measured.
         import duckdb, pandas  # noqa: F401,E401
-        import exfilwatch.detections.runner, exfilwatch.events.ingest, exfilwatch.synth.network  # noqa: F401,E401
+        import exfilwatch.pipeline, exfilwatch.events.ingest, exfilwatch.synth.network  # noqa: F401,E401
         started = time.perf_counter()
         if args.phase == "generate":
             result = phase_generate(args.out, args.hosts, args.days, args.flows_per_host_day)

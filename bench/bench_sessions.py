@@ -119,7 +119,7 @@ def phase_synth(out: Path, users: int, days: int) -> dict:
 
     from exfilwatch.events.lake import write_batch
     from exfilwatch.models import AUTHENTICATION, EMAIL
-    from exfilwatch.state import StateStore
+    from exfilwatch.home import open_state
 
     (out / "home").mkdir(parents=True, exist_ok=True)
     (out / "home" / "config.yaml").write_text(CONFIG)
@@ -132,7 +132,7 @@ def phase_synth(out: Path, users: int, days: int) -> dict:
             sql = statement.replace("$users", str(users)).replace("$first", f"'{first}'").replace(
                 "$last", f"'{END}'").replace("$tz", f"'{TZ}'")
             con.execute(sql)
-    state = StateStore(home.state_path)
+    state = open_state(home)
     counts = {}
     for model, table in ((AUTHENTICATION, "auth_rows"), (EMAIL, "email_rows")):
         batch = f"bench-{model.name}"
@@ -143,7 +143,7 @@ def phase_synth(out: Path, users: int, days: int) -> dict:
             db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (batch, model.name, "bench", "synthetic", 1, rows, rows, rows, 0, 0))
             db.executemany("INSERT INTO batch_files VALUES (?,?,?,?,?)",
-                           [(f.path, batch, model.name, f.day, f.rows) for f in files])
+                           [(state.relative(f.path), batch, model.name, f.day, f.rows) for f in files])
     return {"rows": counts["email"], "auth_rows": counts["authentication"]}
 
 
@@ -163,10 +163,10 @@ def phase_groupby(out: Path) -> dict:
 def phase_build(out: Path) -> dict:
     from exfilwatch.events.engine import connect
     from exfilwatch.features.sessions import build_user_sessions
-    from exfilwatch.state import StateStore
+    from exfilwatch.home import open_state
 
     home, settings = _home(out)
-    state = StateStore(home.state_path)
+    state = open_state(home)
     con = connect(settings, home.spill_dir)
     # up to the end of the last-but-one day; the `day` phase adds the last day
     report = build_user_sessions(con, state, settings, _midnight(END), rebuild=True)
@@ -177,10 +177,10 @@ def phase_models(out: Path) -> dict:
     from exfilwatch.detections.schema import load_detections
     from exfilwatch.events.engine import connect
     from exfilwatch.evaluate.replay import replay
-    from exfilwatch.state import StateStore
+    from exfilwatch.home import open_state
 
     home, settings = _home(out)
-    state = StateStore(home.state_path)
+    state = open_state(home)
     con = connect(settings, home.spill_dir)
     detections = [load_detections()[i] for i in RULES]
     findings, sessions = replay(con, state, settings, detections, _midnight(END - timedelta(days=400)), _midnight(END))
@@ -192,10 +192,10 @@ def phase_day(out: Path) -> dict:
     from exfilwatch.detections.schema import load_detections
     from exfilwatch.events.engine import connect, expose_models, register_lake_views
     from exfilwatch.features.sessions import build_user_sessions
-    from exfilwatch.state import StateStore
+    from exfilwatch.home import open_state
 
     home, settings = _home(out)
-    state = StateStore(home.state_path)
+    state = open_state(home)
     con = connect(settings, home.spill_dir)
     start, end = _midnight(END), _midnight(END + timedelta(days=1))
     report = build_user_sessions(con, state, settings, end + timedelta(hours=2))
@@ -236,7 +236,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.phase:
         import duckdb  # noqa: F401
-        import exfilwatch.enrich.sessions, exfilwatch.evaluate  # noqa: F401,E401
+        import exfilwatch.features.sessions, exfilwatch.evaluate.replay  # noqa: F401,E401
         started, cpu = time.perf_counter(), time.process_time()
         if args.phase == "synth":
             result = phase_synth(args.out, args.users, args.days)

@@ -224,3 +224,17 @@ def _snap(t: datetime, part: str, modifier: str, zone: tzinfo) -> datetime:
     elif unit == "y":
         day = day.replace(month=1, day=1)
     return _at_midnight(day, zone)
+
+
+def as_time(value: object) -> datetime | None:
+    """A stored time (ISO 8601 text or a datetime) as an aware UTC datetime; naive means UTC.
+    None for anything that is not a time (a session id in a bucket, an empty field)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)

@@ -22,7 +22,7 @@ from exfilwatch.outputs.formats import print_table, terminal_safe, to_csv, to_js
 from exfilwatch.home import reader, writer
 from exfilwatch.homelock import DEFAULT_TIMEOUT
 from exfilwatch.state import StateStore
-from exfilwatch.timeexpr import parse_time
+from exfilwatch.timeexpr import as_time, parse_time
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True)
@@ -127,12 +127,7 @@ def emit(records: list[dict[str, Any]], fmt: str, title: str, columns: list[str]
 
 def local_time(text: str | None, tz: str) -> str:
     """An ISO time from the store on the configured zone's clock, for a table."""
-    if not text:
-        return ""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        return text
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+    value = as_time(text)
+    if value is None:
+        return text or ""
     return value.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")

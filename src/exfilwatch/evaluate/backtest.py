@@ -23,9 +23,8 @@ from exfilwatch.events.engine import connect
 from exfilwatch.detections.schedule import clear_watermark
 from exfilwatch.findings.store import forget_detection, query_findings
 from exfilwatch.incidents.correlation import forget_rule, stored_incidents
-from exfilwatch.risk.events import as_time
 from exfilwatch.state import StateStore
-from exfilwatch.timeexpr import parse_time, relative_time
+from exfilwatch.timeexpr import as_time, parse_time, relative_time
 
 
 def day_or_time(text: str, now: datetime, tz: str, end: bool) -> datetime:

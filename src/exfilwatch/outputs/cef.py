@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from exfilwatch import __version__
+from exfilwatch.timeexpr import as_time
 
 CEF_SEVERITY = {"informational": 1, "low": 3, "medium": 5, "high": 8, "critical": 10}
 SYSLOG_SEVERITY = {"informational": 6, "low": 5, "medium": 4, "high": 3, "critical": 2}  # notice..critical
@@ -35,15 +36,8 @@ def extension_escape(value: Any) -> str:
 
 
 def _millis(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return int(parsed.timestamp() * 1000)
+    parsed = as_time(text)
+    return None if parsed is None else int(parsed.timestamp() * 1000)
 
 
 def _object_fields(value: str, object_type: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from exfilwatch.risk.modifiers import apply_modifiers
 from exfilwatch.riskconfig import RiskModifier
 from exfilwatch.models import RISK_EVENT_COLUMNS
 from exfilwatch.state import StateStore, dumps
+from exfilwatch.timeexpr import as_time
 
 
 
@@ -71,18 +72,6 @@ class RiskEvent:
 
 
 _TIME_FIELDS = ("_time", "session_end", "end_time", "end", "time")
-
-
-def as_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def finding_time(finding: dict[str, Any], fallback: datetime) -> datetime:
