@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,12 +18,55 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from exfilwatch.errors import ConfigError
+from exfilwatch.errors import ConfigError, UsageError
 from exfilwatch.riskconfig import OutputSpec, RiskModifier, SuppressionSpec
 
 DEFAULT_HOME = ".exfilwatch"
 
+# What DuckDB's `SET memory_limit` reads: a number and a unit (KB/MB/GB/TB in powers of 1000,
+# KiB/MiB/GiB/TiB in powers of 1024, or spelled out), or a share of the machine's memory.
+MEMORY_LIMIT = re.compile(
+    r"\s*(?P<number>\d+(\.\d*)?|\.\d+)\s*(?P<unit>%|([kmgt](i?b)?|bytes|b|(kilo|mega|giga|tera)bytes?))\s*",
+    re.IGNORECASE)
 
+
+def memory_bytes(limit: str) -> int:
+    """A memory_limit in bytes, as DuckDB reads it; a share (80%) is of the machine's memory."""
+    match = MEMORY_LIMIT.fullmatch(limit)
+    if match is None:
+        raise ConfigError(f"{limit!r} is not a memory size", where="memory_limit")
+    number, unit = float(match["number"]), match["unit"].lower()
+    if unit == "%":
+        return int(number / 100 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    power = "bkmgt".index(unit[0]) if unit[0] in "kmgt" else 0
+    return int(number * (1024 if "ib" in unit else 1000) ** power)
+
+
+def read_yaml_file(path: Path, what: str = "file") -> Any:
+    """The YAML document in `path`; anything that makes it unreadable is one ConfigError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found", where=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError(f"is a folder, not a {what}", where=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not a text {what} (byte {exc.start} is not UTF-8)", where=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what}: {exc.strerror}", where=str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {_yaml_problem(exc)}", where=str(path)) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # PyYAML's own message spans several lines with a caret drawing; say the same in one.
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
 class StrictModel(BaseModel):
@@ -101,6 +145,13 @@ class Settings(StrictModel):
     suppressions: list[SuppressionSpec] = Field(default_factory=list)
     outputs: list[OutputSpec] = Field(default_factory=list)
 
+    @field_validator("memory_limit")
+    @classmethod
+    def _valid_memory_limit(cls, value: str) -> str:
+        if not MEMORY_LIMIT.fullmatch(value):
+            raise ValueError(f"{value!r} is not a memory size: expected e.g. 4GB, 512MiB or 80% (of the machine's memory)")
+        return value.strip()
+
     @field_validator("timezone")
     @classmethod
     def _valid_timezone(cls, value: str) -> str:
@@ -133,6 +184,14 @@ class Home:
     @property
     def spill_dir(self) -> Path:
         return self.root / "tmp"
+
+    def create(self) -> None:
+        """Make the home folder if it is missing; a path that cannot be one is the user's to change."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"the home folder cannot be created ({exc.strerror}): choose another with --home "
+                             "or $EXFILWATCH_HOME", where=str(self.root)) from None
 
 
 def resolve_home(home: str | Path | None, config: str | Path | None = None) -> Home:
@@ -176,14 +235,9 @@ def validation_error(exc: ValidationError, source: str) -> ConfigError:
 def load_settings(home: Home) -> Settings:
     """Read the home's config.yaml; a home without one uses the defaults."""
     path = home.config_path
-    if not path.exists():
-        if path != home.root / "config.yaml":
-            raise ConfigError(f"{path}: config file not found")
+    if path == home.root / "config.yaml" and not path.exists():
         return Settings()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml_file(path, "config file")
     settings = parse_settings(data, str(path))
     if isinstance(settings.identities, str) and not Path(settings.identities).is_absolute():
         settings.identities = str(path.parent / settings.identities)

@@ -13,6 +13,7 @@ works while a writer runs (and on a home it cannot write).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,11 +34,14 @@ from exfilwatch.state import StageSchema, StateStore
 STAGES: tuple[StageSchema, ...] = (SOURCES, EVENTS, FEATURES, DETECTIONS, FINDINGS, RISK, INCIDENTS, OUTPUTS)
 
 
-def open_state(home: Home | Path) -> StateStore:
-    """The state store of a home (or of the home folder at a path), migrated to this release."""
+def open_state(home: Home | Path, read_only: bool = False) -> StateStore:
+    """The state store of a home (or of the home folder at a path), migrated to this release.
+
+    `read_only` for commands that only read: they work on a home they cannot write.
+    """
     if not isinstance(home, Home):
         home = Home(root=Path(home), config_path=Path(home) / "config.yaml")
-    return StateStore(home.state_path, STAGES, root=home.root)
+    return StateStore(home.state_path, STAGES, root=home.root, read_only=read_only)
 
 
 @contextmanager
@@ -52,11 +56,17 @@ def writer(home: Home, timeout: float = DEFAULT_TIMEOUT) -> Iterator[StateStore]
             state.close()
 
 
+def _writable(home: Home) -> bool:
+    # A home this process may write is opened as usual, so a store from an older release is
+    # migrated by a reader too; one it cannot (a read-only mount, permissions) is only read.
+    return os.access(home.root, os.W_OK) and (not home.state_path.exists() or os.access(home.state_path, os.W_OK))
+
+
 @contextmanager
 def reader(home: Home) -> Iterator[StateStore]:
     """The home's state store, holding the readers lock: lake files it lists stay until it is done."""
     with reading(home.root):
-        state = open_state(home)
+        state = open_state(home, read_only=not _writable(home))
         try:
             yield state
         finally:

@@ -86,14 +86,17 @@ class StateStore:
     """
 
     def __init__(self, path: Path, stages: Sequence[StageSchema] = (), root: Path | None = None,
-                 scratch: Path | None = None):
+                 scratch: Path | None = None, read_only: bool = False):
         self.path = path
         self.root = Path(os.path.abspath(root if root is not None else path.parent))
         self.writes_to = Path(os.path.abspath(scratch)) if scratch is not None else self.root
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        if read_only:
+            self.conn = _open_read_only(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         if stages:
@@ -208,6 +211,27 @@ class StateStore:
     def watermark(self, detection_id: str) -> str | None:
         rows = self.query("SELECT last_fire FROM watermarks WHERE detection_id = ?", (detection_id,))
         return rows[0]["last_fire"] if rows else None
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes, for commands that only read: they work on a read-only home.
+
+    A home with no state yet reads as empty (an in-memory store the stages' tables are made in).
+    WAL needs the `-shm` file; where it is missing and the folder cannot be written (a read-only
+    mount or permissions), the database is opened as immutable, which is exact because then no
+    writer can be changing it either. A store that still needs a migration cannot be read so:
+    that needs a writing command first.
+    """
+    if not path.exists():
+        return sqlite3.connect(":memory:", isolation_level=None)
+    uri = path.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
 
 
 def dumps(value: Any) -> str:

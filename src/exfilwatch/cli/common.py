@@ -1,7 +1,8 @@
-"""What every command shares: the home and config, the clock at the edge, output formats, failing in one line.
+"""What every command shares: the home and config, the clock at the edge, output formats.
 
 The CLI is a front end only: it parses arguments, calls the stages and prints. `--now` defaults
-to the wall clock here and nowhere else.
+to the wall clock here and nowhere else. A command fails by raising an `ExfilwatchError`; the
+app (main.py) prints it as one line.
 """
 
 from __future__ import annotations
@@ -9,18 +10,19 @@ from __future__ import annotations
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
 
 from exfilwatch.config import Home, Settings, load_settings
+from exfilwatch.detections.runner import check_configured_detections
 from exfilwatch.detections.schema import Detection, load_detections
-from exfilwatch.errors import ExfilwatchError, UsageError
-from exfilwatch.outputs.formats import print_table, terminal_safe, to_csv, to_jsonl
+from exfilwatch.errors import UsageError
 from exfilwatch.home import reader, writer
 from exfilwatch.homelock import DEFAULT_TIMEOUT
+from exfilwatch.outputs.formats import print_table, to_csv, to_jsonl
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import as_time, parse_time
 
@@ -65,24 +67,21 @@ class Context:
         return self.command.with_resource(writer(self.home, self.lock_timeout))
 
     def reader(self) -> StateStore:
-        """The state store for a command that only reads: holds the readers lock until the command ends."""
+        """The state store for a command that only reads: holds the readers lock until the command ends.
+
+        It never writes where it cannot, so it works on a read-only home.
+        """
         assert self.command is not None, "call context(ctx) first"
         return self.command.with_resource(reader(self.home))
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {terminal_safe(message)}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def fail_on(exc: ExfilwatchError) -> NoReturn:
-    fail(str(exc), exc.exit_code)
-
-
 def context(ctx: typer.Context) -> Context:
+    """The command's home and settings, checked before any work: the config, its detections, the folder."""
     c: Context = ctx.obj
     c.command = ctx
-    _ = c.settings  # a bad config fails here, before any work
+    if c.settings.detections:  # else the catalog is not loaded here: `detections lint` must reach a broken one
+        check_configured_detections(c.settings, c.detections, str(c.home.config_path))
+    c.home.create()
     return c
 
 

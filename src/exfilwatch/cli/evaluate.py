@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from exfilwatch.cli.common import console, context, errors, local_time, parse_sets, select
+from exfilwatch.cli.common import console, context, local_time, parse_sets, select
 from exfilwatch.cli.run import terminal_progress
 from exfilwatch.errors import UsageError
 from exfilwatch.evaluate.backtest import backtest_detection, day_or_time
@@ -101,18 +101,20 @@ def generate(
 
     With --org: a synthetic organisation (vpn.log, maillog or MessageTracking/, conn.log, config.yaml
     with identities, labels.csv with the injected leaks and benign hard cases)."""
+    try:
+        last_day = date.fromisoformat(end)
+    except ValueError:
+        raise UsageError(f"--end {end!r}: expected a date such as 2026-10-31") from None
     if org:
         from exfilwatch.synth.org import MAIL_FORMATS, generate_organisation
 
         if mail not in MAIL_FORMATS:
-            errors.print(f"--mail must be one of: {', '.join(MAIL_FORMATS)}")
-            raise typer.Exit(2)
+            raise UsageError(f"--mail must be one of: {', '.join(MAIL_FORMATS)}")
         try:
-            made = generate_organisation(out, users=users, days=days, seed=seed, end=date.fromisoformat(end), mail=mail,
+            made = generate_organisation(out, users=users, days=days, seed=seed, end=last_day, mail=mail,
                                          hosts_per_user=hosts_per_user, flows_per_host_day=flows_per_host_day)
-        except ValueError as exc:
-            errors.print(str(exc))
-            raise typer.Exit(2) from None
+        except ValueError as exc:  # the generator's checks of --users, --days, --hosts-per-user
+            raise UsageError(str(exc)) from None
         console.print(f"wrote {made.users} users, {made.sessions} VPN sessions ({made.vpn_log}), {made.messages} "
                       f"messages ({made.mail_log}), {made.flows} flows ({made.conn_log}), {made.config}, {made.labels}")
         if made.network_note:
@@ -123,7 +125,7 @@ def generate(
     kwargs: dict[str, Any] = {}
     if flows_per_host_day:
         kwargs["flows_per_host_day"] = flows_per_host_day
-    dataset = generate_network(out, days=days, hosts=hosts, seed=seed, end=date.fromisoformat(end), **kwargs)
+    dataset = generate_network(out, days=days, hosts=hosts, seed=seed, end=last_day, **kwargs)
     console.print(f"wrote {dataset.flows} flows to {dataset.conn_log}, {dataset.config}, {dataset.labels}")
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from exfilwatch.cli.common import console, context, emit, errors, fail
+from exfilwatch.cli.common import console, context, emit, errors
+from exfilwatch.errors import SourceError
 from exfilwatch.events.ingest import FileReport, ingest_paths
 from exfilwatch.outputs.formats import print_table, terminal_safe
 from exfilwatch.sources import SOURCES
@@ -36,7 +37,7 @@ def print_ingest_reports(reports: list[FileReport], detected: bool) -> None:
     for report in reports:
         rows.append({
             "file": report.file,
-            "source": report.source + (" (detected)" if detected else ""),
+            "source": report.source + (" (detected)" if detected and report.batches else ""),
             "from line": report.resumed_from_line + 1,
             "lines read": report.lines,
             "events written": report.events,
@@ -80,12 +81,16 @@ def ingest(
     try:
         reports = ingest_paths(paths, c.home, c.settings, source, source_tz, year,
                                progress=_progress_factory(progress), mapping=mapping)
-    except (FileNotFoundError, ValueError) as exc:  # not yet an ExfilwatchError where raised
-        fail(str(exc))
     finally:
         if progress:
             progress.stop()
-    print_ingest_reports(reports, detected=source is None)
+    failed = [r.error for r in reports if r.error is not None]
+    if len(reports) == 1 and failed:
+        raise failed[0]
+    print_ingest_reports([r for r in reports if r.error is None], detected=source is None)
+    if failed:
+        raise SourceError(f"{len(failed)} of {len(reports)} files could not be read (the rest were ingested): "
+                          + "; ".join(str(error) for error in failed))
 
 
 @commands.command()

@@ -6,15 +6,18 @@ each parses its arguments, calls the stages (most through `pipeline.run`) and pr
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import NoReturn
 
+import duckdb
 import typer
 import typer.core
 
 from exfilwatch import __version__
 from exfilwatch.cli.common import Context, errors
 from exfilwatch.config import resolve_home
-from exfilwatch.errors import ExfilwatchError
+from exfilwatch.errors import ExfilwatchError, from_environment
 from exfilwatch.homelock import DEFAULT_TIMEOUT
 from exfilwatch.outputs.formats import terminal_safe
 
@@ -26,8 +29,26 @@ class _OneLineErrors(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except ExfilwatchError as exc:
-            errors.print(f"[bold red]error:[/] {terminal_safe(str(exc))}", soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
+            _print_and_exit(exc)
+        except (OSError, sqlite3.Error, duckdb.Error) as exc:
+            explained = _from_environment(exc, ctx.obj)
+            if explained is None:
+                raise
+            _print_and_exit(explained)
+
+
+def _print_and_exit(exc: ExfilwatchError) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {terminal_safe(str(exc))}", soft_wrap=True)
+    raise typer.Exit(exc.exit_code) from None
+
+
+def _from_environment(exc: BaseException, c: Context | None) -> ExfilwatchError | None:
+    home = c.home if c is not None else resolve_home(None)
+    try:
+        memory_limit = c.settings.memory_limit if c is not None else None
+    except ExfilwatchError:
+        memory_limit = None
+    return from_environment(exc, home.root, home.config_path, memory_limit)
 
 
 app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,

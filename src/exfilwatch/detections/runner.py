@@ -8,11 +8,11 @@ the caller registered and returns plain rows. Which fires are due, and what beco
 
 from __future__ import annotations
 
-from exfilwatch.errors import EngineError
-
+import difflib
 import functools
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Iterable
 from typing import Any
 
 import duckdb
@@ -20,6 +20,7 @@ import sqlglot
 from sqlglot import exp
 
 from exfilwatch.config import Settings
+from exfilwatch.errors import ConfigError, EngineError
 from exfilwatch.events.engine import register_lake_views
 from exfilwatch.models import get_model
 from exfilwatch.state import StateStore
@@ -88,6 +89,38 @@ def resolve_parameters(detection: Detection, settings: Settings, overrides: dict
         today=window.today(settings.timezone), timezone=settings.timezone,
     )
     return resolved
+
+
+def check_configured_detections(settings: Settings, catalog: dict[str, Detection], config_file: str) -> None:
+    """Every detection and parameter that config.yaml's `detections:` names exists and has a usable value.
+
+    Checked when a command starts, so a typo (`em_fnumm`, `treshold`) is one line naming the file
+    and the key, with the closest known name, rather than a setting silently ignored.
+    """
+    problems = []
+    for detection_id, values in settings.detections.items():
+        detection = catalog.get(detection_id)
+        if detection is None:
+            problems.append(f"key 'detections.{detection_id}': unknown detection{_closest(detection_id, catalog)}")
+            continue
+        for name, value in values.items():
+            key = f"detections.{detection_id}.{name}"
+            if name not in detection.parameters:
+                known = ", ".join(detection.parameters) or "none"
+                problems.append(f"key '{key}': unknown parameter{_closest(name, detection.parameters)} "
+                                f"(parameters of {detection_id}: {known})")
+                continue
+            try:
+                _coerce(detection, name, value)
+            except DetectionRunError:
+                problems.append(f"key '{key}': {value!r} is not a {detection.parameters[name].type}")
+    if problems:
+        raise ConfigError("\n".join(f"{config_file}: {problem}" for problem in problems))
+
+
+def _closest(name: str, known: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {matches[0]}?)" if matches else ""
 
 
 def compiled_sql(detection: Detection) -> str:

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from exfilwatch.config import ConfigError, validation_error
+from exfilwatch.config import ConfigError, read_yaml_file, validation_error
 
 TIME_PARAMETERS = ("now", "earliest", "latest", "today", "timezone")
 
@@ -155,9 +154,9 @@ class DetectionError(ConfigError):
 
 def load_detection(path: Path) -> Detection:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise DetectionError(f"{path}: not valid YAML: {exc}") from None
+        data = read_yaml_file(path, "detection file")
+    except ConfigError as exc:
+        raise DetectionError(str(exc)) from None
     try:
         detection = Detection.model_validate(data)
     except ValidationError as exc:

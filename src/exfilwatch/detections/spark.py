@@ -20,7 +20,7 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
-from exfilwatch.config import Settings
+from exfilwatch.config import Settings, memory_bytes
 from exfilwatch.detections.runner import compiled_sql, data_range
 from exfilwatch.detections.schema import Detection
 from exfilwatch.events.engine import connect, register_lake_views
@@ -42,7 +42,7 @@ def spark_session(settings: Settings, master: str = "local[2]"):
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "8")
-        .config("spark.driver.memory", settings.memory_limit.replace("GB", "g").replace("MB", "m"))
+        .config("spark.driver.memory", f"{max(1, memory_bytes(settings.memory_limit) // 2**20)}m")
         .getOrCreate()
     )
 

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import yaml
 
-from exfilwatch.config import ConfigError, Identity, Settings
+from exfilwatch.config import ConfigError, Identity, Settings, read_yaml_file
 from exfilwatch.events.engine import match_assets
 
 KINDS = ("email", "vpn", "host")
@@ -59,10 +58,7 @@ def read_identity_file(path: Path) -> list[Identity]:
         raise ConfigError(f"{path}: identities file not found")
     entries: list[dict] = []
     if path.suffix.lower() in (".yml", ".yaml"):
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = read_yaml_file(path, "identities file")
         if isinstance(data, dict) and "identities" in data:
             data = data["identities"]
         if not isinstance(data, list):

@@ -7,6 +7,9 @@ the chunk. So a re-read reads nothing twice, a file that grew is read from where
 a rotated (different fingerprint) or truncated file is read from the start, and a file
 renamed by rotation keeps its place. Gzip files are read through their uncompressed content.
 
+A file that cannot be read at all (a truncated or damaged gzip, binary content) is a
+`SourceError` naming it, before any of it is read.
+
 Lines never pass through a Python loop: newlines are found with numpy and a chunk becomes an
 Arrow string array over the same bytes (no copy), which DuckDB reads directly.
 """
@@ -17,6 +20,7 @@ import gzip
 import hashlib
 import os
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,11 +29,14 @@ from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
+from binaryornot.helpers import is_binary_string
 
+from exfilwatch.errors import SourceError, UsageError
 from exfilwatch.state import StateStore
 
 CHUNK_BYTES = 64 * 1024 * 1024
 FINGERPRINT_BYTES = 1024
+BINARY_SNIFF_BYTES = 1024
 HEAD_LINES = 64
 
 
@@ -142,7 +149,7 @@ def expand_paths(paths: list[Path]) -> list[Path]:
         elif path.exists():
             files.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise UsageError("no such file or folder", where=str(path))
     return files
 
 
@@ -167,6 +174,36 @@ def _content_size(path: Path) -> int:
         return path.stat().st_size
     with gzip.open(path, "rb") as handle:
         return handle.seek(0, os.SEEK_END)
+
+
+def readable_size(path: Path) -> int:
+    """The size of the file's (uncompressed) content, once it is known to be a readable text log."""
+    try:
+        size = _content_size(path)  # for gzip this decompresses the file, so a damaged one fails here
+        with open_log(path) as handle:
+            head = handle.read(BINARY_SNIFF_BYTES)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise SourceError(f"truncated or damaged gzip file ({exc}); nothing read from it", where=str(path)) from None
+    except OSError as exc:
+        raise SourceError(f"cannot read the file: {exc.strerror or exc}", where=str(path)) from None
+    if _is_binary(head):
+        raise SourceError("binary content, not a text log; nothing read from it", where=str(path))
+    return size
+
+
+def _is_binary(head: bytes) -> bool:
+    """binaryornot's judgement of the file's head, unless the file starts with a clean line of text.
+
+    A log that starts well but holds junk further on (a run of NULs after a crash, a corrupted
+    line) is still read, its bad lines quarantined one by one.
+    """
+    if not head or not is_binary_string(head):
+        return False
+    try:
+        first = head.split(b"\n", 1)[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return not first.strip() or any(char < " " and char not in "\t\r\x1b" for char in first)
 
 
 @dataclass(frozen=True)
@@ -197,8 +234,8 @@ class FileReading:
 
 def read_file(path: Path, state: StateStore, chunk_bytes: int = CHUNK_BYTES) -> FileReading:
     """The file at the point its checkpoint says reading stopped (the start for a new or rotated file)."""
+    size = readable_size(path)  # for gzip this decompresses the file: do it once
     fingerprint = content_fingerprint(path)
-    size = _content_size(path)  # for gzip this decompresses the file: do it once
     offset, line_no = _resume_point(path, state, fingerprint, size)
     return FileReading(path=path, head=read_head(path), fingerprint=fingerprint, size=size,
                        offset=offset, line_no=line_no, chunk_bytes=chunk_bytes)

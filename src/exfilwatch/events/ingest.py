@@ -9,6 +9,8 @@ batch; a batch read again (same cursor `batch_key`) replaces its earlier attempt
 
 Lines come from anywhere a cursor describes (`events.cursors`): files (`events.files`, with
 checkpoints, rotation and gzip — `ingest_paths` below), a receiver's spool, or memory.
+`ingest_paths` reads every file it can: one that cannot be read (a truncated gzip, binary
+content, no recognisable format) gets a report with its error, and an empty one a note.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import numpy as np
 import pyarrow as pa
 
 from exfilwatch.config import Home, Settings
+from exfilwatch.errors import ExfilwatchError, SourceError
 from exfilwatch.events.cursors import Cursor
 from exfilwatch.events.engine import connect
 from exfilwatch.events.files import CHUNK_BYTES, expand_paths, read_file
 from exfilwatch.events.lake import remove_orphans, remove_superseded, write_batch
 from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.homelock import writing
-from exfilwatch.sources import ParseContext, Source, detect_source, get_source
+from exfilwatch.sources import ParseContext, Source, UnknownFormatError, detect_source, get_source
 from exfilwatch.sources.state import StoredSourceState
 from exfilwatch.sources.tables import SCHEMA as SOURCE_TABLES
 from exfilwatch.state import StateStore
@@ -48,6 +51,7 @@ class BatchReport:
     skipped: Counter = field(default_factory=Counter)
     batches: int = 0
     notes: list[str] = field(default_factory=list)
+    error: ExfilwatchError | None = None  # why the file could not be read (what was committed before stays)
 
     @property
     def parsed(self) -> int:
@@ -67,6 +71,7 @@ class FileReport(BatchReport):
     file: str = ""
     source: str = ""
     resumed_from_line: int = 0
+    error: ExfilwatchError | None = None  # why the file could not be read (batches committed before stay)
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,8 @@ def ingest_file(
 ) -> FileReport:
     """Ingest one file from its checkpoint; `progress(path, size)` may return an advance callback."""
     reading = read_file(path, target.state, chunk_bytes)
+    if reading.size == 0:
+        return FileReport(file=str(path), source=source.name if source else "-", notes=["empty file, skipped"])
     chosen = source or detect_source(reading.head, str(path))
     on_progress = progress(path, reading.size) if progress else None
     if on_progress and reading.offset:
@@ -237,9 +244,20 @@ def ingest_paths(
     progress: Callable[[Path, int], Callable[[int], None]] | None = None,
     mapping: Path | None = None,
 ) -> list[FileReport]:
-    """Ingest files and folders; `progress(path, size)` may return a per-file advance callback."""
+    """Ingest files and folders; `progress(path, size)` may return a per-file advance callback.
+
+    A file that cannot be read gets a report with its `error`, and the next file is read.
+    """
     files = expand_paths(paths)
     source = get_source(source_name) if source_name else None
     options = ReadOptions(source_tz=source_tz, year=year, mapping=mapping)
+    reports: list[FileReport] = []
     with open_target(home, settings) as target:
-        return [ingest_file(path, target, source, options, chunk_bytes, progress) for path in files]
+        for path in files:
+            try:
+                reports.append(ingest_file(path, target, source, options, chunk_bytes, progress))
+            # Both are about this file alone (an unknown format asks for --source); any other
+            # error, such as a bad --mapping, would fail every file alike and stops the run.
+            except (SourceError, UnknownFormatError) as exc:
+                reports.append(FileReport(file=str(path), source=source.name if source else "-", error=exc))
+    return reports

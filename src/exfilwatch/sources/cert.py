@@ -22,6 +22,7 @@ import csv
 
 import duckdb
 
+from exfilwatch.errors import SourceError
 from exfilwatch.models import EMAIL
 from exfilwatch.sources.base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
 from exfilwatch.sources.mailcommon import csv_cells_sql, csv_covers_sql, direction_notes, email_select, install_macros
@@ -58,7 +59,7 @@ class CertEmail:
         install_macros(con, ctx)
         header = cert_header(ctx.header_lines)
         if header is None:
-            raise ValueError(f"{ctx.origin}: no CERT email.csv header (id,date,user,pc,to,cc,bcc,from,…) on the first line")
+            raise SourceError(f"{ctx.origin}: no CERT email.csv header (id,date,user,pc,to,cc,bcc,from,…) on the first line")
         pos = {name: i + 1 for i, name in enumerate(header)}
         n = len(header) - (1 if header[-1] == "content" else 0)  # content may hold commas: at least the others
         has_activity = "activity" in pos

@@ -44,6 +44,7 @@ import csv
 
 import duckdb
 
+from exfilwatch.errors import SourceError
 from exfilwatch.models import EMAIL
 from exfilwatch.sources.base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
 from exfilwatch.sources.mailcommon import Seen, csv_cells_sql, csv_covers_sql, direction_notes, email_select, install_macros
@@ -129,10 +130,10 @@ class ExchangeTracking:
         install_macros(con, ctx)
         fields = exchange_fields(ctx.header_lines)
         if fields is None:
-            raise ValueError(f"{ctx.origin}: no '#Fields:' header in the first lines (not an Exchange message tracking log?)")
+            raise SourceError(f"{ctx.origin}: no '#Fields:' header in the first lines (not an Exchange message tracking log?)")
         missing = [f for f in EXCHANGE_REQUIRED if f not in fields]
         if missing:
-            raise ValueError(f"{ctx.origin}: Exchange #Fields header lacks {', '.join(missing)}")
+            raise SourceError(f"{ctx.origin}: Exchange #Fields header lacks {', '.join(missing)}")
         pos = {name: i + 1 for i, name in enumerate(fields)}
         n = len(fields)
 
@@ -328,7 +329,7 @@ class M365TraceCSV:
         install_macros(con, ctx)
         header = _csv_header(ctx.header_lines, {"Received", "SenderAddress", "RecipientAddress"})
         if header is None:
-            raise ValueError(f"{ctx.origin}: no message trace header (Received, SenderAddress, RecipientAddress, …) "
+            raise SourceError(f"{ctx.origin}: no message trace header (Received, SenderAddress, RecipientAddress, …) "
                              "in the first lines")
         pos = {name: i + 1 for i, name in enumerate(header)}
         n = len(header)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from exfilwatch.errors import SourceError
 from exfilwatch.models import NETWORK_TRAFFIC
 from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
 from exfilwatch.sources.syslog_header import header_time_sql, local_time_sql
@@ -150,7 +151,7 @@ class NfdumpCSV:
         position = {name: i + 1 for i, name in enumerate(names)}
         missing = [n for n in ("ts", "sa", "da") if n not in position]
         if missing:
-            raise ValueError(f"{ctx.origin}: nfdump CSV header lacks {', '.join(missing)} (expected `nfdump -o csv` output)")
+            raise SourceError(f"{ctx.origin}: nfdump CSV header lacks {', '.join(missing)} (expected `nfdump -o csv` output)")
 
         def col(name: str) -> str:
             return f"trim(f[{position[name]}])" if name in position else "NULL"
@@ -241,7 +242,10 @@ def read_netflow_header(head: list[str]) -> CsvHeader | None:
     separator = max([",", ";", "\t"], key=line.count)
     if line.count(separator) < 2:
         return None
-    names = next(csv.reader(io.StringIO(line), delimiter=separator))
+    try:
+        names = next(csv.reader(io.StringIO(line), delimiter=separator))
+    except csv.Error:  # a stray carriage return or quote: not a CSV header this source can read
+        return None
     normalised = [normalise_column(n) for n in names]
     mapping: dict[str, int] = {}
     for field, aliases in NETFLOW_COLUMNS.items():
@@ -271,7 +275,7 @@ class NetflowCSV:
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
         header = read_netflow_header(ctx.header_lines)
         if header is None:
-            raise ValueError(
+            raise SourceError(
                 f"{ctx.origin}: the first line is not a flow CSV header naming a source address, a destination "
                 f"address and a start time (accepted names: {', '.join(NETFLOW_COLUMNS['src_ip'][:4])}, …)"
             )

@@ -36,10 +36,9 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from exfilwatch.config import ConfigError, validation_error
+from exfilwatch.config import ConfigError, read_yaml_file, validation_error
 from exfilwatch.models import DATA_MODELS, NETWORK_TRAFFIC, DataModel
 from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
 from exfilwatch.sources.flows import blank_sql, csv_fields_sql
@@ -126,12 +125,7 @@ class Mapping(BaseModel):
 
 def load_mapping(path: Path) -> Mapping:
     """Read and validate a mapping file; errors name the file and the key."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: mapping file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml_file(path, "mapping file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping (model, format, columns, …) at the top level")
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from exfilwatch.errors import UsageError
 from exfilwatch.sources.base import sql_string
 
 ENVELOPE = (
@@ -33,7 +34,7 @@ def checked_zone(tz: str) -> str:
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {tz!r} for --source-tz (expected an IANA name such as Europe/Berlin)") from None
+        raise UsageError(f"unknown time zone {tz!r} for --source-tz (expected an IANA name such as Europe/Berlin)") from None
     return tz
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from exfilwatch.errors import SourceError
 from exfilwatch.models import NETWORK_TRAFFIC
 from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_seconds_sql, raw_ref_sql, sql_string
 
@@ -142,7 +143,7 @@ class ZeekConnTSV:
         position = {name: index + 1 for index, name in enumerate(header.fields)}
         missing = [name for name in CONN_FIELDS[:11] if name not in position]
         if missing:
-            raise ValueError(f"{ctx.origin}: Zeek #fields header lacks {', '.join(missing)}")
+            raise SourceError(f"{ctx.origin}: Zeek #fields header lacks {', '.join(missing)}")
         wanted = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service",
                   "duration", "orig_bytes", "resp_bytes"]
         extract = ", ".join(f'{zeek_value(f"f[{position[name]}]")} AS "{name}"' for name in wanted)

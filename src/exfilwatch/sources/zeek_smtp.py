@@ -30,6 +30,7 @@ from datetime import timedelta
 
 import duckdb
 
+from exfilwatch.errors import SourceError
 from exfilwatch.models import EMAIL, FILE_TRANSFER
 from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_seconds_sql, raw_ref_sql, sql_string
 from exfilwatch.sources.mailcommon import direction_notes, email_select, install_macros
@@ -57,10 +58,10 @@ def _tsv_table(con: duckdb.DuckDBPyConnection, ctx: ParseContext, table: str, pa
     """raw_lines (Zeek TSV) → `table`: one text or list column per field, and `n`/`line`/`header`."""
     header = read_zeek_header(ctx.header_lines, [])
     if not header.fields:
-        raise ValueError(f"{ctx.origin}: no Zeek #fields header in the first lines")
+        raise SourceError(f"{ctx.origin}: no Zeek #fields header in the first lines")
     missing = [f for f in required if f not in header.fields]
     if missing:
-        raise ValueError(f"{ctx.origin}: Zeek {path}.log #fields header lacks {', '.join(missing)}")
+        raise SourceError(f"{ctx.origin}: Zeek {path}.log #fields header lacks {', '.join(missing)}")
     set_sep = ","
     for line in ctx.header_lines:
         if line.startswith("#set_separator"):
