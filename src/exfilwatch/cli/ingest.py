@@ -69,8 +69,10 @@ def ingest(
     source_tz: str | None = typer.Option(None, "--source-tz", help="Zone of local timestamps in the logs."),
     year: int | None = typer.Option(None, "--year", help="Year for syslog timestamps that lack one."),
     mapping: Path | None = typer.Option(None, "--mapping", help="Column mapping file for the generic CSV/JSON source."),
+    replace: bool = typer.Option(False, "--replace", help="Remove what was read from these files before (events, "
+                                 "quarantine, checkpoint) and read them again, e.g. with another --source or --year."),
 ) -> None:
-    """Read log files into the lake; re-reading a file adds only what is new."""
+    """Read log files into the lake; re-reading a file adds only what is new (unless --replace)."""
     c = context(ctx)
     c.writer()  # held until the command ends; ingest_paths opens its own store under it
     progress = None
@@ -80,7 +82,7 @@ def ingest(
         progress.start()
     try:
         reports = ingest_paths(paths, c.home, c.settings, source, source_tz, year,
-                               progress=_progress_factory(progress), mapping=mapping)
+                               progress=_progress_factory(progress), mapping=mapping, replace=replace)
     finally:
         if progress:
             progress.stop()

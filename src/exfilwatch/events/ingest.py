@@ -29,8 +29,8 @@ from exfilwatch.config import Home, Settings
 from exfilwatch.errors import ExfilwatchError, SourceError
 from exfilwatch.events.cursors import Cursor
 from exfilwatch.events.engine import connect
-from exfilwatch.events.files import CHUNK_BYTES, expand_paths, read_file
-from exfilwatch.events.lake import remove_orphans, remove_superseded, write_batch
+from exfilwatch.events.files import CHUNK_BYTES, content_fingerprint, expand_paths, read_file
+from exfilwatch.events.lake import remove_orphans, remove_superseded, supersede, write_batch
 from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.homelock import writing
 from exfilwatch.sources import ParseContext, Source, UnknownFormatError, detect_source, get_source
@@ -183,6 +183,8 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
     with state.transaction() as db:
         db.execute("DELETE FROM quarantine WHERE batch_id = ?", (batch_id,))
         db.execute("DELETE FROM skipped WHERE batch_id = ?", (batch_id,))
+        earlier = [r[0] for r in db.execute("SELECT path FROM batch_files WHERE batch_id = ?", (batch_id,))]
+        supersede(db, earlier, batch_id)  # an earlier read of this batch: a reader may hold its files
         db.execute("DELETE FROM batch_files WHERE batch_id = ?", (batch_id,))
         db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
         db.execute(
@@ -230,7 +232,48 @@ def ingest_file(
         if on_progress:
             on_progress(cursor.end_offset - offset)
         offset = cursor.end_offset
+    if report.lines == 0 and reading.line_no:
+        report.notes.append(f"already read up to line {reading.line_no}; to read it again with other options "
+                            "(--source, --year, --source-tz) use --replace")
     return report
+
+
+@dataclass
+class Forgotten:
+    """What `forget_file` removed."""
+
+    batches: int = 0
+    events: int = 0
+    lake_files: int = 0
+
+
+def forget_file(path: Path, target: IngestTarget) -> Forgotten:
+    """Remove everything read from a file: its batches (their lake files, superseded so that
+    readers finish first), quarantined lines, skipped counts and checkpoint, so it is read again
+    from its first line. What sources kept for its batches is dropped when they next read
+    (sources/state.py); derived models see their inputs gone and rebuild (features/sessions.py).
+
+    The file's batches are those whose id carries its fingerprint (the one checkpointed, or the
+    one of its content now, so a file renamed by rotation is found too) or that name it.
+    """
+    state = target.state
+    key = str(path.resolve())
+    fingerprints = {content_fingerprint(path)}
+    fingerprints |= {r["fingerprint"] for r in state.query("SELECT fingerprint FROM file_checkpoints WHERE path = ?",
+                                                          (key,))}
+    marks = [f"%-{fingerprint.split(':')[1][:16]}-%" for fingerprint in fingerprints]
+    where = " OR ".join(["batch_id LIKE ?"] * len(marks) + ["file = ?", "file = ?"])
+    with state.transaction() as db:
+        batches = db.execute(f"SELECT batch_id, events FROM batches WHERE {where}", (*marks, str(path), key)).fetchall()
+        ids = [(row[0],) for row in batches]
+        paths = [row[0] for batch in ids for row in db.execute("SELECT path FROM batch_files WHERE batch_id = ?", batch)]
+        supersede(db, paths, f"ingest --replace {key}")
+        for table in ("batch_files", "quarantine", "skipped", "batches"):
+            db.executemany(f"DELETE FROM {table} WHERE batch_id = ?", ids)
+        db.execute("DELETE FROM file_checkpoints WHERE path = ?", (key,))
+        db.executemany("DELETE FROM file_checkpoints WHERE fingerprint = ?", [(f,) for f in fingerprints])
+    forgotten = Forgotten(batches=len(ids), events=sum(row[1] for row in batches), lake_files=len(paths))
+    return forgotten
 
 
 def ingest_paths(
@@ -243,10 +286,12 @@ def ingest_paths(
     chunk_bytes: int = CHUNK_BYTES,
     progress: Callable[[Path, int], Callable[[int], None]] | None = None,
     mapping: Path | None = None,
+    replace: bool = False,
 ) -> list[FileReport]:
     """Ingest files and folders; `progress(path, size)` may return a per-file advance callback.
 
     A file that cannot be read gets a report with its `error`, and the next file is read.
+    `replace`: first forget what was read from each file (`forget_file`), then read it again.
     """
     files = expand_paths(paths)
     source = get_source(source_name) if source_name else None
@@ -255,9 +300,16 @@ def ingest_paths(
     with open_target(home, settings) as target:
         for path in files:
             try:
-                reports.append(ingest_file(path, target, source, options, chunk_bytes, progress))
+                forgotten = forget_file(path, target) if replace else None
+                report = ingest_file(path, target, source, options, chunk_bytes, progress)
             # Both are about this file alone (an unknown format asks for --source); any other
             # error, such as a bad --mapping, would fail every file alike and stops the run.
             except (SourceError, UnknownFormatError) as exc:
                 reports.append(FileReport(file=str(path), source=source.name if source else "-", error=exc))
+                continue
+            if forgotten is not None:
+                report.notes.insert(0, f"replaced: {forgotten.events} events of {forgotten.batches} earlier batches "
+                                       "removed, read again from line 1")
+            reports.append(report)
+        remove_superseded(target.state)
     return reports

@@ -1,4 +1,4 @@
-"""The Parquet lake: normalised events as `lake/<model>/day=YYYY-MM-DD/<batch>_<n>.parquet`.
+"""The Parquet lake: normalised events as `lake/<model>/day=YYYY-MM-DD/<batch>_<attempt>_<n>.parquet`.
 
 A batch is written by DuckDB into `lake/.staging/<batch>/` and each file is then renamed into
 its partition. The files become visible to readers only once the state store records them
@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,12 @@ class LakeFile:
 
 
 def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, batch_id: str, relation: str) -> list[LakeFile]:
-    """Write the rows of `relation` (a table or view with the model's columns) as one batch."""
+    """Write the rows of `relation` (a table or view with the model's columns) as one batch.
+
+    Each attempt's files get names of their own, so a batch read again never overwrites a file a
+    reader may hold: the earlier attempt's files are superseded when the new one commits.
+    """
+    attempt = uuid.uuid4().hex[:8]
     staging = lake / STAGING / batch_id
     if staging.exists():
         shutil.rmtree(staging)
@@ -53,7 +59,7 @@ def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, ba
     files = con.execute(
         f"""
         COPY (SELECT {columns}, {day} AS day FROM {relation})
-        TO '{staging}' (FORMAT parquet, PARTITION_BY (day), FILENAME_PATTERN '{batch_id}_{{i}}',
+        TO '{staging}' (FORMAT parquet, PARTITION_BY (day), FILENAME_PATTERN '{batch_id}_{attempt}_{{i}}',
                         COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE 122880, RETURN_STATS)
         """
     ).fetchall()

@@ -54,8 +54,8 @@ reads months of history from a small table instead of re-reading the mail. The t
 files the build has seen. A build recomputes from the UTC midnight before the previous build's
 end, or — when input files arrived since for older days (late data) — from
 `sessions.lookback_days` before the oldest of them; it replaces the stored partitions from that
-day on in one transaction. A change to the identities, domain lists or session settings
-rebuilds everything. Session keys are deterministic, so a rebuilt session keeps its key and a
+day on in one transaction. A change to the identities, domain lists or session settings, or
+input files removed since the last build (`ingest --replace`), rebuilds everything. Session keys are deterministic, so a rebuilt session keeps its key and a
 finding about it is not repeated.
 """
 
@@ -874,8 +874,10 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
         new_days = sorted(day for path, day in files if path not in seen)
         first_day = datetime.fromisoformat(min(day for _, day in files)).replace(tzinfo=timezone.utc)
         lookback = timedelta(days=settings.sessions.lookback_days)
-        if rebuild or not previous or previous[0]["settings_hash"] != settings_hash:
-            start, reason = first_day, "full build"
+        removed = seen - {path for path, _ in files}  # inputs removed since (ingest --replace)
+        full = rebuild or not previous or previous[0]["settings_hash"] != settings_hash or bool(removed)
+        if full:
+            start, reason = first_day, "input data removed" if removed and not rebuild else "full build"
         else:
             built_until = datetime.fromisoformat(previous[0]["built_until"])
             start, reason = _utc_midnight(built_until), "incremental"
@@ -892,7 +894,7 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
         rows = con.execute("SELECT count(*) FROM _ses_result").fetchall()[0][0]
         batch_id = f"{NAME}-{start:%Y%m%d}-{uuid.uuid4().hex[:12]}"
         written = write_batch(con, state.lake, USER_SESSIONS, batch_id, "_ses_result") if rows else []
-        from_day = start.date().isoformat()
+        from_day = "" if full else start.date().isoformat()  # a full build replaces every stored session
         with state.transaction() as db:
             old = [r["path"] for r in db.execute(
                 "SELECT path FROM batch_files WHERE model = ? AND day >= ?", (NAME, from_day)).fetchall()]
@@ -906,6 +908,8 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
             db.execute("INSERT INTO derived_builds VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
                        "built_until=excluded.built_until, settings_hash=excluded.settings_hash, counts=excluded.counts",
                        (NAME, now.isoformat(), settings_hash, dumps(counts.as_dict())))
+            if full:
+                db.execute("DELETE FROM derived_inputs WHERE name = ?", (NAME,))
             db.executemany("INSERT OR IGNORE INTO derived_inputs VALUES (?, ?)", [(NAME, path) for path, _ in files])
             supersede(db, old, batch_id)  # a reader may still be scanning them: lake.py deletes them when none can
         remove_superseded(state)
