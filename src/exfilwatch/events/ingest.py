@@ -244,7 +244,6 @@ class Forgotten:
 
     batches: int = 0
     events: int = 0
-    lake_files: int = 0
 
 
 def forget_file(path: Path, target: IngestTarget) -> Forgotten:
@@ -272,8 +271,7 @@ def forget_file(path: Path, target: IngestTarget) -> Forgotten:
             db.executemany(f"DELETE FROM {table} WHERE batch_id = ?", ids)
         db.execute("DELETE FROM file_checkpoints WHERE path = ?", (key,))
         db.executemany("DELETE FROM file_checkpoints WHERE fingerprint = ?", [(f,) for f in fingerprints])
-    forgotten = Forgotten(batches=len(ids), events=sum(row[1] for row in batches), lake_files=len(paths))
-    return forgotten
+    return Forgotten(batches=len(ids), events=sum(row[1] for row in batches))
 
 
 def ingest_paths(
