@@ -93,8 +93,9 @@ def test_a_home_reached_by_a_relative_path_or_a_symlink_keeps_its_lake(tmp_path,
     assert events_in(home_at(tmp_path / "link")) == 20
 
 
-def _previous_release_home(root: Path) -> Path:
-    """A home as the release before schema versions left it: its SQL, absolute lake paths."""
+def _previous_release_home(root: Path, stored: str | None = None) -> Path:
+    """A home as the release before schema versions left it: its SQL, its lake paths as it wrote
+    them (absolute, or `stored`: relative to the working folder of a home given by a relative path)."""
     (root / "lake" / "network_traffic" / "day=2025-11-01").mkdir(parents=True)
     parquet = root / "lake" / "network_traffic" / "day=2025-11-01" / "zeek_conn-old-1_0.parquet"
     state = sqlite3.connect(root / "state.sqlite")
@@ -105,17 +106,19 @@ def _previous_release_home(root: Path) -> Path:
     shutil.copy(scratch_file, parquet)
     state.execute("INSERT INTO batches VALUES ('zeek_conn-old-1', 'network_traffic', 'zeek_conn', 'old.log', 1, 12, "
                   "12, 3, 0, 9)")
-    state.execute("INSERT INTO batch_files VALUES (?, 'zeek_conn-old-1', 'network_traffic', '2025-11-01', 3)",
-                  (str(parquet.resolve()),))
-    state.execute("INSERT INTO derived_inputs VALUES ('user_sessions', ?)", (str(parquet.resolve()),))
+    stored = stored or str(parquet.resolve())
+    state.execute("INSERT INTO batch_files VALUES (?, 'zeek_conn-old-1', 'network_traffic', '2025-11-01', 3)", (stored,))
+    state.execute("INSERT INTO derived_inputs VALUES ('user_sessions', ?)", (stored,))
     state.commit()
     state.close()
     return parquet
 
 
-def test_a_home_from_the_previous_release_opens_migrates_and_keeps_its_lake(tmp_path):
+@pytest.mark.parametrize("stored", [None, "old/lake/network_traffic/day=2025-11-01/zeek_conn-old-1_0.parquet"],
+                         ids=["absolute", "relative to the working folder"])
+def test_a_home_from_the_previous_release_opens_migrates_and_keeps_its_lake(tmp_path, stored):
     home = home_at(tmp_path / "old")
-    parquet = _previous_release_home(home.root)
+    parquet = _previous_release_home(home.root, stored)
 
     state = open_state(home)
     assert state.versions() == {s.stage: s.version for s in STAGES}

@@ -69,12 +69,12 @@ def sql_statements(script: str) -> Iterator[str]:
 def home_relative(path: str | os.PathLike[str], root: Path) -> str | None:
     """A file-system path (absolute, or relative to the working folder) as a POSIX path relative
     to the home `root`, under any spelling of either (symlinks, `..`); None when outside the home."""
-    for base, target in ((Path(os.path.abspath(root)), Path(os.path.abspath(path))),
-                         (Path(root).resolve(), Path(path).resolve())):
-        try:
-            return target.relative_to(base).as_posix()
-        except ValueError:
-            continue
+    spellings = (lambda: (os.path.abspath(root), os.path.abspath(path)),  # resolving is slower: only if needed
+                 lambda: (os.path.realpath(root), os.path.realpath(path)))
+    for spelling in spellings:
+        base, target = spelling()
+        if target == base or target.startswith(base.rstrip(os.sep) + os.sep):
+            return Path(os.path.relpath(target, base)).as_posix()
     return None
 
 

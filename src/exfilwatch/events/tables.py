@@ -8,6 +8,7 @@ that a reader may still be reading: lake.py deletes them once no reader can hold
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path, PurePosixPath
 
@@ -77,15 +78,18 @@ CREATE TABLE IF NOT EXISTS superseded_files (
 def stored_spelling(path: str, root: Path) -> str:
     """A lake path as a home made by the release before stored it, in today's spelling.
 
-    Absolute paths under the home become relative. An absolute path into another home's lake
-    (this home was copied from it) becomes this home's copy of the file when that exists.
+    That release stored the path it wrote to: absolute, or relative to the working folder of a
+    home reached by a relative path. Paths under the home become home-relative; a path into
+    another home's lake (this home was copied from it) or relative to some working folder
+    becomes this home's file of the same name under `lake/` when that exists.
     """
-    if not Path(path).is_absolute():
-        return path
-    relative = home_relative(path, root)
-    if relative is not None:
-        return relative
     parts = PurePosixPath(path).parts
+    if parts[:1] == (LAKE,):
+        return path
+    if os.path.isabs(path):
+        relative = home_relative(path, root)
+        if relative is not None:
+            return relative
     if LAKE in parts:
         own = PurePosixPath(*parts[len(parts) - 1 - parts[::-1].index(LAKE):])
         if (root / own).is_file():
@@ -95,9 +99,15 @@ def stored_spelling(path: str, root: Path) -> str:
 
 def relativise_paths(db: sqlite3.Connection, root: Path, table: str, *key: str) -> None:
     """Rewrite `table.path` in today's spelling (see `stored_spelling`), keeping its other key columns."""
+    for base in dict.fromkeys((os.path.abspath(root), os.path.realpath(root))):
+        prefix = base.rstrip(os.sep) + os.sep  # the common case, in one statement
+        db.execute(f"UPDATE OR REPLACE {table} SET path = substr(path, ?) WHERE substr(path, 1, ?) = ?",
+                   (len(prefix) + 1, len(prefix), prefix))
     columns = ("path", *key)
     where = " AND ".join(f"{name} = ?" for name in columns)
-    for row in db.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall():
+    left = db.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE substr(path, 1, ?) != ?",
+                      (len(LAKE) + 1, LAKE + "/")).fetchall()
+    for row in left:
         spelled = stored_spelling(row[0], root)
         if spelled != row[0]:
             db.execute(f"UPDATE OR REPLACE {table} SET path = ? WHERE {where}", (spelled, *row))
