@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import duckdb
+import httpx
 import pytest
 
 from exfilwatch.findings.store import load_findings_file
@@ -74,12 +75,14 @@ def test_cef_escaping():
 
 def test_incident_cef_record_and_rfc5424_framing(tmp_path):
     state = _state_with_incidents(tmp_path)
-    from exfilwatch.outputs.deliver import incident_records
+    from exfilwatch.outputs.records import incident_records
 
     [record] = incident_records(state, {"risk_threshold_exceeded_24h": "Risk threshold exceeded"})
     cef = incident_cef(record)
     assert cef.startswith("CEF:0|exfilwatch|exfilwatch|0.1.0|risk_threshold_exceeded_24h|Risk threshold exceeded|5|")
-    assert "duser=alice" in cef and "cn1=120.0" in cef and "cat=medium" in cef and "\n" not in cef
+    assert "duser=alice" in cef and "cn1=120.0" in cef and "\n" not in cef
+    # `cat` is the rule's category (its security domain), no longer the severity the header already says
+    assert "cat=threat" in incident_cef({**record, "category": "threat"}) and "\n" not in cef
     message = rfc5424(cef, NOW, "medium", facility=4, hostname="sensor 1", app_name="exfilwatch", msgid="incident")
     match = RFC5424.match(message.decode())
     assert match and match.group(1) == str(4 * 8 + 4) and match.group(2) == "2026-10-31T12:00:00.000000Z"
@@ -267,7 +270,9 @@ def test_webhook_client_error_is_not_retried(tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        ok, attempts, error = post_with_retries(f"http://127.0.0.1:{server.server_port}/", {}, {}, 5, 3, 0, lambda s: None)
+        with httpx.Client(timeout=5) as client:
+            ok, attempts, error = post_with_retries(client, f"http://127.0.0.1:{server.server_port}/", b"{}", 3, 0,
+                                                    lambda s: None)
     finally:
         server.shutdown()
         server.server_close()
@@ -289,7 +294,9 @@ def test_jsonl_and_csv_files_once_each_with_formulas_neutralised(tmp_path):
     text = (tmp_path / "incidents.csv").read_text()
     assert text.splitlines()[0].startswith("type,incident_id,rule") and text.count("\nincident,") == 1
     findings = (tmp_path / "findings.csv").read_text()
-    assert findings.splitlines()[0] == "type,time,detection_id,entity,risk_score,message,finding_key"
+    # the columns of old stay first; the ATT&CK and category columns follow them
+    assert findings.splitlines()[0] == ("type,time,detection_id,entity,risk_score,message,finding_key"
+                                        ",category,severity,mitre_attack_id,tactics")
     assert "'=em_bsum for alice" in findings  # a message that starts with '=' cannot run as a formula
     assert findings.count("\nfinding,") == 2
     with pytest.raises(Exception, match="one kind"):

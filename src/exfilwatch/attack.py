@@ -46,3 +46,13 @@ def tactic_name(shortname: str) -> str:
 def parent_of(technique_id: str) -> str | None:
     """T1114 for T1114.002; None for a technique that is not a sub-technique."""
     return technique_id.split(".", 1)[0] if "." in technique_id else None
+
+
+def version() -> str:
+    """The ATT&CK release of the extract, e.g. `18.1` (from the bundle's name)."""
+    return source()["bundle"].removeprefix("enterprise-attack-").removesuffix(".json")
+
+
+def tactic_id(shortname: str) -> str | None:
+    entry = attack_data()["tactics"].get(shortname)
+    return entry["id"] if entry else None

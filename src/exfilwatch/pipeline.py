@@ -111,7 +111,7 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
         if rules:
             result.incidents = run_incident_rules(con, state, settings, rules, now, options.since, options.overrides)
         if options.deliver and settings.outputs:
-            result.deliveries = deliver_pending(state, settings, now, names={d.id: d.name for d in catalog})
+            result.deliveries = deliver_pending(state, settings, now, catalog=catalog)
     return result
 
 

@@ -18,9 +18,11 @@ suppressions:
     reason: nightly mailbox backup pulls everything
     expires: 2026-12-31               # or "never"
 outputs:
-  - {name: soc, type: syslog, host: 10.0.0.5, port: 6514, protocol: tcp}
-  - {name: soar, type: webhook, url: "https://soar.example/hooks/exfilwatch"}
+  - {name: soc, type: syslog, host: siem.example, port: 6514, protocol: tls, ca_file: /etc/ssl/siem-ca.pem}
+  - {name: soar, type: webhook, url: "https://soar.example/hooks/exfilwatch", headers: {Authorization: "Bearer ..."}}
+  - {name: splunk, type: hec, url: "https://splunk.example:8088", token: "...", index: security, send: [incidents, findings]}
   - {name: archive, type: jsonl, path: incidents.jsonl}
+  - {name: lake, type: file, format: ocsf, path: ocsf.jsonl, send: [incidents, findings]}
 ```
 """
 
@@ -99,32 +101,43 @@ class SuppressionSpec(_Strict):
         return value
 
 
-class SyslogOutput(_Strict):
-    """CEF over syslog, RFC 5424 messages; TCP frames use octet counting (RFC 6587 / RFC 5425)."""
+Send = list[Literal["incidents", "findings"]]
+
+
+def _incidents() -> list:
+    return ["incidents"]
+
+
+class _Tls(_Strict):
+    """Certificate checks for an output that speaks TLS: the system's CAs, or `ca_file` (PEM)."""
+
+    verify: bool = True  # false only for a lab: the peer is then not authenticated
+    ca_file: str | None = None
+
+
+class SyslogOutput(_Tls):
+    """CEF over syslog, RFC 5424 messages: one per UDP datagram (RFC 5426); over TCP (RFC 6587)
+    and TLS (RFC 5425, port 6514) each framed by octet counting, `LEN SP MSG`."""
 
     name: str
     type: Literal["syslog"]
     host: str
     port: int = Field(default=514, ge=1, le=65535)
-    protocol: Literal["udp", "tcp"] = "udp"
+    protocol: Literal["udp", "tcp", "tls"] = "udp"
     facility: int = Field(default=4, ge=0, le=23)  # 4 = security/authorization messages
     app_name: str = "exfilwatch"
     hostname: str | None = None  # else the machine's name
     timeout: float = Field(default=5, gt=0)
-    send: list[Literal["incidents", "findings"]] = Field(default_factory=lambda: ["incidents"])
+    send: Send = Field(default_factory=_incidents)
 
 
-class WebhookOutput(_Strict):
-    """One HTTP POST with a JSON body per incident; retried with exponential backoff."""
-
+class _Http(_Tls):
     name: str
-    type: Literal["webhook"]
     url: str
-    headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(default=10, gt=0)
     retries: int = Field(default=3, ge=0, le=20)
     backoff: float = Field(default=1.0, ge=0)  # seconds before the first retry; doubles each time
-    send: list[Literal["incidents", "findings"]] = Field(default_factory=lambda: ["incidents"])
+    send: Send = Field(default_factory=_incidents)
 
     @field_validator("url")
     @classmethod
@@ -134,19 +147,51 @@ class WebhookOutput(_Strict):
         return value
 
 
+class WebhookOutput(_Http):
+    """One HTTP POST with a JSON body per item; retried with exponential backoff."""
+
+    type: Literal["webhook"]
+    headers: dict[str, str] = Field(default_factory=dict)  # e.g. a SOAR's Authorization token
+
+
+class HecOutput(_Http):
+    """Splunk HTTP Event Collector (`/services/collector/event`): `batch_size` events per request."""
+
+    type: Literal["hec"]
+    token: str = Field(min_length=1)
+    sourcetype: str = "exfilwatch"
+    index: str | None = None  # else the token's default index
+    source: str = "exfilwatch"
+    batch_size: int = Field(default=100, ge=1, le=10000)
+
+    @field_validator("url")
+    @classmethod
+    def _collector(cls, value: str) -> str:
+        # A base URL (https://splunk:8088) means Splunk's JSON event endpoint.
+        return value.rstrip("/") + "/services/collector/event" if "/services/collector" not in value else value
+
+
 class FileOutput(_Strict):
-    """Appends to a JSON lines or CSV file (CSV cells that could run as formulas are neutralised)."""
+    """Appends to a file: JSON lines of exfilwatch's records (the default), OCSF JSON lines (Detection
+    Finding 2004 / Incident Finding 2005) or CSV (cells that could run as formulas are neutralised).
+    `type: jsonl` and `type: csv` are the short forms of `type: file` with that format."""
 
     name: str
-    type: Literal["jsonl", "csv"]
+    type: Literal["file", "jsonl", "csv"]
+    format: Literal["jsonl", "csv", "ocsf"] | None = None
     path: str
-    send: list[Literal["incidents", "findings"]] = Field(default_factory=lambda: ["incidents"])
+    send: Send = Field(default_factory=_incidents)
 
     @model_validator(mode="after")
-    def _one_kind_per_csv(self) -> "FileOutput":
-        if self.type == "csv" and len(set(self.send)) != 1:
+    def _format(self) -> "FileOutput":
+        implied = None if self.type == "file" else self.type
+        if self.format is None:
+            self.format = implied or "jsonl"
+        elif implied == "csv" and self.format != "csv" or implied == "jsonl" and self.format == "csv":
+            raise ValueError(f"type {self.type} cannot hold format {self.format}: use type: file")
+        if self.format == "csv" and len(set(self.send)) != 1:
             raise ValueError("a CSV file holds one kind (one header): send incidents and findings to two files")
         return self
 
 
-OutputSpec = Annotated[SyslogOutput | WebhookOutput | FileOutput, Field(discriminator="type")]
+OutputSpec = Annotated[SyslogOutput | WebhookOutput | HecOutput | FileOutput, Field(discriminator="type")]

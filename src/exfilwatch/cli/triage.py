@@ -16,7 +16,7 @@ from exfilwatch.findings.store import query_findings, suppressed_count
 from exfilwatch.findings.suppressions import all_suppressions
 from exfilwatch.incidents.correlation import SEVERITY_RANK
 from exfilwatch.incidents.timeline import entity_timeline
-from exfilwatch.outputs.deliver import delivered_outputs, incident_records
+from exfilwatch.outputs.records import delivered_outputs, incident_records
 from exfilwatch.outputs.formats import print_table, terminal_safe
 from exfilwatch.state import StateStore
 

@@ -2,10 +2,14 @@
 
 A record is `CEF:0|exfilwatch|exfilwatch|<version>|<rule id>|<name>|<severity 0-10>|<extension>`
 (ArcSight Common Event Format 0): `|` and `\\` are escaped in the header, `=`, `\\` and line
-breaks in extension values. It travels as the MSG of an RFC 5424 message
-`<PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID - MSG`; over UDP one message per datagram
-(RFC 5426), over TCP each message framed by octet counting, `LEN SP MSG` (RFC 6587 3.4.1, as
-RFC 5425 does for TLS), so a message may contain line breaks safely.
+breaks in extension values. The CEF severity follows the record's severity (an incident's from
+its rule, a finding's banded from its risk score, see records.py): informational 1, low 3,
+medium 5, high 8, critical 10; `cat` is the detection's category; the ATT&CK techniques and
+tactics travel in `cs2`/`cs3` (findings) and `cs5`/`cs3` (incidents).
+
+It travels as the MSG of an RFC 5424 message `<PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID - MSG`;
+over UDP one message per datagram (RFC 5426), over TCP (RFC 6587 3.4.1) and TLS (RFC 5425) each
+message framed by octet counting, `LEN SP MSG`, so a message may contain line breaks safely.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import ssl
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 from exfilwatch import __version__
-from exfilwatch.timeexpr import as_time
+from exfilwatch.outputs.records import epoch_millis
 
 CEF_SEVERITY = {"informational": 1, "low": 3, "medium": 5, "high": 8, "critical": 10}
 SYSLOG_SEVERITY = {"informational": 6, "low": 5, "medium": 4, "high": 3, "critical": 2}  # notice..critical
@@ -33,11 +39,6 @@ def header_escape(value: Any) -> str:
 def extension_escape(value: Any) -> str:
     text = _CONTROL.sub("?", str(value)).replace("\\", "\\\\").replace("=", "\\=")
     return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def _millis(text: str | None) -> int | None:
-    parsed = as_time(text)
-    return None if parsed is None else int(parsed.timestamp() * 1000)
 
 
 def _object_fields(value: str, object_type: str) -> dict[str, Any]:
@@ -59,10 +60,10 @@ def cef_record(signature: str, name: str, severity: str, extension: dict[str, An
 def incident_cef(incident: dict[str, Any]) -> str:
     extension = {
         "externalId": incident["incident_id"],
-        "rt": _millis(incident["last_time"]),
-        "start": _millis(incident["first_time"]),
-        "end": _millis(incident["last_time"]),
-        "cat": incident["severity"],
+        "rt": epoch_millis(incident["last_time"]),
+        "start": epoch_millis(incident["first_time"]),
+        "end": epoch_millis(incident["last_time"]),
+        "cat": incident.get("category"),
         "msg": incident["message"],
         "cn1": incident.get("score"),
         "cn1Label": "riskScore" if incident.get("score") is not None else None,
@@ -72,6 +73,8 @@ def incident_cef(incident: dict[str, Any]) -> str:
         "cs2Label": "rule",
         "cs3": ",".join(incident.get("tactics") or []),
         "cs3Label": "tactics" if incident.get("tactics") else None,
+        "cs5": ",".join(incident.get("mitre_attack_id") or []),
+        "cs5Label": "mitreAttackId" if incident.get("mitre_attack_id") else None,
         **_object_fields(incident["risk_object"], incident["risk_object_type"]),
     }
     return cef_record(incident["rule"], incident.get("rule_name") or incident["rule"], incident["severity"], extension)
@@ -80,7 +83,8 @@ def incident_cef(incident: dict[str, Any]) -> str:
 def finding_cef(finding: dict[str, Any]) -> str:
     first = (finding.get("risk_objects") or [{}])[0]
     extension = {
-        "rt": _millis(finding.get("time")),
+        "rt": epoch_millis(finding.get("time")),
+        "cat": finding.get("category"),
         "msg": finding.get("message"),
         "cn1": finding.get("risk_score"),
         "cn1Label": "riskScore",
@@ -88,9 +92,12 @@ def finding_cef(finding: dict[str, Any]) -> str:
         "cs1Label": "findingKey",
         "cs2": ",".join(finding.get("mitre_attack_id") or []),
         "cs2Label": "mitreAttackId" if finding.get("mitre_attack_id") else None,
+        "cs3": ",".join(finding.get("tactics") or []),
+        "cs3Label": "tactics" if finding.get("tactics") else None,
         **(_object_fields(str(first["value"]), first.get("type", "other")) if first.get("value") is not None else {}),
     }
-    return cef_record(finding["detection_id"], finding.get("detection_name") or finding["detection_id"], "low", extension)
+    return cef_record(finding["detection_id"], finding.get("detection_name") or finding["detection_id"],
+                      finding.get("severity", "low"), extension)
 
 
 def _printable(text: str, limit: int) -> str:
@@ -119,16 +126,13 @@ def send_udp(host: str, port: int, messages: list[bytes], timeout: float) -> Non
             sock.sendto(message, address)
 
 
-def send_tcp(host: str, port: int, messages: list[bytes], timeout: float) -> int:
-    """Send octet-counted frames on one connection; returns how many were written before an error."""
-    sent = 0
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            for message in messages:
+def send_stream(host: str, port: int, messages: list[bytes], timeout: float,
+                tls: ssl.SSLContext | None = None) -> Iterator[int]:
+    """Send octet-counted frames on one TCP connection, over TLS when given a context; yields each
+    message's index once it is written, so the caller can record it before the next one."""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock = tls.wrap_socket(raw, server_hostname=host) if tls else raw
+        with sock:
+            for index, message in enumerate(messages):
                 sock.sendall(octet_frame(message))
-                sent += 1
-    except OSError:
-        if sent == 0:
-            raise
-        return sent
-    return sent
+                yield index
