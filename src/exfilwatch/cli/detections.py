@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -14,6 +15,7 @@ from exfilwatch.detections.runner import compiled_sql
 from exfilwatch.detections.schema import catalog_files, detection_files
 from exfilwatch.evaluate.detection_tests import run_detection_tests
 from exfilwatch.outputs.formats import print_table, terminal_safe
+from exfilwatch.outputs.navigator import coverage_layer
 
 commands = typer.Typer()
 detections_app = typer.Typer(no_args_is_help=True, help="List, show and lint the detections.")
@@ -67,6 +69,13 @@ def detections_lint(
                   f"{errors} errors, {warnings} warnings")
     if errors or not count:
         raise typer.Exit(1)
+
+
+@detections_app.command("navigator")
+def detections_navigator(ctx: typer.Context) -> None:
+    """The ATT&CK techniques the enabled detections cover, as an ATT&CK Navigator layer (JSON, format 4.5):
+    `exfilwatch detections navigator > layer.json`, then "Open Existing Layer" in the Navigator."""
+    typer.echo(json.dumps(coverage_layer(context(ctx).detections.values()), indent=2))
 
 
 @commands.command("test")

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from exfilwatch import pipeline
 from exfilwatch.cli.common import Context, console, context, emit, errors, now_from, parse_sets, select
+from exfilwatch.errors import OutputError
 from exfilwatch.events.engine import connect
 from exfilwatch.features.sessions import build_user_sessions, list_sessions, session_overview
 from exfilwatch.outputs.formats import print_table, terminal_safe
@@ -81,6 +82,15 @@ def print_risk_step(result: pipeline.Result) -> None:
         console.print(terminal_safe(line), markup=False, soft_wrap=True)
 
 
+def fail_if_undelivered(result: pipeline.Result) -> None:
+    """A run whose outputs could not deliver ends with exit 1 and one line per output that failed
+    (what did not go out stays queued for the next run)."""
+    failed = [f"output {r.output} could not deliver {r.pending} {r.kind} ({r.errors[-1]}); they stay queued"
+              for r in result.deliveries if r.errors]
+    if failed:
+        raise OutputError("; ".join(failed))
+
+
 @commands.command()
 def detect(
     ctx: typer.Context,
@@ -110,6 +120,7 @@ def detect(
                           f"({r.stored.added} new, {r.stored.updated} updated) for {r.window.earliest:%Y-%m-%d %H:%M}.."
                           f"{r.window.latest:%Y-%m-%d %H:%M} UTC")
         print_risk_step(result)
+    fail_if_undelivered(result)
 
 
 @commands.command()
@@ -132,6 +143,7 @@ def run(
     print_table(console, f"run up to {run_now.isoformat()}", rows,
                 ["detection", "fire times", "skipped (no data)", "findings", "new", "updated"])
     print_risk_step(result)
+    fail_if_undelivered(result)
 
 
 @commands.command("risk")
@@ -142,7 +154,8 @@ def risk_command(
 ) -> None:
     """Rebuild risk events, run the incident rules and deliver what is queued (run and detect do this too)."""
     c = context(ctx)
-    run_pipeline(c, now_from(now, c.settings), pipeline.Options(detections=[], deliver=not no_deliver))
+    result = run_pipeline(c, now_from(now, c.settings), pipeline.Options(detections=[], deliver=not no_deliver))
+    fail_if_undelivered(result)
 
 
 @commands.command()
