@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -21,6 +22,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import yaml
+from typer.testing import CliRunner
+from exfilwatch.cli.main import app
 from exfilwatch.detections.schema import load_detections
 from exfilwatch.outputs.deliver import deliver_pending
 
@@ -311,3 +315,98 @@ def test_a_kill_mid_delivery_resends_only_the_item_in_flight(tmp_path):
     received = [e["risk_object"] for e in hook.events()]
     assert set(received) == set(users)
     assert len(received) - len(users) <= 1  # at most the item in flight was sent twice
+
+
+# --- OCSF files ------------------------------------------------------------------------------------------------------
+
+
+def test_ocsf_file_holds_detection_and_incident_findings_valid_against_the_schema(tmp_path):
+    state = _state_with_incidents(tmp_path)
+    settings = _settings({"name": "lake", "type": "file", "format": "ocsf", "path": "ocsf.jsonl",
+                          "send": ["incidents", "findings"]},
+                         {"name": "archive", "type": "jsonl", "path": "plain.jsonl", "send": ["findings"]})
+    deliver_pending(state, settings, NOW, catalog=CATALOG)
+    events = [json.loads(line) for line in (tmp_path / "home" / "ocsf.jsonl").read_text().splitlines()]
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    for event in events:
+        validator.validate(event)
+        assert event["type_uid"] == event["class_uid"] * 100 + event["activity_id"]
+        assert event["metadata"]["product"]["name"] == "exfilwatch" and event["metadata"]["version"] == "1.3.0"
+    incident, *findings = events
+    assert incident["class_uid"] == 2005 and len(findings) == 2 and {f["class_uid"] for f in findings} == {2004}
+    assert incident["status_id"] == 1 and incident["severity_id"] == 3  # New, Medium
+    assert len(incident["finding_info_list"]) == 2
+    attack = {"version": "18.1", "technique": {"uid": "T1048", "name": "Exfiltration Over Alternative Protocol"},
+              "sub_technique": {"uid": "T1048.003", "name": "Exfiltration Over Unencrypted Non-C2 Protocol"},
+              "tactic": {"uid": "TA0010", "name": "Exfiltration"}}
+    assert incident["attacks"] == [attack]
+    finding = findings[0]["finding_info"]
+    assert finding["attacks"] == [attack] and finding["analytic"]["uid"] in {"em_bsum", "em_dnum"}
+    assert finding["analytic"]["category"] == "identity" and finding["uid"]
+    assert {f["severity_id"] for f in findings} == {3, 4}  # risk 50 is Medium, 70 High
+    # the default JSON lines keep today's shape, now with the technique and tactic
+    plain = [json.loads(line) for line in (tmp_path / "home" / "plain.jsonl").read_text().splitlines()]
+    assert {p["mitre_attack_id"][0] for p in plain} == {"T1048.003"} and plain[0]["tactics"] == ["exfiltration"]
+    assert "finding_key" in plain[0] and "class_uid" not in plain[0]
+    # the schema does bite: a record without its required finding_info is refused
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({k: v for k, v in findings[0].items() if k != "finding_info"})
+    state.close()
+
+
+def test_file_format_config():
+    assert _settings({"name": "a", "type": "jsonl", "path": "a"}).outputs[0].format == "jsonl"
+    assert _settings({"name": "a", "type": "jsonl", "format": "ocsf", "path": "a"}).outputs[0].format == "ocsf"
+    assert _settings({"name": "a", "type": "file", "path": "a"}).outputs[0].format == "jsonl"
+    with pytest.raises(Exception, match="cannot hold format"):
+        _settings({"name": "a", "type": "csv", "format": "ocsf", "path": "a"})
+
+
+# --- ATT&CK Navigator layer -------------------------------------------------------------------------------------------
+
+
+def test_navigator_layer_lists_the_techniques_the_enabled_detections_cover():
+    result = CliRunner().invoke(app, ["detections", "navigator"])
+    assert result.exit_code == 0, result.output
+    layer = json.loads(result.output)
+    assert layer["versions"]["layer"] == "4.5" and layer["domain"] == "enterprise-attack" and layer["name"]
+    assert re.fullmatch(r"\d+", layer["versions"]["attack"]) and layer["versions"]["navigator"] >= "4.9.0"
+    scored = {(t["techniqueID"], t["tactic"]): t for t in layer["techniques"] if "score" in t}
+    exfil = scored[("T1048.003", "exfiltration")]
+    assert exfil["score"] == 4 and exfil["comment"] == "detections: em_bsum, em_bsum_personal, em_dnum, em_fnum"
+    assert ("T1114.002", "collection") in scored
+    parents = {t["techniqueID"] for t in layer["techniques"] if t.get("showSubtechniques")}
+    assert parents == {"T1048", "T1114"}
+    for technique in layer["techniques"]:  # the layer format's technique object
+        assert re.fullmatch(r"T\d{4}(\.\d{3})?", technique["techniqueID"]) and isinstance(technique["enabled"], bool)
+    gradient = layer["gradient"]
+    assert len(gradient["colors"]) >= 2 and gradient["maxValue"] > gradient["minValue"]
+    assert all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in gradient["colors"])
+
+
+# --- the CLI says when an output could not deliver ---------------------------------------------------------------------
+
+
+def test_run_exits_1_naming_the_output_that_could_not_deliver_and_keeps_it_queued(tmp_path):
+    from .test_risk_cli import CONFIG, RUN, _home
+
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner, home = _home(tmp_path, "h")
+    config = {**CONFIG, "outputs": [{"name": "soar", "type": "webhook", "url": f"http://127.0.0.1:{port}/hook",
+                                     "retries": 0, "timeout": 2}]}
+    (Path(home[1]) / "config.yaml").write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, [*home, *RUN])
+    assert result.exit_code == 1
+    assert "error: output soar could not deliver 1 incidents (cannot reach http://127.0.0.1" in result.output
+    assert "they stay queued" in result.output and "Traceback" not in result.output
+    hook = _Splunk()
+    config["outputs"][0]["url"] = hook.url + "/hook"
+    (Path(home[1]) / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        again = runner.invoke(app, [*home, "risk", "--now", "2026-11-01T00:30"])
+    finally:
+        hook.close()
+    assert again.exit_code == 0, again.output
+    assert [e["risk_object"] for e in hook.events()] == ["mallory"]
