@@ -57,8 +57,8 @@ class _Splunk:
     (then success); each accepted request's events, headers and client port kept. Requests after
     the first `answer_first` wait for `hold` before they are answered (an item in flight)."""
 
-    def __init__(self, token: str = "t0k3n", replies: list[tuple[int, int, str]] = (), tls: ssl.SSLContext | None = None,
-                 hold: threading.Event | None = None, answer_first: int = 0):
+    def __init__(self, token: str = "t0k3n", replies: list[tuple[int, int, str]] = (),
+                 tls: ssl.SSLContext | None = None, hold: threading.Event | None = None, answer_first: int = 0):
         splunk = self
         self.requests: list[list[dict]] = []
         self.ports: list[int] = []
@@ -119,7 +119,7 @@ def _split_events(raw: str) -> list[dict]:
     return out
 
 
-# --- Splunk HEC ------------------------------------------------------------------------------------------------
+# --- Splunk HEC ----------------------------------------------------------------------------------------------
 
 
 def _hec(splunk: _Splunk, **extra) -> dict:
@@ -130,7 +130,6 @@ def _hec(splunk: _Splunk, **extra) -> dict:
 def test_hec_batches_incidents_and_findings_with_technique_and_tactic(tmp_path):
     state = _state_with_incidents(tmp_path, ("alice", "bob"))
     splunk = _Splunk(replies=[(503, 9, "Server is busy")])
-    raw_bodies: list[str] = []
     settings = _settings(_hec(splunk, batch_size=3, send=["incidents", "findings"]))
     try:
         reports = deliver_pending(state, settings, NOW, sleep=lambda s: None, catalog=CATALOG)
@@ -189,7 +188,7 @@ def test_hec_config_is_strict_and_a_base_url_means_the_event_endpoint():
         _settings({"name": "s", "type": "hec", "url": "https://s:8088", "token": "x", "batch_sise": 5})
 
 
-# --- syslog over TLS -------------------------------------------------------------------------------------------------
+# --- syslog over TLS -----------------------------------------------------------------------------------------
 
 
 class _TlsSyslog:
@@ -260,7 +259,7 @@ def test_syslog_tls_with_an_unknown_certificate_stays_queued(tmp_path, certifica
     state.close()
 
 
-# --- webhook on httpx ---------------------------------------------------------------------------------------------------
+# --- webhook on httpx ----------------------------------------------------------------------------------------
 
 
 def test_webhook_over_tls_with_headers_on_one_connection(tmp_path, certificate):
@@ -317,7 +316,7 @@ def test_a_kill_mid_delivery_resends_only_the_item_in_flight(tmp_path):
     assert len(received) - len(users) <= 1  # at most the item in flight was sent twice
 
 
-# --- OCSF files ------------------------------------------------------------------------------------------------------
+# --- OCSF files ----------------------------------------------------------------------------------------------
 
 
 def test_ocsf_file_holds_detection_and_incident_findings_valid_against_the_schema(tmp_path):
@@ -362,7 +361,7 @@ def test_file_format_config():
         _settings({"name": "a", "type": "csv", "format": "ocsf", "path": "a"})
 
 
-# --- ATT&CK Navigator layer -------------------------------------------------------------------------------------------
+# --- ATT&CK Navigator layer ----------------------------------------------------------------------------------
 
 
 def test_navigator_layer_lists_the_techniques_the_enabled_detections_cover():
@@ -384,7 +383,7 @@ def test_navigator_layer_lists_the_techniques_the_enabled_detections_cover():
     assert all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in gradient["colors"])
 
 
-# --- the CLI says when an output could not deliver ---------------------------------------------------------------------
+# --- the CLI says when an output could not deliver -----------------------------------------------------------
 
 
 def test_run_exits_1_naming_the_output_that_could_not_deliver_and_keeps_it_queued(tmp_path):

@@ -60,7 +60,8 @@ def _event(class_uid: int, activity_id: int, time: int, severity: str, uid: str)
         "class_uid": class_uid, "class_name": CLASS_NAME[class_uid],
         "category_uid": 2, "category_name": "Findings",
         "activity_id": activity_id, "activity_name": ACTIVITY_NAME[activity_id],
-        "type_uid": class_uid * 100 + activity_id, "type_name": f"{CLASS_NAME[class_uid]}: {ACTIVITY_NAME[activity_id]}",
+        "type_uid": class_uid * 100 + activity_id,
+        "type_name": f"{CLASS_NAME[class_uid]}: {ACTIVITY_NAME[activity_id]}",
         "time": time, "severity_id": severity_id, "severity": severity.capitalize() if severity_id else "Unknown",
         "status_id": 1, "status": "New",
         "metadata": {"version": OCSF_VERSION, "uid": uid,
@@ -112,9 +113,9 @@ def incident_ocsf(record: dict[str, Any], now: datetime) -> dict[str, Any]:
         "first_seen_time": epoch_millis(e["time"]), "last_seen_time": epoch_millis(e["time"]),
     } for e in record.get("risk_events") or []]
     if not event["finding_info_list"]:  # the class requires the list: the incident stands for itself
-        event["finding_info_list"] = [{"uid": record["incident_key"], "title": record.get("rule_name") or record["rule"],
-                                       "analytic": _analytic(record["rule"], record.get("rule_name") or record["rule"],
-                                                             record.get("category"))}]
+        title = record.get("rule_name") or record["rule"]
+        event["finding_info_list"] = [{"uid": record["incident_key"], "title": title,
+                                       "analytic": _analytic(record["rule"], title, record.get("category"))}]
     event["unmapped"] = {"incident_id": record["incident_id"], "rule": record["rule"], "score": record.get("score"),
                          "risk_object": record["risk_object"], "risk_object_type": record["risk_object_type"],
                          "category": record.get("category"), "tactics": record.get("tactics") or [],

@@ -73,8 +73,8 @@ def incident_records(state: StateStore, rules: Rules | None = None,
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
             events += [dict(e) for e in state.query(
-                f"SELECT event_key, time, detection_id, risk_object, source_object, score, message, tactics, techniques "
-                f"FROM risk_events WHERE event_key IN ({','.join('?' * len(chunk))}) ORDER BY time", tuple(chunk))]
+                f"SELECT event_key, time, detection_id, risk_object, source_object, score, message, tactics, "
+                f"techniques FROM risk_events WHERE event_key IN ({','.join('?' * len(chunk))}) ORDER BY time", tuple(chunk))]
         for event in events:
             event["tactics"] = json.loads(event["tactics"])
             event["techniques"] = json.loads(event["techniques"])
