@@ -125,6 +125,78 @@ class SessionSettings(StrictModel):
     lookback_days: int = Field(default=7, ge=1)  # how far before a rebuild VPN events are read (longest session)
 
 
+SIZE = re.compile(r"\s*(?P<number>\d+)\s*(?P<unit>[KMG]i?B|B)?\s*", re.IGNORECASE)
+
+
+def size_bytes(text: str | int) -> int:
+    """`10MB`, `512KiB` or a number of bytes, as bytes (KB/MB/GB in powers of 1000, KiB/MiB/GiB of 1024)."""
+    if isinstance(text, int):
+        return text
+    match = SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size: expected e.g. 10MB, 512KiB or a number of bytes")
+    unit = (match["unit"] or "B").upper()
+    power = "BKMG".index(unit[0])
+    return int(match["number"]) * (1024 if "I" in unit else 1000) ** power
+
+
+class SyslogListener(StrictModel):
+    """One syslog listener of `exfilwatch serve`: UDP, TCP or TLS on an address, lines for one source or `auto`."""
+
+    protocol: Literal["udp", "tcp", "tls"]
+    host: str = "0.0.0.0"
+    port: int = Field(ge=0, le=65535)  # 0: any free port (tests)
+    source: str = "auto"
+    cert: Path | None = None  # tls only: the certificate chain and its key, PEM
+    key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_has_cert(self) -> "SyslogListener":
+        if self.protocol == "tls" and (self.cert is None or self.key is None):
+            raise ValueError("a tls listener needs 'cert' and 'key' (PEM files)")
+        return self
+
+
+class HecToken(StrictModel):
+    """A Splunk HEC token: the source of its events without a sourcetype, and the sourcetypes it may send."""
+
+    token: str = Field(min_length=1)
+    source: str = "auto"
+    sourcetypes: list[str] = Field(default_factory=list)  # [] = any
+
+
+class HecSettings(StrictModel):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8088, ge=0, le=65535)
+    tokens: list[HecToken] = Field(default_factory=list)
+    max_body: int = Field(default=10_000_000, gt=0)
+
+    @field_validator("max_body", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return size_bytes(value) if isinstance(value, str) else value
+
+
+class TailPath(StrictModel):
+    path: str  # a file or a glob
+    source: str = "auto"
+
+
+class BatchSettings(StrictModel):
+    max_events: int = Field(default=50_000, gt=0)
+    max_seconds: float = Field(default=2, gt=0)
+
+
+class ServiceSettings(StrictModel):
+    """`service:` — what `exfilwatch serve` listens on, tails, and how it batches and schedules."""
+
+    syslog: list[SyslogListener] = Field(default_factory=list)
+    hec: HecSettings | None = None
+    tail: list[TailPath] = Field(default_factory=list)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    schedule: bool = True
+
+
 class Settings(StrictModel):
     timezone: str = "UTC"
     memory_limit: str = "4GB"
@@ -144,6 +216,7 @@ class Settings(StrictModel):
     risk_modifiers: list[RiskModifier] = Field(default_factory=list)
     suppressions: list[SuppressionSpec] = Field(default_factory=list)
     outputs: list[OutputSpec] = Field(default_factory=list)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
 
     @field_validator("memory_limit")
     @classmethod

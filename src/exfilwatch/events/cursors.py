@@ -12,7 +12,7 @@ gives:
   commits the batch, so the batch and the position are committed together or not at all.
 
 Kinds: `events.files.FileCursor` (fingerprint, byte offset, line number in `file_checkpoints`);
-a receiver's spool cursor commits its spool position the same way; `StreamCursor` is lines
+`SpoolCursor` is a batch of a receiver's write-ahead spool (`spool_positions`); `StreamCursor` is lines
 handed over in memory, whose position the caller keeps (tests, tools that already hold lines).
 """
 
@@ -70,3 +70,55 @@ class StreamCursor:
 
     def commit(self, db: sqlite3.Connection, source: str) -> None:
         return None
+
+
+@dataclass(frozen=True)
+class SpoolCursor:
+    """Part of a batch of spool records [start, end): the lines of one source from one origin.
+
+    A batch of a spool may hold several sources, each committed by its own `ingest_lines`. Every
+    part records `end` as the batch's pending end, and the last part moves the position to it;
+    after a crash between parts, the replay cuts the same batch again (`pending_end`) and the
+    parts already committed are replaced (same `batch_key`), so no line is stored twice.
+    """
+
+    spool: str
+    origin: str  # the listener and peer, or the HEC client: raw_ref and quarantine show it
+    start: int
+    end: int
+    last: bool
+    received_at: datetime
+    first_line: int = 1
+    header_lines: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.origin}@{self.start}"
+
+    @property
+    def reference_time(self) -> datetime:
+        return self.received_at
+
+    @property
+    def batch_key(self) -> str:
+        origin = hashlib.sha256(self.origin.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return f"{self.spool}-{self.start}-{self.end}-{origin}"
+
+    def commit(self, db: sqlite3.Connection, source: str) -> None:
+        commit_spool_position(db, self.spool, self.end if self.last else None, self.end)
+
+
+def commit_spool_position(db: sqlite3.Connection, spool: str, position: int | None, pending_end: int) -> None:
+    """Record a spool's batch end as pending and, when `position` is given, as committed."""
+    db.execute("INSERT OR IGNORE INTO spool_positions VALUES (?, 0, 0)", (spool,))
+    if position is None:
+        db.execute("UPDATE spool_positions SET pending_end = ? WHERE spool = ?", (pending_end, spool))
+    else:
+        db.execute("UPDATE spool_positions SET position = ?, pending_end = ? WHERE spool = ?",
+                   (position, pending_end, spool))
+
+
+def spool_position(db: sqlite3.Connection, spool: str) -> tuple[int, int]:
+    """(committed position, pending batch end) of a spool; (0, 0) for a new one."""
+    row = db.execute("SELECT position, pending_end FROM spool_positions WHERE spool = ?", (spool,)).fetchone()
+    return (row[0], row[1]) if row else (0, 0)

@@ -117,4 +117,15 @@ def _relative_batch_files(db: sqlite3.Connection, root: Path) -> None:
     relativise_paths(db, root, "batch_files")
 
 
-SCHEMA = StageSchema("events", (TABLES, _relative_batch_files, SUPERSEDED))
+# A receiver's write-ahead spool (service/spool.py): how far its records are committed to the lake,
+# and, while a batch of several sources is half committed, where that batch ends, so that a
+# restart cuts the replayed batch at the same place and its retried parts replace their attempts.
+SPOOL_POSITIONS = """
+CREATE TABLE IF NOT EXISTS spool_positions (
+    spool TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    pending_end INTEGER NOT NULL
+);
+"""
+
+SCHEMA = StageSchema("events", (TABLES, _relative_batch_files, SUPERSEDED, SPOOL_POSITIONS))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from exfilwatch.errors import UsageError
 
 from exfilwatch.sources.base import ParseContext, ParsedBatch, Source
@@ -11,6 +13,7 @@ from exfilwatch.sources.flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
 from exfilwatch.sources.generic import GenericSource
 from exfilwatch.sources.postfix import Postfix
 from exfilwatch.sources.pulse_secure import PulseSecure
+from exfilwatch.sources.syslog_header import ENVELOPE
 from exfilwatch.sources.zeek import ZeekConnJSON, ZeekConnTSV
 from exfilwatch.sources.zeek_smtp import ZeekFilesJSON, ZeekFilesTSV, ZeekSmtpJSON, ZeekSmtpTSV
 
@@ -59,4 +62,30 @@ def detect_source(head: list[str], file: str) -> Source:
     )
 
 
-__all__ = ["SOURCES", "ParseContext", "ParsedBatch", "Source", "UnknownFormatError", "detect_source", "get_source"]
+# The program tag after a syslog header (RFC 3164 `TAG[PID]:`, RFC 5424 `APP-NAME PROCID`), and the
+# source each product's tag names; a central rsyslog feed mixes them on one port.
+_PROGRAM_TAG = re.compile(ENVELOPE + r" +(?P<tag>[^\s\[:]+)")
+TAG_SOURCES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?:PulseSecure|Pulse-Secure|Ivanti|IVE|juniper-ive)$", re.I), "pulse_secure"),
+    (re.compile(r"postfix(?:/|$)"), "postfix"),
+    (re.compile(r"RT_FLOW"), "srx_flow"),
+)
+SYSLOG_SOURCES = ("pulse_secure", "postfix", "srx_flow")  # what `auto` tries when the tag says nothing
+
+
+def route_syslog_line(line: str) -> str | None:
+    """The source of one syslog line by its program tag, else by the sources' own recognition; None
+    when no source claims it (the receiver quarantines it)."""
+    match = _PROGRAM_TAG.match(line)
+    if match is not None:
+        tag = match["tag"]
+        for pattern, name in TAG_SOURCES:
+            if pattern.match(tag):
+                return name
+    for name in SYSLOG_SOURCES:
+        if SOURCES[name].sniff([line]):
+            return name
+    return None
+
+
+__all__ = ["route_syslog_line", "SOURCES", "ParseContext", "ParsedBatch", "Source", "UnknownFormatError", "detect_source", "get_source"]

@@ -1,0 +1,91 @@
+"""Spool records → lake, in micro-batches: the one consumer of the receivers' spool.
+
+`Ingester.batch()` reads up to `max_events` records after the committed position, routes each
+(`auto` by its syslog program tag), and commits one `ingest_lines` per source and origin with a
+`SpoolCursor`; lines no source claims are quarantined with their origin (the peer address) and
+the reason, in a transaction of their own that is replaced if the batch is replayed. When the
+last part commits, the spool position moves past the batch and HEC acknowledgements up to it
+turn true. It runs on the service's one worker thread (DuckDB and SQLite work blocks).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from exfilwatch.events.cursors import SpoolCursor, commit_spool_position, spool_position
+from exfilwatch.events.ingest import RAW_LINE_LIMIT, BatchReport, IngestTarget, ingest_lines
+from exfilwatch.service.spool import Record, Spool
+from exfilwatch.sources import get_source, route_syslog_line
+
+SPOOL = "receivers"
+UNROUTED = "unrouted"
+
+
+@dataclass
+class BatchOutcome:
+    records: int
+    seconds: float
+    per_source: Counter = field(default_factory=Counter)  # (source, listener) -> lines
+    reports: dict[str, BatchReport] = field(default_factory=dict)
+    unrouted: int = 0
+
+
+def listener_of(origin: str) -> str:
+    """`tcp:5514` of the origin `tcp:5514@10.0.0.5` (metrics are per listener; peers have their own)."""
+    return origin.split("@", 1)[0]
+
+
+class Ingester:
+    def __init__(self, target: IngestTarget, spool: Spool, max_events: int):
+        self.target = target
+        self.spool = spool
+        self.max_events = max_events
+        self.committed, self._pending_end = spool_position(target.state.conn, SPOOL)
+        self.depth = spool.count(self.committed, spool.end)  # records waiting, replayed first
+        self.replayed = self.depth
+
+    def batch(self) -> BatchOutcome | None:
+        """Commit the next batch of spooled records; None when there is none."""
+        started = time.perf_counter()
+        if self._pending_end > self.committed:  # a batch half committed before a crash: cut it the same way
+            records = self.spool.read(self.committed, self._pending_end, 1 << 62)
+        else:
+            records = self.spool.read(self.committed, self.spool.end, self.max_events)
+        if not records:
+            return None
+        start, end = self.committed, records[-1].end
+        groups: dict[tuple[str, str], list[Record]] = {}
+        unrouted: list[Record] = []
+        for record in records:
+            name = route_syslog_line(record.line) if record.source == "auto" else record.source
+            if name is None:
+                unrouted.append(record)
+            else:
+                groups.setdefault((name, record.origin), []).append(record)
+        outcome = BatchOutcome(records=len(records), seconds=0.0, unrouted=len(unrouted))
+        state = self.target.state
+        with state.transaction() as db:
+            unrouted_id = f"{UNROUTED}-{SPOOL}-{start}-{end}"
+            db.execute("DELETE FROM quarantine WHERE batch_id = ?", (unrouted_id,))
+            db.executemany(
+                "INSERT INTO quarantine (batch_id, source, file, line_no, reason, raw) VALUES (?,?,?,?,?,?)",
+                [(unrouted_id, "auto", r.origin, r.end, f"no source recognises this line (from {r.origin})",
+                  r.line[:RAW_LINE_LIMIT]) for r in unrouted])
+            if groups:
+                commit_spool_position(db, SPOOL, None, end)
+            else:
+                commit_spool_position(db, SPOOL, end, end)
+        for i, ((name, origin), part) in enumerate(groups.items()):
+            received = datetime.fromtimestamp(max(r.received for r in part), timezone.utc)
+            cursor = SpoolCursor(SPOOL, origin, start, end, last=i == len(groups) - 1, received_at=received)
+            report = ingest_lines(get_source(name), [r.line for r in part], cursor, self.target)
+            outcome.reports[f"{name}\x1f{listener_of(origin)}"] = report
+            outcome.per_source[(name, listener_of(origin))] += len(part)
+        self.committed = self._pending_end = end
+        self.depth = max(0, self.depth - len(records))
+        self.spool.release(end)
+        outcome.seconds = time.perf_counter() - started
+        return outcome

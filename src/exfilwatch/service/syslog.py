@@ -1,0 +1,147 @@
+"""Syslog receivers: UDP, TCP and TLS listeners that put each message in the spool.
+
+TCP and TLS streams are framed per RFC 6587: a frame that starts with a digit is octet-counted
+(`LEN SP MSG`), any other ends at a newline (LF, or CRLF: the CR is dropped). A UDP datagram is
+one message. RFC 3164 and RFC 5424 headers both pass through as they are: the sources read
+both (sources/syslog_header.py). A message is spooled with its listener's source (or `auto`,
+routed by program tag when batched) and its origin `<protocol>:<port>@<peer address>`, which
+quarantine shows for a line no source claims.
+
+TCP and TLS lines are written to the spool as they arrive (a SIGKILL then loses none of them);
+UDP is best effort: a datagram that cannot be spooled is counted as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+
+from exfilwatch.config import SyslogListener
+from exfilwatch.service.spool import encode
+
+MAX_FRAME = 1 << 20  # an octet count beyond this is not a syslog frame: the peer is cut off
+READ_BYTES = 1 << 16
+
+# (encoded records, count, listener, peer) -> None; raises when the spool cannot take them
+Sink = Callable[[bytes, int, str, str], None]
+
+
+class FrameError(ValueError):
+    pass
+
+
+class Framer:
+    """Splits a TCP byte stream into syslog messages (RFC 6587 octet-counting, else LF / CRLF)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self.buffer + data
+        messages: list[bytes] = []
+        position = 0
+        size = len(buffer)
+        while position < size:
+            first = buffer[position]
+            if 0x30 <= first <= 0x39:  # octet-counting: LEN SP MSG
+                space = buffer.find(b" ", position, position + 8)
+                if space < 0:
+                    if size - position >= 8:
+                        raise FrameError("an octet count longer than 7 digits")
+                    break
+                count_text = buffer[position:space]
+                if not count_text.isdigit():
+                    raise FrameError(f"a frame starting with {count_text[:8]!r} is neither octet-counted nor a line")
+                count = int(count_text)
+                if count > MAX_FRAME:
+                    raise FrameError(f"an octet-counted frame of {count} bytes (the limit is {MAX_FRAME})")
+                if space + 1 + count > size:
+                    break
+                messages.append(buffer[space + 1:space + 1 + count].rstrip(b"\r\n"))
+                position = space + 1 + count
+            else:
+                newline = buffer.find(b"\n", position)
+                if newline < 0:
+                    if size - position > MAX_FRAME:
+                        raise FrameError(f"a line longer than {MAX_FRAME} bytes")
+                    break
+                end = newline - 1 if newline > position and buffer[newline - 1] == 0x0D else newline
+                if end > position:
+                    messages.append(buffer[position:end])
+                position = newline + 1
+        self.buffer = buffer[position:]
+        return messages
+
+    def rest(self) -> bytes:
+        """A last line the peer sent without its newline before closing."""
+        rest, self.buffer = self.buffer.rstrip(b"\r\n"), b""
+        return rest
+
+
+def listener_name(listener: SyslogListener, port: int) -> str:
+    return f"{listener.protocol}:{port}"
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, listener: SyslogListener, sink: Sink, dropped: Callable[[str, str], None]):
+        self.listener = listener
+        self.sink = sink
+        self.dropped = dropped
+        self.name = listener.protocol
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
+        peer = str(addr[0])
+        message = data.rstrip(b"\r\n\x00")
+        if not message:
+            return
+        try:
+            self.sink(encode(self.listener.source, f"{self.name}@{peer}", time.time(), message), 1, self.name, peer)
+        except OSError:
+            self.dropped(self.name, peer)
+
+
+async def start_listener(listener: SyslogListener, sink: Sink, dropped: Callable[[str, str], None],
+                         log: Callable[..., None]) -> tuple[asyncio.AbstractServer | asyncio.BaseTransport, int]:
+    """Start one listener; returns its server (or transport) and the port it listens on."""
+    loop = asyncio.get_running_loop()
+    if listener.protocol == "udp":
+        protocol = _Datagrams(listener, sink, dropped)
+        transport, _ = await loop.create_datagram_endpoint(lambda: protocol, local_addr=(listener.host, listener.port))
+        port = transport.get_extra_info("sockname")[1]
+        protocol.name = listener_name(listener, port)
+        return transport, port
+    context = None
+    if listener.protocol == "tls":
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(listener.cert), str(listener.key))
+    name_box: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        name = name_box[0]
+        peer_info = writer.get_extra_info("peername")
+        peer = str(peer_info[0]) if peer_info else "-"
+        origin = f"{name}@{peer}"
+        framer = Framer()
+        try:
+            while True:
+                data = await reader.read(READ_BYTES)
+                messages = framer.feed(data) if data else [framer.rest()]
+                messages = [m for m in messages if m]
+                if messages:
+                    now = time.time()
+                    sink(b"".join(encode(listener.source, origin, now, m) for m in messages), len(messages), name, peer)
+                if not data:
+                    break
+        except FrameError as exc:
+            log("syslog_frame_error", listener=name, peer=peer, error=str(exc))
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            log("syslog_connection_error", listener=name, peer=peer, error=str(exc))
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, listener.host, listener.port, ssl=context, limit=READ_BYTES)
+    port = server.sockets[0].getsockname()[1]
+    name_box.append(listener_name(listener, port))
+    return server, port
