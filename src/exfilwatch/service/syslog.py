@@ -14,6 +14,7 @@ UDP is best effort: a datagram that cannot be spooled is counted as dropped.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -23,6 +24,10 @@ from exfilwatch.service.spool import encode
 
 MAX_FRAME = 1 << 20  # an octet count beyond this is not a syslog frame: the peer is cut off
 READ_BYTES = 1 << 16
+# A frame is octet-counted when it starts with a count and a space; a line starting with digits
+# otherwise (an ISO timestamp without <PRI>) is newline-framed.
+OCTET_COUNT = re.compile(rb"([1-9][0-9]{0,6}) ")
+DIGITS_SO_FAR = re.compile(rb"[0-9]{1,7}")
 
 # (encoded records, count, listener, peer) -> None; raises when the spool cannot take them
 Sink = Callable[[bytes, int, str, str], None]
@@ -44,23 +49,18 @@ class Framer:
         position = 0
         size = len(buffer)
         while position < size:
-            first = buffer[position]
-            if 0x30 <= first <= 0x39:  # octet-counting: LEN SP MSG
-                space = buffer.find(b" ", position, position + 8)
-                if space < 0:
-                    if size - position >= 8:
-                        raise FrameError("an octet count longer than 7 digits")
-                    break
-                count_text = buffer[position:space]
-                if not count_text.isdigit():
-                    raise FrameError(f"a frame starting with {count_text[:8]!r} is neither octet-counted nor a line")
-                count = int(count_text)
+            counted = OCTET_COUNT.match(buffer, position)
+            if counted is None and DIGITS_SO_FAR.fullmatch(buffer, position):
+                break  # digits up to the end of what arrived: the rest says which framing it is
+            if counted is not None:  # octet-counting: LEN SP MSG
+                count = int(counted[1])
                 if count > MAX_FRAME:
                     raise FrameError(f"an octet-counted frame of {count} bytes (the limit is {MAX_FRAME})")
-                if space + 1 + count > size:
+                start = counted.end()
+                if start + count > size:
                     break
-                messages.append(buffer[space + 1:space + 1 + count].rstrip(b"\r\n"))
-                position = space + 1 + count
+                messages.append(buffer[start:start + count].rstrip(b"\r\n"))
+                position = start + count
             else:
                 newline = buffer.find(b"\n", position)
                 if newline < 0:

@@ -1,0 +1,94 @@
+"""Syslog into a real `exfilwatch serve`: UDP, TCP (both RFC 6587 framings), TLS, and one `auto` port
+taking a mixed Pulse Secure + Postfix feed; a line no source claims is quarantined with its peer."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+from collections import Counter
+
+import pytest
+
+from exfilwatch.service.syslog import Framer, FrameError
+from tests.servicekit import (Served, committed_files, committed_users, postfix_lines, pulse_login, quarantine,
+                              service_config, wait_for)
+
+
+def make_certificate(folder):
+    """A self-signed certificate for 127.0.0.1, made with the openssl CLI (the `cryptography`
+    package is not installed here)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("syslog")
+    cert, key = make_certificate(folder)
+    config = service_config(syslog=[
+        {"protocol": "udp", "host": "127.0.0.1", "port": 0, "source": "auto"},
+        {"protocol": "tcp", "host": "127.0.0.1", "port": 0, "source": "auto"},
+        {"protocol": "tls", "host": "127.0.0.1", "port": 0, "source": "pulse_secure", "cert": str(cert),
+         "key": str(key)},
+    ])
+    service = Served(folder / "home", config).start()
+    service.cert = cert
+    yield service
+    service.kill()
+
+
+def users(served) -> Counter:
+    return Counter(committed_users(served.home))
+
+
+def test_udp_datagrams_are_events(served):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for i in range(3):
+            udp.sendto((pulse_login(f"udp{i}", i) + "\n").encode(), ("127.0.0.1", served.port("udp:0")))
+    wait_for(lambda: all(users(served)[f"udp{i}"] == 1 for i in range(3)))
+
+
+def test_tcp_octet_counting_and_newline_framing(served):
+    counted = b"".join(b"%d %s" % (len(m), m) for m in (pulse_login(f"oct{i}", i).encode() for i in range(3)))
+    lines = b"".join(pulse_login(f"lf{i}", i).encode() + (b"\r\n" if i % 2 else b"\n") for i in range(3))
+    with socket.create_connection(("127.0.0.1", served.port("tcp:0")), timeout=10) as tcp:
+        tcp.sendall(counted[:50])  # a frame split across reads
+        tcp.sendall(counted[50:])
+    with socket.create_connection(("127.0.0.1", served.port("tcp:0")), timeout=10) as tcp:
+        tcp.sendall(lines + pulse_login("lastline").encode())  # the last line has no newline before close
+    wanted = [f"oct{i}" for i in range(3)] + [f"lf{i}" for i in range(3)] + ["lastline"]
+    wait_for(lambda: all(users(served)[u] == 1 for u in wanted))
+
+
+def test_tls(served):
+    context = ssl.create_default_context(cafile=str(served.cert))
+    with socket.create_connection(("127.0.0.1", served.port("tls:0")), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"".join((pulse_login(f"tls{i}", i) + "\n").encode() for i in range(2)))
+    wait_for(lambda: all(users(served)[f"tls{i}"] == 1 for i in range(2)))
+
+
+def test_one_auto_port_takes_pulse_and_postfix_and_quarantines_the_rest_with_the_peer(served):
+    feed = [pulse_login("mixed1")] + postfix_lines("1A2B3C7D1") + ["<13>Oct 11 22:14:15 host sshd[7]: <script>x"]
+    with socket.create_connection(("127.0.0.1", served.port("tcp:0")), timeout=10) as tcp:
+        tcp.sendall("".join(line + "\n" for line in feed).encode())
+    wait_for(lambda: users(served)["mixed1"] == 1 and committed_files(served.home, "email"))
+    entry = wait_for(lambda: [q for q in quarantine(served.home) if "sshd" in q[2]])
+    file, reason, raw = entry[0]
+    assert file.startswith(f"tcp:{served.port('tcp:0')}@127.0.0.1")
+    assert "no source recognises" in reason and raw.endswith("<script>x")
+
+
+def test_framing_tells_a_count_from_a_line_starting_with_digits():
+    framer = Framer()
+    assert framer.feed(b"5 hello3 abc2026-01-01T00:00:00Z host x\r\n2") == [b"hello", b"abc", b"2026-01-01T00:00:00Z host x"]
+    assert framer.feed(b" ab") == [b"ab"]
+    with pytest.raises(FrameError):
+        Framer().feed(b"9999999 " + b"x" * 10)
