@@ -17,8 +17,8 @@ from exfilwatch.events.cursors import spool_position
 from exfilwatch.homelock import lock_holder
 from exfilwatch.outputs.formats import print_table
 from exfilwatch.service.ingester import SPOOL
-from exfilwatch.service.server import SPOOL_FOLDER, run_service
-from exfilwatch.service.spool import SUFFIX
+from exfilwatch.errors import UsageError
+from exfilwatch.service.spool import FOLDER, SUFFIX
 
 commands = typer.Typer()
 
@@ -31,8 +31,11 @@ def register(app: typer.Typer) -> None:
 def serve(ctx: typer.Context) -> None:
     """Receive syslog (UDP, TCP, TLS) and Splunk HEC, tail files, and run the detections on their schedules."""
     c = context(ctx)
-    catalog = list(c.detections.values())
-    run_service(c.home, c.settings, catalog)
+    try:  # the receivers need the web extra; every other command works without it
+        from exfilwatch.service.server import run_service
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"exfilwatch serve needs {exc.name}: pip install 'exfilwatch[web]'") from None
+    run_service(c.home, c.settings, list(c.detections.values()))
 
 
 def _running(pid: str) -> bool:
@@ -55,7 +58,7 @@ def status(ctx: typer.Context) -> None:
     pid = lock_holder(c.home.root)
     writing = f"pid {pid}" if _running(pid) else "nobody"
     position = spool_position(state.conn, SPOOL)[0]
-    segments = sorted((c.home.root / SPOOL_FOLDER).glob(f"*{SUFFIX}"))
+    segments = sorted((c.home.root / FOLDER).glob(f"*{SUFFIX}"))
     spooled = max(0, sum(p.stat().st_size for p in segments) + (int(segments[0].name.removesuffix(SUFFIX))
                                                                  if segments else 0) - position)
     console.print(f"home {c.home.root}: written by {writing}; spool committed to position {position}, "

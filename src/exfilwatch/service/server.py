@@ -42,12 +42,11 @@ from exfilwatch.home import writer
 from exfilwatch.service.hec import Collector, create_app
 from exfilwatch.events.cursors import spool_position
 from exfilwatch.service.ingester import SPOOL, Ingester
-from exfilwatch.service.spool import Spool
+from exfilwatch.service.spool import FOLDER, Spool
 from exfilwatch.service.syslog import start_listener
 from exfilwatch.sources import UnknownFormatError, detect_source, get_source
 
 Clock = Callable[[], datetime]
-SPOOL_FOLDER = "spool"
 TAIL_SECONDS = 1.0
 
 
@@ -241,7 +240,7 @@ class Service:
             with writer(self.home) as state, open_target(self.home, self.settings) as target:
                 self.state, self.target = state, target
                 committed = spool_position(target.state.conn, SPOOL)[0]
-                self.spool = Spool(self.home.root / SPOOL_FOLDER, committed)
+                self.spool = Spool(self.home.root / FOLDER, committed)
                 self.ingester = Ingester(target, self.spool, self.config.batch.max_events)
                 self._consumed = -self.ingester.depth
                 if self.ingester.depth:

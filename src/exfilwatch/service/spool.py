@@ -26,6 +26,7 @@ HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
 SEGMENT_BYTES = 64 * 1024 * 1024
 SEPARATOR = b"\x1f"
 SUFFIX = ".spool"
+FOLDER = "spool"  # in the home
 
 
 @dataclass(frozen=True)
