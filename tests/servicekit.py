@@ -66,10 +66,11 @@ class Served:
         self.home = home
         self.config = config
         self.process: subprocess.Popen | None = None
-        self.ports: dict[str, int] = {}
+        self.ports: dict[str, int] | None = None
         self.log: list[str] = []
 
     def start(self) -> Served:
+        self.ports = None
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "config.yaml").write_text(yaml.safe_dump(self.config))
         env = {**os.environ, "PYTHONPATH": SRC}
@@ -88,7 +89,7 @@ class Served:
             ready.set()
 
         threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(START_SECONDS) or not self.ports:
+        if not ready.wait(START_SECONDS) or self.ports is None:
             self.kill()
             raise AssertionError("the service did not start:\n" + "".join(self.log[-20:]))
         return self

@@ -162,6 +162,10 @@ class Service:
             done, self._synced = self._synced, asyncio.Event()
             done.set()
 
+    def stop(self) -> None:
+        """Ask the service to stop, as SIGTERM does (from any thread)."""
+        self._loop.call_soon_threadsafe(self._stop.set)
+
     def _dropped(self, listener: str, peer: str) -> None:
         self.metrics.dropped.labels(listener).inc()
 

@@ -1,0 +1,199 @@
+"""Benchmark: `exfilwatch serve` from receipt to committed lake rows, against `ingest` of the same lines.
+
+    python bench/bench_service.py [--tcp-lines 300000] [--hec-events 100000] [--hec-clients 4]
+
+Starts a real `exfilwatch serve` subprocess on ephemeral 127.0.0.1 ports and measures:
+
+* TCP syslog: Pulse Secure and Postfix lines (half each, LF framing) on one `auto` port, as fast as
+  one connection sends them; lines/s from the first byte sent to the last batch committed.
+* HEC: batches of 100 events from `--hec-clients` concurrent clients with indexer acknowledgement;
+  events/s from the first request to the last ack true, and per request the p50 / p99 time from
+  send to the reply (spooled, fsynced) and from send to ack true (committed to the lake).
+* the service's peak RSS (VmHWM) at the end;
+* `ingest` (ingest_paths, in a child process) of the same TCP lines from a file, in the same run.
+
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TOKEN = "bench-token"
+
+
+def pulse(i: int) -> str:
+    s = i % 60
+    return (f"2026-09-25T09:00:{s:02d}-04:00 vpn01 PulseSecure: 2026-09-25 09:00:{s:02d} - ive - [198.51.100.120] "
+            f"Default Network::user{i % 3000:04d}(Users)[Users, VPN] - Login succeeded for user{i % 3000:04d}/Users "
+            f"(session:{i:08x}) from 198.51.100.120 with Pulse-Secure/9.1.15.8591 (Windows 10) Pulse Secure/9.1.15.8591.")
+
+
+def postfix(i: int) -> str:
+    qid = f"{0x1A2B3C000 + i // 5:X}"
+    head = "2026-09-25T09:06:40.000000-04:00 mail01"
+    kind = i % 5
+    if kind == 0:
+        return f"{head} postfix/submission/smtpd[2101]: {qid}: client=unknown[10.200.0.120], sasl_method=PLAIN, sasl_username=user{i % 3000:04d}"
+    if kind == 1:
+        return f"{head} postfix/cleanup[2102]: {qid}: message-id=<{qid}@corp.example>"
+    if kind == 2:
+        return f"{head} postfix/qmgr[2103]: {qid}: from=<user{i % 3000:04d}@corp.example>, size=20000, nrcpt=1 (queue active)"
+    if kind == 3:
+        return (f"{head} postfix/smtp[2104]: {qid}: to=<x{i}@gmail.com>, relay=gmail-smtp-in.l.google.com[142.250.1.26]:25, "
+                "delay=0.5, delays=0.1/0/0.2/0.2, dsn=2.0.0, status=sent (250 2.0.0 OK)")
+    return f"{head} postfix/qmgr[2103]: {qid}: removed"
+
+
+def mixed_lines(n: int) -> list[str]:
+    return [pulse(i) if i % 2 == 0 else postfix(i // 2) for i in range(n)]
+
+
+def start(home: Path) -> tuple[subprocess.Popen, dict]:
+    config = {"service": {
+        "syslog": [{"protocol": "tcp", "host": "127.0.0.1", "port": 0, "source": "auto"}],
+        "hec": {"host": "127.0.0.1", "port": 0, "tokens": [{"token": TOKEN, "source": "pulse_secure"}]},
+        "batch": {"max_events": 50000, "max_seconds": 1}, "schedule": False}}
+    home.mkdir(parents=True)
+    (home / "config.yaml").write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-c", "from exfilwatch.cli import app; app()", "--home", str(home),
+                                "serve"], stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
+    assert process.stderr is not None
+    for line in process.stderr:
+        if '"event": "ready"' in line:
+            threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
+            return process, json.loads(line)["ports"]
+    raise SystemExit("the service did not start")
+
+
+def committed_lines(home: Path) -> int:
+    db = sqlite3.connect(home / "state.sqlite", timeout=30)
+    try:
+        return db.execute("SELECT coalesce(sum(lines), 0) FROM batches").fetchone()[0]
+    finally:
+        db.close()
+
+
+def wait_committed(home: Path, total: int) -> float:
+    while committed_lines(home) < total:
+        time.sleep(0.02)
+    return time.perf_counter()
+
+
+def bench_tcp(home: Path, port: int, lines: list[str]) -> dict:
+    payload = "".join(line + "\n" for line in lines).encode()
+    before = committed_lines(home)
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as tcp:
+        tcp.sendall(payload)
+    done = wait_committed(home, before + len(lines))
+    return {"what": "serve: TCP syslog (Pulse + Postfix, auto)", "lines": len(lines), "seconds": done - started}
+
+
+def bench_hec(base: str, events: int, clients: int) -> dict:
+    bodies = []
+    for start_at in range(0, events, 100):
+        bodies.append("".join(json.dumps({"event": pulse(1_000_000 + i), "sourcetype": "pulse:connectsecure"})
+                              for i in range(start_at, min(events, start_at + 100))))
+    replies: list[float] = []
+    pending: dict[int, float] = {}
+    acked: list[float] = []
+    lock = threading.Lock()
+    started = time.perf_counter()
+
+    def send(part: list[str], channel: str) -> None:
+        headers = {"Authorization": f"Splunk {TOKEN}", "X-Splunk-Request-Channel": channel}
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for body in part:
+                sent = time.perf_counter()
+                reply = client.post("/services/collector/event", content=body, headers=headers)
+                reply.raise_for_status()
+                with lock:
+                    replies.append(time.perf_counter() - sent)
+                    pending[reply.json()["ackId"]] = sent
+
+    threads = [threading.Thread(target=send, args=(bodies[i::clients], f"c{i}")) for i in range(clients)]
+    for t in threads:
+        t.start()
+    with httpx.Client(base_url=base, timeout=60) as client:
+        headers = {"Authorization": f"Splunk {TOKEN}", "X-Splunk-Request-Channel": "poll"}
+        while any(t.is_alive() for t in threads) or pending:
+            with lock:
+                ids = list(pending)
+            if ids:
+                answer = client.post("/services/collector/ack", content=json.dumps({"acks": ids}), headers=headers)
+                now = time.perf_counter()
+                with lock:
+                    for ack_id, done in answer.json()["acks"].items():
+                        if done:
+                            acked.append(now - pending.pop(int(ack_id)))
+            time.sleep(0.02)
+    seconds = time.perf_counter() - started
+    replies.sort()
+    acked.sort()
+    return {"what": f"serve: HEC, batches of 100, {clients} clients, with acks", "lines": events, "seconds": seconds,
+            "reply p50/p99 ms": f"{statistics.median(replies) * 1000:.0f} / {replies[int(len(replies) * .99)] * 1000:.0f}",
+            "ack p50/p99 ms": f"{statistics.median(acked) * 1000:.0f} / {acked[int(len(acked) * .99)] * 1000:.0f}"}
+
+
+def bench_ingest(folder: Path, lines: list[str]) -> dict:
+    log = folder / "mixed"
+    log.mkdir()
+    (log / "vpn.log").write_text("".join(line + "\n" for line in lines if "PulseSecure:" in line))
+    (log / "maillog").write_text("".join(line + "\n" for line in lines if "postfix/" in line))
+    script = ("import sys, time; from pathlib import Path; from exfilwatch.config import Home, Settings; "
+              "from exfilwatch.events.ingest import ingest_paths; h = Path(sys.argv[1]); "
+              "t = time.perf_counter(); ingest_paths([Path(sys.argv[2])], Home(h, h / 'config.yaml'), Settings()); "
+              "print(time.perf_counter() - t)")
+    done = subprocess.run([sys.executable, "-c", script, str(folder / "ingest-home"), str(log)], capture_output=True,
+                          text=True, check=True, env={**os.environ, "PYTHONPATH": SRC})
+    return {"what": "ingest of the same TCP lines from files", "lines": len(lines), "seconds": float(done.stdout)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tcp-lines", type=int, default=300_000)
+    parser.add_argument("--hec-events", type=int, default=100_000)
+    parser.add_argument("--hec-clients", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        home = folder / "home"
+        lines = mixed_lines(args.tcp_lines)
+        process, ports = start(home)
+        try:
+            bench_tcp(home, ports["tcp:0"], mixed_lines(2000))  # warm up: the first batch compiles the parsers
+            rows = [bench_tcp(home, ports["tcp:0"], lines),
+                    bench_hec(f"http://127.0.0.1:{ports['hec']}", args.hec_events, args.hec_clients)]
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            peak = next(int(line.split()[1]) // 1024 for line in status.splitlines() if line.startswith("VmHWM"))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(120)
+        rows.append(bench_ingest(folder, lines))
+    print(f"service peak RSS: {peak} MB\n")
+    print("| what | lines | seconds | lines/s | reply p50/p99 ms | ack p50/p99 ms |")
+    print("|---|---:|---:|---:|---|---|")
+    for row in rows:
+        print(f"| {row['what']} | {row['lines']:,} | {row['seconds']:.1f} | {row['lines'] / row['seconds']:,.0f} | "
+              f"{row.get('reply p50/p99 ms', '')} | {row.get('ack p50/p99 ms', '')} |")
+
+
+if __name__ == "__main__":
+    main()

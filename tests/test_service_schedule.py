@@ -1,0 +1,44 @@
+"""The service's scheduler: `pipeline.run` at each minute of the service's clock, never twice a minute."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+from exfilwatch.config import Home, parse_settings
+from exfilwatch.detections.schema import load_detections
+from exfilwatch.service.server import Service
+
+START = datetime(2026, 9, 25, 14, 0, 30, tzinfo=timezone.utc)
+
+
+def test_the_scheduler_runs_the_pipeline_once_per_minute_of_its_clock(tmp_path):
+    root = tmp_path / "home"
+    home = Home(root=root, config_path=root / "config.yaml")
+    settings = parse_settings({"service": {"schedule": True}}, "test")
+    clock = [START]
+    service = Service(home, settings, list(load_detections([]).values()), clock=lambda: clock[0])
+
+    def last_run() -> float | None:
+        return service.metrics.registry.get_sample_value("exfilwatch_detection_last_run_timestamp",
+                                                         {"detection": "em_bsum"})
+
+    async def until(condition, seconds: float = 60) -> None:
+        for _ in range(int(seconds / 0.05)):
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("timed out")
+
+    async def main() -> None:
+        task = asyncio.create_task(service.serve())
+        await until(lambda: last_run() == START.replace(second=0).timestamp())
+        clock[0] = START + timedelta(seconds=20)  # the same minute: no second run
+        await asyncio.sleep(0.3)
+        assert last_run() == START.replace(second=0).timestamp()
+        clock[0] = START + timedelta(seconds=45)
+        await until(lambda: last_run() == (START.replace(second=0) + timedelta(minutes=1)).timestamp())
+        service.stop()
+        await task
+
+    asyncio.run(main())
