@@ -113,7 +113,7 @@ USER_SESSIONS = DataModel(
     name="user_sessions",
     description=("Derived: one row per closed user session (a VPN session, or the user's activity outside VPN "
                  "on one local day) with its outgoing-mail features and evidence; built by "
-                 "exfilwatch.enrich.sessions, `_time` = the session's end"),
+                 "exfilwatch.features.sessions, `_time` = the session's end"),
     columns=(
         ("_time", "TIMESTAMPTZ"),
         ("session_key", "VARCHAR"),

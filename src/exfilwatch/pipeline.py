@@ -156,7 +156,8 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
     first, last = data_bounds(con, state, settings, detection.data_model)
 
     def window_start(fire: datetime) -> datetime:
-        return data_range(resolve_parameters(detection, settings, options.overrides, run_window(detection, fire, tz)))[0]
+        return judged_start(detection, resolve_parameters(detection, settings, options.overrides,
+                                                          run_window(detection, fire, tz)))
 
     plan: DuePlan = due_fires(state, detection.id, detection.schedule.cron, now, tz, data_start=first, data_end=last,
                               window_start=window_start, since=options.since)
@@ -172,18 +173,20 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
         sql = compiled_sql(detection)
         columns = sorted((referenced_columns(sql) & known) | {"_time"})
         condition = snapshot_condition(sql, model.name)
-        # A fire whose window holds no row can be skipped only if the search reads no other model
-        # and finds nothing in no data (an aggregate without GROUP BY would still return a row):
-        # asked once, on empty input.
-        expose_models(con, {model.name: (columns, first_start, last_end)}, "false")
+        # A fire with no row where findings come from can be skipped only if the search reads no
+        # other model and finds nothing without those rows (an aggregate without GROUP BY would
+        # still return a row): asked once, of the last fire, without the rows it judges.
+        last_fire = params[-1]
+        without_judged = f"_time < TIMESTAMPTZ '{judged_start(detection, last_fire).isoformat()}'"
+        expose_models(con, {model.name: (columns, first_start, last_end)}, without_judged)
         silent_when_empty = (referenced_tables(sql) & set(DATA_MODELS)) <= {model.name} and not execute(
-            con, detection, params[0])
+            con, detection, last_fire)
         expose_models(con, {model.name: (columns, first_start, last_end)}, condition)
         hours = _hours_with_rows(con, model.name)
         run.fires = 0
         for index, (window, param) in enumerate(zip(windows, params)):
             _report(options, detection.id, index + 1, len(plan.fires))
-            if silent_when_empty and not _any_hour_in(hours, *data_range(param)):
+            if silent_when_empty and not _any_hour_in(hours, judged_start(detection, param), param["latest"]):
                 run.skipped_fires += 1
                 continue
             run.fires += 1
@@ -199,6 +202,12 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
     if plan.last is not None:
         set_watermark(state, detection.id, plan.last)
     return run
+
+
+def judged_start(detection: Detection, params: dict[str, Any]) -> datetime:
+    """Where the rows a finding can come from begin: the declared `judged_from`, else the window's start."""
+    judged = detection.schedule.judged_from
+    return params[judged] if judged else data_range(params)[0]
 
 
 def _hours_with_rows(con: duckdb.DuckDBPyConnection, table: str) -> list[int]:

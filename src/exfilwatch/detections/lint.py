@@ -15,7 +15,8 @@ Errors fail the lint (and `make test`); warnings are printed. Per detection file
   correlation rule must also output `event_keys`, the risk events behind each row);
 - every `$parameter` the SQL uses is declared (or is a run time parameter); a declared parameter
   the SQL never uses is a warning; parameter defaults have their declared type;
-- the schedule's cron expression and its earliest/latest time modifiers parse, and so do the
+- the schedule's cron expression and its earliest/latest time modifiers parse (and `judged_from`
+  names a time parameter), and so do the
   defaults of `time` parameters;
 - a production detection has at least one positive and one negative test, and each test's data
   files exist.
@@ -158,6 +159,12 @@ def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnecti
             relative_time(_LINT_NOW, getattr(detection.schedule, which), "UTC")
         except TimeModifierError as exc:
             add("error", "schedule", f"schedule {which}: {exc}")
+    judged = detection.schedule.judged_from
+    time_parameters = {"earliest", "latest", "now", "today"} | {
+        name for name, spec in detection.parameters.items() if spec.type == "time"}
+    if judged is not None and judged not in time_parameters:
+        add("error", "schedule", f"schedule judged_from: {judged!r} is not a time parameter; "
+                                 f"one of {', '.join(sorted(time_parameters))}")
 
     # output columns
     if not any(i.level == "error" and i.check in ("data_model", "parameters", "sql") for i in issues):

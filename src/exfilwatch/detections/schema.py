@@ -34,6 +34,10 @@ class Schedule(Strict):
     cron: str = "0 * * * *"
     earliest: str = "-70m@m"
     latest: str = "-10m@m"
+    # The time parameter from which a finding needs a row (`today`: the judged day; `earliest`:
+    # the judged sessions). A catch-up skips the fires with no row in [judged_from, latest):
+    # they can find nothing, whatever the history before says. None: every row in the window counts.
+    judged_from: str | None = None
 
 
 class RiskObject(Strict):
