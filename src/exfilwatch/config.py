@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -73,15 +74,39 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+PRIORITIES = ("unknown", "informational", "low", "medium", "high", "critical")  # Splunk ES's scale
+Priority = Literal["unknown", "informational", "low", "medium", "high", "critical"]
+
+
+def split_multi(value: Any) -> list[str]:
+    """A Splunk multi-value (`a|b`) or a YAML list as a list of non-empty, stripped values."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).split("|")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
 class Asset(StrictModel):
-    """One asset inventory entry: a network (cidr) or a single host, and what it is."""
+    """One asset inventory entry: what a network, an address range or a host is.
+
+    Inline entries give `cidr` or `host` (an address or a name); a Splunk ES asset lookup gives
+    `ip` (`|`-separated addresses, CIDR networks and `a-b` ranges) and/or the names `nt_host`,
+    `dns` and `mac`. `category` is multi-valued (`email_server|pci`); its first value is the
+    primary category the detections see as `src_category`/`dest_category`.
+    """
 
     cidr: str | None = None
     host: str | None = None
-    category: str
+    ip: str | None = None
+    nt_host: str | None = None
+    dns: str | None = None
+    mac: str | None = None
+    category: str | list[str] = Field(default_factory=list)
     bunit: str | None = None
     owner: str | None = None
-    priority: Literal["low", "medium", "high", "critical"] | None = None
+    priority: Priority | None = None
+    is_expected: bool | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)  # the lookup's other columns (city, pci_domain, ...)
 
     @field_validator("cidr")
     @classmethod
@@ -93,15 +118,87 @@ class Asset(StrictModel):
         except ValueError as exc:
             raise ValueError(f"not an IPv4 or IPv6 network: {value!r} ({exc})") from None
 
+    @field_validator("ip")
+    @classmethod
+    def _valid_ip(cls, value: str | None) -> str | None:
+        for item in split_multi(value):
+            address_bounds(item)  # raises ValueError naming the value
+        return value
+
+    @field_validator("category", mode="after")
+    @classmethod
+    def _multi_category(cls, value: str | list[str]) -> list[str]:
+        return split_multi(value)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _lower_priority(cls, value: Any) -> Any:
+        return value.strip().lower() or None if isinstance(value, str) else value
+
     @model_validator(mode="after")
-    def _cidr_or_host(self) -> "Asset":
-        if (self.cidr is None) == (self.host is None):
+    def _something_to_match(self) -> "Asset":
+        if not any((self.cidr, self.host, self.ip, self.nt_host, self.dns, self.mac)):
+            raise ValueError("each asset needs exactly one of 'cidr' or 'host' (a lookup file: 'ip', 'nt_host', 'dns' or 'mac')")
+        if self.cidr and self.host:
             raise ValueError("each asset needs exactly one of 'cidr' or 'host'")
         return self
 
+    @property
+    def primary_category(self) -> str | None:
+        return self.category[0] if self.category else None
+
+    def address_specs(self) -> list[str]:
+        """Every address, network or range this entry covers, as written."""
+        specs = split_multi(self.ip) + ([self.cidr] if self.cidr else [])
+        if self.host and _is_address(self.host):
+            specs.append(self.host)
+        return specs
+
+    def names(self) -> list[str]:
+        """Host names (lower case) this entry is known by: `nt_host`, `dns`, a `host` that is no address."""
+        names = split_multi(self.nt_host) + split_multi(self.dns)
+        if self.host and not _is_address(self.host):
+            names.append(self.host)
+        return [name.lower().rstrip(".") for name in names]
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def address_bounds(spec: str) -> tuple[int, int, int]:
+    """(IP version, first, last address as integers) of an address, CIDR network or `a-b` range.
+
+    Raises ValueError with the value when it can never match an address (`10.30.0.999`).
+    """
+    text = spec.strip()
+    try:
+        if "/" in text:
+            network = ipaddress.ip_network(text, strict=False)
+            return network.version, int(network.network_address), int(network.broadcast_address)
+        if "-" in text:
+            first_text, last_text = (part.strip() for part in text.split("-", 1))
+            first, last = ipaddress.ip_address(first_text), ipaddress.ip_address(last_text)
+            if first.version != last.version or int(first) > int(last):
+                raise ValueError("the range's ends must be of one IP version and in order")
+            return first.version, int(first), int(last)
+        address = ipaddress.ip_address(text.strip("[]"))
+        return address.version, int(address), int(address)
+    except ValueError as exc:
+        raise ValueError(f"not an IPv4 or IPv6 address, network or range: {spec!r} ({exc})") from None
+
 
 class Identity(StrictModel):
-    """One person: the user name findings use, and the accounts and hosts that are theirs."""
+    """One person: the user name findings use, and the accounts and hosts that are theirs.
+
+    `department` is the peer group (Splunk ES `bunit`); `priority`, `watchlist` and `category`
+    feed risk modifiers; `start_date`/`end_date` say when the identity is valid; `attributes`
+    keeps a lookup's other columns (title, phone, ...), which risk modifiers can match too.
+    """
 
     user: str
     emails: list[str] = Field(default_factory=list)
@@ -109,6 +206,23 @@ class Identity(StrictModel):
     hosts: list[str] = Field(default_factory=list)  # IP addresses or host names
     department: str | None = None  # the peer group
     name: str | None = None
+    manager: str | None = None
+    priority: Priority | None = None
+    watchlist: bool = False
+    category: list[str] = Field(default_factory=list)
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _lower_priority(cls, value: Any) -> Any:
+        return value.strip().lower() or None if isinstance(value, str) else value
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _multi_category(cls, value: Any) -> list[str]:
+        return split_multi(value)
 
 
 class DomainOverrides(StrictModel):
@@ -203,9 +317,13 @@ class Settings(StrictModel):
     threads: int | None = None
     engine: Literal["duckdb", "spark"] = "duckdb"
     assets: list[Asset] = Field(default_factory=list)
+    # a Splunk ES asset lookup (CSV) or a YAML list, added after the inline `assets:` (relative to the config file)
+    assets_file: str | None = None
     internal_domains: list[str] = Field(default_factory=list)
     # identities: an inline list, or the path of a CSV or YAML file (relative to the config file)
     identities: list[Identity] | str = Field(default_factory=list)
+    # the identity file's own column names -> ours (user, emails, vpn_accounts, hosts, department, ...)
+    identity_columns: dict[str, str] = Field(default_factory=dict)
     personal_domains: DomainOverrides = Field(default_factory=DomainOverrides)
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     # detection id -> parameter name -> value; overrides the detection's defaults
@@ -314,5 +432,10 @@ def load_settings(home: Home) -> Settings:
     settings = parse_settings(data, str(path))
     if isinstance(settings.identities, str) and not Path(settings.identities).is_absolute():
         settings.identities = str(path.parent / settings.identities)
+    if settings.assets_file is not None:
+        from exfilwatch.lookups import read_asset_file  # it builds on this module's Asset
+
+        settings.assets_file = str(path.parent / Path(settings.assets_file).expanduser())
+        settings.assets = [*settings.assets, *read_asset_file(Path(settings.assets_file))]
     settings.detections_path = [path.parent / folder.expanduser() for folder in settings.detections_path]
     return settings

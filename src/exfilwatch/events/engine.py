@@ -3,14 +3,15 @@
 `connect` applies the settings (memory limit, spill folder, threads) and fixes the session
 time zone to UTC so that nothing depends on the machine's zone. `register_model_views` makes
 each data model a view over its committed lake files, enriched at query time: network
-traffic gets `src_category`/`dest_category` from the asset inventory, so an inventory change
-applies to data ingested before it.
+traffic gets `src_category`/`dest_category` (the entry's primary category), `src_categories`/
+`dest_categories` (all of them, for `list_contains`) and the business units from the asset
+inventory, so an inventory change applies to data ingested before it. Addresses are matched to
+the inventory by a range join on integer bounds in DuckDB (`create_asset_map`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import math
 from datetime import date, datetime, timedelta, timezone
@@ -21,7 +22,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from exfilwatch.config import Asset, Settings
+from exfilwatch.config import Asset, Settings, address_bounds
 from exfilwatch.events.lake import parquet_source
 from exfilwatch.models import DATA_MODELS, DataModel
 from exfilwatch.state import StateStore
@@ -54,30 +55,121 @@ def plain(value: Any) -> Any:
     return value
 
 
+# Addresses become integers in SQL, so matching the lake's addresses against the inventory is a
+# range join in DuckDB. A text that is no address (or has leading zeros, which Python's
+# ipaddress also refuses) becomes NULL and matches nothing.
+_ADDRESS_MACROS = r"""
+CREATE OR REPLACE TEMP MACRO ew_ipv4(a) AS (
+    CASE WHEN regexp_full_match(a, '(0|[1-9][0-9]{0,2})(\.(0|[1-9][0-9]{0,2})){3}') THEN
+        list_reduce(list_transform(string_split(a, '.'), lambda o: CASE WHEN o::INTEGER <= 255 THEN o::UBIGINT END),
+                    lambda acc, o: acc * 256 + o)
+    END);
+CREATE OR REPLACE TEMP MACRO ew_v6_hex(a) AS (
+    -- lower case, without a zone; a trailing dotted quad (::ffff:10.1.2.3) as two hex groups
+    CASE WHEN NOT contains(a, '.') THEN lower(split_part(a, '%', 1))
+         WHEN ew_ipv4(regexp_extract(split_part(a, '%', 1), '([^:]*)$', 1)) IS NOT NULL THEN
+             lower(regexp_extract(split_part(a, '%', 1), '^(.*:)', 1))
+             || printf('%x:%x', ew_ipv4(regexp_extract(split_part(a, '%', 1), '([^:]*)$', 1)) // 65536,
+                       ew_ipv4(regexp_extract(split_part(a, '%', 1), '([^:]*)$', 1)) % 65536)
+    END);
+CREATE OR REPLACE TEMP MACRO ew_v6_split(p) AS (CASE WHEN p = '' THEN []::VARCHAR[] ELSE string_split(p, ':') END);
+CREATE OR REPLACE TEMP MACRO ew_v6_fill(h, t) AS (
+    CASE WHEN len(h) + len(t) <= 7 THEN list_concat(h, list_transform(range(8 - len(h) - len(t)), lambda i: '0'), t) END);
+CREATE OR REPLACE TEMP MACRO ew_v6_groups(s) AS (
+    CASE WHEN s IS NULL OR NOT regexp_full_match(s, '[0-9a-f:]+') OR contains(s, ':::')
+              OR length(s) - length(replace(s, '::', '')) > 2 THEN NULL
+         WHEN contains(s, '::') THEN ew_v6_fill(ew_v6_split(split_part(s, '::', 1)), ew_v6_split(split_part(s, '::', 2)))
+         ELSE string_split(s, ':')
+    END);
+CREATE OR REPLACE TEMP MACRO ew_v6_value(g) AS (
+    CASE WHEN len(g) = 8 THEN
+        list_reduce(list_transform(g, lambda x: CASE WHEN regexp_full_match(x, '[0-9a-f]{1,4}') THEN ('0x' || x)::UHUGEINT END),
+                    lambda acc, x: acc * 65536 + x)
+    END);
+CREATE OR REPLACE TEMP MACRO ew_ipv6(a) AS (ew_v6_value(ew_v6_groups(ew_v6_hex(a))));
+"""
+
+_RANGE_SCHEMA = pa.schema([("entry", pa.int32()), ("version", pa.int8()), ("lo_hi", pa.uint64()), ("lo_lo", pa.uint64()),
+                           ("hi_hi", pa.uint64()), ("hi_lo", pa.uint64())])
+ASSET_MAP_SCHEMA = pa.schema([("ip", pa.string()), ("category", pa.string()), ("categories", pa.list_(pa.string())),
+                              ("bunit", pa.string()), ("owner", pa.string()), ("priority", pa.string())])
+
+
+def inventory_tables(assets: list[Asset]) -> tuple[pa.Table, pa.Table]:
+    """(ranges, entries): every address range of the inventory as integer bounds (128-bit values
+    as two 64-bit halves), and each entry's attributes, both keyed by the entry's position."""
+    ranges: dict[str, list] = {name: [] for name in _RANGE_SCHEMA.names}
+    for entry, asset in enumerate(assets):
+        for spec in asset.address_specs():
+            version, first, last = address_bounds(spec)
+            for name, value in (("entry", entry), ("version", version), ("lo_hi", first >> 64),
+                                ("lo_lo", first & 0xFFFFFFFFFFFFFFFF), ("hi_hi", last >> 64),
+                                ("hi_lo", last & 0xFFFFFFFFFFFFFFFF)):
+                ranges[name].append(value)
+    entries = pa.table({
+        "entry": pa.array(range(len(assets)), pa.int32()),
+        "category": pa.array([a.primary_category for a in assets], pa.string()),
+        "categories": pa.array([list(a.category) for a in assets], pa.list_(pa.string())),
+        "bunit": pa.array([a.bunit for a in assets], pa.string()),
+        "owner": pa.array([a.owner for a in assets], pa.string()),
+        "priority": pa.array([a.priority for a in assets], pa.string()),
+    })
+    return pa.table(ranges, schema=_RANGE_SCHEMA), entries
+
+
+def create_asset_map(con: duckdb.DuckDBPyConnection, addresses: str, assets: list[Asset], target: str) -> None:
+    """Create table `target` (ip, category, categories, bunit, owner, priority): each address of
+    the relation `addresses` (one column `ip`, as written) with its most specific inventory entry:
+    the smallest range holding it, the first listed on a tie. Addresses that are no address, or
+    that no entry holds, are left out."""
+    ranges, entries = inventory_tables(assets)
+    con.execute(_ADDRESS_MACROS)
+    con.register("_asset_ranges_arrow", ranges)
+    con.register("_asset_entries_arrow", entries)
+    try:
+        con.execute(f"""
+            CREATE OR REPLACE TABLE {target} AS
+            WITH addresses AS (
+                SELECT ip, contains(ip, ':') AS is_v6 FROM (SELECT DISTINCT ip FROM {addresses} WHERE ip IS NOT NULL)
+            ),
+            bounds AS (
+                SELECT entry, version, (lo_hi::UHUGEINT << 64) + lo_lo AS lo, (hi_hi::UHUGEINT << 64) + hi_lo AS hi
+                FROM _asset_ranges_arrow
+            ),
+            v4 AS (
+                SELECT a.ip, r.entry, (r.hi - r.lo)::UHUGEINT AS size
+                FROM (SELECT ip, ew_ipv4(ip) AS value FROM addresses WHERE NOT is_v6) a
+                JOIN (SELECT entry, lo::UBIGINT AS lo, hi::UBIGINT AS hi FROM bounds WHERE version = 4) r
+                  ON a.value >= r.lo AND a.value <= r.hi
+            ),
+            v6 AS (
+                SELECT a.ip, r.entry, r.hi - r.lo AS size
+                FROM (SELECT ip, ew_ipv6(ip) AS value FROM addresses WHERE is_v6) a
+                JOIN (SELECT entry, lo, hi FROM bounds WHERE version = 6) r ON a.value >= r.lo AND a.value <= r.hi
+            ),
+            best AS (
+                SELECT ip, arg_min(entry, (size, entry)) AS entry
+                FROM (SELECT * FROM v4 UNION ALL SELECT * FROM v6) GROUP BY ip
+            )
+            SELECT b.ip, e.category, e.categories, e.bunit, e.owner, e.priority
+            FROM best b JOIN _asset_entries_arrow e USING (entry)
+        """)
+    finally:
+        con.unregister("_asset_ranges_arrow")
+        con.unregister("_asset_entries_arrow")
+
+
 def match_assets(ips: list[str], assets: list[Asset]) -> pa.Table:
-    """Map each address to its most specific inventory entry (longest prefix; a host entry wins)."""
-    hosts = {asset.host: asset for asset in assets if asset.host}
-    networks = sorted(
-        ((ipaddress.ip_network(asset.cidr), asset) for asset in assets if asset.cidr),
-        key=lambda pair: pair[0].prefixlen,
-        reverse=True,
-    )
-    out: dict[str, list] = {"ip": [], "category": [], "bunit": [], "owner": [], "priority": []}
-    for ip in ips:
-        match = hosts.get(ip)
-        if match is None:
-            try:
-                address = ipaddress.ip_address(ip)
-            except ValueError:
-                continue
-            match = next((asset for net, asset in networks if address in net), None)
-        if match is not None:
-            out["ip"].append(ip)
-            out["category"].append(match.category)
-            out["bunit"].append(match.bunit)
-            out["owner"].append(match.owner)
-            out["priority"].append(match.priority)
-    return pa.table(out, schema=pa.schema([(name, pa.string()) for name in out]))
+    """Each address with its most specific inventory entry (see `create_asset_map`), in input order."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("_ips_arrow", pa.table({"ip": pa.array(ips, pa.string()), "n": pa.array(range(len(ips)), pa.int64())}))
+        create_asset_map(con, "_ips_arrow", assets, "asset_match")
+        return con.execute(
+            "SELECT m.* FROM (SELECT ip, min(n) AS n FROM _ips_arrow GROUP BY ip) i "
+            "JOIN asset_match m USING (ip) ORDER BY i.n").to_arrow_table().cast(ASSET_MAP_SCHEMA)
+    finally:
+        con.close()
 
 
 def _day_bounds(earliest: datetime | None, latest: datetime | None) -> tuple[str | None, str | None]:
@@ -124,6 +216,7 @@ def register_lake_views(
             f"""
             CREATE OR REPLACE VIEW lake.network_traffic AS
             SELECT t.*, s.category AS src_category, d.category AS dest_category,
+                   s.categories AS src_categories, d.categories AS dest_categories,
                    s.bunit AS src_bunit, d.bunit AS dest_bunit, {day} AS _day
             FROM lake.network_traffic_stored t
             LEFT JOIN lake.asset_map s ON t.src_ip = s.ip
@@ -145,9 +238,11 @@ def _refresh_asset_map(con: duckdb.DuckDBPyConnection, settings: Settings, state
     if con.execute("SELECT 1 FROM lake.asset_map_key WHERE key = ?", [key]).fetchall():
         return
     ips = [row["ip"] for row in state.query("SELECT ip FROM lake_addresses")]
-    con.register("asset_map_arrow", match_assets(ips, settings.assets))
-    con.execute("CREATE OR REPLACE TABLE lake.asset_map AS SELECT * FROM asset_map_arrow")
-    con.unregister("asset_map_arrow")
+    con.register("_lake_addresses_arrow", pa.table({"ip": pa.array(ips, pa.string())}))
+    try:
+        create_asset_map(con, "_lake_addresses_arrow", list(settings.assets), "lake.asset_map")
+    finally:
+        con.unregister("_lake_addresses_arrow")
     con.execute("DELETE FROM lake.asset_map_key")
     con.execute("INSERT INTO lake.asset_map_key VALUES (?)", [key])
 
