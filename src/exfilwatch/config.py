@@ -319,6 +319,7 @@ class Settings(StrictModel):
     assets: list[Asset] = Field(default_factory=list)
     # a Splunk ES asset lookup (CSV) or a YAML list, added after the inline `assets:` (relative to the config file)
     assets_file: str | None = None
+    asset_columns: dict[str, str] = Field(default_factory=dict)  # the asset file's own column names -> ours
     internal_domains: list[str] = Field(default_factory=list)
     # identities: an inline list, or the path of a CSV or YAML file (relative to the config file)
     identities: list[Identity] | str = Field(default_factory=list)
@@ -436,6 +437,6 @@ def load_settings(home: Home) -> Settings:
         from exfilwatch.lookups import read_asset_file  # it builds on this module's Asset
 
         settings.assets_file = str(path.parent / Path(settings.assets_file).expanduser())
-        settings.assets = [*settings.assets, *read_asset_file(Path(settings.assets_file))]
+        settings.assets = [*settings.assets, *read_asset_file(Path(settings.assets_file), settings.asset_columns)]
     settings.detections_path = [path.parent / folder.expanduser() for folder in settings.detections_path]
     return settings

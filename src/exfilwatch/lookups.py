@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from exfilwatch.config import Asset
+from exfilwatch.config import Asset, read_yaml_file
 from exfilwatch.errors import ConfigError
 
 _NOT_NAME = re.compile(r"[^a-z0-9]+")
@@ -44,10 +43,9 @@ def read_lookup_rows(path: Path, what: str) -> list[LookupRow]:
     if not path.exists():
         raise ConfigError(f"{path}: {what} file not found")
     if path.suffix.lower() in (".yml", ".yaml"):
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = read_yaml_file(path, f"{what} file")
+        if isinstance(data, dict) and what in data:  # `identities: [...]` as in config.yaml
+            data = data[what]
         if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
             raise ConfigError(f"{path}: expected a list of {what} entries")
         return [_row(index + 1, {str(k): v for k, v in item.items()}) for index, item in enumerate(data)]
@@ -77,39 +75,69 @@ def _row(line: int, record: dict[str, Any]) -> LookupRow:
     return LookupRow(line, values, columns)
 
 
-# Splunk ES asset lookup columns → Asset fields; every other column becomes an attribute.
-_ASSET_FIELDS = {"ip": "ip", "cidr": "cidr", "host": "host", "nthost": "nt_host", "dns": "dns", "mac": "mac",
-                 "category": "category", "bunit": "bunit", "owner": "owner", "priority": "priority",
-                 "isexpected": "is_expected"}
+def field_of(column: str, synonyms: dict[str, str], mapping: dict[str, str]) -> str | None:
+    """Our field for a column: the config's mapping first, then the known names and synonyms,
+    singular or plural (`emails`, `email`, `E-Mail`); None for a column kept as an attribute."""
+    mapped = {column_key(theirs): ours for theirs, ours in mapping.items()}
+    key = column_key(column)
+    for candidate in (key, key.removesuffix("s"), key + "s"):
+        if candidate in mapped:
+            return mapped[candidate]
+    for candidate in (key, key.removesuffix("s"), key.removesuffix("es")):
+        if candidate in synonyms:
+            return synonyms[candidate]
+    return None
 
 
-def read_asset_file(path: Path) -> list[Asset]:
-    """Inventory entries of a Splunk ES asset lookup CSV (or a YAML list), in file order."""
+# Splunk ES asset lookup columns and the names inventories exported elsewhere use → Asset fields;
+# every other column (lat, city, pci_domain, should_update, ...) is kept as an attribute.
+ASSET_SYNONYMS = {
+    **{name: name for name in ("ip", "cidr", "host", "dns", "mac", "category", "bunit", "owner", "priority")},
+    "nthost": "nt_host", "isexpected": "is_expected",
+    "address": "ip", "ipaddress": "ip", "ipaddresse": "ip", "network": "ip", "subnet": "ip", "range": "ip",
+    "hostname": "nt_host", "computername": "nt_host", "computer": "nt_host", "netbiosname": "nt_host",
+    "fqdn": "dns", "dnsname": "dns", "macaddress": "mac", "macaddresse": "mac",
+    "role": "category", "assettype": "category", "type": "category",
+    "businessunit": "bunit", "department": "bunit", "dept": "bunit",
+    "criticality": "priority", "assignedto": "owner",
+}
+ASSET_FIELDS = ("ip", "cidr", "host", "nt_host", "dns", "mac", "category", "bunit", "owner", "priority", "is_expected")
+
+
+def read_asset_file(path: Path, columns: dict[str, str] | None = None) -> list[Asset]:
+    """Inventory entries of a Splunk ES asset lookup CSV (or another export, or a YAML list), in file order.
+
+    `columns` maps the file's own column names to Asset fields, for headers no synonym covers.
+    """
     assets = []
     for row in read_lookup_rows(path, "assets"):
         fields: dict[str, Any] = {"attributes": {}}
+        names: dict[str, str] = {}  # field -> the column it came from, for messages
         for key, value in row.values.items():
-            name = _ASSET_FIELDS.get(key)
+            name = field_of(row.columns[key], ASSET_SYNONYMS, columns or {})
             if name is None:
                 fields["attributes"][row.columns[key]] = value
-            elif name == "is_expected":
-                fields[name] = value.lower() in ("true", "1", "yes", "t", "y")
-            else:
-                fields[name] = value
+                continue
+            if name not in ASSET_FIELDS:
+                raise ConfigError(f"{path}: column '{row.columns[key]}' maps to {name!r}, not an asset field "
+                                  f"({', '.join(ASSET_FIELDS)})")
+            if name in fields:
+                continue  # two columns for one field: the first wins
+            names[name] = row.columns[key]
+            fields[name] = value.lower() in ("true", "1", "yes", "t", "y") if name == "is_expected" else value
         try:
             assets.append(Asset.model_validate(fields))
         except ValidationError as exc:
-            raise _row_error(path, row, exc) from None
+            raise row_error(path, row.line, names, exc) from None
     return assets
 
 
-def _row_error(path: Path, row: LookupRow, exc: ValidationError) -> ConfigError:
+def row_error(path: Path, line: int, names: dict[str, str], exc: ValidationError) -> ConfigError:
     """One line per problem: `file:line: column 'ip': message`."""
-    reverse = {field: key for key, field in _ASSET_FIELDS.items()}
     lines = []
     for err in exc.errors():
         message = err["msg"].removeprefix("Value error, ")
         field = str(err["loc"][0]) if err["loc"] else None
-        column = row.columns.get(reverse.get(field, ""), field) if field else None
-        lines.append(f"{path}:{row.line}: column '{column}': {message}" if column else f"{path}:{row.line}: {message}")
+        column = names.get(field, field) if field else None
+        lines.append(f"{path}:{line}: column '{column}': {message}" if column else f"{path}:{line}: {message}")
     return ConfigError("\n".join(lines))

@@ -23,18 +23,20 @@ resolved (null: unresolved), so counts of what could not be resolved can be show
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
+from pydantic import ValidationError
 
-from exfilwatch.config import ConfigError, Identity, Settings, read_yaml_file
+from exfilwatch.config import Asset, ConfigError, Identity, Settings, address_bounds
 from exfilwatch.events.engine import match_assets
+from exfilwatch.lookups import LookupRow, field_of, read_lookup_rows, row_error
 
 KINDS = ("email", "vpn", "host")
 
@@ -47,53 +49,154 @@ RULE_ACCOUNT = "account-name"
 
 _LIST_SPLIT = re.compile(r"[;|]")
 
+# The columns of a Splunk ES identity lookup and of HR exports → Identity fields (lookups.field_of
+# also tries the singular and plural of each). Other columns are kept as `attributes`.
+IDENTITY_SYNONYMS = {
+    **{name: name for name in ("user", "emails", "hosts", "department", "name", "manager", "priority", "watchlist",
+                               "category", "identity", "email", "title")},
+    "username": "user", "userid": "user", "login": "user", "samaccountname": "user", "uid": "user",
+    "employee": "user", "account": "vpn_accounts",
+    "mail": "emails", "emailaddress": "emails", "emailaddresse": "emails", "mailaddress": "emails", "smtp": "emails",
+    "proxyaddress": "emails", "upn": "emails", "userprincipalname": "emails",
+    "vpnaccount": "vpn_accounts", "vpnuser": "vpn_accounts", "vpnlogin": "vpn_accounts", "vpnusername": "vpn_accounts",
+    "host": "hosts", "ip": "hosts", "ipaddress": "hosts", "workstation": "hosts", "laptop": "hosts", "computer": "hosts",
+    "dept": "department", "bunit": "department", "businessunit": "department", "division": "department",
+    "orgunit": "department", "team": "department",
+    "fullname": "name", "displayname": "name", "nick": "nick",
+    "managedby": "manager", "supervisor": "manager", "reportsto": "manager", "linemanager": "manager",
+    "jobtitle": "title", "position": "title",
+    "startdate": "start_date", "hiredate": "start_date", "start": "start_date", "joindate": "start_date",
+    "enddate": "end_date", "terminationdate": "end_date", "leavedate": "end_date", "lastday": "end_date",
+    "exitdate": "end_date",
+}
+# Splunk ES documents %m/%d/%Y %H:%M, %m/%d/%y %H:%M and epoch seconds; HR exports write ISO dates.
+_DATE_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%y %H:%M", "%m/%d/%Y", "%m/%d/%y", "%Y-%m-%d", "%Y-%m-%d %H:%M",
+                 "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%d.%m.%Y")
+_LIST_FIELDS = ("emails", "vpn_accounts", "hosts", "category")
+
 
 def _split_list(value: str | None) -> list[str]:
     return [item.strip() for item in _LIST_SPLIT.split(value or "") if item.strip()]
 
 
-def read_identity_file(path: Path) -> list[Identity]:
-    """A CSV (header user,emails,vpn_accounts,hosts,department[,name]) or YAML list of identities."""
-    if not path.exists():
-        raise ConfigError(f"{path}: identities file not found")
-    entries: list[dict] = []
-    if path.suffix.lower() in (".yml", ".yaml"):
-        data = read_yaml_file(path, "identities file")
-        if isinstance(data, dict) and "identities" in data:
-            data = data["identities"]
-        if not isinstance(data, list):
-            raise ConfigError(f"{path}: expected a list of identities")
-        entries = data
-    else:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or "user" not in reader.fieldnames:
-                raise ConfigError(f"{path}: expected a CSV header with at least a 'user' column")
-            unknown = set(reader.fieldnames) - {"user", "emails", "vpn_accounts", "hosts", "department", "name"}
-            if unknown:
-                raise ConfigError(f"{path}: unknown columns {sorted(unknown)}")
-            for row in reader:
-                entries.append({
-                    "user": row["user"],
-                    "emails": _split_list(row.get("emails")),
-                    "vpn_accounts": _split_list(row.get("vpn_accounts")),
-                    "hosts": _split_list(row.get("hosts")),
-                    "department": (row.get("department") or None),
-                    "name": (row.get("name") or None),
-                })
-    identities = []
-    for index, entry in enumerate(entries):
+def parse_identity_date(text: str, tz: tzinfo) -> datetime:
+    """A start or end date as Splunk ES or an HR export writes it; times without a zone are in `tz`."""
+    text = text.strip()
+    if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
+        return datetime.fromtimestamp(float(text), timezone.utc)
+    for fmt in _DATE_FORMATS:
         try:
-            identities.append(Identity.model_validate(entry))
-        except Exception as exc:  # pydantic's message names the field
-            raise ConfigError(f"{path}: identity {index + 1}: {exc}") from None
+            return datetime.strptime(text, fmt).replace(tzinfo=tz)
+        except ValueError:
+            continue
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a date: {text!r} (e.g. 12/31/2026 17:00, 2026-12-31 or epoch seconds)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+
+
+def _identity_fields(path: Path, row: LookupRow, columns: dict[str, str], tz: tzinfo) -> tuple[dict, dict[str, str]]:
+    """The Identity fields of one row, and field -> column for messages."""
+    fields: dict[str, Any] = {"attributes": {}}
+    names: dict[str, str] = {}
+    for key, value in row.values.items():
+        column = row.columns[key]
+        name = field_of(column, IDENTITY_SYNONYMS, columns)
+        if name in ("title", "nick"):  # known attributes kept by their plain name
+            fields["attributes"].setdefault(name, value)
+            continue
+        if name is None:
+            fields["attributes"][column] = value
+            continue
+        if name not in Identity.model_fields and name not in ("identity", "email"):
+            raise ConfigError(f"{path}: column '{column}' maps to {name!r}, not an identity field "
+                              f"({', '.join(f for f in Identity.model_fields if f != 'attributes')})")
+        names.setdefault(name, column)
+        if name == "identity":  # Splunk ES: `|`-separated names; the first is the user
+            for item in _split_list(value):
+                fields.setdefault("user", item)
+                fields.setdefault("emails" if "@" in item else "vpn_accounts", []).append(item)
+        elif name in _LIST_FIELDS or name == "email":
+            fields.setdefault("emails" if name == "email" else name, []).extend(_split_list(value))
+        elif name in ("start_date", "end_date"):
+            try:
+                fields[name] = parse_identity_date(value, tz)
+            except ValueError as exc:
+                raise ConfigError(f"{path}:{row.line}: column '{column}': {exc}") from None
+        elif name == "watchlist":
+            fields[name] = value.strip().lower() in ("true", "1", "yes", "t", "y")
+        else:
+            fields.setdefault(name, value)
+    if "user" not in fields and "@" in (fields.get("emails") or [""])[0]:
+        fields["user"] = local_part(fields["emails"][0])  # an HR export keyed by mail address only
+    if "name" not in fields:
+        full = " ".join(row.values[k] for k in ("first", "last") if k in row.values)
+        if full:
+            fields["name"] = full
+    for part in ("first", "last", "prefix", "suffix"):  # Splunk ES name parts stay attributes by their name
+        if part in row.values:
+            fields["attributes"].pop(row.columns[part], None)
+            fields["attributes"][part] = row.values[part]
+    return fields, names
+
+
+def _merge(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """Several rows of one user: lists are joined, the first value of anything else is kept."""
+    for name, value in more.items():
+        if name in _LIST_FIELDS:
+            into.setdefault(name, [])
+            into[name] += [v for v in value if v not in into[name]]
+        elif name == "attributes":
+            for key, item in value.items():
+                into[name].setdefault(key, item)
+        elif name == "watchlist":
+            into[name] = bool(into.get(name)) or value
+        else:
+            into.setdefault(name, value)
+
+
+def read_identity_file(path: Path, columns: dict[str, str] | None = None, tz: tzinfo = timezone.utc) -> list[Identity]:
+    """Identities of a CSV or YAML file: a Splunk ES identity lookup as it is, an HR export with its own
+    column names (singular or plural, known synonyms; `columns` maps any others), or our own form.
+
+    Rows of one user are merged; columns that are no identity field are kept as attributes.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for row in read_lookup_rows(path, "identities"):
+        fields, row_names = _identity_fields(path, row, columns or {}, tz)
+        names |= row_names
+        if "user" not in fields:
+            if not {"user", "identity"} & set(row_names):
+                raise ConfigError(f"{path}: expected a CSV header with at least a 'user' column "
+                                  f"(or 'identity', 'username', 'email'), or identity_columns naming the one that holds it")
+            raise ConfigError(f"{path}:{row.line}: no user name in this row")
+        user = str(fields["user"]).strip()
+        if user.lower() in merged:
+            _merge(merged[user.lower()], fields)
+        else:
+            merged[user.lower()], lines[user.lower()] = fields, row.line
+    identities = []
+    for key, fields in merged.items():
+        try:
+            identities.append(Identity.model_validate(fields))
+        except ValidationError as exc:
+            raise row_error(path, lines[key], names, exc) from None
     return identities
 
 
 def load_identities(settings: Settings) -> list[Identity]:
     if isinstance(settings.identities, str):
-        return read_identity_file(Path(settings.identities))
+        return read_identity_file(Path(settings.identities), settings.identity_columns, settings.tz)
     return list(settings.identities)
+
+
+def asset_host_keys(asset: Asset) -> list[str]:
+    """The names and single addresses an inventory entry is known by (a network is no one host)."""
+    singles = [spec for spec in asset.address_specs() if (b := address_bounds(spec))[1] == b[2]]
+    return [*asset.names(), *singles]
 
 
 def normalise_account(account: str) -> tuple[str, str]:
@@ -124,8 +227,9 @@ class IdentityResolver:
     def from_settings(cls, settings: Settings) -> "IdentityResolver":
         resolver = cls(internal_domains=frozenset(d.strip().lower() for d in settings.internal_domains if d))
         for asset in settings.assets:
-            if asset.host and asset.owner:
-                resolver._add("host", asset.host, asset.owner.strip().lower(), RULE_ASSET)
+            if asset.owner:
+                for host in asset_host_keys(asset):
+                    resolver._add("host", host, asset.owner.strip().lower(), RULE_ASSET)
         for identity in load_identities(settings):
             user = identity.user.strip().lower()
             resolver.departments[user] = identity.department
@@ -241,43 +345,60 @@ class EntityResolver:
         self.assets = list(settings.assets)
         self.users = IdentityResolver.from_settings(settings)
         self.identities: dict[str, dict[str, Any]] = {}
+        self._validity: dict[str, tuple[datetime | None, datetime | None]] = {}
         for identity in load_identities(settings):
-            data = identity.model_dump()
-            self.identities.setdefault(identity.user.strip().lower(), data)
+            user = identity.user.strip().lower()
+            self.identities.setdefault(user, identity.model_dump(mode="json"))  # JSON-ready: shown by `entity`
+            self._validity.setdefault(user, (identity.start_date, identity.end_date))
         self._asset_cache: dict[str, dict[str, Any] | None] = {}
+        self._assets_by_name: dict[str, Asset] = {}
+        for asset in self.assets:
+            for name in asset.names():
+                self._assets_by_name.setdefault(name, asset)
 
     def user_of(self, value: str) -> str | None:
         kind = "email" if "@" in value and "\\" not in value else "vpn"
         return self.users.resolve(kind, value)[0]
 
     def asset(self, value: str) -> dict[str, Any] | None:
+        """The inventory entry of a host name (`nt_host`, `dns`, any case) or an address, as attributes."""
         if value not in self._asset_cache:
-            hosts = {a.host.lower(): a for a in self.assets if a.host}
-            match = hosts.get(value.lower())
+            match = self._assets_by_name.get(value.strip().lower().rstrip("."))
             if match is not None:
-                self._asset_cache[value] = match.model_dump(exclude_none=True)
+                data = match.model_dump(exclude_none=True)
+                data["categories"], data["category"] = match.category, match.primary_category
+                self._asset_cache[value] = _asset_attrs(data)
             else:
                 table = match_assets([value], self.assets).to_pylist()
                 self._asset_cache[value] = {k: v for k, v in table[0].items() if k != "ip" and v is not None} if table else None
         return self._asset_cache[value]
 
-    def _user_attributes(self, user: str) -> dict[str, Any]:
+    def _user_attributes(self, user: str, at: datetime | None) -> dict[str, Any]:
         identity = self.identities.get(user)
-        return {**(_identity_attrs(identity) if identity else {}), "user": user}
+        attributes = {**(_identity_attrs(identity) if identity else {}), "user": user}
+        start, end = self._validity.get(user, (None, None))
+        if at is not None:
+            # a leaver's (or a not-yet-starter's) activity is worth knowing: risk modifiers can match these
+            if end is not None and at > end:
+                attributes["identity_ended"] = True
+            if start is not None and at < start:
+                attributes["identity_not_started"] = True
+        return attributes
 
-    def resolve(self, value: str, object_type: str) -> Resolved:
+    def resolve(self, value: str, object_type: str, at: datetime | None = None) -> Resolved:
+        """The entity of a risk object; `at` (the event's time) decides `identity_ended`/`identity_not_started`."""
         if object_type == "system":
             attributes = dict(self.asset(value) or {})
             user, _ = self.users.resolve("host", value)
             if user is None and attributes.get("owner"):
                 user = self.user_of(str(attributes["owner"])) or str(attributes["owner"]).strip().lower()
             if user is not None:
-                return Resolved(user, "user", attributes | self._user_attributes(user))
+                return Resolved(user, "user", attributes | self._user_attributes(user, at))
             return Resolved(value, "system", attributes)
         if object_type == "user":
             user = self.user_of(value)
             if user is not None:
-                return Resolved(user, "user", self._user_attributes(user))
+                return Resolved(user, "user", self._user_attributes(user, at))
             return Resolved(value, "user", {"user": value})
         return Resolved(value, object_type, {})
 
@@ -292,9 +413,18 @@ class EntityResolver:
         if identity:
             names |= {str(v) for v in [*identity.get("emails", []), *identity.get("vpn_accounts", []),
                                        *identity.get("hosts", [])]}
-        names |= {a.host for a in self.assets if a.host and a.owner and a.owner.strip().lower() == canonical}
+        names |= {host for a in self.assets if a.owner and a.owner.strip().lower() == canonical
+                  for host in asset_host_keys(a)}
         return canonical, names
 
 
 def _identity_attrs(identity: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in identity.items() if v not in (None, [], "")}
+    """An identity as risk attributes: its other columns flattened beside its fields (`title: cfo`)."""
+    flat = {k: v for k, v in identity.items() if k != "attributes" and v not in (None, [], "", False)}
+    return {**identity.get("attributes", {}), **flat}
+
+
+def _asset_attrs(asset: dict[str, Any]) -> dict[str, Any]:
+    """An inventory entry as risk attributes: `category` is its list, its other columns flattened."""
+    flat = {k: v for k, v in asset.items() if k != "attributes" and v not in (None, [], "")}
+    return {**asset.get("attributes", {}), **flat}

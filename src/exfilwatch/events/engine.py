@@ -165,7 +165,7 @@ def match_assets(ips: list[str], assets: list[Asset]) -> pa.Table:
     try:
         con.register("_ips_arrow", pa.table({"ip": pa.array(ips, pa.string()), "n": pa.array(range(len(ips)), pa.int64())}))
         create_asset_map(con, "_ips_arrow", assets, "asset_match")
-        return con.execute(
+        return con.sql(
             "SELECT m.* FROM (SELECT ip, min(n) AS n FROM _ips_arrow GROUP BY ip) i "
             "JOIN asset_match m USING (ip) ORDER BY i.n").to_arrow_table().cast(ASSET_MAP_SCHEMA)
     finally:

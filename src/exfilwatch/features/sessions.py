@@ -137,7 +137,7 @@ def _settings_hash(settings: Settings) -> str:
         "personal_domains": settings.personal_domains.model_dump(),
         "sessions": settings.sessions.model_dump(),
         "timezone": settings.timezone,
-        "assets": [a.model_dump() for a in settings.assets if a.host and a.owner],
+        "assets": [a.model_dump() for a in settings.assets if a.owner],
         "version": 1,
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

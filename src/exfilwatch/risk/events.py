@@ -106,7 +106,7 @@ def risk_events_for(
         value = obj.get("value")
         if value is None or str(value) == "":
             continue
-        resolved = resolver.resolve(str(value), obj.get("type", "other"))
+        resolved = resolver.resolve(str(value), obj.get("type", "other"), when)
         attributes = {**resolved.attributes, "risk_object": resolved.risk_object,
                       "risk_object_type": resolved.risk_object_type, "source_object": str(value),
                       "detection_id": finding["detection_id"]}
