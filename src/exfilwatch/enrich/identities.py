@@ -64,7 +64,7 @@ IDENTITY_SYNONYMS = {
     "orgunit": "department", "team": "department",
     "fullname": "name", "displayname": "name", "nick": "nick",
     "managedby": "manager", "supervisor": "manager", "reportsto": "manager", "linemanager": "manager",
-    "jobtitle": "title", "position": "title",
+    "jobtitle": "title", "position": "title", "criticality": "priority", "risklevel": "priority",
     "startdate": "start_date", "hiredate": "start_date", "start": "start_date", "joindate": "start_date",
     "enddate": "end_date", "terminationdate": "end_date", "leavedate": "end_date", "lastday": "end_date",
     "exitdate": "end_date",

@@ -64,13 +64,11 @@ CREATE OR REPLACE TEMP MACRO ew_ipv4(a) AS (
         list_reduce(list_transform(string_split(a, '.'), lambda o: CASE WHEN o::INTEGER <= 255 THEN o::UBIGINT END),
                     lambda acc, o: acc * 256 + o)
     END);
-CREATE OR REPLACE TEMP MACRO ew_v6_hex(a) AS (
-    -- lower case, without a zone; a trailing dotted quad (::ffff:10.1.2.3) as two hex groups
-    CASE WHEN NOT contains(a, '.') THEN lower(split_part(a, '%', 1))
-         WHEN ew_ipv4(regexp_extract(split_part(a, '%', 1), '([^:]*)$', 1)) IS NOT NULL THEN
-             lower(regexp_extract(split_part(a, '%', 1), '^(.*:)', 1))
-             || printf('%x:%x', ew_ipv4(regexp_extract(split_part(a, '%', 1), '([^:]*)$', 1)) // 65536,
-                       ew_ipv4(regexp_extract(split_part(a, '%', 1), '([^:]*)$', 1)) % 65536)
+CREATE OR REPLACE TEMP MACRO ew_v6_hex(a, quad) AS (
+    -- `a` lower case without its zone, `quad` its trailing dotted quad as an integer (NULL: none);
+    -- the quad (::ffff:10.1.2.3) becomes two hex groups
+    CASE WHEN NOT contains(a, '.') THEN a
+         WHEN quad IS NOT NULL THEN regexp_extract(a, '^(.*:)', 1) || printf('%x:%x', quad // 65536, quad % 65536)
     END);
 CREATE OR REPLACE TEMP MACRO ew_v6_split(p) AS (CASE WHEN p = '' THEN []::VARCHAR[] ELSE string_split(p, ':') END);
 CREATE OR REPLACE TEMP MACRO ew_v6_fill(h, t) AS (
@@ -86,7 +84,6 @@ CREATE OR REPLACE TEMP MACRO ew_v6_value(g) AS (
         list_reduce(list_transform(g, lambda x: CASE WHEN regexp_full_match(x, '[0-9a-f]{1,4}') THEN ('0x' || x)::UHUGEINT END),
                     lambda acc, x: acc * 65536 + x)
     END);
-CREATE OR REPLACE TEMP MACRO ew_ipv6(a) AS (ew_v6_value(ew_v6_groups(ew_v6_hex(a))));
 """
 
 _RANGE_SCHEMA = pa.schema([("entry", pa.int32()), ("version", pa.int8()), ("lo_hi", pa.uint64()), ("lo_lo", pa.uint64()),
@@ -126,37 +123,42 @@ def create_asset_map(con: duckdb.DuckDBPyConnection, addresses: str, assets: lis
     con.execute(_ADDRESS_MACROS)
     con.register("_asset_ranges_arrow", ranges)
     con.register("_asset_entries_arrow", entries)
+    # Staged temp tables rather than one query: with the sizes known DuckDB picks its IEJoin for
+    # the two-sided range condition (0.2 s for 100,000 addresses), where the inlined CTEs got a
+    # piecewise merge join 30 times slower; and a macro's argument used twice is computed twice.
+    steps = {
+        "_asset_addresses": f"""
+            SELECT ip, contains(ip, ':') AS is_v6 FROM (SELECT DISTINCT ip FROM {addresses} WHERE ip IS NOT NULL)""",
+        "_asset_bounds": """
+            SELECT entry, version, (lo_hi::UHUGEINT << 64) + lo_lo AS lo, (hi_hi::UHUGEINT << 64) + hi_lo AS hi
+            FROM _asset_ranges_arrow""",
+        "_asset_v4": "SELECT ip, ew_ipv4(ip) AS value FROM _asset_addresses WHERE NOT is_v6",
+        "_asset_bounds_v4": "SELECT entry, lo::UBIGINT AS lo, hi::UBIGINT AS hi FROM _asset_bounds WHERE version = 4",
+        "_asset_v6_text": "SELECT ip, lower(split_part(ip, '%', 1)) AS a FROM _asset_addresses WHERE is_v6",
+        "_asset_v6_hex": "SELECT ip, ew_v6_hex(a, ew_ipv4(regexp_extract(a, '([^:]*)$', 1))) AS s FROM _asset_v6_text",
+        "_asset_v6_groups": "SELECT ip, ew_v6_groups(s) AS g FROM _asset_v6_hex",
+        "_asset_v6": "SELECT ip, ew_v6_value(g) AS value FROM _asset_v6_groups",
+        "_asset_hits": """
+            SELECT a.ip, r.entry, (r.hi - r.lo)::UHUGEINT AS size
+            FROM _asset_v4 a JOIN _asset_bounds_v4 r ON a.value >= r.lo AND a.value <= r.hi
+            UNION ALL
+            SELECT a.ip, r.entry, r.hi - r.lo AS size
+            FROM _asset_v6 a JOIN (SELECT * FROM _asset_bounds WHERE version = 6) r ON a.value >= r.lo AND a.value <= r.hi""",
+    }
     try:
+        for name, sql in steps.items():
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
         con.execute(f"""
             CREATE OR REPLACE TABLE {target} AS
-            WITH addresses AS (
-                SELECT ip, contains(ip, ':') AS is_v6 FROM (SELECT DISTINCT ip FROM {addresses} WHERE ip IS NOT NULL)
-            ),
-            bounds AS (
-                SELECT entry, version, (lo_hi::UHUGEINT << 64) + lo_lo AS lo, (hi_hi::UHUGEINT << 64) + hi_lo AS hi
-                FROM _asset_ranges_arrow
-            ),
-            v4 AS (
-                SELECT a.ip, r.entry, (r.hi - r.lo)::UHUGEINT AS size
-                FROM (SELECT ip, ew_ipv4(ip) AS value FROM addresses WHERE NOT is_v6) a
-                JOIN (SELECT entry, lo::UBIGINT AS lo, hi::UBIGINT AS hi FROM bounds WHERE version = 4) r
-                  ON a.value >= r.lo AND a.value <= r.hi
-            ),
-            v6 AS (
-                SELECT a.ip, r.entry, r.hi - r.lo AS size
-                FROM (SELECT ip, ew_ipv6(ip) AS value FROM addresses WHERE is_v6) a
-                JOIN (SELECT entry, lo, hi FROM bounds WHERE version = 6) r ON a.value >= r.lo AND a.value <= r.hi
-            ),
-            best AS (
-                SELECT ip, arg_min(entry, (size, entry)) AS entry
-                FROM (SELECT * FROM v4 UNION ALL SELECT * FROM v6) GROUP BY ip
-            )
+            WITH best AS (SELECT ip, arg_min(entry, (size, entry)) AS entry FROM _asset_hits GROUP BY ip)
             SELECT b.ip, e.category, e.categories, e.bunit, e.owner, e.priority
             FROM best b JOIN _asset_entries_arrow e USING (entry)
         """)
     finally:
         con.unregister("_asset_ranges_arrow")
         con.unregister("_asset_entries_arrow")
+        for name in steps:
+            con.execute(f"DROP TABLE IF EXISTS temp.main.{name}")
 
 
 def match_assets(ips: list[str], assets: list[Asset]) -> pa.Table:
