@@ -4,13 +4,18 @@ Sources, first match wins:
 
 1. config.yaml `identities:` — an inline list, or the path of a CSV or YAML file (relative to the
    config file). Each entry names a `user` (the name findings use) with their `emails`,
-   `vpn_accounts`, `hosts` (IP addresses or names) and `department` (the peer group). In CSV the
-   list columns hold `;`-separated values:
+   `vpn_accounts`, `hosts` (IP addresses or names) and `department` (the peer group). The file
+   may be a Splunk ES identity lookup as it is (`identity` `|`-separated, the first name the
+   user; `bunit` the peer group; `priority`, `watchlist`, `category`, `startDate`/`endDate`), an
+   HR export with its own column names (singular or plural, known synonyms; rows of one user
+   merged; other columns kept as attributes), or any CSV with `identity_columns:` mapping its
+   columns to ours. In our own CSV form the list columns hold `;`- or `|`-separated values:
 
        user,emails,vpn_accounts,hosts,department
        jsmith,john.smith@corp.example;js@corp.example,jsmith;CORP\\jsmith,10.1.2.3,finance
 
-2. The asset inventory: a `host:` asset with an `owner` maps that host to the owner.
+2. The asset inventory: an asset with an `owner` maps its names (`host`, `nt_host`, `dns`) and
+   single addresses to the owner.
 3. Default rules, case-insensitive, for everyone not listed:
    - an address in an internal domain → its local part (`John.Smith+x@corp.example` → `john.smith`);
    - a VPN account `DOMAIN\\user` → `user`, `user@REALM` → `user`, else the account itself.
@@ -333,7 +338,9 @@ class Resolved:
 
 
 class EntityResolver:
-    """Maps a risk object (user name, mail address, VPN account, IP, host name) to its entity.
+    """Maps a risk object (user name, mail address, VPN account, IP, host name) to its entity and
+    the attributes risk modifiers match (the asset's, the identity's, and, given the event's time,
+    `identity_ended`/`identity_not_started` outside the identity's end and start dates).
 
     Users are resolved as the enrichment does (enrich/identities.py: the identities list, then the
     default rules), so risk lands on the same user name the session rules use. A system resolves
