@@ -374,7 +374,7 @@ class EntityResolver:
             if match is not None:
                 data = match.model_dump(exclude_none=True)
                 data["categories"], data["category"] = match.category, match.primary_category
-                self._asset_cache[value] = _asset_attrs(data)
+                self._asset_cache[value] = _flat_attrs(data)
             else:
                 table = match_assets([value], self.assets).to_pylist()
                 self._asset_cache[value] = {k: v for k, v in table[0].items() if k != "ip" and v is not None} if table else None
@@ -382,7 +382,7 @@ class EntityResolver:
 
     def _user_attributes(self, user: str, at: datetime | None) -> dict[str, Any]:
         identity = self.identities.get(user)
-        attributes = {**(_identity_attrs(identity) if identity else {}), "user": user}
+        attributes = {**(_flat_attrs(identity) if identity else {}), "user": user}
         start, end = self._validity.get(user, (None, None))
         if at is not None:
             # a leaver's (or a not-yet-starter's) activity is worth knowing: risk modifiers can match these
@@ -425,13 +425,8 @@ class EntityResolver:
         return canonical, names
 
 
-def _identity_attrs(identity: dict[str, Any]) -> dict[str, Any]:
-    """An identity as risk attributes: its other columns flattened beside its fields (`title: cfo`)."""
-    flat = {k: v for k, v in identity.items() if k != "attributes" and v not in (None, [], "", False)}
-    return {**identity.get("attributes", {}), **flat}
-
-
-def _asset_attrs(asset: dict[str, Any]) -> dict[str, Any]:
-    """An inventory entry as risk attributes: `category` is its list, its other columns flattened."""
-    flat = {k: v for k, v in asset.items() if k != "attributes" and v not in (None, [], "")}
-    return {**asset.get("attributes", {}), **flat}
+def _flat_attrs(record: dict[str, Any]) -> dict[str, Any]:
+    """An identity or an inventory entry as risk attributes: the fields that have a value, and the
+    lookup's other columns (`title`, `city`) beside them."""
+    flat = {k: v for k, v in record.items() if k != "attributes" and v not in (None, [], "", False)}
+    return {**record.get("attributes", {}), **flat}
