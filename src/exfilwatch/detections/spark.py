@@ -86,10 +86,10 @@ def register_spark_views(spark, settings: Settings, state: StateStore, start: da
     # The asset map comes from the same code as DuckDB's; it is small (one row per address).
     con = connect(settings)
     register_lake_views(con, settings, state, start, end)
-    cursor = con.execute("SELECT ip, category, bunit, owner, priority FROM lake.asset_map")
+    cursor = con.execute("SELECT ip, category, categories, bunit, owner, priority FROM lake.asset_map")
     assets = cursor.fetchall()
     con.close()
-    asset_schema = "ip string, category string, bunit string, owner string, priority string"
+    asset_schema = "ip string, category string, categories array<string>, bunit string, owner string, priority string"
     spark.createDataFrame(assets, schema=asset_schema).createOrReplaceTempView("asset_map")
     for model in DATA_MODELS.values():
         files = state.lake_files(model.name)
@@ -105,6 +105,7 @@ def register_spark_views(spark, settings: Settings, state: StateStore, start: da
             spark.sql(f"""
                 CREATE OR REPLACE TEMP VIEW network_traffic AS
                 SELECT t.*, s.category AS src_category, d.category AS dest_category,
+                       s.categories AS src_categories, d.categories AS dest_categories,
                        s.bunit AS src_bunit, d.bunit AS dest_bunit, {day} AS _day
                 FROM network_traffic_stored t
                 LEFT JOIN asset_map s ON t.src_ip = s.ip
