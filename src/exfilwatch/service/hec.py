@@ -32,7 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from exfilwatch.config import HecSettings
-from exfilwatch.service.spool import encode
+from exfilwatch.service.spool import encode, encode_many
 from exfilwatch.sources import SOURCES
 
 # Splunk sourcetypes (Splunk Add-ons' names) → our sources.
@@ -200,7 +200,7 @@ def create_app(settings: HecSettings, collector: Collector, metrics: Callable[[]
             raise HecError(400, "No data", 5)
         received = clock()
         origin = f"hec@{request.client.host if request.client else '-'}"
-        records = b"".join(encode(source, origin, received, line) for line in lines)
+        records = encode_many(source, origin, received, lines)
         return await accept(request, records, len(lines), token.token)
 
     @app.post("/services/collector/ack")

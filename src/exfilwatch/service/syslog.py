@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from exfilwatch.config import SyslogListener
-from exfilwatch.service.spool import encode
+from exfilwatch.service.spool import encode, encode_many
 
 MAX_FRAME = 1 << 20  # an octet count beyond this is not a syslog frame: the peer is cut off
 READ_BYTES = 1 << 16
@@ -131,7 +131,7 @@ async def start_listener(listener: SyslogListener, sink: Sink, dropped: Callable
                 messages = [m for m in messages if m]
                 if messages:
                     now = time.time()
-                    sink(b"".join(encode(listener.source, origin, now, m) for m in messages), len(messages), name, peer)
+                    sink(encode_many(listener.source, origin, now, messages), len(messages), name, peer)
                 if not data:
                     break
         except FrameError as exc:
