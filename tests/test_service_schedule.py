@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 
 from exfilwatch.config import Home, parse_settings
@@ -42,3 +43,41 @@ def test_the_scheduler_runs_the_pipeline_once_per_minute_of_its_clock(tmp_path):
         await task
 
     asyncio.run(main())
+
+
+def test_tailed_zeek_logs_fire_the_network_detections_and_the_incident_is_delivered(tmp_path):
+    """Without a keyboard: the tailer reads the Zeek conn.logs, the scheduler's first minute runs
+    every detection's missed fire times, and the risk rule's incident reaches the jsonl output."""
+    import shutil
+
+    import yaml
+
+    from exfilwatch.config import load_settings
+    from exfilwatch.detections.schema import default_detections_dir
+    from tests.test_risk_cli import CONFIG, NET_A, NET_B
+
+    logs = tmp_path / "zeek"
+    logs.mkdir()
+    for name in (NET_A, NET_B):
+        shutil.copyfile(default_detections_dir() / name / "data" / "positive_conn.log", logs / f"{name}.conn.log")
+    root = tmp_path / "home"
+    root.mkdir()
+    config = {**CONFIG, "service": {"tail": [{"path": str(logs / "*.conn.log"), "source": "auto"}], "schedule": True}}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    home = Home(root=root, config_path=root / "config.yaml")
+    now = datetime(2026, 11, 1, 4, 30, tzinfo=timezone.utc)  # 00:30 in New York, as test_risk_cli's `run`
+    service = Service(home, load_settings(home), list(load_detections([]).values()), clock=lambda: now)
+    delivered = root / "incidents.jsonl"
+
+    async def main() -> None:
+        task = asyncio.create_task(service.serve())
+        for _ in range(2400):
+            if delivered.exists() and delivered.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        service.stop()
+        await task
+
+    asyncio.run(main())
+    [incident] = [json.loads(line) for line in delivered.read_text().splitlines()]
+    assert "mallory" in json.dumps(incident)
