@@ -99,3 +99,12 @@ def test_an_event_object_is_stored_as_its_json_and_an_unknown_line_is_quarantine
     wait_for(lambda: any('{"not":"a log line"}' in raw for _, _, raw in quarantine(served.home)))
     file, reason, _ = next(q for q in quarantine(served.home) if '"not"' in q[2])
     assert file.startswith("hec@127.0.0.1")
+
+
+def test_metrics_count_what_was_received_and_committed(served, client):
+    hec_post(client, "/services/collector/raw", pulse_login("metrics1"), channel="m")
+    wait_for(lambda: "metrics1" in committed_users(served.home))
+    text = client.get("/metrics").text
+    assert 'exfilwatch_received_lines_total{listener="hec"}' in text
+    assert 'exfilwatch_parsed_lines_total{listener="hec",source="pulse_secure"}' in text
+    assert "exfilwatch_batches_total" in text and "exfilwatch_spool_depth" in text

@@ -6,6 +6,9 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 
+from typer.testing import CliRunner
+
+from exfilwatch.cli.main import app
 from tests.servicekit import Served, committed_users, pulse_login, service_config, wait_for
 
 
@@ -46,3 +49,6 @@ def test_tailing_follows_rename_and_copytruncate_rotation(tmp_path):
     finally:
         served.kill()
     assert [u for u, n in Counter(committed_users(served.home)).items() if n != 1] == []
+    status = CliRunner().invoke(app, ["--home", str(served.home), "status"])
+    assert status.exit_code == 0, status.output
+    assert "written by nobody" in status.output and "pulse_secure" in status.output

@@ -72,3 +72,7 @@ def status(ctx: typer.Context) -> None:
             for r in state.query("SELECT detection_id, max(now) AS now, count(*) AS runs, sum(findings) AS findings "
                                  "FROM detection_runs GROUP BY detection_id ORDER BY detection_id")]
     print_table(console, "detections", runs, ["detection", "last run", "runs", "findings"])
+    queues = [dict(r) for r in state.query(
+        "SELECT output, sum(status = 'pending') AS queued, sum(status = 'delivered') AS delivered "
+        "FROM deliveries GROUP BY output ORDER BY output")]
+    print_table(console, "outputs", queues, ["output", "queued", "delivered"])
