@@ -50,10 +50,14 @@ def test_acknowledged_events_survive_sigkill_exactly_once(tmp_path):
             # ackIds issued before the kills are still answered after the restart
             wait_for(lambda: _confirm(client, acked, confirmed) or not acked, timeout=60)
         assert served.stop() == 0
+    except BaseException:
+        print("".join(served.log[-30:]))  # the service's own log lines say why it stopped
+        raise
     finally:
         served.kill()
     stored = Counter(committed_users(served.home))
-    assert confirmed, "no acknowledgement arrived between the kills"
+    assert confirmed, "no acknowledgement arrived"
+    assert len(answered) >= ROUNDS * BATCH  # every incarnation took requests before it was killed
     assert [u for u in confirmed if stored[u] != 1] == []
     assert [u for u in answered if stored[u] != 1] == []
     assert [u for u, n in stored.items() if n > 1] == []

@@ -214,7 +214,10 @@ class Service:
             self.ports["hec"] = sock.getsockname()[1]
             http = _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                           limit_concurrency=1000, timeout_keep_alive=30))
+            sock.listen(2048)  # connections made before uvicorn starts wait in the backlog, not refused
             http_task = asyncio.create_task(http.serve(sockets=[sock]))
+            while not http.started and not http_task.done():
+                await asyncio.sleep(0.01)
             log("listening", protocol="hec", host=hec.host, port=self.ports["hec"])
         flusher = asyncio.create_task(self._flusher())
         if ready is not None:
