@@ -31,8 +31,8 @@ import duckdb
 
 from exfilwatch.models import AUTHENTICATION
 from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
-from exfilwatch.sources.syslog_header import (ENVELOPE, HEADER_GROUPS, header_time_is_exact_sql, header_time_sql,
-                            local_time_sql)
+from exfilwatch.sources.syslog_header import (ENVELOPE, HEADER_GROUPS, envelope_sql, header_time_is_exact_sql,
+                                             header_time_sql, local_time_sql, relayed_envelope_sql)
 
 SOURCE_NAME = "pulse_secure"
 
@@ -147,6 +147,16 @@ KINDS: list[Kind] = [
          r"User Accounts modified\. Removed username (?P<m_user>\S+?)(?: from authentication server (?P<m_server>.+?))?\.?",
          "User Accounts modified. Removed username USER from authentication server SERVER.",
          "'removed by ' || coalesce(nullif(who_user, ''), 'unknown') || coalesce(' from authentication server ' || nullif(d.m_server, ''), '')"),
+    # 22.x: the end of a session, named by its short id; the bandwidth is both directions together
+    Kind("session deleted", f"{_starts('Session:[')} AND {_has(' deleted')}", "vpn-logout",
+         r"Session:\[(?P<m_session>[^\]]*)\] for user:\[[^\]]*\].*? deleted\.(?: Bandwidth consumed \[(?P<m_reason>\d*)\] bytes)?.*",
+         "Session:[ID] for user:[USER] with roles:[ROLES] deleted. Bandwidth consumed [N] bytes",
+         "'session deleted' || CASE WHEN d.m_reason <> '' THEN ' (bandwidth consumed ' || d.m_reason || ' bytes)' ELSE '' END"),
+    Kind("client version denied", f"{_starts('User ')} AND {_has(' denied access as the client version ')}",
+         "authentication-failed",
+         r"User (?P<m_user>.*?) denied access as the client version '(?P<m_reason>[^']*)'.*",
+         "User USER denied access as the client version 'VERSION' is lower than the minimum client version configured",
+         "'client version ' || d.m_reason || ' below the configured minimum'"),
     Kind("web request", _starts("WebRequest "), "web-activity-allowed", r"WebRequest (?P<m_reason>.+)",
          "WebRequest …", "'web request ' || d.m_reason"),
     # Known kinds that are not authentication events: skipped, counted by name.
@@ -167,6 +177,10 @@ KINDS: list[Kind] = [
     Kind("SSL negotiation failed", _starts("SSL negotiation failed")),
     Kind("remote address changed", _starts("Remote address for user ")),
     Kind("connected to resource", _starts("Connected to ")),
+    Kind("session resumed", _starts("Session resumed ")),
+    Kind("client connection done", _starts(":Client connection done")),
+    Kind("host checker compliance result", _starts("Host Checker Compliance Result")),
+    Kind("host checker message", _starts("Host Checker ")),
 ]
 
 EVENT_ACTION = {
@@ -177,6 +191,15 @@ EVENT_ACTION = {
 
 
 _META = set("\\.^$*+?()[]{}|")
+
+
+def normalised_session_sql(raw: str) -> str:
+    """SQL: a session id as one spelling for every line of the session: without spaces, lower
+    case, and without the `sid` the appliance puts before hexadecimal ids in messages
+    (`session:sid74FA…`, `session: sid74fa…` and `74fa…` are one session)."""
+    spaced = f"lower(replace({raw}, ' ', ''))"
+    return (f"nullif(CASE WHEN starts_with({spaced}, 'sid') AND regexp_full_match({spaced}, 'sid[0-9a-f]+') "
+            f"THEN substr({spaced}, 4) ELSE {spaced} END, '')")
 
 
 def _kind_regex(kind: Kind) -> tuple[str, list[str]]:
@@ -214,7 +237,9 @@ def _positional(pattern: str, names: list[str]) -> None:
 # with at most four groups, so each form is taken apart in small pieces: a pattern that finds
 # the form's fixed part, string positions for the rest.
 STANDARD_HEAD = r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) - (?P<node>\S+) - \[$"  # the text up to the first ` - [`
-STANDARD_WHO = r"^(?P<who>[^()\[\]]*)\((?P<realm>[^()]*)\)\[(?P<roles>[^\]]*)(?P<sep>\] - )"  # then the message
+# then the message; 22.x adds the session's short id in a fourth bracket, kept in `sep` (`][30f317948f] - `)
+# so that the pattern stays one-pass for RE2 (after `]`, `[` or ` ` decides)
+STANDARD_WHO = r"^(?P<who>[^()\[\]]*)\((?P<realm>[^()]*)\)\[(?P<roles>[^\]]*)(?P<sep>\](?:\[[^\]]*\])? - )"
 WELF_HEAD = r'^(?P<w_m>id=firewall) time="(?P<ts>[^"]*)" pri=\d* fw=(?P<fw>\S*) vpn=(?P<node>\S*) '
 WELF_REALM = r'(?P<wr_m> realm=")(?P<realm>[^"]*)" roles="(?P<roles>[^"]*)"'
 WELF_KEYS = {  # searched in the part before msg="
@@ -323,6 +348,9 @@ class PulseSecure:
         cef_local = local_time_sql(
             "try_strptime(c_rt, ['%b %d %Y %H:%M:%S', '%b %d %Y %H:%M:%S.%g'])", tz)
         headers = ", ".join(f"coalesce(h.{g}, '') AS {g}" for g in HEADER_GROUPS)
+        session_id = normalised_session_sql("coalesce(nullif(trim(std_session), ''), nullif(trim(w_session), ''), "
+                                           "nullif(trim(d.m_session), ''), CASE WHEN contains(t, '(session:') THEN "
+                                           "nullif(trim(regexp_extract(t, '\\(session:\\s*([^)]*)\\)', 1)), '') END)")
         welf_keys = ", ".join(
             f"CASE WHEN w_keys IS NOT NULL THEN regexp_extract(w_keys, {sql_string(pattern)}, 1) END AS {name}"
             for name, pattern in WELF_KEYS.items()
@@ -365,7 +393,7 @@ class PulseSecure:
             )
         ), parts AS (
             SELECT line_no, form, l, sa, std_src, bracket, body_at,
-                   CASE WHEN body_at > 1 THEN {_extract(ENVELOPE, _ENVELOPE_GROUPS, 'left(l, body_at - 1)')} END AS h,
+                   CASE WHEN body_at > 1 THEN {envelope_sql('left(l, body_at - 1)')} END AS h0,
                    CASE WHEN form = 'standard' AND body_at > 0 THEN
                         CASE WHEN substr(l, bracket + 4 + length(std_src), 2) = '] '
                              THEN substr(l, bracket + 6 + length(std_src)) END END AS who_part,
@@ -373,6 +401,7 @@ class PulseSecure:
             FROM formed
         ), extracted AS (
             SELECT *,
+                   {relayed_envelope_sql('left(l, body_at - 1)', 'h0')} AS h,
                    CASE WHEN who_part IS NOT NULL THEN {_extract(STANDARD_WHO, _STANDARD_WHO_GROUPS, 'who_part')} END AS sb,
                    CASE WHEN form = 'welf' THEN {_extract(WELF_HEAD, _WELF_HEAD_GROUPS)} END AS wa,
                    CASE WHEN form = 'welf' THEN strpos(body, ' user=') END AS w_user_at,
@@ -422,8 +451,9 @@ class PulseSecure:
                         ELSE coalesce(sb.roles, wr.roles) END AS roles,
                    CASE WHEN form = 'cef' THEN coalesce({_cef_value('msg')}, replace(c.c_name, '\\|', '|'))
                         WHEN form = 'standard' AND sb.sep <> ''
-                        THEN substr(who_part, length(sb.who) + length(sb.realm) + length(sb.roles) + 8)
+                        THEN substr(who_part, length(sb.who) + length(sb.realm) + length(sb.roles) + length(sb.sep) + 4)
                         ELSE w_msg END AS raw_msg,
+                   CASE WHEN length(sb.sep) > 6 THEN substr(sb.sep, 3, length(sb.sep) - 6) END AS std_session,
                    w_session, w_sent, w_rcvd, w_agent, w_duration,
                    CASE WHEN form = 'cef' AND regexp_full_match(c.c_sig, '[A-Z]{{3}}[0-9]{{5}}') THEN c.c_sig END AS c_code,
                    CASE WHEN form = 'cef' THEN {_cef_value('requestClientApplication')} END AS c_agent,
@@ -443,6 +473,9 @@ class PulseSecure:
             FROM unified
         ), kinded AS (
             SELECT *, CASE WHEN form = 'blank' OR NOT ok OR NOT vendor_ok THEN NULL {kind_case}
+                           -- the appliance's own messages (`System()[]`: signatures, integrity scans, …);
+                           -- with an event code, the code says more
+                           WHEN code IS NULL AND who_user = 'System' AND coalesce(realm, '') = '' THEN 'system message'
                            ELSE 'other message' || coalesce(' (' || code || ')', '') END AS kind
             FROM coded
         ), detailed AS (
@@ -455,9 +488,9 @@ class PulseSecure:
                         {epoch_sql('(CAST(c_rt AS DOUBLE) / CASE WHEN length(c_rt) > 11 THEN 1000.0 ELSE 1.0 END)')} END AS cef_epoch,
                    CASE WHEN body_ts <> '' THEN {body_time} END AS body_time,
                    CASE WHEN c_rt IS NOT NULL AND NOT regexp_full_match(c_rt, '[0-9]{{1,15}}') THEN {cef_local} END AS cef_local,
-                   coalesce(nullif(d.m_session, ''),
-                            CASE WHEN contains(t, '(session:') THEN nullif(trim(regexp_extract(t, '\\(session:\\s*([^)]*)\\)', 1)), '') END,
-                            nullif(w_session, '')) AS session_id_v
+                   -- the line's own session field (22.x bracket, WELF sessionID) names the session on
+                   -- all its lines; the message's `(session:sid…)` is another name for it
+                   {session_id} AS session_id_v
             FROM detailed
         ), valued AS (
             SELECT *,

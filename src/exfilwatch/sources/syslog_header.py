@@ -9,6 +9,11 @@ named groups `hdr_iso`, `hdr_zone`, `hdr_bsd` and `hdr_host`; it is unambiguous 
 groups, so RE2 extracts it with its fast one-pass engine. Text before the body that is not such
 an envelope (a line copied from an appliance's log viewer has none) leaves the groups empty.
 
+A relay that stores what it receives may put its own BSD header in front of the sender's RFC
+5424 one (`Oct 19 10:20:40 pcs-node1 1 2021-10-19T10:20:40+02:00 10.5.2.3 PulseSecure: - - -`);
+`envelope_sql` then reads the inner header: the sender's own time, with its zone, and its own
+host name, so a line says the same whether it came through the relay or not.
+
 Times: an ISO timestamp with an offset is an exact instant; one without, and a BSD one (which
 takes the year from `--year` or the file's modification time), are local times in the
 source's zone (`--source-tz`, default the configured zone) and are converted to UTC.
@@ -27,6 +32,28 @@ ENVELOPE = (
     r"|(?P<hdr_bsd>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d)) +(?P<hdr_host>\S+)"
 )
 HEADER_GROUPS = ["hdr_iso", "hdr_zone", "hdr_bsd", "hdr_host"]
+
+
+def envelope_sql(text: str) -> str:
+    """SQL: the struct of HEADER_GROUPS read by ENVELOPE at the start of `text` (the part of a
+    line before its message body); see `relayed_envelope_sql` for what follows."""
+    listed = ", ".join(sql_string(group) for group in HEADER_GROUPS)
+    return f"regexp_extract({text}, {sql_string(ENVELOPE)}, [{listed}])"
+
+
+def relayed_envelope_sql(text: str, envelope: str) -> str:
+    """SQL: `envelope` (the column holding `envelope_sql(text)`), or the inner RFC 5424 header's
+    groups when a relay's BSD header comes first.
+
+    The relay case is told apart with string functions on what follows the BSD header's host
+    (` 1 ` and a digit), so lines without it pay no second regex; ENVELOPE stays one pattern that
+    RE2 runs one-pass (folding the relay prefix into it would make it ambiguous and slower).
+    """
+    bsd, host = f"{envelope}.hdr_bsd", f"{envelope}.hdr_host"
+    # `hdr_bsd` is where the envelope starts (after any <PRI>); the host follows it after spaces
+    after_host = f"substr(ltrim(substr({text}, strpos({text}, {bsd}) + length({bsd}))), length({host}) + 1)"
+    return (f"CASE WHEN {bsd} <> '' AND starts_with({after_host}, ' 1 ') AND substr({after_host}, 4, 1) "
+            f"BETWEEN '0' AND '9' THEN {envelope_sql(f'substr({after_host}, 2)')} ELSE {envelope} END")
 
 
 def checked_zone(tz: str) -> str:
