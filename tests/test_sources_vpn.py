@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
@@ -14,6 +16,7 @@ from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
 from exfilwatch.sources.pulse_secure import PulseSecure
+from exfilwatch.synth.writers import pulse_secure as writer
 from exfilwatch.home import open_state
 
 from .conftest import Flow, settings_for, write_conn_log
@@ -217,6 +220,91 @@ def test_bsd_header_year_and_zone(tmp_path, home):
     ingest(home, path, year=2025, source_tz="America/New_York")
     [row] = events(home).values()
     assert row[0] == "2026-01-01 04:30:00" and row[1] == "jdoe"
+
+
+AGENT_22 = "Pulse-Secure/22.7.1.1234 (Windows 10) Pulse/22.7.1.1234"
+ICS22_EVENTS = {
+    # a relay's BSD header before the appliance's RFC 5424 one: the inner header's time (with its
+    # zone) and host; auth server names with spaces and slashes
+    1: ev("2026-03-03 08:00:01", "jdoe", "203.0.113.5", "authentication-successful",
+          "primary authentication (auth server Corp AD (LDAP/EU))", dest="10.0.0.9"),
+    2: ev("2026-03-03 08:00:02", "jdoe", "203.0.113.5", "authentication-successful",
+          "secondary authentication (auth server TOTP Server)", dest="10.0.0.9"),
+    # 22.x: the fourth bracket names the session on every line; the message's sid is another name for it
+    4: ev("2026-03-03 08:00:04", "jdoe", "203.0.113.5", "vpn-login", "agent login", dest="vpn01", roles="Users, VPN",
+          session="0a1b2c3d4e", agent=AGENT_22),
+    5: ev("2026-03-03 08:00:05", "jdoe", "203.0.113.5", "vpn-login", "tunnel session started", assigned="10.200.1.17",
+          dest="vpn01", roles="Users, VPN", session="0a1b2c3d4e"),
+    8: ev("2026-03-03 09:30:00", "jdoe", "203.0.113.5", "vpn-logout", "connection to 10.10.0.5 closed", dest="vpn01",
+          roles="Users, VPN", session="0a1b2c3d4e", duration=5395.0, bytes_in=1834552, bytes_out=48211234),
+    9: ev("2026-03-03 09:30:01", "jdoe", "203.0.113.5", "vpn-logout", "session deleted (bandwidth consumed 50045786 bytes)",
+          dest="vpn01", roles="Users, VPN", session="0a1b2c3d4e"),
+    12: ev("2026-03-03 09:32:00", "asmith", "198.51.100.23", "authentication-failed",
+           "client version 9.1.11.6725 below the configured minimum", dest="vpn01", roles="Users"),
+    14: ev("2026-03-03 09:34:00", "asmith", "198.51.100.23", "authentication-failed", "host checker policy AV-Check failed",
+           dest="vpn01", roles="Users", session="77aa88bb99"),
+    # 9.1: `session:sid3C4D…`, `session: sid3c4d…` and `session: SID3C4D…` are one session
+    15: ev("2026-03-03 09:40:00", "bwayne", "198.51.100.40", "vpn-login", "agent login", dest="10.0.0.9", roles="Users",
+           session="3c4d5e6f", agent="Pulse-Secure/9.1.13.11723 (Windows 10) Pulse/9.1.13.11723"),
+    16: ev("2026-03-03 09:40:01", "bwayne", "198.51.100.40", "vpn-login", "tunnel session started",
+           assigned="10.200.1.40", dest="10.0.0.9", roles="Users", session="3c4d5e6f"),
+    17: ev("2026-03-03 10:40:00", "bwayne", "198.51.100.40", "vpn-logout", "logout", dest="10.0.0.9", realm=None,
+           session="3c4d5e6f"),
+    # a `System()[][]` line that is an event: the deleted account is the user
+    18: ev("2026-03-03 10:45:00", "olduser", "127.0.0.1", "account-deleted",
+           "removed by System from authentication server Corp LDAP", dest="vpn01", realm=None),
+    19: ev("2026-03-03 10:46:00", "pcsadmin", "192.0.2.10", "authentication-successful",
+           "primary authentication (auth server AD / Kerberos)", dest="vpn01", realm="Admin Users"),
+}
+
+
+def test_connect_secure_22_and_relayed_rfc5424_lines(home):
+    path = FIXTURES / "ics22.log"
+    report = ingest(home, path, source_tz="UTC")  # every time here says its zone: --source-tz must not matter
+    assert report.source == "pulse_secure" and report.quarantined == 0
+    assert events(home) == ICS22_EVENTS
+    assert report.skipped == {"session created": 1, "tunnel transport": 1, "session resumed": 1,
+                              "client connection done": 1, "system message": 1, "host checker compliance result": 1}
+    assert report.notes == []  # no time was read in an assumed zone
+
+
+def _writer_session(style: str, user: str, sid: str, start: datetime, ip: str) -> list[dict]:
+    """One VPN session in the synth writer's records: authentication, login, tunnel, traffic, end."""
+    def at(offset: int, event: int, **fields) -> dict:
+        return {"syslog": style, "t": start + timedelta(seconds=offset), "event": event, "user": user, "ip": ip,
+                "network": "Default Network", "session": sid, **fields}
+
+    return [
+        at(0, writer.AUTH_OK, session=None, roles=""),
+        at(1, writer.SECONDARY_AUTH_OK, session=None, roles="", auth_server="TOTP / Corp"),
+        at(2, writer.SESSION_CREATED),
+        at(3, writer.AGENT_LOGIN, agent=AGENT_22),
+        at(5, writer.TUNNEL_START, tunnel="10.200.7.7", hostname="LAPTOP-7"),
+        at(3600, writer.CLOSED, seconds=3595, bytes_read=4096, read_chunks=3, bytes_written=8192, written_chunks=5),
+        at(3601, writer.TUNNEL_END, tunnel="10.200.7.7"),
+        at(3602, writer.SESSION_DELETED, bytes_read=4096, bytes_written=8192),
+        at(3603, writer.LOGOUT),
+    ]
+
+
+@pytest.mark.parametrize("style", writer.SYSLOG_STYLES)
+def test_synth_writer_forms_round_trip(tmp_path, home, style):
+    start = datetime(2026, 10, 5, 8, 59, 12, tzinfo=ZoneInfo("America/New_York"))
+    path = tmp_path / f"{style}.log"
+    path.write_text("\n".join(writer.lines(_writer_session(style, "jdoe", "5f3a9c01d2", start, "203.0.113.5"))) + "\n")
+    report = ingest(home, path)  # the fixtures' zone, not the appliance's: the header's offset decides
+    assert (report.quarantined, report.skipped) == (0, {"session created": 1})
+    rows = sorted(events(home).values())
+    assert rows[0][0] == "2026-10-05 12:59:12" and rows[-1][0] == "2026-10-05 13:59:15"
+    kinds = [(row[9], row[13] or "") for row in rows]
+    assert [k for k, _ in kinds] == ["authentication-successful"] * 2 + ["vpn-login"] * 2 + ["vpn-logout"] * 4
+    assert "secondary authentication (auth server TOTP / Corp)" in {r for _, r in kinds}
+    session_ids = {row[7] for row in rows if row[9].startswith("vpn-")}
+    if style in ("ics22", "relay"):  # the fourth bracket: one session id on every line of the session
+        assert session_ids == {"5f3a9c01d2"}
+        assert [r for _, r in kinds if r.startswith("session deleted")] == ["session deleted (bandwidth consumed 12288 bytes)"]
+    else:  # 9.1 writes no id on tunnel and connection lines; the lines that have one agree
+        assert session_ids == {"5f3a9c01d2", None}
 
 
 # --- format detection ------------------------------------------------------------------------

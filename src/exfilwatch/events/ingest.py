@@ -34,6 +34,7 @@ from exfilwatch.events.lake import remove_orphans, remove_superseded, supersede,
 from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.homelock import writing
 from exfilwatch.sources import ParseContext, Source, UnknownFormatError, detect_source, get_source
+from exfilwatch.sources.base import ParsedBatch
 from exfilwatch.sources.state import StoredSourceState
 from exfilwatch.sources.tables import SCHEMA as SOURCE_TABLES
 from exfilwatch.state import StateStore
@@ -136,6 +137,23 @@ def batch_addresses(con: duckdb.DuckDBPyConnection, files: list[str]) -> list[tu
     ).fetchall()
 
 
+def assumed_time_note(parsed: ParsedBatch, ctx: ParseContext, options: ReadOptions) -> str | None:
+    """The zone and year a batch's times were read in when its lines did not say, and the option that
+    sets each: a wrong guess shifts every event by hours (or a year), and nothing else would show it."""
+    said = []
+    if parsed.zoneless_times:
+        zone_from = "from --source-tz" if options.source_tz else "the configured timezone; --source-tz sets another"
+        said.append(f"times without a zone were read in {ctx.source_tz} ({zone_from})")
+    if parsed.yearless_times and ctx.year is not None:
+        if options.year is not None:
+            year_from = "from --year"
+        else:
+            year_from = (f"the year the lines were written (last change {ctx.reference_time:%Y-%m-%d}; a later date "
+                         "goes in the year before); --year sets another")
+        said.append(f"dates without a year were put in {ctx.year} ({year_from})")
+    return "; ".join(said) if said else None
+
+
 def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[str], cursor: Cursor,
                  target: IngestTarget, options: ReadOptions = ReadOptions()) -> BatchReport:
     """Parse one batch of lines with `source`, write it to the lake and commit it with the cursor.
@@ -205,8 +223,10 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
         source_state.commit(db)
         cursor.commit(db, source.name)
     con.unregister("raw_lines_arrow")
+    time_note = assumed_time_note(parsed, ctx, options)
+    notes = ([time_note] if time_note else []) + parsed.notes
     return BatchReport(lines=count, events=events, quarantined=len(quarantined), skipped=Counter(dict(skipped)),
-                       batches=1, notes=list(dict.fromkeys(parsed.notes)))
+                       batches=1, notes=list(dict.fromkeys(notes)))
 
 
 def ingest_file(

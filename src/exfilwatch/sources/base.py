@@ -53,6 +53,10 @@ class ParsedBatch:
     classified: str  # relation: line_no, outcome, reason
     events: str  # relation with the data model's columns
     notes: list[str] = field(default_factory=list)  # things the user should know (e.g. missing joins)
+    # Some parsed line's time was written without a zone (read in `ParseContext.source_tz`), or
+    # without a year (dated in `ParseContext.year`): ingest says what it assumed, per file.
+    zoneless_times: bool = False
+    yearless_times: bool = False
 
 
 class Source(Protocol):

@@ -247,6 +247,15 @@ def lines_sql(ctx: ParseContext) -> str:
     """
 
 
+# Whether the batch has times read in --source-tz (a BSD stamp, an ISO stamp without an offset)
+# and dates that took --year (a BSD stamp): anchored patterns, so a line costs a few bytes.
+TIME_BASIS_SQL = r"""
+    SELECT coalesce(bool_or(regexp_matches(line, '^(?:<\d{1,3}>)?(?:[A-Z][a-z]{2} |\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)? )')), false),
+           coalesce(bool_or(regexp_matches(line, '^(?:<\d{1,3}>)?[A-Z][a-z]{2} ')), false)
+    FROM raw_lines
+"""
+
+
 class Postfix:
     name = SOURCE_NAME
     data_model = EMAIL
@@ -273,10 +282,13 @@ class Postfix:
         con.execute(f"CREATE OR REPLACE TEMP TABLE pf_events AS {email_select(self.name, 'pf_messages', 'emit')}")
         notes = self._notes(con, ctx)
         self._save_pending(con, ctx)
+        zoneless, yearless = con.execute(TIME_BASIS_SQL).fetchone()
         return ParsedBatch(
             classified="(SELECT line_no, outcome, reason FROM pf_lines)",
             events="(SELECT * FROM pf_events)",
             notes=notes,
+            zoneless_times=zoneless,
+            yearless_times=yearless,
         )
 
     # --- the join -----------------------------------------------------------------------------

@@ -267,7 +267,7 @@ _CEF_VENDOR = r"(?i)juniper|pulse|ivanti"
 _CEF_PRODUCT = r"(?i).*(pulse|connect secure|secure access|policy secure|\bive\b|\bsa\b|ssl.?vpn).*"
 
 SNIFF_PATTERNS = [
-    re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - \S+ - \[[^\]]*\] [^()\[\]]*\([^()]*\)\[[^\]]*\] - "),
+    re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - \S+ - \[[^\]]*\] [^()\[\]]*\([^()]*\)\[[^\]]*\](?:\[[^\]]*\])? - "),
     re.compile(r'id=firewall time="[^"]*" pri=\d* fw=\S* vpn=\S* .*user=.* msg="'),
     re.compile(r"CEF:\d+\|(?:[^|]*(?:Juniper|Pulse|Ivanti)[^|]*)\|[^|]*(?:Pulse|Connect Secure|Secure Access|IVE|SSL)", re.I),
 ]
@@ -312,7 +312,11 @@ class PulseSecure:
         tz = ctx.source_tz
         table = "pulse_secure_lines"
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {self._sql(ctx, tz)}")
+        zoneless, yearless = con.execute(
+            f"SELECT coalesce(bool_or(time_basis <> 'exact'), false), coalesce(bool_or(time_basis = 'yearless'), false) "
+            f"FROM {table} WHERE outcome = 'parsed'").fetchone()
         return ParsedBatch(
+            zoneless_times=zoneless, yearless_times=yearless,
             classified=f"(SELECT line_no, outcome, reason FROM {table})",
             events=f"""(
                 SELECT _time, "user", src_ip, assigned_ip, dest, realm, roles, session_id, action, event_type,
@@ -497,6 +501,10 @@ class PulseSecure:
                    -- coalesce is lazy: the header's local time is only converted for lines without another time
                    coalesce(CASE WHEN exact_header THEN TRY_CAST(hdr_iso AS TIMESTAMPTZ) END, cef_epoch, body_time,
                             cef_local, {header_time_sql('', tz, ctx.year, ctx.reference_time)}) AS _time,
+                   -- which of those times needed --source-tz (and --year): the same order as above
+                   CASE WHEN exact_header OR cef_epoch IS NOT NULL THEN 'exact'
+                        WHEN body_time IS NOT NULL OR cef_local IS NOT NULL OR hdr_iso <> '' THEN 'zoneless'
+                        WHEN hdr_bsd <> '' THEN 'yearless' END AS time_basis,
                    CASE WHEN kind = 'account deleted' THEN nullif(d.m_user, '')
                         ELSE coalesce(nullif(who_user, ''), nullif(d.m_user, '')) END AS "user",
                    coalesce(nullif(src, ''), nullif(rtrim(d.m_ip, '.'), '')) AS src_ip,
@@ -514,7 +522,7 @@ class PulseSecure:
                    CASE kind {reason_case} END AS event_reason
             FROM typed
         )
-        SELECT line_no, _time, "user", src_ip, assigned_ip, dest, realm_v AS realm, roles_v AS roles,
+        SELECT line_no, _time, time_basis, "user", src_ip, assigned_ip, dest, realm_v AS realm, roles_v AS roles,
                session_id_v AS session_id, CASE event_type {action_case} END AS action, event_type,
                TRY_CAST(duration_t AS DOUBLE) AS duration, TRY_CAST(bytes_in_t AS BIGINT) AS bytes_in,
                TRY_CAST(bytes_out_t AS BIGINT) AS bytes_out, event_reason, user_agent_v AS user_agent,
