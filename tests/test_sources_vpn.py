@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import os
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings as hsettings, strategies as st
 
 from exfilwatch.config import Home
 from exfilwatch.events.files import read_head
@@ -307,6 +308,47 @@ def test_synth_writer_forms_round_trip(tmp_path, home, style):
         assert session_ids == {"5f3a9c01d2", None}
 
 
+# --- times without a zone ------------------------------------------------------------------------
+
+
+def _ingest_cli(home: Path, *args: str) -> str:
+    from typer.testing import CliRunner
+
+    from exfilwatch.cli.main import app
+
+    home.mkdir(exist_ok=True)
+    (home / "config.yaml").write_text("timezone: America/New_York\n")
+    result = CliRunner().invoke(app, ["--home", str(home), "ingest", *args])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())  # the table and notes as the user reads them, unwrapped
+
+
+def test_ingest_says_which_zone_and_year_it_assumed_per_file(tmp_path):
+    bare = tmp_path / "pcs-viewer.log"  # copied from the admin UI: no header, the appliance's local time
+    bare.write_text("2026-03-03 09:00:01 - ive - [203.0.113.5] jdoe(Users)[Users] - Logout from 203.0.113.5 "
+                    "(session:5f3a9c01)\n")
+    zoned = tmp_path / "pcs-zoned.log"
+    zoned.write_text("<134>1 2026-03-03T09:00:01+01:00 vpn01 PulseSecure: - - - 2026-03-03 09:00:01 - ive - [203.0.113.5] "
+                     "jdoe(Users)[Users] - Logout from 203.0.113.5 (session:5f3a9c01)\n")
+    maillog = tmp_path / "maillog"
+    maillog.write_bytes((Path(__file__).parent / "fixtures" / "postfix" / "maillog-part1").read_bytes())
+    written = datetime(2026, 11, 5, 12, 0, tzinfo=timezone.utc).timestamp()
+    os.utime(maillog, (written, written))  # yearless syslog is dated by when the file was written
+
+    guessed = _ingest_cli(tmp_path / "home-a", str(bare), str(zoned), str(maillog))
+    assert (f"note: {bare}: times without a zone were read in America/New_York "
+            "(the configured timezone; --source-tz sets another)") in guessed
+    assert (f"note: {maillog}: times without a zone were read in America/New_York (the configured timezone; "
+            "--source-tz sets another); dates without a year were put in 2026 (the year the lines were written "
+            "(last change 2026-11-05; a later date goes in the year before); --year sets another)") in guessed
+    assert f"note: {zoned}" not in guessed  # its header says the zone: nothing was assumed
+
+    told = _ingest_cli(tmp_path / "home-b", str(bare), str(maillog), "--source-tz", "Europe/Berlin", "--year", "2025")
+    assert f"note: {bare}: times without a zone were read in Europe/Berlin (from --source-tz)" in told
+    assert (f"note: {maillog}: times without a zone were read in Europe/Berlin (from --source-tz); "
+            "dates without a year were put in 2025 (from --year)") in told
+
+
 # --- format detection ------------------------------------------------------------------------
 
 
@@ -403,6 +445,72 @@ BROKEN = st.tuples(
 @given(lines=st.lists(BROKEN, min_size=1, max_size=30))
 def test_broken_pulse_lines_never_crash(lines):
     run_parser(PulseSecure(), [line for prefix, body in lines for line in as_lines(prefix + body)])
+
+
+def parsed_rows(lines: list[str], source_tz: str = "Europe/Berlin") -> list[tuple]:
+    """(outcome, UTC time, dest, session id) per line, parsed on the shared connection."""
+    run_parser(PulseSecure(), lines)
+    return _CON[0].execute(
+        "SELECT outcome, strftime(timezone('UTC', _time), '%Y-%m-%d %H:%M:%S'), dest, session_id "
+        "FROM pulse_secure_lines ORDER BY line_no").fetchall()
+
+
+SESSION_ID = st.text(alphabet="0123456789abcdef", min_size=8, max_size=48)
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sid=SESSION_ID, spellings=st.lists(st.tuples(st.sampled_from(["sid", "SID", "Sid", ""]), st.sampled_from(["", " ", "  "]),
+                                                    st.booleans()), min_size=4, max_size=4),
+       bracket=st.booleans())
+def test_every_spelling_of_a_session_id_gives_one_id(sid, spellings, bracket):
+    """`session:sid…`, `session: sid…`, upper case, a 22.x bracket: every line of the session has one id."""
+    def spelled(i: int) -> str:
+        prefix, space, upper = spellings[i]
+        return space + prefix + (sid.upper() if upper else sid)
+
+    who = f"Default Network::jdoe(Users)[Users][{sid.upper() if spellings[0][2] else sid}]" if bracket \
+        else "Default Network::jdoe(Users)[Users]"
+    head = "<134>1 2026-03-03T09:00:01+01:00 vpn01 PulseSecure: - - - 2026-03-03 09:00:01 - ive - [203.0.113.5] " + who
+    lines = [
+        f"{head} - Agent login succeeded for jdoe/Users (session:{spelled(0)}) from 203.0.113.5 with Pulse-Secure/22.7.1.",
+        f"{head} - VPN Tunneling: Session started for user  (session:{spelled(1)}) with IPv4 address 10.200.1.17",
+        f"{head} - Session timed out for jdoe/Users (session:{spelled(2)}) due to inactivity (last access at 09:00:00 2026/03/03).",
+        f"{head} - Logout from 203.0.113.5 (session:{spelled(3)})",
+    ]
+    rows = parsed_rows(lines)
+    assert [r[0] for r in rows] == ["parsed"] * 4
+    assert {r[3] for r in rows} == {sid}
+
+
+LOCAL = ZoneInfo("Europe/Berlin")
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(when=st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(timezone.utc)),
+       form=st.sampled_from(["none", "rsyslog", "rfc5424", "bsd", "relay", "relay-pri"]),
+       host=st.from_regex(r"[a-z][a-z0-9.-]{0,20}", fullmatch=True))
+def test_header_forms_give_one_instant(when, form, host):
+    """The same event behind any header the appliance or a relay writes is one instant and one host."""
+    local = when.astimezone(LOCAL)
+    # the hour the clocks go back happens twice: its local time alone cannot say which (the header's offset can)
+    assume(local.replace(fold=0).utcoffset() == local.replace(fold=1).utcoffset() or form in ("rsyslog", "rfc5424",
+                                                                                               "relay", "relay-pri"))
+    offset = local.strftime("%z")
+    iso = local.strftime("%Y-%m-%dT%H:%M:%S") + offset[:3] + ":" + offset[3:]
+    bsd = local.strftime("%b ") + f"{local.day:2d}" + local.strftime(" %H:%M:%S")
+    header = {
+        "none": "",
+        "rsyslog": f"{iso} {host} PulseSecure: ",
+        "rfc5424": f"<134>1 {iso} {host} PulseSecure: - - - ",
+        "bsd": f"<134>{bsd} {host} PulseSecure: ",
+        "relay": f"{bsd} relay1 1 {iso} {host} PulseSecure: - - - ",
+        "relay-pri": f"<134>{bsd} relay1 1 {iso} {host} PulseSecure: - - - ",
+    }[form]
+    body = local.strftime("%Y-%m-%d %H:%M:%S") + " - ive - [203.0.113.5] jdoe(Users)[Users] - Logout from 203.0.113.5 (session:5f3a9c01)"
+    [(outcome, time, dest, _)] = parsed_rows([header + body])
+    assert outcome == "parsed"
+    assert time == when.strftime("%Y-%m-%d %H:%M:%S")
+    assert dest == ("ive" if form == "none" else host)
 
 
 def test_very_long_line_is_quarantined():
