@@ -266,7 +266,7 @@ def test_connect_secure_22_and_relayed_rfc5424_lines(home):
     assert events(home) == ICS22_EVENTS
     assert report.skipped == {"session created": 1, "tunnel transport": 1, "session resumed": 1,
                               "client connection done": 1, "system message": 1, "host checker compliance result": 1}
-    assert report.notes == []  # no time was read in an assumed zone
+    assert report.time_notes == []  # no time was read in an assumed zone
 
 
 def _writer_session(style: str, user: str, sid: str, start: datetime, ip: str) -> list[dict]:

@@ -55,7 +55,7 @@ def print_ingest_reports(reports: list[FileReport], detected: bool) -> None:
         f"{sum(r.events for r in reports)} events written"
     )
     for report in reports:
-        for note in report.notes:
+        for note in report.time_notes + report.notes:
             console.print(f"[yellow]note:[/] {terminal_safe(report.file)}: {terminal_safe(note)}")
     if quarantined:
         console.print(f"[yellow]{quarantined} lines quarantined[/]: see `exfilwatch quarantine`")

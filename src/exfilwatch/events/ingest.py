@@ -52,6 +52,8 @@ class BatchReport:
     skipped: Counter = field(default_factory=Counter)
     batches: int = 0
     notes: list[str] = field(default_factory=list)
+    # the zone and year assumed for times the lines wrote without them (shown with the notes)
+    time_notes: list[str] = field(default_factory=list)
     error: ExfilwatchError | None = None  # why the file could not be read (what was committed before stays)
 
     @property
@@ -65,6 +67,7 @@ class BatchReport:
         self.skipped.update(batch.skipped)
         self.batches += batch.batches
         self.notes.extend(note for note in batch.notes if note not in self.notes)
+        self.time_notes.extend(note for note in batch.time_notes if note not in self.time_notes)
 
 
 @dataclass
@@ -224,9 +227,8 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
         cursor.commit(db, source.name)
     con.unregister("raw_lines_arrow")
     time_note = assumed_time_note(parsed, ctx, options)
-    notes = ([time_note] if time_note else []) + parsed.notes
     return BatchReport(lines=count, events=events, quarantined=len(quarantined), skipped=Counter(dict(skipped)),
-                       batches=1, notes=list(dict.fromkeys(notes)))
+                       batches=1, notes=list(dict.fromkeys(parsed.notes)), time_notes=[time_note] if time_note else [])
 
 
 def ingest_file(
