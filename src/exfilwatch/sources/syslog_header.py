@@ -52,7 +52,8 @@ def relayed_envelope_sql(text: str, envelope: str) -> str:
     bsd, host = f"{envelope}.hdr_bsd", f"{envelope}.hdr_host"
     # `hdr_bsd` is where the envelope starts (after any <PRI>); the host follows it after spaces
     after_host = f"substr(ltrim(substr({text}, strpos({text}, {bsd}) + length({bsd}))), length({host}) + 1)"
-    return (f"CASE WHEN {bsd} <> '' AND starts_with({after_host}, ' 1 ') AND substr({after_host}, 4, 1) "
+    # `contains` first: a cheap test that most BSD lines fail, before the string arithmetic
+    return (f"CASE WHEN {bsd} <> '' AND contains({text}, ' 1 ') AND starts_with({after_host}, ' 1 ') AND substr({after_host}, 4, 1) "
             f"BETWEEN '0' AND '9' THEN {envelope_sql(f'substr({after_host}, 2)')} ELSE {envelope} END")
 
 
