@@ -3,16 +3,20 @@
 One source, `pulse_secure`, reads all three forms the appliance writes, line by line, because
 real files mix them (a syslog filter per form sends both to one file):
 
-* standard: `YYYY-MM-DD hh:mm:ss - NODE - [CLIENT-IP] [IVS::]USER(REALM)[ROLES] - MESSAGE`
+* standard: `YYYY-MM-DD hh:mm:ss - NODE - [CLIENT-IP] [IVS::]USER(REALM)[ROLES] - MESSAGE`, in 22.x
+  with the session id in a fourth bracket (`USER(REALM)[ROLES][30f317948f]`, `System()[][]`)
 * WELF: `id=firewall time="…" pri=N fw=… vpn=NODE [ivs=…] user=… realm="…" roles="…"
   [sessionID="…"] … src=CLIENT-IP … sent= rcvd= agent="…" duration= msg="CODE: MESSAGE"`
 * CEF: `CEF:0|Juniper|Pulse Secure Access|ver|CODE|MESSAGE|sev|rt=… src=… suser=… spriv=… msg=…`
   (vendor Juniper / Juniper Networks / Pulse Secure / Ivanti)
 
 each optionally after a syslog header (see syslog_header.py) and a rsyslog `#015` (escaped CR)
-at the end. Time: an ISO header with a UTC offset is exact and wins; else CEF `rt` in epoch
-milliseconds; else the appliance's own local time (standard/WELF, CEF `rt` as text) in
-`--source-tz`; else the header's local time.
+at the end (a relay's BSD header before the appliance's RFC 5424 one: the inner one counts).
+Session ids are normalised (`normalised_session_sql`), the line's own (bracket, WELF `sessionID`)
+first, so every line of a session has one id. Time: an ISO header with a UTC offset is exact and
+wins; else CEF `rt` in epoch milliseconds; else the appliance's own local time (standard/WELF, CEF
+`rt` as text) in `--source-tz`; else the header's local time. Which of these a batch needed is
+reported (`ParsedBatch.zoneless_times`, `yearless_times`).
 
 The message (after its `AUT12345: ` code, when there is one) decides the event kind. The
 `KINDS` table lists them in match order: each kind with an event type has a pattern the whole
