@@ -42,7 +42,8 @@ def pulse(i: int) -> str:
     s = i % 60
     return (f"2026-09-25T09:00:{s:02d}-04:00 vpn01 PulseSecure: 2026-09-25 09:00:{s:02d} - ive - [198.51.100.120] "
             f"Default Network::user{i % 3000:04d}(Users)[Users, VPN] - Login succeeded for user{i % 3000:04d}/Users "
-            f"(session:{i:08x}) from 198.51.100.120 with Pulse-Secure/9.1.15.8591 (Windows 10) Pulse Secure/9.1.15.8591.")
+            f"(session:{i:08x}) from 198.51.100.120 with Pulse-Secure/9.1.15.8591 (Windows 10) "
+            "Pulse Secure/9.1.15.8591.")
 
 
 def postfix(i: int) -> str:
@@ -50,13 +51,16 @@ def postfix(i: int) -> str:
     head = "2026-09-25T09:06:40.000000-04:00 mail01"
     kind = i % 5
     if kind == 0:
-        return f"{head} postfix/submission/smtpd[2101]: {qid}: client=unknown[10.200.0.120], sasl_method=PLAIN, sasl_username=user{i % 3000:04d}"
+        return (f"{head} postfix/submission/smtpd[2101]: {qid}: client=unknown[10.200.0.120], sasl_method=PLAIN, "
+                f"sasl_username=user{i % 3000:04d}")
     if kind == 1:
         return f"{head} postfix/cleanup[2102]: {qid}: message-id=<{qid}@corp.example>"
     if kind == 2:
-        return f"{head} postfix/qmgr[2103]: {qid}: from=<user{i % 3000:04d}@corp.example>, size=20000, nrcpt=1 (queue active)"
+        return (f"{head} postfix/qmgr[2103]: {qid}: from=<user{i % 3000:04d}@corp.example>, size=20000, "
+                "nrcpt=1 (queue active)")
     if kind == 3:
-        return (f"{head} postfix/smtp[2104]: {qid}: to=<x{i}@gmail.com>, relay=gmail-smtp-in.l.google.com[142.250.1.26]:25, "
+        return (f"{head} postfix/smtp[2104]: {qid}: to=<x{i}@gmail.com>, "
+                "relay=gmail-smtp-in.l.google.com[142.250.1.26]:25, "
                 "delay=0.5, delays=0.1/0/0.2/0.2, dsn=2.0.0, status=sent (250 2.0.0 OK)")
     return f"{head} postfix/qmgr[2103]: {qid}: removed"
 
@@ -147,9 +151,12 @@ def bench_hec(base: str, events: int, clients: int) -> dict:
     seconds = time.perf_counter() - started
     replies.sort()
     acked.sort()
+
+    def p50_p99(values: list[float]) -> str:
+        return f"{statistics.median(values) * 1000:.0f} / {values[int(len(values) * .99)] * 1000:.0f}"
+
     return {"what": f"serve: HEC, batches of 100, {clients} clients, with acks", "lines": events, "seconds": seconds,
-            "reply p50/p99 ms": f"{statistics.median(replies) * 1000:.0f} / {replies[int(len(replies) * .99)] * 1000:.0f}",
-            "ack p50/p99 ms": f"{statistics.median(acked) * 1000:.0f} / {acked[int(len(acked) * .99)] * 1000:.0f}"}
+            "reply p50/p99 ms": p50_p99(replies), "ack p50/p99 ms": p50_p99(acked)}
 
 
 def bench_ingest(folder: Path, lines: list[str]) -> dict:

@@ -118,7 +118,8 @@ def committed_users(home: Path) -> list[str]:
     if not files:
         return []
     con = duckdb.connect()
-    return [r[0] for r in con.execute('SELECT "user" FROM read_parquet($f, union_by_name => true)', {"f": files}).fetchall()]
+    rows = con.execute('SELECT "user" FROM read_parquet($f, union_by_name => true)', {"f": files}).fetchall()
+    return [r[0] for r in rows]
 
 
 def committed_files(home: Path, model: str) -> list[str]:

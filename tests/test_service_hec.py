@@ -41,7 +41,8 @@ def test_event_batch_raw_and_acks_reach_the_lake(served, client):
     assert reply.json()["text"] == "Success" and reply.json()["code"] == 0
     ack_id = reply.json()["ackId"]
     raw = "\n".join(pulse_login(f"raw{i}", i) for i in range(3)) + "\r\n"
-    raw_reply = hec_post(client, "/services/collector/raw", raw, channel="chan-1", params={"sourcetype": "juniper:sslvpn"})
+    raw_reply = hec_post(client, "/services/collector/raw", raw, channel="chan-1",
+                         params={"sourcetype": "juniper:sslvpn"})
     assert raw_reply.status_code == 200
     legacy = hec_post(client, "/services/collector", json.dumps({"event": pulse_login("legacy")}))
     assert legacy.json() == {"text": "Success", "code": 0}  # no channel: no ackId

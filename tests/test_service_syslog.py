@@ -88,7 +88,8 @@ def test_one_auto_port_takes_pulse_and_postfix_and_quarantines_the_rest_with_the
 
 def test_framing_tells_a_count_from_a_line_starting_with_digits():
     framer = Framer()
-    assert framer.feed(b"5 hello3 abc2026-01-01T00:00:00Z host x\r\n2") == [b"hello", b"abc", b"2026-01-01T00:00:00Z host x"]
+    stream = b"5 hello3 abc2026-01-01T00:00:00Z host x\r\n2"
+    assert framer.feed(stream) == [b"hello", b"abc", b"2026-01-01T00:00:00Z host x"]
     assert framer.feed(b" ab") == [b"ab"]
     with pytest.raises(FrameError):
         Framer().feed(b"9999999 " + b"x" * 10)
