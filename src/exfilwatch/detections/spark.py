@@ -23,8 +23,9 @@ from sqlglot import exp
 from exfilwatch.config import Settings, memory_bytes
 from exfilwatch.detections.runner import compiled_sql, data_range
 from exfilwatch.detections.schema import Detection
-from exfilwatch.events.engine import connect, register_lake_views
-from exfilwatch.models import DATA_MODELS
+from exfilwatch.events.engine import connect, register_lake_views, sent_by_user_sources
+from exfilwatch.models import DATA_MODELS, EMAIL
+from exfilwatch.sources.mailcommon import query_time_columns
 from exfilwatch.state import StateStore
 
 
@@ -111,6 +112,12 @@ def register_spark_views(spark, settings: Settings, state: StateStore, start: da
                 LEFT JOIN asset_map s ON t.src_ip = s.ip
                 LEFT JOIN asset_map d ON t.dest_ip = d.ip
             """)
+        elif model.name == EMAIL.name:
+            # direction and event type from the internal_domains configured now, as in DuckDB
+            replaced = query_time_columns(settings.internal_domains, sent_by_user_sources())
+            listed = ", ".join(f"({sqlglot.transpile(replaced[c], read='duckdb', write='spark')[0]}) AS {c}"
+                               if c in replaced else f"t.`{c}`" for c in model.column_names)
+            spark.sql(f"CREATE OR REPLACE TEMP VIEW email AS SELECT {listed}, {day} AS _day FROM email_stored t")
         else:
             spark.sql(f"CREATE OR REPLACE TEMP VIEW {model.name} AS SELECT t.*, {day} AS _day FROM {model.name}_stored t")
 

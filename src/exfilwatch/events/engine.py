@@ -5,8 +5,10 @@ time zone to UTC so that nothing depends on the machine's zone. `register_model_
 each data model a view over its committed lake files, enriched at query time: network
 traffic gets `src_category`/`dest_category` (the entry's primary category), `src_categories`/
 `dest_categories` (all of them, for `list_contains`) and the business units from the asset
-inventory, so an inventory change applies to data ingested before it. Addresses are matched to
-the inventory by a range join on integer bounds in DuckDB (`create_asset_map`).
+inventory, and mail its `direction` and `event_type` from `internal_domains`
+(sources/mailcommon.py `query_time_columns`), so an inventory or domain change applies to data
+ingested before it. Addresses are matched to the inventory by a range join on integer bounds in
+DuckDB (`create_asset_map`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import pyarrow as pa
 
 from exfilwatch.config import Asset, Settings, address_bounds
 from exfilwatch.events.lake import parquet_source
-from exfilwatch.models import DATA_MODELS, DataModel
+from exfilwatch.models import DATA_MODELS, EMAIL, DataModel
+from exfilwatch.sources import SOURCES
+from exfilwatch.sources.mailcommon import query_time_columns
 from exfilwatch.state import StateStore
 
 
@@ -209,6 +213,10 @@ def register_lake_views(
     day = local_day_sql("_time", settings.timezone)
     for model in DATA_MODELS.values():
         base = model_sql(model, state, earliest, latest)
+        if model.name == EMAIL.name:
+            con.execute(f"CREATE OR REPLACE VIEW lake.email AS SELECT * REPLACE ({email_replacements(settings)}), "
+                        f"{day} AS _day FROM ({base})")
+            continue
         if model.name != "network_traffic":
             con.execute(f"CREATE OR REPLACE VIEW lake.{model.name} AS SELECT *, {day} AS _day FROM ({base})")
             continue
@@ -225,6 +233,17 @@ def register_lake_views(
             LEFT JOIN lake.asset_map d ON t.dest_ip = d.ip
             """
         )
+
+
+def sent_by_user_sources() -> list[str]:
+    """The mail sources whose every row is mail the user sent (the sender's domain does not count)."""
+    return [name for name, source in SOURCES.items() if getattr(source, "sent_by_user", False)]
+
+
+def email_replacements(settings: Settings) -> str:
+    """`direction` and `event_type` of the `email` view, from the `internal_domains` configured now."""
+    columns = query_time_columns(settings.internal_domains, sent_by_user_sources())
+    return ", ".join(f"{sql} AS {name}" for name, sql in columns.items())
 
 
 def _refresh_asset_map(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateStore) -> None:

@@ -11,6 +11,12 @@ Lines come from anywhere a cursor describes (`events.cursors`): files (`events.f
 checkpoints, rotation and gzip — `ingest_paths` below), a receiver's spool, or memory.
 `ingest_paths` reads every file it can: one that cannot be read (a truncated gzip, binary
 content, no recognisable format) gets a report with its error, and an empty one a note.
+
+Long fields. Whatever a source extracts, a text value longer than `FIELD_CHARS` characters (a
+10 MB user agent or subject in hostile input) is cut to that length, and a list (recipients,
+attachment names) keeps its first `LIST_ITEMS` items, each cut likewise. This happens here,
+where rows are written, against the data model's column list, so every source is capped the
+same way; the batch report's notes count the cut values per column.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from exfilwatch.events.files import CHUNK_BYTES, content_fingerprint, expand_pat
 from exfilwatch.events.lake import remove_orphans, remove_superseded, supersede, write_batch
 from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.homelock import writing
+from exfilwatch.models import DataModel
 from exfilwatch.sources import ParseContext, Source, UnknownFormatError, detect_source, get_source
 from exfilwatch.sources.base import ParsedBatch
 from exfilwatch.sources.state import StoredSourceState
@@ -40,6 +47,8 @@ from exfilwatch.sources.tables import SCHEMA as SOURCE_TABLES
 from exfilwatch.state import StateStore
 
 RAW_LINE_LIMIT = 4096  # longest raw line kept in quarantine
+FIELD_CHARS = 4096  # longest text value written to the lake (user agents, subjects, file names, addresses)
+LIST_ITEMS = 1000  # most items of a list value written to the lake (recipients, attachment names)
 
 
 @dataclass
@@ -157,6 +166,38 @@ def assumed_time_note(parsed: ParsedBatch, ctx: ParseContext, options: ReadOptio
     return "; ".join(said) if said else None
 
 
+def _capped(column: str, typ: str) -> tuple[str, str | None]:
+    """SQL for one column as written (capped when it is text), and the SQL test of a value that gets cut."""
+    quoted = f'"{column}"'
+    if typ == "VARCHAR":
+        return (f"CASE WHEN length({quoted}) > {FIELD_CHARS} THEN left({quoted}, {FIELD_CHARS}) ELSE {quoted} END",
+                f"length({quoted}) > {FIELD_CHARS}")
+    if typ == "VARCHAR[]":
+        too_long = f"list_bool_or(list_transform({quoted}, lambda v: length(v) > {FIELD_CHARS}))"
+        return (f"CASE WHEN len({quoted}) > {LIST_ITEMS} OR {too_long} THEN list_transform({quoted}[1:{LIST_ITEMS}], "
+                f"lambda v: CASE WHEN length(v) > {FIELD_CHARS} THEN left(v, {FIELD_CHARS}) ELSE v END) "
+                f"ELSE {quoted} END",
+                f"(len({quoted}) > {LIST_ITEMS} OR coalesce({too_long}, false))")
+    return quoted, None
+
+
+def cap_long_fields(con: duckdb.DuckDBPyConnection, model: DataModel, events: str) -> tuple[str, list[str]]:
+    """The relation `events` with its long values cut (see the module docstring), and notes counting them."""
+    columns = [(name, *_capped(name, typ)) for name, typ in model.columns]
+    tests = [(name, test) for name, _, test in columns if test is not None]
+    counts = con.execute(
+        "SELECT " + ", ".join(f"count(*) FILTER (WHERE {test})" for _, test in tests) + f" FROM {events}"
+    ).fetchall()[0]
+    cut = [(name, n) for (name, _), n in zip(tests, counts) if n]
+    if not cut:
+        return events, []
+    listed = ", ".join(f'{sql} AS "{name}"' for name, sql, _ in columns)
+    detail = ", ".join(f"{name} {n}" for name, n in cut)
+    note = (f"{sum(n for _, n in cut)} values longer than {FIELD_CHARS} characters (or lists longer than "
+            f"{LIST_ITEMS} items) were cut to that length: {detail}")
+    return f"(SELECT {listed} FROM {events})", [note]
+
+
 def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[str], cursor: Cursor,
                  target: IngestTarget, options: ReadOptions = ReadOptions()) -> BatchReport:
     """Parse one batch of lines with `source`, write it to the lake and commit it with the cursor.
@@ -198,7 +239,8 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
         f"""SELECT o.line_no, o.reason, left(r.line, {RAW_LINE_LIMIT}) FROM batch_outcomes o
             JOIN raw_lines r USING (line_no) WHERE o.outcome = 'quarantined' ORDER BY o.line_no"""
     ).fetchall()
-    files = write_batch(con, target.home.lake, source.data_model, batch_id, parsed.events)
+    events_relation, cap_notes = cap_long_fields(con, source.data_model, parsed.events)
+    files = write_batch(con, target.home.lake, source.data_model, batch_id, events_relation)
     events = sum(f.rows for f in files)
     addresses = batch_addresses(con, [f.path for f in files]) if source.data_model.name == "network_traffic" else []
     with state.transaction() as db:
@@ -228,7 +270,8 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
     con.unregister("raw_lines_arrow")
     time_note = assumed_time_note(parsed, ctx, options)
     return BatchReport(lines=count, events=events, quarantined=len(quarantined), skipped=Counter(dict(skipped)),
-                       batches=1, notes=list(dict.fromkeys(parsed.notes)), time_notes=[time_note] if time_note else [])
+                       batches=1, notes=list(dict.fromkeys(parsed.notes + cap_notes)),
+                       time_notes=[time_note] if time_note else [])
 
 
 def ingest_file(

@@ -47,6 +47,7 @@ def cert_header(head: list[str]) -> list[str] | None:
 class CertEmail:
     name = "cert_email"
     data_model = EMAIL
+    sent_by_user = True  # every row is mail the user sent: direction from the recipients only
     description = "CMU CERT insider-threat email.csv (r4.2 and r5/r6 with activity Send/View)"
     sample = ("{R3I7-S4TX96FG-8219JWFF},01/02/2010 07:11:45,LAP0338,PC-5758,Dean.Flynn.Hines@dtaa.com;"
               "Wade_Harrison@lockheed.com,Nathaniel.Hunter.Heath@dtaa.com,,Lynn.Adena.Bradley@dtaa.com,Send,25830,"
@@ -123,7 +124,7 @@ class CertEmail:
                    CAST(NULL AS VARCHAR) AS event_type_override, {raw_ref_sql(ctx)} AS raw_ref
             FROM cert_lines WHERE outcome = 'parsed'
         """)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE cert_events AS {email_select(self.name, 'cert_msgs', sent_by_user=True)}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE cert_events AS {email_select(self.name, 'cert_msgs', sent_by_user=self.sent_by_user)}")
         return ParsedBatch(classified="(SELECT line_no, outcome, reason FROM cert_lines)",
                            events="(SELECT * FROM cert_events)",
                            notes=direction_notes(con, ctx, "cert_events", "cert email"))

@@ -4,8 +4,8 @@ Every mail source ends in the `email` model, one row per message. The pieces her
 consistent:
 
 * `install_macros` defines DuckDB macros on the connection: `ew_addr` (an address, lower
-  case, without `<>` or a display name), `ew_domain`, `ew_is_internal` (the configured
-  `internal_domains`, a sub-domain counts as internal), `ew_direction`, `ew_event_type` and
+  case, without `<>` or a display name), `ew_domain`, `ew_direction` (from the configured
+  `internal_domains`, a sub-domain counts as internal), `ew_event_type` and
   `ew_csv_cell` (one RFC 4180 cell, unquoted).
 * `csv_cells_sql` splits a CSV line into its cells with one `regexp_extract_all`, and says
   whether the cells cover the whole line (an unbalanced quote does not).
@@ -20,7 +20,12 @@ included): a sender in an internal domain with any recipient outside is `outboun
 all recipients inside `internal`; a sender outside is `inbound`. The null sender (`<>`,
 bounces) counts as ours: outbound when a recipient is outside. An address without a domain
 (a local mailbox) counts as internal. With no `internal_domains` configured the direction
-is `unknown` and the event type `email`, and a note says so: set them before ingesting.
+is `unknown` and the event type `email`, and a note says so.
+
+The direction and event type stored in the lake are those of the ingest; the `email` view that
+detections and the sessions build read (events/engine.py) computes both again from the
+`internal_domains` configured when it is queried (`query_time_columns`), as asset categories
+are joined at query time: setting or changing `internal_domains` fixes mail already ingested.
 """
 
 from __future__ import annotations
@@ -38,16 +43,64 @@ CSV_CELL_RE = r'("(?:[^"]|"")*"|[^,"]*),'
 
 EVENT_TYPES = ("email-out", "email-in", "email-internal", "email-out-failed")
 FAILED_ACTIONS = ("failed", "blocked")
+SOURCE_EVENT_TYPES = ("email-relay",)  # decided by the source (Postfix's content-filter hop), not by direction
 
 
-def _domains_literal(domains: Iterable[str]) -> str:
-    cleaned = sorted({d.strip().lower().lstrip("@").rstrip(".") for d in domains if d and d.strip()})
-    return "[" + ", ".join(sql_string(d) for d in cleaned) + "]::VARCHAR[]"
+def _clean_domains(domains: Iterable[str]) -> list[str]:
+    return sorted({d.strip().lower().lstrip("@").rstrip(".") for d in domains if d and d.strip()})
+
+
+def internal_sql(domains: Iterable[str], domain: str) -> str:
+    """SQL bool: `domain` (lower case) is one of `domains` or under one; a missing domain counts as internal.
+
+    The domains are written out (no list function), so SQLGlot translates it to Spark SQL as it is."""
+    cleaned = _clean_domains(domains)
+    if not cleaned:
+        return f"({domain} IS NULL)"
+    listed = ", ".join(sql_string(d) for d in cleaned)
+    under = " OR ".join(f"ends_with({domain}, {sql_string('.' + d)})" for d in cleaned)
+    return f"({domain} IS NULL OR {domain} IN ({listed}) OR {under})"
+
+
+def direction_sql(domains: Iterable[str], sender_domain: str, recipient_domains: str) -> str:
+    """SQL: the mail direction from the sender's domain and the recipients' domains (module docstring).
+
+    The ingest (`ew_direction`) and the lake view of `email` (events/engine.py, at query time, so a
+    change of `internal_domains` applies to mail already ingested) both use it. `array_length` and
+    `list_filter` keep it translatable to Spark SQL by SQLGlot.
+    """
+    domains = list(domains)
+    if not domains:
+        return "'unknown'"
+    outside = (f"coalesce(array_length(list_filter({recipient_domains}, "
+               f"lambda d: NOT {internal_sql(domains, 'd')})), 0) > 0")
+    return (f"CASE WHEN {sender_domain} IS NOT NULL AND NOT {internal_sql(domains, sender_domain)} THEN 'inbound' "
+            f"WHEN {outside} THEN 'outbound' ELSE 'internal' END")
+
+
+def event_type_sql(direction: str, action: str) -> str:
+    """SQL: the Exabeam-style event type of a message from its direction and action."""
+    failed = ", ".join(sql_string(a) for a in FAILED_ACTIONS)
+    return (f"CASE {direction} WHEN 'outbound' THEN CASE WHEN {action} IN ({failed}) "
+            f"THEN 'email-out-failed' ELSE 'email-out' END "
+            f"WHEN 'inbound' THEN 'email-in' WHEN 'internal' THEN 'email-internal' ELSE 'email' END")
+
+
+def query_time_columns(domains: Iterable[str], sent_by_user_sources: Iterable[str]) -> dict[str, str]:
+    """SQL replacing the stored `direction` and `event_type` of an `email` row by those of the
+    `internal_domains` configured now. A type the source decided itself (`SOURCE_EVENT_TYPES`) is
+    kept; for the sources in `sent_by_user_sources` the sender's domain does not count."""
+    users = ", ".join(sql_string(s) for s in sent_by_user_sources) or "NULL"
+    sender = f"CASE WHEN source IN ({users}) THEN NULL ELSE src_user_domain END"
+    direction = direction_sql(domains, sender, "recipient_domain")
+    kept = ", ".join(sql_string(t) for t in SOURCE_EVENT_TYPES)
+    return {"direction": direction,
+            "event_type": f"CASE WHEN event_type IN ({kept}) THEN event_type "
+                          f"ELSE {event_type_sql(f'({direction})', 'action')} END"}
 
 
 def install_macros(con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
-    domains = _domains_literal(ctx.settings.internal_domains)
-    configured = "true" if ctx.settings.internal_domains else "false"
+    domains = ctx.settings.internal_domains
     con.execute(f"""
         CREATE OR REPLACE TEMP MACRO ew_addr(a) AS (
             nullif(lower(trim(CASE WHEN contains(a, '<') AND contains(a, '>')
@@ -56,22 +109,11 @@ def install_macros(con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
             CASE WHEN NOT contains(a, '@') THEN NULL
                  WHEN ends_with(a, '.') THEN nullif(rtrim(split_part(a, '@', -1), '.'), '')
                  ELSE nullif(split_part(a, '@', -1), '') END);
-        CREATE OR REPLACE TEMP MACRO ew_is_internal(d) AS (
-            d IS NULL OR list_bool_or(list_transform({domains}, lambda x: d = x OR ends_with(d, '.' || x))));
         CREATE OR REPLACE TEMP MACRO ew_addr_list(l) AS (
             list_sort(list_distinct(list_filter(list_transform(l, lambda x: ew_addr(x)), lambda x: x IS NOT NULL))));
         CREATE OR REPLACE TEMP MACRO ew_direction(sender, rdomains) AS (
-            CASE WHEN NOT {configured} THEN 'unknown'
-                 WHEN sender IS NOT NULL AND NOT ew_is_internal(ew_domain(sender)) THEN 'inbound'
-                 WHEN coalesce(list_bool_or(list_transform(rdomains, lambda d: NOT ew_is_internal(d))), false)
-                      THEN 'outbound'
-                 ELSE 'internal' END);
-        CREATE OR REPLACE TEMP MACRO ew_event_type(direction, action) AS (
-            CASE direction WHEN 'outbound' THEN CASE WHEN action IN ('failed', 'blocked')
-                                                     THEN 'email-out-failed' ELSE 'email-out' END
-                           WHEN 'inbound' THEN 'email-in'
-                           WHEN 'internal' THEN 'email-internal'
-                           ELSE 'email' END);
+            {direction_sql(domains, 'ew_domain(sender)', 'rdomains')});
+        CREATE OR REPLACE TEMP MACRO ew_event_type(direction, action) AS ({event_type_sql('direction', 'action')});
         CREATE OR REPLACE TEMP MACRO ew_csv_cell(c) AS (
             CASE WHEN starts_with(c, '"') THEN replace(substr(c, 2, length(c) - 3), '""', '"')
                  ELSE substr(c, 1, length(c) - 1) END);
@@ -123,7 +165,7 @@ def direction_notes(con: duckdb.DuckDBPyConnection, ctx: ParseContext, events: s
     if not n:
         return []
     return [f"{label}: internal_domains is not set in config.yaml, so direction is 'unknown' for {n} messages "
-            "(set internal_domains before ingesting mail)"]
+            "until it is (then the direction of mail already ingested follows it: no re-ingest needed)"]
 
 
 # --- state shared across batches ---------------------------------------------------------------
