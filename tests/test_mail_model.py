@@ -1,0 +1,90 @@
+"""The `email` model as detections see it: direction and event type follow the `internal_domains`
+configured when the lake is queried (not when it was ingested), in DuckDB and in Spark's view SQL;
+long values are cut where rows are written, and the ingest report counts them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import sqlglot
+
+from exfilwatch.config import Home, parse_settings
+from exfilwatch.events.engine import email_replacements, expose_models, register_lake_views
+from exfilwatch.events.ingest import FIELD_CHARS, LIST_ITEMS, ingest_paths
+from exfilwatch.home import open_state
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NO_DOMAINS = parse_settings({}, "test")
+DOMAINS = parse_settings({"internal_domains": ["Example.com"]}, "test")
+
+
+def _home(tmp_path: Path) -> Home:
+    return Home(root=tmp_path / "home", config_path=tmp_path / "home" / "config.yaml")
+
+
+def _as_detections_see_it(home: Home, settings) -> dict[str, tuple]:
+    state = open_state(home)
+    con = duckdb.connect()
+    try:
+        register_lake_views(con, settings, state)
+        expose_models(con)
+        rows = con.execute("SELECT internal_message_id, direction, event_type FROM email").fetchall()
+    finally:
+        con.close()
+        state.close()
+    return {key: (direction, event_type) for key, direction, event_type in rows}
+
+
+def test_setting_internal_domains_after_ingest_changes_direction_without_reingest(tmp_path):
+    home = _home(tmp_path)
+    [report] = ingest_paths([FIXTURES / "postfix" / "maillog-part1"], home, NO_DOMAINS, year=2026)
+    assert any("no re-ingest needed" in note for note in report.notes)
+    before = _as_detections_see_it(home, NO_DOMAINS)
+    assert {v for k, v in before.items() if k != "B19C88D0AB"} == {("unknown", "email")}
+    after = _as_detections_see_it(home, DOMAINS)
+    assert after["4F2A11C03A"] == ("outbound", "email-out")  # alice@example.com → gmail
+    assert after["5B3C22D04B"] == ("inbound", "email-in")
+    assert after["6C4D33E05C"] == ("internal", "email-internal")
+    assert after["8E6F55A07E"] == ("internal", "email-internal")  # the null sender counts as ours
+    assert after["9F7A66B08F"] == ("outbound", "email-out-failed")  # blocked
+    assert after["B19C88D0AB"] == ("outbound", "email-relay")  # the source's own type is kept
+    # and a domain taken away again (the subsidiary was sold) makes its mail inbound
+    sold = _as_detections_see_it(home, parse_settings({"internal_domains": ["example.org"]}, "test"))
+    assert sold["4F2A11C03A"] == ("inbound", "email-in")
+
+
+def test_cert_rows_are_sent_by_the_user_whatever_the_sender_domain(tmp_path):
+    home = _home(tmp_path)
+    ingest_paths([FIXTURES / "cert" / "email_r6.2.csv"], home, NO_DOMAINS)
+    seen = _as_detections_see_it(home, parse_settings({"internal_domains": ["dtaa.com"]}, "test"))
+    assert seen and {d for d, _ in seen.values()} <= {"outbound", "internal"}
+    assert "outbound" in {d for d, _ in seen.values()}
+
+
+def test_the_view_sql_translates_to_spark():
+    spark_sql = sqlglot.transpile(f"SELECT {email_replacements(DOMAINS)} FROM email_stored", read="duckdb",
+                                  write="spark")[0]
+    assert "FILTER(recipient_domain" in spark_sql and "LIST_" not in spark_sql
+
+
+def test_long_values_are_cut_and_counted(tmp_path):
+    home = _home(tmp_path)
+    many = [f"r{i}@gmail.com" for i in range(LIST_ITEMS + 500)]
+    record = {"ts": "2026-11-02T09:01:01.5Z", "uid": "CHhAvVGS1DHFjwGM9", "id.orig_h": "10.20.0.15", "id.orig_p": 5,
+              "id.resp_h": "10.10.0.5", "id.resp_p": 25, "trans_depth": 1, "mailfrom": "alice@example.com",
+              "rcptto": many, "subject": "S" * 10_000_000, "last_reply": "250 ok", "user_agent": "UA" * 5000}
+    short = dict(record, uid="C2", rcptto=["bob@gmail.com"], subject="fine")
+    path = tmp_path / "smtp.json"
+    path.write_text(json.dumps(record) + "\n" + json.dumps(short) + "\n")
+    [report] = ingest_paths([path], home, DOMAINS, source_name="zeek_smtp_json")
+    assert report.quarantined == 0 and report.events == 2
+    [note] = [n for n in report.notes if "were cut" in n]
+    assert note.startswith("3 values") and note.endswith("recipient 1, recipient_domain 1, subject 1")
+    state = open_state(home)
+    files = state.lake_files("email")
+    state.close()
+    rows = duckdb.sql(f"SELECT subject, recipient, recipient_count FROM read_parquet({files!r}) ORDER BY subject").fetchall()
+    assert rows[0] == ("S" * FIELD_CHARS, sorted(many)[:LIST_ITEMS], LIST_ITEMS + 500)
+    assert rows[1] == ("fine", ["bob@gmail.com"], 1)
