@@ -2,7 +2,11 @@
 
 Exchange 2010–2019 (`MSGTRK*.LOG`): a `#Software`/`#Version`/`#Log-type`/`#Date`/`#Fields:`
 header, then one CSV line per event. The `#Fields:` line names the columns (2013 added
-`network-message-id` and more; the reader follows the header, not a fixed layout).
+`network-message-id` and more; the reader follows the header, not a fixed layout). Lines
+without a header (a forwarder such as NXLog or a Splunk universal forwarder ships one line at a
+time) are read in the default column order of Exchange 2013–2019 (`DEFAULT_FIELDS`, 30 fields);
+such a line is recognised by its shape: 30 CSV cells, an ISO 8601 `date-time` first and a known
+`event-id` ninth. A line of another layout needs its `#Fields:` header, and says so.
 
 One message is many events: on its way through the organisation it is RECEIVEd (from a
 mailbox: source STOREDRIVER; from a client or another server: source SMTP), SUBMITted,
@@ -41,6 +45,7 @@ in one ingest chunk (64 MB); JSON lines have no such limit.
 from __future__ import annotations
 
 import csv
+import re
 
 import duckdb
 
@@ -64,6 +69,15 @@ KNOWN_EVENTS = MESSAGE_EVENTS + [
     "SUPPRESSED", "THROTTLE", "TRANSFER", "SAFETYNET", "SUBMITRECOVER",
 ]
 EXCHANGE_REQUIRED = ["date-time", "event-id", "recipient-address", "sender-address"]
+# The #Fields line of Exchange 2013, 2016 and 2019 (the synthetic writer, synth/writers/exchange.py,
+# writes the same; a test holds them equal).
+DEFAULT_FIELDS = [
+    "date-time", "client-ip", "client-hostname", "server-ip", "server-hostname", "source-context", "connector-id",
+    "source", "event-id", "internal-message-id", "message-id", "network-message-id", "recipient-address",
+    "recipient-status", "total-bytes", "recipient-count", "related-recipient-address", "reference", "message-subject",
+    "sender-address", "return-path", "message-info", "directionality", "tenant-id", "original-client-ip",
+    "original-server-ip", "custom-data", "transport-traffic-type", "log-id", "schema-version",
+]
 EXCHANGE_COLUMNS = [
     "date-time", "client-ip", "client-hostname", "server-ip", "server-hostname", "source", "event-id",
     "internal-message-id", "message-id", "network-message-id", "recipient-address", "total-bytes",
@@ -81,6 +95,16 @@ def exchange_fields(head: list[str]) -> list[str] | None:
         if text.startswith("#Fields:"):
             return [f.strip().lower() for f in text.split(":", 1)[1].strip().split(",")]
     return None
+
+
+def is_headerless_exchange_line(line: str) -> bool:
+    """The line has the shape of an Exchange 2013-2019 tracking event in the default column order."""
+    try:
+        cells = next(csv.reader([line.lstrip("\ufeff")]))
+    except (csv.Error, StopIteration):
+        return False
+    return (len(cells) == len(DEFAULT_FIELDS) and cells[8].upper() in KNOWN_EVENTS
+            and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?", cells[0]) is not None)
 
 
 def _csv_header(head: list[str], required: set[str]) -> list[str] | None:
@@ -115,7 +139,8 @@ def _split_time_sql(expr: str) -> str:
 class ExchangeTracking:
     name = EXCHANGE_NAME
     data_model = EMAIL
-    description = "Microsoft Exchange 2010-2019 message tracking log (#Fields: CSV), one row per message"
+    description = ("Microsoft Exchange 2010-2019 message tracking log (#Fields: CSV, or headerless lines in the "
+                   "2013-2019 default order), one row per message")
     sample = ("2026-11-02T09:01:01.123Z,10.20.0.15,WS-ALICE,10.10.0.5,EX01,08D8F1,EX01\\Default EX01,STOREDRIVER,"
               "RECEIVE,1234,<abc@ex01.example.com>,3f2504e0-4f89-11d3-9a0c-0305e82c3301,bob@gmail.com,,48213,1,,,"
               "Q4 pricing,alice@example.com,alice@example.com,,Originating,,10.20.0.15,,")
@@ -123,14 +148,17 @@ class ExchangeTracking:
     def sniff(self, head: list[str]) -> bool:
         text = "\n".join(head[:10])
         fields = exchange_fields(head)
-        return ("Message Tracking Log" in text or "#Software: Microsoft Exchange" in text) and fields is not None \
-            and "event-id" in fields
+        if fields is None:
+            first = next((line for line in head if line.strip() and not line.startswith("#")), None)
+            return first is not None and is_headerless_exchange_line(first)
+        return ("Message Tracking Log" in text or "#Software: Microsoft Exchange" in text) and "event-id" in fields
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
         install_macros(con, ctx)
         fields = exchange_fields(ctx.header_lines)
+        layout = "as the #Fields header"
         if fields is None:
-            raise SourceError(f"{ctx.origin}: no '#Fields:' header in the first lines (not an Exchange message tracking log?)")
+            fields, layout = DEFAULT_FIELDS, "the Exchange 2013-2019 default order; another layout needs its #Fields header"
         missing = [f for f in EXCHANGE_REQUIRED if f not in fields]
         if missing:
             raise SourceError(f"{ctx.origin}: Exchange #Fields header lacks {', '.join(missing)}")
@@ -160,7 +188,7 @@ class ExchangeTracking:
                      WHEN list_contains({_list(MESSAGE_EVENTS)}, event) THEN 'parsed'
                      ELSE 'skipped' END AS outcome,
                 CASE WHEN NOT covered THEN 'unbalanced quotes in CSV line'
-                     WHEN n <> {n} THEN 'expected {n} comma-separated fields (as the #Fields header), found ' || n
+                     WHEN n <> {n} THEN 'expected {n} comma-separated fields ({layout}), found ' || n
                      WHEN _t IS NULL THEN 'bad date-time: ' || coalesce("date-time", 'missing') || ' (expected ISO 8601)'
                      WHEN event IS NULL THEN 'missing event-id'
                      WHEN TRY_CAST("total-bytes" AS BIGINT) IS NULL AND "total-bytes" IS NOT NULL
