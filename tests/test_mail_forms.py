@@ -35,7 +35,7 @@ def _rows(home: Home, model: str = "email") -> list[dict]:
     files = state.lake_files(model)
     quarantined = state.query("SELECT file, line_no, reason FROM quarantine")
     state.close()
-    assert not quarantined, quarantined
+    assert not quarantined, [tuple(q) for q in quarantined]
     if not files:
         return []
     rel = duckdb.sql(f"SELECT * EXCLUDE (day) FROM read_parquet({files!r}) ORDER BY _time")
@@ -44,7 +44,7 @@ def _rows(home: Home, model: str = "email") -> list[dict]:
 
 # --- Exchange without a header -------------------------------------------------------------------
 
-HEADERLESS = FIXTURES / "exchange" / "forwarded-headerless.log"
+HEADERLESS = FIXTURES / "exchange_forwarded" / "forwarded-headerless.log"
 
 
 def test_the_default_exchange_order_is_the_one_the_synthetic_writer_writes():
@@ -104,3 +104,69 @@ def test_a_headerless_line_of_another_layout_says_what_it_needs(tmp_path):
     assert report.quarantined == 1
     assert reason == ("expected 30 comma-separated fields (the Exchange 2013-2019 default order; another layout "
                       "needs its #Fields header), found 29")
+
+
+# --- Zeek wrapped by a Splunk export, and Zeek JSON with ISO 8601 times ------------------------------
+
+def _splunk_export(lines: list[str], source: str = "/opt/zeek/logs/current/conn.log") -> str:
+    """Lines as `splunk search ... -output json` (or the REST export endpoint) writes them."""
+    out = []
+    for offset, line in enumerate(lines):
+        event = {"preview": False, "offset": offset,
+                 "result": {"_raw": line, "_time": "2026-11-02T09:00:00.000+00:00", "sourcetype": "bro:smtp:json",
+                            "host": "sensor-1", "source": source}}
+        if offset == len(lines) - 1:
+            event["lastrow"] = True
+        out.append(json.dumps(event))
+    return "\n".join(out) + "\n"
+
+
+ZEEK_CONN_ISO = [
+    {"ts": "2026-11-02T09:01:00.250000Z", "uid": "CzA1b2c3", "id.orig_h": "10.20.0.15", "id.orig_p": 51234,
+     "id.resp_h": "2001:db8:10::5", "id.resp_p": 993, "proto": "tcp", "service": "ssl", "duration": 2.5,
+     "orig_bytes": 1200, "resp_bytes": 5400, "conn_state": "SF"},
+    {"ts": "2026-11-02T10:01:00+01:00", "uid": "CzA1b2c4", "id.orig_h": "10.20.0.16", "id.orig_p": 51235,
+     "id.resp_h": "10.10.0.5", "id.resp_p": 25, "proto": "tcp", "service": "smtp", "duration": 0.5,
+     "orig_bytes": 48213, "resp_bytes": 700, "conn_state": "SF"},
+]
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_zeek_json_with_iso_times_plain_and_wrapped_by_a_splunk_export(tmp_path, wrapped):
+    lines = [json.dumps(record) for record in ZEEK_CONN_ISO]
+    path = tmp_path / "conn.json"
+    path.write_text(_splunk_export(lines) if wrapped else "\n".join(lines) + "\n")
+    assert detect_source(read_head(path), str(path)).name == "zeek_conn_json"
+    home = _home(tmp_path)
+    [report] = ingest_paths([path], home, SETTINGS)
+    assert (report.events, report.quarantined) == (2, 0)
+    rows = _rows(home, "network_traffic")
+    assert [(r["_time"].astimezone(timezone.utc).isoformat(), r["dest_ip"], r["bytes_out"]) for r in rows] == [
+        ("2026-11-02T09:01:00+00:00", "10.10.0.5", 48213),
+        ("2026-11-02T09:01:00.250000+00:00", "2001:db8:10::5", 1200),
+    ]
+
+
+def _sample_folder(tmp_path: Path, wrap: bool) -> Path:
+    folder = tmp_path / ("wrapped" if wrap else "plain")
+    folder.mkdir()
+    for path in [*SAMPLES.glob("zeek__smtp*"), *SAMPLES.glob("zed-sample-data__smtp.*")]:
+        # btest baselines mask their timestamps: put a real one back
+        with open(path, encoding="utf-8", newline="") as original:  # a CR inside a line stays in it
+            text = original.read().replace("XXXXXXXXXX.XXXXXX", "1254722768.219663")
+        with open(folder / path.name, "w", encoding="utf-8", newline="") as copy:
+            copy.write(_splunk_export(text.rstrip("\n").split("\n"), f"/opt/zeek/{path.name}") if wrap else text)
+    return folder
+
+
+@pytest.mark.skipif(not SAMPLES.exists(), reason="../shared/samples not present")
+def test_public_zeek_samples_wrapped_by_a_splunk_export_give_the_same_rows(tmp_path):
+    rows = {}
+    for wrap in (False, True):
+        home = _home(tmp_path, f"home-{wrap}")
+        reports = ingest_paths([_sample_folder(tmp_path, wrap)], home, SETTINGS)
+        assert len(reports) == 6 and sum(r.quarantined for r in reports) == 0, _rows(home)
+        assert sum(r.events for r in reports) > 24
+        keys = ["_time", "internal_message_id", "src_user", "recipient", "size", "subject", "file_name", "action"]
+        rows[wrap] = sorted(tuple(str(r[k]) for k in keys) for r in _rows(home))
+    assert rows[True] == rows[False]

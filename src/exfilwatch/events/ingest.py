@@ -41,7 +41,7 @@ from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.homelock import writing
 from exfilwatch.models import DataModel
 from exfilwatch.sources import ParseContext, Source, UnknownFormatError, detect_source, get_source
-from exfilwatch.sources.base import ParsedBatch
+from exfilwatch.sources.base import ParsedBatch, unwrap_splunk_export, unwrap_splunk_export_sql
 from exfilwatch.sources.state import StoredSourceState
 from exfilwatch.sources.tables import SCHEMA as SOURCE_TABLES
 from exfilwatch.state import StateStore
@@ -213,7 +213,8 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
         reference_time = cursor.reference_time
         year = reference_time.year
     source_state = StoredSourceState(state, batch_id)
-    ctx = ParseContext(origin=cursor.name, settings=target.settings, header_lines=cursor.header_lines,
+    header_lines = [unwrap_splunk_export(line) for line in cursor.header_lines]
+    ctx = ParseContext(origin=cursor.name, settings=target.settings, header_lines=header_lines,
                        source_tz=options.source_tz or target.settings.timezone, year=year,
                        reference_time=reference_time, state=source_state, mapping=options.mapping)
     table = pa.table({
@@ -222,10 +223,11 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
     })
     con.register("raw_lines_arrow", table)
     # Each line may still end with its newline; cutting a known suffix is 4x cheaper than rtrim.
-    con.execute("CREATE OR REPLACE TEMP VIEW raw_lines AS SELECT line_no, CAST("
+    con.execute("CREATE OR REPLACE TEMP VIEW raw_lines AS SELECT line_no, "
+                f"{unwrap_splunk_export_sql('line')} AS line FROM (SELECT line_no, CAST("
                 "CASE WHEN ends_with(line, chr(13) || chr(10)) THEN left(line, -2) "
                 "WHEN ends_with(line, chr(10)) THEN left(line, -1) ELSE line END AS VARCHAR) AS line "
-                "FROM raw_lines_arrow")
+                "FROM raw_lines_arrow)")
     parsed = source.parse(con, ctx)
     con.execute(f"CREATE OR REPLACE TEMP TABLE batch_outcomes AS SELECT * FROM {parsed.classified}")
     outcome_counts = dict(con.execute("SELECT outcome, count(*) FROM batch_outcomes GROUP BY outcome").fetchall())

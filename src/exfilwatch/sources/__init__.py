@@ -6,7 +6,7 @@ import re
 
 from exfilwatch.errors import UsageError
 
-from exfilwatch.sources.base import ParseContext, ParsedBatch, Source
+from exfilwatch.sources.base import ParseContext, ParsedBatch, Source, unwrap_splunk_export
 from exfilwatch.sources.cert import CertEmail
 from exfilwatch.sources.exchange import ExchangeTracking, M365TraceCSV, M365TraceJSON
 from exfilwatch.sources.flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
@@ -53,6 +53,7 @@ def get_source(name: str) -> Source:
 
 
 def detect_source(head: list[str], file: str) -> Source:
+    head = [unwrap_splunk_export(line) for line in head]
     for source in SOURCES.values():
         if source.sniff(head):
             return source

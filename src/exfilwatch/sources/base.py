@@ -9,10 +9,15 @@ two relations: `classified` — exactly one row per input line with `outcome` on
 kind) or `quarantined` (`reason` says what was expected) — and `events`, the data-model rows.
 Parsing is SQL (regexp_extract with named groups, string_split, json functions), never a
 Python loop over lines.
+
+Lines exported from Splunk as JSON (`{"preview":false,"result":{"_raw":"…"}}`) reach every source
+as the original lines they wrap: ingest unwraps them (`unwrap_splunk_export_sql`), and format
+detection and the header lines see them unwrapped too.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,6 +75,28 @@ class Source(Protocol):
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
         """Parse the relation `raw_lines` into a ParsedBatch."""
+
+
+# A Splunk search exported as JSON (`splunk search ... -output json`, the REST export endpoint, the
+# UI's "Export results" as JSON): one object per event, the original line in `result._raw`.
+SPLUNK_EXPORT_PREFIX = '{"preview":'
+
+
+def unwrap_splunk_export(line: str) -> str:
+    """The original log line of a line of a Splunk JSON export; any other line as it is."""
+    if not line.startswith(SPLUNK_EXPORT_PREFIX):
+        return line
+    try:
+        raw = json.loads(line).get("result", {}).get("_raw")
+    except (ValueError, AttributeError):
+        return line
+    return raw if isinstance(raw, str) else line
+
+
+def unwrap_splunk_export_sql(line: str) -> str:
+    """SQL: `unwrap_splunk_export` for a column of lines (a cheap prefix test first)."""
+    return (f"CASE WHEN starts_with({line}, {sql_string(SPLUNK_EXPORT_PREFIX)}) AND json_valid({line}) "
+            f"THEN coalesce(json_extract_string({line}, '$.result._raw'), {line}) ELSE {line} END")
 
 
 def sql_string(value: str) -> str:
