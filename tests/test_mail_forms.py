@@ -170,3 +170,43 @@ def test_public_zeek_samples_wrapped_by_a_splunk_export_give_the_same_rows(tmp_p
         keys = ["_time", "internal_message_id", "src_user", "recipient", "size", "subject", "file_name", "action"]
         rows[wrap] = sorted(tuple(str(r[k]) for k in keys) for r in _rows(home))
     assert rows[True] == rows[False]
+
+
+# --- Exchange Online message trace: Get-MessageTraceV2 and Microsoft Graph --------------------------
+
+V2_CSV = FIXTURES / "m365_v2" / "MessageTraceV2_2026-11-04.csv"
+GRAPH_JSON = FIXTURES / "m365_v2" / "graph_messagetraces.json"
+TRACE_ROWS = [
+    ("2026-11-04T08:15:00+00:00", "5e7b1c22-9a0d-4f3e-8c11-08d8f2bb0101", "grace@example.com",
+     ["grace.home@outlook.com", "henry@example.com"], 91500, 'Board deck, v3 "confidential"', "delivered",
+     "2a01:111:f403:c200::1", "outbound", "email-out"),
+    ("2026-11-04T08:20:00+00:00", "5e7b1c22-9a0d-4f3e-8c11-08d8f2bb0103", "billing@vendor.example.net",
+     ["ivan@example.com"], 20480, "Invoice 11/2026, due", "blocked", "203.0.113.44", "inbound", "email-in"),
+    ("2026-11-04T21:02:30+00:00", "5e7b1c22-9a0d-4f3e-8c11-08d8f2bb0104", "henry@example.com",
+     ["h.private@proton.me"], 1200, "weekend", "failed", "2a01:111:f403:c200::2", "outbound", "email-out-failed"),
+]
+
+
+@pytest.mark.parametrize("path, source", [(V2_CSV, "m365_trace_csv"), (GRAPH_JSON, "m365_trace_json")])
+def test_message_trace_v2_export_and_graph_response_give_one_row_per_message(tmp_path, path, source):
+    assert detect_source(read_head(path), str(path)).name == source
+    home = _home(tmp_path)
+    [report] = ingest_paths([path], home, SETTINGS)
+    assert (report.events, report.quarantined) == (3, 0)
+    got = [(r["_time"].astimezone(timezone.utc).isoformat(), r["internal_message_id"], r["src_user"], r["recipient"],
+             r["size"], r["subject"], r["action"], r["src_ip"], r["direction"], r["event_type"]) for r in _rows(home)]
+    assert got == TRACE_ROWS
+
+
+def test_a_v2_export_and_the_graph_page_of_the_same_messages_are_written_once(tmp_path):
+    home = _home(tmp_path)
+    ingest_paths([V2_CSV], home, SETTINGS)
+    [report] = ingest_paths([GRAPH_JSON], home, SETTINGS)
+    assert report.events == 0 and "3 messages already written" in report.notes[0]
+    assert len(_rows(home)) == 3
+    again = _home(tmp_path, "again")
+    ingest_paths([V2_CSV], again, SETTINGS)
+    copy = tmp_path / "second-export.csv"
+    copy.write_bytes(V2_CSV.read_bytes().replace(b"outlook.office365.com", b"outlook.office365.de"))
+    [report] = ingest_paths([copy], again, SETTINGS)
+    assert report.events == 0 and len(_rows(again)) == 3

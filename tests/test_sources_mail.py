@@ -466,7 +466,7 @@ def test_format_detection_picks_each_mail_format(name):
 
 def test_mail_sources_do_not_claim_other_formats():
     others = [p for p in FIXTURES.rglob("*") if p.is_file() and p.relative_to(FIXTURES).parts[0]
-              not in {"postfix", "exchange", "exchange_forwarded", "m365", "zeek_smtp", "cert"}]
+              not in {"postfix", "exchange", "exchange_forwarded", "m365", "m365_v2", "zeek_smtp", "cert"}]
     samples = [SAMPLES / n for n in ("usiem-pulsesecure__access_syslog_standard.log", "usiem-pulsesecure__access_welf.log")]
     for path in others + [p for p in samples if p.exists()]:
         head = read_head(path)

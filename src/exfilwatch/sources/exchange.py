@@ -29,11 +29,16 @@ another server, or FAILed. Each server writes its own log. The rule for one row 
   A message whose events straddle two batches is written from the first: the origin
   RECEIVE lists every recipient, so little is lost.
 
-Microsoft 365 / Exchange Online message trace: the CSV export of `Get-MessageTrace`
-(`Received,SenderAddress,RecipientAddress,Subject,Status,ToIP,FromIP,Size,MessageId,
-MessageTraceId`, possibly after a `#TYPE` line, quoted or not) and the JSON of the reporting
-web service (`{"d": {"results": [...]}}`, `{"value": [...]}`, a JSON array, or JSON lines of
-records; Graph's camelCase names and `receivedDateTime` are read too). A trace has one row per
+Microsoft 365 / Exchange Online message trace: the CSV export of `Get-MessageTrace` and
+`Get-MessageTraceV2` (`Received,SenderAddress,RecipientAddress,Subject,Status,ToIP,FromIP,Size,
+MessageId,MessageTraceId`, in any order and among other columns such as `PSComputerName` or
+`Organization`, possibly after a `#TYPE` line, quoted or not) and JSON: the v1 reporting web
+service (`{"d": {"results": [...]}}`), the Microsoft Graph message trace API
+(`GET /admin/exchange/tracing/messageTraces`: `{"@odata.context": …, "value": [...]}` with
+camelCase `id`, `messageId`, `receivedDateTime`, `senderAddress`, `recipientAddress`, `subject`,
+`status` (`delivered`, `filteredAsSpam`, …), `toIP`, `fromIP`, `size`), a JSON array (PowerShell's
+`ConvertTo-Json`), or JSON lines of records. The CSV and JSON readers share their deduplication
+keys, so the same messages from a V2 export and from Graph are written once. A trace has one row per
 recipient: rows are grouped by `MessageTraceId` (else `MessageId` + sender) into one message
 whose recipients are the delivered ones (Status Delivered), else all; action `delivered`,
 `pending`, `blocked` (Quarantined, FilteredAsSpam), `failed` or the status in lower case.
@@ -57,6 +62,9 @@ from exfilwatch.sources.mailcommon import Seen, csv_cells_sql, csv_covers_sql, d
 EXCHANGE_NAME = "exchange_tracking"
 M365_CSV_NAME = "m365_trace_csv"
 M365_JSON_NAME = "m365_trace_json"
+# The CSV and JSON traces share their message keys: a Get-MessageTraceV2 export and a Graph page of
+# the same messages (MessageTraceId = Graph's id) give each message once.
+M365_SCOPE = "m365_trace"
 
 MESSAGE_EVENTS = ["RECEIVE", "SEND", "SENDEXTERNAL", "DELIVER", "FAIL"]
 DELIVERED_EVENTS = ["SEND", "SENDEXTERNAL", "DELIVER"]
@@ -260,8 +268,9 @@ class ExchangeTracking:
 
 
 def _dedup_and_emit(con: duckdb.DuckDBPyConnection, ctx: ParseContext, source: str, groups: str,
-                    classified: str, label: str) -> ParsedBatch:
-    seen = Seen(con, ctx, source)
+                    classified: str, label: str, scope: str | None = None) -> ParsedBatch:
+    """Write the groups not already written by this source (or by any source of `scope`)."""
+    seen = Seen(con, ctx, scope or source)
     predicate, dropped = seen.drop_seen(groups)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {groups}_new AS SELECT * FROM {groups} WHERE {predicate}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {groups}_events AS {email_select(source, groups + '_new')}")
@@ -402,7 +411,7 @@ class M365TraceCSV:
             {_m365_groups_sql(ctx, f"(SELECT *, {raw_ref_sql(ctx)} AS raw_ref, {{'t': _t, 'l': line_no}} AS o FROM m365c_lines WHERE outcome = 'parsed')")}
         """)
         return _dedup_and_emit(con, ctx, self.name, "m365c_groups",
-                               "(SELECT line_no, outcome, reason FROM m365c_lines)", "m365 trace")
+                               "(SELECT line_no, outcome, reason FROM m365c_lines)", "m365 trace", M365_SCOPE)
 
 
 class M365TraceJSON:
@@ -513,7 +522,7 @@ class M365TraceJSON:
             CREATE OR REPLACE TEMP TABLE m365j_groups AS
             {_m365_groups_sql(ctx, f"(SELECT *, {ref} AS raw_ref, {{'t': _t, 'l': line_no, 'i': idx}} AS o FROM ({good}))")}
         """)
-        batch = _dedup_and_emit(con, ctx, self.name, "m365j_groups", classified_lines, "m365 trace")
+        batch = _dedup_and_emit(con, ctx, self.name, "m365j_groups", classified_lines, "m365 trace", M365_SCOPE)
         if note:
             batch.notes.insert(0, note)
         return batch
