@@ -88,3 +88,53 @@ def test_long_values_are_cut_and_counted(tmp_path):
     rows = duckdb.sql(f"SELECT subject, recipient, recipient_count FROM read_parquet({files!r}) ORDER BY subject").fetchall()
     assert rows[0] == ("S" * FIELD_CHARS, sorted(many)[:LIST_ITEMS], LIST_ITEMS + 500)
     assert rows[1] == ("fine", ["bob@gmail.com"], 1)
+
+
+def test_the_authenticated_sender_is_kept_as_user_across_ingests(tmp_path):
+    home = _home(tmp_path)
+    first = tmp_path / "maillog.1"
+    second = tmp_path / "maillog"
+    first.write_text("Nov  2 09:01:00 mx1 postfix/submission/smtpd[2201]: 3A1B2C3D4E: client=ws-gina.example.com"
+                     "[10.20.0.21], sasl_method=PLAIN, sasl_username=Gina.Admin\n")
+    second.write_text(
+        "Nov  2 09:01:00 mx1 postfix/cleanup[2202]: 3A1B2C3D4E: message-id=<g1@example.com>\n"
+        "Nov  2 09:01:01 mx1 postfix/qmgr[1000]: 3A1B2C3D4E: from=<payroll@example.com>, size=5000, nrcpt=1 (queue active)\n"
+        "Nov  2 09:01:02 mx1 postfix/smtp[2203]: 3A1B2C3D4E: to=<gina@gmx.de>, relay=mx00.gmx.net[212.227.15.9]:25, "
+        "delay=2, delays=0.1/0/1/0.9, dsn=2.0.0, status=sent (250 Requested mail action okay, completed)\n"
+        "Nov  2 09:01:02 mx1 postfix/qmgr[1000]: 3A1B2C3D4E: removed\n")
+    ingest_paths([first], home, DOMAINS, year=2026)  # the client line waits in the state store
+    ingest_paths([second], home, DOMAINS, year=2026)
+    state = open_state(home)
+    con = duckdb.connect()
+    register_lake_views(con, DOMAINS, state)
+    rows = con.execute("SELECT src_user, \"user\", recipient FROM lake.email").fetchall()
+    con.close()
+    state.close()
+    # the sender address stays what direction and identity resolution by address use
+    assert rows == [("payroll@example.com", "gina.admin", ["gina@gmx.de"])]
+
+
+def test_cert_user_is_kept(tmp_path):
+    home = _home(tmp_path)
+    ingest_paths([FIXTURES / "cert" / "email_r4.2.csv"], home, NO_DOMAINS)
+    state = open_state(home)
+    files = state.lake_files("email")
+    state.close()
+    users = duckdb.sql(f"SELECT DISTINCT \"user\" FROM read_parquet({files!r})").fetchall()
+    assert users and all(u is not None and u[0][:3].isalpha() for u in users)
+
+
+def test_lake_files_written_before_the_user_column_read_it_as_null(tmp_path):
+    home = _home(tmp_path)
+    ingest_paths([FIXTURES / "postfix" / "maillog-part1"], home, DOMAINS, year=2026)
+    state = open_state(home)
+    [*files] = state.lake_files("email")
+    for path in files:  # rewrite the files as an older release wrote them: without `user`
+        duckdb.execute(f"COPY (SELECT * EXCLUDE (\"user\") FROM read_parquet('{path}')) TO '{path}.old' (FORMAT parquet)")
+        Path(path + ".old").replace(path)
+    con = duckdb.connect()
+    register_lake_views(con, DOMAINS, state)
+    rows = con.execute("SELECT count(*), count(\"user\") FROM lake.email").fetchall()
+    con.close()
+    state.close()
+    assert rows[0][0] > 5 and rows[0][1] == 0

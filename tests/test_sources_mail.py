@@ -137,7 +137,7 @@ def test_postfix_full_row(tmp_path):
     assert first == {
         "_time": datetime(2026, 11, 2, 9, 1, 1, tzinfo=timezone.utc),
         "message_id": "20261102090101.4F2A11C03A@ws-alice.example.com", "internal_message_id": "4F2A11C03A",
-        "src_user": "alice@example.com", "src_user_domain": "example.com",
+        "src_user": "alice@example.com", "src_user_domain": "example.com", "user": "alice",  # the SASL login
         "recipient": ["bob@gmail.com", "carol@partner.example.org"], "recipient_domain": ["gmail.com", "partner.example.org"],
         "recipient_count": 2, "size": 48213, "subject": "Q4 pricing", "file_name": ["pricing.xlsx"],
         "direction": "outbound", "action": "delivered", "src_ip": "10.20.0.15", "dest": "gmail-smtp-in.l.google.com",

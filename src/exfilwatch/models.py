@@ -17,6 +17,8 @@ class DataModel:
     columns: tuple[tuple[str, str], ...]  # (name, DuckDB type), in storage order
     enrichment: tuple[tuple[str, str], ...] = ()  # added at query time
     description: str = ""
+    # Columns added after lake files were first written: older files lack them, and read them as null.
+    added_columns: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -87,8 +89,9 @@ EMAIL = DataModel(
         ("_time", "TIMESTAMPTZ"),
         ("message_id", "VARCHAR"),
         ("internal_message_id", "VARCHAR"),
-        ("src_user", "VARCHAR"),
+        ("src_user", "VARCHAR"),  # the sender's address (envelope MAIL FROM, else the From header)
         ("src_user_domain", "VARCHAR"),
+        ("user", "VARCHAR"),  # the account that authenticated to send it (Postfix sasl_username, CERT user)
         ("recipient", "VARCHAR[]"),
         ("recipient_domain", "VARCHAR[]"),
         ("recipient_count", "INTEGER"),
@@ -103,6 +106,7 @@ EMAIL = DataModel(
         ("source", "VARCHAR"),
         ("raw_ref", "VARCHAR"),
     ),
+    added_columns=("user",),
 )
 
 # recipients and attachment names as one comma-separated string each: cheaper to build per session

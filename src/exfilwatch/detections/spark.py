@@ -95,7 +95,12 @@ def register_spark_views(spark, settings: Settings, state: StateStore, start: da
     for model in DATA_MODELS.values():
         files = state.lake_files(model.name)
         if files:
-            frame = spark.read.parquet(*files).drop("day")
+            # files older than a model's added columns lack them: merge the schemas, add what is missing
+            reader = spark.read.option("mergeSchema", "true") if model.added_columns else spark.read
+            frame = reader.parquet(*files).drop("day")
+            for name in model.added_columns:
+                if name not in frame.columns:
+                    frame = frame.withColumn(name, F.lit(None).cast(_spark_type(dict(model.columns)[name])))
         else:
             frame = spark.createDataFrame([], ", ".join(f"`{n}` {_spark_type(t)}" for n, t in model.columns))
         frame = frame.where((F.col("_time") >= F.lit(start.astimezone(timezone.utc).replace(tzinfo=None)))

@@ -125,9 +125,17 @@ def remove_superseded(state: StateStore) -> int:
 
 
 def parquet_source(model: DataModel, files: list[str]) -> str:
-    """SQL for the model's stored columns over the given files (the empty schema when none)."""
+    """SQL for the model's stored columns over the given files (the empty schema when none).
+
+    Files written before a column was added to the model (`DataModel.added_columns`) read it as
+    null: such a model's files are read by name and unioned by name with its empty schema. That
+    costs a scan about twice the plain one (measured on 20M rows), so models with no added column
+    are read plainly."""
     if not files:
         return model.empty_select()
     listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     columns = ", ".join(f'"{name}"' for name in model.column_names)
-    return f"SELECT {columns} FROM read_parquet([{listed}])"
+    if not model.added_columns:
+        return f"SELECT {columns} FROM read_parquet([{listed}])"
+    return (f"SELECT {columns} FROM (SELECT * FROM read_parquet([{listed}], union_by_name = true) "
+            f"UNION ALL BY NAME {model.empty_select()})")

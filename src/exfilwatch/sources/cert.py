@@ -12,8 +12,8 @@ of the attachment paths, `message_id` = `internal_message_id` = `id`, action `de
 View rows (reading a received message) are not outgoing mail: skipped and counted. Every other
 row is mail the user sent, also from a personal webmail address (the data set does this), so
 its direction depends on the recipients only: outbound when one is outside `internal_domains`. `content`
-is not kept; extra commas in it are tolerated. The data set's `user` and `pc` have no column in
-the `email` model: map users by their address in the identities file.
+is not kept; extra commas in it are tolerated. The data set's `user` (the employee's account)
+is kept as the model's `user`, the account that sent the message; `pc` has no column.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class CertEmail:
         def cell(name: str) -> str:
             return f"nullif(trim(ew_csv_cell(cells[{pos[name]}])), '')" if name in pos else "CAST(NULL AS VARCHAR)"
 
-        fields = ["id", "date", "to", "cc", "bcc", "from", "size", "attachments"] + (["activity"] if has_activity else [])
+        fields = ["id", "date", "user", "to", "cc", "bcc", "from", "size", "attachments"] + (["activity"] if has_activity else [])
         cols = ", ".join(f'{cell(f)} AS "{f}"' for f in fields)
         if not has_activity:
             cols += ', CAST(NULL AS VARCHAR) AS "activity"'
@@ -121,10 +121,11 @@ class CertEmail:
                    TRY_CAST("size" AS BIGINT) AS size, CAST(NULL AS VARCHAR) AS subject,
                    nullif({attachments}, []) AS file_name,
                    'delivered' AS action, CAST(NULL AS VARCHAR) AS src_ip, CAST(NULL AS VARCHAR) AS dest,
-                   CAST(NULL AS VARCHAR) AS event_type_override, {raw_ref_sql(ctx)} AS raw_ref
+                   CAST(NULL AS VARCHAR) AS event_type_override, "user", {raw_ref_sql(ctx)} AS raw_ref
             FROM cert_lines WHERE outcome = 'parsed'
         """)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE cert_events AS {email_select(self.name, 'cert_msgs', sent_by_user=self.sent_by_user)}")
+        events = email_select(self.name, "cert_msgs", sent_by_user=self.sent_by_user, user='"user"')
+        con.execute(f"CREATE OR REPLACE TEMP TABLE cert_events AS {events}")
         return ParsedBatch(classified="(SELECT line_no, outcome, reason FROM cert_lines)",
                            events="(SELECT * FROM cert_events)",
                            notes=direction_notes(con, ctx, "cert_events", "cert email"))

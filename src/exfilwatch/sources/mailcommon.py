@@ -130,18 +130,20 @@ def csv_covers_sql(cells: str, line: str = "line") -> str:
     return f"coalesce(list_sum(list_transform({cells}, lambda c: length(c))) = length({line}) + 1, false)"
 
 
-def email_select(source_name: str, table: str, where: str = "true", sent_by_user: bool = False) -> str:
+def email_select(source_name: str, table: str, where: str = "true", sent_by_user: bool = False,
+                 user: str = "CAST(NULL AS VARCHAR)") -> str:
     """The email model's columns from a table holding the message fields.
 
     `table` has: _time, message_id, internal_message_id, src_user, recipient (VARCHAR[], already
     normalised), size, subject, file_name, action, src_ip, dest, raw_ref, and optionally
-    event_type_override (NULL unless the source decides the event type itself). With
-    `sent_by_user` every row is mail the user sent (CERT: also from a personal webmail account),
-    so the direction depends on the recipients only.
+    event_type_override (NULL unless the source decides the event type itself). `user` is the SQL
+    of the authenticated sender (Postfix `sasl_username`, CERT's `user`), when the source knows it.
+    With `sent_by_user` every row is mail the user sent (CERT: also from a personal webmail
+    account), so the direction depends on the recipients only.
     """
     sender = "CAST(NULL AS VARCHAR)" if sent_by_user else "src_user"
     return f"""
-        SELECT _time, message_id, internal_message_id, src_user, src_user_domain, recipient, recipient_domain,
+        SELECT _time, message_id, internal_message_id, src_user, src_user_domain, "user", recipient, recipient_domain,
                recipient_count, size, subject, file_name, direction, action, src_ip, dest,
                coalesce(event_type_override, ew_event_type(direction, action)) AS event_type,
                {sql_string(source_name)} AS source, raw_ref
@@ -149,7 +151,7 @@ def email_select(source_name: str, table: str, where: str = "true", sent_by_user
             SELECT *, ew_direction({sender}, recipient_domain) AS direction
             FROM (
                 SELECT _time, message_id, internal_message_id, src_user,
-                       ew_domain(src_user) AS src_user_domain,
+                       ew_domain(src_user) AS src_user_domain, nullif(trim({user}), '') AS "user",
                        recipient,
                        list_transform(recipient, lambda r: ew_domain(r)) AS recipient_domain,
                        CAST(len(recipient) AS INTEGER) AS recipient_count,

@@ -2,7 +2,7 @@
 
 A message is spread over lines of several daemons, all carrying its queue id:
 
-    smtpd   QID: client=host[ip]                              → src_ip
+    smtpd   QID: client=host[ip][, sasl_method=…, sasl_username=…] → src_ip, user (the SASL login)
     cleanup QID: message-id=<…>                               → message_id
     cleanup QID: info: header Subject: … from h[ip]; from=<…> → subject / attachment name
     qmgr    QID: from=<…>, size=N, nrcpt=N (queue active)     → sender, size, recipient count
@@ -81,6 +81,7 @@ FROM_RE = (
 )
 CLIENT_RE = r"^client=[^\s\[\],]*\[([^\]]*)\]"
 ORIG_CLIENT_RE = r"orig_client=[^\s\[\],]*\[([^\]]*)\]"
+SASL_USER_RE = r", sasl_username=([^,]+)"
 REJECT_RE = r"^(?:milter-)?(?:reject|discard): (?:.*? from [^\s\[\]]*\[(?P<ip>[^\]]*)\](?::\d+)?)?.*?(?:; from=<(?P<sender>[^<>]*)> to=<(?P<to>[^<>]*)>.*)?$"
 HEADER_INFO_RE = (
     r"^(?:info|warning|prepend|replace|redirect|filter|hold): header (?P<name>[^\s:]+): (?P<value>.*) "
@@ -222,8 +223,11 @@ def lines_sql(ctx: ParseContext) -> str:
                CASE WHEN kind IS NOT NULL THEN hash(host, qid) END AS kh, host,
                CASE WHEN kind IS NOT NULL THEN qid END AS queue_id, kind, t,
                CASE WHEN kind = 'mid' THEN nullif(trim(substr(body, 12), '<> '), '') END AS message_id,
+               -- on a client line `sender` holds the SASL login (postfix_pending has no column of its own)
                lower(CASE kind WHEN 'from' THEN q.sender WHEN 'expired' THEN q.sender
-                               WHEN 'reject' THEN r.sender END) AS sender,
+                               WHEN 'reject' THEN r.sender
+                               WHEN 'client' THEN nullif(regexp_extract(body, {sql_string(SASL_USER_RE)}, 1), '') END)
+                   AS sender,
                CASE WHEN kind = 'from' THEN TRY_CAST(q.size AS BIGINT) END AS size,
                CASE WHEN kind = 'from' THEN TRY_CAST(q.nrcpt AS BIGINT) END AS nrcpt,
                CASE kind WHEN 'client' THEN CASE WHEN contains(body, 'orig_client=')
@@ -279,7 +283,7 @@ class Postfix:
         batch_max = con.execute("SELECT max(t) FROM pf_lines WHERE kind IS NOT NULL").fetchall()[0][0]
         con.execute("CREATE OR REPLACE TEMP TABLE pf_now AS SELECT $t::TIMESTAMPTZ AS batch_max", {"t": batch_max})
         self._join(con, ctx)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE pf_events AS {email_select(self.name, 'pf_messages', 'emit')}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE pf_events AS {email_select(self.name, 'pf_messages', 'emit', user='sasl_user')}")
         notes = self._notes(con, ctx)
         self._save_pending(con, ctx)
         zoneless, yearless = con.execute(TIME_BASIS_SQL).fetchone()
@@ -336,6 +340,7 @@ class Postfix:
                     any_value(message_id) AS message_id,
                     any_value(sender) FILTER (WHERE kind IN ('from', 'expired')) AS sender_q,
                     any_value(sender) FILTER (WHERE kind = 'reject') AS sender_r,
+                    any_value(sender) FILTER (WHERE kind = 'client') AS sasl_user,
                     max(size) AS size, max(nrcpt) AS nrcpt,
                     any_value(client_ip) FILTER (WHERE kind = 'client') AS client_ip,
                     any_value(client_ip) FILTER (WHERE kind <> 'client') AS other_ip,
