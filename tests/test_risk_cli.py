@@ -171,3 +171,12 @@ def test_entity_timeline_shows_sessions_suppressed_findings_and_incidents(tmp_pa
     session = report["timeline"][4]
     assert session["score"] == 100 and "NOTABLE" in session["detail"] and "vpn session 08:00 to 09:00" in session["detail"]
     state.close()
+
+
+def test_a_correlation_rules_test_reports_the_risk_events_it_read_not_its_own():
+    from exfilwatch.detections.schema import load_detections
+    from exfilwatch.evaluate.detection_tests import run_detection_tests
+
+    [positive, _] = run_detection_tests([load_detections()["notable_session"]])
+    # positive_findings.jsonl holds three findings of one risk object each: the rule read three events
+    assert positive.passed and positive.risk_events == 3

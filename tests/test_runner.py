@@ -9,7 +9,7 @@ import pytest
 
 from exfilwatch.config import Home, parse_settings
 from exfilwatch.detections.runner import DetectionRunError
-from exfilwatch.detections.schedule import fire_times
+from exfilwatch.detections.schedule import fire_times, watermark
 from exfilwatch.findings.store import store_findings
 
 from .pipelinekit import detect_once, run_schedule
@@ -119,7 +119,7 @@ def test_catch_up_gives_the_findings_of_running_each_fire_in_order(setup, tmp_pa
     assert caught_up == one_by_one
     # A second run right after adds no fire and no finding; the watermark moved to the last fire.
     assert run_schedule(con, state, settings, [detections[OUT]], now)[0].fires == 0
-    assert state.watermark(OUT) == datetime(2026, 11, 1, 3, 0, tzinfo=NY).astimezone(timezone.utc).isoformat()
+    assert watermark(state, OUT).isoformat() == datetime(2026, 11, 1, 3, 0, tzinfo=NY).astimezone(timezone.utc).isoformat()
 
 
 def test_catch_up_snapshot_keeps_only_rows_the_search_can_use():
@@ -188,4 +188,4 @@ def test_a_first_run_with_the_wall_clock_on_old_logs_runs_only_the_fires_that_ca
     [late] = run_schedule(con, state, settings, [detections[OUT]], years_later)
     assert late.fires == at_end.fires and late.skipped_fires > 5 * 365 * 24
     assert stored(state) == stored(reference_state) and len(stored(state)) == 1
-    assert state.watermark(OUT) == datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc).isoformat()
+    assert watermark(state, OUT).isoformat() == datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc).isoformat()

@@ -206,12 +206,6 @@ class StateStore:
         """Every committed lake file, home-relative (see `normalised`)."""
         return self.normalised(row["path"] for row in self.query("SELECT path FROM batch_files"))
 
-    # --- detections -------------------------------------------------------------------------
-
-    def watermark(self, detection_id: str) -> str | None:
-        rows = self.query("SELECT last_fire FROM watermarks WHERE detection_id = ?", (detection_id,))
-        return rows[0]["last_fire"] if rows else None
-
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
     """A connection that never writes, for commands that only read: they work on a read-only home.

@@ -64,9 +64,10 @@ def run_detection_test(detection: Detection, test: DetectionTest) -> TestResult:
         try:
             # A correlation rule reads the risk events of the test's findings; any other detection's
             # risk events are the ones its findings produce.
+            # The risk step after a correlation rule would add its own findings to the events it read.
             result = pipeline.run(con, state, settings, [detection], now, pipeline.Options(
-                mode="once", detections=[detection], overrides=test.set, incident_rules=[], deliver=False,
-                techniques=techniques)).detections[0]
+                mode="once", detections=[detection], overrides=test.set, risk=detection.type != "correlation",
+                incident_rules=[], deliver=False, techniques=techniques)).detections[0]
             events = stored_risk_events(state)
         finally:
             con.close()
