@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from exfilwatch.audit import SCHEMA as AUDIT
 from exfilwatch.config import Home
 from exfilwatch.detections.tables import SCHEMA as DETECTIONS
 from exfilwatch.events.lake import remove_superseded
@@ -31,7 +32,7 @@ from exfilwatch.risk.tables import SCHEMA as RISK
 from exfilwatch.sources.tables import SCHEMA as SOURCES
 from exfilwatch.state import StageSchema, StateStore
 
-STAGES: tuple[StageSchema, ...] = (SOURCES, EVENTS, FEATURES, DETECTIONS, FINDINGS, RISK, INCIDENTS, OUTPUTS)
+STAGES: tuple[StageSchema, ...] = (SOURCES, EVENTS, FEATURES, DETECTIONS, FINDINGS, RISK, INCIDENTS, OUTPUTS, AUDIT)
 
 
 def open_state(home: Home | Path, read_only: bool = False) -> StateStore:

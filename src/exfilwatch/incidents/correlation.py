@@ -135,14 +135,17 @@ def evaluate_fires(con: duckdb.DuckDBPyConnection, state: StateStore, settings: 
     return result
 
 
+def decoded_incident(row: Any) -> dict[str, Any]:
+    """A stored incident row as a dict, its JSON columns (event_keys, fields) decoded."""
+    item = dict(row)
+    item["event_keys"] = json.loads(item["event_keys"])
+    item["fields"] = json.loads(item["fields"])
+    return item
+
+
 def stored_incidents(state: StateStore, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
-    out = []
-    for row in state.query(f"SELECT * FROM incidents {where} ORDER BY first_time, incident_id", params):
-        item = dict(row)
-        item["event_keys"] = json.loads(item["event_keys"])
-        item["fields"] = json.loads(item["fields"])
-        out.append(item)
-    return out
+    return [decoded_incident(row) for row in
+            state.query(f"SELECT * FROM incidents {where} ORDER BY first_time, incident_id", params)]
 
 
 def forget_rule(state: StateStore, detection_id: str) -> None:

@@ -1,4 +1,5 @@
-"""The incidents stage's table in the state store (see state.py, Schema).
+"""The incidents stage's tables in the state store (see state.py, Schema): incidents, with the
+analyst's workflow (status, disposition, assignee) since migration 2, and their comments.
 """
 
 from __future__ import annotations
@@ -25,5 +26,21 @@ CREATE TABLE IF NOT EXISTS incidents (
     fields TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_object ON incidents(risk_object, detection_id);
+""",
+    # The workflow (incidents/workflow.py). Incidents raised before it are untriaged: `new`.
+    """
+ALTER TABLE incidents ADD COLUMN status TEXT NOT NULL DEFAULT 'new';   -- new | in_progress | closed
+ALTER TABLE incidents ADD COLUMN disposition TEXT;                      -- when closed
+ALTER TABLE incidents ADD COLUMN assignee TEXT;
+ALTER TABLE incidents ADD COLUMN closed_at TEXT;
+CREATE INDEX IF NOT EXISTS incidents_status ON incidents(status, last_time);
+CREATE TABLE IF NOT EXISTS incident_comments (
+    comment_id INTEGER PRIMARY KEY,
+    incident_id INTEGER NOT NULL REFERENCES incidents(incident_id) ON DELETE CASCADE,
+    at TEXT NOT NULL,
+    author TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incident_comments_incident ON incident_comments(incident_id);
 """,
 ))
