@@ -8,6 +8,7 @@ from pathlib import Path
 
 import os
 
+import duckdb
 import pytest
 from hypothesis import settings as hypothesis_settings
 
@@ -56,3 +57,23 @@ def home(tmp_path: Path) -> Home:
 def settings_for(timezone: str = "UTC", **extra) -> Settings:
     data = {"timezone": timezone, "assets": [{"cidr": "10.10.0.0/28", "category": "email_server"}], **extra}
     return parse_settings(data, "test")
+
+
+def count_of_column(home: Home, settings: Settings, model: str, column: str, older: bool) -> tuple[int, int]:
+    """Rows of a model as the lake views read them, and how many have `column` set; `older`: its
+    files first rewritten as a release before the column wrote them (without it)."""
+    from exfilwatch.events.engine import register_lake_views
+    from exfilwatch.home import open_state
+
+    state = open_state(home)
+    con = duckdb.connect()
+    try:
+        for path in state.lake_files(model) if older else []:
+            con.execute(f"COPY (SELECT * EXCLUDE (\"{column}\") FROM read_parquet('{path}')) TO '{path}.old' "
+                        "(FORMAT parquet)")
+            Path(path + ".old").replace(path)
+        register_lake_views(con, settings, state)
+        return con.execute(f'SELECT count(*), count("{column}") FROM lake.{model}').fetchone()
+    finally:
+        con.close()
+        state.close()

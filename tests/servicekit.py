@@ -114,12 +114,7 @@ class Served:
 
 def committed_users(home: Path) -> list[str]:
     """The user of every authentication event in the lake's committed files (one per Pulse login line)."""
-    files = committed_files(home, "authentication")
-    if not files:
-        return []
-    con = duckdb.connect()
-    rows = con.execute('SELECT "user" FROM read_parquet($f, union_by_name => true)', {"f": files}).fetchall()
-    return [r[0] for r in rows]
+    return [r[0] for r in committed_rows(home, "authentication", '"user"')]
 
 
 def committed_files(home: Path, model: str) -> list[str]:
@@ -154,3 +149,12 @@ def wait_for(condition, timeout: float = 30.0, step: float = 0.1):  # noqa: ANN0
             return value
         time.sleep(step)
     raise AssertionError("timed out waiting")
+
+
+def committed_rows(home: Path, model: str, columns: str) -> list[tuple]:
+    """`columns` (SQL) of every row of a model in the lake's committed files."""
+    files = committed_files(home, model)
+    if not files:
+        return []
+    con = duckdb.connect()
+    return con.execute(f"SELECT {columns} FROM read_parquet($f, union_by_name => true)", {"f": files}).fetchall()

@@ -24,7 +24,7 @@ from exfilwatch.events.lake import remove_orphans
 from exfilwatch.sources import get_source
 from exfilwatch.home import open_state
 
-from .conftest import ZEEK_CONN_HEADER, Flow, conn_line, write_conn_log
+from .conftest import ZEEK_CONN_HEADER, Flow, conn_line, count_of_column, write_conn_log
 
 SETTINGS = parse_settings({"internal_domains": ["example.com"]}, "test")
 SYSLOG = "syslog:udp/127.0.0.1:5514"
@@ -208,3 +208,20 @@ def test_sigkill_while_ingesting_a_stream_loses_and_doubles_nothing(tmp_path):
     assert (email["src_user"], email["recipient"], email["raw_ref"]) == ("alice@example.com", ["bob@gmail.com"], f"{SYSLOG}:3")
     assert stored(home, "SELECT count(*) FROM postfix_pending WHERE consumed_by IS NULL") == [(0,)]
     assert_no_orphans(home)
+
+
+def test_each_event_gets_the_origin_of_its_line(tmp_path):
+    home = new_home(tmp_path)
+    lines = [*MESSAGE_START, *MESSAGE_END]
+    origins = [None, None, '{"host":"mx1","index":"mail"}', None, None]  # the email's ref is its qmgr from= line
+    with open_target(home, SETTINGS) as target:
+        ingest_lines(get_source("postfix"), lines, StreamCursor(SYSLOG, RECEIVED), target, origins=origins)
+    [email] = lake(home, "email")
+    assert email["origin"] == '{"host":"mx1","index":"mail"}'
+
+
+def test_lake_files_written_before_the_origin_column_read_it_as_null(tmp_path):
+    home = new_home(tmp_path)
+    ingest_paths([Path(__file__).parent / "fixtures" / "pulse_secure" / "standard.log"], home, SETTINGS, year=2026)
+    rows, with_origin = count_of_column(home, SETTINGS, "authentication", "origin", older=True)
+    assert rows > 5 and with_origin == 0

@@ -15,6 +15,8 @@ from exfilwatch.events.engine import email_replacements, expose_models, register
 from exfilwatch.events.ingest import FIELD_CHARS, LIST_ITEMS, ingest_paths
 from exfilwatch.home import open_state
 
+from .conftest import count_of_column
+
 FIXTURES = Path(__file__).parent / "fixtures"
 NO_DOMAINS = parse_settings({}, "test")
 DOMAINS = parse_settings({"internal_domains": ["Example.com"]}, "test")
@@ -127,14 +129,5 @@ def test_cert_user_is_kept(tmp_path):
 def test_lake_files_written_before_the_user_column_read_it_as_null(tmp_path):
     home = _home(tmp_path)
     ingest_paths([FIXTURES / "postfix" / "maillog-part1"], home, DOMAINS, year=2026)
-    state = open_state(home)
-    [*files] = state.lake_files("email")
-    for path in files:  # rewrite the files as an older release wrote them: without `user`
-        duckdb.execute(f"COPY (SELECT * EXCLUDE (\"user\") FROM read_parquet('{path}')) TO '{path}.old' (FORMAT parquet)")
-        Path(path + ".old").replace(path)
-    con = duckdb.connect()
-    register_lake_views(con, DOMAINS, state)
-    rows = con.execute("SELECT count(*), count(\"user\") FROM lake.email").fetchall()
-    con.close()
-    state.close()
-    assert rows[0][0] > 5 and rows[0][1] == 0
+    rows, with_user = count_of_column(home, DOMAINS, "email", "user", older=True)
+    assert rows > 5 and with_user == 0

@@ -8,8 +8,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.servicekit import (Served, committed_users, hec_post, pulse_login, quarantine, service_config,
-                              wait_for)
+from tests.servicekit import (Served, committed_rows, committed_users, hec_post, postfix_lines, pulse_login,
+                              quarantine, service_config, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,40 @@ def test_metrics_count_what_was_received_and_committed(served, client):
     assert 'exfilwatch_received_lines_total{listener="hec"}' in text
     assert 'exfilwatch_parsed_lines_total{listener="hec",source="pulse_secure"}' in text
     assert "exfilwatch_batches_total" in text and "exfilwatch_spool_depth" in text
+
+
+def test_ack_ids_are_counted_per_channel_and_answered_only_on_their_own(served, client):
+    first = hec_post(client, "/services/collector/raw", pulse_login("chanA0"), channel="chan-A").json()["ackId"]
+    other = hec_post(client, "/services/collector/raw", pulse_login("chanB0"), channel="chan-B").json()["ackId"]
+    second = hec_post(client, "/services/collector/raw", pulse_login("chanA1"), channel="chan-A").json()["ackId"]
+    assert (first, other, second) == (0, 0, 1)
+    wait_for(lambda: acked(client, "chan-A", 1))
+    assert acked(client, "chan-A", 0) and acked(client, "chan-B", 0)
+    assert not acked(client, "chan-B", 1)  # issued on chan-A only
+    assert not acked(client, "chan-never-used", 0)
+    assert not acked(client, "chan-A", 2)  # not issued yet
+
+
+def test_host_source_index_and_fields_are_stored_with_the_event(served, client):
+    event = {"event": pulse_login("meta1"), "sourcetype": "pulse:connectsecure", "host": "vpn-east-1",
+             "source": "udp:514", "index": "vpn", "fields": {"site": "east", "tier": ["a", "b"]}}
+    ack = hec_post(client, "/services/collector/event", json.dumps(event), channel="meta").json()["ackId"]
+    raw = hec_post(client, "/services/collector/raw", pulse_login("meta2"), channel="meta",
+                   params={"sourcetype": "pulse:connectsecure", "host": "vpn-west-2", "index": "vpn2"}).json()["ackId"]
+    wait_for(lambda: acked(client, "meta", ack) and acked(client, "meta", raw))
+    rows = dict(committed_rows(served.home, "authentication", '"user", origin'))
+    assert json.loads(rows["meta1"]) == {"host": "vpn-east-1", "source": "udp:514", "sourcetype": "pulse:connectsecure",
+                                         "index": "vpn", "fields": {"site": "east", "tier": ["a", "b"]}}
+    assert json.loads(rows["meta2"]) == {"host": "vpn-west-2", "sourcetype": "pulse:connectsecure", "index": "vpn2"}
+
+
+def test_a_syslog_message_sent_without_its_header_is_dated_by_the_hec_time(served, client):
+    # As Vector or Fluent Bit forward a parsed syslog message: the program tag and message, no header.
+    lines = [line.split(" ", 2)[2] for line in postfix_lines("8A1B2C3D4E", sender="carol@corp.example")]
+    at = 1790326000.5  # 2026-09-25T09:26:40.5Z
+    body = "".join(json.dumps({"event": line, "time": at, "host": "mail07", "sourcetype": "postfix_syslog"})
+                   for line in lines)
+    ack = hec_post(client, "/services/collector/event", body, channel="headerless").json()["ackId"]
+    wait_for(lambda: acked(client, "headerless", ack))
+    rows = committed_rows(served.home, "email", "src_user, _time, json_extract_string(origin, '$.host')")
+    assert [(t.timestamp(), host) for sender, t, host in rows if sender == "carol@corp.example"] == [(at, "mail07")]

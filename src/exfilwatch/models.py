@@ -30,6 +30,12 @@ class DataModel:
         return f"SELECT {casts} WHERE false"
 
 
+# What a sender said about an event besides its line, as JSON text: a Splunk HEC event's `host`,
+# `source`, `sourcetype`, `index` and `fields` (null for lines read from files or syslog).
+# Queried as `json_extract_string(origin, '$.host')` (Spark: `get_json_object`).
+# Ingest adds it to every source's rows: sources do not produce it.
+ORIGIN = ("origin", "VARCHAR")
+
 NETWORK_TRAFFIC = DataModel(
     name="network_traffic",
     description="Network flows (CIM Network_Traffic): bytes_out = sent by src, bytes_in = received by src",
@@ -49,7 +55,9 @@ NETWORK_TRAFFIC = DataModel(
         ("event_type", "VARCHAR"),
         ("source", "VARCHAR"),
         ("raw_ref", "VARCHAR"),
+        ORIGIN,
     ),
+    added_columns=("origin",),
     enrichment=(
         ("src_category", "VARCHAR"),
         ("dest_category", "VARCHAR"),
@@ -79,7 +87,9 @@ AUTHENTICATION = DataModel(
         ("user_agent", "VARCHAR"),
         ("source", "VARCHAR"),
         ("raw_ref", "VARCHAR"),
+        ORIGIN,
     ),
+    added_columns=("origin",),
 )
 
 EMAIL = DataModel(
@@ -105,8 +115,9 @@ EMAIL = DataModel(
         ("event_type", "VARCHAR"),
         ("source", "VARCHAR"),
         ("raw_ref", "VARCHAR"),
+        ORIGIN,
     ),
-    added_columns=("user",),
+    added_columns=("user", "origin"),
 )
 
 # recipients and attachment names as one comma-separated string each: cheaper to build per session

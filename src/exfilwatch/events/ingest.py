@@ -39,9 +39,9 @@ from exfilwatch.events.files import CHUNK_BYTES, content_fingerprint, expand_pat
 from exfilwatch.events.lake import remove_orphans, remove_superseded, supersede, write_batch
 from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.homelock import writing
-from exfilwatch.models import DataModel
+from exfilwatch.models import ORIGIN, DataModel
 from exfilwatch.sources import ParseContext, Source, UnknownFormatError, detect_source, get_source
-from exfilwatch.sources.base import ParsedBatch, unwrap_splunk_export, unwrap_splunk_export_sql
+from exfilwatch.sources.base import ParsedBatch, sql_string, unwrap_splunk_export, unwrap_splunk_export_sql
 from exfilwatch.sources.state import StoredSourceState
 from exfilwatch.sources.tables import SCHEMA as SOURCE_TABLES
 from exfilwatch.state import StateStore
@@ -198,11 +198,26 @@ def cap_long_fields(con: duckdb.DuckDBPyConnection, model: DataModel, events: st
     return f"(SELECT {listed} FROM {events})", [note]
 
 
+def with_origins(events: str, origins: pa.Array | None, origin_prefix: str) -> str:
+    """The relation `events` with the model's `origin` column: each event gets the origin of the
+    line its `raw_ref` names (`<origin>:<line_no>`), null when there are none (files, syslog) or
+    its line was in an earlier batch (a Postfix message completed now)."""
+    if origins is None or origins.null_count == len(origins):
+        return f"(SELECT *, CAST(NULL AS VARCHAR) AS {ORIGIN[0]} FROM {events})"
+    prefix = sql_string(origin_prefix)
+    line_no = (f"CASE WHEN starts_with(e.raw_ref, {prefix}) "
+               f"THEN TRY_CAST(substr(e.raw_ref, {len(origin_prefix) + 1}) AS BIGINT) END")
+    return (f"(SELECT e.*, o.{ORIGIN[0]} FROM {events} e "
+            f"LEFT JOIN (SELECT line_no, {ORIGIN[0]} FROM raw_lines_arrow) o ON o.line_no = {line_no})")
+
+
 def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[str], cursor: Cursor,
-                 target: IngestTarget, options: ReadOptions = ReadOptions()) -> BatchReport:
+                 target: IngestTarget, options: ReadOptions = ReadOptions(),
+                 origins: Sequence[str | None] | None = None) -> BatchReport:
     """Parse one batch of lines with `source`, write it to the lake and commit it with the cursor.
 
     `lines` is an Arrow string array (a line may still end with its newline) or a list of str.
+    `origins`: per line, what its sender said about it besides the line (models.ORIGIN, JSON text).
     """
     con, state = target.con, target.state
     lines = line_array(lines)
@@ -217,10 +232,14 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
     ctx = ParseContext(origin=cursor.name, settings=target.settings, header_lines=header_lines,
                        source_tz=options.source_tz or target.settings.timezone, year=year,
                        reference_time=reference_time, state=source_state, mapping=options.mapping)
-    table = pa.table({
+    origin_array = None if origins is None else pa.array(origins, pa.string())
+    columns = {
         "line_no": pa.array(np.arange(cursor.first_line, cursor.first_line + count, dtype=np.int64)),
         "line": lines,
-    })
+    }
+    if origin_array is not None:
+        columns[ORIGIN[0]] = origin_array
+    table = pa.table(columns)
     con.register("raw_lines_arrow", table)
     # Each line may still end with its newline; cutting a known suffix is 4x cheaper than rtrim.
     con.execute("CREATE OR REPLACE TEMP VIEW raw_lines AS SELECT line_no, "
@@ -241,7 +260,8 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
         f"""SELECT o.line_no, o.reason, left(r.line, {RAW_LINE_LIMIT}) FROM batch_outcomes o
             JOIN raw_lines r USING (line_no) WHERE o.outcome = 'quarantined' ORDER BY o.line_no"""
     ).fetchall()
-    events_relation, cap_notes = cap_long_fields(con, source.data_model, parsed.events)
+    events = with_origins(parsed.events, origin_array, ctx.origin + ":")
+    events_relation, cap_notes = cap_long_fields(con, source.data_model, events)
     files = write_batch(con, target.home.lake, source.data_model, batch_id, events_relation)
     events = sum(f.rows for f in files)
     addresses = batch_addresses(con, [f.path for f in files]) if source.data_model.name == "network_traffic" else []

@@ -10,10 +10,17 @@ Endpoints and replies are Splunk's, so a sender works unchanged:
   sourcetypes it may send (none listed: any). A sourcetype is a Splunk one (`SOURCETYPES`) or
   one of our source names.
 * A request is answered only once its events are in the spool and fsynced. With a
-  `X-Splunk-Request-Channel` header the reply carries an `ackId`, and `POST
-  /services/collector/ack` says true for it once its events are committed to the lake. The
-  ackId is the spool position after the request's events, so an acknowledgement survives a
-  restart of the service and never says true for events that are not stored.
+  `X-Splunk-Request-Channel` header (or `?channel=`) the reply carries an `ackId`, numbered per
+  channel from 0 as Splunk does, and `POST /services/collector/ack` on that channel says true
+  for it once its events are committed to the lake (service/acks.py: the ids survive a restart).
+* What a sender says about an event besides its line — `host`, `source`, `sourcetype`, `index`,
+  `fields` (of `/raw`: the query parameters) — is stored with it, as the JSON text of the
+  events' `origin` column (models.ORIGIN).
+* Event time. A line keeps its own timestamp. A syslog message sent without its header
+  (`postfix/smtpd[12]: …`, `PulseSecure: …`, as Vector or Fluent Bit forward a parsed syslog
+  message) gets one from the event's `time` (else the time of receipt) and `host`, as a syslog
+  relay writes it; the sources then read it like any syslog line. The `time` also dates
+  yearless RFC 3164 timestamps (the year of the event's time).
 
 Errors are Splunk's codes and statuses: 2 (token required, 401), 3 (invalid authorization,
 401), 4 (invalid token, 403), 5 (no data, 400), 6 (invalid data format, 400, with the
@@ -24,9 +31,11 @@ channel missing, 400), 12 / 13 (event field required / blank, 400), and 413 over
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -55,13 +64,18 @@ SOURCETYPES = {
 CHANNEL = "x-splunk-request-channel"
 
 
+# A syslog message without its header: a program tag (`postfix/smtpd[12]: `, `PulseSecure: `) first.
+HEADERLESS = re.compile(r"[A-Za-z][\w./-]{0,47}(?:\[\d{1,10}\])?: ")
+META_KEYS = ("host", "source", "sourcetype", "index", "fields")
+
+
 @dataclass(frozen=True)
 class Collector:
     """What the endpoint needs from the service: spool records durably, and say what is committed."""
 
-    submit: Callable[[bytes, int, str], Awaitable[int]]  # (encoded records, count, token) -> spool position
-    committed: Callable[[], int]
-    max_position: Callable[[], int]
+    # (encoded records, count, token, channel or None) -> the request's ackId on its channel (None without)
+    submit: Callable[[bytes, int, str, str | None], Awaitable[int | None]]
+    acks: Callable[[str, list[int]], dict[str, bool]]  # (channel, ackIds) -> which are committed
 
 
 def reply(status: int, text: str, code: int, **extra: object) -> JSONResponse:
@@ -123,6 +137,21 @@ def event_line(event: dict, number: int) -> bytes:
     return line.rstrip("\r\n").encode("utf-8", "replace")
 
 
+def event_meta(event: dict) -> str:
+    """The JSON text of what the event says besides its line (models.ORIGIN), "" when nothing."""
+    meta = {key: event[key] for key in META_KEYS if event.get(key) not in (None, "", {}, [])}
+    return json.dumps(meta, separators=(",", ":"), ensure_ascii=False, sort_keys=True) if meta else ""
+
+
+def with_syslog_header(line: bytes, at: float, host: object) -> bytes:
+    """A headerless syslog message with the header a relay would write (ISO 8601 time in UTC, host)."""
+    if not HEADERLESS.match(line.decode("utf-8", "replace")[:64]):
+        return line
+    stamp = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="microseconds")
+    name = str(host).split()[0] if isinstance(host, str) and host.strip() else "-"
+    return f"{stamp} {name} ".encode() + line
+
+
 def event_time(event: dict, number: int, received: float) -> float:
     value = event.get("time")
     if value is None:
@@ -162,11 +191,14 @@ def create_app(settings: HecSettings, collector: Collector, metrics: Callable[[]
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def channel_of(request: Request) -> str | None:
+        return request.headers.get(CHANNEL) or request.query_params.get("channel") or None
+
     async def accept(request: Request, records: bytes, count: int, token: str) -> JSONResponse:
-        channel = request.headers.get(CHANNEL) or request.query_params.get("channel")
-        position = await collector.submit(records, count, token)
+        channel = channel_of(request)
+        ack_id = await collector.submit(records, count, token, channel)
         if channel:
-            return reply(200, "Success", 0, ackId=position)
+            return reply(200, "Success", 0, ackId=ack_id)
         return reply(200, "Success", 0)
 
     @app.exception_handler(HecError)
@@ -182,11 +214,12 @@ def create_app(settings: HecSettings, collector: Collector, metrics: Callable[[]
         received = clock()
         parts = []
         events = parse_events(body)
+        origin = f"hec@{request.client.host if request.client else '-'}"
         for number, item in enumerate(events):
             source = source_for(item.get("sourcetype"), token.source, token.sourcetypes, number)
-            line = event_line(item, number)
-            parts.append(encode(source, f"hec@{request.client.host if request.client else '-'}",
-                                event_time(item, number, received), line))
+            at = event_time(item, number, received)
+            line = with_syslog_header(event_line(item, number), at, item.get("host"))
+            parts.append(encode(source, origin, at, line, event_meta(item)))
         return await accept(request, b"".join(parts), len(parts), token.token)
 
     @app.post("/services/collector/raw")
@@ -200,21 +233,21 @@ def create_app(settings: HecSettings, collector: Collector, metrics: Callable[[]
             raise HecError(400, "No data", 5)
         received = clock()
         origin = f"hec@{request.client.host if request.client else '-'}"
-        records = encode_many(source, origin, received, lines)
+        records = encode_many(source, origin, received, lines, event_meta(dict(request.query_params)))
         return await accept(request, records, len(lines), token.token)
 
     @app.post("/services/collector/ack")
     async def ack(request: Request) -> JSONResponse:
         token_of(request)
-        if not (request.headers.get(CHANNEL) or request.query_params.get("channel")):
+        channel = channel_of(request)
+        if channel is None:
             raise HecError(400, "Data channel is missing", 10)
         try:
             ids = json.loads(await body_of(request))["acks"]
             ids = [int(i) for i in ids]
         except (ValueError, KeyError, TypeError):
             raise HecError(400, "Invalid data format", 6) from None
-        committed, issued = collector.committed(), collector.max_position()
-        return JSONResponse({"acks": {str(i): 0 < i <= committed and i <= issued for i in ids}})
+        return JSONResponse({"acks": collector.acks(channel, ids)})
 
     @app.get("/services/collector/health")
     @app.get("/services/collector/health/1.0")

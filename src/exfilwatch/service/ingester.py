@@ -81,7 +81,8 @@ class Ingester:
         for i, ((name, origin), part) in enumerate(groups.items()):
             received = datetime.fromtimestamp(max(r.received for r in part), timezone.utc)
             cursor = SpoolCursor(SPOOL, origin, start, end, last=i == len(groups) - 1, received_at=received)
-            report = ingest_lines(get_source(name), [r.line for r in part], cursor, self.target)
+            origins = [r.meta or None for r in part] if any(r.meta for r in part) else None
+            report = ingest_lines(get_source(name), [r.line for r in part], cursor, self.target, origins=origins)
             outcome.reports[f"{name}\x1f{listener_of(origin)}"] = report
             outcome.per_source[(name, listener_of(origin))] += len(part)
         self.committed = self._pending_end = end

@@ -39,6 +39,7 @@ from exfilwatch.events.engine import connect
 from exfilwatch.events.files import read_file
 from exfilwatch.events.ingest import IngestTarget, ingest_lines, open_target
 from exfilwatch.home import writer
+from exfilwatch.service.acks import AckBook
 from exfilwatch.service.hec import Collector, create_app
 from exfilwatch.events.cursors import spool_position
 from exfilwatch.service.ingester import SPOOL, Ingester
@@ -145,22 +146,33 @@ class Service:
             self.wake.set()
         return position
 
-    async def submit(self, records: bytes, count: int, token: str) -> int:
-        """Spool a HEC request's records and return once they are fsynced."""
+    async def submit(self, records: bytes, count: int, token: str, channel: str | None) -> int | None:
+        """Spool a HEC request's records (and its ackId on `channel`); return once both are fsynced."""
         position = self.spool_lines(records, count, "hec", token[:8])
-        while self.spool.synced < position:
+        ack_id = None if channel is None else self.acks.issue(channel, position, self.ingester.committed)
+        while self._durable < position:
             waiter = self._synced
             await waiter.wait()
-        return position
+        return ack_id
+
+    def ack_status(self, channel: str, ids: list[int]) -> dict[str, bool]:
+        return self.acks.status(channel, ids, self.ingester.committed)
 
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            await loop.run_in_executor(None, self.spool.sync)
+            # Taken between two callbacks of the loop: every record up to here has its ackId written.
+            end = self.spool.end
+            await loop.run_in_executor(None, self._sync_both)
+            self._durable = max(self._durable, end)
             done, self._synced = self._synced, asyncio.Event()
             done.set()
+
+    def _sync_both(self) -> None:
+        self.spool.sync()
+        self.acks.sync()
 
     def stop(self) -> None:
         """Ask the service to stop, as SIGTERM does (from any thread)."""
@@ -206,8 +218,7 @@ class Service:
         http_task = None
         if self.config.hec is not None:
             hec = self.config.hec
-            app = create_app(hec, Collector(self.submit, lambda: self.ingester.committed, lambda: self.spool.synced),
-                             self.metrics_text)
+            app = create_app(hec, Collector(self.submit, self.ack_status), self.metrics_text)
             sock = socket.socket(socket.AF_INET6 if ":" in hec.host else socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((hec.host, hec.port))
@@ -230,7 +241,7 @@ class Service:
         if http is not None and http_task is not None:
             http.should_exit = True
             await http_task
-        self.spool.sync()
+        self._sync_both()
         flusher.cancel()
 
     def metrics_text(self) -> bytes:
@@ -248,6 +259,8 @@ class Service:
                 self.state, self.target = state, target
                 committed = spool_position(target.state.conn, SPOOL)[0]
                 self.spool = Spool(self.home.root / FOLDER, committed)
+                self.acks = AckBook(self.home.root / FOLDER, committed, self.spool.end)
+                self._durable = self.spool.end
                 self.ingester = Ingester(target, self.spool, self.config.batch.max_events)
                 self._consumed = -self.ingester.depth
                 if self.ingester.depth:
@@ -258,6 +271,7 @@ class Service:
                     self._work_until_stopped()
                 finally:
                     self.spool.close()
+                    self.acks.close()
                 log("stopped", committed=self.ingester.committed)
         except BaseException as exc:  # the service cannot go on without its writer: stop it, say why
             self._worker_error = exc

@@ -9,8 +9,10 @@ batches with a `SpoolCursor`, and `release` deletes segments that are wholly com
 start, a torn record at the tail (a crash in the middle of a write) is cut off and what comes
 before it after the committed position is replayed.
 
-A payload is `source \\x1f origin \\x1f received (epoch seconds) \\x1f line`; the line is last, so
-a hostile line holding the separator cannot shift the fields.
+A payload is `source \\x1f origin \\x1f received (epoch seconds) \\x1f meta \\x1f line`: `meta` is
+what a HEC sender said about the event besides its line (models.ORIGIN: JSON text, where a
+control character is always escaped) or empty; the line is last, so a hostile line holding the
+separator cannot shift the fields.
 """
 
 from __future__ import annotations
@@ -34,17 +36,19 @@ class Record(NamedTuple):  # a tuple: the ingester reads tens of thousands a sec
     source: str  # a source name, or "auto": routed by program tag when batched
     origin: str
     received: float  # epoch seconds
+    meta: str  # JSON text (models.ORIGIN), or "" when the sender said nothing besides the line
     line: str
     end: int  # spool position just after this record
 
 
-def encode(source: str, origin: str, received: float, line: bytes) -> bytes:
-    return encode_many(source, origin, received, (line,))
+def encode(source: str, origin: str, received: float, line: bytes, meta: str = "") -> bytes:
+    return encode_many(source, origin, received, (line,), meta)
 
 
-def encode_many(source: str, origin: str, received: float, lines: Iterable[bytes]) -> bytes:
-    """Records of lines that share their source, origin and time of receipt."""
-    prefix = b"%s\x1f%s\x1f%.6f\x1f" % (source.encode(), origin.encode("utf-8", "replace"), received)
+def encode_many(source: str, origin: str, received: float, lines: Iterable[bytes], meta: str = "") -> bytes:
+    """Records of lines that share their source, origin, time of receipt and meta."""
+    prefix = b"%s\x1f%s\x1f%.6f\x1f%s\x1f" % (source.encode(), origin.encode("utf-8", "replace"), received,
+                                              meta.encode("utf-8", "replace"))
     prefix_crc, pack, crc32 = zlib.crc32(prefix), HEADER.pack, zlib.crc32
     return b"".join(pack(len(prefix) + len(line), crc32(line, prefix_crc)) + prefix + line for line in lines)
 
@@ -129,9 +133,10 @@ class Spool:
                 if len(payload) < length:
                     break
                 offset += HEADER.size + length
-                source, origin, received, line = payload.split(SEPARATOR, 3)
+                source, origin, received, meta, line = payload.split(SEPARATOR, 4)
                 records.append(Record(source.decode(), origin.decode("utf-8", "replace"), float(received),
-                                      line.decode("utf-8", "replace"), position + offset))
+                                      meta.decode("utf-8", "replace"), line.decode("utf-8", "replace"),
+                                      position + offset))
             position += offset
             if len(records) >= max_records:
                 break

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from exfilwatch.config import ConfigError, read_yaml_file, validation_error
 from exfilwatch.models import DATA_MODELS, NETWORK_TRAFFIC, DataModel
+from exfilwatch.models import ORIGIN
 from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
 from exfilwatch.sources.flows import blank_sql, csv_fields_sql
 from exfilwatch.sources.syslog_header import local_time_sql
@@ -95,7 +96,7 @@ class Mapping(BaseModel):
     @model_validator(mode="after")
     def _fields(self) -> "Mapping":
         model = DATA_MODELS[self.data_model]
-        known = [name for name in model.column_names if name != "raw_ref"]
+        known = [name for name in model.column_names if name not in ("raw_ref", ORIGIN[0])]
         errors = []
         seen: dict[str, str] = {}
         for column, field in self.columns.items():
@@ -248,6 +249,8 @@ class GenericSource:
         """)
         selected = []
         for field, typ in mapping.model.columns:
+            if field == ORIGIN[0]:  # ingest adds it
+                continue
             if field == "raw_ref":
                 selected.append(f"{raw_ref_sql(ctx)} AS raw_ref")
             elif field in values:
