@@ -10,14 +10,19 @@ the VPN session id when they carry one (`session:…`), else by the tunnel addre
 * within one link key the events are taken in time order; each login opens a new session (a
   logout at the same instant as a login is taken first), so a re-login with a reused session id
   starts a new session and closes the previous one if it had no end (`re-login`);
-* a tunnel (an address-keyed session) that starts inside a login session of the same user is
-  part of it: the session gets the tunnel address. Its end is the login session's own first
+* under a session id, the tunnel (`VPN Tunneling: Session started … (session: sid…)`), its
+  connections and its end belong to the login session of that id: a tunnel start opens a
+  session only when none of the id is open, and the end of the tunnel or of a connection ends
+  the session only when no logout, timeout or other real end comes for it (`tunnel-ended`);
+* a tunnel keyed by its address (a line without id) that starts inside a login session of the
+  same user is part of it — the login session from the tunnel's own client address, else the
+  latest one: the session gets the tunnel address. Its end is the login session's own first
   end line (logout, timeout, "started new session", ...); without one, the first end line of
   its tunnels (`tunnel-ended`); a tunnel that starts outside any login session is a session of
   its own;
 * an end line that carries neither a session id nor an address (`Closed connection to … after
-  N seconds`) ends the user's latest session that started before it and has no end yet
-  (`connection-closed`);
+  N seconds`) ends the user's open session from the same client address that started before
+  it, else their latest open one (`connection-closed`);
 * a session whose end is never seen closes `sessions.idle_limit_hours` (default 12) after its
   last event (`idle-limit`); a session whose end is still in the future at `now` is open and is
   neither stored nor scored;
@@ -82,6 +87,9 @@ from exfilwatch.homelock import writing
 from exfilwatch.state import StateStore, dumps
 from exfilwatch.enrich.domains import register_domain_table
 from exfilwatch.enrich.identities import load_identities, register_identity_map
+from exfilwatch.sources.pulse_secure import CONNECTION_CLOSED_PREFIX as CONNECTION_END_PREFIX
+from exfilwatch.sources.pulse_secure import TUNNEL_ENDED as TUNNEL_END_REASON
+from exfilwatch.sources.pulse_secure import TUNNEL_STARTED as TUNNEL_START_REASON
 
 NAME = "user_sessions"
 INPUT_MODELS = ("authentication", "email", "network_traffic")
@@ -170,7 +178,7 @@ def compute_sessions(
         events, vpn_identity = _vpn_events(con, settings, lines)
         counts.vpn_events = _count(con, lines)
         counts.vpn_events_unresolved = counts.vpn_events - _count(con, events)
-        parts, counts.ends_before_login = _login_parts(con, events)
+        parts, counts.ends_before_login = _login_parts(con, events, idle_hours)
         joined = _join_tunnels(con, parts, idle_hours)
         user_ends = _connection_closed_ends(con, joined, events, idle_hours)
         vpn = _vpn_sessions(con, joined, user_ends, idle_hours)
@@ -245,8 +253,10 @@ def _vpn_events(con: duckdb.DuckDBPyConnection, settings: Settings, lines: str) 
     """`_ses_ev` and `_ses_identity_vpn`: the `lines` whose account resolves to a user, and the
     identity rows (identities.register_identity_map) of their accounts.
 
-    `_ses_ev` adds user, is_login, is_logout and the link key: `s:` session id, else `i:` tunnel
-    address, else `u:` for a login with neither; NULL for an end line with neither.
+    `_ses_ev` adds user, is_login, is_logout, is_tunnel_start (`VPN Tunneling: Session started`),
+    is_soft_end (the end of a tunnel or of one connection: `TUNNEL_END_REASONS`) and the link
+    key: `s:` session id, else `i:` tunnel address, else `u:` for a login with neither; NULL for
+    an end line with neither.
     """
     register_identity_map(con, settings, {"vpn": f"SELECT DISTINCT account FROM {lines}"},
                           name="_ses_identity_vpn")
@@ -255,6 +265,10 @@ def _vpn_events(con: duckdb.DuckDBPyConnection, settings: Settings, lines: str) 
         SELECT a.*, m.user,
                a.event_type = 'vpn-login' AS is_login,
                a.event_type = 'vpn-logout' AS is_logout,
+               a.event_type = 'vpn-login' AND coalesce(a.reason = '{TUNNEL_START_REASON}', false) AS is_tunnel_start,
+               a.event_type = 'vpn-logout' AND coalesce(a.reason = '{TUNNEL_END_REASON}'
+                                                        OR starts_with(a.reason, '{CONNECTION_END_PREFIX}'), false)
+                   AS is_soft_end,
                CASE WHEN a.sid IS NOT NULL THEN 's:' || a.sid
                     WHEN a.ip IS NOT NULL THEN 'i:' || a.ip
                     WHEN a.event_type = 'vpn-login' THEN 'u:' END AS link
@@ -264,40 +278,77 @@ def _vpn_events(con: duckdb.DuckDBPyConnection, settings: Settings, lines: str) 
     return "_ses_ev", "_ses_identity_vpn"
 
 
-def _login_parts(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, int]:
-    """`_ses_parts`: one row per user, link key and login: from the login to the first end line of
-    the same key before the next login, and how many end lines came before any login of their key.
+def _login_parts(con: duckdb.DuckDBPyConnection, events: str, idle_hours: float) -> tuple[str, int]:
+    """`_ses_parts`: one row per user, link key and session start: from the start to the session's
+    end line, and how many end lines came before any start of their key.
+
+    A login starts a session. Under a session id (`s:`), the appliance writes the login, then
+    the tunnel's start, connections and end under the same id: a tunnel start opens a session
+    only when no session of the id is open (none before it, the previous line of the id a real
+    end, or the idle limit passed), and the end of a tunnel or of a connection (`is_soft_end`)
+    ends the session only when no real end (logout, timeout, ...) comes and no tunnel starts
+    again after it. Under a tunnel address (`i:`) every tunnel start opens a tunnel and its end
+    line ends it.
 
     Columns user, link, seq, start, start_ref, end_explicit, end_reason_raw, end_ref, last_event,
-    account, sid, ip, src_ip, next_login (the next login of the key), is_tunnel (an `i:` key).
+    account, sid, ip, src_ip, next_login (the next start of the key), is_tunnel (an `i:` key).
     """
-    # A logout at the same instant as a login belongs to the session before it.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_marked AS
+        SELECT *, is_logout AND NOT (is_soft_end AND starts_with(link, 's:')) AS is_hard_end,
+               -- a real end before a login at the same instant, and a login before its tunnel
+               CASE WHEN is_logout AND NOT (is_soft_end AND starts_with(link, 's:')) THEN 0
+                    WHEN is_login AND NOT is_tunnel_start THEN 1 ELSE 2 END AS rank_at_instant
+        FROM {events} WHERE link IS NOT NULL
+    """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_seq AS
-        SELECT *, sum(is_login::INTEGER) OVER (PARTITION BY user, link ORDER BY _time, is_login, raw_ref
-                                              ROWS UNBOUNDED PRECEDING) AS seq
-        FROM {events} WHERE link IS NOT NULL
+        SELECT *, sum(opens::INTEGER) OVER (PARTITION BY user, link ORDER BY _time, rank_at_instant, raw_ref
+                                           ROWS UNBOUNDED PRECEDING) AS seq
+        FROM (
+            SELECT *,
+                   is_login AND (NOT is_tunnel_start OR NOT starts_with(link, 's:') OR prev_time IS NULL
+                                 OR prev_hard_end OR _time > prev_time + to_seconds({idle_hours * 3600.0}::DOUBLE)) AS opens
+            FROM (
+                SELECT *, lag(_time) OVER w AS prev_time, lag(is_hard_end) OVER w AS prev_hard_end
+                FROM _ses_marked
+                WINDOW w AS (PARTITION BY user, link ORDER BY _time, rank_at_instant, raw_ref)
+            )
+        )
     """)
     ends_before_login = _count(con, "_ses_seq WHERE seq = 0 AND is_logout")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_parts AS
         WITH g AS (
             SELECT user, link, seq,
-                   min(_time) FILTER (WHERE is_login) AS start,
-                   arg_min(raw_ref, _time) FILTER (WHERE is_login) AS start_ref,
-                   min(_time) FILTER (WHERE is_logout) AS end_explicit,
-                   arg_min(reason, _time) FILTER (WHERE is_logout) AS end_reason_raw,
-                   arg_min(raw_ref, _time) FILTER (WHERE is_logout) AS end_ref,
+                   min(_time) FILTER (WHERE opens) AS start,
+                   arg_min(raw_ref, _time) FILTER (WHERE opens) AS start_ref,
+                   min(_time) FILTER (WHERE is_hard_end) AS hard_end,
+                   arg_min(reason, _time) FILTER (WHERE is_hard_end) AS hard_reason,
+                   arg_min(raw_ref, _time) FILTER (WHERE is_hard_end) AS hard_ref,
+                   max(_time) FILTER (WHERE is_soft_end) AS soft_end,
+                   arg_max(reason, _time) FILTER (WHERE is_soft_end) AS soft_reason,
+                   arg_max(raw_ref, _time) FILTER (WHERE is_soft_end) AS soft_ref,
+                   max(_time) FILTER (WHERE is_tunnel_start) AS last_tunnel_start,
                    max(_time) AS last_event,
-                   arg_min(account, _time) FILTER (WHERE is_login) AS account,
+                   arg_min(account, _time) FILTER (WHERE opens) AS account,
                    any_value(sid) AS sid, max(ip) AS ip,
-                   arg_min(src_ip, _time) FILTER (WHERE is_login) AS src_ip
+                   arg_min(src_ip, _time) FILTER (WHERE opens) AS src_ip
             FROM _ses_seq WHERE seq >= 1
             GROUP BY user, link, seq
+        ), ended AS (  -- a tunnel's end counts when no real end comes and no tunnel starts after it
+            SELECT *, hard_end IS NULL AND soft_end IS NOT NULL
+                      AND (last_tunnel_start IS NULL OR soft_end >= last_tunnel_start) AS by_soft_end
+            FROM g
         )
-        SELECT *, lead(start) OVER (PARTITION BY user, link ORDER BY seq) AS next_login,
+        SELECT user, link, seq, start, start_ref,
+               CASE WHEN by_soft_end THEN soft_end ELSE hard_end END AS end_explicit,
+               CASE WHEN by_soft_end THEN soft_reason ELSE hard_reason END AS end_reason_raw,
+               CASE WHEN by_soft_end THEN soft_ref ELSE hard_ref END AS end_ref,
+               last_event, account, sid, ip, src_ip,
+               lead(start) OVER (PARTITION BY user, link ORDER BY seq) AS next_login,
                starts_with(link, 'i:') AS is_tunnel
-        FROM g
+        FROM ended
     """)
     return "_ses_parts", ends_before_login
 
@@ -312,15 +363,26 @@ def _join_tunnels(con: duckdb.DuckDBPyConnection, parts: str, idle_hours: float)
     sid, assigned_ip (the login session's, else its first tunnel's) and src_ip.
     """
     idle_end = _idle_end_sql(idle_hours)
+    # a tunnel belongs to the login session from its own client address, else the latest one
+    logins = f"""(SELECT *, coalesce(src_ip, '') AS addr, coalesce(end_explicit, least(next_login, {idle_end}),
+                                                              {idle_end}) AS own_end
+                  FROM {parts} WHERE NOT is_tunnel)"""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_tunnel_host AS
-        SELECT t.user, t.link, t.seq, s.link AS host_link, s.seq AS host_seq
-        FROM (SELECT * FROM {parts} WHERE is_tunnel) t
-        ASOF JOIN (SELECT *, coalesce(end_explicit, least(next_login, {idle_end}),
-                                      {idle_end}) AS own_end
-                   FROM {parts} WHERE NOT is_tunnel) s
-          ON t.user = s.user AND t.start >= s.start
-        WHERE t.start < s.own_end
+        WITH same_address AS (
+            SELECT t.user, t.link, t.seq, s.link AS host_link, s.seq AS host_seq
+            FROM (SELECT *, coalesce(src_ip, '') AS addr FROM {parts} WHERE is_tunnel) t
+            ASOF JOIN {logins} s ON t.user = s.user AND t.addr = s.addr AND t.start >= s.start
+            WHERE t.start < s.own_end
+        ), any_address AS (
+            SELECT t.user, t.link, t.seq, s.link AS host_link, s.seq AS host_seq
+            FROM (SELECT * FROM {parts} p WHERE is_tunnel
+                  AND NOT EXISTS (SELECT 1 FROM same_address a WHERE a.user = p.user AND a.link = p.link
+                                  AND a.seq = p.seq)) t
+            ASOF JOIN {logins} s ON t.user = s.user AND t.start >= s.start
+            WHERE t.start < s.own_end
+        )
+        SELECT * FROM same_address UNION ALL SELECT * FROM any_address
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_vpn0 AS
@@ -357,15 +419,28 @@ def _connection_closed_ends(con: duckdb.DuckDBPyConnection, joined: str, events:
 
     Columns user, g_link, g_seq (the session), t, reason, ref.
     """
+    # an end line belongs to the open session from its own client address, else the latest one
+    open_sessions = f"""(SELECT *, coalesce(src_ip, '') AS addr,
+                                least(next_login, {_idle_end_sql(idle_hours)}) AS soft_end
+                         FROM {joined} WHERE end_explicit IS NULL)"""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_user_end AS
-        SELECT s.user, s.g_link, s.g_seq, min(e._time) AS t,
-               arg_min(e.reason, e._time) AS reason, arg_min(e.raw_ref, e._time) AS ref
-        FROM (SELECT * FROM {events} WHERE link IS NULL AND is_logout) e
-        ASOF JOIN (SELECT *, least(next_login, {_idle_end_sql(idle_hours)}) AS soft_end
-                   FROM {joined}) s
-          ON e.user = s.user AND e._time >= s.session_start
-        WHERE s.end_explicit IS NULL AND e._time < s.soft_end
+        WITH ends AS (
+            SELECT row_number() OVER () AS line, *, coalesce(src_ip, '') AS addr
+            FROM {events} WHERE link IS NULL AND is_logout
+        ), same_address AS (
+            SELECT e.line, s.user, s.g_link, s.g_seq, e._time, e.reason, e.raw_ref
+            FROM ends e ASOF JOIN {open_sessions} s
+              ON e.user = s.user AND e.addr = s.addr AND e._time >= s.session_start
+            WHERE e._time < s.soft_end
+        ), any_address AS (
+            SELECT e.line, s.user, s.g_link, s.g_seq, e._time, e.reason, e.raw_ref
+            FROM (SELECT * FROM ends WHERE line NOT IN (SELECT line FROM same_address)) e
+            ASOF JOIN {open_sessions} s ON e.user = s.user AND e._time >= s.session_start
+            WHERE e._time < s.soft_end
+        )
+        SELECT user, g_link, g_seq, min(_time) AS t, arg_min(reason, _time) AS reason, arg_min(raw_ref, _time) AS ref
+        FROM (SELECT * FROM same_address UNION ALL SELECT * FROM any_address)
         GROUP BY ALL
     """)
     return "_ses_user_end"

@@ -40,6 +40,12 @@ from exfilwatch.sources.syslog_header import (ENVELOPE, HEADER_GROUPS, envelope_
 
 SOURCE_NAME = "pulse_secure"
 
+# The `reason` of the lines that start and end a tunnel or one connection inside a VPN session:
+# sessionisation (features/sessions.py) keeps them inside the login session of their id.
+TUNNEL_STARTED = "tunnel session started"
+TUNNEL_ENDED = "tunnel session ended"
+CONNECTION_CLOSED_PREFIX = "connection to "
+
 _IP = r"[0-9A-Fa-f.:]+"
 _USER_REALM = r"(?P<m_user>[^/(]*?)(?:/(?P<m_realm>[^(]*?))?"
 
@@ -108,17 +114,17 @@ KINDS: list[Kind] = [
          r"(?P<m_ok>(?:VPN Tunneling|Network Connect): Session started for user)[^(]*?(?:\(session: ?(?P<m_session>[^)]*)\) *)?"
          rf"with (?:IPv[46] address|IP) (?P<m_assigned>{_IP})(?:, hostname \S+)?.*",
          "VPN Tunneling: Session started for user [USER] with IPv4 address IP[, hostname HOST]",
-         _const("tunnel session started")),
+         _const(TUNNEL_STARTED)),
     Kind("tunnel session ended",
          f"{_starts('VPN Tunneling: Session ended')} OR {_starts('Network Connect: Session ended')}", "vpn-logout",
          r"(?P<m_ok>(?:VPN Tunneling|Network Connect): Session ended for user)[^(]*?(?:\(session: ?(?P<m_session>[^)]*)\) *)?"
          rf"with (?:IPv[46] address|IP) (?P<m_assigned>{_IP}).*",
-         "VPN Tunneling: Session ended for user [USER] with IPv4 address IP", _const("tunnel session ended")),
+         "VPN Tunneling: Session ended for user [USER] with IPv4 address IP", _const(TUNNEL_ENDED)),
     Kind("connection closed", _starts("Closed connection to "), "vpn-logout",
          r"Closed connection to [^,]*? after (?P<m_duration>\d+) seconds?, with (?P<m_read>\d+) bytes read "
          r"(?:\(in \d+ chunks?\) )?and (?P<m_written>\d+) bytes written.*",
          "Closed connection to TARGET after N seconds, with N bytes read (in N chunks) and N bytes written (in N chunks)",
-         "'connection to ' || split_part(substr(t, 22), ' after ', 1) || ' closed'"),
+         f"{sql_string(CONNECTION_CLOSED_PREFIX)} || split_part(substr(t, 22), ' after ', 1) || ' closed'"),
     Kind("primary authentication failed", _starts("Primary authentication failed for "), "failed-vpn-login",
          rf"Primary authentication failed for [^/]*/(?P<m_server>.*?) from (?P<m_ip>{_IP}).*",
          "Primary authentication failed for USER/AUTH-SERVER from IP",
