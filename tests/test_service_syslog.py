@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 
 from exfilwatch.service.syslog import Framer, FrameError
-from tests.servicekit import (Served, committed_files, committed_users, postfix_lines, pulse_login, quarantine,
-                              service_config, wait_for)
+from tests.servicekit import (Served, committed_files, committed_rows, committed_users, postfix_lines, pulse_login,
+                              quarantine, service_config, wait_for)
 
 
 def make_certificate(folder):
@@ -93,3 +93,19 @@ def test_framing_tells_a_count_from_a_line_starting_with_digits():
     assert framer.feed(b" ab") == [b"ab"]
     with pytest.raises(FrameError):
         Framer().feed(b"9999999 " + b"x" * 10)
+
+
+def test_postfix_in_rfc5424_form_over_udp_on_the_auto_port(served):
+    # rsyslog forwarding with RSYSLOG_SyslogProtocol23Format: `<PRI>1 TIME HOST APP PROCID MSGID SD MSG`
+    traditional = postfix_lines("5E6F7A8B9C", sender="rfc5424@corp.example")
+    datagrams = []
+    for line in traditional:
+        stamp, host, tag, message = line.split(" ", 3)
+        app, pid = tag.rstrip(":").rstrip("]").split("[")
+        datagrams.append(f"<22>1 {stamp} {host} {app} {pid} - [origin software=\"rsyslogd\"] {message}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for datagram in datagrams:
+            udp.sendto(datagram.encode(), ("127.0.0.1", served.port("udp:0")))
+    rows = wait_for(lambda: [r for r in committed_rows(served.home, "email", "src_user, recipient, \"user\"")
+                             if r[0] == "rfc5424@corp.example"])
+    assert rows == [("rfc5424@corp.example", ["bob@gmail.com"], "alice")]

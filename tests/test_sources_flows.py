@@ -314,3 +314,19 @@ def test_random_input_never_crashes_generic(payloads):
     assert set(outcomes) <= {"quarantined", "skipped"}
     outcomes = run_parser(GenericSource(), lines, head=[], mapping=gen / "mail_mapping.yaml")
     assert set(outcomes) <= {"quarantined", "skipped"}
+
+
+@pytest.mark.parametrize("relay", [
+    "Mar  3 08:15:08 relay01 ",  # a relay's BSD header in front of the SRX's RFC 5424 one
+    "<14>Mar  3 08:15:08 relay01 ",
+    "Mar  3 08:15:08 relay01 <14>",  # the relay kept the SRX's <PRI> too
+    "2026-03-03T08:15:08.000000+00:00 relay01 ",  # rsyslog's RFC 3339 file format
+])
+def test_srx_behind_a_relay_keeps_the_srx_time(tmp_path, home, relay):
+    line = (FIXTURES / "srx_flow" / "srx.log").read_text().splitlines()[0]
+    path = tmp_path / "relayed.log"
+    path.write_text(relay + line.removeprefix("<14>") + "\n")
+    report = ingest(home, path)
+    assert (report.source, report.parsed) == ("srx_flow", 1)
+    [row] = lake(home, "network_traffic", ["_time", "src_ip", "bytes_out"]).values()
+    assert row == ("srx_flow", "2026-03-03 08:15:02.120", "10.20.0.15", 5400000)  # 09:15:07.120+01:00 - 5 s

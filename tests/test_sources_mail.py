@@ -22,6 +22,7 @@ from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
 from exfilwatch.home import open_state
+from exfilwatch.sources import postfix as postfix_source
 from exfilwatch.synth.writers import postfix
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -142,6 +143,7 @@ def test_postfix_full_row(tmp_path):
         "recipient_count": 2, "size": 48213, "subject": "Q4 pricing", "file_name": ["pricing.xlsx"],
         "direction": "outbound", "action": "delivered", "src_ip": "10.20.0.15", "dest": "gmail-smtp-in.l.google.com",
         "event_type": "email-out", "source": "postfix", "raw_ref": f"{PARTS[0]}:11",
+        "origin": None,  # what a HEC sender said besides the line: nothing, for a file
     }
 
 
@@ -592,3 +594,61 @@ def test_yearless_syslog_times_of_december_in_a_file_written_in_january_are_last
     # An explicit --year means what it says: no rollover.
     fixed = yearless_time_sql("s", ["%b %d %H:%M:%S"], "UTC", 2027, None)
     assert [row[0].year for row in duckdb.sql(f"SELECT {fixed} FROM {stamps}").fetchall()] == [2027, 2027]
+
+
+# --- Postfix in RFC 5424 form --------------------------------------------------------------------
+
+TRADITIONAL = re.compile(r"^(?P<ts>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) (?P<host>\S+) "
+                         r"(?P<app>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?: (?P<msg>.*)$")
+# what rsyslog and syslog-ng put between PROCID and MSG: no MSGID or structured data, or some
+STRUCTURED = ["- -", "- [origin ip=\"10.0.0.25\" software=\"rsyslogd\"]", "SMTPD [meta note=\"a \\\"]\\\" b\"][x@1 y=\"\"]",
+              "- - \ufeff"]
+
+
+def as_rfc5424(line: str, number: int, relay: bool) -> str:
+    """A traditional Postfix line as rsyslog's RSYSLOG_SyslogProtocol23Format writes it (UTC); lines
+    that are not (a bad date, not syslog) as they are."""
+    m = TRADITIONAL.match(line)
+    if m is None:
+        return line
+    try:
+        stamp = datetime.strptime(f"2026 {m['ts']}", "%Y %b %d %H:%M:%S").replace(tzinfo=timezone.utc).isoformat()
+    except ValueError:
+        if not m["ts"][0].isdigit():
+            return line
+        stamp = m["ts"]
+    structured = STRUCTURED[number % len(STRUCTURED)]
+    sep = "" if structured.endswith("\ufeff") else " "
+    head = "Nov  2 23:59:59 relay01 " if relay else "<22>"
+    return f"{head}1 {stamp} {m['host']} {m['app']} {m['pid'] or '-'} {structured}{sep}{m['msg']}"
+
+
+@pytest.mark.parametrize("relay", [False, True])
+def test_postfix_in_rfc5424_form_gives_the_same_rows(tmp_path, relay):
+    folder = tmp_path / "rfc5424"
+    folder.mkdir()
+    for part in PARTS:
+        lines = part.read_text().splitlines()
+        (folder / part.name).write_text("".join(as_rfc5424(line, i, relay) + "\n" for i, line in enumerate(lines)))
+    home = new_home(tmp_path)
+    reports = ingest_paths([folder], home, SETTINGS, year=2026)
+    assert [(r.source, r.lines, r.events) for r in reports] == [("postfix", 65, 8), ("postfix", 7, 1), ("postfix", 2, 1)]
+    assert brief(email_rows(home)) == POSTFIX_ROWS
+    assert [reason for _, _, reason in quarantine(home)] == [reason for _, _, reason in POSTFIX_QUARANTINE]
+    assert email_rows(home)[0]["user"] == "alice"
+
+
+@hsettings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pid=st.one_of(st.just("-"), st.integers(1, 99999).map(str)),
+       structured=st.lists(st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=12),
+                           max_size=3),
+       message=st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00\n\r"), max_size=40))
+def test_rfc5424_header_reads_alike_in_python_and_sql(pid, structured, message):
+    escaped = ['"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]") + '"' for value in structured]
+    sd = "".join(f"[x@1 k{i}={value}]" for i, value in enumerate(escaped)) or "-"
+    line = f"<22>1 2026-09-25T09:06:40.1-04:00 mail01 postfix/smtpd {pid} - {sd} {message}"
+    expected = f"2026-09-25T09:06:40.1-04:00 mail01 postfix/smtpd{'' if pid == '-' else f'[{pid}]'}: {message}"
+    assert postfix_source.as_traditional(line) == expected
+    con = duckdb.connect()
+    con.execute("CREATE TEMP TABLE raw AS SELECT 1::BIGINT AS line_no, ? AS line", [line])
+    assert con.execute(f"SELECT line FROM ({postfix_source.traditional_lines_sql('raw')})").fetchone()[0] == expected

@@ -340,8 +340,12 @@ class NetflowCSV:
 
 # --- Juniper SRX RT_FLOW ------------------------------------------------------------------------
 
+# The sender's time: a relay that stored the message may have put its own header in front of the
+# SRX's RFC 5424 one (`Oct 19 08:20:41 relay01 [<14>]1 2026-10-19T10:20:40.120+02:00 srx01 RT_FLOW …`,
+# or with an ISO timestamp first); then the inner header's time is the one read, as for Pulse.
 SRX_TIME = (
-    r"^(?:<\d{1,3}>)?(?:1 )?(?:(?P<hdr_bsd>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d)\s+\S+\s+(?:1 )?)?"
+    r"^(?:<\d{1,3}>)?(?:1 )?(?:(?P<hdr_bsd>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d)\s+\S+\s+(?:<\d{1,3}>)?(?:1 )?"
+    r"|\d{4}-\d\d-\d\dT\S+\s+\S+\s+(?:<\d{1,3}>)?1 )?"
     r"(?:(?P<hdr_iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?P<hdr_zone>Z|[+-]\d\d:?\d\d)?))?"
 )
 # Fields are taken with small patterns of few groups each (RE2 extracts those quickly): one per

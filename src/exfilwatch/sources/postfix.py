@@ -33,8 +33,12 @@ re-injects the message under a new queue id, and that copy is the one counted as
 
 Syslog headers: RFC 3164 (`Mmm dd hh:mm:ss host prog[pid]:`; the year from `--year` or
 the file's modification time, with December lines of a file last written in January dated in
-the year before; the zone from `--source-tz`) and the ISO 8601 high-precision
-form of rsyslog/syslog-ng (`2026-11-02T09:15:01.123456+01:00 host prog[pid]:`).
+the year before; the zone from `--source-tz`), the ISO 8601 high-precision
+form of rsyslog/syslog-ng (`2026-11-02T09:15:01.123456+01:00 host prog[pid]:`), and RFC 5424
+(`<22>1 2026-11-02T09:15:01.123456+01:00 host postfix/smtpd 2101 - - message`, rsyslog's
+`RSYSLOG_SyslogProtocol23Format`, with any structured data and a BOM before the message), also
+behind a relay's own header (`Nov  2 08:15:02 relay01 1 2026-11-02T09:15:01…`): such a line is
+read as the ISO form of the same message (`as_traditional`), with the sender's time and host.
 """
 
 from __future__ import annotations
@@ -102,6 +106,43 @@ ABANDON_AFTER = "INTERVAL 1 DAY"  # a queue id with no qmgr from= line
 
 _HEADER = re.compile(HEADER_RE)
 
+# RFC 5424 `<PRI>1 TIMESTAMP HOST APP-NAME PROCID MSGID SD [BOM]MSG`, perhaps behind a relay's
+# header. `head` is everything before MSG. The structured data's quoted values may hold `]` and
+# escaped quotes. RE2 and Python's re read it alike (the BOM is the literal character).
+RFC5424_RE = (
+    r"^(?P<head>(?:<\d{1,3}>)?(?:(?:[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ (?:<\d{1,3}>)?)?"
+    r"1 (?P<ts>\d{4}-\d\d-\d\dT\S+) (?P<host>\S+) (?P<app>\S+) (?P<pid>\S+) \S+ "
+    r'(?:-|(?:\[(?:[^\]"\\]|\\.|"(?:[^"\\]|\\.)*")*\])+)(?: |$)'
+    "\ufeff?)"
+)
+# The part of RFC5424_RE up to its timestamp: a cheap anchored test that ordinary lines fail early.
+RFC5424_TEST = r"^(?:<\d{1,3}>)?(?:(?:[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ (?:<\d{1,3}>)?)?1 \d{4}-"
+_RFC5424 = re.compile(RFC5424_RE)
+
+
+def as_traditional(line: str) -> str:
+    """An RFC 5424 line as the ISO form of the same message (`TIMESTAMP HOST APP[PID]: MSG`); any
+    other line as it is."""
+    m = _RFC5424.match(line)
+    if m is None:
+        return line
+    pid = "" if m["pid"] == "-" else f"[{m['pid']}]"
+    return f"{m['ts']} {m['host']} {m['app']}{pid}: {line[m.end():]}"
+
+
+def traditional_lines_sql(relation: str) -> str:
+    """SQL: `relation` (line_no, line) with `as_traditional` applied to each line; the extracting
+    regex runs only on lines that pass RFC5424_TEST."""
+    groups = "['head', 'ts', 'host', 'app', 'pid']"
+    return f"""
+        SELECT line_no, CASE WHEN r.head IS NULL OR r.head = '' THEN line
+                             ELSE r.ts || ' ' || r.host || ' ' || r.app
+                                  || CASE WHEN r.pid = '-' THEN '' ELSE '[' || r.pid || ']' END
+                                  || ': ' || substr(line, length(r.head) + 1) END AS line
+        FROM (SELECT line_no, line, CASE WHEN regexp_matches(line, {sql_string(RFC5424_TEST)})
+                                         THEN regexp_extract(line, {sql_string(RFC5424_RE)}, {groups}) END AS r
+              FROM {relation})"""
+
 
 def _list(values: list[str]) -> str:
     return "[" + ", ".join(sql_string(v) for v in values) + "]"
@@ -118,7 +159,7 @@ def classify_sql(ctx: ParseContext) -> str:
     return f"""
         WITH h AS (
             SELECT line_no, {_struct_regex('line', HEADER_RE, HEADER_GROUPS)} AS h, line
-            FROM raw_lines
+            FROM pf_raw
         ), g AS (
             SELECT line_no, CASE WHEN h.host = '' THEN trim(line) = '' ELSE false END AS blank, h.host AS host,
                    split_part(h.prog, '[', 1) AS prog, h.ts AS stamp,
@@ -256,7 +297,7 @@ def lines_sql(ctx: ParseContext) -> str:
 TIME_BASIS_SQL = r"""
     SELECT coalesce(bool_or(regexp_matches(line, '^(?:<\d{1,3}>)?(?:[A-Z][a-z]{2} |\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)? )')), false),
            coalesce(bool_or(regexp_matches(line, '^(?:<\d{1,3}>)?[A-Z][a-z]{2} ')), false)
-    FROM raw_lines
+    FROM pf_raw
 """
 
 
@@ -270,7 +311,7 @@ class Postfix:
     def sniff(self, head: list[str]) -> bool:
         hits = 0
         for line in head:
-            m = _HEADER.match(line)
+            m = _HEADER.match(as_traditional(line))
             if m and "/" in m.group("prog") and m.group("prog").split("[")[0].rsplit("/", 1)[1] in KNOWN_DAEMONS \
                     and (not m.group("qid") or re.fullmatch(QID, m.group("qid"))):
                 hits += 1
@@ -278,6 +319,7 @@ class Postfix:
 
     def parse(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> ParsedBatch:
         install_macros(con, ctx)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW pf_raw AS {traditional_lines_sql('raw_lines')}")
         con.execute(f"CREATE OR REPLACE TEMP TABLE pf_lines AS {lines_sql(ctx)}")
         self._load_pending(con, ctx)
         batch_max = con.execute("SELECT max(t) FROM pf_lines WHERE kind IS NOT NULL").fetchall()[0][0]
