@@ -152,6 +152,7 @@ USER_SESSIONS = DataModel(
         ("net_flows", "BIGINT"),
         ("net_bytes_out", "BIGINT"),
         ("net_bytes_in", "BIGINT"),
+        ("recipient_domains", "STRUCT(domain VARCHAR, domain_class VARCHAR, messages BIGINT, bytes BIGINT)[]"),
         ("top_domains", "STRUCT(domain VARCHAR, domain_class VARCHAR, messages BIGINT, bytes BIGINT)[]"),
         ("top_recipients", "STRUCT(recipient VARCHAR, domain_class VARCHAR, messages BIGINT, bytes BIGINT)[]"),
         ("largest_messages", _EVIDENCE_MESSAGE),

@@ -179,6 +179,7 @@ def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnecti
                 "finding.time": [detection.finding.time],
                 "finding.value": [detection.finding.value] if detection.finding.value else [],
                 "risk object": [obj.field for obj in detection.risk.objects],
+                "risk object score_factor": [obj.score_factor for obj in detection.risk.objects if obj.score_factor],
                 "risk message": template_fields(detection.risk.message),
             }
             if detection.type == "correlation":

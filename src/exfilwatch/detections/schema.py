@@ -44,6 +44,9 @@ class RiskObject(Strict):
     field: str
     type: Literal["user", "system", "other"]
     score: float | None = None  # else impact x confidence / 100
+    # an output column multiplying `score` per finding (a score that grows with how abnormal the
+    # value is, as Splunk RBA's risk_score field); a missing or non-numeric value counts as 1
+    score_factor: str | None = None
 
 
 class Risk(Strict):
@@ -52,8 +55,12 @@ class Risk(Strict):
     confidence: int = Field(default=50, ge=0, le=100)
     objects: list[RiskObject]
 
-    def score_of(self, obj: RiskObject) -> float:
-        return obj.score if obj.score is not None else self.impact * self.confidence / 100
+    def score_of(self, obj: RiskObject, fields: dict[str, Any] | None = None) -> float:
+        base = obj.score if obj.score is not None else self.impact * self.confidence / 100
+        factor = (fields or {}).get(obj.score_factor) if obj.score_factor else None
+        if isinstance(factor, (int, float)) and not isinstance(factor, bool):
+            return round(base * factor, 2)
+        return base
 
 
 class FindingKey(Strict):

@@ -47,6 +47,8 @@ relayed):
 * `em_fnum` distinct messages; `em_dnum` distinct external recipient registered domains;
 * `em_bsum` the sum of their sizes, each message once;
 * `em_bsum_personal` the sum of the sizes of those with a recipient in a personal domain;
+* `recipient_domains` every external registered domain of the session (class, messages, bytes):
+  the rules compare it with the user's earlier sessions to find the domains new to the user;
 * evidence: top recipients and domains (messages, bytes), the largest messages, the largest
   messages to personal addresses.
 
@@ -146,7 +148,7 @@ def _settings_hash(settings: Settings) -> str:
         "sessions": settings.sessions.model_dump(),
         "timezone": settings.timezone,
         "assets": [a.model_dump() for a in settings.assets if a.owner],
-        "version": 1,
+        "version": 2,  # 2: recipient_domains
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -717,9 +719,10 @@ def _mail_counts(con: duckdb.DuckDBPyConnection, flags: str) -> str:
 
 
 def _recipient_tops(con: duckdb.DuckDBPyConnection, recipients: str) -> tuple[str, str]:
-    """`_ses_dom` (sk, em_dnum, top_domains) and `_ses_rcp` (sk, top_recipients): per session, over
-    the external recipients in `recipients`, the distinct registered domains and the top five
-    domains and recipients by messages, then bytes (each message once per domain or recipient)."""
+    """`_ses_dom` (sk, em_dnum, recipient_domains, top_domains) and `_ses_rcp` (sk, top_recipients):
+    per session, over the external recipients in `recipients`, the distinct registered domains
+    (all of them, by name, and the top five) and the top five recipients by messages, then bytes
+    (each message once per domain or recipient)."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_ext AS
         SELECT DISTINCT sk, mkey, size, recipient, registered_domain, domain_class
@@ -736,6 +739,8 @@ def _recipient_tops(con: duckdb.DuckDBPyConnection, recipients: str) -> tuple[st
             FROM per_message GROUP BY sk, registered_domain
         )
         SELECT sk, count(*) AS em_dnum,
+               list({'domain': registered_domain, 'domain_class': domain_class, 'messages': messages,
+                     'bytes': bytes} ORDER BY registered_domain) AS recipient_domains,
                max_by({'domain': registered_domain, 'domain_class': domain_class, 'messages': messages,
                        'bytes': bytes}, {'m': messages, 'b': coalesce(bytes, -1), 'd': registered_domain}, 5)
                    AS top_domains
@@ -825,7 +830,7 @@ def _session_features(con: duckdb.DuckDBPyConnection, messages: str, flow_keyed:
         )
         SELECT keys.sk, keys.uid, keys.first_time, c.messages_sent, c.em_fnum, d.em_dnum, c.em_bsum,
                c.em_bsum_personal, c.em_personal_fnum, net.net_flows, net.net_bytes_out, net.net_bytes_in,
-               d.top_domains, r.top_recipients, ev.largest_messages, ev.largest_personal_messages
+               d.recipient_domains, d.top_domains, r.top_recipients, ev.largest_messages, ev.largest_personal_messages
         FROM keys
         LEFT JOIN {mail_counts} c USING (sk) LEFT JOIN {top_domains} d USING (sk)
         LEFT JOIN {top_recipients} r USING (sk) LEFT JOIN net USING (sk) LEFT JOIN {evidence} ev USING (sk)
@@ -894,7 +899,7 @@ def _closed_sessions(con: duckdb.DuckDBPyConnection, target: str, vpn_ids: str, 
                coalesce(f.em_bsum_personal, 0) AS em_bsum_personal, coalesce(f.em_personal_fnum, 0) AS em_personal_fnum,
                coalesce(f.net_flows, 0) AS net_flows, coalesce(f.net_bytes_out, 0) AS net_bytes_out,
                coalesce(f.net_bytes_in, 0) AS net_bytes_in,
-               coalesce(f.top_domains, []) AS top_domains, coalesce(f.top_recipients, []) AS top_recipients,
+               coalesce(f.recipient_domains, []) AS recipient_domains, coalesce(f.top_domains, []) AS top_domains, coalesce(f.top_recipients, []) AS top_recipients,
                coalesce(f.largest_messages, []) AS largest_messages,
                coalesce(f.largest_personal_messages, []) AS largest_personal_messages
         FROM all_sessions s

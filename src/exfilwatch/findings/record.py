@@ -62,7 +62,7 @@ def findings_from_rows(detection: Detection, rows: list[dict[str, Any]], tz: str
     for row in rows:
         fields = {name: plain(value) for name, value in row.items()}
         objects = [
-            {"field": obj.field, "value": fields.get(obj.field), "type": obj.type, "score": detection.risk.score_of(obj)}
+            {"field": obj.field, "value": fields.get(obj.field), "type": obj.type, "score": detection.risk.score_of(obj, fields)}
             for obj in detection.risk.objects
         ]
         value = fields.get(detection.finding.value) if detection.finding.value else None

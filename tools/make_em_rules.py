@@ -1,0 +1,291 @@
+"""Write the `search:` of the four per-user email session rules from one template.
+
+EM-FNum, EM-DNum, EM-BSum and EM-BSum-personal judge one feature each with the same model (the
+user's own sessions, the peer group, the domains new to the user); only the feature, how its
+numbers read (a count or a size in MB) and the evidence columns differ. The template below is
+the one place that logic lives; tests/test_session_models.py checks that every rule's YAML holds
+exactly what this script writes.
+
+    python tools/make_em_rules.py      # rewrites the search of src/exfilwatch/content/detections/em_*/
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "src" / "exfilwatch" / "content" / "detections"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    label: str
+    feature: str
+    unit: str            # "count" or "bytes"
+    noun: str            # what the count counts ("messages"), or "" for sizes
+    new_value: str       # SQL over `nv` (the session's domains new to the user): the part of the value that went to them
+    columns: str         # the rule's own output columns, after the feature
+    evidence: str        # the evidence columns, in the order an analyst reads them
+
+
+RULES = (
+    Rule("em_fnum", "EM-FNum", "em_fnum", "count", "messages",
+         "least(coalesce(nv.new_domain_messages, 0), j.em_fnum)", "",
+         "top_recipients, top_domains, largest_messages"),
+    Rule("em_dnum", "EM-DNum", "em_dnum", "count", "domains",
+         "coalesce(nv.new_domains, 0)", " em_fnum,",
+         "top_domains, top_recipients"),
+    Rule("em_bsum", "EM-BSum", "em_bsum", "bytes", "",
+         "least(coalesce(nv.new_domain_bytes, 0), j.em_bsum)", " em_fnum,",
+         "largest_messages, top_domains, top_recipients"),
+    Rule("em_bsum_personal", "EM-BSum-personal", "em_bsum_personal", "bytes", "",
+         "least(coalesce(nv.new_personal_bytes, 0), j.em_bsum_personal)", " em_personal_fnum, em_bsum,",
+         "largest_personal_messages, top_recipients, top_domains"),
+)
+
+
+def readable(rule: Rule, expr: str, bound: bool = False) -> str:
+    """SQL text of a number as an analyst reads it: an integer count ("at most" a threshold: its
+    floor), or megabytes with one decimal."""
+    if rule.unit == "bytes":
+        return f"CAST(round(({expr}) / 1000000, 1) AS VARCHAR) || ' MB'"
+    rounding = "floor" if bound else "round"
+    return f"CAST(CAST({rounding}({expr}) AS BIGINT) AS VARCHAR)"
+
+
+def times(expr: str) -> str:
+    """SQL text of a ratio: one decimal."""
+    return f"CAST(round({expr}, 1) AS VARCHAR)"
+
+
+TEMPLATE = """\
+WITH judged AS (
+    -- the sessions that closed in this run's window: each is judged once
+    SELECT * FROM user_sessions WHERE _time >= $earliest AND _time < $latest
+), history AS (
+    -- the model: the same user's earlier sessions in the model window (as long as from $history
+    -- to now: 90 days) in which they sent mail (a session with no mail at all says nothing
+    -- about how much mail they send)
+    SELECT j.session_key, CAST(h.{feature} AS DOUBLE) AS v
+    FROM judged j JOIN user_sessions h
+      ON h.user = j.user AND h._time < j._time AND h._time >= j._time - ($now - $history)
+    WHERE h.messages_sent > 0
+), stats AS (
+    SELECT session_key, count(*) AS n, avg(v) AS mean, stddev_samp(v) AS stdev, var_samp(v) AS variance,
+           median(v) AS median, quantile_cont(v, 0.95) AS p95, max(v) AS max, median(ln(1 + v)) AS log_median
+    FROM history GROUP BY session_key
+), model AS (
+    SELECT s.*,
+           -- robust: median absolute deviation of log1p(v), scaled to a standard deviation, floored
+           greatest(1.4826 * median(abs(ln(1 + h.v) - s.log_median)), $robust_min_scale) AS log_scale,
+           -- gamma by moments: shape = mean^2 / variance
+           CASE WHEN s.variance > 0 AND s.mean > 0 THEN s.mean * s.mean / s.variance END AS shape
+    FROM stats s JOIN history h USING (session_key)
+    GROUP BY ALL
+), peer_days AS (
+    -- the peer group is the department; one peer model per department and UTC day judged
+    SELECT DISTINCT department, date_trunc('day', _time) AS day FROM judged WHERE department IS NOT NULL
+), peers AS (
+    -- the department's sessions with mail in the model window before that day
+    SELECT p.department, p.day, count(*) AS peer_sessions, count(DISTINCT h.user) AS peer_users,
+           median(CAST(h.{feature} AS DOUBLE)) AS peer_median,
+           quantile_cont(CAST(h.{feature} AS DOUBLE), 0.95) AS peer_p95
+    FROM peer_days p JOIN user_sessions h
+      ON h.department = p.department AND h._time < p.day AND h._time >= p.day - ($now - $history)
+    WHERE h.messages_sent > 0
+    GROUP BY p.department, p.day
+), session_domains AS (
+    -- each external domain a judged session mailed
+    SELECT session_key, user, _time, d.domain AS domain, d.domain_class AS domain_class,
+           d.messages AS messages, d.bytes AS bytes
+    FROM (SELECT session_key, user, _time, unnest(recipient_domains) AS d FROM judged)
+), earlier_domains AS (
+    SELECT user, _time, d.domain AS domain
+    FROM (SELECT user, _time, unnest(recipient_domains) AS d FROM user_sessions
+          WHERE _time >= $earliest - ($now - $history) AND _time < $latest)
+), known_domains AS (
+    -- those the user already mailed in an earlier session of the model window
+    SELECT DISTINCT s.session_key, s.domain
+    FROM session_domains s JOIN earlier_domains e
+      ON e.user = s.user AND e.domain = s.domain AND e._time < s._time AND e._time >= s._time - ($now - $history)
+), novelty AS (
+    -- the session's domains new to the user: a stronger sign than volume to known partners
+    SELECT s.session_key, count(*) AS new_domains, sum(s.messages) AS new_domain_messages,
+           sum(s.bytes) AS new_domain_bytes,
+           coalesce(sum(CASE WHEN s.domain_class = 'personal' THEN s.bytes END), 0) AS new_personal_bytes
+    FROM session_domains s LEFT JOIN known_domains k ON k.session_key = s.session_key AND k.domain = s.domain
+    WHERE k.domain IS NULL
+    GROUP BY s.session_key
+), quantile AS (
+    -- z such that P(Z > z) = $tail_probability (Abramowitz & Stegun 26.2.23, |error| < 4.5e-4)
+    SELECT t - (2.515517 + 0.802853 * t + 0.010328 * t * t)
+               / (1 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t) AS z_tail
+    FROM (SELECT sqrt(-2 * ln($tail_probability)) AS t)
+), data_start AS (
+    -- the first session in the data: before $warmup_days of data everyone would be "first-time"
+    SELECT min(_time) AS first_close FROM user_sessions WHERE _time >= $history
+), scored AS (
+    SELECT j.*, CAST(j.{feature} AS DOUBLE) AS value, coalesce(m.n, 0) AS model_sessions,
+           m.mean, m.stdev, m.median, m.p95, m.max, m.log_median, m.log_scale, m.shape, q.z_tail,
+           coalesce(nv.new_domains, 0) AS new_domains, CAST({new_value} AS DOUBLE) AS new_value,
+           pr.peer_sessions, pr.peer_users, pr.peer_median, pr.peer_p95,
+           CASE WHEN pr.peer_users >= $peer_minimum_users AND $peer_multiple > 0
+                THEN $peer_multiple * pr.peer_p95 END AS peer_threshold,
+           j._time >= d.first_close + to_days($warmup_days) AS warmed_up,
+           CASE WHEN m.n IS NULL THEN NULL
+                WHEN $method = 'zscore' THEN m.mean + $threshold * coalesce(m.stdev, 0)
+                WHEN $method = 'robust' THEN exp(m.log_median + $threshold * m.log_scale) - 1
+                -- gamma: the (1 - tail) quantile by the Wilson-Hilferty cube-root normal approximation
+                WHEN $method = 'gamma' THEN
+                    CASE WHEN m.shape IS NULL THEN m.mean
+                         ELSE m.mean * pow(greatest(1 - 1 / (9 * m.shape) + q.z_tail / (3 * sqrt(m.shape)), 0), 3)
+                    END
+           END AS model_threshold
+    FROM judged j LEFT JOIN model m USING (session_key) LEFT JOIN novelty nv USING (session_key)
+    LEFT JOIN peers pr ON pr.department = j.department AND pr.day = date_trunc('day', j._time)
+    CROSS JOIN quantile q CROSS JOIN data_start d
+), judged_rows AS (
+    SELECT *,
+           -- a user with a thin history (a new hire, a new mailbox) is judged against the peer group
+           -- until their own model converges; without one, only a first session can fire, at its floor
+           CASE WHEN model_sessions >= $minimum_sessions THEN 'model'
+                WHEN peer_threshold IS NOT NULL THEN 'peers'
+                WHEN model_sessions = 0 THEN 'first-time'
+                ELSE 'not-converged' END AS model_state,
+           CASE $method
+                WHEN 'zscore' THEN (value - mean) / nullif(stdev, 0)
+                WHEN 'robust' THEN (ln(1 + value) - log_median) / log_scale
+                WHEN 'gamma' THEN ((value / nullif(mean, 0)) ** (1.0 / 3) - (1 - 1 / (9 * shape)))
+                                  * 3 * sqrt(shape)
+           END AS deviation,
+           -- the model's threshold stays within a sane multiple of what the user really sends: for a
+           -- user whose sessions vary tenfold, exp(k x scale) is hundreds of times the median. The
+           -- cap never goes below the robust threshold of a steady user (scale at its floor), so it
+           -- lowers only thresholds that a wide spread inflated
+           CASE WHEN $cap_multiple > 0
+                THEN least(model_threshold, greatest($cap_multiple * max,
+                           CASE WHEN $method = 'robust' THEN exp(log_median + $threshold * $robust_min_scale) - 1
+                                ELSE 0 END))
+                ELSE model_threshold END AS capped_threshold
+    FROM scored
+), bounded AS (
+    -- the threshold that applies: the user's (capped) model's, raised by the absolute floor (and the
+    -- user's largest earlier session x $max_factor); the peer group's while the user's model has
+    -- not converged; for a first session without peers, the first-time floor
+    SELECT *,
+           CASE model_state
+                WHEN 'first-time' THEN greatest($first_time_floor, $floor)
+                WHEN 'peers' THEN greatest(peer_threshold, $floor)
+                ELSE greatest(capped_threshold, $floor, $max_factor * coalesce(max, 0)) END AS applied_threshold,
+           CASE WHEN model_state = 'first-time' THEN 'first-time floor'
+                WHEN model_state = 'peers' AND peer_threshold >= $floor THEN 'peer group'
+                WHEN model_state = 'peers' THEN 'absolute floor'
+                WHEN capped_threshold >= greatest($floor, $max_factor * coalesce(max, 0))
+                    THEN CASE WHEN capped_threshold < model_threshold THEN 'cap' ELSE 'model' END
+                WHEN $floor >= $max_factor * coalesce(max, 0) THEN 'absolute floor'
+                ELSE 'largest earlier session' END AS threshold_kind,
+           -- what went to domains new to the user fires from a multiple of the user's p95 session
+           CASE WHEN model_state = 'model' AND $new_domain_multiple > 0
+                THEN greatest($new_domain_multiple * p95, $floor) END AS new_domain_threshold
+    FROM judged_rows
+), fired AS (
+    SELECT *,
+           greatest(value / nullif(applied_threshold, 0), coalesce(new_value / nullif(new_domain_threshold, 0), 0))
+               AS times_over,
+           CASE WHEN value > 0 THEN least(new_value / value, 1) ELSE 0 END AS new_share,
+           model_state = 'model' AND peer_threshold IS NOT NULL AND value > greatest(peer_threshold, $floor)
+               AS above_peers
+    FROM bounded
+    -- before $warmup_days of data everyone has a thin history and the peer models are young
+    WHERE ((model_state = 'model' OR (model_state IN ('peers', 'first-time') AND warmed_up))
+           AND value > applied_threshold)
+       OR new_value > new_domain_threshold
+)
+SELECT user, department, session_key AS session_id, session_kind, session_start, session_end, _time,
+       end_reason, boundary_source, vpn_session_id, src_ip, assigned_ip,
+       '{label}' AS feature, CAST({feature} AS BIGINT) AS {feature},{columns}
+       $method AS method, model_state, model_sessions,
+       round(mean, 2) AS model_mean, round(stdev, 2) AS model_stdev, round(median, 2) AS model_median,
+       round(p95, 2) AS model_p95, round(max, 2) AS model_max, round(model_threshold, 2) AS model_threshold,
+       round(applied_threshold, 2) AS threshold, threshold_kind,
+       round(value / nullif(applied_threshold, 0), 2) AS times_threshold,
+       round(value - applied_threshold, 2) AS above_threshold,
+       round(deviation, 2) AS deviation,
+       CASE $method WHEN 'zscore' THEN 'standard deviations above the mean'
+                    WHEN 'robust' THEN 'scaled MADs of log(1+x) above the median'
+                    ELSE 'normal quantile of the gamma tail' END AS deviation_unit,
+       round(value / nullif(median, 0), 1) AS times_usual,
+       new_domains, CAST(new_value AS BIGINT) AS new_domain_value, round(new_domain_threshold, 2) AS new_domain_threshold,
+       value > applied_threshold AS above_user_threshold, new_value > coalesce(new_domain_threshold, new_value) AS above_new_domain_threshold,
+       department AS peer_group, peer_users, peer_sessions, round(peer_median, 2) AS peer_median,
+       round(peer_p95, 2) AS peer_p95, round(peer_threshold, 2) AS peer_threshold, coalesce(above_peers, false) AS above_peers,
+       -- the risk score grows with how far above the threshold (up to twice), with the share that
+       -- went to domains new to the user (up to twice), and by half when the peers find it abnormal too
+       -- (at most 3 times the rule's score in all)
+       round(least(least(greatest(times_over, 1), 2) * (1 + new_share) * CASE WHEN above_peers THEN 1.5 ELSE 1 END,
+                   3), 2) AS score_factor,
+       {observed} AS observed,
+       CASE model_state
+            WHEN 'first-time' THEN 'no earlier session: a first session fires above ' || {applied}
+            WHEN 'peers' THEN 'at most ' || {applied} || ' (' || threshold_kind || ': '
+                 || CAST($peer_multiple AS VARCHAR) || ' times the p95 of the ' || peer_sessions || ' sessions of '
+                 || peer_users || ' users in ' || department || ', the user having ' || model_sessions
+                 || ' of their own)'
+            ELSE 'at most ' || {applied} || ' (' || threshold_kind || '; ' || $method
+                 || ' model of ' || model_sessions || ' sessions: median ' || {median}
+                 || ', p95 ' || {p95} || ', max ' || {max} || ')'
+       END AS expected,
+       {observed}
+       || CASE WHEN median > 0 THEN ', ' || {times_usual} || ' times the usual ' || {median} ELSE '' END
+       || CASE WHEN value > applied_threshold THEN ', ' || {times_threshold} || ' times the threshold ' || {applied}
+               ELSE '' END
+       || CASE WHEN new_domains > 0 THEN {novelty} ELSE '' END
+       || CASE WHEN new_value > new_domain_threshold THEN ' (fires above ' || {new_threshold} || ', '
+               || CAST($new_domain_multiple AS VARCHAR) || ' times the p95)' ELSE '' END
+       || CASE WHEN above_peers THEN '; also above the peer group ' || department || ' (' || {peer_threshold} || ')'
+               ELSE '' END AS explanation,
+       {evidence}
+FROM fired
+ORDER BY user, session_start
+"""
+
+
+def search(rule: Rule) -> str:
+    r = lambda expr, bound=False: readable(rule, expr, bound)  # noqa: E731
+    noun = f" || ' {rule.noun}'" if rule.noun else ""
+    return TEMPLATE.format(
+        feature=rule.feature, label=rule.label, columns=rule.columns, evidence=rule.evidence,
+        new_value=rule.new_value,
+        observed=r("value") + noun, applied=r("applied_threshold", bound=True), median=r("median"), p95=r("p95"),
+        max=r("max"), times_usual=times("value / median"), times_threshold=times("value / applied_threshold"),
+        novelty=("'; ' || new_domains || ' of them new to the user'" if rule.feature == "em_dnum" else
+                 "'; ' || " + r("new_value") + noun + " || ' to domains new to the user (' || new_domains || ')'"),
+        new_threshold=r("new_domain_threshold", bound=True),
+        peer_threshold=r("greatest(peer_threshold, $floor)", bound=True),
+    )
+
+
+def yaml_block(rule: Rule) -> str:
+    return "search: |\n" + "".join(f"  {line}\n" if line else "\n" for line in search(rule).splitlines())
+
+
+def rewrite(path: Path, rule: Rule) -> bool:
+    text = path.read_text()
+    new = re.sub(r"^search: \|\n(?:(?:  .*)?\n)*?(?=^\S)", lambda _: yaml_block(rule), text, count=1, flags=re.M)
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+def main() -> int:
+    for rule in RULES:
+        if rewrite(ROOT / rule.id / "detection.yml", rule):
+            print(f"rewrote {rule.id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
