@@ -263,8 +263,8 @@ def test_an_episode_is_one_incident_that_grows_and_a_later_one_is_new(tmp_path):
     assert (incident["severity"], incident["score"], len(incident["event_keys"])) == ("high", 310, 3)
     again = step([], t0 + timedelta(hours=12))
     assert (again.new, again.updated) == (0, 0)
-    # two days later, new events that share nothing with it: a second incident
-    t2 = t0 + timedelta(days=3)
+    # after the quiet period (4 days without risk), new events that share nothing with it: a second incident
+    t2 = t0 + timedelta(days=6)
     second = step([_finding("a", "alice", t2, 70), _finding("d", "alice", t2, 40)], t2 + timedelta(hours=2))
     assert second.new == 1
     assert [i["score"] for i in stored_incidents(state)] == [310, 110]

@@ -46,10 +46,7 @@ def record(state: StateStore, *, actor: str, now: datetime, action: str, object_
     row = (now.isoformat(), actor.strip(), action, object_type, str(object_id),
            None if before is None else dumps(before), None if after is None else dumps(after))
     sql = "INSERT INTO audit (at, actor, action, object_type, object_id, before, after) VALUES (?,?,?,?,?,?,?)"
-    if state.conn.in_transaction:
-        state.conn.execute(sql, row)
-        return
-    with state.transaction() as db:
+    with state.atomic() as db:
         db.execute(sql, row)
 
 

@@ -140,6 +140,16 @@ class StateStore:
             raise
         self.conn.execute("COMMIT")
 
+    @contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """The caller's open transaction, or a new one: a change made of several writes uses it, so
+        that a caller can make several such changes one (all or none)."""
+        if self.conn.in_transaction:
+            yield self.conn
+            return
+        with self.transaction() as db:
+            yield db
+
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()
 

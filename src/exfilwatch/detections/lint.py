@@ -14,7 +14,8 @@ Errors fail the lint (and `make test`); warnings are printed. Per detection file
   every column the finding key, the risk objects and the risk message's `$field$`s name (a
   correlation rule must also output `event_keys`, the risk events behind each row);
 - every `$parameter` the SQL uses is declared (or is a run time parameter); a declared parameter
-  the SQL never uses is a warning; parameter defaults have their declared type;
+  the SQL never uses is a warning (but an incident rule's `quiet_period`, which the incident step
+  reads); parameter defaults have their declared type, and a `quiet_period` is a time offset;
 - the schedule's cron expression and its earliest/latest time modifiers parse (and `judged_from`
   names a time parameter), and so do the
   defaults of `time` parameters;
@@ -41,8 +42,8 @@ from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import TimeModifierError, relative_time
 from exfilwatch.detections.runner import compiled_sql, sql_parameters
-from exfilwatch.detections.schema import (TIME_PARAMETERS, Detection, DetectionError, detection_files, load_detection,
-                                         template_fields)
+from exfilwatch.detections.schema import (QUIET_PERIOD, TIME_PARAMETERS, Detection, DetectionError, detection_files,
+                                         load_detection, template_fields)
 
 # A fixed instant for parsing checks: lint never reads the clock.
 _LINT_NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
@@ -137,8 +138,14 @@ def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnecti
         used = set()
     for name in sorted(used - set(detection.parameters) - set(TIME_PARAMETERS)):
         add("error", "parameters", f"the search uses ${name}, which is not declared under parameters")
-    for name in sorted(set(detection.parameters) - used):
+    read_by_step = {QUIET_PERIOD} if detection.type == "correlation" else set()
+    for name in sorted(set(detection.parameters) - used - read_by_step):
         add("warning", "parameters", f"parameter {name!r} is declared but the search never uses it")
+    if QUIET_PERIOD in read_by_step & set(detection.parameters):
+        try:
+            relative_time(_LINT_NOW, f"-{detection.parameters[QUIET_PERIOD].default}", "UTC")
+        except TimeModifierError as exc:
+            add("error", "parameters", f"parameter {QUIET_PERIOD}: {exc}")
     for name, spec in detection.parameters.items():
         default = spec.default
         if spec.type == "time":

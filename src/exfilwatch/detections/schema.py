@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from exfilwatch.config import ConfigError, read_yaml_file, validation_error
 
 TIME_PARAMETERS = ("now", "earliest", "latest", "today", "timezone")
+# An incident rule's parameter that the incident step reads, not its SQL: how long an entity must be
+# quiet before its next candidate is a new incident (incidents/correlation.py). A time offset
+# without its sign, as in a schedule: 4d, 36h.
+QUIET_PERIOD = "quiet_period"
 
 
 class Strict(BaseModel):

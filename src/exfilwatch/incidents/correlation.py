@@ -3,9 +3,11 @@
 Correlation detections (type `correlation`, `data_model: risk_events`) run over a `risk_events`
 view at each cron fire time since their watermark, like any scheduled detection (the pipeline's
 schedule). Each output row is an incident candidate; it names the risk events behind it
-(`event_keys`). A candidate that shares a risk event with an incident of the same rule and
-object continues that incident (its score and severity can only grow); otherwise it is a new
-incident. So one episode is one incident, however many hourly fires see it.
+(`event_keys`). One incident per entity and episode: a candidate continues the open incident of
+the same rule and object when it shares a risk event with it or comes within the rule's quiet
+period after its last activity (its score and severity can only grow, each update is audited);
+after the incident is closed, or after a quiet period, it is a new incident. So one episode is
+one incident, however many hourly fires see it and however many sessions it spans.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from typing import Any
 
 import duckdb
 
+from exfilwatch import audit
 from exfilwatch.config import Settings
 from exfilwatch.detections.runner import data_range, execute, resolve_parameters, run_window
+from exfilwatch.detections.schema import QUIET_PERIOD
 from exfilwatch.events.engine import _drop_temp, plain
 from exfilwatch.findings.record import display
 from exfilwatch.risk.events import load_risk_events, stored_risk_events
 from exfilwatch.state import StateStore, dumps
+from exfilwatch.timeexpr import as_time, relative_time
 
 SEVERITY_RANK = {"informational": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
 
@@ -38,8 +43,48 @@ class CorrelationResult:
     updated: int = 0
 
 
-def upsert_incident(state: StateStore, detection: Any, row: dict[str, Any], now: datetime, tz: str) -> str:
-    """Store an incident candidate: 'new', 'updated' (continues an incident) or 'unchanged'."""
+# Why 4 days: a slow leak is a few sessions a week, not one every day. Friday evening to Tuesday
+# morning (a weekend and a day of leave) is about 3.5 days without a session, and must not split
+# the episode; a week of silence ends it (the analyst has moved on, and a new incident says so).
+DEFAULT_QUIET_PERIOD = "4d"
+INCIDENT = "incident"  # the audit trail's object type for incidents
+PIPELINE_ACTOR = "exfilwatch"  # who the audit trail says updated an incident the rules continued
+
+
+def _episode_incident(incidents: list[Any], keys: set[str], last: str,
+                      quiet_start: datetime | None) -> tuple[str, Any]:
+    """Which stored incident (of the candidate's rule and object, newest first) a candidate belongs to.
+
+    ('unchanged', closed) when a closed incident already holds all its risk events (closing is the
+    analyst's verdict on them: a later fire that sees them again raises nothing); ('update', open)
+    for the open incident that shares a risk event with it or was active after `quiet_start`;
+    else ('new', None).
+    """
+    for incident in incidents:
+        old = set(json.loads(incident["event_keys"]))
+        same_events = old & keys if keys else incident["last_time"] == last  # keyless rows: by time
+        if incident["status"] == "closed":
+            if (keys <= old) if keys else same_events:
+                return "unchanged", incident
+            continue
+        active = as_time(incident["last_time"])
+        if same_events or (quiet_start is not None and active is not None and active >= quiet_start):
+            return "update", incident
+    return "new", None
+
+
+def upsert_incident(state: StateStore, detection: Any, row: dict[str, Any], now: datetime, tz: str,
+                    quiet_period: str = DEFAULT_QUIET_PERIOD) -> str:
+    """Store an incident candidate: 'new', 'updated' (continues an incident) or 'unchanged'.
+
+    One incident per entity and episode: a candidate continues the open incident of its rule and
+    object when they share a risk event or when that incident's last activity is less than
+    `quiet_period` before the candidate's first; after a closed incident or a quiet period it is a
+    new incident. An update appends the risk events, raises the severity, moves last_time, counts
+    in `updates` and is audited as done by `exfilwatch`. The score of an episode is the sum of its
+    parts that share no risk event (sessions, days); a candidate that overlaps the incident (a
+    sliding window seeing some of the same events) replaces the score only when higher.
+    """
     fields = {name: plain(value) for name, value in row.items()}
     entity = str(fields.get(detection.finding.entity))
     object_type = str(fields.get("risk_object_type") or "other")
@@ -49,40 +94,64 @@ def upsert_incident(state: StateStore, detection: Any, row: dict[str, Any], now:
     score = fields.get(detection.finding.value) if detection.finding.value else None
     severity = str(fields.get("severity") or "medium").lower()
     message = detection.risk_message({name: display(value, tz) for name, value in row.items()})
+    began = as_time(first)
+    quiet_start = relative_time(began, f"-{quiet_period}", tz) if began is not None else None
     with state.transaction() as db:
-        candidates = db.execute(
+        incidents = db.execute(
             "SELECT * FROM incidents WHERE detection_id = ? AND risk_object = ? ORDER BY incident_id DESC LIMIT 20",
             (detection.id, entity),
         ).fetchall()
-        match = None
-        for incident in candidates:
-            old_keys = set(json.loads(incident["event_keys"]))
-            if (keys and old_keys & set(keys)) or (not keys and incident["last_time"] == last):
-                match = incident
-                break
+        outcome, match = _episode_incident(incidents, set(keys), last, quiet_start)
+        if outcome == "unchanged":
+            return outcome
         if match is None:
+            key = f"{detection.id}|{entity}|{first}"
+            taken = db.execute("SELECT count(*) FROM incidents WHERE incident_key = ? OR substr(incident_key, 1, ?) = ?",
+                               (key, len(key) + 1, key + "|")).fetchone()[0]
             db.execute(
                 """INSERT INTO incidents (incident_key, detection_id, risk_object, risk_object_type, severity, score,
                    first_time, last_time, raised_at, updated_at, updates, message, event_keys, fields)
                    VALUES (?,?,?,?,?,?,?,?,?,?,0,?,?,?)""",
-                (f"{detection.id}|{entity}|{first}", detection.id, entity, object_type, severity, score, first, last,
-                 now.isoformat(), now.isoformat(), message, dumps(keys), dumps(fields)),
+                # a new episode that begins with an event of a closed one: its key is still its own
+                (key if not taken else f"{key}|{taken + 1}", detection.id, entity, object_type, severity, score,
+                 first, last, now.isoformat(), now.isoformat(), message, dumps(keys), dumps(fields)),
             )
             return "new"
         old_keys = set(json.loads(match["event_keys"]))
-        grew = (score is not None and (match["score"] is None or score > match["score"])) or not set(keys) <= old_keys
+        old_score = match["score"]
+        if score is not None and keys and not old_keys & set(keys):
+            total = (old_score or 0) + score  # another part of the episode
+        elif score is not None and (old_score is None or score > old_score):
+            total = score
+        else:
+            total = old_score
+        grew = total != old_score or not set(keys) <= old_keys
         escalated = SEVERITY_RANK.get(severity, 0) > SEVERITY_RANK.get(match["severity"], 0)
         if not grew and not escalated:
             return "unchanged"
-        better = score is not None and (match["score"] is None or score >= match["score"])
+        latest = score is not None and total != old_score  # this candidate says what the incident now is
+        after = {"severity": severity if escalated else match["severity"], "score": total,
+                 "first_time": min(match["first_time"], first, key=_instant),
+                 "last_time": max(match["last_time"], last, key=_instant),
+                 "event_keys": sorted(old_keys | set(keys))}
         db.execute(
-            """UPDATE incidents SET severity=?, score=?, first_time=min(first_time, ?), last_time=max(last_time, ?),
-               updated_at=?, updates=updates+1, message=?, event_keys=?, fields=? WHERE incident_id=?""",
-            (severity if escalated else match["severity"], score if better else match["score"], first, last,
-             now.isoformat(), message if better else match["message"], dumps(sorted(old_keys | set(keys))),
-             dumps(fields) if better else match["fields"], match["incident_id"]),
+            """UPDATE incidents SET severity=?, score=?, first_time=?, last_time=?, updated_at=?, updates=updates+1,
+               message=?, event_keys=?, fields=? WHERE incident_id=?""",
+            (after["severity"], total, after["first_time"], after["last_time"], now.isoformat(),
+             message if latest else match["message"], dumps(after["event_keys"]),
+             dumps(fields) if latest else match["fields"], match["incident_id"]),
         )
+        audit.record(state, actor=PIPELINE_ACTOR, now=now, action="update", object_type=INCIDENT,
+                     object_id=str(match["incident_id"]),
+                     before={"severity": match["severity"], "score": old_score, "last_time": match["last_time"],
+                             "risk_events": len(old_keys)},
+                     after={"severity": after["severity"], "score": total, "last_time": after["last_time"],
+                            "risk_events": len(after["event_keys"])})
         return "updated"
+
+
+def _instant(text: str) -> datetime:
+    return as_time(text) or datetime.min.replace(tzinfo=timezone.utc)
 
 
 class RiskEventTimeline:
@@ -129,7 +198,8 @@ def evaluate_fires(con: duckdb.DuckDBPyConnection, state: StateStore, settings: 
                     f"WHERE _available <= TIMESTAMPTZ '{fire.isoformat()}'")
         for row in execute(con, detection, params):
             result.candidates += 1
-            outcome = upsert_incident(state, detection, row, fire, settings.timezone)
+            outcome = upsert_incident(state, detection, row, fire, settings.timezone,
+                                      str(params.get(QUIET_PERIOD, DEFAULT_QUIET_PERIOD)))
             result.new += outcome == "new"
             result.updated += outcome == "updated"
     return result

@@ -5,7 +5,8 @@ disposition (true positive, benign true positive, false positive) that says what
 dispositions of a rule's incidents are its precision. Every change takes who made it (`actor`)
 and when (`now`, never the clock) and writes one audit row (audit.py) in the same transaction,
 so the trail on an incident is complete and never describes a change that did not happen. A
-call that changes nothing writes nothing.
+call that changes nothing writes nothing. Each call joins the caller's open transaction, so
+several changes (assign, then close, then comment) can be made all or none.
 
 The queue (`list_incidents`, `severity_counts`) and one incident (`get_incident`) are what the
 CLI and the console read; both front ends hold no SQL of their own. A bad value (a status, a
@@ -21,13 +22,12 @@ from typing import Any
 
 from exfilwatch import audit
 from exfilwatch.errors import UsageError
-from exfilwatch.incidents.correlation import SEVERITY_RANK, decoded_incident
+from exfilwatch.incidents.correlation import INCIDENT, SEVERITY_RANK, decoded_incident
 from exfilwatch.risk.events import stored_risk_events
 from exfilwatch.state import StateStore
 
 STATUSES = ("new", "in_progress", "closed")
 DISPOSITIONS = ("true_positive", "benign_true_positive", "false_positive")
-OBJECT_TYPE = "incident"
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,12 @@ def _where(where: IncidentFilter) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def list_incidents(state: StateStore, where: IncidentFilter = IncidentFilter(), *, limit: int = 200,
+def list_incidents(state: StateStore, where: IncidentFilter = IncidentFilter(), *, limit: int | None = 200,
                    offset: int = 0) -> list[dict[str, Any]]:
-    """The queue: incidents matching `where`, newest (latest activity) first."""
+    """The queue: incidents matching `where`, newest (latest activity) first; `limit` None: all."""
     sql, params = _where(where)
     rows = state.query(f"SELECT * FROM incidents{sql} ORDER BY julianday(last_time) DESC, incident_id DESC "
-                       "LIMIT ? OFFSET ?", (*params, limit, offset))
+                       "LIMIT ? OFFSET ?", (*params, -1 if limit is None else limit, offset))
     return [decoded_incident(row) for row in rows]
 
 
@@ -109,7 +109,7 @@ def get_incident(state: StateStore, incident_id: int) -> dict[str, Any] | None:
     incident["comments"] = [dict(r) for r in state.query(
         "SELECT comment_id, at, author, text FROM incident_comments WHERE incident_id = ? "
         "ORDER BY julianday(at), comment_id", (incident_id,))]
-    incident["audit"] = audit.trail(state, object_type=OBJECT_TYPE, object_id=str(incident_id))
+    incident["audit"] = audit.trail(state, object_type=INCIDENT, object_id=str(incident_id))
     keys = incident["event_keys"]
     events: list[dict[str, Any]] = []
     for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
@@ -122,7 +122,7 @@ def get_incident(state: StateStore, incident_id: int) -> dict[str, Any] | None:
 def _change(state: StateStore, incident_id: int, action: str, after: Callable[[dict[str, Any]], dict[str, Any]], *,
             actor: str, now: datetime) -> None:
     """Set the columns `after(current incident)` returns and audit the change, in one transaction."""
-    with state.transaction() as db:
+    with state.atomic() as db:
         current = _row(state, incident_id)
         changed = after(current)
         before = {name: current[name] for name in changed}
@@ -130,7 +130,7 @@ def _change(state: StateStore, incident_id: int, action: str, after: Callable[[d
             return
         db.execute(f"UPDATE incidents SET {', '.join(f'{name} = ?' for name in changed)} WHERE incident_id = ?",
                    (*changed.values(), incident_id))
-        audit.record(state, actor=actor, now=now, action=action, object_type=OBJECT_TYPE,
+        audit.record(state, actor=actor, now=now, action=action, object_type=INCIDENT,
                      object_id=str(incident_id), before=before, after=changed)
 
 
@@ -166,10 +166,10 @@ def add_comment(state: StateStore, incident_id: int, text: str, *, actor: str, n
     """Add a comment by `actor` to the incident."""
     if not text or not text.strip():
         raise UsageError("a comment must not be empty")
-    with state.transaction() as db:
+    with state.atomic() as db:
         _row(state, incident_id)
         db.execute("INSERT INTO incident_comments (incident_id, at, author, text) VALUES (?,?,?,?)",
                    (incident_id, now.isoformat(), actor, text))
-        audit.record(state, actor=actor, now=now, action="comment", object_type=OBJECT_TYPE,
+        audit.record(state, actor=actor, now=now, action="comment", object_type=INCIDENT,
                      object_id=str(incident_id), after={"text": text})
 

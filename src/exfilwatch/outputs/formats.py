@@ -1,7 +1,8 @@
 """Findings as text for people and programs: rich tables, JSON lines and safe CSV.
 
 Log content reaches these outputs, so CSV cells that a spreadsheet would run as a formula are
-neutralised and terminal control characters are removed before printing.
+neutralised, and table cells are printed as plain text with terminal control characters removed
+(neither an ANSI escape nor rich markup such as `[bold]` in a log field takes effect).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -50,5 +52,5 @@ def print_table(console: Console, title: str, records: list[dict[str, Any]], col
     for column in columns:
         table.add_column(column, overflow="fold")
     for record in records:
-        table.add_row(*(terminal_safe(record.get(column)) for column in columns))
+        table.add_row(*(Text(terminal_safe(record.get(column))) for column in columns))
     console.print(table)

@@ -15,6 +15,7 @@ carries the same `mitre_attack_id` (techniques), `tactics`, `category` and `seve
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,9 @@ def incident_records(state: StateStore, rules: Rules | None = None,
             "last_time": row["last_time"],
             "raised_at": row["raised_at"],
             "updated_at": row["updated_at"],
+            "updates": row["updates"],
+            "status": row["status"],
+            "assignee": row["assignee"],
             "message": row["message"],
             "mitre_attack_id": techniques,
             "tactics": sorted({t for e in events for t in e["tactics"]} | set(tactics_of(techniques))),
@@ -117,12 +121,23 @@ def finding_records(state: StateStore, rules: Rules | None = None) -> list[dict[
 
 
 def delivered_outputs(state: StateStore) -> dict[str, list[str]]:
-    """Per incident key, the outputs it went to ('name (queued)' while not yet acknowledged)."""
-    out: dict[str, list[str]] = {}
+    """Per incident key, the outputs it went to ('name (queued)' while a version of it is not yet acknowledged)."""
+    queued: dict[str, dict[str, bool]] = {}
     for row in state.query("SELECT output, item_key, status FROM deliveries WHERE kind = 'incidents' ORDER BY output"):
-        out.setdefault(row["item_key"], []).append(row["output"] + ("" if row["status"] == "delivered" else " (queued)"))
-    return out
+        outputs = queued.setdefault(_UPDATE_SUFFIX.sub("", row["item_key"]), {})
+        outputs[row["output"]] = outputs.get(row["output"], False) or row["status"] != "delivered"
+    return {key: [name + (" (queued)" if waiting else "") for name, waiting in outputs.items()]
+            for key, outputs in queued.items()}
+
+
+# An incident is delivered when raised and again after each run that updated it (a continued
+# episode: more risk events, a higher score or severity), so that a SIEM or SOAR sees it grow;
+# each version has its own delivery key, `incident_key#updates`. An incident key ends with its
+# first time (or `|n`), never with `#digits`, so the suffix cannot be mistaken for part of it.
+_UPDATE_SUFFIX = re.compile(r"#\d+$")
 
 
 def item_key(kind: str, record: dict[str, Any]) -> str:
-    return record["incident_key"] if kind == "incidents" else record["finding_key"]
+    if kind != "incidents":
+        return record["finding_key"]
+    return f"{record['incident_key']}#{record['updates']}" if record.get("updates") else record["incident_key"]
