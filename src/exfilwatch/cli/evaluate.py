@@ -94,8 +94,11 @@ def generate(
     flows_per_host_day: int | None = typer.Option(None, "--flows-per-host-day"),
     org: bool = typer.Option(False, "--org", help="A whole organisation: VPN, mail and flows, with labelled leaks."),
     users: int = typer.Option(1000, "--users", help="With --org: the number of employees."),
-    mail: str = typer.Option("postfix", "--mail", help="With --org: postfix (maillog) or exchange (message tracking)."),
+    mail: str | None = typer.Option(None, "--mail", help="With --org: postfix (maillog) or exchange (message "
+                                    "tracking); default: the profile's."),
     hosts_per_user: int = typer.Option(1, "--hosts-per-user", help="With --org: workstations per employee."),
+    profile: str = typer.Option("default", "--profile", help="With --org: the kind of organisation: "
+                                "default or varied (see docs/detection-quality.md)."),
 ) -> None:
     """Write a synthetic network with labelled incidents (Zeek conn.log, asset inventory, labels).
 
@@ -107,12 +110,16 @@ def generate(
         raise UsageError(f"--end {end!r}: expected a date such as 2026-10-31") from None
     if org:
         from exfilwatch.synth.org import MAIL_FORMATS, generate_organisation
+        from exfilwatch.synth.profiles import PROFILES
 
-        if mail not in MAIL_FORMATS:
+        if mail is not None and mail not in MAIL_FORMATS:
             raise UsageError(f"--mail must be one of: {', '.join(MAIL_FORMATS)}")
+        if profile not in PROFILES:
+            raise UsageError(f"--profile must be one of: {', '.join(PROFILES)}")
         try:
             made = generate_organisation(out, users=users, days=days, seed=seed, end=last_day, mail=mail,
-                                         hosts_per_user=hosts_per_user, flows_per_host_day=flows_per_host_day)
+                                         hosts_per_user=hosts_per_user, flows_per_host_day=flows_per_host_day,
+                                         profile=profile)
         except ValueError as exc:  # the generator's checks of --users, --days, --hosts-per-user
             raise UsageError(str(exc)) from None
         console.print(f"wrote {made.users} users, {made.sessions} VPN sessions ({made.vpn_log}), {made.messages} "

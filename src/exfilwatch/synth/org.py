@@ -79,7 +79,8 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from exfilwatch.synth.plan import KIND_INBOUND, KIND_NEWSLETTER, KIND_SUBMIT, OrgCase, Organisation, Plan
+from exfilwatch.synth.plan import BILLING_USER, KIND_INBOUND, KIND_NEWSLETTER, KIND_SUBMIT, OrgCase, Organisation, Plan
+from exfilwatch.synth.profiles import profile as named_profile
 from exfilwatch.synth.population import (AGENTS, DEPARTMENTS, EXCHANGE_SERVER, INTERNAL_DOMAIN, MARKETING_SERVER, NEWSLETTER_ADDRESS,
                          NEWSLETTER_USER, SPRAY_NAMES, SUBJECTS, _ip_str, us_holidays)
 from exfilwatch.synth.writers import _text, exchange, postfix, pulse_secure, zeek_conn
@@ -91,6 +92,7 @@ AUTH_SERVER = "Corp AD"
 TECHNIQUE = "T1048.003"
 LABEL_HEADER = ["case_id", "detection_id", "entity", "day", "technique", "expected", "description"]
 MAIL_FORMATS = ("postfix", "exchange")
+VPN_SYSLOG_FORMS = ("rsyslog", "rfc5424", "ics22")
 EXCHANGE_VERSION = "15.02.1118.007"
 EXCHANGE_FIELDS = exchange.FIELDS
 
@@ -421,6 +423,9 @@ def _write_config(org: Organisation, path: Path, assets: list[dict]) -> Path:
     ]
     identities.append({"user": NEWSLETTER_USER, "emails": [NEWSLETTER_ADDRESS], "vpn_accounts": [],
                        "hosts": [MARKETING_SERVER[1]], "department": "marketing"})
+    if org.billing >= 0:
+        identities.append({"user": BILLING_USER, "emails": [org.book.address[org.billing]], "vpn_accounts": [],
+                           "hosts": [], "department": "finance"})
     config = {"timezone": org.tz_name, "assets": assets, "internal_domains": [INTERNAL_DOMAIN],
               "identities": identities}
     path.write_text(
@@ -456,36 +461,43 @@ def generate_organisation(
     days: int = 90,
     seed: int = 1,
     end: date = date(2026, 10, 31),
-    mail: str = "postfix",
+    mail: str | None = None,
     timezone: str = "America/New_York",
     hosts_per_user: int = 1,
     flows_per_host_day: int | None = None,
     network: bool = True,
     syslog_timestamps: str | None = None,
-    vpn_syslog: str = "rsyslog",
+    vpn_syslog: str | None = None,
+    profile: str = "default",
 ) -> OrgDataset:
     """Write a synthetic organisation's VPN, mail and flow logs with labelled cases into `out_dir`.
 
-    `mail`: "postfix" (maillog) or "exchange" (MessageTracking/MSGTRK*.LOG). `network`: include the
-    network generator's flows (exfilwatch.synth.network, `flows_per_host_day` of them per host and
-    day, at least 100) in conn.log; without it (or when it is not installed) conn.log holds the
-    org's own flows: mail submissions plus `flows_per_host_day` (default 6) per block of work.
-    `syslog_timestamps`: "bsd" (`Oct  5 08:59:12`) or "rfc3339" for the maillog; by default
-    "bsd", or "rfc3339" when the period spans New Year (a year-less log over New Year can't be dated
-    from the file's modification time). `vpn_syslog`:
-    "rsyslog" (`<ISO time> vpn01 PulseSecure: <standard message>`) or "rfc5424"
-    (`<134>1 <ISO time> vpn01 PulseSecure: - - - <standard message>`).
+    `profile`: the kind of organisation (synth/profiles.py: `default`, `varied`). `mail`:
+    "postfix" (maillog) or "exchange" (MessageTracking/MSGTRK*.LOG); the profile's by default.
+    `network`: include the network generator's flows (exfilwatch.synth.network,
+    `flows_per_host_day` of them per host and day, at least 100) in conn.log; without it (or when
+    it is not installed) conn.log holds the org's own flows: mail submissions plus
+    `flows_per_host_day` (default 6) per block of work. `syslog_timestamps`: "bsd" (`Oct  5
+    08:59:12`) or "rfc3339" for the maillog; by default "bsd", or "rfc3339" when the period spans
+    New Year (a year-less log over New Year can't be dated from the file's modification time).
+    `vpn_syslog` (the profile's by default): "rsyslog" (`<ISO time> vpn01 PulseSecure: <standard
+    message>`), "rfc5424" (`<134>1 <ISO time> vpn01 PulseSecure: - - - <standard message>`) or
+    "ics22" (Ivanti Connect Secure 22.x: RFC 5424, the session id `sid…` in the messages and in a
+    fourth bracket).
     """
+    chosen = named_profile(profile)
+    mail = mail or chosen.mail
+    vpn_syslog = vpn_syslog or chosen.vpn_syslog
     if mail not in MAIL_FORMATS:
         raise ValueError(f"mail must be one of {', '.join(MAIL_FORMATS)}, not {mail!r}")
     if syslog_timestamps is None:
         syslog_timestamps = "bsd" if (end - timedelta(days=days - 1)).year == end.year else "rfc3339"
     if syslog_timestamps not in ("bsd", "rfc3339"):
         raise ValueError("syslog_timestamps must be 'bsd' or 'rfc3339'")
-    if vpn_syslog not in ("rsyslog", "rfc5424"):
-        raise ValueError("vpn_syslog must be 'rsyslog' or 'rfc5424'")
+    if vpn_syslog not in VPN_SYSLOG_FORMS:
+        raise ValueError(f"vpn_syslog must be one of {', '.join(VPN_SYSLOG_FORMS)}, not {vpn_syslog!r}")
     org = Organisation(users=users, days=days, seed=seed, end=end, timezone=timezone, hosts_per_user=hosts_per_user,
-               flows_per_host_day=flows_per_host_day, network=network, vpn_syslog=vpn_syslog)
+               flows_per_host_day=flows_per_host_day, network=network, vpn_syslog=vpn_syslog, profile=chosen)
     return _write(org, Path(out_dir), mail, syslog_timestamps)
 
 

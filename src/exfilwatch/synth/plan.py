@@ -23,10 +23,13 @@ from exfilwatch.synth.population import (
     SPRAY_NAMES, US, WEBMAIL, EXCHANGE_SERVER, INTERNAL_DOMAIN, _AddressBook, _Zone, _ip, _lognormal, _make_addresses,
     _make_people, _naive_us, _pool_ip, _set_partners, _unique_u32, us_holidays,
 )
+from exfilwatch.synth.profiles import PROFILES, Profile
 from exfilwatch.synth.writers import pulse_secure
 
 KIND_SUBMIT, KIND_INBOUND, KIND_NEWSLETTER = 0, 1, 2
 TAG_NONE, TAG_LEAK, TAG_BURST, TAG_UPLOAD, TAG_MONTH_END, TAG_WEEKLY, TAG_NEWSLETTER = range(7)
+TAG_CAMPAIGN, TAG_BILLING, TAG_NEW_DOMAIN = range(7, 10)
+BILLING_USER = "svc.billing"
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ class Organisation:
 
 
     def __init__(self, users: int, days: int, seed: int, end: date, timezone: str, hosts_per_user: int,
-                 flows_per_host_day: int | None, network: bool, vpn_syslog: str):
+                 flows_per_host_day: int | None, network: bool, vpn_syslog: str,
+                 profile: Profile = PROFILES["default"]):
         if users < 12:
             raise ValueError("an organisation needs at least 12 users (the cases need their own people)")
         if days < 14:
@@ -145,10 +149,19 @@ class Organisation:
         self.network_note = "" if network else "network generator not used: network=False"
         self.vpn_syslog = vpn_syslog
         self.seed = seed
+        self.profile = profile
         self.rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(16)]
-        self.people = _make_people(self.rngs[0], users, hosts_per_user)
+        # the profile's own choices draw from a stream of their own: the default's arrays stay as they were
+        self.profile_rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+        self.people = _make_people(self.rngs[0], users, hosts_per_user, profile.rate_sigma)
         self.book = _AddressBook()
         self.contacts = _make_addresses(self.rngs[1], self.book, self.people)
+        self.billing = self.book.add("billing", INTERNAL_DOMAIN) if profile.billing_mailbox else -1
+        self.part_time: list[int] = []
+        self.always_on: list[int] = []
+        self.heavy: list[int] = []
+        self.campaigners: list[int] = []
+        self.volume_leaker = -1
         # client host names (smtpd's "host[ip]"): 0 unknown (VPN pool, no PTR), then servers, laptops
         self.client_hosts = ["unknown", WEBMAIL[0], MARKETING_SERVER[0]] + [
             f"{name.lower()}.{INTERNAL_DOMAIN}" for name in self.people.laptop]
@@ -165,6 +178,7 @@ class Organisation:
         news_days = self.newsletter(buf)
         self.cases_mail(plan, buf, session_ids)
         self.finance_reports(plan, buf)
+        self.profile_mail(plan, buf, session_ids)
         msgs, rcpts = buf.build()
         self.benign_cases(plan, msgs, news_days)
         return Simulation(plan=plan, session_ids=session_ids, msgs=msgs, rcpts=rcpts)
@@ -198,7 +212,7 @@ class Organisation:
         self.hire = self._pick(rng, taken, (ENGINEERING, MARKETING, SALES))
         self.returner = self._pick(rng, taken, (ENGINEERING, FINANCE, LEGAL, HR))
         finance = [u for u in range(self.U) if people.dept[u] == FINANCE and u not in taken]
-        self.reporters = finance[: max(1, min(4, len(finance)))]
+        self.reporters = finance[: max(1, min(self.profile.finance_reporters, len(finance)))]
         taken.update(self.reporters)
         # the leaker and the uploader never mailed a personal address before
         people.p_personal[[self.leaker, self.uploader]] = 0.0
@@ -231,8 +245,38 @@ class Organisation:
         self.upload_day = self._business_day_near(D - 1 - max(4, D // 5))
         if self.upload_day == self.burst_day:
             self.upload_day = self._business_day_near(self.upload_day - 1)
+        self._cast_profile(taken)
         self.month_end_days = self._month_ends()
         self.week_start_days = self._week_starts()
+
+    def _cast_profile(self, taken: set[int]) -> None:
+        """The profile's people: the volume leaker, heavy users, campaigners, part-time and always-on VPN users."""
+        p, rng, people = self.profile, self.profile_rng, self.people
+        free = [u for u in range(self.U) if u not in taken]
+        rng.shuffle(free)
+        if p.new_domain_volume and free:
+            # an ordinary user (a median rate): fifteen times their day is not an outlier of the whole org
+            median = np.median(people.rate[free])
+            self.volume_leaker = min(free, key=lambda u: abs(people.rate[u] - median))
+            free.remove(self.volume_leaker)
+            people.mode[self.volume_leaker] = REMOTE
+            self.volume_day = self._business_day_near(self.D - 1 - max(3, self.D // 7))
+            if self.volume_day in (self.burst_day, self.upload_day):
+                self.volume_day = self._business_day_near(self.volume_day - 1)
+        self.heavy = [free.pop() for _ in range(min(p.heavy_users, len(free)))]
+        for u in self.heavy:
+            people.rate[u] *= 5.0
+            people.p_attach[u] = max(people.p_attach[u], 0.7)
+            people.p_ext[u] = max(people.p_ext[u], 0.5)
+        if p.campaigns:
+            self.campaigners = [u for u in free if people.dept[u] == MARKETING][:3]
+            free = [u for u in free if u not in self.campaigners]
+        n_part, n_always = int(round(p.part_time_share * self.U)), int(round(p.always_on_share * self.U))
+        self.part_time = free[:n_part]
+        self.always_on = free[n_part:n_part + n_always]
+        for u in self.always_on:
+            people.mode[u] = REMOTE
+            people.hours[u] = 12.5
 
     # -- who works when, and the VPN sessions -----------------------------------------------------
 
@@ -244,10 +288,15 @@ class Organisation:
         pto = rng.random((U, D)) < 0.03
         weekend_work = rng.random((U, D)) < 0.04
         works = employed & ~leave & np.where(self.business[None, :], ~pto, weekend_work & (self.dow[None, :] >= 5))
-        vpn = works & (rng.random((U, D)) < MODE_VPN[people.mode][:, None])
+        chance = MODE_VPN[people.mode]
+        chance[self.part_time] = 0.25
+        chance[self.always_on] = 1.0
+        vpn = works & (rng.random((U, D)) < chance[:, None])
         # the injected cases happen in VPN sessions on working days
         forced = [(self.leaker, d) for d in self.leak_days if self.business[d]]
         forced += [(self.burster, self.burst_day), (self.uploader, self.upload_day)]
+        if self.volume_leaker >= 0:
+            forced.append((self.volume_leaker, self.volume_day))
         for u, d in forced:
             works[u, d] = vpn[u, d] = True
         for u in self.reporters:  # month-end reporting happens, whatever else
@@ -394,7 +443,8 @@ class Organisation:
     def user_mail(self, plan: Plan, buf: _MailBuf) -> None:
         rng, people, U, D = self.rngs[4], self.people, self.U, self.D
         weekend = self.dow >= 5
-        lam = people.rate[:, None] * DOW_FACTOR[self.dow][None, :] * rng.gamma(4.0, 0.25, (U, D))
+        shape = self.profile.day_shape
+        lam = people.rate[:, None] * DOW_FACTOR[self.dow][None, :] * rng.gamma(shape, 1.0 / shape, (U, D))
         lam = np.where(weekend[None, :], lam * 0.4, lam)
         count = np.where(plan.works, rng.poisson(lam), 0)
         count[self.hire, :] = np.where(plan.works[self.hire], np.minimum(count[self.hire], 6), 0)
@@ -567,6 +617,53 @@ class Organisation:
                                 "on the last business day of every month, with weekly reports of the same kind "
                                 "in between"))
 
+    def profile_mail(self, plan: Plan, buf: _MailBuf, session_ids: np.ndarray) -> None:
+        """The profile's own mail: campaigns, the billing mailbox and the volume-to-a-new-domain leak."""
+        rng, people, c = self.profile_rng, self.people, self.contacts
+        for u in self.campaigners:  # every other Wednesday, a campaign to prospects at many companies
+            days = [d for d in range(self.D) if self.dow[d] == 2 and self.business[d] and (d // 7) % 2 == 0
+                    and plan.works[u, d]]
+            for d in days:
+                domains = rng.choice(len(c.other_first), size=int(rng.integers(20, 31)), replace=False)
+                n = int(rng.integers(len(domains), 46))
+                rcpts = [np.array([c.other_first[x] + rng.integers(0, c.other_contacts)]) for x in
+                         np.concatenate([domains, rng.choice(domains, n - len(domains))])]
+                size = _lognormal(rng, 120_000, 0.5, n).astype(np.int64) + 3000
+                self._case_mail(rng, plan, buf, u, d, n, size, rcpts, TAG_CAMPAIGN, vpn_only=False)
+        if self.billing >= 0:  # invoices to customers from the automation server, twice as many at month-end
+            n_partner = len(c.partner_first)
+            for d in (d for d in range(self.D) if self.business[d]):
+                n = int(rng.integers(20, 61)) * (2 if d in self.month_end_days else 1)
+                t = self.zone.to_utc(self.day0_local[d] + (rng.uniform(7.0, 9.0, n) * 3600 * US).astype(np.int64))
+                buf.add(kind=KIND_SUBMIT, sender=np.full(n, self.billing), t0=np.sort(t),
+                        size=_lognormal(rng, 90_000, 0.4, n).astype(np.int64) + 2000,
+                        client_ip=np.full(n, _ip(MARKETING_SERVER[1])), client_host=np.full(n, 2),
+                        nrcpt=np.ones(n, np.int64),
+                        rcpt=c.partner_first[rng.integers(0, n_partner, n)] + rng.integers(0, c.partner_contacts, n),
+                        user=np.full(n, -1), tag=TAG_BILLING)
+        u = self.volume_leaker
+        if u >= 0:
+            # fifteen times the user's usual (median) day, in a few large messages, to one company never mailed
+            mine = [(p["t0"][p["user"] == u], p["size"][p["user"] == u]) for p in buf.parts
+                    if p["kind"][0] == KIND_SUBMIT]
+            t = np.concatenate([m[0] for m in mine])
+            size = np.concatenate([m[1] for m in mine])
+            day = (t + self.zone.offset(t) * US - self.day0_local[0]) // (86400 * US)
+            usual = float(np.median(np.bincount(day, weights=size)[np.bincount(day) > 0]))
+            total = 15.0 * usual
+            n = max(2, int(np.ceil(total / 8_000_000)))
+            target = c.burst[-1]
+            sizes = np.full(n, int(total / n), np.int64)
+            sessions = self._case_mail(rng, plan, buf, u, self.volume_day, n, sizes, [np.array([target])] * n,
+                                       TAG_NEW_DOMAIN)
+            self.cases.append(OrgCase(
+                case_id="new-domain-volume", kind="new-domain-volume", user=people.names[u], expected="fire",
+                days=(self.dates[self.volume_day],), sessions=tuple(f"{session_ids[i]:08x}" for i in sessions),
+                recipients=(self.book.address[target],),
+                description=f"volume to a new business domain: {n} messages, {total / 1e6:.0f} MB in one session "
+                            f"(15 times the user's usual day of {usual / 1e6:.1f} MB) to "
+                            f"{self.book.domains[self.book.domain[target]]}, never mailed before"))
+
     def benign_cases(self, plan: Plan, msgs: dict[str, np.ndarray], news_days: list[int]) -> None:
         people = self.people
         sent_day = np.zeros((self.U, self.D), bool)
@@ -600,6 +697,23 @@ class Organisation:
             case_id="sales-many-domains", kind="sales-many-domains", user=people.names[self.seller], expected="quiet",
             days=days_of(self.seller),
             description="benign: a sales user who mails many customer domains every day"))
+        for u in self.heavy:
+            self.cases.append(OrgCase(
+                case_id="always-heavy", kind="always-heavy", user=people.names[u], expected="quiet", days=days_of(u),
+                description="benign: a user who always sends five times as much as their peers, mostly attachments"))
+        for u in self.campaigners:
+            days = tuple(self.dates[d] for d in range(self.D) if self.dow[d] == 2 and self.business[d]
+                         and (d // 7) % 2 == 0 and plan.works[u, d])
+            self.cases.append(OrgCase(
+                case_id="campaign", kind="campaign", user=people.names[u], expected="quiet", days=days,
+                description="benign: a marketing campaign every other Wednesday, 25-45 messages to 20-30 "
+                            "prospect companies"))
+        if self.billing >= 0:
+            self.cases.append(OrgCase(
+                case_id="billing-mailbox", kind="billing-mailbox", user=BILLING_USER, expected="quiet",
+                days=tuple(self.dates[d] for d in range(self.D) if self.business[d]),
+                description="benign: the billing mailbox mails invoices to customers every business day, twice "
+                            "as many at month-end"))
 
     def vpn_events(self, plan: Plan, session_ids: np.ndarray) -> pa.Table:
         """The appliance's events of every VPN session (and of password spraying), with UTC offsets."""

@@ -231,7 +231,7 @@ def _department_quota(users: int) -> np.ndarray:
     return counts
 
 
-def _make_people(rng: np.random.Generator, users: int, hosts_per_user: int) -> _People:
+def _make_people(rng: np.random.Generator, users: int, hosts_per_user: int, rate_sigma: float = 0.55) -> _People:
     combos = len(FIRST_NAMES) * len(LAST_NAMES)
     picks = rng.choice(combos, size=users, replace=users > combos)
     first = [FIRST_NAMES[i // len(LAST_NAMES)] for i in picks]
@@ -243,7 +243,7 @@ def _make_people(rng: np.random.Generator, users: int, hosts_per_user: int) -> _
         names.append(base if seen[base] == 1 else f"{base}{seen[base]}")
     dept = rng.permutation(np.repeat(np.arange(len(DEPARTMENTS)), _department_quota(users)))
     mode = rng.choice(3, size=users, p=MODE_SHARE)
-    rate = _lognormal(rng, DEPT_MSGS[dept], 0.55)
+    rate = _lognormal(rng, DEPT_MSGS[dept], rate_sigma)
     p_ext = np.clip(DEPT_EXTERNAL[dept] * _lognormal(rng, 1.0, 0.3, users), 0.02, 0.9)
     p_personal = rng.choice([0.0, 0.002, 0.006, 0.02], size=users, p=[0.25, 0.5, 0.2, 0.05])
     p_attach = np.clip(DEPT_ATTACH[dept] * _lognormal(rng, 1.0, 0.3, users), 0.02, 0.8)
