@@ -158,3 +158,24 @@ def committed_rows(home: Path, model: str, columns: str) -> list[tuple]:
         return []
     con = duckdb.connect()
     return con.execute(f"SELECT {columns} FROM read_parquet($f, union_by_name => true)", {"f": files}).fetchall()
+
+
+def metric(served: Served, name: str, **labels: str) -> float:
+    """One sample of the service's /metrics (0 when it has none yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{served.hec}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def status(home: Path) -> str:
+    """What `exfilwatch status` prints for the home."""
+    done = subprocess.run([sys.executable, "-c", "from exfilwatch.cli import app; app()", "--home", str(home),
+                           "status"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC,
+                                                                           "COLUMNS": "200"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout

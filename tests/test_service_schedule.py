@@ -7,7 +7,9 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from exfilwatch.config import Home, parse_settings
+from exfilwatch.detections.schedule import set_watermark
 from exfilwatch.detections.schema import load_detections
+from exfilwatch.home import open_state
 from exfilwatch.service.server import Service
 
 START = datetime(2026, 9, 25, 14, 0, 30, tzinfo=timezone.utc)
@@ -19,10 +21,16 @@ def test_the_scheduler_runs_the_pipeline_once_per_minute_of_its_clock(tmp_path):
     settings = parse_settings({"service": {"schedule": True}}, "test")
     clock = [START]
     service = Service(home, settings, list(load_detections([]).values()), clock=lambda: clock[0])
+    state = open_state(home)
+    set_watermark(state, "em_bsum", START.replace(hour=10, minute=5, second=0))
+    state.close()
 
     def last_run() -> float | None:
         return service.metrics.registry.get_sample_value("exfilwatch_detection_last_run_timestamp",
                                                          {"detection": "em_bsum"})
+
+    def lag(detection: str) -> float | None:
+        return service.metrics.registry.get_sample_value("exfilwatch_detection_lag_seconds", {"detection": detection})
 
     async def until(condition, seconds: float = 60) -> None:
         for _ in range(int(seconds / 0.05)):
@@ -34,11 +42,16 @@ def test_the_scheduler_runs_the_pipeline_once_per_minute_of_its_clock(tmp_path):
     async def main() -> None:
         task = asyncio.create_task(service.serve())
         await until(lambda: last_run() == START.replace(second=0).timestamp())
+        # em_bsum fires at minute 5 of each hour: it last ran the 10:05 fire; at 14:00 the scheduler
+        # runs the missed 11:05, 12:05 and 13:05 fires, and 13:05 is 55 minutes behind
+        assert lag("em_bsum") == 55 * 60
+        assert lag("em_fnum") is None  # never run: no lag to tell
         clock[0] = START + timedelta(seconds=20)  # the same minute: no second run
         await asyncio.sleep(0.3)
         assert last_run() == START.replace(second=0).timestamp()
         clock[0] = START + timedelta(seconds=45)
         await until(lambda: last_run() == (START.replace(second=0) + timedelta(minutes=1)).timestamp())
+        assert lag("em_bsum") == 56 * 60  # a minute later, no new fire: one more minute behind
         service.stop()
         await task
 

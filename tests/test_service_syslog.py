@@ -4,6 +4,7 @@ taking a mixed Pulse Secure + Postfix feed; a line no source claims is quarantin
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -12,8 +13,8 @@ from collections import Counter
 import pytest
 
 from exfilwatch.service.syslog import Framer, FrameError
-from tests.servicekit import (Served, committed_files, committed_rows, committed_users, postfix_lines, pulse_login,
-                              quarantine, service_config, wait_for)
+from tests.servicekit import (Served, committed_files, committed_rows, committed_users, metric, postfix_lines,
+                              pulse_login, quarantine, service_config, status, wait_for)
 
 
 def make_certificate(folder):
@@ -109,3 +110,32 @@ def test_postfix_in_rfc5424_form_over_udp_on_the_auto_port(served):
     rows = wait_for(lambda: [r for r in committed_rows(served.home, "email", "src_user, recipient, \"user\"")
                              if r[0] == "rfc5424@corp.example"])
     assert rows == [("rfc5424@corp.example", ["bob@gmail.com"], "alice")]
+
+
+def test_a_udp_burst_beyond_the_socket_buffer_is_counted_as_dropped(served):
+    """The service is stopped (SIGSTOP) while a burst arrives: the kernel keeps what the socket's
+    buffer holds and drops the rest; every datagram is then either received or counted dropped."""
+    listener = f"udp:{served.port('udp:0')}"
+    received_before = metric(served, "exfilwatch_received_lines_total", listener=listener)
+    dropped_before = metric(served, "exfilwatch_dropped_lines_total", listener=listener)
+    burst = 3000
+    served.process.send_signal(signal.SIGSTOP)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for i in range(burst):
+                udp.sendto(pulse_login(f"burst{i}", i).encode(), ("127.0.0.1", served.port("udp:0")))
+    finally:
+        served.process.send_signal(signal.SIGCONT)
+
+    def accounted() -> tuple[float, float] | None:
+        received = metric(served, "exfilwatch_received_lines_total", listener=listener) - received_before
+        dropped = metric(served, "exfilwatch_dropped_lines_total", listener=listener) - dropped_before
+        return (received, dropped) if received + dropped == burst else None
+
+    received, dropped = wait_for(accounted)
+    assert dropped > 0 and received > 0
+    wait_for(lambda: sum(1 for u in committed_users(served.home) if u.startswith("burst")) == received)
+    table = status(served.home)
+    assert "live from the running service" in table
+    row = next(line for line in table.splitlines() if listener in line)
+    assert str(int(received_before + received)) in row and str(int(dropped_before + dropped)) in row

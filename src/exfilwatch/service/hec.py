@@ -22,6 +22,9 @@ Endpoints and replies are Splunk's, so a sender works unchanged:
   relay writes it; the sources then read it like any syslog line. The `time` also dates
   yearless RFC 3164 timestamps (the year of the event's time).
 
+The same app answers `GET /metrics` (Prometheus text) and `GET /status` (the same as JSON, for
+`exfilwatch status`), without a token, as a Prometheus scrape expects.
+
 Errors are Splunk's codes and statuses: 2 (token required, 401), 3 (invalid authorization,
 401), 4 (invalid token, 403), 5 (no data, 400), 6 (invalid data format, 400, with the
 `invalid-event-number` counted from 0), 7 (a sourcetype the token may not send, 400), 10 (data
@@ -163,7 +166,7 @@ def event_time(event: dict, number: int, received: float) -> float:
 
 
 def create_app(settings: HecSettings, collector: Collector, metrics: Callable[[], bytes] | None = None,
-               clock: Callable[[], float] = time.time) -> FastAPI:
+               status: Callable[[], dict] | None = None, clock: Callable[[], float] = time.time) -> FastAPI:
     tokens = {t.token: t for t in settings.tokens}
     app = FastAPI(title="exfilwatch HEC", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -258,5 +261,10 @@ def create_app(settings: HecSettings, collector: Collector, metrics: Callable[[]
         @app.get("/metrics")
         async def metrics_endpoint() -> Response:
             return Response(metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    if status is not None:
+        @app.get("/status")
+        async def status_endpoint() -> JSONResponse:
+            return JSONResponse(status())
 
     return app

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import sys
@@ -33,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from exfilwatch import pipeline
 from exfilwatch.config import Home, Settings
+from exfilwatch.detections.schedule import watermark
 from exfilwatch.detections.schema import Detection
 from exfilwatch.errors import ExfilwatchError, SourceError, UsageError
 from exfilwatch.events.engine import connect
@@ -44,11 +46,12 @@ from exfilwatch.service.hec import Collector, create_app
 from exfilwatch.events.cursors import spool_position
 from exfilwatch.service.ingester import SPOOL, Ingester
 from exfilwatch.service.spool import FOLDER, Spool
-from exfilwatch.service.syslog import start_listener
+from exfilwatch.service.syslog import kernel_drops, listener_name, start_listener
 from exfilwatch.sources import UnknownFormatError, detect_source, get_source
 
 Clock = Callable[[], datetime]
 TAIL_SECONDS = 1.0
+ANNOUNCEMENT = "service.json"  # in the home while the service runs: its pid and where it answers
 
 
 def wall_clock() -> datetime:
@@ -71,8 +74,8 @@ class Metrics:
         self.received = Counter("exfilwatch_received_lines", "Lines received", ["listener"], registry=r)
         self.peer_received = Counter("exfilwatch_peer_received_lines", "Lines received per peer",
                                      ["listener", "peer"], registry=r)
-        self.dropped = Counter("exfilwatch_dropped_lines", "Lines that could not be spooled (UDP)",
-                               ["listener"], registry=r)
+        self.dropped = Counter("exfilwatch_dropped_lines", "UDP datagrams lost: the socket's buffer was full "
+                               "(counted by the kernel) or the spool could not take them", ["listener"], registry=r)
         self.parsed = Counter("exfilwatch_parsed_lines", "Lines parsed into events", ["source", "listener"], registry=r)
         self.skipped = Counter("exfilwatch_skipped_lines", "Lines skipped (not events)", ["source", "listener"],
                                registry=r)
@@ -84,14 +87,26 @@ class Metrics:
         self.spool_bytes = Gauge("exfilwatch_spool_bytes", "Bytes in the spool's segments", registry=r)
         self.last_run = Gauge("exfilwatch_detection_last_run_timestamp", "When a detection last ran (epoch)",
                               ["detection"], registry=r)
-        self.lag = Gauge("exfilwatch_detection_lag_seconds", "How far a detection's watermark is behind now",
-                         ["detection"], registry=r)
+        self.lag = Gauge("exfilwatch_detection_lag_seconds",
+                         "The scheduler's minute minus the last fire time the detection ran", ["detection"], registry=r)
         self.delivery_queue = Gauge("exfilwatch_delivery_queue", "Items waiting for an output", ["output"],
                                     registry=r)
         self.tailed = Counter("exfilwatch_tailed_lines", "Lines read from tailed files", ["path"], registry=r)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+    def snapshot(self) -> dict[str, list[dict]]:
+        """The metrics as `GET /status` gives them (`exfilwatch status` prints them): per metric
+        name without its `_total`, one entry per label set with its value."""
+        families: dict[str, list[dict]] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith(("_created", "_bucket")):
+                    continue
+                families.setdefault(sample.name.removeprefix("exfilwatch_").removesuffix("_total"), []).append(
+                    {**sample.labels, "value": sample.value})
+        return families
 
 
 class _Server(uvicorn.Server):
@@ -116,6 +131,7 @@ class Service:
         self._appended = 0  # records appended since start (the depth is this minus what was committed)
         self._oldest_pending: float | None = None
         self._next_run: datetime | None = None
+        self._udp_drops: list[list] = []  # [listener, socket, kernel drops counted so far] per UDP listener
         for listener in self.config.syslog:
             self._check_source(listener.source, f"service.syslog {listener.protocol}:{listener.port}")
         for tail in self.config.tail:
@@ -213,12 +229,16 @@ class Service:
             server, port = await start_listener(listener, self.spool_lines, self._dropped, log)
             servers.append(server)
             self.ports[f"{listener.protocol}:{listener.port}"] = port
+            if listener.protocol == "udp":
+                sock = server.get_extra_info("socket")
+                self._udp_drops.append([listener_name(listener, port), sock, kernel_drops(sock) or 0])
+                self.metrics.dropped.labels(listener_name(listener, port))  # shown as 0 until one is lost
             log("listening", protocol=listener.protocol, host=listener.host, port=port, source=listener.source)
         http = None
         http_task = None
         if self.config.hec is not None:
             hec = self.config.hec
-            app = create_app(hec, Collector(self.submit, self.ack_status), self.metrics_text)
+            app = create_app(hec, Collector(self.submit, self.ack_status), self.metrics_text, self.status)
             sock = socket.socket(socket.AF_INET6 if ":" in hec.host else socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((hec.host, hec.port))
@@ -231,11 +251,13 @@ class Service:
                 await asyncio.sleep(0.01)
             log("listening", protocol="hec", host=hec.host, port=self.ports["hec"])
         flusher = asyncio.create_task(self._flusher())
+        self._announce()
         if ready is not None:
             ready(dict(self.ports))
         log("ready", ports=self.ports, home=str(self.home.root))
         await stop.wait()
         log("stopping")
+        (self.home.root / ANNOUNCEMENT).unlink(missing_ok=True)
         for server in servers:
             server.close()
         if http is not None and http_task is not None:
@@ -245,9 +267,35 @@ class Service:
         flusher.cancel()
 
     def metrics_text(self) -> bytes:
+        self._set_spool_gauges()
+        return self.metrics.text()
+
+    def status(self) -> dict:
+        """What `GET /status` answers: the process, the spool, and every metric (Metrics.snapshot)."""
+        self._set_spool_gauges()
+        return {"pid": os.getpid(), "ports": self.ports, "committed": self.ingester.committed,
+                "metrics": self.metrics.snapshot()}
+
+    def _set_spool_gauges(self) -> None:
+        """The gauges and counters read when asked: spool depth and size, the kernel's UDP drops."""
         self.metrics.depth.set(max(0, self._appended - self._consumed))
         self.metrics.spool_bytes.set(self.spool.size_bytes())
-        return self.metrics.text()
+        for entry in self._udp_drops:
+            name, sock, counted = entry
+            now = kernel_drops(sock)
+            if now is not None and now > counted:
+                self.metrics.dropped.labels(name).inc(now - counted)
+                entry[2] = now
+
+    def _announce(self) -> None:
+        """Say in the home where the running service answers (`exfilwatch status` asks it there)."""
+        url = None
+        if self.config.hec is not None:
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.config.hec.host, self.config.hec.host)
+            url = f"http://{f'[{host}]' if ':' in host else host}:{self.ports['hec']}"
+        temporary = self.home.root / (ANNOUNCEMENT + ".new")
+        temporary.write_text(json.dumps({"pid": os.getpid(), "url": url, "ports": self.ports}))
+        temporary.replace(self.home.root / ANNOUNCEMENT)
 
     # --- the worker thread: everything that writes the home ------------------------------------
 
@@ -341,6 +389,10 @@ class Service:
             result = pipeline.run(con, self.state, self.settings, self.catalog, minute, pipeline.Options())
         finally:
             con.close()
+        for detection in self.catalog:  # how far each detection's last fire run is behind this minute
+            last_fire = watermark(self.state, detection.id)
+            if last_fire is not None:
+                self.metrics.lag.labels(detection.id).set((minute - last_fire).total_seconds())
         for run in result.detections:
             self.metrics.last_run.labels(run.detection.id).set(minute.timestamp())
         for report in result.deliveries:

@@ -8,16 +8,21 @@ routed by program tag when batched) and its origin `<protocol>:<port>@<peer addr
 quarantine shows for a line no source claims.
 
 TCP and TLS lines are written to the spool as they arrive (a SIGKILL then loses none of them);
-UDP is best effort: a datagram that cannot be spooled is counted as dropped.
+UDP is best effort: a datagram that cannot be spooled is counted as dropped, and so is one the
+kernel threw away because the socket's receive buffer was full (a burst faster than the service
+reads): `kernel_drops` reads that count for the socket from Linux's /proc/net/udp.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from exfilwatch.config import SyslogListener
 from exfilwatch.service.spool import encode, encode_many
@@ -78,6 +83,23 @@ class Framer:
         """A last line the peer sent without its newline before closing."""
         rest, self.buffer = self.buffer.rstrip(b"\r\n"), b""
         return rest
+
+
+def kernel_drops(sock: socket.socket) -> int | None:
+    """Datagrams the kernel dropped for this socket because its receive buffer was full (the
+    `drops` column of /proc/net/udp and udp6, found by the socket's inode); None where the kernel
+    does not say (not Linux)."""
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) >= 13 and fields[9] == inode:
+                return int(fields[12])
+    return None
 
 
 def listener_name(listener: SyslogListener, port: int) -> str:
