@@ -156,7 +156,10 @@ def test_a_two_week_slow_leak_is_one_incident_updated_by_each_session(baseline, 
     assert updates[0]["after"]["risk_events"] == len(incident["risk_events"])
     assert updates[-1]["before"]["score"] < updates[-1]["after"]["score"]
     # delivered when raised and again after each evening that updated it: the SIEM sees it grow
-    delivered = [json.loads(line) for line in (org.home.root / "incidents.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (org.home.root / "incidents.jsonl").read_text().splitlines()]
+    # every incident rule that fired on the episode raised one incident for it
+    assert all(len({d["incident_id"] for d in lines if d["rule"] == rule}) == 1 for rule in {d["rule"] for d in lines})
+    delivered = [d for d in lines if d["rule"] == RULE]
     assert {d["incident_id"] for d in delivered} == {incident["incident_id"]}
     assert [d["updates"] for d in delivered] == list(range(len(LEAK_DAYS)))
     assert len(delivered[-1]["risk_events"]) == len(incident["risk_events"])
