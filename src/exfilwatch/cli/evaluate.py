@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
 @commands.command()
 def evaluate(
     ctx: typer.Context,
-    labels: Path = typer.Option(..., "--labels", help="labels.csv: case_id,detection_id,entity,day,technique,expected,..."),
+    labels: Path | None = typer.Option(None, "--labels", help="labels.csv: case_id,detection_id,entity,day,technique,"
+                                       "expected,... (or --profiles: generated organisations)"),
     detection: list[str] | None = typer.Option(None, "--detection", help="Rules to evaluate (default: the session rules)."),
     method: list[str] | None = typer.Option(None, "--method", help="Evaluate with this method (repeatable): zscore, robust, gamma."),
     set_: list[str] | None = typer.Option(None, "--set", help="Parameter override NAME=VALUE for every rule that has it."),
@@ -35,11 +36,25 @@ def evaluate(
     until: str | None = typer.Option(None, "--to", help="... up to here (default: the local midnight after the data)."),
     cases: bool = typer.Option(True, "--cases/--no-cases", help="Also list each labelled case and what happened to it."),
     fmt: str = typer.Option("table", "--format", help="table, jsonl or markdown."),
+    profiles: str | None = typer.Option(None, "--profiles", help="Generate and evaluate organisations of these "
+                                        "profiles (comma-separated: default,varied) instead of --labels."),
+    seeds: str = typer.Option("1,2,3", "--seeds", help="With --profiles: the seeds, comma-separated."),
+    users: int = typer.Option(300, "--users", help="With --profiles: employees per organisation."),
+    days: int = typer.Option(75, "--days", help="With --profiles: days per organisation."),
+    end: str = typer.Option("2026-10-31", "--end", help="With --profiles: the last day (local date)."),
+    work: Path | None = typer.Option(None, "--work", help="With --profiles: keep the generated logs and homes "
+                                     "here (default: a temporary folder, removed)."),
 ) -> None:
-    """Replay the session rules over the data and score them against labelled cases."""
+    """Replay the session rules over the data and score them against labelled cases; or, with
+    --profiles, over generated organisations (several seeds each), with the incidents they raise."""
     c = context(ctx)
     chosen = select(c.detections, detection) if detection else [
         d for d in c.detections.values() if d.data_model == "user_sessions"]
+    if profiles is not None:
+        _evaluate_organisations(list(c.detections.values()), chosen, profiles, seeds, users, days, end, work, cases, fmt)
+        return
+    if labels is None:
+        raise UsageError("evaluate needs --labels FILE or --profiles NAMES")
     c.reader()  # held until the command ends: evaluate_command opens its own store under it
     try:
         text = evaluate_command(c.home, c.settings, chosen, labels, method or [], parse_sets(set_),
@@ -48,6 +63,62 @@ def evaluate(
         raise UsageError(f"{exc.filename}: no such file") from None
     if text:
         sys.stdout.write(text)
+
+
+def _number_list(option: str, text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected numbers separated by commas, such as 1,2,3") from None
+    if not values:
+        raise UsageError(f"{option}: at least one value")
+    return values
+
+
+def _evaluate_organisations(catalog: list, rules: list, profiles: str, seeds: str, users: int, days: int, end: str,
+                            work: Path | None, show_cases: bool, fmt: str) -> None:
+    import tempfile
+
+    from exfilwatch.evaluate.organisations import (case_table, evaluate_organisations, incident_table, rule_table,
+                                                   timing_table)
+    from exfilwatch.evaluate.replay import markdown_table
+    from exfilwatch.synth.profiles import PROFILES
+
+    names = [p.strip() for p in profiles.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PROFILES]
+    if unknown or not names:
+        raise UsageError(f"--profiles {profiles!r}: expected names among {', '.join(PROFILES)}")
+    seed_list = _number_list("--seeds", seeds)
+    try:
+        last_day = date.fromisoformat(end)
+    except ValueError:
+        raise UsageError(f"--end {end!r}: expected a date such as 2026-10-31") from None
+    if fmt not in ("table", "markdown"):
+        raise UsageError(f"--format {fmt!r}: expected table or markdown with --profiles")
+    temporary = tempfile.TemporaryDirectory(prefix="exfilwatch-evaluate-") if work is None else None
+    folder = Path(temporary.name) if temporary is not None else work
+    try:
+        with terminal_progress() as progress:
+            try:
+                results = evaluate_organisations(folder, catalog, rules, names, seed_list, users, days, last_day,
+                                                 progress)
+            except ValueError as exc:  # the generator's checks of --users and --days
+                raise UsageError(str(exc)) from None
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    tables = [("session rules (counts of all seeds)", rule_table(results)),
+              ("incidents", incident_table(results))]
+    if show_cases:
+        tables.append(("cases that miss the aim", case_table(results)))
+    tables.append(("time per organisation", timing_table(results)))
+    for title, rows in tables:
+        if fmt == "markdown":
+            sys.stdout.write(f"**{title}**\n\n" + (markdown_table(rows) or "none\n") + "\n")
+        elif rows:
+            print_table(console, title, rows, list(rows[0]))
+        else:
+            console.print(f"{title}: none")
 
 
 @commands.command()

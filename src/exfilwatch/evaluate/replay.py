@@ -34,7 +34,7 @@ import duckdb
 from exfilwatch.config import Settings
 from exfilwatch.detections.runner import RunWindow, data_range, execute, resolve_parameters
 from exfilwatch.features.sessions import build_user_sessions
-from exfilwatch.findings.record import findings_from_rows
+from exfilwatch.findings.record import Finding, findings_from_rows
 from exfilwatch.findings.store import query_findings
 from exfilwatch.detections.schema import Detection
 from exfilwatch.events.engine import expose_models, register_lake_views
@@ -87,6 +87,7 @@ class EvalFinding:
     value: float | None
     message: str
     fields: dict[str, Any] = field(default_factory=dict)
+    record: Finding | None = None  # the finding as a run would store it (replays only)
 
 
 @dataclass
@@ -186,7 +187,7 @@ def replay(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings
                 s_start = datetime.fromisoformat(f["session_start"])
                 s_end = datetime.fromisoformat(f["session_end"])
                 out.append(EvalFinding(detection.id, finding.entity, finding.bucket,
-                                       _local_days(s_start, s_end, zone), finding.value, finding.message, f))
+                                       _local_days(s_start, s_end, zone), finding.value, finding.message, f, finding))
         lo = hi
     return out, sessions
 
