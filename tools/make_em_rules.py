@@ -178,11 +178,14 @@ WITH judged AS (
     SELECT *,
            CASE model_state
                 WHEN 'first-time' THEN greatest($first_time_floor, $floor)
-                WHEN 'peers' THEN greatest(peer_threshold, $floor)
+                -- a thin history cannot set a threshold, but it shows what the user already did
+                -- (a weekly newsletter's eighth send is not news)
+                WHEN 'peers' THEN greatest(peer_threshold, $floor, coalesce(max, 0))
                 ELSE greatest(capped_threshold, $floor, $max_factor * coalesce(max, 0)) END AS applied_threshold,
            CASE WHEN model_state = 'first-time' THEN 'first-time floor'
-                WHEN model_state = 'peers' AND peer_threshold >= $floor THEN 'peer group'
-                WHEN model_state = 'peers' THEN 'absolute floor'
+                WHEN model_state = 'peers' AND peer_threshold >= greatest($floor, coalesce(max, 0)) THEN 'peer group'
+                WHEN model_state = 'peers' AND $floor >= coalesce(max, 0) THEN 'absolute floor'
+                WHEN model_state = 'peers' THEN 'largest earlier session'
                 WHEN capped_threshold >= greatest($floor, $max_factor * coalesce(max, 0))
                     THEN CASE WHEN capped_threshold < model_threshold THEN 'cap' ELSE 'model' END
                 WHEN $floor >= $max_factor * coalesce(max, 0) THEN 'absolute floor'
@@ -222,11 +225,12 @@ SELECT user, department, session_key AS session_id, session_kind, session_start,
        value > applied_threshold AS above_user_threshold, new_value > coalesce(new_domain_threshold, new_value) AS above_new_domain_threshold,
        department AS peer_group, peer_users, peer_sessions, round(peer_median, 2) AS peer_median,
        round(peer_p95, 2) AS peer_p95, round(peer_threshold, 2) AS peer_threshold, coalesce(above_peers, false) AS above_peers,
-       -- the risk score grows with how far above the threshold (up to twice), with the share that
-       -- went to domains new to the user (up to twice), and by half when the peers find it abnormal too
-       -- (at most 3 times the rule's score in all)
-       round(least(least(greatest(times_over, 1), 2) * (1 + new_share) * CASE WHEN above_peers THEN 1.5 ELSE 1 END,
-                   3), 2) AS score_factor,
+       -- the risk score grows with how far above the threshold (by up to half, at twice it), with
+       -- the share that went to domains new to the user (up to twice) and by a quarter when the
+       -- peers find it abnormal too; at most 3 times the rule's score. Without new domains one
+       -- rule stays under the notable 90 however large the value: size alone is not a leak
+       round(least((1 + 0.5 * least(greatest(times_over - 1, 0), 1)) * (1 + new_share)
+                   * CASE WHEN above_peers THEN 1.25 ELSE 1 END, 3), 2) AS score_factor,
        {observed} AS observed,
        CASE model_state
             WHEN 'first-time' THEN 'no earlier session: a first session fires above ' || {applied}

@@ -49,7 +49,8 @@ class RiskObject(Strict):
     type: Literal["user", "system", "other"]
     score: float | None = None  # else impact x confidence / 100
     # an output column multiplying `score` per finding (a score that grows with how abnormal the
-    # value is, as Splunk RBA's risk_score field); a missing or non-numeric value counts as 1
+    # value is, as Splunk RBA's risk_score field), up to 100, the top of the risk score scale; a
+    # missing or non-numeric value counts as 1
     score_factor: str | None = None
 
 
@@ -63,7 +64,7 @@ class Risk(Strict):
         base = obj.score if obj.score is not None else self.impact * self.confidence / 100
         factor = (fields or {}).get(obj.score_factor) if obj.score_factor else None
         if isinstance(factor, (int, float)) and not isinstance(factor, bool):
-            return round(base * factor, 2)
+            return round(min(base * factor, max(base, 100.0)), 2)
         return base
 
 

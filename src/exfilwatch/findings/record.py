@@ -50,11 +50,15 @@ class Finding:
 
 
 def display(value: Any, tz: str) -> Any:
-    """A value as an analyst reads it in a message: times on the local clock."""
+    """A value as an analyst reads it in a message: times on the local clock, a whole number
+    without decimals, any other number with two at most (the fields keep the exact value)."""
     if isinstance(value, datetime):
         local = value.astimezone(ZoneInfo(tz))
         return local.strftime("%Y-%m-%d" if local.time() == datetime.min.time() else "%Y-%m-%d %H:%M %Z")
-    return plain(value)
+    value = plain(value)
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else round(value, 2)
+    return value
 
 
 def findings_from_rows(detection: Detection, rows: list[dict[str, Any]], tz: str) -> list[Finding]:
