@@ -198,7 +198,7 @@ def cap_long_fields(con: duckdb.DuckDBPyConnection, model: DataModel, events: st
     return f"(SELECT {listed} FROM {events})", [note]
 
 
-def with_origins(events: str, origins: pa.Array | None, origin_prefix: str) -> str:
+def with_origins(events: str, origins: pa.Array | pa.ChunkedArray | None, origin_prefix: str) -> str:
     """The relation `events` with the model's `origin` column: each event gets the origin of the
     line its `raw_ref` names (`<origin>:<line_no>`), null when there are none (files, syslog) or
     its line was in an earlier batch (a Postfix message completed now)."""
@@ -213,7 +213,7 @@ def with_origins(events: str, origins: pa.Array | None, origin_prefix: str) -> s
 
 def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[str], cursor: Cursor,
                  target: IngestTarget, options: ReadOptions = ReadOptions(),
-                 origins: Sequence[str | None] | None = None) -> BatchReport:
+                 origins: pa.Array | pa.ChunkedArray | Sequence[str | None] | None = None) -> BatchReport:
     """Parse one batch of lines with `source`, write it to the lake and commit it with the cursor.
 
     `lines` is an Arrow string array (a line may still end with its newline) or a list of str.
@@ -232,7 +232,10 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
     ctx = ParseContext(origin=cursor.name, settings=target.settings, header_lines=header_lines,
                        source_tz=options.source_tz or target.settings.timezone, year=year,
                        reference_time=reference_time, state=source_state, mapping=options.mapping)
-    origin_array = None if origins is None else pa.array(origins, pa.string())
+    if origins is None or isinstance(origins, (pa.Array, pa.ChunkedArray)):
+        origin_array = origins
+    else:
+        origin_array = pa.array(origins, pa.string())
     columns = {
         "line_no": pa.array(np.arange(cursor.first_line, cursor.first_line + count, dtype=np.int64)),
         "line": lines,

@@ -15,10 +15,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from exfilwatch.events.cursors import SpoolCursor, commit_spool_position, spool_position
 from exfilwatch.events.ingest import RAW_LINE_LIMIT, BatchReport, IngestTarget, ingest_lines
-from exfilwatch.service.spool import Record, Spool
-from exfilwatch.sources import get_source, route_syslog_line
+from exfilwatch.service.spool import Spool
+from exfilwatch.sources import get_source, route_syslog_lines
 
 SPOOL = "receivers"
 UNROUTED = "unrouted"
@@ -51,42 +54,54 @@ class Ingester:
         """Commit the next batch of spooled records; None when there is none."""
         started = time.perf_counter()
         if self._pending_end > self.committed:  # a batch half committed before a crash: cut it the same way
-            records = self.spool.read(self.committed, self._pending_end, 1 << 62)
+            table = self.spool.read_table(self.committed, self._pending_end, 1 << 62)
         else:
-            records = self.spool.read(self.committed, self.spool.end, self.max_events)
-        if not records:
+            table = self.spool.read_table(self.committed, self.spool.end, self.max_events)
+        if table.num_rows == 0:
             return None
-        start, end = self.committed, records[-1].end
-        groups: dict[tuple[str, str], list[Record]] = {}
-        unrouted: list[Record] = []
-        for record in records:
-            name = route_syslog_line(record.line) if record.source == "auto" else record.source
-            if name is None:
-                unrouted.append(record)
-            else:
-                groups.setdefault((name, record.origin), []).append(record)
-        outcome = BatchOutcome(records=len(records), seconds=0.0, unrouted=len(unrouted))
+        start, end = self.committed, table["end"][-1].as_py()
+        table = table.append_column("route", routes(table))
+        routed = pc.is_valid(table["route"])
+        unrouted = table.filter(pc.invert(routed)).select(["origin", "end", "line"]).to_pylist()
+        table = table.filter(routed)
+        keys = pc.binary_join_element_wise(table["route"], table["origin"], pa.scalar("\x1f", pa.large_string()))
+        groups = pc.unique(keys).to_pylist()
+        outcome = BatchOutcome(records=len(unrouted) + table.num_rows, seconds=0.0, unrouted=len(unrouted))
         state = self.target.state
         with state.transaction() as db:
             unrouted_id = f"{UNROUTED}-{SPOOL}-{start}-{end}"
             db.execute("DELETE FROM quarantine WHERE batch_id = ?", (unrouted_id,))
             db.executemany(
                 "INSERT INTO quarantine (batch_id, source, file, line_no, reason, raw) VALUES (?,?,?,?,?,?)",
-                [(unrouted_id, "auto", r.origin, r.end, f"no source recognises this line (from {r.origin})",
-                  r.line[:RAW_LINE_LIMIT]) for r in unrouted])
+                [(unrouted_id, "auto", r["origin"], r["end"], f"no source recognises this line (from {r['origin']})",
+                  r["line"][:RAW_LINE_LIMIT]) for r in unrouted])
             if groups:
                 commit_spool_position(db, SPOOL, None, end)
             else:
                 commit_spool_position(db, SPOOL, end, end)
-        for i, ((name, origin), part) in enumerate(groups.items()):
-            received = datetime.fromtimestamp(max(r.received for r in part), timezone.utc)
+        for i, key in enumerate(groups):
+            name, origin = key.split("\x1f", 1)
+            part = table.filter(pc.equal(keys, key)) if len(groups) > 1 else table
+            received = datetime.fromtimestamp(pc.max(part["received"]).as_py(), timezone.utc)
             cursor = SpoolCursor(SPOOL, origin, start, end, last=i == len(groups) - 1, received_at=received)
-            origins = [r.meta or None for r in part] if any(r.meta for r in part) else None
-            report = ingest_lines(get_source(name), [r.line for r in part], cursor, self.target, origins=origins)
+            meta = part["meta"]
+            origins = pc.if_else(pc.equal(meta, ""), None, meta) if pc.any(pc.not_equal(meta, "")).as_py() else None
+            report = ingest_lines(get_source(name), part["line"], cursor, self.target, origins=origins)
             outcome.reports[f"{name}\x1f{listener_of(origin)}"] = report
-            outcome.per_source[(name, listener_of(origin))] += len(part)
+            outcome.per_source[(name, listener_of(origin))] += part.num_rows
         self.committed = self._pending_end = end
-        self.depth = max(0, self.depth - len(records))
+        self.depth = max(0, self.depth - outcome.records)
         self.spool.release(end)
         outcome.seconds = time.perf_counter() - started
         return outcome
+
+
+def routes(table: pa.Table) -> pa.ChunkedArray:
+    """Each record's source: its own, or for `auto` the one its program tag names (null: none)."""
+    source = table["source"]
+    auto = pc.equal(source, "auto")
+    if not pc.any(auto).as_py():
+        return source
+    routed = route_syslog_lines(table["line"].filter(auto))
+    return pa.chunked_array([pc.replace_with_mask(source.combine_chunks(), auto.combine_chunks(),
+                                                  routed.cast(pa.large_string()))])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pyarrow as pa
+
 from exfilwatch.errors import UsageError
 
 from exfilwatch.sources.base import ParseContext, ParsedBatch, Source, unwrap_splunk_export
@@ -74,6 +76,28 @@ TAG_SOURCES: tuple[tuple[re.Pattern[str], str], ...] = (
 SYSLOG_SOURCES = ("pulse_secure", "postfix", "srx_flow")  # what `auto` tries when the tag says nothing
 
 
+def route_syslog_lines(lines: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`route_syslog_line` for an Arrow array of lines (null where no source claims the line): the
+    program tags are read and matched by Arrow (RE2), and only lines whose tag names no product
+    are asked of the sources one by one."""
+    import pyarrow.compute as pc
+
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    tags = pc.struct_field(pc.extract_regex(lines, _PROGRAM_TAG.pattern), "tag")
+    routed = pa.nulls(len(lines), pa.large_string())
+    for pattern, name in TAG_SOURCES:
+        claims = pc.match_substring_regex(tags, f"^(?:{pattern.pattern})", ignore_case=bool(pattern.flags & re.I))
+        routed = pc.if_else(pc.and_kleene(pc.is_null(routed), claims), name, routed)
+    unclaimed = pc.indices_nonzero(pc.is_null(routed)).to_pylist()
+    if not unclaimed:
+        return routed
+    values = routed.to_pylist()
+    for index, line in zip(unclaimed, pc.take(lines, pa.array(unclaimed, pa.int64())).to_pylist()):
+        values[index] = route_syslog_line(line)
+    return pa.array(values, pa.large_string())
+
+
 def route_syslog_line(line: str) -> str | None:
     """The source of one syslog line by its program tag, else by the sources' own recognition; None
     when no source claims it (the receiver quarantines it)."""
@@ -89,4 +113,4 @@ def route_syslog_line(line: str) -> str | None:
     return None
 
 
-__all__ = ["route_syslog_line", "SOURCES", "ParseContext", "ParsedBatch", "Source", "UnknownFormatError", "detect_source", "get_source"]
+__all__ = ["route_syslog_line", "route_syslog_lines", "SOURCES", "ParseContext", "ParsedBatch", "Source", "UnknownFormatError", "detect_source", "get_source"]
