@@ -44,7 +44,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from exfilwatch.config import HecSettings
-from exfilwatch.service.spool import encode, encode_many
+from exfilwatch.service.spool import encode_many
 from exfilwatch.sources import SOURCES
 
 # Splunk sourcetypes (Splunk Add-ons' names) → our sources.
@@ -148,7 +148,7 @@ def event_meta(event: dict) -> str:
 
 def with_syslog_header(line: bytes, at: float, host: object) -> bytes:
     """A headerless syslog message with the header a relay would write (ISO 8601 time in UTC, host)."""
-    if not HEADERLESS.match(line.decode("utf-8", "replace")[:64]):
+    if not HEADERLESS.match(line[:64].decode("utf-8", "replace")):
         return line
     stamp = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="microseconds")
     name = str(host).split()[0] if isinstance(host, str) and host.strip() else "-"
@@ -215,15 +215,20 @@ def create_app(settings: HecSettings, collector: Collector, metrics: Callable[[]
         token = token_of(request)
         body = await body_of(request)
         received = clock()
-        parts = []
         events = parse_events(body)
         origin = f"hec@{request.client.host if request.client else '-'}"
+        runs: list[tuple[tuple[str, float, str], list[bytes]]] = []  # events in a row that share their prefix
         for number, item in enumerate(events):
             source = source_for(item.get("sourcetype"), token.source, token.sourcetypes, number)
             at = event_time(item, number, received)
             line = with_syslog_header(event_line(item, number), at, item.get("host"))
-            parts.append(encode(source, origin, at, line, event_meta(item)))
-        return await accept(request, b"".join(parts), len(parts), token.token)
+            shared = (source, at, event_meta(item))
+            if runs and runs[-1][0] == shared:
+                runs[-1][1].append(line)
+            else:
+                runs.append((shared, [line]))
+        records = b"".join(encode_many(source, origin, at, lines, meta) for (source, at, meta), lines in runs)
+        return await accept(request, records, len(events), token.token)
 
     @app.post("/services/collector/raw")
     @app.post("/services/collector/raw/1.0")
