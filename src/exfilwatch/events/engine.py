@@ -35,6 +35,8 @@ from exfilwatch.state import StateStore
 def connect(settings: Settings, spill_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
+    # DuckDB's own bar writes to stdout, into the tables and JSON lines a command prints there
+    con.execute("SET enable_progress_bar = false")
     con.execute(f"SET memory_limit = '{settings.memory_limit}'")
     if settings.threads:
         con.execute(f"SET threads = {int(settings.threads)}")

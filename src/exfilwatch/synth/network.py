@@ -807,7 +807,7 @@ class _Plan:
     injected: int
 
 
-def _plan_detection(daily0: _Daily, heavy: int, injected: int, floor: float) -> _Plan:
+def _plan_detection(daily0: _Daily, heavy: int, injected: int, floor: float, clean: bool = True) -> _Plan:
     D = daily0.days
     T = D - 1
     labelled = {heavy, injected}
@@ -815,10 +815,12 @@ def _plan_detection(daily0: _Daily, heavy: int, injected: int, floor: float) -> 
         daily = daily0.copy()
         factors = np.ones_like(daily.S)
         _scale_heavy(daily, factors, heavy, 1.5 ** attempt)
-        for t in range(3, T):
-            _clean_day(daily, factors, t, _day_windows(t), keep=set())
+        if clean:
+            for t in range(3, T):
+                _clean_day(daily, factors, t, _day_windows(t), keep=set())
         _set_steady_last_day(daily, factors, heavy)
-        _clean_day(daily, factors, T, sorted(set(_last_day_windows(D)) | set(_day_windows(T))), keep=labelled)
+        if clean:
+            _clean_day(daily, factors, T, sorted(set(_last_day_windows(D)) | set(_day_windows(T))), keep=labelled)
         total = _injected_total(daily, injected, floor)
         base = daily.S[injected, T] if daily.valid[injected, T] else 0.0
         check = daily.copy()
@@ -950,11 +952,15 @@ def generate_network(
     timezone: str = "America/New_York",
     gzip: bool = False,
     flows_per_host_day: int = 450,
+    clean_background: bool = True,
 ) -> NetworkDataset:
     """Write conn.log (or conn.log.gz), config.yaml and labels.csv for a synthetic network into `out_dir`.
 
     The data covers the `days` local days (in `timezone`) ending with `end`, inclusive; about
     `hosts * days * flows_per_host_day` flows. The same arguments give the same bytes.
+    `clean_background=False` leaves the clients' heavy-tailed daily volumes as they are drawn
+    (no background day scaled down), so the faithful detections meet the ordinary noise their
+    authors warn of; the labelled cases hold either way.
     """
     if days < MIN_WINDOW_DAYS:
         raise ValueError(f"days must be at least {MIN_WINDOW_DAYS}")
@@ -991,8 +997,9 @@ def generate_network(
     middle = order[order.size // 3: max(order.size // 3 + 1, 2 * order.size // 3)]
     victim = int(middle[rng.integers(0, middle.size)])
 
-    plan_a = _plan_detection(daily_a, heavy=ARCHIVE, injected=victim, floor=rng.uniform(1.2e9, 2.4e9))
-    plan_b = _plan_detection(daily_b, heavy=BACKUP, injected=FS2, floor=rng.uniform(4e9, 8e9))
+    plan_a = _plan_detection(daily_a, heavy=ARCHIVE, injected=victim, floor=rng.uniform(1.2e9, 2.4e9),
+                             clean=clean_background)
+    plan_b = _plan_detection(daily_b, heavy=BACKUP, injected=FS2, floor=rng.uniform(4e9, 8e9), clean=clean_background)
 
     # Apply the plans to the flows (bytes scale, durations follow).
     for rows, plan, ent, col in ((a_rows, plan_a, "oh", "rb"), (b_rows, plan_b, "rh", "ob")):
@@ -1033,7 +1040,7 @@ def generate_network(
         _Case("NET-B-002", DETECTION_B, net.names[BACKUP], end.isoformat(), "T1114", "quiet",
               "benign: nightly backup of exch1 and exch2 to the backup server; the last night is within its normal range"),
     ]
-    _verify(f, net, days, cases)
+    _verify(f, net, days, cases, clean_background)
 
     opk, oipb, rpk, ripb = _packets(f, net.linux)
     unset = f["unset"]
@@ -1077,8 +1084,8 @@ def generate_network(
     return NetworkDataset(conn_log=conn_log, config=config, labels=labels, flows=n)
 
 
-def _verify(f: dict[str, np.ndarray], net: _Network, days: int, cases: list[_Case]) -> None:
-    """Check the labelled cases (every judged window) and the clean background on the final flows."""
+def _verify(f: dict[str, np.ndarray], net: _Network, days: int, cases: list[_Case], clean: bool = True) -> None:
+    """Check the labelled cases (every judged window) and, when `clean`, the clean background on the final flows."""
     T = days - 1
     index = {name: i for i, name in enumerate(net.names)}
     for det, rows, ent, col in ((DETECTION_A, net.is_email[f["rh"]], "oh", "rb"),
@@ -1101,9 +1108,9 @@ def _verify(f: dict[str, np.ndarray], net: _Network, days: int, cases: list[_Cas
                 if c.expected == "quiet" and not (HARD_CASE_MARGIN * 0.99 * j.gthr < j.today[i] < j.hthr[i]):
                     raise RuntimeError(f"{c.case_id}: not a hard case in the window from day {s}")
             extra = fired - labelled
-            if extra:
+            if extra and clean:
                 raise RuntimeError(f"{det}: unlabelled hosts fire on the last day: {sorted(extra)}")
-        for t in range(3, T):
+        for t in range(3, T) if clean else ():
             for s in _day_windows(t):
                 j = _judge(daily, s, t)
                 if j.fires().any():
