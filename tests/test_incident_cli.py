@@ -4,6 +4,7 @@ and assigns, moves, closes and comments it, every change in the audit trail, all
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -97,3 +98,14 @@ def test_log_content_and_comments_cannot_drive_the_terminal(home):
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output and "\u202e" not in result.output
     assert "[bold red]FAKE[/]" in result.output  # shown as typed, not as markup
+
+
+def test_a_quiet_period_that_is_not_a_time_offset_is_named_with_its_key(home):
+    args, _ = home
+    config = Path(args[1]) / "config.yaml"
+    config.write_text("detections:\n  notable_session:\n    quiet_period: four days\n")
+    result = CliRunner().invoke(app, [*args, "incidents"])
+    assert result.exit_code == 2
+    assert "key 'detections.notable_session.quiet_period': quiet_period 'four days' is not a time offset" in result.output
+    config.write_text("detections:\n  notable_session:\n    quiet_period: 36h\n")
+    assert CliRunner().invoke(app, [*args, "incidents"]).exit_code == 0

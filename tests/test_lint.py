@@ -143,3 +143,10 @@ def test_cli_exit_status(tmp_path):
     path.write_text(path.read_text().replace("mitre_attack_id: [T1114.002]", "mitre_attack_id: [T1114, T1114.002]"))
     bad = runner.invoke(app, ["detections", "lint", "--path", str(tmp_path / "detections")])
     assert bad.exit_code == 1 and "1 errors" in bad.output
+
+
+def test_an_incident_rules_quiet_period_is_read_by_the_incident_step_and_must_be_an_offset(tmp_path):
+    assert _mutated(tmp_path / "a", lambda d: None, base="notable_session") == []  # no "never used" warning
+    issues = _mutated(tmp_path / "b", lambda d: d["parameters"]["quiet_period"].update(default="4 days"),
+                      base="notable_session")
+    assert any("quiet_period '4 days' is not a time offset" in m for m in _errors(issues, "parameters"))

@@ -43,7 +43,7 @@ from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import TimeModifierError, relative_time
 from exfilwatch.detections.runner import compiled_sql, sql_parameters
 from exfilwatch.detections.schema import (QUIET_PERIOD, TIME_PARAMETERS, Detection, DetectionError, detection_files,
-                                         load_detection, template_fields)
+                                         load_detection, quiet_period_problem, template_fields)
 
 # A fixed instant for parsing checks: lint never reads the clock.
 _LINT_NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
@@ -142,10 +142,9 @@ def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnecti
     for name in sorted(set(detection.parameters) - used - read_by_step):
         add("warning", "parameters", f"parameter {name!r} is declared but the search never uses it")
     if QUIET_PERIOD in read_by_step & set(detection.parameters):
-        try:
-            relative_time(_LINT_NOW, f"-{detection.parameters[QUIET_PERIOD].default}", "UTC")
-        except TimeModifierError as exc:
-            add("error", "parameters", f"parameter {QUIET_PERIOD}: {exc}")
+        problem = quiet_period_problem(detection.parameters[QUIET_PERIOD].default)
+        if problem:
+            add("error", "parameters", f"parameter {problem}")
     for name, spec in detection.parameters.items():
         default = spec.default
         if spec.type == "time":

@@ -25,7 +25,7 @@ from exfilwatch.events.engine import register_lake_views
 from exfilwatch.models import get_model
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import relative_time
-from exfilwatch.detections.schema import Detection
+from exfilwatch.detections.schema import QUIET_PERIOD, Detection, quiet_period_problem
 
 
 class DetectionRunError(EngineError):
@@ -114,6 +114,10 @@ def check_configured_detections(settings: Settings, catalog: dict[str, Detection
                 _coerce(detection, name, value)
             except DetectionRunError:
                 problems.append(f"key '{key}': {value!r} is not a {detection.parameters[name].type}")
+                continue
+            problem = quiet_period_problem(value) if detection.type == "correlation" and name == QUIET_PERIOD else None
+            if problem:
+                problems.append(f"key '{key}': {problem}")
     if problems:
         raise ConfigError("\n".join(f"{config_file}: {problem}" for problem in problems))
 

@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exfilwatch.config import ConfigError, read_yaml_file, validation_error
+from exfilwatch.timeexpr import TimeModifierError, relative_time
 
 TIME_PARAMETERS = ("now", "earliest", "latest", "today", "timezone")
 # An incident rule's parameter that the incident step reads, not its SQL: how long an entity must be
 # quiet before its next candidate is a new incident (incidents/correlation.py). A time offset
 # without its sign, as in a schedule: 4d, 36h.
 QUIET_PERIOD = "quiet_period"
+
+
+def quiet_period_problem(value: object) -> str | None:
+    """Why `value` cannot be a quiet period, or None when it can."""
+    try:
+        relative_time(datetime(2026, 1, 1, tzinfo=timezone.utc), f"-{value}", "UTC")
+    except TimeModifierError as exc:
+        return f"{QUIET_PERIOD} {value!r} is not a time offset such as 36h or 4d ({exc})"
+    return None
 
 
 class Strict(BaseModel):
