@@ -15,7 +15,7 @@ incidents/correlation.py, outputs/deliver.py.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -23,6 +23,7 @@ from typing import Any, Literal
 import duckdb
 
 from exfilwatch.config import Settings
+from exfilwatch.detections.catchup import create_segments, one_pass, segment_groups, segment_plan
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
                                           referenced_columns, referenced_tables, resolve_parameters, run_window,
                                           snapshot_condition)
@@ -62,6 +63,9 @@ class Options:
     techniques: dict[str, list[str]] = field(default_factory=dict)  # of detections outside the catalog (hand-built findings)
     spark: Any = None  # a SparkSession: run `once` detections on Spark instead of DuckDB
     progress: Progress | None = None
+    # A schedule's missed fires: computed in one pass (detections/catchup.py), or each fire's
+    # search run on its own, in order (the reference the one pass is tested against)
+    catch_up: Literal["one-pass", "per-fire"] = "one-pass"
 
 
 @dataclass
@@ -183,25 +187,55 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
             con, detection, last_fire)
         expose_models(con, {model.name: (columns, first_start, last_end)}, condition)
         hours = _hours_with_rows(con, model.name)
-        run.fires = 0
-        for index, (window, param) in enumerate(zip(windows, params)):
-            _report(options, detection.id, index + 1, len(plan.fires))
-            if silent_when_empty and not _any_hour_in(hours, judged_start(detection, param), param["latest"]):
-                run.skipped_fires += 1
-                continue
-            run.fires += 1
-            findings = findings_from_rows(detection, execute(con, detection, param), tz)
-            run_id = record_run(state, detection, "schedule", window, len(findings))
+        due = [index for index, param in enumerate(params)
+               if not silent_when_empty or _any_hour_in(hours, judged_start(detection, param), param["latest"])]
+        run.skipped_fires += len(params) - len(due)
+        run.fires = len(due)
+        if options.catch_up == "per-fire":
+            found = ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
+        else:
+            found = _one_pass(con, detection, model.name, params, due, silent_when_empty, first_start, tz)
+        for done, (index, findings) in enumerate(found, start=1):
+            _report(options, detection.id, done, len(due))
+            run_id = record_run(state, detection, "schedule", windows[index], len(findings))
             stored = store_findings(state, findings, run_id)
             run.stored.added += stored.added
             run.stored.updated += stored.updated
             run.stored.unchanged += stored.unchanged
             run.findings.extend(findings)
-            set_watermark(state, detection.id, window.now)
+            set_watermark(state, detection.id, windows[index].now)
         expose_models(con)
     if plan.last is not None:
         set_watermark(state, detection.id, plan.last)
     return run
+
+
+def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, params: list[dict[str, Any]],
+              due: list[int], silent_when_empty: bool, start: datetime,
+              tz: str) -> Iterator[tuple[int, list[Finding]]]:
+    """(fire, its findings) for each due fire in order, from the snapshot `model` (detections/catchup.py).
+
+    Judged windows are chunked over every fire, the skipped ones included (they hold no judged
+    row, so they add nothing and keep the chunks long); decomposable aggregates run each fire
+    over segment sums; any other search runs fire by fire."""
+    plan = segment_plan(compiled_sql(detection), model)
+    if plan is None:
+        if silent_when_empty:
+            yield from one_pass(con, detection, params, tz, set(due))
+        else:
+            yield from ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
+        return
+    con.execute(f"ALTER TABLE temp.main.{model} RENAME TO _catch_up_rows")
+    try:
+        create_segments(con, plan, "_catch_up_rows", "_catch_up_segments", [params[i] for i in due], start)
+        for group in segment_groups(due):
+            fires = [params[due[i]] for i in group]
+            create_segments(con, plan, "_catch_up_segments", model, fires, start)
+            for i, param in zip(group, fires):
+                yield due[i], findings_from_rows(detection, execute(con, detection, param), tz)
+    finally:
+        con.execute("DROP TABLE IF EXISTS temp.main._catch_up_rows")
+        con.execute("DROP TABLE IF EXISTS temp.main._catch_up_segments")
 
 
 def judged_start(detection: Detection, params: dict[str, Any]) -> datetime:

@@ -140,8 +140,9 @@ def _parsed(sql: str) -> exp.Expression:
     return sqlglot.parse_one(sql, read="duckdb")
 
 
-def sql_parameters(sql: str) -> set[str]:
-    return {node.name for node in _parsed(sql).find_all(exp.Placeholder)}
+@functools.lru_cache(maxsize=256)
+def sql_parameters(sql: str) -> frozenset[str]:
+    return frozenset({node.name for node in _parsed(sql).find_all(exp.Placeholder)})
 
 
 def referenced_columns(sql: str) -> set[str]:

@@ -1,0 +1,192 @@
+"""A catch-up in one pass: what running every due fire of a detection in order finds, computed in
+chunks, with the findings of each fire kept apart so runs and watermarks are recorded as if each
+fire had run. The per-fire path (`pipeline.Options(catch_up="per-fire")`) is the reference; the
+conformance tests (tests/test_catch_up.py) hold the two finding for finding.
+
+Two shapes of search are sped up, both recognised from the detection's declaration and SQL,
+never from a detection's id:
+
+* **Judged windows** (`schedule.judged_from: earliest`, the session rules): each fire judges the
+  rows that arrived in its own window [earliest, latest), and the windows of consecutive fires
+  touch. A run of such fires whose time parameters all keep the same offset from `now` (a DST
+  change breaks the run) is executed once with `earliest` of its first fire and the rest of its
+  last; each finding goes to the fire whose window holds its time. A finding outside the chunk
+  means the search does not keep that contract, and the chunk is run fire by fire instead.
+* **Decomposable aggregates** (the network rules, `judged_from: today`): the search reads its
+  model once, in a `GROUP BY` whose only uses of non-key columns are `sum`/`min`/`max` of a
+  column and whose only use of `_time` is comparisons with parameters (or `least`/`greatest` of
+  them). Rows are then summed per key and per segment between consecutive parameter values, and
+  the search runs unchanged over those segments: every comparison of `_time` with a parameter
+  value is the same for every row of a segment, and a sum of sums is the sum. Fires are taken a
+  day at a time (24 hourly fires), each group over segments cut only at its own parameter values,
+  so the days already complete collapse to one row per key and day.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+from sqlglot import exp
+
+from exfilwatch.detections.runner import _parsed, compiled_sql, execute
+from exfilwatch.detections.schema import Detection
+from exfilwatch.findings.record import Finding, findings_from_rows
+
+CHUNK_SPAN = timedelta(days=7)  # bounds the memory of a chunk's joins (sessions judged x their history)
+GROUP_FIRES = 24  # fires sharing one segment table: a day of hourly fires
+
+
+def judged_chunks(detection: Detection, params: list[dict[str, Any]]) -> list[list[int]]:
+    """The fires (indexes into `params`, in order) that can run as one search, chunk by chunk.
+
+    Without `judged_from: earliest` every fire is its own chunk (the per-fire path).
+    """
+    if detection.schedule.judged_from != "earliest":
+        return [[i] for i in range(len(params))]
+    chunks: list[list[int]] = []
+    for index, param in enumerate(params):
+        if chunks and _continues(params[chunks[-1][0]], params[chunks[-1][-1]], param):
+            chunks[-1].append(index)
+        else:
+            chunks.append([index])
+    return chunks
+
+
+def _continues(first: dict[str, Any], previous: dict[str, Any], param: dict[str, Any]) -> bool:
+    if param["earliest"] != previous["latest"] or param["latest"] - first["earliest"] > CHUNK_SPAN:
+        return False
+    return _shape(param) == _shape(previous)
+
+
+def _shape(param: dict[str, Any]) -> dict[str, Any]:
+    """The parameters as the search sees them relative to `now`: equal for fires one chunk may merge."""
+    return {name: (param["now"] - value) if isinstance(value, datetime) else value
+            for name, value in param.items() if name != "today"}
+
+
+def chunk_findings(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[dict[str, Any]],
+                   tz: str) -> list[list[Finding]] | None:
+    """The findings of each fire of one chunk (from `judged_chunks`), from one execution of the
+    search; None when a finding falls outside every fire's window (run those fires one by one)."""
+    if len(params) == 1:
+        return [findings_from_rows(detection, execute(con, detection, params[0]), tz)]
+    merged = dict(params[-1], earliest=params[0]["earliest"])
+    starts = [p["earliest"] for p in params]
+    per_fire: list[list[Finding]] = [[] for _ in params]
+    for finding in findings_from_rows(detection, execute(con, detection, merged), tz):
+        try:
+            when = datetime.fromisoformat(finding.time)
+        except (TypeError, ValueError):
+            return None
+        index = bisect.bisect_right(starts, when) - 1
+        if index < 0 or when >= params[index]["latest"]:
+            return None
+        per_fire[index].append(finding)
+    return per_fire
+
+
+def one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[dict[str, Any]], tz: str,
+             due: set[int] | None = None) -> Iterator[tuple[int, list[Finding]]]:
+    """(fire index, its findings) for every fire of `params` (or only those in `due`), in order,
+    over the views registered. Fires not due must hold no judged row: a finding there makes the
+    chunk run fire by fire."""
+    for chunk in judged_chunks(detection, params):
+        wanted = [i for i in chunk if due is None or i in due]
+        if not wanted:
+            continue
+        found = chunk_findings(con, detection, [params[i] for i in chunk], tz)
+        if found is not None and all(not f for i, f in zip(chunk, found) if i not in wanted):
+            yield from ((i, f) for i, f in zip(chunk, found) if i in wanted)
+        else:
+            yield from ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in wanted)
+
+
+# --- decomposable aggregates -------------------------------------------------------------------
+
+_DECOMPOSABLE = (exp.Sum, exp.Min, exp.Max)
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """How to sum a model's rows into segments the search reads as if they were the rows."""
+
+    keys: list[str]  # columns kept as they are (group keys and conditions)
+    aggregates: dict[str, str]  # column -> sum | min | max
+    bounds: list[exp.Expression]  # what `_time` is compared with: a parameter, or least/greatest of them
+
+
+def segment_plan(sql: str, model: str) -> SegmentPlan | None:
+    """The segment plan of a search over `model`, or None when its shape is not decomposable."""
+    tables = [table for table in _parsed(sql).find_all(exp.Table) if table.name == model]
+    if len(tables) != 1 or not isinstance(tables[0].parent, exp.From):
+        return None
+    select = tables[0].parent.parent
+    if not isinstance(select, exp.Select) or select.args.get("joins") or not select.args.get("group"):
+        return None
+    if any(select.find_all(exp.Window, exp.Subquery, exp.Distinct)):
+        return None
+    keys: set[str] = set()
+    aggregates: dict[str, str] = {}
+    bounds: list[exp.Expression] = []
+    for column in select.find_all(exp.Column):
+        aggregate = column.find_ancestor(exp.AggFunc, exp.Select)
+        if isinstance(aggregate, exp.AggFunc):
+            if not isinstance(aggregate, _DECOMPOSABLE) or aggregate.this is not column:
+                return None
+            kind = type(aggregate).__name__.lower()
+            if aggregates.setdefault(column.name, kind) != kind:
+                return None
+        elif column.name == "_time":
+            comparison = column.parent
+            if not isinstance(comparison, (exp.GT, exp.GTE, exp.LT, exp.LTE)):
+                return None
+            other = comparison.expression if comparison.this is column else comparison.this
+            if not _is_bound(other):
+                return None
+            bounds.append(other)
+        else:
+            keys.add(column.name)
+    if not aggregates or keys & set(aggregates) or "_time" in aggregates:
+        return None
+    return SegmentPlan(sorted(keys), aggregates, bounds)
+
+
+def _is_bound(node: exp.Expression) -> bool:
+    if isinstance(node, exp.Placeholder):
+        return True
+    if isinstance(node, (exp.Least, exp.Greatest)):
+        return all(_is_bound(arg) for arg in [node.this, *node.expressions])
+    return False
+
+
+def bound_value(node: exp.Expression, params: dict[str, Any]) -> datetime:
+    if isinstance(node, exp.Placeholder):
+        return params[node.name]
+    values = [bound_value(arg, params) for arg in [node.this, *node.expressions]]
+    return min(values) if isinstance(node, exp.Least) else max(values)
+
+
+def segment_groups(fires: list[Any]) -> list[list[int]]:
+    """Positions of `fires` in groups sharing one segment table: a day of hourly fires each."""
+    return [list(range(i, min(i + GROUP_FIRES, len(fires)))) for i in range(0, len(fires), GROUP_FIRES)]
+
+
+def create_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, rows: str, target: str,
+                    params: list[dict[str, Any]], start: datetime) -> None:
+    """Temp table `target`: the rows of relation `rows` summed per key and per segment between the
+    `_time` bounds of these fires (the first segment starts at `start`), each dated by its start."""
+    cuts = sorted({start} | {bound_value(b, p) for b in plan.bounds for p in params})
+    keys = "".join(f'r."{k}", ' for k in plan.keys)
+    aggregates = ", ".join(f'{kind}(r."{c}") AS "{c}"' for c, kind in plan.aggregates.items())
+    con.execute(f"DROP TABLE IF EXISTS temp.main.{target}")
+    con.execute(f"DROP VIEW IF EXISTS temp.main.{target}")
+    con.execute(
+        f"CREATE TEMP TABLE {target} AS SELECT {keys}c.cut AS _time, {aggregates} "
+        f"FROM {rows} r ASOF JOIN (SELECT unnest($cuts) AS cut) c ON r._time >= c.cut GROUP BY ALL",
+        {"cuts": cuts},
+    )
