@@ -23,6 +23,7 @@ from exfilwatch.config import Home, load_settings
 from exfilwatch.detections.catchup import judged_chunks, segment_plan
 from exfilwatch.detections.schema import load_detections
 from exfilwatch.events.engine import connect
+from exfilwatch.evaluate.replay import replay
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.home import open_state
 from exfilwatch.synth.org import generate_organisation
@@ -147,6 +148,18 @@ def test_one_pass_and_per_fire_agree_over_gaps_dst_and_late_data(org):
     assert any(f["updates"] > 0 for f in second["findings"])
     assert len(second["runs"]) > len(first["runs"]) > 0
     assert sum(r.fires for r in result.detections) > 0
+    # `evaluate`'s replay is the same one pass: over the range the schedule judged, the same findings.
+    session_rules = [d for d in load_detections().values() if d.id in CHOSEN and d.data_model == "user_sessions"]
+    last_latest = max(datetime.fromisoformat(r["latest"]) for r in second["runs"] if r["detection_id"] == "em_bsum")
+    settings = load_settings(one_pass)
+    state, con = open_state(one_pass), connect(settings)
+    try:
+        replayed, _ = replay(con, state, settings, session_rules, datetime(2026, 1, 1, tzinfo=NY), last_latest)
+    finally:
+        con.close()
+        state.close()
+    stored = sorted(f["finding_key"] for f in second["findings"] if f["finding_key"].startswith("em_"))
+    assert sorted(f"{f.detection_id}|{f.user}|{f.session_id}" for f in replayed) == stored
 
 
 def test_judged_windows_are_chunked_only_while_windows_touch_and_offsets_hold():
@@ -203,3 +216,17 @@ def test_segments_give_the_sums_of_the_rows_at_every_bound():
         got = con.execute(f"{sql} ORDER BY 1", param).fetchall()
         want = con.execute(f"{sql.replace('network_traffic', 'raw')} ORDER BY 1", param).fetchall()
         assert got == want
+
+
+def test_run_names_the_catch_up_modes_when_given_another(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    process = subprocess.run([sys.executable, "-c", "from exfilwatch.cli import app; app()", "--home",
+                              str(tmp_path / "home"), "run", "--now", "2026-11-01T00:00:00Z", "--catch-up", "fast"],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src})
+    assert process.returncode == 2
+    assert "--catch-up 'fast': expected one-pass or per-fire" in process.stderr
+    assert "Traceback" not in process.stderr

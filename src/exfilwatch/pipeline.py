@@ -23,7 +23,7 @@ from typing import Any, Literal
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.detections.catchup import create_segments, one_pass, segment_groups, segment_plan
+from exfilwatch.detections.catchup import create_segments, judged_start, one_pass, segment_groups, segment_plan
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
                                           referenced_columns, referenced_tables, resolve_parameters, run_window,
                                           snapshot_condition)
@@ -236,12 +236,6 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
     finally:
         con.execute("DROP TABLE IF EXISTS temp.main._catch_up_rows")
         con.execute("DROP TABLE IF EXISTS temp.main._catch_up_segments")
-
-
-def judged_start(detection: Detection, params: dict[str, Any]) -> datetime:
-    """Where the rows a finding can come from begin: the declared `judged_from`, else the window's start."""
-    judged = detection.schedule.judged_from
-    return params[judged] if judged else data_range(params)[0]
 
 
 def _hours_with_rows(con: duckdb.DuckDBPyConnection, table: str) -> list[int]:

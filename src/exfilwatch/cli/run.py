@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from exfilwatch import pipeline
 from exfilwatch.cli.common import Context, console, context, emit, errors, now_from, parse_sets, select
-from exfilwatch.errors import OutputError
+from exfilwatch.errors import OutputError, UsageError
 from exfilwatch.events.engine import connect
 from exfilwatch.features.sessions import build_user_sessions, list_sessions, session_overview
 from exfilwatch.outputs.formats import print_table, terminal_safe
@@ -130,13 +130,19 @@ def run(
     since: str | None = typer.Option(None, "--since", help="On a first run, catch up from here (default: start of data)."),
     detection: list[str] | None = typer.Option(None, "--detection", help="Detection id (repeatable); default all."),
     set_: list[str] | None = typer.Option(None, "--set", help="Parameter override NAME=VALUE (repeatable)."),
+    catch_up: str = typer.Option("one-pass", "--catch-up",
+                                 help="one-pass (default) or per-fire: each missed fire's search run on its own "
+                                      "(slower; the reference the one pass is tested against)."),
 ) -> None:
     """Run each scheduled detection for every cron fire time it missed, in order, then risk and incidents."""
     c = context(ctx)
+    if catch_up not in ("one-pass", "per-fire"):
+        raise UsageError(f"--catch-up {catch_up!r}: expected one-pass or per-fire")
     chosen = [d for d in select(c.detections, detection) if d.type != "correlation"]
     run_now = now_from(now, c.settings)
     since_time = parse_time(since, run_now, c.settings.timezone) if since else None
-    options = pipeline.Options(detections=chosen, since=since_time, overrides=parse_sets(set_))
+    options = pipeline.Options(detections=chosen, since=since_time, overrides=parse_sets(set_),
+                               catch_up="per-fire" if catch_up == "per-fire" else "one-pass")
     result = run_pipeline(c, run_now, options, quiet=True)
     rows = [{"detection": r.detection.id, "fire times": r.fires, "skipped (no data)": r.skipped_fires,
              "findings": len(r.findings), "new": r.stored.added, "updated": r.stored.updated} for r in result.detections]

@@ -33,12 +33,35 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
-from exfilwatch.detections.runner import _parsed, compiled_sql, execute
+from exfilwatch.config import Settings
+from exfilwatch.detections.runner import _parsed, compiled_sql, data_range, execute, resolve_parameters, run_window
+from exfilwatch.detections.schedule import iter_fire_times
 from exfilwatch.detections.schema import Detection
 from exfilwatch.findings.record import Finding, findings_from_rows
 
 CHUNK_SPAN = timedelta(days=7)  # bounds the memory of a chunk's joins (sessions judged x their history)
 GROUP_FIRES = 24  # fires sharing one segment table: a day of hourly fires
+
+
+def judged_start(detection: Detection, params: dict[str, Any]) -> datetime:
+    """Where the rows a finding can come from begin: the declared `judged_from`, else the window's start."""
+    judged = detection.schedule.judged_from
+    return params[judged] if judged else data_range(params)[0]
+
+
+def fires_judging(detection: Detection, settings: Settings, overrides: dict[str, Any], start: datetime,
+                  end: datetime) -> list[dict[str, Any]]:
+    """The parameters of the schedule's fires, in order, whose judged windows overlap [start, end)."""
+    # A fire judges rows before it: begin a day early and stop once a window starts past `end`.
+    params = []
+    for fire in iter_fire_times(detection.schedule.cron, start - timedelta(days=1), end + timedelta(days=2),
+                                settings.timezone):
+        param = resolve_parameters(detection, settings, overrides, run_window(detection, fire, settings.timezone))
+        if judged_start(detection, param) >= end:
+            break
+        if param["latest"] > start:
+            params.append(param)
+    return params
 
 
 def judged_chunks(detection: Detection, params: list[dict[str, Any]]) -> list[list[int]]:

@@ -32,9 +32,11 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.detections.runner import RunWindow, data_range, execute, resolve_parameters
+from exfilwatch.detections.catchup import fires_judging, one_pass
+from exfilwatch.detections.runner import data_bounds as data_bounds_of
+from exfilwatch.detections.runner import data_range
 from exfilwatch.features.sessions import build_user_sessions
-from exfilwatch.findings.record import Finding, findings_from_rows
+from exfilwatch.findings.record import Finding
 from exfilwatch.findings.store import query_findings
 from exfilwatch.detections.schema import Detection
 from exfilwatch.events.engine import expose_models, register_lake_views
@@ -155,40 +157,41 @@ def _local_days(start: datetime, end: datetime, zone: ZoneInfo) -> tuple[date, .
 
 
 def replay(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, detections: list[Detection],
-           start: datetime, end: datetime, overrides: dict[str, Any] | None = None,
-           chunk: timedelta = timedelta(days=7)) -> tuple[list[EvalFinding], int]:
+           start: datetime, end: datetime, overrides: dict[str, Any] | None = None) -> tuple[list[EvalFinding], int]:
     """Findings of the session rules for the sessions that closed in [start, end), not stored.
 
-    The rules compare each session with the user's sessions in the model window before *that
-    session* (not before `now`), so a run over a long window gives what the hourly schedule would
-    have given session by session. The range is cut into `chunk`-long windows only to bound the
-    memory of the model join (sessions judged x their history).
+    What the hourly schedule would have found fire by fire, computed as the one-pass catch-up
+    does (detections/catchup.py): each session is compared with the user's sessions in the model
+    window before *that session*, chunk by chunk over the range.
     """
     zone = ZoneInfo(settings.timezone)
     if any(d.data_model == "user_sessions" for d in detections):
         build_user_sessions(con, state, settings, end)
+    first = min((t for t in (data_bounds_of(con, state, settings, d.data_model)[0] for d in detections) if t),
+                default=None)
+    if first is None or first >= end:
+        return [], 0
+    start = max(start, first)
     out: list[EvalFinding] = []
     sessions = 0
-    lo = start
-    while lo < end:
-        hi = min(lo + chunk, end)
-        window = RunWindow(now=hi, earliest=lo, latest=hi)
-        for index, detection in enumerate(detections):
-            params = resolve_parameters(detection, settings, overrides_for(detection, overrides), window)
-            first, last = data_range(params)
-            if index == 0:
-                register_lake_views(con, settings, state, first, last)
-                expose_models(con)
-                if detection.data_model == "user_sessions":
-                    sessions += con.execute("SELECT count(*) FROM user_sessions WHERE _time >= $s AND _time < $e",
-                                            {"s": lo, "e": hi}).fetchall()[0][0]
-            for finding in findings_from_rows(detection, execute(con, detection, params), settings.timezone):
+    for index, detection in enumerate(detections):
+        params = fires_judging(detection, settings, overrides_for(detection, overrides), start, end)
+        if not params:
+            continue
+        register_lake_views(con, settings, state, min(data_range(p)[0] for p in params), params[-1]["latest"])
+        expose_models(con)
+        if index == 0 and detection.data_model == "user_sessions":
+            sessions = con.execute("SELECT count(*) FROM user_sessions WHERE _time >= $s AND _time < $e",
+                                   {"s": start, "e": end}).fetchall()[0][0]
+        for _, findings in one_pass(con, detection, params, settings.timezone):
+            for finding in findings:
                 f = finding.fields
                 s_start = datetime.fromisoformat(f["session_start"])
                 s_end = datetime.fromisoformat(f["session_end"])
+                if not start <= datetime.fromisoformat(finding.time) < end:
+                    continue  # judged by a fire whose window only partly overlaps the range
                 out.append(EvalFinding(detection.id, finding.entity, finding.bucket,
                                        _local_days(s_start, s_end, zone), finding.value, finding.message, f, finding))
-        lo = hi
     return out, sessions
 
 
