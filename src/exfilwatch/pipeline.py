@@ -130,7 +130,9 @@ def _register_views(con: duckdb.DuckDBPyConnection, state: StateStore, settings:
         register_risk_events_view(con, state, settings, start, end)
     else:
         register_lake_views(con, settings, state, start, end)
-        expose_models(con)
+        model = get_model(detection.data_model).name
+        condition = snapshot_condition(compiled_sql(detection), model)
+        expose_models(con, filters={model: condition} if condition else None)
 
 
 def _run_once(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, detection: Detection,

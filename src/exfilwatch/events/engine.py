@@ -274,14 +274,19 @@ def expose_models(
     con: duckdb.DuckDBPyConnection,
     snapshot: dict[str, tuple[list[str], datetime, datetime]] | None = None,
     condition: str | None = None,
+    filters: dict[str, str] | None = None,
 ) -> None:
     """Make each model visible by its plain name, as detections refer to it.
 
     With `snapshot` (model -> columns, start, end) the model becomes an in-memory table of just
     those columns and rows (and, with `condition`, only the rows that meet it), so a catch-up that
-    runs one detection for many fire times scans the lake once.
+    runs one detection for many fire times scans the lake once. With `filters` (model -> a
+    condition every row that matters meets) the model is a view of only those rows. Either way a
+    condition on the asset category of the flows is first turned into a condition on their
+    addresses (`asset_pushdown`), so the lake is filtered before the inventory is joined.
     """
     snapshot = snapshot or {}
+    filters = filters or {}
     for model in DATA_MODELS.values():
         _drop_temp(con, model.name)
         if model.name in snapshot:
@@ -289,11 +294,63 @@ def expose_models(
             listed = ", ".join(f'"{c}"' for c in columns)
             con.execute(
                 f"CREATE TEMP TABLE {model.name} AS SELECT {listed} FROM lake.{model.name} "
-                f"WHERE _time >= $start AND _time < $end AND {condition or 'true'} ORDER BY _time",
+                f"WHERE _time >= $start AND _time < $end AND {_filtered(con, model.name, condition)} ORDER BY _time",
                 {"start": start, "end": end},
             )
+        elif model.name in filters:
+            con.execute(f"CREATE TEMP VIEW {model.name} AS SELECT * FROM lake.{model.name} "
+                        f"WHERE {_filtered(con, model.name, filters[model.name])}")
         else:
             con.execute(f"CREATE TEMP VIEW {model.name} AS SELECT * FROM lake.{model.name}")
+
+
+def _filtered(con: duckdb.DuckDBPyConnection, model: str, condition: str | None) -> str:
+    pushed = asset_pushdown(con, condition) if model == "network_traffic" else []
+    return " AND ".join([*pushed, f"({condition})" if condition else "true"])
+
+
+# An address set this small goes into the query as a literal list, which DuckDB checks against
+# each Parquet row group's statistics; a larger one is a semi-join.
+_INLINE_ADDRESSES = 2000
+
+
+def asset_pushdown(con: duckdb.DuckDBPyConnection, condition: str | None) -> list[str]:
+    """Conditions on the flows' addresses implied by `condition`'s conjuncts on one side's asset
+    category (`dest_category = 'email_server'`): each becomes `dest_ip IN (the addresses whose
+    inventory entry meets it)`, a filter on the stored columns that needs no join.
+
+    A conjunct is pushed only if it reads one side's category and nothing else, and is not true
+    for an address outside the inventory (whose category is NULL), so no row it keeps is lost.
+    """
+    if not condition:
+        return []
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(condition, read="duckdb")
+    conjuncts = list(tree.flatten()) if isinstance(tree, exp.And) else [tree]
+    pushed = []
+    for conjunct in conjuncts:
+        conjunct = conjunct.unnest()
+        names = {column.name for column in conjunct.find_all(exp.Column)}
+        if len(names) != 1 or next(iter(names)) not in ("src_category", "dest_category") \
+                or conjunct.find(exp.Select, exp.Placeholder):
+            continue
+        side = next(iter(names)).split("_")[0]
+        on_category = conjunct.copy().transform(
+            lambda n: exp.column("category") if isinstance(n, exp.Column) else n).sql(dialect="duckdb")
+        on_null = conjunct.copy().transform(
+            lambda n: exp.Null() if isinstance(n, exp.Column) else n).sql(dialect="duckdb")
+        if con.execute(f"SELECT coalesce(({on_null}), false)").fetchall()[0][0]:
+            continue
+        addresses = f"SELECT ip FROM lake.asset_map WHERE {on_category}"
+        matching = [ip for (ip,) in con.execute(f"{addresses} LIMIT {_INLINE_ADDRESSES + 1}").fetchall()]
+        if len(matching) <= _INLINE_ADDRESSES:
+            listed = ", ".join("'" + ip.replace("'", "''") + "'" for ip in matching) or "NULL"
+            pushed.append(f"({side}_ip IN ({listed}))")
+        else:
+            pushed.append(f"({side}_ip IN ({addresses}))")
+    return pushed
 
 
 def _drop_temp(con: duckdb.DuckDBPyConnection, name: str) -> None:
