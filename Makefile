@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint bench clean java
+.PHONY: demo test lint bench clean java chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 java:
 	@command -v java >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless)
 
+# The console's browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,web,spark]'
 	touch $(TEST_STAMP)
@@ -24,7 +28,7 @@ $(TEST_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(BIN)/exfilwatch demo --out demo-out
 
-test: $(TEST_STAMP) java
+test: $(TEST_STAMP) java chromium
 	$(BIN)/lint-imports
 	$(BIN)/exfilwatch detections lint
 	$(BIN)/exfilwatch test

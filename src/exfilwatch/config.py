@@ -7,9 +7,11 @@ bad CIDR is an error that names the file and the key.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
+import typing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -301,6 +303,28 @@ class BatchSettings(StrictModel):
     max_seconds: float = Field(default=2, gt=0)
 
 
+class WebSettings(StrictModel):
+    """`service.web:` — the web console: where it listens, its TLS certificate, and the login lock-out."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (tests)
+    cert: Path | None = None  # both: HTTPS (PEM certificate chain and its key); neither: HTTP
+    key: Path | None = None
+    max_failed_logins: int = Field(default=5, ge=1)  # in a row, then the account is locked
+    lockout_minutes: float = Field(default=15, gt=0)
+    session_hours: float = Field(default=12, gt=0)  # a login lasts this long
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> "WebSettings":
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("HTTPS needs both 'cert' and 'key' (PEM files); give both or neither")
+        for name in ("cert", "key"):
+            path = getattr(self, name)
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"'{name}': no such file {str(path)!r}")
+        return self
+
+
 class ServiceSettings(StrictModel):
     """`service:` — what `exfilwatch serve` listens on, tails, and how it batches and schedules."""
 
@@ -309,6 +333,7 @@ class ServiceSettings(StrictModel):
     tail: list[TailPath] = Field(default_factory=list)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     schedule: bool = True
+    web: WebSettings | None = None  # the console is served only when configured
 
 
 class Settings(StrictModel):
@@ -413,12 +438,28 @@ def parse_settings(data: Any, source: str) -> Settings:
         raise validation_error(exc, source) from None
 
 
+def _did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """'; did you mean port?' for a mistyped key at `loc`: the closest key its section knows ('' if none)."""
+    for item in loc[:-1]:
+        if isinstance(item, int):
+            continue
+        field = model.model_fields.get(str(item))
+        inner = [t for t in (*typing.get_args(field.annotation), field.annotation) if field is not None
+                 for t in (typing.get_args(t) or (t,)) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not inner:
+            return ""
+        model = inner[0]
+    matches = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f"; did you mean {matches[0]}?" if matches else ""
+
+
 def validation_error(exc: ValidationError, source: str) -> ConfigError:
     """A pydantic error as the user should read it: one line per problem, naming file and key."""
     lines = []
     for err in exc.errors():
         key = _error_location(err["loc"])
-        message = "unknown key (mistyped?)" if err["type"] == "extra_forbidden" else err["msg"]
+        message = (f"unknown key (mistyped?){_did_you_mean(Settings, err['loc'])}" if err["type"] == "extra_forbidden"
+                   else err["msg"])
         message = message.removeprefix("Value error, ")
         lines.append(f"{source}: key '{key}': {message}" if err["loc"] else f"{source}: {message}")
     return ConfigError("\n".join(lines))

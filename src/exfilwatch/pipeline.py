@@ -24,6 +24,7 @@ import duckdb
 
 from exfilwatch.config import Settings
 from exfilwatch.detections.catchup import create_segments, judged_start, one_pass, segment_groups, segment_plan
+from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
                                           referenced_columns, referenced_tables, resolve_parameters, run_window,
                                           snapshot_condition)
@@ -96,7 +97,10 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
     """
     options = options or Options()
     result = Result()
-    chosen = options.detections if options.detections is not None else [d for d in catalog if d.type != "correlation"]
+    settings = effective_settings(state, settings)  # the console's overrides over config.yaml's
+    disabled = disabled_detections(state)
+    chosen = options.detections if options.detections is not None else [
+        d for d in catalog if d.type != "correlation" and d.id not in disabled]
     if any(d.data_model in DERIVED_MODELS for d in chosen):
         _report(options, "sessions", 0, 1)
         result.sessions = build_user_sessions(con, state, settings, now)
@@ -111,7 +115,7 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
     if options.risk:
         result.risk = rebuild_risk_events(state, settings, techniques_by_detection(catalog) | options.techniques, now)
         rules = options.incident_rules
-        rules = rules if rules is not None else [d for d in catalog if d.type == "correlation"]
+        rules = rules if rules is not None else [d for d in catalog if d.type == "correlation" and d.id not in disabled]
         if rules:
             result.incidents = run_incident_rules(con, state, settings, rules, now, options.since, options.overrides)
         if options.deliver and settings.outputs:

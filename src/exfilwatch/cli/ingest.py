@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from exfilwatch.events.stats import quarantined
 from exfilwatch.cli.common import console, context, emit, errors
 from exfilwatch.errors import SourceError
 from exfilwatch.events.ingest import FileReport, ingest_paths
@@ -101,9 +102,7 @@ def quarantine(ctx: typer.Context, limit: int = typer.Option(50, help="Rows to s
     """List quarantined lines: file, line number, reason and the raw line."""
     c = context(ctx)
     state = c.reader()
-    total = state.query("SELECT count(*) AS n FROM quarantine")[0]["n"]
-    rows = [dict(r) for r in state.query(
-        "SELECT file, line_no, source, reason, raw FROM quarantine ORDER BY file, line_no LIMIT ?", (limit,))]
+    total, rows = quarantined(state, limit)
     emit(rows, fmt, f"quarantine ({total} lines)", ["file", "line_no", "source", "reason", "raw"])
 
 

@@ -77,7 +77,7 @@ def main(
     ctx.obj = Context(resolve_home(home, config), detections or [], lock_timeout)
 
 
-from exfilwatch.cli import detections, evaluate, ingest, run, serve, suppress, triage  # noqa: E402  (registers the commands)
+from exfilwatch.cli import detections, evaluate, ingest, run, serve, suppress, triage, users  # noqa: E402  (registers the commands)
 
-for module in (ingest, detections, run, triage, suppress, evaluate, serve):
+for module in (ingest, detections, run, triage, suppress, evaluate, serve, users):
     module.register(app)

@@ -19,6 +19,7 @@ import httpx
 import typer
 
 from exfilwatch.cli.common import console, context, local_time
+from exfilwatch.detections.schedule import run_summary
 from exfilwatch.events.cursors import spool_position
 from exfilwatch.homelock import lock_holder
 from exfilwatch.outputs.formats import print_table
@@ -80,10 +81,9 @@ def status(ctx: typer.Context) -> None:
         "SELECT source, count(*) AS batches, sum(lines) AS lines, sum(events) AS events, "
         "sum(skipped) AS skipped, sum(quarantined) AS quarantined FROM batches GROUP BY source ORDER BY source")]
     print_table(console, "lake by source", sources, ["source", "batches", "lines", "events", "skipped", "quarantined"])
-    runs = [{"detection": r["detection_id"], "last run": local_time(r["now"], c.settings.timezone),
+    runs = [{"detection": detection_id, "last run": local_time(r["last_run"], c.settings.timezone),
              "runs": r["runs"], "findings": r["findings"]}
-            for r in state.query("SELECT detection_id, max(now) AS now, count(*) AS runs, sum(findings) AS findings "
-                                 "FROM detection_runs GROUP BY detection_id ORDER BY detection_id")]
+            for detection_id, r in sorted(run_summary(state).items()) if r["runs"]]
     print_table(console, "detections", runs, ["detection", "last run", "runs", "findings"])
     queues = [dict(r) for r in state.query(
         "SELECT output, sum(status = 'pending') AS queued, sum(status = 'delivered') AS delivered "

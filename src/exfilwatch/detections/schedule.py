@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -104,3 +105,15 @@ def _count_between(cron: str, first: datetime, last: datetime, tz: str) -> int:
     second = iterator.get_next(datetime).astimezone(timezone.utc)
     step = (second - first).total_seconds() or 1.0
     return 1 + int((last - first).total_seconds() // step)
+
+
+def run_summary(state: StateStore) -> dict[str, dict[str, Any]]:
+    """Per detection: its last run's `now`, how many runs and findings it has had, and its watermark."""
+    marks = {r["detection_id"]: r["last_fire"] for r in state.query("SELECT * FROM watermarks")}
+    out = {r["detection_id"]: {"last_run": r["now"], "runs": r["runs"], "findings": r["findings"],
+                               "watermark": marks.get(r["detection_id"])}
+           for r in state.query("SELECT detection_id, max(now) AS now, count(*) AS runs, sum(findings) AS findings "
+                                "FROM detection_runs GROUP BY detection_id ORDER BY detection_id")}
+    for detection_id, mark in marks.items():
+        out.setdefault(detection_id, {"last_run": None, "runs": 0, "findings": 0, "watermark": mark})
+    return out

@@ -1,4 +1,5 @@
-"""The detections stage's tables in the state store: runs and watermarks (see state.py, Schema).
+"""The detections stage's tables in the state store: runs and watermarks (see state.py, Schema);
+since migration 2, the parameter overrides and disabled detections an admin set in the console.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ CREATE TABLE IF NOT EXISTS detection_runs (
 CREATE TABLE IF NOT EXISTS watermarks (
     detection_id TEXT PRIMARY KEY,
     last_fire TEXT NOT NULL
+);
+""",
+    # detections/overrides.py: set in the console, applied by the pipeline over config.yaml's
+    """
+CREATE TABLE IF NOT EXISTS detection_overrides (
+    detection_id TEXT NOT NULL,
+    parameter TEXT NOT NULL,
+    value TEXT NOT NULL,                 -- JSON
+    PRIMARY KEY (detection_id, parameter)
+);
+CREATE TABLE IF NOT EXISTS detection_disabled (
+    detection_id TEXT PRIMARY KEY
 );
 """,
 ))

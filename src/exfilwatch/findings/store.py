@@ -124,3 +124,15 @@ def forget_detection(state: StateStore, detection_id: str) -> None:
 
 def suppressed_count(state: StateStore) -> int:
     return state.query("SELECT count(*) AS n FROM finding_suppressions WHERE suppression_id IS NOT NULL")[0]["n"]
+
+
+def findings_by_keys(state: StateStore, finding_keys: list[str], names: dict[str, str] | None = None,
+                     techniques: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """The stored findings with these keys (those behind an incident's risk events), oldest first."""
+    if not finding_keys:
+        return []
+    rows = state.query(
+        "SELECT f.*, s.suppression_id FROM findings f LEFT JOIN finding_suppressions s USING (finding_key) "
+        f"WHERE f.finding_key IN ({','.join('?' * len(finding_keys))}) ORDER BY f.time, f.detection_id",
+        tuple(finding_keys))
+    return [finding_dict(row, names, techniques) | {"suppression_id": row["suppression_id"]} for row in rows]

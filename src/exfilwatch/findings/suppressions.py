@@ -15,12 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from exfilwatch import audit
 from exfilwatch.config import ConfigError, Settings
 from exfilwatch.errors import UsageError
 from exfilwatch.findings.record import finding_dict
+from exfilwatch.findings.store import query_findings
 from exfilwatch.riskconfig import Range, SuppressionSpec
 from exfilwatch.state import StateStore, dumps
 from exfilwatch.timeexpr import TimeModifierError, parse_time
+
+OBJECT_TYPE = "suppression"
 
 
 def value_matches(expected: Any, actual: Any) -> bool:
@@ -145,8 +149,9 @@ def all_suppressions(state: StateStore, settings: Settings, now: datetime) -> li
     return config_suppressions(settings, now) + stored_suppressions(state)
 
 
-def add_suppression(state: StateStore, settings: Settings, spec: SuppressionSpec, now: datetime) -> Suppression:
-    """Store a suppression made on the command line; its id is `s<N>`."""
+def add_suppression(state: StateStore, settings: Settings, spec: SuppressionSpec, now: datetime, *,
+                    actor: str = "cli") -> Suppression:
+    """Store a suppression made on the command line or in the console; its id is `s<N>`."""
     with state.transaction() as db:
         numbers = [int(r[0][1:]) for r in db.execute("SELECT suppression_id FROM suppressions").fetchall()
                    if re.fullmatch(r"s\d+", r[0])]
@@ -157,14 +162,68 @@ def add_suppression(state: StateStore, settings: Settings, spec: SuppressionSpec
             (sid, suppression.detection_id, suppression.entity, dumps(suppression.conditions), suppression.owner,
              suppression.reason, now.isoformat(), suppression.expires.isoformat() if suppression.expires else None),
         )
+        audit.record(state, actor=actor, now=now, action="add", object_type=OBJECT_TYPE, object_id=sid,
+                     after=_audited(suppression))
     suppression.created = now.isoformat()
     return suppression
 
 
-def remove_suppression(state: StateStore, suppression_id: str) -> bool:
+def _audited(suppression: Suppression) -> dict[str, Any]:
+    return {"detection": suppression.detection_id, "entity": suppression.entity, "where": suppression.conditions,
+            "owner": suppression.owner, "reason": suppression.reason,
+            "expires": suppression.expires.isoformat() if suppression.expires else None}
+
+
+def _stored(state: StateStore, suppression_id: str) -> Suppression:
+    found = [s for s in stored_suppressions(state) if s.suppression_id == suppression_id]
+    if not found:
+        kind = "comes from config.yaml: change it there" if suppression_id.startswith("config:") else "does not exist"
+        raise UsageError(f"suppression {suppression_id!r} {kind}")
+    return found[0]
+
+
+def update_suppression(state: StateStore, settings: Settings, suppression_id: str, spec: SuppressionSpec,
+                       now: datetime, *, actor: str) -> Suppression:
+    """Change a stored suppression (its id and creation time stay); it applies to findings decided from now on."""
+    before = _stored(state, suppression_id)
+    changed = _from_spec(spec, suppression_id, "cli", settings, now)
+    with state.transaction() as db:
+        db.execute("UPDATE suppressions SET detection_id = ?, entity = ?, conditions = ?, owner = ?, reason = ?, "
+                   "expires = ? WHERE suppression_id = ?",
+                   (changed.detection_id, changed.entity, dumps(changed.conditions), changed.owner, changed.reason,
+                    changed.expires.isoformat() if changed.expires else None, suppression_id))
+        audit.record(state, actor=actor, now=now, action="edit", object_type=OBJECT_TYPE, object_id=suppression_id,
+                     before=_audited(before), after=_audited(changed))
+    changed.created = before.created
+    return changed
+
+
+def expire_suppression(state: StateStore, suppression_id: str, now: datetime, *, actor: str) -> None:
+    """End a stored suppression at `now`: findings decided from then on are no longer hidden by it."""
+    before = _stored(state, suppression_id)
+    with state.transaction() as db:
+        db.execute("UPDATE suppressions SET expires = ? WHERE suppression_id = ?", (now.isoformat(), suppression_id))
+        audit.record(state, actor=actor, now=now, action="expire", object_type=OBJECT_TYPE, object_id=suppression_id,
+                     before=_audited(before), after={**_audited(before), "expires": now.isoformat()})
+
+
+def remove_suppression(state: StateStore, suppression_id: str, *, actor: str = "cli",
+                       now: datetime | None = None) -> bool:
     """Remove a stored suppression. Findings it already suppressed stay marked with its id."""
     with state.transaction() as db:
-        return db.execute("DELETE FROM suppressions WHERE suppression_id = ?", (suppression_id,)).rowcount > 0
+        removed = db.execute("DELETE FROM suppressions WHERE suppression_id = ?", (suppression_id,)).rowcount > 0
+        if removed and now is not None:
+            audit.record(state, actor=actor, now=now, action="remove", object_type=OBJECT_TYPE,
+                         object_id=suppression_id)
+        return removed
+
+
+def hidden_findings(state: StateStore) -> dict[str, list[dict[str, Any]]]:
+    """suppression id -> the findings it hid, oldest first."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for finding in query_findings(state, suppressed=True):
+        out.setdefault(finding["suppression_id"], []).append(finding)
+    return out
 
 
 def suppression_hits(state: StateStore) -> dict[str, int]:

@@ -6,7 +6,8 @@ receive to the spool; one worker thread does everything that touches DuckDB and 
 store, one thing at a time: commit a micro-batch of the spool (at `batch.max_events` records or
 once the oldest has waited `batch.max_seconds`), read tailed files on, and every minute of
 `clock` run the pipeline at that minute (`pipeline.run`, as `exfilwatch run` does), so runs
-never overlap each other or a batch. SIGTERM or SIGINT stops the listeners, commits everything
+never overlap each other or a batch. With `service.web` the web console (exfilwatch.web) is
+served on the loop too; its few writes take the writer lock this process already holds. SIGTERM or SIGINT stops the listeners, commits everything
 spooled, and exits.
 
 Logs of the service itself go to stderr, one JSON object per line (`event` names what happened).
@@ -48,6 +49,7 @@ from exfilwatch.service.ingester import SPOOL, Ingester
 from exfilwatch.service.spool import FOLDER, Spool
 from exfilwatch.service.syslog import kernel_drops, listener_name, start_listener
 from exfilwatch.sources import UnknownFormatError, detect_source, get_source
+from exfilwatch.web.serve import console_server
 
 Clock = Callable[[], datetime]
 TAIL_SECONDS = 1.0
@@ -250,6 +252,17 @@ class Service:
             while not http.started and not http_task.done():
                 await asyncio.sleep(0.01)
             log("listening", protocol="hec", host=hec.host, port=self.ports["hec"])
+        console = console_task = None
+        if self.config.web is not None:
+            web = self.config.web
+            console, sock = console_server(self.home, self.settings, {d.id: d for d in self.catalog}, web, web.host,
+                                           web.port, self.clock, _Server)
+            self.ports["web"] = sock.getsockname()[1]
+            console_task = asyncio.create_task(console.serve(sockets=[sock]))
+            while not console.started and not console_task.done():
+                await asyncio.sleep(0.01)
+            log("listening", protocol="https" if web.cert else "http", host=web.host, port=self.ports["web"],
+                what="console")
         flusher = asyncio.create_task(self._flusher())
         self._announce()
         if ready is not None:
@@ -260,9 +273,10 @@ class Service:
         (self.home.root / ANNOUNCEMENT).unlink(missing_ok=True)
         for server in servers:
             server.close()
-        if http is not None and http_task is not None:
-            http.should_exit = True
-            await http_task
+        for server_, task in ((http, http_task), (console, console_task)):
+            if server_ is not None and task is not None:
+                server_.should_exit = True
+                await task
         self._sync_both()
         flusher.cancel()
 
