@@ -15,7 +15,7 @@ FEATURE_LABELS = {"em_fnum": "EM-FNum: outgoing messages", "em_dnum": "EM-DNum: 
                   "em_bsum_personal": "EM-BSum-personal: bytes to personal domains"}
 
 
-def _base(title: str, width: int = 480, height: int = 180) -> dict[str, Any]:
+def _base(title: str, width: int = 420, height: int = 180) -> dict[str, Any]:
     return {"$schema": SCHEMA, "title": title, "width": width, "height": height,
             "config": {"view": {"stroke": None}, "axis": {"labelFontSize": 10}}}
 
