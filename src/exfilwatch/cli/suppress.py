@@ -42,8 +42,6 @@ def suppress_add(
                                expires=expires)
     except ValidationError as exc:
         raise validation_error(exc, "suppress add") from None
-    if entity is None and not conditions and detection in ("all", "*"):
-        raise UsageError("a suppression of every finding of every detection: name a --detection, an --entity or a --where")
     added = add_suppression(c.writer(), c.settings, spec, now_from(now, c.settings))
     expiry = local_time(added.expires.isoformat(), c.settings.timezone) if added.expires else "never"
     console.print(f"added suppression {added.suppression_id}: {terminal_safe(added.describe())} "

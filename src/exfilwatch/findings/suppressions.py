@@ -152,6 +152,9 @@ def all_suppressions(state: StateStore, settings: Settings, now: datetime) -> li
 def add_suppression(state: StateStore, settings: Settings, spec: SuppressionSpec, now: datetime, *,
                     actor: str = "cli") -> Suppression:
     """Store a suppression made on the command line or in the console; its id is `s<N>`."""
+    if spec.entity is None and not spec.where and spec.detection in ("all", "*"):
+        raise UsageError("a suppression of every finding of every detection: name a detection, an entity or a "
+                         "condition")
     with state.transaction() as db:
         numbers = [int(r[0][1:]) for r in db.execute("SELECT suppression_id FROM suppressions").fetchall()
                    if re.fullmatch(r"s\d+", r[0])]

@@ -514,8 +514,6 @@ def create_app(home: Home, settings: Settings, catalog: dict[str, Detection], no
                         user: dict[str, Any] = Depends(analyst)) -> Response:
         try:
             spec = suppression_spec(detection, entity, where, owner, reason, expires)
-            if spec.entity is None and not spec.where and spec.detection in ("all", "*"):
-                return back("/suppressions?error=" + quote("name a detection, an entity or a condition"))
             with console.write() as state:
                 add_suppression(state, settings, spec, now(), actor=user["name"])
         except ExfilwatchError as exc:
