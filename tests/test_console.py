@@ -138,7 +138,8 @@ def test_analyst_triages_with_an_audit_trail_and_is_offered_a_suppression(app, o
     state.close()
     assert (incident["status"], incident["disposition"], incident["assignee"]) == ("closed", "false_positive", "analyst")
     assert [c["text"] for c in incident["comments"]] == ["looked at the recipients"]
-    assert {a["actor"] for a in incident["audit"]} == {"analyst"} and len(incident["audit"]) >= 3
+    by_analyst = [a["action"] for a in incident["audit"] if a["actor"] == "analyst"]
+    assert by_analyst == ["set_status", "comment", "assign"]  # newest first; the pipeline's own rows aside
     precision = {d["id"]: d for d in client_as(app, "viewer").get("/api/detections").json()}
     assert precision[incident["detection_id"]]["outcomes"] == {"false_positive": 1}
     assert precision[incident["detection_id"]]["precision"] == 0.0
