@@ -324,3 +324,30 @@ def test_web_settings_are_validated_with_the_key_named():
     with pytest.raises(ConfigError, match="both 'cert' and 'key'"):
         parse_settings({"service": {"web": {"cert": __file__}}}, "config.yaml")
     assert parse_settings({"service": {"web": {}}}, "c").service.web.port == 8080
+
+
+def test_serve_mounts_the_console_over_https(tmp_path):
+    import httpx
+
+    from servicekit import Served, service_config
+
+    cert, key = tmp_path / "console.crt", tmp_path / "console.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    home = tmp_path / "home"
+    assert cli(home, "users", "add", "gail", "--role", "viewer", "--password-stdin",
+               stdin="a long password\n").returncode == 0
+    served = Served(home, service_config(syslog=[], web={"host": "127.0.0.1", "port": 0, "cert": str(cert),
+                                                         "key": str(key)})).start()
+    try:
+        with httpx.Client(base_url=f"https://127.0.0.1:{served.port('web')}", verify=str(cert)) as client:
+            page = client.get("/login")
+            assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+            response = client.post("/login", data={"name": "gail", "password": "a long password",
+                                                   "csrf_token": csrf_of(page.text)})
+            assert response.status_code == 303 and "secure" in response.headers["set-cookie"].lower()
+            assert client.get("/api/incidents").json()["incidents"] == []
+        assert served.stop() == 0
+    finally:
+        served.kill()
