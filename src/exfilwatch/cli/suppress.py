@@ -77,6 +77,6 @@ def suppress_remove(ctx: typer.Context, suppression_id: str = typer.Argument(...
     c = context(ctx)
     if suppression_id.startswith("config:"):
         raise UsageError(f"{suppression_id} comes from {c.home.config_path}: remove it there")
-    if not remove_suppression(c.writer(), suppression_id):
+    if not remove_suppression(c.writer(), suppression_id, now=now_from(None, c.settings)):
         raise UsageError(f"no suppression {suppression_id!r}; see `exfilwatch suppress list`")
     console.print(f"removed suppression {suppression_id}")
