@@ -9,6 +9,8 @@ peak memory:
 
 * `exfilwatch`: `ingest_paths` into a fresh home: parse, join per queue id, write Parquet,
   commit to the state store: the whole ingest, not only the parse;
+* `bare-duckdb`: the engine's own limit (bench/bare_duckdb.py): `read_csv` of whole lines, one
+  `regexp_extract` with the named groups of the `python-re` header pattern, `COPY` to Parquet with zstd;
 * `python-re`: the reference a user would write: read the file line by line, one `re` match
   for the syslog header and one per message shape, a dict of messages per queue id, emit
   on `removed` (no Parquet written: it only builds the list of messages).
@@ -30,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bare_duckdb import bare_parse
 
 USERS = [f"user{i:04d}" for i in range(2000)]
 EXTERNAL = ["gmail.com", "yahoo.com", "outlook.com", "partner-a.example.org", "partner-b.example.net",
@@ -155,12 +159,20 @@ def run_python(path: Path) -> dict:
     return {"lines": lines, "seconds": time.perf_counter() - start, "messages": messages}
 
 
+def run_bare(path: Path, threads: int) -> dict:
+    start = time.perf_counter()
+    lines, matched = bare_parse(path, HEADER.pattern, threads)
+    return {"lines": lines, "seconds": time.perf_counter() - start, "messages": matched}
+
+
 def child(kind: str, path: Path, threads: int) -> None:
     if kind == "exfilwatch":  # imports are not part of the measurement
         import exfilwatch.config  # noqa: F401
         import exfilwatch.events.ingest  # noqa: F401
     before = resource.getrusage(resource.RUSAGE_SELF)
-    result = run_exfilwatch(path, threads) if kind == "exfilwatch" else run_python(path)
+    runners = {"exfilwatch": lambda: run_exfilwatch(path, threads), "bare-duckdb": lambda: run_bare(path, threads),
+               "python-re": lambda: run_python(path)}
+    result = runners[kind]()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_seconds"] = (usage.ru_utime - before.ru_utime) + (usage.ru_stime - before.ru_stime)
     result["peak_rss_mb"] = usage.ru_maxrss / 1024
@@ -171,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=5_000_000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--child", choices=["exfilwatch", "python-re"])
+    parser.add_argument("--child", choices=["exfilwatch", "bare-duckdb", "python-re"])
     parser.add_argument("--path", type=Path)
     args = parser.parse_args()
     if args.child:
@@ -185,7 +197,7 @@ def main() -> None:
         print(f"generated {args.lines:,}+ lines, {messages:,} messages, {size_mb:,.0f} MB "
               f"in {time.perf_counter() - start:.0f} s; {os.cpu_count()} CPUs, threads={args.threads}\n")
         rows = []
-        for kind in ("exfilwatch", "python-re"):
+        for kind in ("exfilwatch", "python-re", "bare-duckdb"):
             out = subprocess.run([sys.executable, __file__, "--child", kind, "--path", str(path),
                                   "--threads", str(args.threads)], check=True, capture_output=True, text=True)
             rows.append((kind, json.loads(out.stdout.strip().splitlines()[-1])))
@@ -200,6 +212,10 @@ def main() -> None:
         cpu_ratio = rows[1][1]["cpu_seconds"] / rows[0][1]["cpu_seconds"]
         print(f"\nexfilwatch / python-re: {ratio:.1f}x by wall time, {cpu_ratio:.1f}x by CPU time "
               f"(load average {load:.1f} at the end: other processes share the cores)")
+        bare = rows[2][1]
+        print(f"exfilwatch / bare DuckDB (read_csv + one regexp_extract + COPY; its 'messages' are matched lines): "
+              f"{bare['seconds'] / rows[0][1]['seconds']:.0%} of its lines/s by wall time, "
+              f"{bare['cpu_seconds'] / rows[0][1]['cpu_seconds']:.0%} by CPU time (aim: 60 %)")
         for note in rows[0][1].get("notes", []):
             print(f"note: {note}")
 

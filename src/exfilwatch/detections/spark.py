@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from exfilwatch.errors import UsageError
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -48,6 +49,48 @@ def spark_session(settings: Settings, master: str = "local[2]"):
     )
 
 
+# DuckDB functions with no Spark SQL equivalent that rules use to word their findings, written as
+# Spark SQL of the same result (no Python UDF: executors on a cluster need no exfilwatch install).
+# `__x__` stands for the function's argument.
+_SIZE_UNITS = ["kB", "MB", "GB", "TB", "PB"]
+# formatReadableDecimalSize: powers of 1000, one decimal cut, not rounded (1949 -> 1.9 kB)
+_READABLE_SIZE = (
+    "CASE WHEN __x__ IS NULL THEN NULL WHEN abs(__x__) = 1 THEN concat(CASE WHEN __x__ < 0 THEN '-' ELSE '' END, '1 byte') "
+    "WHEN abs(__x__) < 1000 THEN concat(CAST(__x__ AS STRING), ' bytes') "
+    + " ".join(
+        f"WHEN abs(__x__) < {1000 ** (i + 2)} OR {i} = {len(_SIZE_UNITS) - 1} THEN concat(CASE WHEN __x__ < 0 THEN '-' ELSE '' END, "
+        f"CAST(abs(__x__) DIV {1000 ** (i + 1) // 10} DIV 10 AS STRING), '.', CAST(abs(__x__) DIV {1000 ** (i + 1) // 10} % 10 AS STRING), "
+        f"' {unit}')"
+        for i, unit in enumerate(_SIZE_UNITS))
+    + " END"
+)
+# format('{:.Ng}', x): Java's %.Ng picks fixed or scientific notation as C and Python do, but rounds
+# a tie up where DuckDB's fmt rounds half to even (so the value is first rounded to N significant
+# digits with bround, scaled by a power of ten: Spark's bround needs a constant scale), and keeps
+# the fraction's trailing zeros (and a bare point) that fmt drops
+_SCALE = "CAST({digits} - 1 - floor(log10(abs(CAST(__x__ AS DOUBLE)))) AS INT)"
+_ROUNDED = (f"CASE WHEN CAST(__x__ AS DOUBLE) = 0 OR isnan(CAST(__x__ AS DOUBLE)) THEN CAST(__x__ AS DOUBLE) "
+            f"WHEN {_SCALE} >= 0 THEN bround(CAST(__x__ AS DOUBLE) * power(10, {_SCALE}), 0) / power(10, {_SCALE}) "
+            f"ELSE bround(CAST(__x__ AS DOUBLE) / power(10, -{_SCALE}), 0) * power(10, -{_SCALE}) END")
+_GENERAL_FORMAT = ("regexp_replace(regexp_replace(format_string('%.{digits}g', " + _ROUNDED + "), "
+                   "'(\\\\.[0-9]*?)0+(e|$)', '$1$2'), '\\\\.(e|$)', '$1')")
+_GENERAL_TEMPLATE = re.compile(r"\{:\.(\d{1,2})g\}")
+
+
+def _spark_expression(template: str, argument: exp.Expression) -> exp.Expression:
+    tree = sqlglot.parse_one(template, read="spark")
+    return tree.transform(lambda n: argument.copy() if isinstance(n, exp.Column) and n.name == "__x__" else n)
+
+
+def _spark_format(node: exp.Format) -> exp.Expression:
+    template = node.this.name if isinstance(node.this, exp.Literal) else None
+    general = _GENERAL_TEMPLATE.fullmatch(template or "")
+    if general is None or len(node.expressions) != 1:
+        raise SparkUnavailable(f"format({node.this.sql()}, …) has no Spark form: the Spark engine knows "
+                               "format('{:.Ng}', value) with one value")
+    return _spark_expression(_GENERAL_FORMAT.format(digits=general.group(1)), node.expressions[0])
+
+
 def _literal(value: Any) -> exp.Expression:
     if isinstance(value, datetime):
         utc = value.astimezone(timezone.utc).replace(tzinfo=None)
@@ -71,6 +114,13 @@ def to_spark_sql(sql: str, params: dict[str, Any]) -> str:
     def spark_functions(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.ToDays):  # DuckDB's to_days(n) is an interval of n days
             return exp.Anonymous(this="make_dt_interval", expressions=[node.this])
+        if isinstance(node, exp.PercentileCont) and node.expression is not None:
+            # DuckDB's quantile_cont(x, q) interpolates linearly between the closest ranks, as Spark's percentile does
+            return exp.Anonymous(this="percentile", expressions=[node.this, node.expression])
+        if isinstance(node, exp.Format):
+            return _spark_format(node)
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "formatreadabledecimalsize":
+            return _spark_expression(_READABLE_SIZE, node.expressions[0])
         return node
 
     return tree.transform(inline).transform(spark_functions).sql(dialect="spark")
