@@ -478,13 +478,15 @@ class PulseSecure:
             FROM cef_kv
         ), coded AS (
             SELECT *,
-                   CASE WHEN c_code IS NOT NULL THEN c_code
-                        WHEN substr(raw_msg, 9, 2) = ': ' AND regexp_full_match(substr(raw_msg, 1, 8), '[A-Z]{{3}}[0-9]{{5}}')
-                        THEN substr(raw_msg, 1, 8) END AS code,
-                   CASE WHEN substr(raw_msg, 9, 2) = ': ' AND regexp_full_match(substr(raw_msg, 1, 8), '[A-Z]{{3}}[0-9]{{5}}')
-                        THEN substr(raw_msg, 11) ELSE raw_msg END AS t,
+                   CASE WHEN c_code IS NOT NULL THEN c_code WHEN msg_coded THEN substr(raw_msg, 1, 8) END AS code,
+                   CASE WHEN msg_coded THEN substr(raw_msg, 11) ELSE raw_msg END AS t,
                    CASE WHEN contains(who, '::') THEN substr(who, strpos(who, '::') + 2) ELSE who END AS who_user
-            FROM unified
+            FROM (
+                -- the message's own event code (`AUT24326: `), tested once per line
+                SELECT *, coalesce(substr(raw_msg, 9, 2) = ': '
+                                   AND regexp_full_match(substr(raw_msg, 1, 8), '[A-Z]{{3}}[0-9]{{5}}'), false) AS msg_coded
+                FROM unified
+            )
         ), kinded AS (
             SELECT *, CASE WHEN form = 'blank' OR NOT ok OR NOT vendor_ok THEN NULL {kind_case}
                            -- the appliance's own messages (`System()[]`: signatures, integrity scans, …);
