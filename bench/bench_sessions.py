@@ -10,6 +10,9 @@ features and models, not parsing (bench_sources_* measure that). Each phase runs
 process so its peak RSS is its own; DuckDB gets memory_limit=2GB. Prints a markdown table for
 docs/benchmarks.md.
 
+With `--spark`: only the four rules over the last 7 days' sessions, on DuckDB and on Spark in
+local mode over the same lake (same findings required), for docs/scale.md.
+
 Phases:
 * groupby      — the reference: SELECT src_user, local day, count(*), sum(size) ... GROUP BY 1, 2
 * build        — all sessions and features for the 90 days (a first run, or `sessions --rebuild`)
@@ -109,7 +112,8 @@ CREATE TABLE email_rows AS
            CASE WHEN m.x2 < 0.01 THEN 5000000 + CAST(m.x1 * 15000000 AS BIGINT)
                 ELSE CAST(exp(8 + 4 * m.x1 * m.x2) AS BIGINT) END AS size,
            'bench' AS subject, NULL::VARCHAR[] AS file_name, NULL AS direction, 'delivered' AS action,
-           NULL AS src_ip, NULL AS dest, 'email-out' AS event_type, 'bench' AS source, 'bench' AS raw_ref
+           NULL AS src_ip, NULL AS dest, 'email-out' AS event_type, 'bench' AS source, 'bench' AS raw_ref,
+           NULL::VARCHAR AS "user"
     FROM msg m LEFT JOIN vpn v ON v.uid = m.uid AND v.day = m.day;
 """
 
@@ -211,8 +215,51 @@ def phase_day(out: Path) -> dict:
     return {"rows": judged, "new_sessions": report.sessions, "findings": findings}
 
 
+def _rules_over_last_days(out: Path, spark_engine: bool, days: int = 7) -> dict:
+    """The four rules judging the sessions that closed in the last `days` days of the built sessions,
+    each against its 90-day model, on DuckDB or on Spark (local mode, the machine's cores)."""
+    from exfilwatch.detections.runner import RunWindow, execute, resolve_parameters
+    from exfilwatch.detections.schema import load_detections
+    from exfilwatch.events.engine import connect, expose_models, register_lake_views
+    from exfilwatch.home import open_state
+
+    home, settings = _home(out)
+    state = open_state(home)
+    start, end = _midnight(END - timedelta(days=days)), _midnight(END)
+    window = RunWindow(now=end + timedelta(hours=2), earliest=start, latest=end)
+    spark, started = None, time.perf_counter()
+    if spark_engine:
+        from exfilwatch.detections.spark import execute_spark, spark_session
+
+        spark = spark_session(settings, master="local[2]")
+        spark.sparkContext.setLogLevel("ERROR")
+    session_start = time.perf_counter() - started
+    con = connect(settings, home.spill_dir)
+    findings = []
+    started = time.perf_counter()
+    for detection in (load_detections()[i] for i in RULES):
+        params = resolve_parameters(detection, settings, {}, window)
+        if spark is not None:
+            rows = execute_spark(spark, state, settings, detection, params)
+        else:
+            register_lake_views(con, settings, state, params["history"], end)
+            expose_models(con)
+            rows = execute(con, detection, params)
+        findings += sorted((detection.id, row["session_id"]) for row in rows)
+    return {"rows": len(findings), "findings": findings, "rules_seconds": time.perf_counter() - started,
+            "engine_start_seconds": session_start}
+
+
+def phase_rules_duckdb(out: Path) -> dict:
+    return _rules_over_last_days(out, spark_engine=False)
+
+
+def phase_rules_spark(out: Path) -> dict:
+    return _rules_over_last_days(out, spark_engine=True)
+
+
 PHASES = {"synth": phase_synth, "groupby": phase_groupby, "build": phase_build, "models": phase_models,
-          "day": phase_day}
+          "day": phase_day, "rules-duckdb": phase_rules_duckdb, "rules-spark": phase_rules_spark}
 
 
 def run_phase(name: str, out: Path, extra: list[str]) -> dict:
@@ -233,6 +280,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/sessions"))
     parser.add_argument("--phase", choices=PHASES)
     parser.add_argument("--keep", action="store_true", help="Reuse the synthesised lake.")
+    parser.add_argument("--spark", action="store_true",
+                        help="Only the four rules over the last 7 days' sessions, DuckDB against Spark local mode "
+                             "(after the other phases, or on a --keep lake whose sessions are built).")
     args = parser.parse_args()
     if args.phase:
         import duckdb  # noqa: F401
@@ -253,6 +303,8 @@ def main() -> int:
         shutil.rmtree(args.out, ignore_errors=True)
         args.out.mkdir(parents=True)
         results["synth"] = run_phase("synth", args.out, extra)
+    if args.spark:
+        return compare_spark(args.out, extra, results)
     for name in ("groupby", "build", "models", "day"):
         results[name] = run_phase(name, args.out, extra)
     base = results["groupby"]["seconds"]
@@ -272,6 +324,25 @@ def main() -> int:
         print(f"| {labels[name]} | {result['rows']} | {result['seconds']:.2f} | {result['cpu']:.2f} | "
               f"{result['seconds'] / base:.1f} | {result['cpu'] / base_cpu:.1f} | {result['peak_rss_mb']:.0f} |")
     return 0
+
+
+def compare_spark(out: Path, extra: list[str], results: dict) -> int:
+    """The four rules on DuckDB and on Spark local mode over the same lake: same findings, and the time."""
+    if "synth" in results:
+        results["build"] = run_phase("build", out, extra)
+    duck = run_phase("rules-duckdb", out, extra)
+    spark = run_phase("rules-spark", out, extra)
+    same = duck["findings"] == spark["findings"]
+    print(f"\nthe four rules over the sessions that closed in the last 7 days ({len(duck['findings'])} findings; "
+          f"Spark's are {'the same' if same else 'DIFFERENT'})\n")
+    print("| engine | engine start s | four rules s (wall) | x DuckDB | peak RSS of the Python process MB |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in (("DuckDB", duck), ("Spark local[2]", spark)):
+        print(f"| {name} | {r['engine_start_seconds']:.1f} | {r['rules_seconds']:.1f} | "
+              f"{r['rules_seconds'] / duck['rules_seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+    import os
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

@@ -60,3 +60,32 @@ def test_spark_findings_equal_duckdb_findings(spark, tmp_path, detection, test):
         assert ours.message == theirs.message
     if test.kind == "positive":
         assert duck
+
+
+def test_spark_words_findings_as_duckdb_does(spark):
+    """The DuckDB-only functions rules word their findings with (observed values, sizes) give the
+    same text on Spark: sizes in powers of 1000 with one decimal cut, and 6 significant digits with
+    ties rounded half to even and trailing zeros dropped."""
+    import duckdb
+
+    from exfilwatch.detections.spark import to_spark_sql
+
+    sizes = [0, 1, -1, 5, 999, 1000, 1499, 1949, 1950, 999_999, 1_000_000, 1_234_567, 12_345_678_901, 2**40,
+             10**16, 10**18 + 5, 9 * 10**18]
+    numbers = [0.0, 1.0, 0.5, 0.125, 2.5, 12.0, 30.75, -3.25, 142.857142857, 100000.0, 123456.5, 999999.5,
+               1e6, 1234567.0, 1234565.0, 1234575.0, 0.0001234, 0.00001234, 1e-5, 2.0**60, 1e300]
+    sql = "SELECT " + ", ".join(
+        [f"formatReadableDecimalSize(CAST({v} AS BIGINT)) AS s{i}" for i, v in enumerate(sizes)]
+        + [f"format('{{:.6g}}', CAST({v!r} AS DOUBLE)) AS g{i}" for i, v in enumerate(numbers)]
+        + ["format('{:.6g}', CAST(NULL AS DOUBLE)) AS g_null", "formatReadableDecimalSize(CAST(NULL AS BIGINT)) AS s_null"])
+    duck = duckdb.sql(sql).fetchall()[0]
+    sparked = tuple(spark.sql(to_spark_sql(sql, {})).collect()[0])
+    assert sparked == duck
+    assert duck[sizes.index(1949)] == "1.9 kB" and duck[len(sizes) + numbers.index(123456.5)] == "123456"
+
+
+def test_a_duckdb_format_spark_cannot_write_is_named():
+    from exfilwatch.detections.spark import SparkUnavailable, to_spark_sql
+
+    with pytest.raises(SparkUnavailable, match=r"format\('\{:>10\}'"):
+        to_spark_sql("SELECT format('{:>10}', name) FROM t", {})

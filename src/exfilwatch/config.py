@@ -234,6 +234,16 @@ class DomainOverrides(StrictModel):
     remove: list[str] = Field(default_factory=list)
 
 
+class SparkSettings(StrictModel):
+    """`spark:` — where `--engine spark` runs and how its executors reach the lake (docs/scale.md)."""
+
+    master: str = "local[2]"  # spark.master: local[N], spark://host:7077, yarn, k8s://…
+    # The home's `lake/` folder as the executors reach it (s3a://bucket/exfilwatch/lake, hdfs://…/lake),
+    # when it is copied or mounted there; default: the local path, which every executor must see.
+    lake_uri: str | None = None
+    conf: dict[str, str] = Field(default_factory=dict)  # more Spark settings (spark.executor.memory, fs.s3a.…)
+
+
 class SessionSettings(StrictModel):
     """How VPN events become sessions (see exfilwatch.enrich.sessions)."""
 
@@ -341,6 +351,7 @@ class Settings(StrictModel):
     memory_limit: str = "4GB"
     threads: int | None = None
     engine: Literal["duckdb", "spark"] = "duckdb"
+    spark: SparkSettings = Field(default_factory=SparkSettings)
     assets: list[Asset] = Field(default_factory=list)
     # a Splunk ES asset lookup (CSV) or a YAML list, added after the inline `assets:` (relative to the config file)
     assets_file: str | None = None

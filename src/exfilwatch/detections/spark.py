@@ -25,6 +25,7 @@ from exfilwatch.config import Settings, memory_bytes
 from exfilwatch.detections.runner import compiled_sql, data_range
 from exfilwatch.detections.schema import Detection
 from exfilwatch.events.engine import connect, register_lake_views, sent_by_user_sources
+from exfilwatch.events.tables import LAKE
 from exfilwatch.models import DATA_MODELS, EMAIL
 from exfilwatch.sources.mailcommon import query_time_columns
 from exfilwatch.state import StateStore
@@ -34,19 +35,40 @@ class SparkUnavailable(UsageError):
     pass
 
 
-def spark_session(settings: Settings, master: str = "local[2]"):
+def spark_session(settings: Settings, master: str | None = None):
+    """A Spark session on `master` (default the config's `spark.master`), in UTC like DuckDB's."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
         raise SparkUnavailable("the Spark engine needs PySpark: pip install 'exfilwatch[spark]' (and Java 17+)") from None
-    return (
-        SparkSession.builder.master(master).appName("exfilwatch")
+    builder = (
+        SparkSession.builder.master(master or settings.spark.master).appName("exfilwatch")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.driver.memory", f"{max(1, memory_bytes(settings.memory_limit) // 2**20)}m")
-        .getOrCreate()
     )
+    for key, value in settings.spark.conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def spark_lake_paths(settings: Settings, state: StateStore, model: str) -> list[str]:
+    """The model's committed lake files as Spark's executors reach them: under `spark.lake_uri`
+    when the lake is copied or mounted elsewhere (S3, HDFS), else their local paths."""
+    files = state.lake_files(model)
+    if not settings.spark.lake_uri:
+        return files
+    base = settings.spark.lake_uri.rstrip("/")
+    lake_prefix = LAKE + "/"
+    mapped = []
+    for path in files:
+        relative = state.relative(path)
+        if not relative.startswith(lake_prefix):
+            raise SparkUnavailable(f"{path}: a lake file outside the home's lake/ folder cannot be mapped to "
+                                   f"spark.lake_uri {settings.spark.lake_uri}")
+        mapped.append(f"{base}/{relative[len(lake_prefix):]}")
+    return mapped
 
 
 # DuckDB functions with no Spark SQL equivalent that rules use to word their findings, written as
@@ -143,7 +165,7 @@ def register_spark_views(spark, settings: Settings, state: StateStore, start: da
     asset_schema = "ip string, category string, categories array<string>, bunit string, owner string, priority string"
     spark.createDataFrame(assets, schema=asset_schema).createOrReplaceTempView("asset_map")
     for model in DATA_MODELS.values():
-        files = state.lake_files(model.name)
+        files = spark_lake_paths(settings, state, model.name)
         if files:
             # files older than a model's added columns lack them: merge the schemas, add what is missing
             reader = spark.read.option("mergeSchema", "true") if model.added_columns else spark.read

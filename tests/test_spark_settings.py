@@ -1,0 +1,46 @@
+"""`spark:` in config.yaml: where Spark runs and how its executors reach the lake (no Spark needed here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from exfilwatch.config import Home, parse_settings
+from exfilwatch.detections.spark import SparkUnavailable, spark_lake_paths
+from exfilwatch.errors import ConfigError
+from exfilwatch.events.ingest import ingest_paths
+from exfilwatch.home import open_state
+
+LINE = ("2026-03-03 09:15:02 - ive - [203.0.113.5] Default Network::jdoe(Users)[Users, VPN] - "
+        "Login succeeded for jdoe/Users (session:5f3a9c01) from 203.0.113.5 with Pulse-Secure/9.1.3.\n")
+
+
+def test_executors_read_the_lake_where_the_config_says_it_is(tmp_path):
+    (tmp_path / "vpn.log").write_text(LINE)
+    home = Home(root=tmp_path / "home", config_path=tmp_path / "home" / "config.yaml")
+    ingest_paths([tmp_path / "vpn.log"], home, parse_settings({}, "test"), "pulse_secure")
+    state = open_state(home)
+    [local] = state.lake_files("authentication")
+
+    assert spark_lake_paths(parse_settings({}, "test"), state, "authentication") == [local]
+    on_s3 = parse_settings({"spark": {"master": "spark://head:7077", "lake_uri": "s3a://corp-sec/exfilwatch/lake/",
+                                      "conf": {"spark.executor.memory": "8g"}}}, "test")
+    [mapped] = spark_lake_paths(on_s3, state, "authentication")
+    assert mapped == "s3a://corp-sec/exfilwatch/lake/" + local.split("/lake/", 1)[1]
+    assert mapped.startswith("s3a://corp-sec/exfilwatch/lake/authentication/day=2026-03-03/")
+
+
+def test_a_misspelt_spark_setting_is_named():
+    with pytest.raises(ConfigError, match="spark"):
+        parse_settings({"spark": {"lake": "s3a://x"}}, "config.yaml")
+
+
+def test_a_lake_file_outside_the_lake_folder_is_not_silently_mapped(tmp_path):
+    class Elsewhere:
+        def lake_files(self, model):
+            return ["/elsewhere/x.parquet"]
+
+        def relative(self, path):
+            return path
+
+    with pytest.raises(SparkUnavailable, match="outside the home's lake"):
+        spark_lake_paths(parse_settings({"spark": {"lake_uri": "hdfs://nn/lake"}}, "test"), Elsewhere(), "email")
