@@ -112,8 +112,7 @@ CREATE TABLE email_rows AS
            CASE WHEN m.x2 < 0.01 THEN 5000000 + CAST(m.x1 * 15000000 AS BIGINT)
                 ELSE CAST(exp(8 + 4 * m.x1 * m.x2) AS BIGINT) END AS size,
            'bench' AS subject, NULL::VARCHAR[] AS file_name, NULL AS direction, 'delivered' AS action,
-           NULL AS src_ip, NULL AS dest, 'email-out' AS event_type, 'bench' AS source, 'bench' AS raw_ref,
-           NULL::VARCHAR AS "user"
+           NULL AS src_ip, NULL AS dest, 'email-out' AS event_type, 'bench' AS source, 'bench' AS raw_ref
     FROM msg m LEFT JOIN vpn v ON v.uid = m.uid AND v.day = m.day;
 """
 
@@ -140,7 +139,11 @@ def phase_synth(out: Path, users: int, days: int) -> dict:
     counts = {}
     for model, table in ((AUTHENTICATION, "auth_rows"), (EMAIL, "email_rows")):
         batch = f"bench-{model.name}"
-        files = write_batch(con, home.lake, model, batch, table)
+        present = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
+        missing = [f'CAST(NULL AS {typ}) AS "{name}"' for name, typ in model.columns if name not in present]
+        # columns the model gained after this generator was written are left empty, as in older lake files
+        rows_sql = f"(SELECT *, {', '.join(missing)} FROM {table})" if missing else table
+        files = write_batch(con, home.lake, model, batch, rows_sql)
         rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
         counts[model.name] = rows
         with state.transaction() as db:

@@ -205,9 +205,18 @@ def _spark_type(duckdb_type: str) -> str:
 
 
 def _python_value(value: Any) -> Any:
-    # Spark hands back naive datetimes in the session zone, which is UTC.
+    """A Spark value as DuckDB's Python client gives it: a struct as a dict (Spark's Row is a tuple),
+    lists of them likewise, a naive datetime in the session zone (UTC) as an aware one."""
+    from pyspark.sql import Row
+
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
+    if isinstance(value, Row):
+        return {k: _python_value(v) for k, v in value.asDict(recursive=False).items()}
+    if isinstance(value, list):
+        return [_python_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _python_value(v) for k, v in value.items()}
     return value
 
 
