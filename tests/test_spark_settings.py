@@ -44,3 +44,20 @@ def test_a_lake_file_outside_the_lake_folder_is_not_silently_mapped(tmp_path):
 
     with pytest.raises(SparkUnavailable, match="outside the home's lake"):
         spark_lake_paths(parse_settings({"spark": {"lake_uri": "hdfs://nn/lake"}}, "test"), Elsewhere(), "email")
+
+
+def test_spark_rows_come_back_as_duckdb_gives_them():
+    """A rule's evidence columns (lists of structs) read the same from both engines: Spark's Row is a
+    tuple, DuckDB gives a dict; naive Spark times are UTC."""
+    pyspark_sql = pytest.importorskip("pyspark.sql")
+    from datetime import datetime, timezone
+
+    from exfilwatch.detections.spark import _python_value
+
+    Row = pyspark_sql.Row
+    sparked = [Row(domain="gmail.com", messages=2, seen=datetime(2026, 10, 15, 14, 0)), Row(domain="x.example",
+                                                                                           messages=None, seen=None)]
+    assert _python_value(sparked) == [
+        {"domain": "gmail.com", "messages": 2, "seen": datetime(2026, 10, 15, 14, 0, tzinfo=timezone.utc)},
+        {"domain": "x.example", "messages": None, "seen": None}]
+    assert _python_value(Row(outer=[Row(inner=1)])) == {"outer": [{"inner": 1}]}
