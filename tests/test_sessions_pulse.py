@@ -6,11 +6,12 @@ timeout, or the tunnel's end when no logout comes), and the session that the see
 
 from __future__ import annotations
 
+import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
 from exfilwatch.config import parse_settings
 from exfilwatch.events.engine import connect
@@ -197,8 +198,16 @@ DEVICE = st.fixed_dictionaries({
 })
 
 
+_QUIET_LAPTOP = {"start": 0, "tunnel_after": 0, "length": 30, "tunnel_end": False, "closed": False, "end": None,
+                 "end_after": 0}
+_PHONE_CLOSED_THEN_LOGOUT = {**_QUIET_LAPTOP, "closed": True, "end": "logout"}
+
+
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(devices=st.lists(DEVICE, min_size=1, max_size=2), order=st.randoms(use_true_random=False))
+# the phone's `Closed connection` (no id) belongs to the phone's session, which has its own logout:
+# it must not end the laptop's session
+@example(devices=[_QUIET_LAPTOP, _PHONE_CLOSED_THEN_LOGOUT], order=random.Random(1))
 def test_any_interleaving_gives_one_session_per_login_holding_its_mail(devices, order):
     base = at(8)
     lines, mails, expected = [], [], []

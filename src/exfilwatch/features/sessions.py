@@ -421,28 +421,32 @@ def _connection_closed_ends(con: duckdb.DuckDBPyConnection, joined: str, events:
 
     Columns user, g_link, g_seq (the session), t, reason, ref.
     """
-    # an end line belongs to the open session from its own client address, else the latest one
-    open_sessions = f"""(SELECT *, coalesce(src_ip, '') AS addr,
-                                least(next_login, {_idle_end_sql(idle_hours)}) AS soft_end
-                         FROM {joined} WHERE end_explicit IS NULL)"""
+    # an end line belongs to the session from its own client address that holds it (which may have
+    # its own end already), else to the user's latest open session
+    idle_end = _idle_end_sql(idle_hours)
+    sessions = f"""(SELECT *, coalesce(src_ip, '') AS addr, least(next_login, {idle_end}) AS soft_end,
+                           coalesce(end_explicit, least(next_login, {idle_end})) AS hold_end
+                    FROM {joined})"""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_user_end AS
         WITH ends AS (
             SELECT row_number() OVER () AS line, *, coalesce(src_ip, '') AS addr
             FROM {events} WHERE link IS NULL AND is_logout
         ), same_address AS (
-            SELECT e.line, s.user, s.g_link, s.g_seq, e._time, e.reason, e.raw_ref
-            FROM ends e ASOF JOIN {open_sessions} s
+            SELECT e.line, s.user, s.g_link, s.g_seq, s.end_explicit IS NULL AS open, e._time, e.reason, e.raw_ref
+            FROM ends e ASOF JOIN {sessions} s
               ON e.user = s.user AND e.addr = s.addr AND e._time >= s.session_start
-            WHERE e._time < s.soft_end
+            WHERE e._time <= s.hold_end
         ), any_address AS (
-            SELECT e.line, s.user, s.g_link, s.g_seq, e._time, e.reason, e.raw_ref
+            SELECT e.line, s.user, s.g_link, s.g_seq, true AS open, e._time, e.reason, e.raw_ref
             FROM (SELECT * FROM ends WHERE line NOT IN (SELECT line FROM same_address)) e
-            ASOF JOIN {open_sessions} s ON e.user = s.user AND e._time >= s.session_start
+            ASOF JOIN (SELECT * FROM {sessions} WHERE end_explicit IS NULL) s
+              ON e.user = s.user AND e._time >= s.session_start
             WHERE e._time < s.soft_end
         )
         SELECT user, g_link, g_seq, min(_time) AS t, arg_min(reason, _time) AS reason, arg_min(raw_ref, _time) AS ref
         FROM (SELECT * FROM same_address UNION ALL SELECT * FROM any_address)
+        WHERE open
         GROUP BY ALL
     """)
     return "_ses_user_end"
