@@ -94,8 +94,9 @@ _SCALE = "CAST({digits} - 1 - floor(log10(abs(CAST(__x__ AS DOUBLE)))) AS INT)"
 _ROUNDED = (f"CASE WHEN CAST(__x__ AS DOUBLE) = 0 OR isnan(CAST(__x__ AS DOUBLE)) THEN CAST(__x__ AS DOUBLE) "
             f"WHEN {_SCALE} >= 0 THEN bround(CAST(__x__ AS DOUBLE) * power(10, {_SCALE}), 0) / power(10, {_SCALE}) "
             f"ELSE bround(CAST(__x__ AS DOUBLE) / power(10, -{_SCALE}), 0) * power(10, -{_SCALE}) END")
-_GENERAL_FORMAT = ("regexp_replace(regexp_replace(format_string('%.{digits}g', " + _ROUNDED + "), "
-                   "'(\\\\.[0-9]*?)0+(e|$)', '$1$2'), '\\\\.(e|$)', '$1')")
+# (format_string writes a null as 'null': a null stays null, as in DuckDB)
+_GENERAL_FORMAT = ("CASE WHEN __x__ IS NOT NULL THEN regexp_replace(regexp_replace(format_string('%.{digits}g', "
+                   + _ROUNDED + "), '(\\\\.[0-9]*?)0+(e|$)', '$1$2'), '\\\\.(e|$)', '$1') END")
 _GENERAL_TEMPLATE = re.compile(r"\{:\.(\d{1,2})g\}")
 
 
