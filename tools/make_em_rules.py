@@ -192,7 +192,7 @@ WITH judged AS (
                 ELSE 'largest earlier session' END AS threshold_kind,
            -- what went to domains new to the user fires from a multiple of the user's p95 session
            CASE WHEN model_state = 'model' AND $new_domain_multiple > 0
-                THEN greatest($new_domain_multiple * p95, $floor) END AS new_domain_threshold
+                THEN greatest($new_domain_multiple * p95, $new_domain_floor) END AS new_domain_threshold
     FROM judged_rows
 ), fired AS (
     SELECT *,
