@@ -23,7 +23,8 @@ from exfilwatch.detections.schema import default_detections_dir
 SHIPPED_IDS = {
     "attack_tactic_threshold_exceeded_7d", "em_bsum", "em_bsum_personal", "em_dnum", "em_fnum",
     "email_servers_sending_high_volume_traffic_to_hosts",
-    "hosts_receiving_high_volume_of_network_traffic_from_email_server", "notable_session", "risk_threshold_exceeded_24h",
+    "hosts_receiving_high_volume_of_network_traffic_from_email_server", "hosts_receiving_unusual_mail_volume_robust",
+    "notable_session", "risk_threshold_exceeded_24h",
 }
 BASE = "hosts_receiving_high_volume_of_network_traffic_from_email_server"
 
@@ -50,7 +51,7 @@ def listed(*global_args: str) -> dict[str, str]:
     return {row["id"]: row["folder"] for row in map(json.loads, result.stdout.splitlines())}
 
 
-def test_without_a_folder_the_catalog_is_the_nine_shipped_detections(tmp_path):
+def test_without_a_folder_the_catalog_is_the_ten_shipped_detections(tmp_path):
     assert set(listed("--home", str(tmp_path / "home"))) == SHIPPED_IDS
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from exfilwatch import pipeline
 from exfilwatch.config import Home, load_settings
-from exfilwatch.detections.catchup import judged_chunks, segment_plan
+from exfilwatch.findings.catchup import judged_chunks, segment_plan
 from exfilwatch.detections.schema import load_detections
 from exfilwatch.events.engine import connect
 from exfilwatch.evaluate.replay import replay
@@ -209,7 +209,7 @@ def test_segments_give_the_sums_of_the_rows_at_every_bound():
     sql = "SELECT host, sum(bytes) AS total FROM network_traffic WHERE _time >= $lo AND _time < $hi GROUP BY ALL"
     plan = segment_plan(sql, "network_traffic")
     params = [{"lo": base + timedelta(minutes=m), "hi": base + timedelta(minutes=m + 95)} for m in range(0, 4000, 50)]
-    from exfilwatch.detections.catchup import create_segments
+    from exfilwatch.findings.catchup import create_segments
 
     create_segments(con, plan, "raw", "network_traffic", params, base)
     for param in params:

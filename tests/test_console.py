@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from consolekit import HOSTILE_USER, PASSWORD, XSS, console_home_copy, csrf_of, login
+from .consolekit import HOSTILE_USER, PASSWORD, XSS, console_home_copy, csrf_of, login
 from exfilwatch import audit
 from exfilwatch.config import ConfigError, parse_settings
 from exfilwatch.detections.overrides import disabled_detections, effective_settings, stored_overrides

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from consolekit import HOSTILE_USER, PASSWORD, XSS, console_home_copy
+from .consolekit import HOSTILE_USER, PASSWORD, XSS, console_home_copy
 from exfilwatch.home import open_state
 from exfilwatch.incidents import workflow
 

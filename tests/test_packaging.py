@@ -88,7 +88,7 @@ def test_the_installed_command_lists_and_runs_the_shipped_detections(installed, 
 
     listed = _run([exfilwatch, "detections", "list", "--format", "jsonl"], cwd=outside)
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert {r["id"] for r in rows} == set(SHIPPED) and len(SHIPPED) == 9
+    assert {r["id"] for r in rows} == set(SHIPPED) and len(SHIPPED) == 10
     assert all(Path(r["folder"]).is_relative_to(installed.parent) for r in rows)
 
     # As a user runs it: ingest a log into a home, run every detection on its schedule, read the finding.

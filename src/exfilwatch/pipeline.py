@@ -23,7 +23,7 @@ from typing import Any, Literal
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.detections.catchup import create_segments, judged_start, one_pass, segment_groups, segment_plan
+from exfilwatch.findings.catchup import create_segments, judged_start, one_pass, segment_groups, segment_plan
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
                                           referenced_columns, referenced_tables, resolve_parameters, run_window,
@@ -64,7 +64,7 @@ class Options:
     techniques: dict[str, list[str]] = field(default_factory=dict)  # of detections outside the catalog (hand-built findings)
     spark: Any = None  # a SparkSession: run `once` detections on Spark instead of DuckDB
     progress: Progress | None = None
-    # A schedule's missed fires: computed in one pass (detections/catchup.py), or each fire's
+    # A schedule's missed fires: computed in one pass (findings/catchup.py), or each fire's
     # search run on its own, in order (the reference the one pass is tested against)
     catch_up: Literal["one-pass", "per-fire"] = "one-pass"
 
@@ -219,7 +219,7 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
 def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, params: list[dict[str, Any]],
               due: list[int], silent_when_empty: bool, start: datetime,
               tz: str) -> Iterator[tuple[int, list[Finding]]]:
-    """(fire, its findings) for each due fire in order, from the snapshot `model` (detections/catchup.py).
+    """(fire, its findings) for each due fire in order, from the snapshot `model` (findings/catchup.py).
 
     Judged windows are chunked over every fire, the skipped ones included (they hold no judged
     row, so they add nothing and keep the chunks long); decomposable aggregates run each fire

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.detections.catchup import fires_judging, one_pass
+from exfilwatch.findings.catchup import fires_judging, one_pass
 from exfilwatch.detections.runner import data_bounds as data_bounds_of
 from exfilwatch.detections.runner import data_range
 from exfilwatch.features.sessions import build_user_sessions
@@ -161,7 +161,7 @@ def replay(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings
     """Findings of the session rules for the sessions that closed in [start, end), not stored.
 
     What the hourly schedule would have found fire by fire, computed as the one-pass catch-up
-    does (detections/catchup.py): each session is compared with the user's sessions in the model
+    does (findings/catchup.py): each session is compared with the user's sessions in the model
     window before *that session*, chunk by chunk over the range.
     """
     zone = ZoneInfo(settings.timezone)

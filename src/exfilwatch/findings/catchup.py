@@ -1,6 +1,7 @@
 """A catch-up in one pass: what running every due fire of a detection in order finds, computed in
 chunks, with the findings of each fire kept apart so runs and watermarks are recorded as if each
-fire had run. The per-fire path (`pipeline.Options(catch_up="per-fire")`) is the reference; the
+fire had run. It lives in the findings stage because it turns a detection's rows into each fire's
+findings (findings/record.py). The per-fire path (`pipeline.Options(catch_up="per-fire")`) is the reference; the
 conformance tests (tests/test_catch_up.py) hold the two finding for finding.
 
 Two shapes of search are sped up, both recognised from the detection's declaration and SQL,
