@@ -149,7 +149,7 @@ def print_incident(incident: dict[str, Any], tz: str, out: Console = console) ->
     plain text (markup=False), so neither control characters nor rich markup in it take effect."""
     lines = [
         f"incident {incident['incident_id']}: {incident['message']}",
-        f"rule {incident['detection_id']}; {incident['risk_object']} ({incident['risk_object_type']}); "
+        f"rules {', '.join(incident['rules'])}; {incident['risk_object']} ({incident['risk_object_type']}); "
         f"severity {incident['severity']}; score {incident['score']}",
         f"status {incident['status']}" + (f" ({incident['disposition']})" if incident["disposition"] else "")
         + (f", closed {local_time(incident['closed_at'], tz)}" if incident["closed_at"] else "")

@@ -1,7 +1,8 @@
 """Backtest: replay one detection's schedule over a past range on a copy of the state store.
 
 The copy keeps the lake's committed batches (and risk events, for an incident rule) and drops
-the detection's findings, incidents and watermark, so the replay starts fresh through the same
+the detection's findings and watermark and every incident (incidents are per entity and episode
+across rules: a rule replayed alone must raise its own), so the replay starts fresh through the same
 pipeline as `run`, and the real store is not touched.
 """
 
@@ -22,7 +23,7 @@ from exfilwatch.detections.schema import Detection
 from exfilwatch.events.engine import connect
 from exfilwatch.detections.schedule import clear_watermark
 from exfilwatch.findings.store import forget_detection, query_findings
-from exfilwatch.incidents.correlation import forget_rule, stored_incidents
+from exfilwatch.incidents.correlation import forget_incidents, stored_incidents
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import as_time, parse_time, relative_time
 
@@ -38,7 +39,7 @@ def backtest_detection(state: StateStore, settings: Settings, catalog: list[Dete
     """Replay one detection's schedule over [start, end) on a copy of the state store.
 
     The copy keeps the lake's committed batches (and risk events, for a correlation rule) and
-    drops the detection's findings, incidents and watermark, so the replay starts fresh and the
+    drops the detection's findings and watermark and every incident, so the replay starts fresh and the
     real store is not touched.
     """
     detection_id = detection.id
@@ -51,7 +52,7 @@ def backtest_detection(state: StateStore, settings: Settings, catalog: list[Dete
         # The copy reads the real home's lake; sessions it derives go to the scratch folder.
         copy = StateStore(copy_path, root=state.root, scratch=Path(tmp))
         forget_detection(copy, detection_id)
-        forget_rule(copy, detection_id)
+        forget_incidents(copy)
         clear_watermark(copy, detection_id)
         con = connect(settings, Path(tmp) / "spill")
         try:

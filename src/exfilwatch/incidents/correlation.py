@@ -3,11 +3,14 @@
 Correlation detections (type `correlation`, `data_model: risk_events`) run over a `risk_events`
 view at each cron fire time since their watermark, like any scheduled detection (the pipeline's
 schedule). Each output row is an incident candidate; it names the risk events behind it
-(`event_keys`). One incident per entity and episode: a candidate continues the open incident of
-the same rule and object when it shares a risk event with it or comes within the rule's quiet
-period after its last activity (its score and severity can only grow, each update is audited);
-after the incident is closed, or after a quiet period, it is a new incident. So one episode is
-one incident, however many hourly fires see it and however many sessions it spans.
+(`event_keys`). One incident per entity and episode, whichever incident rule sees it (as Exabeam
+and Elastic do; one incident per rule is the alert fatigue Splunk ES's per-search notables are
+known for): a candidate of any rule continues the open incident of its object when it shares a
+risk event with it or comes within the candidate rule's quiet period of its activity (its score
+and severity can only grow, the rules that contributed are listed in `rules`, each update is
+audited); after the incident is closed, or after a quiet period, it is a new incident. So one
+episode is one incident, however many rules and hourly fires see it and however many sessions
+it spans.
 """
 
 from __future__ import annotations
@@ -51,25 +54,37 @@ INCIDENT = "incident"  # the audit trail's object type for incidents
 PIPELINE_ACTOR = "exfilwatch"  # who the audit trail says updated an incident the rules continued
 
 
-def _episode_incident(incidents: list[Any], keys: set[str], last: str,
-                      quiet_start: datetime | None) -> tuple[str, Any]:
-    """Which stored incident (of the candidate's rule and object, newest first) a candidate belongs to.
+def _episode_incident(incidents: list[Any], keys: set[str], last: str, quiet_start: datetime | None,
+                      quiet_end: datetime | None) -> tuple[str, Any]:
+    """Which stored incident of the candidate's object (any rule's) a candidate belongs to.
 
     ('unchanged', closed) when a closed incident already holds all its risk events (closing is the
-    analyst's verdict on them: a later fire that sees them again raises nothing); ('update', open)
-    for the open incident that shares a risk event with it or was active after `quiet_start`;
+    analyst's verdict on them: a later fire that sees them again, by any rule, raises nothing);
+    ('update', open) for the open incident that shares a risk event with it, else for the open
+    incident nearest to it in time among those active within [quiet_start, quiet_end] (the
+    candidate widened by the quiet period on both sides: when rules are replayed one after another
+    over a backfill, a rule's candidate can come before an incident another rule opened later);
     else ('new', None).
     """
-    for incident in incidents:
+    near: list[tuple[float, Any]] = []
+    for incident in incidents:  # newest first
         old = set(json.loads(incident["event_keys"]))
         same_events = old & keys if keys else incident["last_time"] == last  # keyless rows: by time
         if incident["status"] == "closed":
             if (keys <= old) if keys else same_events:
                 return "unchanged", incident
             continue
-        active = as_time(incident["last_time"])
-        if same_events or (quiet_start is not None and active is not None and active >= quiet_start):
+        if same_events:
             return "update", incident
+        began, ended = as_time(incident["first_time"]), as_time(incident["last_time"])
+        if None in (quiet_start, quiet_end, began, ended):
+            continue
+        assert quiet_start is not None and quiet_end is not None and began is not None and ended is not None
+        if ended >= quiet_start and began <= quiet_end:
+            # how far the incident is from the candidate, on the quiet period's scale
+            near.append((max((quiet_start - ended).total_seconds(), (began - quiet_end).total_seconds()), incident))
+    if near:
+        return "update", min(near, key=lambda pair: pair[0])[1]
     return "new", None
 
 
@@ -77,13 +92,15 @@ def upsert_incident(state: StateStore, detection: Any, row: dict[str, Any], now:
                     quiet_period: str = DEFAULT_QUIET_PERIOD) -> str:
     """Store an incident candidate: 'new', 'updated' (continues an incident) or 'unchanged'.
 
-    One incident per entity and episode: a candidate continues the open incident of its rule and
-    object when they share a risk event or when that incident's last activity is less than
-    `quiet_period` before the candidate's first; after a closed incident or a quiet period it is a
-    new incident. An update appends the risk events, raises the severity, moves last_time, counts
-    in `updates` and is audited as done by `exfilwatch`. The score of an episode is the sum of its
+    One incident per entity and episode, whichever incident rule sees it: a candidate continues
+    the open incident of its object (raised by any rule) when they share a risk event or when
+    less than `quiet_period` of silence lies between them; after a closed incident or a quiet
+    period it is a new incident. An update appends the risk events, raises the severity, moves
+    last_time, adds the candidate's rule to the incident's `rules`, counts in `updates` and is
+    audited as done by `exfilwatch`, naming the rule. The score of an episode is the sum of its
     parts that share no risk event (sessions, days); a candidate that overlaps the incident (a
-    sliding window seeing some of the same events) replaces the score only when higher.
+    sliding window, or another rule, seeing some of the same events) replaces the score only when
+    higher. `detection_id` stays the rule that opened the incident.
     """
     fields = {name: plain(value) for name, value in row.items()}
     entity = str(fields.get(detection.finding.entity))
@@ -94,14 +111,25 @@ def upsert_incident(state: StateStore, detection: Any, row: dict[str, Any], now:
     score = fields.get(detection.finding.value) if detection.finding.value else None
     severity = str(fields.get("severity") or "medium").lower()
     message = detection.risk_message({name: display(value, tz) for name, value in row.items()})
-    began = as_time(first)
+    began, ended = as_time(first), as_time(last)
+    # The continuing (candidate's) rule's quiet period, not the larger of its and the incident's
+    # rules': the rule that sees activity now is the one whose author said how long a silence ends
+    # its kind of episode, and the outcome then depends only on this rule's settings and the
+    # stored incident, not on which other rules happen to be loaded in this run (`--rule`, a
+    # backtest). The shipped rules share the same default (4d), so the choice only matters for
+    # a rule an operator tuned on purpose.
     quiet_start = relative_time(began, f"-{quiet_period}", tz) if began is not None else None
+    quiet_end = relative_time(ended or began, f"+{quiet_period}", tz) if (ended or began) is not None else None
     with state.transaction() as db:
+        # Only incidents within the quiet period of the candidate can continue or hold it: one
+        # sharing a risk event overlaps it in time.
         incidents = db.execute(
-            "SELECT * FROM incidents WHERE detection_id = ? AND risk_object = ? ORDER BY incident_id DESC LIMIT 20",
-            (detection.id, entity),
+            "SELECT * FROM incidents WHERE risk_object = ? AND julianday(last_time) >= julianday(?) "
+            "AND julianday(first_time) <= julianday(?) ORDER BY incident_id DESC",
+            (entity, (quiet_start or _instant(first)).isoformat(),
+             (quiet_end or datetime.max.replace(tzinfo=timezone.utc)).isoformat()),
         ).fetchall()
-        outcome, match = _episode_incident(incidents, set(keys), last, quiet_start)
+        outcome, match = _episode_incident(incidents, set(keys), last, quiet_start, quiet_end)
         if outcome == "unchanged":
             return outcome
         if match is None:
@@ -110,14 +138,16 @@ def upsert_incident(state: StateStore, detection: Any, row: dict[str, Any], now:
                                (key, len(key) + 1, key + "|")).fetchone()[0]
             db.execute(
                 """INSERT INTO incidents (incident_key, detection_id, risk_object, risk_object_type, severity, score,
-                   first_time, last_time, raised_at, updated_at, updates, message, event_keys, fields)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,0,?,?,?)""",
+                   first_time, last_time, raised_at, updated_at, updates, message, event_keys, fields, rules)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,0,?,?,?,?)""",
                 # a new episode that begins with an event of a closed one: its key is still its own
                 (key if not taken else f"{key}|{taken + 1}", detection.id, entity, object_type, severity, score,
-                 first, last, now.isoformat(), now.isoformat(), message, dumps(keys), dumps(fields)),
+                 first, last, now.isoformat(), now.isoformat(), message, dumps(keys), dumps(fields),
+                 dumps([detection.id])),
             )
             return "new"
         old_keys = set(json.loads(match["event_keys"]))
+        old_rules = json.loads(match["rules"])
         old_score = match["score"]
         if score is not None and keys and not old_keys & set(keys):
             total = (old_score or 0) + score  # another part of the episode
@@ -125,28 +155,31 @@ def upsert_incident(state: StateStore, detection: Any, row: dict[str, Any], now:
             total = score
         else:
             total = old_score
+        joined = detection.id not in old_rules  # another rule sees the episode: the analyst should know
         grew = total != old_score or not set(keys) <= old_keys
         escalated = SEVERITY_RANK.get(severity, 0) > SEVERITY_RANK.get(match["severity"], 0)
-        if not grew and not escalated:
+        if not grew and not escalated and not joined:
             return "unchanged"
         latest = score is not None and total != old_score  # this candidate says what the incident now is
         after = {"severity": severity if escalated else match["severity"], "score": total,
                  "first_time": min(match["first_time"], first, key=_instant),
                  "last_time": max(match["last_time"], last, key=_instant),
-                 "event_keys": sorted(old_keys | set(keys))}
+                 "event_keys": sorted(old_keys | set(keys)),
+                 "rules": old_rules + [detection.id] if joined else old_rules}
         db.execute(
             """UPDATE incidents SET severity=?, score=?, first_time=?, last_time=?, updated_at=?, updates=updates+1,
-               message=?, event_keys=?, fields=? WHERE incident_id=?""",
+               message=?, event_keys=?, fields=?, rules=? WHERE incident_id=?""",
             (after["severity"], total, after["first_time"], after["last_time"], now.isoformat(),
              message if latest else match["message"], dumps(after["event_keys"]),
-             dumps(fields) if latest else match["fields"], match["incident_id"]),
+             dumps(fields) if latest else match["fields"], dumps(after["rules"]), match["incident_id"]),
         )
         audit.record(state, actor=PIPELINE_ACTOR, now=now, action="update", object_type=INCIDENT,
                      object_id=str(match["incident_id"]),
                      before={"severity": match["severity"], "score": old_score, "last_time": match["last_time"],
-                             "risk_events": len(old_keys)},
-                     after={"severity": after["severity"], "score": total, "last_time": after["last_time"],
-                            "risk_events": len(after["event_keys"])})
+                             "risk_events": len(old_keys), "rules": old_rules},
+                     after={"rule": detection.id, "severity": after["severity"], "score": total,
+                            "last_time": after["last_time"], "risk_events": len(after["event_keys"]),
+                            "rules": after["rules"]})
         return "updated"
 
 
@@ -210,6 +243,7 @@ def decoded_incident(row: Any) -> dict[str, Any]:
     item = dict(row)
     item["event_keys"] = json.loads(item["event_keys"])
     item["fields"] = json.loads(item["fields"])
+    item["rules"] = json.loads(item["rules"])
     return item
 
 
@@ -218,7 +252,8 @@ def stored_incidents(state: StateStore, where: str = "", params: tuple = ()) -> 
             state.query(f"SELECT * FROM incidents {where} ORDER BY first_time, incident_id", params)]
 
 
-def forget_rule(state: StateStore, detection_id: str) -> None:
-    """Drop an incident rule's incidents (a backtest's copy of the store starts fresh)."""
+def forget_incidents(state: StateStore) -> None:
+    """Drop every incident (a backtest's copy of the store starts fresh: an incident rule replayed
+    alone must raise its own incidents, not continue the ones other rules raised)."""
     with state.transaction() as db:
-        db.execute("DELETE FROM incidents WHERE detection_id = ?", (detection_id,))
+        db.execute("DELETE FROM incidents")

@@ -1,5 +1,7 @@
 """The incidents stage's tables in the state store (see state.py, Schema): incidents, with the
-analyst's workflow (status, disposition, assignee) since migration 2, and their comments.
+analyst's workflow (status, disposition, assignee) since migration 2, and their comments; since
+migration 3 every incident rule that contributed to an incident (`rules`, a JSON list, the rule
+that opened it first), because one incident per entity and episode is continued by any rule.
 """
 
 from __future__ import annotations
@@ -42,5 +44,10 @@ CREATE TABLE IF NOT EXISTS incident_comments (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incident_comments_incident ON incident_comments(incident_id);
+""",
+    # Incidents raised before it had one rule each: the one that opened them.
+    """
+ALTER TABLE incidents ADD COLUMN rules TEXT NOT NULL DEFAULT '[]';   -- JSON list, in order of contribution
+UPDATE incidents SET rules = json_array(detection_id);
 """,
 ))

@@ -36,7 +36,7 @@ class IncidentFilter:
 
     status: str | None = None
     severity: str | None = None  # this severity or above
-    detection_id: str | None = None
+    detection_id: str | None = None  # any rule that contributed to the incident
     entity: str | None = None  # the incident's risk object
     assignee: str | None = None
     start: datetime | None = None  # on last_time: incidents still active at or after start
@@ -60,7 +60,10 @@ def _where(where: IncidentFilter) -> tuple[str, list[Any]]:
         at_least = [name for name, rank in SEVERITY_RANK.items() if rank >= floor]
         clauses.append(f"severity IN ({','.join('?' * len(at_least))})")
         params += at_least
-    for column, value in (("detection_id", where.detection_id), ("risk_object", where.entity),
+    if where.detection_id is not None:
+        clauses.append("EXISTS (SELECT 1 FROM json_each(incidents.rules) WHERE json_each.value = ?)")
+        params.append(where.detection_id)
+    for column, value in (("risk_object", where.entity),
                           ("assignee", where.assignee)):
         if value is not None:
             clauses.append(f"{column} = ?")

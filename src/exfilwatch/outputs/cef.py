@@ -5,7 +5,8 @@ A record is `CEF:0|exfilwatch|exfilwatch|<version>|<rule id>|<name>|<severity 0-
 breaks in extension values. The CEF severity follows the record's severity (an incident's from
 its rule, a finding's banded from its risk score, see records.py): informational 1, low 3,
 medium 5, high 8, critical 10; `cat` is the detection's category; the ATT&CK techniques and
-tactics travel in `cs2`/`cs3` (findings) and `cs5`/`cs3` (incidents).
+tactics travel in `cs2`/`cs3` (findings) and `cs5`/`cs3` (incidents); an incident's rule (the one
+that opened it) in `cs2` and every rule that contributed to it in `cs6`.
 
 It travels as the MSG of an RFC 5424 message `<PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID - MSG`;
 over UDP one message per datagram (RFC 5426), over TCP (RFC 6587 3.4.1) and TLS (RFC 5425) each
@@ -71,6 +72,8 @@ def incident_cef(incident: dict[str, Any]) -> str:
         "cs1Label": "incidentKey",
         "cs2": incident["rule"],
         "cs2Label": "rule",
+        "cs6": ",".join(incident.get("rules") or []),  # every rule that contributed to the episode
+        "cs6Label": "rules" if incident.get("rules") else None,
         "cs3": ",".join(incident.get("tactics") or []),
         "cs3Label": "tactics" if incident.get("tactics") else None,
         "cs5": ",".join(incident.get("mitre_attack_id") or []),

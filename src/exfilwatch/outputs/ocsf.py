@@ -116,7 +116,8 @@ def incident_ocsf(record: dict[str, Any], now: datetime) -> dict[str, Any]:
         title = record.get("rule_name") or record["rule"]
         event["finding_info_list"] = [{"uid": record["incident_key"], "title": title,
                                        "analytic": _analytic(record["rule"], title, record.get("category"))}]
-    event["unmapped"] = {"incident_id": record["incident_id"], "rule": record["rule"], "score": record.get("score"),
+    event["unmapped"] = {"incident_id": record["incident_id"], "rule": record["rule"],
+                         "rules": record.get("rules") or [record["rule"]], "score": record.get("score"),
                          "risk_object": record["risk_object"], "risk_object_type": record["risk_object_type"],
                          "category": record.get("category"), "tactics": record.get("tactics") or [],
                          "fields": record.get("fields") or {}}

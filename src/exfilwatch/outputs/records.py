@@ -85,7 +85,8 @@ def incident_records(state: StateStore, rules: Rules | None = None,
             "type": "incident",
             "incident_id": row["incident_id"],
             "incident_key": row["incident_key"],
-            "rule": row["detection_id"],
+            "rule": row["detection_id"],  # the rule that opened it
+            "rules": json.loads(row["rules"]),  # every rule that contributed, the opener first
             "rule_name": rule.name,
             "category": rule.category,
             "risk_object": row["risk_object"],

@@ -428,7 +428,7 @@ def create_app(home: Home, settings: Settings, catalog: dict[str, Detection], no
         outcomes: dict[str, Counter[str]] = defaultdict(Counter)
         for incident in workflow.list_incidents(state, workflow.IncidentFilter(status="closed"), limit=100_000):
             full = workflow.get_incident(state, incident["incident_id"]) or {}
-            for detection_id in {incident["detection_id"], *(e["detection_id"] for e in full.get("risk_events", []))}:
+            for detection_id in {*incident["rules"], *(e["detection_id"] for e in full.get("risk_events", []))}:
                 outcomes[detection_id][incident["disposition"]] += 1
         out = []
         for d in sorted(catalog.values(), key=lambda d: d.id):
