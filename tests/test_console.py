@@ -70,8 +70,12 @@ def incident_id(org):
 def test_every_page_and_api_route_answers_a_viewer(app, org, incident_id):
     viewer = client_as(app, "viewer")
     state = open_state(org.home)
-    entity = workflow.get_incident(state, incident_id)["risk_object"]
+    shown = workflow.get_incident(state, incident_id)
+    entity = shown["risk_object"]
     state.close()
+    page = viewer.get(f"/incidents/{incident_id}").text
+    rules = page.split('data-testid="incident-rules">')[1].split("</dd>")[0]
+    assert all(f">{rule}</a>" in rules for rule in shown["rules"])  # every rule that contributed
     for url in PAGES + API + [f"/incidents/{incident_id}", f"/api/incidents/{incident_id}", f"/entity/{entity}",
                               f"/api/entities/{entity}/timeline", "/openapi.json", "/docs"]:
         response = viewer.get(url)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from exfilwatch import pipeline
 from exfilwatch.config import Home, load_settings
@@ -28,7 +29,10 @@ from exfilwatch.detections.schema import load_detections
 from exfilwatch.events.engine import connect
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.home import open_state
+from exfilwatch.cli.triage import print_incident
 from exfilwatch.incidents.correlation import upsert_incident
+from exfilwatch.outputs.cef import incident_cef
+from exfilwatch.outputs.records import incident_records
 from exfilwatch.incidents.workflow import IncidentFilter, get_incident, list_incidents, set_status
 from exfilwatch.synth.writers import postfix, pulse_secure
 
@@ -250,6 +254,13 @@ def test_incident_rules_share_one_incident_per_episode_but_never_continue_a_clos
             assert [i["incident_id"] for i in list_incidents(state, IncidentFilter(detection_id=rule))] == [
                 one["incident_id"]]
         assert list_incidents(state, IncidentFilter(detection_id="attack_tactic_threshold_exceeded_7d")) == []
+        # what the analyst reads (`exfilwatch incident ID`) and what a SIEM receives name both rules
+        shown = Console(record=True, width=300)
+        print_incident(get_incident(state, one["incident_id"]), "UTC", out=shown)
+        assert f"rules {RULE}, risk_threshold_exceeded_24h;" in shown.export_text()
+        [record] = incident_records(state)
+        assert record["rules"] == [RULE, "risk_threshold_exceeded_24h"] and record["rule"] == RULE
+        assert f"cs6={RULE},risk_threshold_exceeded_24h cs6Label=rules" in incident_cef(record)
         # a backfill replays the threshold rule after notable_session: its row of the day before, within
         # the quiet period, belongs to the same episode
         assert upsert_incident(state, threshold, _candidate("risk_threshold_exceeded_24h", ["e0"],
