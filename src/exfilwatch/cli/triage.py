@@ -68,7 +68,7 @@ def incidents(
     ctx: typer.Context,
     fmt: str = typer.Option("table", "--format", help="table, jsonl or csv."),
     entity: str | None = typer.Option(None, "--entity", help="Only this risk object."),
-    rule: str | None = typer.Option(None, "--rule", help="Only this incident rule."),
+    rule: str | None = typer.Option(None, "--rule", help="Only incidents this incident rule contributed to (opened or continued)."),
     severity: str | None = typer.Option(None, "--severity", help="Only this severity or above."),
     status: str | None = typer.Option(None, "--status", help="Only incidents in this status: new, in_progress, closed."),
     assignee: str | None = typer.Option(None, "--assignee", help="Only incidents assigned to this user."),
