@@ -68,7 +68,7 @@ def test_a_detections_folder_adds_to_list_show_lint_and_test(tmp_path):
 
     lint = cli(*home, "detections", "lint")
     assert lint.exit_code == 0, lint.output
-    assert "10 detections checked" in lint.stdout
+    assert "11 detections checked" in lint.stdout
 
     tested = cli(*home, "test", "my_mail_server_pull")
     assert tested.exit_code == 0, tested.output

@@ -333,7 +333,7 @@ def test_web_settings_are_validated_with_the_key_named():
 def test_serve_mounts_the_console_over_https(tmp_path):
     import httpx
 
-    from servicekit import Served, service_config
+    from .servicekit import Served, service_config
 
     cert, key = tmp_path / "console.crt", tmp_path / "console.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
