@@ -153,6 +153,17 @@ def referenced_tables(sql: str) -> set[str]:
     return {table.name for table in _parsed(sql).find_all(exp.Table)}
 
 
+def single_model_select(sql: str, model: str) -> exp.Select | None:
+    """The SELECT that reads `model` when the search reads it once, straight from a FROM with no join."""
+    tables = [table for table in _parsed(sql).find_all(exp.Table) if table.name == model]
+    if len(tables) != 1 or not isinstance(tables[0].parent, exp.From):
+        return None
+    select = tables[0].parent.parent
+    if not isinstance(select, exp.Select) or select.args.get("joins"):
+        return None
+    return select
+
+
 def snapshot_condition(sql: str, model: str) -> str | None:
     """The search's own parameter-free conditions on the rows it reads from `model`, if any.
 
@@ -160,11 +171,8 @@ def snapshot_condition(sql: str, model: str) -> str | None:
     that use no parameter (`src_category = 'email_server'`) hold for every row that can matter
     at any fire time, so a catch-up snapshot may keep only those rows: same findings, fewer rows.
     """
-    tables = [table for table in _parsed(sql).find_all(exp.Table) if table.name == model]
-    if len(tables) != 1 or not isinstance(tables[0].parent, exp.From):
-        return None
-    select = tables[0].parent.parent
-    if not isinstance(select, exp.Select) or select.args.get("joins") or select.args.get("where") is None:
+    select = single_model_select(sql, model)
+    if select is None or select.args.get("where") is None:
         return None
     condition = select.args["where"].this
     conjuncts = list(condition.flatten()) if isinstance(condition, exp.And) else [condition]

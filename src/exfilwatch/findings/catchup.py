@@ -35,7 +35,8 @@ import duckdb
 from sqlglot import exp
 
 from exfilwatch.config import Settings
-from exfilwatch.detections.runner import _parsed, compiled_sql, data_range, execute, resolve_parameters, run_window
+from exfilwatch.detections.runner import (compiled_sql, data_range, execute, resolve_parameters, run_window,
+                                         single_model_select)
 from exfilwatch.detections.schedule import iter_fire_times
 from exfilwatch.detections.schema import Detection
 from exfilwatch.findings.record import Finding, findings_from_rows
@@ -146,11 +147,8 @@ class SegmentPlan:
 
 def segment_plan(sql: str, model: str) -> SegmentPlan | None:
     """The segment plan of a search over `model`, or None when its shape is not decomposable."""
-    tables = [table for table in _parsed(sql).find_all(exp.Table) if table.name == model]
-    if len(tables) != 1 or not isinstance(tables[0].parent, exp.From):
-        return None
-    select = tables[0].parent.parent
-    if not isinstance(select, exp.Select) or select.args.get("joins") or not select.args.get("group"):
+    select = single_model_select(sql, model)
+    if select is None or not select.args.get("group"):
         return None
     if any(select.find_all(exp.Window, exp.Subquery, exp.Distinct)):
         return None
