@@ -147,8 +147,9 @@ def phase_synth(out: Path, users: int, days: int) -> dict:
         rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
         counts[model.name] = rows
         with state.transaction() as db:
-            db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (batch, model.name, "bench", "synthetic", 1, rows, rows, rows, 0, 0))
+            db.execute("INSERT INTO batches (batch_id, model, source, file, first_line, last_line, lines, events, "
+                       "quarantined, skipped, receiver) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (batch, model.name, "bench", "synthetic", 1, rows, rows, rows, 0, 0, "synthetic"))
             db.executemany("INSERT INTO batch_files VALUES (?,?,?,?,?)",
                            [(state.relative(f.path), batch, model.name, f.day, f.rows) for f in files])
     return {"rows": counts["email"], "auth_rows": counts["authentication"]}

@@ -355,3 +355,62 @@ def test_serve_mounts_the_console_over_https(tmp_path):
         assert served.stop() == 0
     finally:
         served.kill()
+
+
+def test_sources_page_charts_lines_per_receiver_and_day_of_receipt(tmp_path):
+    """A listener's batches count on the local day they were received (23:30 UTC is the next day in
+    Berlin), a file's on the day it was last written; quarantined lines count where they came in."""
+    import json
+    from datetime import datetime, timezone
+
+    from exfilwatch.config import Home, parse_settings
+    from exfilwatch.detections.schema import load_detections
+    from exfilwatch.events.cursors import SpoolCursor
+    from exfilwatch.events.ingest import ingest_lines, ingest_paths, open_target
+    from exfilwatch.home import writer
+    from exfilwatch.sources import get_source
+    from exfilwatch.web.users import SCHEMA as USERS, add_user
+
+    from .test_ingest_lines import MESSAGE_END, MESSAGE_START
+
+    home = Home(root=tmp_path / "home", config_path=tmp_path / "home" / "config.yaml")
+    settings = parse_settings({"internal_domains": ["example.com"], "timezone": "Europe/Berlin"}, "test")
+    listener = "tcp:6514@127.0.0.1"
+    morning = datetime(2026, 11, 2, 9, 0, 30, tzinfo=timezone.utc)
+    late = datetime(2026, 11, 2, 23, 30, tzinfo=timezone.utc)
+    with open_target(home, settings) as target:
+        ingest_lines(get_source("postfix"), [*MESSAGE_START, "not syslog at all", *MESSAGE_END],
+                     SpoolCursor("tcp-6514", listener, 0, 6, True, morning), target)
+        ingest_lines(get_source("postfix"), [*MESSAGE_START, *MESSAGE_END],
+                     SpoolCursor("tcp-6514", listener, 6, 11, True, late), target)
+    maillog = tmp_path / "maillog"
+    maillog.write_text("\n".join([*MESSAGE_START, *MESSAGE_END]).replace("1A2B3C4D5E", "9F8E7D6C5B") + "\n")
+    written = datetime(2026, 11, 5, 12, 0, tzinfo=timezone.utc).timestamp()
+    os.utime(maillog, (written, written))
+    with writer(home) as state:
+        list(ingest_paths([maillog], home, settings, source_name="postfix"))
+        state.migrate([USERS])
+        add_user(state, "viewer", "viewer", PASSWORD, actor="test", now=late)
+    client = TestClient(create_app(home, settings, load_detections(), lambda: late))
+    assert login(client, "viewer").status_code == 303
+    page = client.get("/sources").text
+    spec = json.loads(re.search(r"data-chart=\"lines-received\" data-vega-spec='([^']*)'", page).group(1)
+                      .replace("&#39;", "'").replace("&#34;", '"').replace("&amp;", "&").replace("&lt;", "<")
+                      .replace("&gt;", ">"))
+    counts = {(v["receiver"], v["day"], v["measure"]): v["count"] for v in spec["data"]["values"]}
+    assert counts == {
+        ("postfix · " + listener, "2026-11-02", "lines received"): 6,
+        ("postfix · " + listener, "2026-11-02", "events written"): 1,
+        ("postfix · " + listener, "2026-11-02", "lines skipped"): 0,
+        ("postfix · " + listener, "2026-11-02", "lines quarantined"): 1,
+        ("postfix · " + listener, "2026-11-03", "lines received"): 5,
+        ("postfix · " + listener, "2026-11-03", "events written"): 1,
+        ("postfix · " + listener, "2026-11-03", "lines skipped"): 0,
+        ("postfix · " + listener, "2026-11-03", "lines quarantined"): 0,
+        ("postfix · " + str(maillog), "2026-11-05", "lines received"): 5,
+        ("postfix · " + str(maillog), "2026-11-05", "events written"): 1,
+        ("postfix · " + str(maillog), "2026-11-05", "lines skipped"): 0,
+        ("postfix · " + str(maillog), "2026-11-05", "lines quarantined"): 0,
+    }
+    # one row per receiver in the totals, however many spool batches it committed
+    assert re.findall(rf'<td class="raw">{re.escape(listener)}</td><td class="num">(\d+)</td>', page) == ["2"]

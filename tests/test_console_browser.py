@@ -150,4 +150,6 @@ def test_no_page_runs_script_from_hostile_log_lines(browser, url, org):
     assert shown > len(XSS)  # the payloads are on the pages, as text
     page.goto(f"{url}/sources")
     assert page.locator("td.raw", has_text="<script>alert(1)</script>").count() >= 1
+    charts_ready(page)  # lines received, written, skipped and quarantined per receiver, drawn
+    assert page.locator("[data-chart='lines-received'] svg .mark-line path").count() >= 4
     assert page.problems == []

@@ -4,6 +4,8 @@
 gives:
 
 * `name` and `first_line`: the origin shown in `raw_ref` and quarantine (`<name>:<line>`);
+* `receiver`: the file or listener the lines came through, the same for every batch of it (a
+  spool batch's `name` also says where in the spool it starts); the Sources page counts by it;
 * `batch_key`: the batch's identity among all batches of this origin, the same when the same
   lines are read again, so a retried batch replaces its earlier attempt instead of adding to it;
 * `header_lines` and `reference_time`: what sources may need besides the lines (a format's
@@ -33,6 +35,10 @@ class Cursor(Protocol):
     reference_time: datetime | None
 
     @property
+    def receiver(self) -> str:
+        """The file or listener the lines came through, the same for each of its batches."""
+
+    @property
     def batch_key(self) -> str:
         """Identifies the batch within its origin; stable when the same lines are read again."""
 
@@ -57,6 +63,10 @@ class StreamCursor:
     @property
     def reference_time(self) -> datetime:
         return self.received_at
+
+    @property
+    def receiver(self) -> str:
+        return self.name
 
     @property
     def batch_key(self) -> str:
@@ -98,6 +108,10 @@ class SpoolCursor:
     @property
     def reference_time(self) -> datetime:
         return self.received_at
+
+    @property
+    def receiver(self) -> str:
+        return self.origin
 
     @property
     def batch_key(self) -> str:

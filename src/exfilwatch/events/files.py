@@ -62,6 +62,10 @@ class FileCursor:
     reference_time: datetime  # the file's last write: dates yearless syslog lines
 
     @property
+    def receiver(self) -> str:
+        return self.name
+
+    @property
     def batch_key(self) -> str:
         return f"{self.fingerprint.split(':')[1][:16]}-{self.first_line}"
 

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timezone
 from pathlib import Path
 
 import duckdb
@@ -268,6 +269,7 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
     files = write_batch(con, target.home.lake, source.data_model, batch_id, events_relation)
     events = sum(f.rows for f in files)
     addresses = batch_addresses(con, [f.path for f in files]) if source.data_model.name == "network_traffic" else []
+    received_at = cursor.reference_time.astimezone(timezone.utc).isoformat() if cursor.reference_time else None
     with state.transaction() as db:
         db.execute("DELETE FROM quarantine WHERE batch_id = ?", (batch_id,))
         db.execute("DELETE FROM skipped WHERE batch_id = ?", (batch_id,))
@@ -276,9 +278,11 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
         db.execute("DELETE FROM batch_files WHERE batch_id = ?", (batch_id,))
         db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
         db.execute(
-            "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO batches (batch_id, model, source, file, first_line, last_line, lines, events, quarantined, "
+            "skipped, received_at, receiver) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (batch_id, source.data_model.name, source.name, cursor.name, cursor.first_line,
-             cursor.first_line + count - 1, count, events, len(quarantined), sum(n for _, n in skipped)),
+             cursor.first_line + count - 1, count, events, len(quarantined), sum(n for _, n in skipped),
+             received_at, cursor.receiver),
         )
         db.executemany(
             "INSERT INTO batch_files VALUES (?,?,?,?,?)",

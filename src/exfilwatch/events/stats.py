@@ -1,13 +1,15 @@
 """What the lake has taken in, per source and receiver: the counts behind `exfilwatch status` and
 the console's Sources page, and the quarantined lines with their reasons.
 
-Read-only functions over the state store; a receiver is the batch's `file` (a file path, or
-`<protocol>:<port>@<peer>` / `hec` for what `exfilwatch serve` received).
+Read-only functions over the state store; a receiver is the file or listener a batch came
+through (a file path, or `<protocol>:<port>@<peer>` / `hec` for what `exfilwatch serve` received).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from exfilwatch.state import StateStore
 
@@ -15,9 +17,32 @@ from exfilwatch.state import StateStore
 def source_totals(state: StateStore) -> list[dict[str, Any]]:
     """Per source and receiver: batches, lines read, events written, lines skipped and quarantined."""
     return [dict(row) for row in state.query(
-        "SELECT source, file AS receiver, count(*) AS batches, sum(lines) AS lines, sum(events) AS events, "
+        "SELECT source, receiver, count(*) AS batches, sum(lines) AS lines, sum(events) AS events, "
         "sum(skipped) AS skipped, sum(quarantined) AS quarantined FROM batches "
-        "GROUP BY source, file ORDER BY source, file")]
+        "GROUP BY source, receiver ORDER BY source, receiver")]
+
+
+def lines_per_day(state: StateStore, timezone: str = "UTC") -> list[dict[str, Any]]:
+    """Per source, receiver and day the lines were received (in `timezone`): lines read, events
+    written, lines skipped and quarantined. Batches committed before receipt times were recorded
+    are left out (their totals are in `source_totals`)."""
+    # Summed per UTC hour in SQL (a busy listener commits a batch a second), then each hour goes
+    # to the local day its start falls in: exact for every zone whose offset is whole hours.
+    rows = state.query(
+        "SELECT source, receiver, substr(received_at, 1, 13) AS hour, sum(lines) AS lines, sum(events) AS events, "
+        "sum(skipped) AS skipped, sum(quarantined) AS quarantined FROM batches WHERE received_at IS NOT NULL "
+        "GROUP BY source, receiver, hour")
+    zone = ZoneInfo(timezone)
+    days: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in rows:
+        hour = datetime.fromisoformat(row["hour"] + ":00+00:00")
+        day = hour.astimezone(zone).date().isoformat()
+        totals = days.setdefault((row["source"], row["receiver"], day), {
+            "source": row["source"], "receiver": row["receiver"], "day": day,
+            "lines": 0, "events": 0, "skipped": 0, "quarantined": 0})
+        for measure in ("lines", "events", "skipped", "quarantined"):
+            totals[measure] += row[measure]
+    return sorted(days.values(), key=lambda r: (r["day"], r["source"], r["receiver"]))
 
 
 def events_per_day(state: StateStore) -> list[dict[str, Any]]:

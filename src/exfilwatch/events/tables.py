@@ -128,4 +128,15 @@ CREATE TABLE IF NOT EXISTS spool_positions (
 );
 """
 
-SCHEMA = StageSchema("events", (TABLES, _relative_batch_files, SUPERSEDED, SPOOL_POSITIONS))
+# When each batch was received and through which file or listener, so the Sources page can show
+# lines over time per receiver. `received_at` is the cursor's reference time: a file's last write,
+# or the service's receipt time (never the wall clock of the ingest). Batches committed before this
+# migration have no receipt time; their receiver is their `file`.
+RECEIPT = """
+ALTER TABLE batches ADD COLUMN received_at TEXT;   -- ISO 8601, UTC
+ALTER TABLE batches ADD COLUMN receiver TEXT;
+UPDATE batches SET receiver = file;
+CREATE INDEX IF NOT EXISTS batches_received_at ON batches(received_at);
+"""
+
+SCHEMA = StageSchema("events", (TABLES, _relative_batch_files, SUPERSEDED, SPOOL_POSITIONS, RECEIPT))

@@ -985,8 +985,10 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
             db.execute("DELETE FROM batch_files WHERE model = ? AND day >= ?", (NAME, from_day))
             db.execute("DELETE FROM batches WHERE model = ? AND batch_id NOT IN (SELECT batch_id FROM batch_files)",
                        (NAME,))
-            db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (batch_id, NAME, "sessions", f"derived from {', '.join(INPUT_MODELS)}", 0, 0, 0, rows, 0, 0))
+            derived_from = f"derived from {', '.join(INPUT_MODELS)}"
+            db.execute("INSERT INTO batches (batch_id, model, source, file, first_line, last_line, lines, events, "
+                       "quarantined, skipped, receiver) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (batch_id, NAME, "sessions", derived_from, 0, 0, 0, rows, 0, 0, derived_from))
             db.executemany("INSERT INTO batch_files VALUES (?,?,?,?,?)",
                            [(state.relative(f.path), batch_id, NAME, f.day, f.rows) for f in written])
             db.execute("INSERT INTO derived_builds VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "

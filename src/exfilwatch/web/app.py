@@ -47,7 +47,7 @@ from exfilwatch.detections.schedule import run_summary
 from exfilwatch.detections.schema import Detection
 from exfilwatch.errors import ExfilwatchError
 from exfilwatch.events.engine import connect
-from exfilwatch.events.stats import events_per_day, quarantined, source_totals
+from exfilwatch.events.stats import events_per_day, lines_per_day, quarantined, source_totals
 from exfilwatch.features.baselines import SESSION_FEATURES, host_daily_mail_bytes, user_session_series
 from exfilwatch.findings.store import findings_by_keys, query_findings
 from exfilwatch.findings.suppressions import (add_suppression, all_suppressions, expire_suppression,
@@ -545,9 +545,12 @@ def create_app(home: Home, settings: Settings, catalog: dict[str, Detection], no
         with console.read() as state:
             totals = source_totals(state)
             days = events_per_day(state)
+            received = lines_per_day(state, settings.timezone)
             total, lines = quarantined(state, 200, page_no * 200)
-        chart = charts.per_day_chart("events written per day", days, "day", "events", color="source")
+        chart = charts.per_day_chart("events written per day of event time", days, "day", "events", color="source")
+        received_chart = charts.lines_received_chart(received)
         return page(request, "sources.html", {"user": user, "totals": totals, "chart": chart,
+                                              "received_chart": received_chart,
                                               "quarantine_total": total, "quarantine": lines, "page_no": page_no})
 
     # --- users ----------------------------------------------------------------------------------

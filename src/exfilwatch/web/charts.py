@@ -107,3 +107,26 @@ def per_day_chart(title: str, rows: list[dict[str, Any]], x: str, y: str, color:
     if color:
         spec["encoding"]["color"] = {"field": color, "type": "nominal"}
     return spec
+
+
+RECEIPT_MEASURES = {"lines": "lines received", "events": "events written", "skipped": "lines skipped",
+                    "quarantined": "lines quarantined"}
+
+
+def lines_received_chart(days: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per source and receiver (one small chart each), lines received, events written, lines
+    skipped and quarantined per day of receipt: a receiver that went quiet or started to
+    quarantine shows as a drop or a rise."""
+    values = [{"day": d["day"], "receiver": f"{d['source']} · {d['receiver']}", "measure": label, "count": d[key]}
+              for d in days for key, label in RECEIPT_MEASURES.items()]
+    spec = _base("lines per day of receipt", width=360, height=90)
+    spec["data"] = {"values": values}
+    spec["mark"] = {"type": "line", "point": True}
+    spec["encoding"] = {
+        "row": {"field": "receiver", "type": "nominal", "title": None, "header": {"labelAngle": 0, "labelAlign": "left"}},
+        "x": {"field": "day", "type": "temporal", "timeUnit": "yearmonthdate", "title": "day received"},
+        "y": {"field": "count", "type": "quantitative", "title": "lines or events"},
+        "color": {"field": "measure", "type": "nominal", "sort": list(RECEIPT_MEASURES.values())},
+        "tooltip": [{"field": "receiver", "type": "nominal"}, {"field": "day", "type": "temporal"},
+                    {"field": "measure", "type": "nominal"}, {"field": "count", "type": "quantitative"}]}
+    return spec
