@@ -85,6 +85,11 @@ def test_one_auto_port_takes_pulse_and_postfix_and_quarantines_the_rest_with_the
     file, reason, raw = entry[0]
     assert file.startswith(f"tcp:{served.port('tcp:0')}@127.0.0.1")
     assert "no source recognises" in reason and raw.endswith("<script>x")
+    # `status` counts them in its lake-by-source table, beside the sources that took the other lines
+    table = status(served.home).splitlines()
+    row = next(line for line in table if "(no source recognised)" in line).split("│")
+    assert [cell.strip() for cell in row[2:]][:5] == ["1", "1", "0", "0", "1"]  # batches lines events skipped quar.
+    assert any("postfix" in line for line in table)
 
 
 def test_framing_tells_a_count_from_a_line_starting_with_digits():
