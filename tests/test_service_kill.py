@@ -1,9 +1,10 @@
 """The kill test: HEC batches with acknowledgements while `exfilwatch serve` is SIGKILLed and restarted;
 and SIGTERM, which commits what was received before the process exits.
 
-Every event of a request answered "Success" was fsynced to the spool first, so after the
-restarts it must be in the lake exactly once; every ackId that was acknowledged true must be
-there too; and no event is ever stored twice.
+Every event of a request answered "Success" was written to the spool first (a SIGKILL loses
+nothing the process wrote; the fsync that guards against a power cut comes before its ackId is
+true), so after the restarts it must be in the lake exactly once; every ackId that was
+acknowledged true must be there too; and no event is ever stored twice.
 """
 
 from __future__ import annotations

@@ -1,15 +1,18 @@
 """The spool read back as Arrow gives what the record-by-record reader gives, for hostile lines
-too (separators, NUL, bytes that are not UTF-8), and `auto` routes a column of lines as it routes
-each line."""
+too (separators, NUL, bytes that are not UTF-8); `auto` routes a column of lines as it routes
+each line; a backlog is committed in as few batches as its size allows."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from exfilwatch.config import Home, Settings
+from exfilwatch.events.ingest import open_target
+from exfilwatch.service.ingester import Ingester
 from exfilwatch.service.spool import Spool, encode_many
 from exfilwatch.sources import route_syslog_line, route_syslog_lines
-from tests.servicekit import postfix_lines, pulse_login
+from tests.servicekit import committed_users, postfix_lines, pulse_login
 
 LINES = st.lists(st.binary(max_size=60) | st.text(max_size=60).map(lambda t: t.encode("utf-8", "surrogatepass")),
                  min_size=1, max_size=20)
@@ -39,3 +42,29 @@ def test_auto_routes_a_column_of_lines_as_each_line():
                                                   pa.array(lines[3:], pa.large_string())]))
     assert routed.to_pylist() == [route_syslog_line(line) for line in lines]
     assert routed.to_pylist()[0] == "pulse_secure" and routed.to_pylist()[-1] == "postfix"
+
+
+def test_a_backlog_is_committed_in_batches_as_large_as_max_bytes_allows(tmp_path):
+    """However many records wait, a batch takes all of them up to `max_bytes` of spool; a record
+    larger than that is a batch of its own; every line is committed once."""
+    home = Home(tmp_path, tmp_path / "config.yaml")
+    with open_target(home, Settings()) as target:
+        spool = Spool(tmp_path / "spool", 0)
+        for peer in range(4):  # four requests of ten lines, from two peers
+            spool.append(encode_many("pulse_secure", f"tcp:1@10.0.0.{peer % 2}", 1790000000.0,
+                                     [pulse_login(f"u{peer}-{i}", i).encode() for i in range(10)]))
+        one_request = spool.end // 4
+        spool.append(encode_many("pulse_secure", "tcp:1@10.0.0.9", 1790000000.0,
+                                 [pulse_login("big", 0).encode() + b" " + b"x" * (2 * one_request)]))
+        sizes = []
+        ingester = Ingester(target, spool, max_bytes=one_request * 2)
+        while (outcome := ingester.batch()) is not None:
+            sizes.append(outcome.records)
+        assert sizes == [20, 20, 1]
+        spool.append(encode_many("pulse_secure", "tcp:1@10.0.0.1", 1790000000.0,
+                                 [pulse_login(f"late{i}", i).encode() for i in range(30)]))
+        assert Ingester(target, spool).batch().records == 30
+        spool.close()
+    users = committed_users(tmp_path)
+    assert sorted(users) == sorted([f"u{p}-{i}" for p in range(4) for i in range(10)] + ["big"] +
+                                   [f"late{i}" for i in range(30)])

@@ -9,10 +9,12 @@ Endpoints and replies are Splunk's, so a sender works unchanged:
 * `Authorization: Splunk <token>`; each configured token has a default source and the
   sourcetypes it may send (none listed: any). A sourcetype is a Splunk one (`SOURCETYPES`) or
   one of our source names.
-* A request is answered only once its events are in the spool and fsynced. With a
+* A request is answered once its events are written to the spool. With a
   `X-Splunk-Request-Channel` header (or `?channel=`) the reply carries an `ackId`, numbered per
   channel from 0 as Splunk does, and `POST /services/collector/ack` on that channel says true
-  for it once its events are committed to the lake (service/acks.py: the ids survive a restart).
+  for it once its events are fsynced and committed to the lake (service/acks.py: the ids survive
+  a restart); without a channel the reply itself waits for the fsync, as it is the only
+  acknowledgement the sender gets.
 * What a sender says about an event besides its line — `host`, `source`, `sourcetype`, `index`,
   `fields` (of `/raw`: the query parameters) — is stored with it, as the JSON text of the
   events' `origin` column (models.ORIGIN).

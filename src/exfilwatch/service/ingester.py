@@ -1,6 +1,8 @@
 """Spool records → lake, in micro-batches: the one consumer of the receivers' spool.
 
-`Ingester.batch()` reads up to `max_events` records after the committed position, routes each
+`Ingester.batch()` reads every record waiting after the committed position (up to `BATCH_BYTES`
+of spool, as `ingest` reads a file in chunks of that size: a service that fell behind catches
+up in few large batches, each paying the sources' fixed cost of a parse once), routes each
 (`auto` by its syslog program tag), and commits one `ingest_lines` per source and origin with a
 `SpoolCursor`; lines no source claims are quarantined with their origin (the peer address) and
 the reason, in a transaction of their own that is replaced if the batch is replayed. When the
@@ -19,11 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from exfilwatch.events.cursors import SpoolCursor, commit_spool_position, spool_position
+from exfilwatch.events.files import CHUNK_BYTES
 from exfilwatch.events.ingest import RAW_LINE_LIMIT, BatchReport, IngestTarget, ingest_lines
 from exfilwatch.service.spool import Spool
 from exfilwatch.sources import get_source, route_syslog_lines
 
 SPOOL = "receivers"
+BATCH_BYTES = CHUNK_BYTES  # most spool bytes in one batch (a record larger than this is a batch of its own)
 UNROUTED = "unrouted"
 
 
@@ -42,10 +46,10 @@ def listener_of(origin: str) -> str:
 
 
 class Ingester:
-    def __init__(self, target: IngestTarget, spool: Spool, max_events: int):
+    def __init__(self, target: IngestTarget, spool: Spool, max_bytes: int = BATCH_BYTES):
         self.target = target
         self.spool = spool
-        self.max_events = max_events
+        self.max_bytes = max_bytes
         self.committed, self._pending_end = spool_position(target.state.conn, SPOOL)
         self.depth = spool.count(self.committed, spool.end)  # records waiting, replayed first
         self.replayed = self.depth
@@ -56,7 +60,10 @@ class Ingester:
         if self._pending_end > self.committed:  # a batch half committed before a crash: cut it the same way
             table = self.spool.read_table(self.committed, self._pending_end, 1 << 62)
         else:
-            table = self.spool.read_table(self.committed, self.spool.end, self.max_events)
+            end = self.spool.end
+            table = self.spool.read_table(self.committed, min(end, self.committed + self.max_bytes), 1 << 62)
+            if table.num_rows == 0 and end > self.committed:  # one record larger than max_bytes
+                table = self.spool.read_table(self.committed, end, 1)
         if table.num_rows == 0:
             return None
         start, end = self.committed, table["end"][-1].as_py()

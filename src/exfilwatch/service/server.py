@@ -165,16 +165,26 @@ class Service:
         return position
 
     async def submit(self, records: bytes, count: int, token: str, channel: str | None) -> int | None:
-        """Spool a HEC request's records (and its ackId on `channel`); return once both are fsynced."""
+        """Spool a HEC request's records; with a `channel`, return its ackId at once, else once they
+        are fsynced. With indexer acknowledgement the reply is not the acknowledgement, as in
+        Splunk: the sender keeps the events until their ackId is true (`ack_status`), which needs
+        them fsynced and committed, so a request does not wait for a fsync of its own and one
+        fsync covers every request that arrived meanwhile. The records and the ackId are written
+        (in the page cache) before the reply: a SIGKILL loses neither."""
         position = self.spool_lines(records, count, "hec", token[:8])
-        ack_id = None if channel is None else self.acks.issue(channel, position, self.ingester.committed)
+        if channel is not None:
+            return self.acks.issue(channel, position, self._acknowledged())
         while self._durable < position:
             waiter = self._synced
             await waiter.wait()
-        return ack_id
+        return None
+
+    def _acknowledged(self) -> int:
+        """The spool position up to which records are committed to the lake and their ackIds fsynced."""
+        return min(self.ingester.committed, self._durable)
 
     def ack_status(self, channel: str, ids: list[int]) -> dict[str, bool]:
-        return self.acks.status(channel, ids, self.ingester.committed)
+        return self.acks.status(channel, ids, self._acknowledged())
 
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
@@ -322,8 +332,9 @@ class Service:
                 committed = spool_position(target.state.conn, SPOOL)[0]
                 self.spool = Spool(self.home.root / FOLDER, committed)
                 self.acks = AckBook(self.home.root / FOLDER, committed, self.spool.end)
+                self._sync_both()  # what a killed process wrote but did not fsync: durable before any ack says so
                 self._durable = self.spool.end
-                self.ingester = Ingester(target, self.spool, self.config.batch.max_events)
+                self.ingester = Ingester(target, self.spool)
                 self._consumed = -self.ingester.depth
                 if self.ingester.depth:
                     self._oldest_pending = time.monotonic()
