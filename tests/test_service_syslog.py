@@ -3,6 +3,7 @@ taking a mixed Pulse Secure + Postfix feed; a line no source claims is quarantin
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 from collections import Counter
 
 import pytest
+from hypothesis import given, strategies as st
 
 from exfilwatch.service.syslog import Framer, FrameError
 from tests.servicekit import (Served, committed_files, committed_rows, committed_users, metric, postfix_lines,
@@ -99,6 +101,24 @@ def test_framing_tells_a_count_from_a_line_starting_with_digits():
     assert framer.feed(b" ab") == [b"ab"]
     with pytest.raises(FrameError):
         Framer().feed(b"9999999 " + b"x" * 10)
+
+
+NEWLINE_FRAMED = st.binary(min_size=1, max_size=40).filter(
+    lambda m: b"\n" not in m and not m.endswith(b"\r") and re.match(rb"[1-9][0-9]{0,6} ", m) is None)
+OCTET_COUNTED = st.binary(min_size=1, max_size=40).filter(lambda m: not m.endswith((b"\r", b"\n")))
+
+
+@given(frames=st.lists(st.one_of(st.tuples(st.sampled_from([b"\n", b"\r\n"]), NEWLINE_FRAMED),
+                                 st.tuples(st.just(b""), OCTET_COUNTED)), min_size=1, max_size=30),
+       cuts=st.lists(st.integers(0, 2000), max_size=8))
+def test_any_mix_of_framings_cut_anywhere_gives_the_messages_sent(frames, cuts):
+    """Newline and octet-counted frames in one stream, read in pieces cut at any byte: each message
+    comes out once, whole, in order (lines split at C speed when no frame is counted)."""
+    stream = b"".join(b"%d %s" % (len(m), m) if not end else m + end for end, m in frames)
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    framer = Framer()
+    received = [m for a, b in zip(bounds, bounds[1:]) for m in framer.feed(stream[a:b])]
+    assert received + [m for m in [framer.rest()] if m] == [m for _, m in frames]
 
 
 def test_postfix_in_rfc5424_form_over_udp_on_the_auto_port(served):

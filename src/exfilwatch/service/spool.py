@@ -181,14 +181,26 @@ class Spool:
         if not payloads:
             return pa.table({name: pa.array([], typ) for name, typ in TABLE_SCHEMA})
         joined = pa.concat_arrays(payloads) if len(payloads) > 1 else payloads[0]
-        fields = pc.split_pattern(joined, SEPARATOR, max_splits=4)
         try:
-            text = [pc.cast(pc.list_element(fields, i), pa.large_string()) for i in range(5)]
-            table = pa.table({"source": text[0], "origin": text[1], "received": pc.cast(text[2], pa.float64()),
-                              "meta": text[3], "line": text[4], "end": pa.array(np.concatenate(ends))})
-        except pa.ArrowInvalid:  # not UTF-8: decode record by record, as `read` does
+            text = pc.cast(joined, pa.large_string())  # the UTF-8 check, once for all the fields
+            flat = pc.list_flatten(pc.split_pattern(text, "\x1f", max_splits=4))
+        except pa.ArrowInvalid:
+            flat = None
+        if flat is None or len(flat) != 5 * len(joined):  # not UTF-8: decode record by record, as `read` does
             records = self.read(start, stop, max_records)
-            table = pa.table({name: pa.array([getattr(r, name) for r in records], typ) for name, typ in TABLE_SCHEMA})
+            return self._without_nul(pa.table({name: pa.array([getattr(r, name) for r in records], typ)
+                                               for name, typ in TABLE_SCHEMA}))
+        # Every payload has its 5 fields (encode_many writes them), so field i of record r is value
+        # 5r + i of the split flattened: each column is one `take` of a stride.
+        stride = np.arange(len(joined), dtype=np.int64) * 5
+        field = [flat.take(pa.Array.from_buffers(pa.int64(), len(stride), [None, pa.py_buffer(stride + i)]))
+                 for i in range(5)]
+        table = pa.table({"source": field[0], "origin": field[1], "received": pc.cast(field[2], pa.float64()),
+                          "meta": field[3], "line": field[4], "end": pa.array(np.concatenate(ends))})
+        return self._without_nul(table)
+
+    @staticmethod
+    def _without_nul(table: pa.Table) -> pa.Table:
         line = table["line"]
         if pc.any(pc.match_substring(line, "\x00")).as_py():
             table = table.set_column(4, "line", pc.replace_substring(line, "\x00", "\ufffd"))

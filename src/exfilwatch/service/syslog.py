@@ -33,6 +33,7 @@ READ_BYTES = 1 << 16
 # otherwise (an ISO timestamp without <PRI>) is newline-framed.
 OCTET_COUNT = re.compile(rb"([1-9][0-9]{0,6}) ")
 DIGITS_SO_FAR = re.compile(rb"[0-9]{1,7}")
+COUNT_AFTER_A_NEWLINE = re.compile(rb"\n[1-9][0-9]{0,6} ")  # starts with a literal: sre skips to each newline
 
 # (encoded records, count, listener, peer) -> None; raises when the spool cannot take them
 Sink = Callable[[bytes, int, str, str], None]
@@ -50,6 +51,19 @@ class Framer:
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self.buffer + data
+        if OCTET_COUNT.match(buffer) is None and COUNT_AFTER_A_NEWLINE.search(buffer) is None:
+            # newline framing only (no line starts with a count and a space): split at C speed
+            last = buffer.rfind(b"\n")
+            rest = buffer[last + 1:]
+            if len(rest) > MAX_FRAME:
+                raise FrameError(f"a line longer than {MAX_FRAME} bytes")
+            self.buffer = rest
+            if last < 0:
+                return []
+            lines = buffer[:last].split(b"\n")
+            if b"\r" in buffer:
+                lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+            return [line for line in lines if line]
         messages: list[bytes] = []
         position = 0
         size = len(buffer)
