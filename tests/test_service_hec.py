@@ -136,6 +136,16 @@ def test_host_source_index_and_fields_are_stored_with_the_event(served, client):
     assert json.loads(rows["meta2"]) == {"host": "vpn-west-2", "sourcetype": "pulse:connectsecure", "index": "vpn2"}
 
 
+def test_events_of_one_request_keep_their_own_host_and_fields(served, client):
+    said = [{"host": "a"}, {"host": "b"}, {"host": "a", "fields": {"x": "1"}}, {"host": "a"}, {},
+            {"host": "a", "index": "i"}, {"host": {"nested": "a"}}]
+    body = "".join(json.dumps({"event": pulse_login(f"each{i}"), **meta}) for i, meta in enumerate(said))
+    ack = hec_post(client, "/services/collector/event", body, channel="each").json()["ackId"]
+    wait_for(lambda: acked(client, "each", ack))
+    rows = dict(committed_rows(served.home, "authentication", '"user", origin'))
+    assert [json.loads(rows[f"each{i}"]) if rows[f"each{i}"] else {} for i in range(len(said))] == said
+
+
 def test_a_syslog_message_sent_without_its_header_is_dated_by_the_hec_time(served, client):
     # As Vector or Fluent Bit forward a parsed syslog message: the program tag and message, no header.
     lines = [line.split(" ", 2)[2] for line in postfix_lines("8A1B2C3D4E", sender="carol@corp.example")]

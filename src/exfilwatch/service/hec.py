@@ -142,10 +142,25 @@ def event_line(event: dict, number: int) -> bytes:
     return line.rstrip("\r\n").encode("utf-8", "replace")
 
 
-def event_meta(event: dict) -> str:
-    """The JSON text of what the event says besides its line (models.ORIGIN), "" when nothing."""
-    meta = {key: event[key] for key in META_KEYS if event.get(key) not in (None, "", {}, [])}
-    return json.dumps(meta, separators=(",", ":"), ensure_ascii=False, sort_keys=True) if meta else ""
+_META_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
+
+
+def event_meta(event: dict, known: dict[tuple, str] | None = None) -> str:
+    """The JSON text of what the event says besides its line (models.ORIGIN), "" when nothing.
+    `known`: texts already made in this request, by the event's plain-text `host`, `source`,
+    `sourcetype` and `index` (a sender repeats them on every event of a batch)."""
+    key = None
+    if known is not None and event.get("fields") is None:
+        key = tuple(event.get(name) for name in META_KEYS[:4])
+        if not all(value is None or type(value) is str for value in key):
+            key = None
+        elif key in known:
+            return known[key]
+    meta = {name: event[name] for name in META_KEYS if event.get(name) not in (None, "", {}, [])}
+    text = _META_JSON(meta) if meta else ""
+    if key is not None:
+        known[key] = text
+    return text
 
 
 def with_syslog_header(line: bytes, at: float, host: object) -> bytes:
@@ -220,11 +235,12 @@ def create_app(settings: HecSettings, collector: Collector, metrics: Callable[[]
         events = parse_events(body)
         origin = f"hec@{request.client.host if request.client else '-'}"
         runs: list[tuple[tuple[str, float, str], list[bytes]]] = []  # events in a row that share their prefix
+        metas: dict[tuple, str] = {}
         for number, item in enumerate(events):
             source = source_for(item.get("sourcetype"), token.source, token.sourcetypes, number)
             at = event_time(item, number, received)
             line = with_syslog_header(event_line(item, number), at, item.get("host"))
-            shared = (source, at, event_meta(item))
+            shared = (source, at, event_meta(item, metas))
             if runs and runs[-1][0] == shared:
                 runs[-1][1].append(line)
             else:
