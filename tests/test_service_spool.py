@@ -5,11 +5,13 @@ each line; a backlog is committed in as few batches as its size allows."""
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from exfilwatch.config import Home, Settings
 from exfilwatch.events.ingest import open_target
 from exfilwatch.service.ingester import Ingester
+from exfilwatch.service import spool as spool_module
 from exfilwatch.service.spool import Spool, encode_many
 from exfilwatch.sources import route_syslog_line, route_syslog_lines
 from tests.servicekit import committed_users, postfix_lines, pulse_login
@@ -44,20 +46,25 @@ def test_auto_routes_a_column_of_lines_as_each_line():
     assert routed.to_pylist()[0] == "pulse_secure" and routed.to_pylist()[-1] == "postfix"
 
 
-def test_a_backlog_is_committed_in_batches_as_large_as_max_bytes_allows(tmp_path):
-    """However many records wait, a batch takes all of them up to `max_bytes` of spool; a record
-    larger than that is a batch of its own; every line is committed once."""
+@pytest.mark.parametrize("segment_requests", [100, 3])
+def test_a_backlog_is_committed_in_batches_as_large_as_max_bytes_allows(tmp_path, monkeypatch, segment_requests):
+    """However many records wait, a batch takes all of them up to `max_bytes` of spool (across
+    segments too); a record larger than that is a batch of its own; every line is committed once."""
     home = Home(tmp_path, tmp_path / "config.yaml")
+    request_bytes = len(encode_many("pulse_secure", "tcp:1@10.0.0.0", 1790000000.0,
+                                    [pulse_login(f"u0-{i}", i).encode() for i in range(10)]))
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", segment_requests * request_bytes)
     with open_target(home, Settings()) as target:
         spool = Spool(tmp_path / "spool", 0)
         for peer in range(4):  # four requests of ten lines, from two peers
             spool.append(encode_many("pulse_secure", f"tcp:1@10.0.0.{peer % 2}", 1790000000.0,
                                      [pulse_login(f"u{peer}-{i}", i).encode() for i in range(10)]))
         one_request = spool.end // 4
+        assert one_request == request_bytes
         spool.append(encode_many("pulse_secure", "tcp:1@10.0.0.9", 1790000000.0,
                                  [pulse_login("big", 0).encode() + b" " + b"x" * (2 * one_request)]))
         sizes = []
-        ingester = Ingester(target, spool, max_bytes=one_request * 2)
+        ingester = Ingester(target, spool, max_bytes=one_request * 2 + 5)  # the cut falls inside a record
         while (outcome := ingester.batch()) is not None:
             sizes.append(outcome.records)
         assert sizes == [20, 20, 1]

@@ -131,8 +131,10 @@ class Spool:
         position, taken = start, 0
         for i, base in enumerate(segments):
             limit = segments[i + 1] if i + 1 < len(segments) else stop
-            if limit <= position or position >= stop:
+            if limit <= position:
                 continue
+            if position >= stop or position < base:  # `stop` fell before this segment, or cut the one before
+                break
             with open(self._path(base), "rb") as handle:
                 handle.seek(position - base)
                 data = handle.read(min(limit, stop) - position)
