@@ -45,6 +45,11 @@ def memory_bytes(limit: str) -> int:
     return int(number * (1024 if "ib" in unit else 1000) ** power)
 
 
+# libyaml's safe loader when PyYAML was built with it: the same documents, 5-10x faster to load
+# (the shipped catalog's YAML was 0.1 CPU-s of every command that loads it).
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml_file(path: Path, what: str = "file") -> Any:
     """The YAML document in `path`; anything that makes it unreadable is one ConfigError naming the file."""
     try:
@@ -58,7 +63,7 @@ def read_yaml_file(path: Path, what: str = "file") -> Any:
     except OSError as exc:
         raise ConfigError(f"cannot read the {what}: {exc.strerror}", where=str(path)) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=YAML_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {_yaml_problem(exc)}", where=str(path)) from None
 
