@@ -22,8 +22,8 @@ from exfilwatch.errors import UsageError
 from exfilwatch.findings.store import load_findings_file
 from exfilwatch.home import open_state
 from exfilwatch.incidents.tables import SCHEMA as INCIDENTS
-from exfilwatch.incidents.workflow import (IncidentFilter, add_comment, assign, get_incident, list_incidents,
-                                           set_status, severity_counts)
+from exfilwatch.incidents.workflow import (IncidentFilter, add_comment, assign, dispositions_by_detection,
+                                           get_incident, list_incidents, set_status, severity_counts)
 from exfilwatch.risk.events import rebuild_risk_events
 from exfilwatch.state import StageSchema, StateStore
 
@@ -212,3 +212,14 @@ def test_a_home_from_before_the_workflow_keeps_its_incidents_as_new(tmp_path):
     assert get_incident(state, incident["incident_id"])["audit"][0]["actor"] == "erin"
     assert state.versions()["incidents"] == INCIDENTS.version and state.versions()["audit"] == 1
     state.close()
+
+
+def test_dispositions_count_each_closed_incident_once_for_each_detection_behind_it(home):
+    state, ids = home
+    set_status(state, ids["alice"], "closed", disposition="false_positive", actor="ana", now=LATER)
+    set_status(state, ids["bob"], "closed", disposition="true_positive", actor="ana", now=LATER)
+    set_status(state, ids["carol"], "in_progress", actor="ana", now=LATER)  # open: not counted
+    # each incident holds a risk event of each detection and names the incident rule
+    expected = {"false_positive": 1, "true_positive": 1}
+    assert dispositions_by_detection(state) == {
+        "em_bsum": expected, "em_dnum": expected, "risk_threshold_exceeded_24h": expected}

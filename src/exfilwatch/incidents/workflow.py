@@ -122,6 +122,25 @@ def get_incident(state: StateStore, incident_id: int) -> dict[str, Any] | None:
     return incident
 
 
+def dispositions_by_detection(state: StateStore) -> dict[str, dict[str, int]]:
+    """How the closed incidents were closed, per detection that contributed to them (one of the
+    incident's rules, or the detection of one of its risk events): the precision an engineer
+    tunes by. One query, however many incidents are closed."""
+    rows = state.query(
+        """SELECT detection_id, disposition, count(*) AS incidents FROM (
+               SELECT i.incident_id, i.disposition, r.detection_id
+               FROM incidents i, json_each(i.event_keys) k JOIN risk_events r ON r.event_key = k.value
+               WHERE i.status = 'closed'
+               UNION
+               SELECT i.incident_id, i.disposition, rule.value FROM incidents i, json_each(i.rules) rule
+               WHERE i.status = 'closed')
+           GROUP BY detection_id, disposition""")
+    outcomes: dict[str, dict[str, int]] = {}
+    for row in rows:
+        outcomes.setdefault(row["detection_id"], {})[row["disposition"]] = row["incidents"]
+    return outcomes
+
+
 def _change(state: StateStore, incident_id: int, action: str, after: Callable[[dict[str, Any]], dict[str, Any]], *,
             actor: str, now: datetime) -> None:
     """Set the columns `after(current incident)` returns and audit the change, in one transaction."""

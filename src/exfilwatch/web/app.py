@@ -425,21 +425,19 @@ def create_app(home: Home, settings: Settings, catalog: dict[str, Detection], no
         per_day: dict[str, Counter[str]] = defaultdict(Counter)
         for f in query_findings(state, suppressed=None):
             per_day[f["detection_id"]][_local_day(f["time"], tz)] += 1
-        outcomes: dict[str, Counter[str]] = defaultdict(Counter)
-        for incident in workflow.list_incidents(state, workflow.IncidentFilter(status="closed"), limit=100_000):
-            full = workflow.get_incident(state, incident["incident_id"]) or {}
-            for detection_id in {*incident["rules"], *(e["detection_id"] for e in full.get("risk_events", []))}:
-                outcomes[detection_id][incident["disposition"]] += 1
+        outcomes = {detection_id: Counter(counts)
+                    for detection_id, counts in workflow.dispositions_by_detection(state).items()}
         out = []
         for d in sorted(catalog.values(), key=lambda d: d.id):
             run = runs.get(d.id, {})
             mark = as_time(run.get("watermark"))
-            closed = sum(outcomes[d.id].values())
-            true = outcomes[d.id]["true_positive"] + outcomes[d.id]["benign_true_positive"]
+            outcome = outcomes.get(d.id, Counter())
+            closed = sum(outcome.values())
+            true = outcome["true_positive"] + outcome["benign_true_positive"]
             out.append({"detection": d, "enabled": d.id not in disabled, "run": run,
                         "lag": _lag(now() - mark) if mark else None,
                         "findings_per_day": [{"day": day, "findings": n} for day, n in sorted(per_day[d.id].items())],
-                        "findings": sum(per_day[d.id].values()), "outcomes": dict(outcomes[d.id]), "closed": closed,
+                        "findings": sum(per_day[d.id].values()), "outcomes": dict(outcome), "closed": closed,
                         "precision": round(true / closed, 2) if closed else None,
                         "config": settings.detections.get(d.id, {}), "overrides": {},
                         "effective": effective.detections.get(d.id, {})})
