@@ -104,6 +104,15 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def blank_sql(line: str = "line") -> str:
+    """SQL: the line is empty or only white space.
+
+    `trim` copies the line, and DuckDB evaluates both sides of an AND in a select list, so it is
+    only reached through a CASE branch, for lines that start with white space."""
+    return (f"(CASE WHEN {line} = '' THEN true WHEN starts_with({line}, ' ') OR starts_with({line}, chr(9)) "
+            f"OR starts_with({line}, chr(13)) THEN trim({line}) = '' ELSE false END)")
+
+
 def raw_ref_sql(ctx: ParseContext, line_no: str = "line_no") -> str:
     return f"{sql_string(ctx.origin + ':')} || CAST({line_no} AS VARCHAR)"
 

@@ -33,16 +33,10 @@ import duckdb
 
 from exfilwatch.errors import SourceError
 from exfilwatch.models import NETWORK_TRAFFIC
-from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
+from exfilwatch.sources.base import ParseContext, ParsedBatch, blank_sql, epoch_sql, raw_ref_sql, sql_string
 from exfilwatch.sources.syslog_header import header_time_sql, local_time_sql
 
 _IP_RE = "[0-9A-Fa-f.:]+"
-
-
-def blank_sql(line: str = "line") -> str:
-    """SQL: the line is empty or only white space (without copying every line as trim() would)."""
-    return (f"({line} = '' OR ((starts_with({line}, ' ') OR starts_with({line}, chr(9)) OR starts_with({line}, chr(13)))"
-            f" AND trim({line}) = ''))")
 
 
 def transport_sql(expr: str) -> str:
@@ -466,7 +460,10 @@ class JuniperSRXFlow:
                          END AS reason
                 FROM timed
             )
-            SELECT *, CASE WHEN reason IS NULL THEN 'parsed'
+            -- only what the events and the outcomes read: the lines themselves are not stored again
+            SELECT line_no, reason, _time, src_ip, src_port, dest_ip, dest_port, transport, app, bytes_in, bytes_out,
+                   duration_s, session_id,
+                   CASE WHEN reason IS NULL THEN 'parsed'
                            WHEN reason = 'blank line' OR reason = 'other syslog message'
                                 OR (kind IS NOT NULL AND NOT is_close) THEN 'skipped'
                            ELSE 'quarantined' END AS outcome

@@ -41,8 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from exfilwatch.config import ConfigError, read_yaml_file, validation_error
 from exfilwatch.models import DATA_MODELS, NETWORK_TRAFFIC, DataModel
 from exfilwatch.models import ORIGIN
-from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
-from exfilwatch.sources.flows import blank_sql, csv_fields_sql
+from exfilwatch.sources.base import ParseContext, ParsedBatch, blank_sql, epoch_sql, raw_ref_sql, sql_string
+from exfilwatch.sources.flows import csv_fields_sql
 from exfilwatch.sources.syslog_header import local_time_sql
 
 MAPPABLE_MODELS = ("network_traffic", "authentication", "email")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import duckdb
 
 from exfilwatch.models import AUTHENTICATION
-from exfilwatch.sources.base import ParseContext, ParsedBatch, epoch_sql, raw_ref_sql, sql_string
+from exfilwatch.sources.base import ParseContext, ParsedBatch, blank_sql, epoch_sql, raw_ref_sql, sql_string
 from exfilwatch.sources.syslog_header import (ENVELOPE, HEADER_GROUPS, envelope_sql, header_time_is_exact_sql,
                                              header_time_sql, local_time_sql, relayed_envelope_sql)
 
@@ -381,8 +381,7 @@ class PulseSecure:
             -- the standard body: its first ` - [` is the one after the node; the timestamp and the node
             -- before it are read backwards from there (an end-anchored pattern: RE2 runs it in reverse)
             SELECT line_no, l,
-                   CASE WHEN l = '' OR ((starts_with(l, ' ') OR starts_with(l, chr(9))) AND trim(l) = '') THEN NULL
-                        ELSE strpos(l, ' - [') END AS bracket
+                   CASE WHEN {blank_sql('l')} THEN NULL ELSE strpos(l, ' - [') END AS bracket
             FROM cleaned
         ), split AS (
             SELECT *,
