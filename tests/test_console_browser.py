@@ -153,3 +153,20 @@ def test_no_page_runs_script_from_hostile_log_lines(browser, url, org):
     charts_ready(page)  # lines received, written, skipped and quarantined per receiver, drawn
     assert page.locator("[data-chart='lines-received'] svg .mark-line path").count() >= 4
     assert page.problems == []
+
+
+def test_the_api_page_works_offline_under_the_consoles_policy(browser, url):
+    """/docs draws the OpenAPI description with the vendored Swagger UI: no CDN, no inline script,
+    and a logged-in viewer can call the API from it."""
+    page = new_page(browser, url, "viewer")
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{url}/docs")
+    operation = page.locator(".opblock-summary-path", has_text="/api/incidents").first
+    operation.wait_for()
+    operation.click()
+    page.click("button.try-out__btn")
+    page.click("button.execute")
+    expect(page.locator(".live-responses-table tr.response td.response-col_status").first).to_have_text("200")
+    assert all(address.startswith(url) for address in requested), requested
+    assert page.problems == []

@@ -68,10 +68,6 @@ SECRET_FILE = "web_secret.key"
 WRITE_TIMEOUT = 10.0  # seconds a console change waits for another writer (a running `exfilwatch run`)
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
-# FastAPI's /docs page loads Swagger UI from its CDN with an inline bootstrap; it shows no log data.
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
-            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 RANK = {role: n for n, role in enumerate(ROLES)}
 USER_RULES = ("em_fnum", "em_dnum", "em_bsum", "em_bsum_personal")
 HOST_RULES = ("hosts_receiving_high_volume_of_network_traffic_from_email_server",
@@ -130,7 +126,9 @@ def create_app(home: Home, settings: Settings, catalog: dict[str, Detection], no
     lock_minutes = web.lockout_minutes if web else 15
     session_hours = web.session_hours if web else 12
 
-    app = FastAPI(title="exfilwatch console", version="1", docs_url="/docs", redoc_url=None,
+    # /docs is served below from the vendored Swagger UI: FastAPI's own page loads it from a CDN
+    # with an inline bootstrap, which neither works offline nor passes the CSP.
+    app = FastAPI(title="exfilwatch console", version="1", docs_url=None, redoc_url=None,
                   description="The console's data as JSON: incidents, findings, entity timelines, detections. "
                               "Log in at /login first; the session cookie authorises these calls.")
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -144,8 +142,7 @@ def create_app(home: Home, settings: Settings, catalog: dict[str, Detection], no
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
         response = await call_next(request)
-        docs = request.url.path in ("/docs", "/docs/oauth2-redirect")
-        response.headers["Content-Security-Policy"] = DOCS_CSP if docs else CSP
+        response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
         response.headers["X-Frame-Options"] = "DENY"
@@ -582,6 +579,11 @@ def create_app(home: Home, settings: Settings, catalog: dict[str, Detection], no
         return back("/users")
 
     # --- JSON -----------------------------------------------------------------------------------
+
+    @app.get("/docs", include_in_schema=False)
+    def openapi_page(request: Request) -> HTMLResponse:
+        """The API's OpenAPI description in Swagger UI, from the vendored files (works offline)."""
+        return templates.TemplateResponse(request, "openapi.html", {"openapi_url": app.openapi_url})
 
     @app.get("/api/incidents", tags=["incidents"])
     def api_incidents(status: str = "", severity: str = "", rule: str = "", entity: str = "", assignee: str = "",
