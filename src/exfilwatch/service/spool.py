@@ -122,13 +122,15 @@ class Spool:
         self.synced = max(self.synced, end)
         return end
 
-    def _spans(self, start: int, stop: int, max_records: int) -> Iterator[tuple[bytes, list[int], list[int], int]]:
-        """Per segment read: its bytes, the offsets and lengths in them of the whole records'
-        payloads (from `start` to at most `stop`, no more than `max_records` in all), and the spool
-        position of the bytes' first byte."""
+    def _spans(self, start: int, stop: int, max_records: int) -> Iterator[tuple[bytes, list[int], int]]:
+        """Per segment read: its bytes, the end in them of each whole record (from `start` to at
+        most `stop`, no more than `max_records` in all: records follow each other, so record i's
+        payload starts at the end of record i - 1 plus the header), and the spool position of the
+        bytes' first byte."""
         with self._lock:
             segments = list(self._segments)
         position, taken = start, 0
+        unpack, size = HEADER.unpack_from, HEADER.size
         for i, base in enumerate(segments):
             limit = segments[i + 1] if i + 1 < len(segments) else stop
             if limit <= position:
@@ -138,18 +140,17 @@ class Spool:
             with open(self._path(base), "rb") as handle:
                 handle.seek(position - base)
                 data = handle.read(min(limit, stop) - position)
-            offsets: list[int] = []
-            lengths: list[int] = []
-            offset, unpack, size = 0, HEADER.unpack_from, HEADER.size
-            while offset + size <= len(data) and taken < max_records:
-                length = unpack(data, offset)[0]
-                if offset + size + length > len(data):
+            ends: list[int] = []
+            append, last_header, offset = ends.append, len(data) - size, 0
+            wanted = max_records - taken
+            while offset <= last_header and len(ends) < wanted:  # the one loop per record: kept lean
+                end = offset + size + unpack(data, offset)[0]
+                if end > len(data):
                     break
-                offsets.append(offset + size)
-                lengths.append(length)
-                offset += size + length
-                taken += 1
-            yield data, offsets, lengths, position
+                append(end)
+                offset = end
+            taken += len(ends)
+            yield data, ends, position
             position += offset
             if taken >= max_records:
                 break
@@ -157,12 +158,13 @@ class Spool:
     def read(self, start: int, stop: int, max_records: int) -> list[Record]:
         """Records from `start` to at most `stop`, no more than `max_records`."""
         records: list[Record] = []
-        for data, offsets, lengths, base in self._spans(start, stop, max_records):
-            for offset, length in zip(offsets, lengths):
-                source, origin, received, meta, line = data[offset:offset + length].split(SEPARATOR, 4)
+        for data, ends, base in self._spans(start, stop, max_records):
+            begin = 0
+            for end in ends:
+                source, origin, received, meta, line = data[begin + HEADER.size:end].split(SEPARATOR, 4)
                 records.append(Record(source.decode(), origin.decode("utf-8", "replace"), float(received),
-                                      meta.decode("utf-8", "replace"), line.decode("utf-8", "replace"),
-                                      base + offset + length))
+                                      meta.decode("utf-8", "replace"), line.decode("utf-8", "replace"), base + end))
+                begin = end
         return records
 
     def read_table(self, start: int, stop: int, max_records: int) -> pa.Table:
@@ -171,10 +173,10 @@ class Spool:
         off each (`binary_slice`) and the payloads are split into fields by Arrow. Bytes that are
         not UTF-8 (or hold NUL) become U+FFFD, as in `read` and file ingest."""
         payloads, ends = [], []
-        for data, offsets, lengths, base in self._spans(start, stop, max_records):
-            if not offsets:
+        for data, record_ends, base in self._spans(start, stop, max_records):
+            if not record_ends:
                 continue
-            record_ends = np.array(offsets, np.int64) + np.array(lengths, np.int64)
+            record_ends = np.array(record_ends, np.int64)
             bounds = np.concatenate([np.zeros(1, np.int64), record_ends])  # record i is data[bounds[i]:bounds[i + 1]]
             records = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(record_ends),
                                                        [None, pa.py_buffer(bounds), pa.py_buffer(data)])
