@@ -1,6 +1,7 @@
 """Benchmark: `exfilwatch serve` from receipt to committed lake rows, against `ingest` of the same lines.
 
     python bench/bench_service.py [--tcp-lines 300000] [--hec-events 100000] [--hec-clients 4]
+                                  [--peers 20 --peer-lines 40000]
 
 Starts a real `exfilwatch serve` subprocess on ephemeral 127.0.0.1 ports and measures:
 
@@ -9,7 +10,7 @@ Starts a real `exfilwatch serve` subprocess on ephemeral 127.0.0.1 ports and mea
 * HEC: batches of 100 events from `--hec-clients` concurrent clients with indexer acknowledgement;
   events/s from the first request to the last ack true, and per request the p50 / p99 time from
   send to the reply (spooled, fsynced) and from send to ack true (committed to the lake).
-* the service's peak RSS (VmHWM) at the end;
+* the service's peak RSS (VmHWM) at the end, and the ingest child's (ru_maxrss);
 * `ingest` (ingest_paths, in a child process) of the same TCP lines from a file, in the same run;
 * for each, the CPU seconds it took (the service's process, all threads, from /proc; the ingest
   child's own): on a machine shared with other work, lines per CPU-second compare the code, while
@@ -112,16 +113,26 @@ def wait_committed(home: Path, total: int) -> float:
     return time.perf_counter()
 
 
-def bench_tcp(home: Path, port: int, lines: list[str], pid: int) -> dict:
-    payload = "".join(line + "\n" for line in lines).encode()
+def bench_tcp(home: Path, port: int, lines: list[str], pid: int, peers: int = 1) -> dict:
+    """One connection per peer, each from an address of its own (127.0.0.1, .2, …: the service
+    commits each peer's lines as a part of its own), each sending its share of the lines."""
+    payloads = ["".join(line + "\n" for line in lines[k::peers]).encode() for k in range(peers)]
     before = committed_lines(home)
     cpu = cpu_seconds(pid)
     started = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port)) as tcp:
-        tcp.sendall(payload)
+
+    def send(k: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.0.{k + 1}", 0)) as tcp:
+            tcp.sendall(payloads[k])
+
+    senders = [threading.Thread(target=send, args=(k,)) for k in range(peers)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
     done = wait_committed(home, before + len(lines))
-    return {"what": "serve: TCP syslog (Pulse + Postfix, auto)", "lines": len(lines), "seconds": done - started,
-            "cpu": cpu_seconds(pid) - cpu}
+    what = "serve: TCP syslog (Pulse + Postfix, auto)" + (f", {peers} peers" if peers > 1 else "")
+    return {"what": what, "lines": len(lines), "seconds": done - started, "cpu": cpu_seconds(pid) - cpu}
 
 
 def bench_hec(base: str, events: int, clients: int, pid: int) -> dict:
@@ -181,16 +192,17 @@ def bench_ingest(folder: Path, lines: list[str]) -> dict:
     log.mkdir()
     (log / "vpn.log").write_text("".join(line + "\n" for line in lines if "PulseSecure:" in line))
     (log / "maillog").write_text("".join(line + "\n" for line in lines if "postfix/" in line))
-    script = ("import sys, time; from pathlib import Path; from exfilwatch.config import Home, Settings; "
+    script = ("import resource, sys, time; from pathlib import Path; from exfilwatch.config import Home, Settings; "
               "from exfilwatch.events.ingest import ingest_paths; h = Path(sys.argv[1]); "
               "t, c = time.perf_counter(), time.process_time(); "
               "ingest_paths([Path(sys.argv[2])], Home(h, h / 'config.yaml'), Settings()); "
-              "print(time.perf_counter() - t, time.process_time() - c)")
+              "print(time.perf_counter() - t, time.process_time() - c, "
+              "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
     done = subprocess.run([sys.executable, "-c", script, str(folder / "ingest-home"), str(log)], capture_output=True,
                           text=True, check=True, env={**os.environ, "PYTHONPATH": SRC})
-    seconds, cpu = done.stdout.split()[-2:]
+    seconds, cpu, peak = done.stdout.split()[-3:]
     return {"what": "ingest of the same TCP lines from files", "lines": len(lines), "seconds": float(seconds),
-            "cpu": float(cpu)}
+            "cpu": float(cpu), "peak": int(peak)}
 
 
 def main() -> None:
@@ -198,7 +210,10 @@ def main() -> None:
     parser.add_argument("--tcp-lines", type=int, default=300_000)
     parser.add_argument("--hec-events", type=int, default=100_000)
     parser.add_argument("--hec-clients", type=int, default=4)
+    parser.add_argument("--peers", type=int, default=0, help="also send --peer-lines lines from this many peers")
+    parser.add_argument("--peer-lines", type=int, default=40_000)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         home = folder / "home"
@@ -208,14 +223,18 @@ def main() -> None:
             bench_tcp(home, ports["tcp:0"], mixed_lines(2000), process.pid)  # warm up: the first batch compiles
             rows = [bench_tcp(home, ports["tcp:0"], lines, process.pid),
                     bench_hec(f"http://127.0.0.1:{ports['hec']}", args.hec_events, args.hec_clients, process.pid)]
+            if args.peers:
+                many = bench_tcp(home, ports["tcp:0"], lines[:args.peer_lines], process.pid, args.peers)
+                one = bench_tcp(home, ports["tcp:0"], lines[:args.peer_lines], process.pid)
+                rows[1:1] = [many, one]
             status = Path(f"/proc/{process.pid}/status").read_text()
             peak = next(int(line.split()[1]) // 1024 for line in status.splitlines() if line.startswith("VmHWM"))
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(120)
         rows.append(bench_ingest(folder, lines))
-    print(f"service peak RSS: {peak} MB; load average {os.getloadavg()[0]:.1f} at the end "
-          f"({os.cpu_count()} CPUs)\n")
+    print(f"peak RSS: the service {peak} MB, ingest {rows[-1]['peak']} MB; load average {load_before:.1f} at the "
+          f"start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} CPUs)\n")
     print("| what | lines | seconds | lines/s | CPU s | lines per CPU-s | reply p50/p99 ms | ack p50/p99 ms |")
     print("|---|---:|---:|---:|---:|---:|---|---|")
     for row in rows:
