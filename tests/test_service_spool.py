@@ -33,6 +33,7 @@ def test_read_table_gives_what_read_gives(tmp_path_factory, requests, limit):
         for row in expected:
             row["line"] = row["line"].replace("\x00", "\ufffd")
         assert spool.read_table(start, spool.end, limit).to_pylist() == expected
+        assert spool.count(start, spool.end) == len(spool.read(start, spool.end, 1 << 62))
     spool.close()
 
 
