@@ -25,7 +25,7 @@ from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.home import open_state
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "fixtures" / "parse_golden"
+OUT = HERE / "parse_golden"
 SOURCES = {"pulse_secure": "pulse_secure", "postfix": "postfix", "srx_flow": "srx_flow"}
 TZ = "Europe/Berlin"
 YEAR = 2026

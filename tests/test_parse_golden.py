@@ -2,7 +2,7 @@
 restructured their SQL: the same events (every column), the same quarantined lines with the
 same reasons and the same skipped counts, in one batch and in batches of a few lines.
 
-The lines (tests/fixtures/parse_golden/, written by tests/make_parse_golden.py) are the three
+The lines (tests/parse_golden/, written by tests/make_parse_golden.py) are the three
 formats as the benchmarks write them, the repository's fixtures, and those lines damaged (cut
 short, a character replaced or removed, white space around them), so most quarantine reasons
 and skip kinds are reached.

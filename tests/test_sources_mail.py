@@ -652,3 +652,23 @@ def test_rfc5424_header_reads_alike_in_python_and_sql(pid, structured, message):
     con = duckdb.connect()
     con.execute("CREATE TEMP TABLE raw AS SELECT 1::BIGINT AS line_no, ? AS line", [line])
     assert con.execute(f"SELECT line FROM ({postfix_source.traditional_lines_sql('raw')})").fetchone()[0] == expected
+
+
+@pytest.mark.parametrize("stamps, zoneless, yearless", [
+    (["Nov  2 09:15:01"], True, True),
+    (["2026-11-02T09:15:01.123456+01:00"], False, False),
+    (["2026-11-02T09:15:01Z", "2026-11-02T09:15:01"], True, False),
+    (["2026-11-02T09:15:01+01:00", "<22>2026-11-02 09:15:01.5"], True, False),
+    # a line that is not syslog still says how it would be read
+    (["2026-11-02T09:15:01+01:00", "Nov  2 not-syslog"], True, True),
+])
+def test_postfix_says_which_times_took_the_zone_and_the_year(stamps, zoneless, yearless):
+    lines = [stamp if stamp.endswith("not-syslog") else
+             f"{stamp} mx1 postfix/qmgr[812]: 4F2A11C03A: from=<alice@example.com>, size=1, nrcpt=1 (queue active)"
+             for stamp in stamps]
+    con = duckdb.connect()
+    con.register("given", pa.table({"line_no": pa.array(range(1, len(lines) + 1), pa.int64()), "line": lines}))
+    con.execute("CREATE TEMP VIEW raw_lines AS SELECT * FROM given")
+    ctx = ParseContext(origin="maillog", settings=SETTINGS, source_tz="Europe/Berlin", year=2026)
+    parsed = postfix_source.Postfix().parse(con, ctx)
+    assert (parsed.zoneless_times, parsed.yearless_times) == (zoneless, yearless)

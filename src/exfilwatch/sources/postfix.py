@@ -163,12 +163,12 @@ def classify_sql(ctx: ParseContext) -> str:
         ), g AS (
             SELECT line_no, CASE WHEN h.host = '' THEN trim(line) = '' ELSE false END AS blank, h.host AS host,
                    split_part(h.prog, '[', 1) AS prog, h.ts AS stamp,
-                   h.qid <> '' AND regexp_full_match(h.qid, {sql_string(QID)}) AS has_qid,
+                   CASE WHEN h.qid <> '' THEN regexp_full_match(h.qid, {sql_string(QID)}) ELSE false END AS has_qid,
                    CASE WHEN starts_with(line, '<') THEN strpos(line, '>') ELSE 0 END
                        + length(h.ts) + length(h.host) + length(h.prog) + 5 AS body_at, h.qid, line
             FROM h
         ), f AS (
-            SELECT line_no, blank, host, prog, stamp,
+            SELECT line_no, blank, host, prog, stamp, line,
                    CASE WHEN has_qid THEN qid ELSE '' END AS qid,
                    CASE WHEN has_qid THEN substr(line, body_at + length(qid) + 2) ELSE substr(line, body_at) END AS body,
                    split_part(prog, '/', -1) AS daemon,
@@ -219,6 +219,13 @@ def classify_sql(ctx: ParseContext) -> str:
             FROM x
         )
         SELECT *,
+            -- whether the line's time is local (a BSD stamp, an ISO stamp without an offset) and
+            -- yearless (a BSD stamp): from the header already read; the regex only for other lines
+            CASE WHEN host <> '' THEN NOT (left(stamp, 1) BETWEEN '0' AND '9')
+                                      OR regexp_full_match(stamp, {sql_string(ISO_ZONELESS)})
+                 ELSE regexp_matches(line, {sql_string(ZONELESS_LINE)}) END AS zoneless_line,
+            CASE WHEN host <> '' THEN NOT (left(stamp, 1) BETWEEN '0' AND '9')
+                 ELSE regexp_matches(line, {sql_string(YEARLESS_LINE)}) END AS yearless_line,
             CASE WHEN kind IS NOT NULL THEN 'parsed'
                  WHEN shape IN ('nosyslog', 'badtime', 'delivery', 'from', 'client') THEN 'quarantined'
                  ELSE 'skipped' END AS outcome,
@@ -253,14 +260,14 @@ def lines_sql(ctx: ParseContext) -> str:
     loopback = sql_string(r"\[(?:127\.[0-9.]+|::1)\]")
     return f"""
         WITH cls AS ({classify_sql(ctx)})
-        SELECT line_no, outcome, reason,
+        SELECT line_no, outcome, reason, zoneless_line, yearless_line,
                kh, host, queue_id, kind, t, message_id, sender, size, nrcpt, coalesce(orig_ip, direct_ip) AS client_ip,
                rcpt, relay, dsn, status,
                CASE WHEN kind = 'delivery' THEN CAST(queued AND status = 'sent' AND regexp_matches(relay, {loopback})
                                                      AS BIGINT) END AS hop,
                subject, file_name, raw_ref, ref_line, pending_id, pos
         FROM (
-        SELECT line_no, outcome, reason,
+        SELECT line_no, outcome, reason, zoneless_line, yearless_line,
                CASE WHEN kind IS NOT NULL THEN hash(host, qid) END AS kh, host,
                CASE WHEN kind IS NOT NULL THEN qid END AS queue_id, kind, t,
                CASE WHEN kind = 'mid' THEN nullif(trim(substr(body, 12), '<> '), '') END AS message_id,
@@ -292,13 +299,12 @@ def lines_sql(ctx: ParseContext) -> str:
     """
 
 
-# Whether the batch has times read in --source-tz (a BSD stamp, an ISO stamp without an offset)
-# and dates that took --year (a BSD stamp): anchored patterns, so a line costs a few bytes.
-TIME_BASIS_SQL = r"""
-    SELECT coalesce(bool_or(regexp_matches(line, '^(?:<\d{1,3}>)?(?:[A-Z][a-z]{2} |\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)? )')), false),
-           coalesce(bool_or(regexp_matches(line, '^(?:<\d{1,3}>)?[A-Z][a-z]{2} ')), false)
-    FROM pf_raw
-"""
+# Whether a line's time was read in --source-tz (a BSD stamp, an ISO stamp without an offset)
+# and took --year (a BSD stamp). A line with a header (HEADER_RE) says so by its stamp; these
+# anchored patterns are for the others, so a line costs a few bytes.
+ISO_ZONELESS = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?"
+ZONELESS_LINE = r"^(?:<\d{1,3}>)?(?:[A-Z][a-z]{2} |\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)? )"
+YEARLESS_LINE = r"^(?:<\d{1,3}>)?[A-Z][a-z]{2} "
 
 
 class Postfix:
@@ -328,7 +334,8 @@ class Postfix:
         con.execute(f"CREATE OR REPLACE TEMP TABLE pf_events AS {email_select(self.name, 'pf_messages', 'emit', user='sasl_user')}")
         notes = self._notes(con, ctx)
         self._save_pending(con, ctx)
-        zoneless, yearless = con.execute(TIME_BASIS_SQL).fetchone()
+        zoneless, yearless = con.execute("SELECT coalesce(bool_or(zoneless_line), false), "
+                                         "coalesce(bool_or(yearless_line), false) FROM pf_lines").fetchone()
         return ParsedBatch(
             classified="(SELECT line_no, outcome, reason FROM pf_lines)",
             events="(SELECT * FROM pf_events)",
@@ -353,7 +360,7 @@ class Postfix:
                    pending_id, pending_id AS pos
             FROM pf_pending
             UNION ALL BY NAME
-            SELECT * EXCLUDE (line_no, outcome, reason) FROM pf_lines WHERE kind IS NOT NULL)
+            SELECT * EXCLUDE (line_no, outcome, reason, zoneless_line, yearless_line) FROM pf_lines WHERE kind IS NOT NULL)
         """)
         con.unregister("pf_pending_arrow")
 

@@ -405,16 +405,16 @@ class PulseSecure:
                 FROM split
             )
         ), parts AS (
-            SELECT line_no, form, l, sa, std_src, bracket, body_at,
-                   CASE WHEN body_at > 1 THEN {envelope_sql('left(l, body_at - 1)')} END AS h0,
+            SELECT line_no, form, l, sa, std_src, bracket, body_at, pre,
+                   CASE WHEN body_at > 1 THEN {envelope_sql('pre')} END AS h0,
                    CASE WHEN form = 'standard' AND body_at > 0 THEN
                         CASE WHEN substr(l, bracket + 4 + length(std_src), 2) = '] '
                              THEN substr(l, bracket + 6 + length(std_src)) END END AS who_part,
                    CASE WHEN form <> 'standard' AND body_at > 0 THEN substr(l, body_at) END AS body
-            FROM formed
+            FROM (SELECT *, CASE WHEN body_at > 1 THEN left(l, body_at - 1) END AS pre FROM formed)  -- the envelope's text, cut once
         ), extracted AS (
             SELECT *,
-                   {relayed_envelope_sql('left(l, body_at - 1)', 'h0')} AS h,
+                   {relayed_envelope_sql('pre', 'h0')} AS h,
                    CASE WHEN who_part IS NOT NULL THEN {_extract(STANDARD_WHO, _STANDARD_WHO_GROUPS, 'who_part')} END AS sb,
                    CASE WHEN form = 'welf' THEN {_extract(WELF_HEAD, _WELF_HEAD_GROUPS)} END AS wa,
                    CASE WHEN form = 'welf' THEN strpos(body, ' user=') END AS w_user_at,
