@@ -233,7 +233,8 @@ def _rules_over_last_days(out: Path, spark_engine: bool, days: int = 7) -> dict:
     window = RunWindow(now=end + timedelta(hours=2), earliest=start, latest=end)
     spark, started = None, time.perf_counter()
     if spark_engine:
-        from exfilwatch.detections.spark import execute_spark, spark_session
+        from exfilwatch.detections.spark import execute_spark
+        from exfilwatch.events.spark import spark_session
 
         spark = spark_session(settings, master="local[2]")
         spark.sparkContext.setLogLevel("ERROR")

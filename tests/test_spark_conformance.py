@@ -24,7 +24,7 @@ pyspark = pytest.importorskip("pyspark")
 if shutil.which("java") is None:
     pytest.skip("Spark needs Java", allow_module_level=True)
 
-from exfilwatch.detections.spark import spark_session  # noqa: E402
+from exfilwatch.events.spark import spark_session  # noqa: E402
 
 CASES = [(d, t) for d in load_detections().values() if "spark" in d.engines for t in d.tests]
 
@@ -68,7 +68,7 @@ def test_spark_words_findings_as_duckdb_does(spark):
     ties rounded half to even and trailing zeros dropped."""
     import duckdb
 
-    from exfilwatch.detections.spark import to_spark_sql
+    from exfilwatch.events.spark import to_spark_sql
 
     sizes = [0, 1, -1, 5, 999, 1000, 1499, 1949, 1950, 999_999, 1_000_000, 1_234_567, 12_345_678_901, 2**40,
              10**16, 10**18 + 5, 9 * 10**18]
@@ -85,7 +85,7 @@ def test_spark_words_findings_as_duckdb_does(spark):
 
 
 def test_a_duckdb_format_spark_cannot_write_is_named():
-    from exfilwatch.detections.spark import SparkUnavailable, to_spark_sql
+    from exfilwatch.events.spark import SparkUnavailable, to_spark_sql
 
     with pytest.raises(SparkUnavailable, match=r"format\('\{:>10\}'"):
         to_spark_sql("SELECT format('{:>10}', name) FROM t", {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exfilwatch.config import Home, parse_settings
-from exfilwatch.detections.spark import SparkUnavailable, spark_lake_paths
+from exfilwatch.events.spark import SparkUnavailable, spark_lake_paths
 from exfilwatch.errors import ConfigError
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.home import open_state
@@ -52,12 +52,12 @@ def test_spark_rows_come_back_as_duckdb_gives_them():
     pyspark_sql = pytest.importorskip("pyspark.sql")
     from datetime import datetime, timezone
 
-    from exfilwatch.detections.spark import _python_value
+    from exfilwatch.events.spark import python_value
 
     Row = pyspark_sql.Row
     sparked = [Row(domain="gmail.com", messages=2, seen=datetime(2026, 10, 15, 14, 0)), Row(domain="x.example",
                                                                                            messages=None, seen=None)]
-    assert _python_value(sparked) == [
+    assert python_value(sparked) == [
         {"domain": "gmail.com", "messages": 2, "seen": datetime(2026, 10, 15, 14, 0, tzinfo=timezone.utc)},
         {"domain": "x.example", "messages": None, "seen": None}]
-    assert _python_value(Row(outer=[Row(inner=1)])) == {"outer": [{"inner": 1}]}
+    assert python_value(Row(outer=[Row(inner=1)])) == {"outer": [{"inner": 1}]}

@@ -62,7 +62,9 @@ class Options:
     incident_rules: list[Detection] | None = None  # None: every correlation detection of the catalog
     deliver: bool = True
     techniques: dict[str, list[str]] = field(default_factory=dict)  # of detections outside the catalog (hand-built findings)
-    spark: Any = None  # a SparkSession: run `once` detections on Spark instead of DuckDB
+    # a SparkSession: build the sessions on Spark, and run `once` detections there (a schedule's
+    # catch-up stays on DuckDB: it reads stored sessions and daily sums, see docs/scale.md)
+    spark: Any = None
     progress: Progress | None = None
     # A schedule's missed fires: computed in one pass (findings/catchup.py), or each fire's
     # search run on its own, in order (the reference the one pass is tested against)
@@ -103,7 +105,7 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
         d for d in catalog if d.type != "correlation" and d.id not in disabled]
     if any(d.data_model in DERIVED_MODELS for d in chosen):
         _report(options, "sessions", 0, 1)
-        result.sessions = build_user_sessions(con, state, settings, now)
+        result.sessions = build_user_sessions(con, state, settings, now, spark=options.spark)
         _report(options, "sessions", 1, 1)
     if any(d.data_model == RISK_EVENTS for d in chosen):  # a correlation run as a detection reads risk events
         rebuild_risk_events(state, settings, techniques_by_detection(catalog) | options.techniques, now)

@@ -10,12 +10,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from exfilwatch import pipeline
 from exfilwatch.cli.common import Context, console, context, emit, errors, now_from, parse_sets, select
+from exfilwatch.config import Settings
 from exfilwatch.errors import OutputError, UsageError
 from exfilwatch.events.engine import connect
 from exfilwatch.features.sessions import build_user_sessions, list_sessions, session_overview
@@ -91,6 +93,18 @@ def fail_if_undelivered(result: pipeline.Result) -> None:
         raise OutputError("; ".join(failed))
 
 
+def spark_if_chosen(engine: str | None, settings: Settings) -> Any:
+    """A SparkSession when `--engine` (else config.yaml's `engine`) is spark, else None."""
+    chosen = engine or settings.engine
+    if chosen not in ("duckdb", "spark"):
+        raise UsageError(f"--engine {chosen!r}: expected duckdb or spark")
+    if chosen == "duckdb":
+        return None
+    from exfilwatch.events.spark import spark_session
+
+    return spark_session(settings)
+
+
 @commands.command()
 def detect(
     ctx: typer.Context,
@@ -100,17 +114,15 @@ def detect(
     latest: str | None = typer.Option(None, "--latest", help="Override the schedule's latest, e.g. now."),
     set_: list[str] | None = typer.Option(None, "--set", help="Parameter override NAME=VALUE (repeatable)."),
     fmt: str = typer.Option("table", "--format", help="table, jsonl or csv."),
-    engine: str | None = typer.Option(None, "--engine", help="duckdb (default) or spark; else config.yaml's engine."),
+    engine: str | None = typer.Option(None, "--engine", help="duckdb (default) or spark: the sessions build and "
+                                      "the detections on Spark; else config.yaml's engine."),
 ) -> None:
     """Run detections once at NOW and store their findings."""
     c = context(ctx)
     chosen = [d for d in select(c.detections, detection) if d.type != "correlation"]  # those run in the risk step
     options = pipeline.Options(mode="once", detections=chosen, earliest=earliest, latest=latest,
                                overrides=parse_sets(set_))
-    if (engine or c.settings.engine) == "spark":
-        from exfilwatch.detections.spark import spark_session
-
-        options.spark = spark_session(c.settings)
+    options.spark = spark_if_chosen(engine, c.settings)
     result = run_pipeline(c, now_from(now, c.settings), options, quiet=True)
     emit([f.as_json() for r in result.detections for f in r.findings], fmt, "findings", FINDING_COLUMNS)
     if fmt == "table":
@@ -130,6 +142,8 @@ def run(
     since: str | None = typer.Option(None, "--since", help="On a first run, catch up from here (default: start of data)."),
     detection: list[str] | None = typer.Option(None, "--detection", help="Detection id (repeatable); default all."),
     set_: list[str] | None = typer.Option(None, "--set", help="Parameter override NAME=VALUE (repeatable)."),
+    engine: str | None = typer.Option(None, "--engine", help="duckdb (default) or spark: the sessions build on "
+                                      "Spark; the catch-up of the detections stays on DuckDB (docs/scale.md)."),
     catch_up: str = typer.Option("one-pass", "--catch-up",
                                  help="one-pass (default) or per-fire: each missed fire's search run on its own "
                                       "(slower; the reference the one pass is tested against)."),
@@ -142,7 +156,8 @@ def run(
     run_now = now_from(now, c.settings)
     since_time = parse_time(since, run_now, c.settings.timezone) if since else None
     options = pipeline.Options(detections=chosen, since=since_time, overrides=parse_sets(set_),
-                               catch_up="per-fire" if catch_up == "per-fire" else "one-pass")
+                               catch_up="per-fire" if catch_up == "per-fire" else "one-pass",
+                               spark=spark_if_chosen(engine, c.settings))
     result = run_pipeline(c, run_now, options, quiet=True)
     rows = [{"detection": r.detection.id, "fire times": r.fires, "skipped (no data)": r.skipped_fires,
              "findings": len(r.findings), "new": r.stored.added, "updated": r.stored.updated} for r in result.detections]
@@ -172,6 +187,8 @@ def sessions(
     user: str | None = typer.Option(None, "--user", help="Only this user's sessions."),
     limit: int = typer.Option(30, "--limit", help="Sessions to list (most recent first)."),
     fmt: str = typer.Option("table", "--format", help="table, jsonl or csv."),
+    engine: str | None = typer.Option(None, "--engine", help="duckdb (default) or spark: where the sessions are "
+                                      "computed; else config.yaml's engine."),
 ) -> None:
     """Build the user sessions (VPN and daily) with their email features, and list them."""
     c = context(ctx)
@@ -180,7 +197,8 @@ def sessions(
     with terminal_progress() as progress:
         if progress:
             progress("sessions", 0, 1)
-        report = build_user_sessions(con, state, c.settings, now_from(now, c.settings), rebuild=rebuild)
+        report = build_user_sessions(con, state, c.settings, now_from(now, c.settings), rebuild=rebuild,
+                                     spark=spark_if_chosen(engine, c.settings))
         if progress:
             progress("sessions", 1, 1)
     rows = list_sessions(con, state, c.settings, user=user, limit=limit)

@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from exfilwatch.config import Settings
 from exfilwatch.events.engine import plain, register_lake_views
@@ -154,7 +155,7 @@ def _settings_hash(settings: Settings) -> str:
 
 
 def compute_sessions(
-    con: duckdb.DuckDBPyConnection,
+    con: Any,
     settings: Settings,
     now: datetime,
     start: datetime,
@@ -170,6 +171,10 @@ def compute_sessions(
     must lie far enough before `start` to hold the logins of sessions that end after `start`
     (`sessions.lookback_days`). Each step reads the relations it is given and creates the temp
     tables (named `_ses_…`) it returns.
+
+    `con` is a DuckDB connection (the reference) or an events.spark.SparkConnection: each step is
+    DuckDB SQL that SQLGlot carries to Spark, except where `_dialect` picks Spark-ready SQL (ASOF
+    joins in `_asof`, local clock times in `_local`/`_instant`).
     """
     counts = SessionCounts()
     tz = settings.timezone
@@ -210,9 +215,12 @@ def compute_sessions(
 
 
 @contextmanager
-def _insertion_order_ignored(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+def _insertion_order_ignored(con: Any) -> Iterator[None]:
     """Let DuckDB parallelise the table builds: nothing in the computation depends on the order
-    rows are stored in."""
+    rows are stored in (Spark keeps no order anyway)."""
+    if _dialect(con) == "spark":
+        yield
+        return
     before = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
     con.execute("SET preserve_insertion_order = false")
     try:
@@ -229,6 +237,59 @@ def _count(con: duckdb.DuckDBPyConnection, rows: str) -> int:
 def _idle_end_sql(idle_hours: float) -> str:
     """SQL for when a session whose end is never seen closes: the idle limit after its last event."""
     return f"last_event + to_seconds({idle_hours * 3600.0}::DOUBLE)"
+
+
+def _dialect(con: Any) -> str:
+    """The engine the steps write for: `duckdb`, or `spark` for an events.spark.SparkConnection."""
+    return getattr(con, "dialect", "duckdb")
+
+
+def _local(con: Any, instant: str, tz: str) -> str:
+    """SQL: the wall-clock time in `tz` of `instant` (DuckDB's timezone(tz, timestamptz))."""
+    return f"from_utc_timestamp({instant}, '{tz}')" if _dialect(con) == "spark" else f"timezone('{tz}', {instant})"
+
+
+def _instant(con: Any, wall_clock: str, tz: str) -> str:
+    """SQL: the instant a wall-clock time in `tz` names (DuckDB's timezone(tz, timestamp))."""
+    return f"to_utc_timestamp({wall_clock}, '{tz}')" if _dialect(con) == "spark" else f"timezone('{tz}', {wall_clock})"
+
+
+def _asof(con: Any, left: str, right: str, keys: list[tuple[str, str]], left_time: str, right_time: str,
+          right_columns: dict[str, str], outer: bool) -> str:
+    """SQL of a relation: every column of `left` (alias `l`), and `right_columns` (name: expression
+    over `right`, alias `r`) of the row of `right` whose `keys` (left, right expressions) are equal
+    and whose `right_time` is the latest at or before `left_time`; NULL without one, and then the
+    left row is kept only when `outer`.
+
+    DuckDB runs it as an ASOF join. Spark has none: both sides go in one time order per key (a
+    right row before a left row of the same instant), and each left row takes the last right row
+    before it (`last_value … IGNORE NULLS` over a window) — one sort per key instead of a range
+    join of every left row with every earlier right row.
+    """
+    if _dialect(con) != "spark":
+        on = " AND ".join([f"{a} = {b}" for a, b in keys] + [f"{left_time} >= {right_time}"])
+        picked = ", ".join(f"{sql} AS {name}" for name, sql in right_columns.items())
+        return f"SELECT l.*, {picked} FROM {left} l ASOF {'LEFT ' if outer else ''}JOIN {right} r ON {on}"
+    columns = [d[0] for d in con.execute(f"SELECT * FROM {left} l LIMIT 0").description]
+    key_names = [f"_asof_k{i}" for i in range(len(keys))]
+    fields = ", ".join(f"'{name}': {sql}" for name, sql in right_columns.items())
+    known = " AND ".join(["_asof_t IS NOT NULL"] + [f"{k} IS NOT NULL" for k in key_names])
+    left_rows = ", ".join([f'l."{c}"' for c in columns] + [f"{a} AS {k}" for (a, _), k in zip(keys, key_names)]
+                          + [f"{left_time} AS _asof_t", "1 AS _asof_side", "NULL AS _asof_r"])
+    right_rows = ", ".join([f'NULL AS "{c}"' for c in columns] + [f"{b} AS {k}" for (_, b), k in zip(keys, key_names)]
+                           + [f"{right_time} AS _asof_t", "0 AS _asof_side", f"{{{fields}}} AS _asof_r"])
+    matched = ", ".join([f'"{c}"' for c in columns] + [f"_asof_m.{name} AS {name}" for name in right_columns])
+    return f"""
+        SELECT {matched} FROM (
+            SELECT *, CASE WHEN {known} THEN last_value(_asof_r IGNORE NULLS) OVER (
+                          PARTITION BY {', '.join(key_names)} ORDER BY _asof_t, _asof_side
+                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) END AS _asof_m
+            FROM (SELECT {left_rows} FROM {left} l
+                  UNION ALL
+                  SELECT {right_rows} FROM {right} r
+                  WHERE {right_time} IS NOT NULL {''.join(f' AND {b} IS NOT NULL' for _, b in keys)})
+        ) WHERE _asof_side = 1 {'' if outer else 'AND _asof_m IS NOT NULL'}
+    """
 
 
 # --- 1. VPN sessions ---------------------------------------------------------------------------------
@@ -369,22 +430,22 @@ def _join_tunnels(con: duckdb.DuckDBPyConnection, parts: str, idle_hours: float)
     logins = f"""(SELECT *, coalesce(src_ip, '') AS addr, coalesce(end_explicit, least(next_login, {idle_end}),
                                                               {idle_end}) AS own_end
                   FROM {parts} WHERE NOT is_tunnel)"""
+    host = {"host_link": "r.link", "host_seq": "r.seq", "host_end": "r.own_end"}
+    same_address = _asof(con, f"(SELECT *, coalesce(src_ip, '') AS addr FROM {parts} WHERE is_tunnel)", logins,
+                         [("l.user", "r.user"), ("l.addr", "r.addr")], "l.start", "r.start", host, outer=False)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_tunnel_same AS
+        SELECT user, link, seq, host_link, host_seq FROM ({same_address}) WHERE start < host_end
+    """)
+    any_address = _asof(con, f"""(SELECT * FROM {parts} p WHERE is_tunnel
+                                  AND NOT EXISTS (SELECT 1 FROM _ses_tunnel_same a WHERE a.user = p.user
+                                                  AND a.link = p.link AND a.seq = p.seq))""",
+                        logins, [("l.user", "r.user")], "l.start", "r.start", host, outer=False)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_tunnel_host AS
-        WITH same_address AS (
-            SELECT t.user, t.link, t.seq, s.link AS host_link, s.seq AS host_seq
-            FROM (SELECT *, coalesce(src_ip, '') AS addr FROM {parts} WHERE is_tunnel) t
-            ASOF JOIN {logins} s ON t.user = s.user AND t.addr = s.addr AND t.start >= s.start
-            WHERE t.start < s.own_end
-        ), any_address AS (
-            SELECT t.user, t.link, t.seq, s.link AS host_link, s.seq AS host_seq
-            FROM (SELECT * FROM {parts} p WHERE is_tunnel
-                  AND NOT EXISTS (SELECT 1 FROM same_address a WHERE a.user = p.user AND a.link = p.link
-                                  AND a.seq = p.seq)) t
-            ASOF JOIN {logins} s ON t.user = s.user AND t.start >= s.start
-            WHERE t.start < s.own_end
-        )
-        SELECT * FROM same_address UNION ALL SELECT * FROM any_address
+        SELECT * FROM _ses_tunnel_same
+        UNION ALL
+        SELECT user, link, seq, host_link, host_seq FROM ({any_address}) WHERE start < host_end
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_vpn0 AS
@@ -427,27 +488,33 @@ def _connection_closed_ends(con: duckdb.DuckDBPyConnection, joined: str, events:
     sessions = f"""(SELECT *, coalesce(src_ip, '') AS addr, least(next_login, {idle_end}) AS soft_end,
                            coalesce(end_explicit, least(next_login, {idle_end})) AS hold_end
                     FROM {joined})"""
+    # numbered once and kept: each line is matched by address first, then to any session
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_ends AS
+        SELECT row_number() OVER (ORDER BY user, _time, raw_ref) AS line, *, coalesce(src_ip, '') AS addr
+        FROM {events} WHERE link IS NULL AND is_logout
+    """)
+    session = {"s_user": "r.user", "s_link": "r.g_link", "s_seq": "r.g_seq", "s_open": "r.end_explicit IS NULL",
+               "s_until": "r.hold_end", "s_soft_end": "r.soft_end"}
+    same_address = _asof(con, "_ses_ends", sessions, [("l.user", "r.user"), ("l.addr", "r.addr")],
+                         "l._time", "r.session_start", session, outer=False)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_end_same AS
+        SELECT line, s_user AS user, s_link AS g_link, s_seq AS g_seq, s_open AS open, _time, reason, raw_ref
+        FROM ({same_address}) WHERE _time <= s_until
+    """)
+    any_address = _asof(con, "(SELECT * FROM _ses_ends WHERE line NOT IN (SELECT line FROM _ses_end_same))",
+                        f"(SELECT * FROM {sessions} WHERE end_explicit IS NULL)", [("l.user", "r.user")],
+                        "l._time", "r.session_start", session, outer=False)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_user_end AS
-        WITH ends AS (
-            SELECT row_number() OVER () AS line, *, coalesce(src_ip, '') AS addr
-            FROM {events} WHERE link IS NULL AND is_logout
-        ), same_address AS (
-            SELECT e.line, s.user, s.g_link, s.g_seq, s.end_explicit IS NULL AS open, e._time, e.reason, e.raw_ref
-            FROM ends e ASOF JOIN {sessions} s
-              ON e.user = s.user AND e.addr = s.addr AND e._time >= s.session_start
-            WHERE e._time <= s.hold_end
-        ), any_address AS (
-            SELECT e.line, s.user, s.g_link, s.g_seq, true AS open, e._time, e.reason, e.raw_ref
-            FROM (SELECT * FROM ends WHERE line NOT IN (SELECT line FROM same_address)) e
-            ASOF JOIN (SELECT * FROM {sessions} WHERE end_explicit IS NULL) s
-              ON e.user = s.user AND e._time >= s.session_start
-            WHERE e._time < s.soft_end
-        )
         SELECT user, g_link, g_seq, min(_time) AS t, arg_min(reason, _time) AS reason, arg_min(raw_ref, _time) AS ref
-        FROM (SELECT * FROM same_address UNION ALL SELECT * FROM any_address)
+        FROM (SELECT * FROM _ses_end_same
+              UNION ALL
+              SELECT line, s_user, s_link, s_seq, true, _time, reason, raw_ref
+              FROM ({any_address}) WHERE _time < s_soft_end)
         WHERE open
-        GROUP BY ALL
+        GROUP BY user, g_link, g_seq
     """)
     return "_ses_user_end"
 
@@ -584,14 +651,16 @@ def _attribute_mail(con: duckdb.DuckDBPyConnection, mail: str, identity: str, us
         CREATE OR REPLACE TEMP TABLE _ses_msgs AS
         SELECT uid, mkey, min(_time) AS _time, max(size) AS size FROM _ses_mail_user GROUP BY uid, mkey
     """)
+    latest = _asof(con, "_ses_msgs", vpn_ids, [("l.uid", "r.uid")], "l._time", "r.session_start",
+                   _LATEST_SESSION, outer=True)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_msg_attr AS
-        SELECT m.uid, m.mkey, m._time, m.size, CASE WHEN m._time < s.session_end THEN s.sk END AS vpn_sk,
-               m._time >= s.session_end AND m._time < s.covered_until AS overlapped
-        FROM _ses_msgs m ASOF LEFT JOIN {vpn_ids} s ON m.uid = s.uid AND m._time >= s.session_start
+        SELECT uid, mkey, _time, size, CASE WHEN _time < s_end THEN s_sk END AS vpn_sk,
+               _time >= s_end AND _time < s_covered AS overlapped
+        FROM ({latest})
     """)
-    _resolve_overlaps(con, "_ses_msg_attr", vpn_ids)
-    return "_ses_mail_user", _with_session_keys(con, "_ses_msg_attr", "_ses_msg_keyed", tz)
+    attributed = _resolve_overlaps(con, "_ses_msg_attr", vpn_ids, "_ses_msg_resolved")
+    return "_ses_mail_user", _with_session_keys(con, attributed, "_ses_msg_keyed", tz)
 
 
 def _attribute_flows(con: duckdb.DuckDBPyConnection, flow_rows: str, identity: str, users: str, vpn_ids: str,
@@ -603,12 +672,14 @@ def _attribute_flows(con: duckdb.DuckDBPyConnection, flow_rows: str, identity: s
     Columns uid, _time, bytes_out, bytes_in, tunnel_sk, vpn_sk, overlapped, sk; flows of
     neither are left out.
     """
+    tunnel = _asof(con, flow_rows, f"(SELECT * FROM {vpn_ids} WHERE assigned_ip IS NOT NULL)",
+                   [("l.src_ip", "r.assigned_ip")], "l._time", "r.session_start",
+                   {"s_sk": "r.sk", "s_uid": "r.uid", "s_end": "r.session_end"}, outer=True)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_flow_tun AS
-        SELECT f.*, CASE WHEN f._time < s.session_end THEN s.sk END AS tunnel_sk,
-               CASE WHEN f._time < s.session_end THEN s.uid END AS tunnel_uid
-        FROM {flow_rows} f ASOF LEFT JOIN (SELECT * FROM {vpn_ids} WHERE assigned_ip IS NOT NULL) s
-          ON f.src_ip = s.assigned_ip AND f._time >= s.session_start
+        SELECT _time, src_ip, bytes_out, bytes_in, CASE WHEN _time < s_end THEN s_sk END AS tunnel_sk,
+               CASE WHEN _time < s_end THEN s_uid END AS tunnel_uid
+        FROM ({tunnel})
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_flow_attr AS
@@ -618,40 +689,51 @@ def _attribute_flows(con: duckdb.DuckDBPyConnection, flow_rows: str, identity: s
         LEFT JOIN {users} u ON u.user = m.user
         WHERE f.tunnel_sk IS NOT NULL OR u.uid IS NOT NULL
     """)
+    latest = _asof(con, "_ses_flow_attr", vpn_ids, [("l.uid", "r.uid")], "l._time", "r.session_start",
+                   _LATEST_SESSION, outer=True)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_flow_owner AS
-        SELECT f.uid, f._time, f.bytes_out, f.bytes_in,
-               coalesce(f.tunnel_sk, CASE WHEN f._time < s.session_end THEN s.sk END) AS vpn_sk,
-               f.tunnel_sk IS NULL AND f._time >= s.session_end AND f._time < s.covered_until AS overlapped
-        FROM _ses_flow_attr f ASOF LEFT JOIN {vpn_ids} s ON f.uid = s.uid AND f._time >= s.session_start
+        SELECT uid, _time, bytes_out, bytes_in, coalesce(tunnel_sk, CASE WHEN _time < s_end THEN s_sk END) AS vpn_sk,
+               tunnel_sk IS NULL AND _time >= s_end AND _time < s_covered AS overlapped
+        FROM ({latest})
     """)
-    _resolve_overlaps(con, "_ses_flow_owner", vpn_ids)
-    return _with_session_keys(con, "_ses_flow_owner", "_ses_flow_keyed", tz)
+    attributed = _resolve_overlaps(con, "_ses_flow_owner", vpn_ids, "_ses_flow_resolved")
+    return _with_session_keys(con, attributed, "_ses_flow_keyed", tz)
 
 
-def _resolve_overlaps(con: duckdb.DuckDBPyConnection, table: str, vpn_ids: str) -> None:
-    """Set `table`.vpn_sk of the rows the ASOF join left outside the latest-started session but
-    inside an earlier, longer one (`overlapped`) to the latest-started `vpn_ids` session holding them."""
+# the columns of the latest-started VPN session of a user at a time (an ASOF match in `vpn_ids`)
+_LATEST_SESSION = {"s_sk": "r.sk", "s_end": "r.session_end", "s_covered": "r.covered_until"}
+
+
+def _resolve_overlaps(con: Any, table: str, vpn_ids: str, name: str) -> str:
+    """`table`, or temp table `name`: its rows with vpn_sk of those the ASOF join left outside the
+    latest-started session but inside an earlier, longer one (`overlapped`) set to the
+    latest-started `vpn_ids` session holding them (which depends only on the row's user and time)."""
     if not _count(con, f"{table} WHERE overlapped"):
-        return
+        return table
+    columns = [d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
+    listed = ", ".join("coalesce(f.sk, t.vpn_sk) AS vpn_sk" if c == "vpn_sk" else f't."{c}"' for c in columns)
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ses_overlap_fix AS
-        SELECT o.rowid AS rid, arg_max(s.sk, s.session_start) AS sk
-        FROM (SELECT rowid, * FROM {table} WHERE overlapped) o
-        JOIN {vpn_ids} s ON o.uid = s.uid AND o._time >= s.session_start AND o._time < s.session_end
-        GROUP BY o.rowid
+        CREATE OR REPLACE TEMP TABLE {name} AS
+        WITH fix AS (
+            SELECT o.uid, o._time, arg_max(s.sk, s.session_start) AS sk
+            FROM (SELECT DISTINCT uid, _time FROM {table} WHERE overlapped) o
+            JOIN {vpn_ids} s ON o.uid = s.uid AND o._time >= s.session_start AND o._time < s.session_end
+            GROUP BY o.uid, o._time
+        )
+        SELECT {listed} FROM {table} t LEFT JOIN fix f ON t.overlapped AND f.uid = t.uid AND f._time = t._time
     """)
-    con.execute(f"UPDATE {table} SET vpn_sk = f.sk FROM _ses_overlap_fix f WHERE {table}.rowid = f.rid")
+    return name
 
 
 def _with_session_keys(con: duckdb.DuckDBPyConnection, attributed: str, name: str, tz: str) -> str:
     """Temp table `name`: the rows of `attributed` (uid, _time, vpn_sk) with sk, their session: the
     VPN session, else the user's daily session -(uid * 100000 + local day number)."""
-    local_day = f"CAST(timezone('{tz}', _time) AS DATE)"
+    local_day = f"CAST({_local(con, '_time', tz)} AS DATE)"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {name} AS
         SELECT *, CASE WHEN vpn_sk IS NOT NULL THEN vpn_sk
-                       ELSE -(uid * 100000 + ({local_day} - DATE '1970-01-01')) END AS sk
+                       ELSE -(uid * 100000 + date_diff('day', DATE '1970-01-01', {local_day})) END AS sk
         FROM {attributed}
     """)
     return name
@@ -773,11 +855,13 @@ def _evidence(con: duckdb.DuckDBPyConnection, mail_counts: str, messages: str, m
     """
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_top AS
-        SELECT sk, 'all' AS kind, unnest(top_messages) AS mkey, unnest(range(1, len(top_messages) + 1)) AS rank
-        FROM {mail_counts} WHERE len(top_messages) > 0
-        UNION ALL
-        SELECT sk, 'personal', unnest(top_personal), unnest(range(1, len(top_personal) + 1))
-        FROM {mail_counts} WHERE len(top_personal) > 0
+        -- a message is in a session's list once: its place in the list is its rank
+        SELECT sk, kind, mkey, array_position(top, mkey) AS rank FROM (
+            SELECT sk, 'all' AS kind, top_messages AS top, unnest(top_messages) AS mkey
+            FROM {mail_counts} WHERE array_length(top_messages) > 0
+            UNION ALL
+            SELECT sk, 'personal', top_personal, unnest(top_personal)
+            FROM {mail_counts} WHERE array_length(top_personal) > 0)
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_evidence_rows AS
@@ -852,19 +936,19 @@ def _daily_sessions(con: duckdb.DuckDBPyConnection, features: str, users: str, t
     Columns sk, session_key (`day|user|date`), user, session_kind, session_start, session_end,
     end_reason (`end-of-day`) and boundary_source.
     """
+    midnight = f"date_trunc('day', {_local(con, 'f.first_time', tz)})"
+    date = f"strftime({_local(con, 'session_start', tz)}, '%Y-%m-%d')"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_days AS
         WITH days AS (
-            SELECT f.sk, u.user,
-                   timezone('{tz}', date_trunc('day', timezone('{tz}', f.first_time))) AS session_start,
-                   timezone('{tz}', date_trunc('day', timezone('{tz}', f.first_time)) + INTERVAL 1 DAY) AS session_end
+            SELECT f.sk, u.user, {_instant(con, midnight, tz)} AS session_start,
+                   {_instant(con, f"{midnight} + INTERVAL 1 DAY", tz)} AS session_end
             FROM {features} f JOIN {users} u USING (uid)
             WHERE f.sk < 0
         )
-        SELECT sk, 'day|' || user || '|' || strftime(timezone('{tz}', session_start), '%Y-%m-%d') AS session_key,
+        SELECT sk, 'day|' || user || '|' || {date} AS session_key,
                user, 'day' AS session_kind, session_start, session_end, 'end-of-day' AS end_reason,
-               'activity outside VPN sessions on ' || strftime(timezone('{tz}', session_start), '%Y-%m-%d') ||
-               ' ({tz}), closed at local midnight' AS boundary_source
+               'activity outside VPN sessions on ' || {date} || ' ({tz}), closed at local midnight' AS boundary_source
         FROM days
     """)
     return "_ses_days"
@@ -873,9 +957,12 @@ def _daily_sessions(con: duckdb.DuckDBPyConnection, features: str, users: str, t
 def _departments(con: duckdb.DuckDBPyConnection, settings: Settings) -> str:
     """`_ses_departments` (user, department): the departments the identities list."""
     departments = {i.user.strip().lower(): i.department for i in load_identities(settings)}
-    con.execute("CREATE OR REPLACE TEMP TABLE _ses_departments (user VARCHAR, department VARCHAR)")
-    if departments:
-        con.executemany("INSERT INTO _ses_departments VALUES (?, ?)", list(departments.items()))
+    con.register("_ses_departments_arrow", pa.table({"user": pa.array(list(departments), pa.string()),
+                                                     "department": pa.array(list(departments.values()), pa.string())}))
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE _ses_departments AS SELECT * FROM _ses_departments_arrow")
+    finally:
+        con.unregister("_ses_departments_arrow")
     return "_ses_departments"
 
 
@@ -944,8 +1031,12 @@ def _input_files(state: StateStore) -> list[tuple[str, str]]:
 
 
 def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, now: datetime,
-                        rebuild: bool = False) -> BuildReport:
-    """Bring the stored `user_sessions` up to `now` (see the module's Storage section)."""
+                        rebuild: bool = False, spark: Any = None) -> BuildReport:
+    """Bring the stored `user_sessions` up to `now` (see the module's Storage section).
+
+    With `spark` (a SparkSession) the sessions are computed on Spark over the same committed lake
+    files (`_compute_on_spark`); this process still writes and commits them, as the home's writer.
+    """
     now = now.astimezone(timezone.utc)
     with writing(state.writes_to):  # no ingest may sweep our staged files as orphans meanwhile
         state.migrate((FEATURE_TABLES,))
@@ -973,8 +1064,11 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
                 return BuildReport(None, built_until, reason="up to date", counts=_last_counts(state))
         start = _utc_midnight(start)
         read_from = start - lookback
-        register_lake_views(con, settings, state, read_from, now)
-        counts = compute_sessions(con, settings, now, start, read_from)
+        if spark is None:
+            register_lake_views(con, settings, state, read_from, now)
+            counts = compute_sessions(con, settings, now, start, read_from)
+        else:
+            counts = _compute_on_spark(con, spark, state, settings, now, start, read_from)
         rows = con.execute("SELECT count(*) FROM _ses_result").fetchall()[0][0]
         batch_id = f"{NAME}-{start:%Y%m%d}-{uuid.uuid4().hex[:12]}"
         written = write_batch(con, state.lake, USER_SESSIONS, batch_id, "_ses_result") if rows else []
@@ -1000,6 +1094,26 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
             supersede(db, old, batch_id)  # a reader may still be scanning them: lake.py deletes them when none can
         remove_superseded(state)
         return BuildReport(start, now, rows, reason, counts)
+
+
+def _compute_on_spark(con: duckdb.DuckDBPyConnection, spark: Any, state: StateStore, settings: Settings,
+                      now: datetime, start: datetime, read_from: datetime) -> SessionCounts:
+    """`compute_sessions` on Spark (the same steps, events.spark.SparkConnection), its result handed
+    to `con` as `_ses_result` for the writer to store. The result is the new sessions only (a day's
+    at the hourly run), small beside the events the executors read to make them."""
+    from exfilwatch.events.spark import SparkConnection, register_spark_views
+
+    register_spark_views(spark, settings, state, read_from, now)
+    steps = SparkConnection(spark)
+    try:
+        counts = compute_sessions(steps, settings, now, start, read_from, auth="authentication", email="email",
+                                  flows="network_traffic")
+        con.register("_ses_result_spark", steps.table_arrow("_ses_result"))
+        con.execute("CREATE OR REPLACE TEMP TABLE _ses_result AS SELECT * FROM _ses_result_spark")
+        con.unregister("_ses_result_spark")
+    finally:
+        steps.close()
+    return counts
 
 
 def _stored_view(con: duckdb.DuckDBPyConnection, state: StateStore) -> str:
