@@ -12,6 +12,9 @@ docs/benchmarks.md.
 
 With `--spark`: only the four rules over the last 7 days' sessions, on DuckDB and on Spark in
 local mode over the same lake (same findings required), for docs/scale.md.
+With `--spark-build`: only the sessions build over every day of the lake (a first run or a
+rebuild), on DuckDB and on Spark in local mode (`local[2]`), same sessions required, for
+docs/scale.md.
 
 Phases:
 * groupby      — the reference: SELECT src_user, local day, count(*), sum(size) ... GROUP BY 1, 2
@@ -263,8 +266,56 @@ def phase_rules_spark(out: Path) -> dict:
     return _rules_over_last_days(out, spark_engine=True)
 
 
+def _sessions_build(out: Path, spark_engine: bool) -> dict:
+    """compute_sessions over every day of the lake on one engine: its time (the engine's start apart)
+    and a digest of the sessions with their features, to compare the engines."""
+    import hashlib
+
+    from exfilwatch.events.engine import connect, register_lake_views
+    from exfilwatch.features.sessions import compute_sessions
+    from exfilwatch.home import open_state
+
+    home, settings = _home(out)
+    state = open_state(home)
+    first = min(r["day"] for r in state.query("SELECT day FROM batch_files WHERE model = 'authentication'"))
+    start = datetime.fromisoformat(first).replace(tzinfo=timezone.utc)
+    read_from, now = start - timedelta(days=settings.sessions.lookback_days), _midnight(END)
+    con = connect(settings, home.spill_dir)
+    started = time.perf_counter()
+    if spark_engine:
+        from exfilwatch.events.spark import SparkConnection, register_spark_views, spark_session
+
+        spark = spark_session(settings, master="local[2]")
+        spark.sparkContext.setLogLevel("ERROR")
+        engine_start = time.perf_counter() - started
+        started = time.perf_counter()
+        register_spark_views(spark, settings, state, read_from, now)
+        steps = SparkConnection(spark)
+        counts = compute_sessions(steps, settings, now, start, read_from, auth="authentication", email="email",
+                                  flows="network_traffic")
+        con.register("_ses_result", steps.table_arrow("_ses_result"))
+    else:
+        engine_start = 0.0
+        register_lake_views(con, settings, state, read_from, now)
+        counts = compute_sessions(con, settings, now, start, read_from)
+    seconds = time.perf_counter() - started
+    rows = con.execute("SELECT session_key, em_fnum, em_dnum, em_bsum, em_bsum_personal, "
+                       "to_json(top_recipients)::VARCHAR FROM _ses_result ORDER BY session_key").fetchall()
+    return {"rows": len(rows), "digest": hashlib.sha256(repr(rows).encode()).hexdigest(),
+            "counts": counts.as_dict(), "build_seconds": seconds, "engine_start_seconds": engine_start}
+
+
+def phase_sessions_duckdb(out: Path) -> dict:
+    return _sessions_build(out, spark_engine=False)
+
+
+def phase_sessions_spark(out: Path) -> dict:
+    return _sessions_build(out, spark_engine=True)
+
+
 PHASES = {"synth": phase_synth, "groupby": phase_groupby, "build": phase_build, "models": phase_models,
-          "day": phase_day, "rules-duckdb": phase_rules_duckdb, "rules-spark": phase_rules_spark}
+          "day": phase_day, "rules-duckdb": phase_rules_duckdb, "rules-spark": phase_rules_spark,
+          "sessions-duckdb": phase_sessions_duckdb, "sessions-spark": phase_sessions_spark}
 
 
 def run_phase(name: str, out: Path, extra: list[str]) -> dict:
@@ -288,6 +339,8 @@ def main() -> int:
     parser.add_argument("--spark", action="store_true",
                         help="Only the four rules over the last 7 days' sessions, DuckDB against Spark local mode "
                              "(after the other phases, or on a --keep lake whose sessions are built).")
+    parser.add_argument("--spark-build", action="store_true",
+                        help="Only the sessions build over the whole lake, DuckDB against Spark local mode.")
     args = parser.parse_args()
     if args.phase:
         import duckdb  # noqa: F401
@@ -310,6 +363,8 @@ def main() -> int:
         results["synth"] = run_phase("synth", args.out, extra)
     if args.spark:
         return compare_spark(args.out, extra, results)
+    if args.spark_build:
+        return compare_spark_build(args.out, extra, results)
     for name in ("groupby", "build", "models", "day"):
         results[name] = run_phase(name, args.out, extra)
     base = results["groupby"]["seconds"]
@@ -346,6 +401,26 @@ def compare_spark(out: Path, extra: list[str], results: dict) -> int:
         print(f"| {name} | {r['engine_start_seconds']:.1f} | {r['rules_seconds']:.1f} | "
               f"{r['rules_seconds'] / duck['rules_seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
     import os
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    return 0 if same else 1
+
+
+def compare_spark_build(out: Path, extra: list[str], results: dict) -> int:
+    """The sessions build over the whole lake on DuckDB and on Spark local mode: same sessions, and the time."""
+    import os
+
+    duck = run_phase("sessions-duckdb", out, extra)
+    spark = run_phase("sessions-spark", out, extra)
+    same = duck["digest"] == spark["digest"] and duck["counts"] == spark["counts"]
+    synth = results.get("synth", {})
+    print(f"\nsessions build over the whole lake: {synth.get('rows', '?')} email rows, {synth.get('auth_rows', '?')} "
+          f"VPN rows -> {duck['rows']} sessions (Spark's are {'the same' if same else 'DIFFERENT'})\n")
+    print("| engine | engine start s | build s (wall) | x DuckDB | CPU s of the Python process | "
+          "peak RSS of the Python process MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in (("DuckDB", duck), ("Spark local[2]", spark)):
+        print(f"| {name} | {r['engine_start_seconds']:.1f} | {r['build_seconds']:.1f} | "
+              f"{r['build_seconds'] / duck['build_seconds']:.1f} | {r['cpu']:.1f} | {r['peak_rss_mb']:.0f} |")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     return 0 if same else 1
 

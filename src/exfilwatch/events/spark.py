@@ -1,11 +1,16 @@
-"""The Spark engine: the same detections, transpiled by SQLGlot, on PySpark over the same lake.
+"""The Spark engine: the same SQL, transpiled by SQLGlot, on PySpark over the same lake.
 
-For a user whose lake outgrows one machine. A detection's DuckDB SQL is parsed once, its named
-parameters are replaced by typed literals (times as UTC timestamps; the Spark session runs in
-UTC like the DuckDB one), and SQLGlot writes it as Spark SQL. The data-model views are built
-from the committed Parquet files, with the same query-time enrichment (`src_category`, `_day`)
-as DuckDB's, so the findings are the same; `tests/test_spark_conformance.py` checks that on
-every shipped detection that reads a lake model.
+For a user whose lake outgrows one machine. DuckDB SQL is parsed once, its named parameters
+are replaced by typed literals (times as UTC timestamps; the Spark session runs in UTC like the
+DuckDB one), DuckDB-only functions are rewritten here, in one place, as Spark SQL of the same
+result (`to_spark_sql`), and SQLGlot writes the rest. The data-model views are built from the
+committed Parquet files (never a glob of the folder), with the same query-time enrichment
+(`src_category`, `_day`, the email direction) as DuckDB's.
+
+Two users: a detection's search (detections/spark.py), and the sessions build, whose sequence
+of temp-table steps runs unchanged on a `SparkConnection` (features/sessions.py picks Spark-ready
+SQL only where the engines differ: ASOF joins, local clock times). `tests/test_spark_conformance.py`
+requires the same rows from both engines.
 
 PySpark is an optional dependency (`pip install exfilwatch[spark]`, Java 17+).
 """

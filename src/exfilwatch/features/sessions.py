@@ -76,7 +76,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -119,6 +119,18 @@ def _sql_list(values: tuple[str, ...]) -> str:
     return "(" + ", ".join("'" + v + "'" for v in values) + ")"
 
 
+
+class Steps(Protocol):
+    """Where the build's steps run: a DuckDB connection (the reference), or an
+    events.spark.SparkConnection, which takes the same DuckDB SQL and runs it on Spark."""
+
+    def execute(self, sql: str, parameters: Any = None) -> Any: ...
+
+    def register(self, name: str, table: Any) -> Any: ...
+
+    def unregister(self, name: str) -> Any: ...
+
+
 @dataclass
 class SessionCounts:
     """What one computation saw and could not use."""
@@ -155,7 +167,7 @@ def _settings_hash(settings: Settings) -> str:
 
 
 def compute_sessions(
-    con: Any,
+    con: Steps,
     settings: Settings,
     now: datetime,
     start: datetime,
@@ -215,7 +227,7 @@ def compute_sessions(
 
 
 @contextmanager
-def _insertion_order_ignored(con: Any) -> Iterator[None]:
+def _insertion_order_ignored(con: Steps) -> Iterator[None]:
     """Let DuckDB parallelise the table builds: nothing in the computation depends on the order
     rows are stored in (Spark keeps no order anyway)."""
     if _dialect(con) == "spark":
@@ -229,7 +241,7 @@ def _insertion_order_ignored(con: Any) -> Iterator[None]:
         con.execute(f"SET preserve_insertion_order = {'true' if before else 'false'}")
 
 
-def _count(con: duckdb.DuckDBPyConnection, rows: str) -> int:
+def _count(con: Steps, rows: str) -> int:
     """How many rows `rows` holds: a relation, or a relation and a WHERE clause."""
     return con.execute(f"SELECT count(*) FROM {rows}").fetchall()[0][0]
 
@@ -239,22 +251,22 @@ def _idle_end_sql(idle_hours: float) -> str:
     return f"last_event + to_seconds({idle_hours * 3600.0}::DOUBLE)"
 
 
-def _dialect(con: Any) -> str:
+def _dialect(con: Steps) -> str:
     """The engine the steps write for: `duckdb`, or `spark` for an events.spark.SparkConnection."""
     return getattr(con, "dialect", "duckdb")
 
 
-def _local(con: Any, instant: str, tz: str) -> str:
+def _local(con: Steps, instant: str, tz: str) -> str:
     """SQL: the wall-clock time in `tz` of `instant` (DuckDB's timezone(tz, timestamptz))."""
     return f"from_utc_timestamp({instant}, '{tz}')" if _dialect(con) == "spark" else f"timezone('{tz}', {instant})"
 
 
-def _instant(con: Any, wall_clock: str, tz: str) -> str:
+def _instant(con: Steps, wall_clock: str, tz: str) -> str:
     """SQL: the instant a wall-clock time in `tz` names (DuckDB's timezone(tz, timestamp))."""
     return f"to_utc_timestamp({wall_clock}, '{tz}')" if _dialect(con) == "spark" else f"timezone('{tz}', {wall_clock})"
 
 
-def _asof(con: Any, left: str, right: str, keys: list[tuple[str, str]], left_time: str, right_time: str,
+def _asof(con: Steps, left: str, right: str, keys: list[tuple[str, str]], left_time: str, right_time: str,
           right_columns: dict[str, str], outer: bool) -> str:
     """SQL of a relation: every column of `left` (alias `l`), and `right_columns` (name: expression
     over `right`, alias `r`) of the row of `right` whose `keys` (left, right expressions) are equal
@@ -295,7 +307,7 @@ def _asof(con: Any, left: str, right: str, keys: list[tuple[str, str]], left_tim
 # --- 1. VPN sessions ---------------------------------------------------------------------------------
 
 
-def _vpn_lines(con: duckdb.DuckDBPyConnection, auth: str, read_from: datetime, now: datetime) -> str:
+def _vpn_lines(con: Steps, auth: str, read_from: datetime, now: datetime) -> str:
     """`_ses_auth`: the lines of `auth` in [read_from, now) that may open, end or link a session.
 
     Columns _time, account, sid, ip (session id and tunnel address, trimmed, '' as NULL), src_ip,
@@ -312,7 +324,7 @@ def _vpn_lines(con: duckdb.DuckDBPyConnection, auth: str, read_from: datetime, n
     return "_ses_auth"
 
 
-def _vpn_events(con: duckdb.DuckDBPyConnection, settings: Settings, lines: str) -> tuple[str, str]:
+def _vpn_events(con: Steps, settings: Settings, lines: str) -> tuple[str, str]:
     """`_ses_ev` and `_ses_identity_vpn`: the `lines` whose account resolves to a user, and the
     identity rows (identities.register_identity_map) of their accounts.
 
@@ -341,7 +353,7 @@ def _vpn_events(con: duckdb.DuckDBPyConnection, settings: Settings, lines: str) 
     return "_ses_ev", "_ses_identity_vpn"
 
 
-def _login_parts(con: duckdb.DuckDBPyConnection, events: str, idle_hours: float) -> tuple[str, int]:
+def _login_parts(con: Steps, events: str, idle_hours: float) -> tuple[str, int]:
     """`_ses_parts`: one row per user, link key and session start: from the start to the session's
     end line, and how many end lines came before any start of their key.
 
@@ -416,7 +428,7 @@ def _login_parts(con: duckdb.DuckDBPyConnection, events: str, idle_hours: float)
     return "_ses_parts", ends_before_login
 
 
-def _join_tunnels(con: duckdb.DuckDBPyConnection, parts: str, idle_hours: float) -> str:
+def _join_tunnels(con: Steps, parts: str, idle_hours: float) -> str:
     """`_ses_vpn0`: the `parts` with each tunnel that starts inside a login session of its user
     merged into that session; a tunnel outside every login session stays a session of its own.
 
@@ -475,7 +487,7 @@ def _join_tunnels(con: duckdb.DuckDBPyConnection, parts: str, idle_hours: float)
     return "_ses_vpn0"
 
 
-def _connection_closed_ends(con: duckdb.DuckDBPyConnection, joined: str, events: str, idle_hours: float) -> str:
+def _connection_closed_ends(con: Steps, joined: str, events: str, idle_hours: float) -> str:
     """`_ses_user_end`: for the sessions of `joined` without an end line, the first end line in
     `events` with neither session id nor address that falls in them (the user's latest-started
     session before it, until its next login or idle limit).
@@ -519,7 +531,7 @@ def _connection_closed_ends(con: duckdb.DuckDBPyConnection, joined: str, events:
     return "_ses_user_end"
 
 
-def _vpn_sessions(con: duckdb.DuckDBPyConnection, joined: str, user_ends: str, idle_hours: float) -> str:
+def _vpn_sessions(con: Steps, joined: str, user_ends: str, idle_hours: float) -> str:
     """`_ses_vpn`: the VPN sessions of `joined`, each with its end and how it ended.
 
     The end is the session's end line, else its `user_ends` line, else the next login of its key
@@ -564,7 +576,7 @@ def _vpn_sessions(con: duckdb.DuckDBPyConnection, joined: str, user_ends: str, i
 # --- 2. attribution of mail and flows ------------------------------------------------------------------
 
 
-def _mail_and_flows(con: duckdb.DuckDBPyConnection, email: str, flows: str | None, vpn: str, start: datetime,
+def _mail_and_flows(con: Steps, email: str, flows: str | None, vpn: str, start: datetime,
                     read_from: datetime, now: datetime) -> tuple[str, str]:
     """`_ses_mail` and `_ses_flows`: the sent mail of `email` and the flows of `flows` (none when
     `flows` is None) that can fall in a session ending in [start, now).
@@ -600,7 +612,7 @@ def _mail_and_flows(con: duckdb.DuckDBPyConnection, email: str, flows: str | Non
     return "_ses_mail", "_ses_flows"
 
 
-def _all_identities(con: duckdb.DuckDBPyConnection, settings: Settings, vpn_identity: str, mail: str,
+def _all_identities(con: Steps, settings: Settings, vpn_identity: str, mail: str,
                     flow_rows: str) -> str:
     """`_ses_identity`: the rows of `vpn_identity` and the identity rows of the senders of `mail`
     (kind email) and the source hosts of `flow_rows` (kind host)."""
@@ -615,7 +627,7 @@ def _all_identities(con: duckdb.DuckDBPyConnection, settings: Settings, vpn_iden
     return "_ses_identity"
 
 
-def _number_sessions(con: duckdb.DuckDBPyConnection, identity: str, vpn: str) -> tuple[str, str]:
+def _number_sessions(con: Steps, identity: str, vpn: str) -> tuple[str, str]:
     """`_ses_users` (user, uid 1..n in name order) and `_ses_vpn_ids`: the `vpn` sessions with
     their uid and sk 1..n (by user, start, key), the integer ids the joins below group by."""
     con.execute(f"""
@@ -631,7 +643,7 @@ def _number_sessions(con: duckdb.DuckDBPyConnection, identity: str, vpn: str) ->
     return "_ses_users", "_ses_vpn_ids"
 
 
-def _attribute_mail(con: duckdb.DuckDBPyConnection, mail: str, identity: str, users: str, vpn_ids: str,
+def _attribute_mail(con: Steps, mail: str, identity: str, users: str, vpn_ids: str,
                     tz: str) -> tuple[str, str]:
     """`_ses_mail_user` and `_ses_msg_keyed`: the `mail` of resolved senders, and their messages
     attributed to a session.
@@ -663,7 +675,7 @@ def _attribute_mail(con: duckdb.DuckDBPyConnection, mail: str, identity: str, us
     return "_ses_mail_user", _with_session_keys(con, attributed, "_ses_msg_keyed", tz)
 
 
-def _attribute_flows(con: duckdb.DuckDBPyConnection, flow_rows: str, identity: str, users: str, vpn_ids: str,
+def _attribute_flows(con: Steps, flow_rows: str, identity: str, users: str, vpn_ids: str,
                      tz: str) -> str:
     """`_ses_flow_keyed`: the `flow_rows` that belong to a user, attributed to a session.
 
@@ -705,7 +717,7 @@ def _attribute_flows(con: duckdb.DuckDBPyConnection, flow_rows: str, identity: s
 _LATEST_SESSION = {"s_sk": "r.sk", "s_end": "r.session_end", "s_covered": "r.covered_until"}
 
 
-def _resolve_overlaps(con: Any, table: str, vpn_ids: str, name: str) -> str:
+def _resolve_overlaps(con: Steps, table: str, vpn_ids: str, name: str) -> str:
     """`table`, or temp table `name`: its rows with vpn_sk of those the ASOF join left outside the
     latest-started session but inside an earlier, longer one (`overlapped`) set to the
     latest-started `vpn_ids` session holding them (which depends only on the row's user and time)."""
@@ -726,7 +738,7 @@ def _resolve_overlaps(con: Any, table: str, vpn_ids: str, name: str) -> str:
     return name
 
 
-def _with_session_keys(con: duckdb.DuckDBPyConnection, attributed: str, name: str, tz: str) -> str:
+def _with_session_keys(con: Steps, attributed: str, name: str, tz: str) -> str:
     """Temp table `name`: the rows of `attributed` (uid, _time, vpn_sk) with sk, their session: the
     VPN session, else the user's daily session -(uid * 100000 + local day number)."""
     local_day = f"CAST({_local(con, '_time', tz)} AS DATE)"
@@ -742,7 +754,7 @@ def _with_session_keys(con: duckdb.DuckDBPyConnection, attributed: str, name: st
 # --- 3. features and evidence per session --------------------------------------------------------------
 
 
-def _classify_recipients(con: duckdb.DuckDBPyConnection, settings: Settings, mail_user: str,
+def _classify_recipients(con: Steps, settings: Settings, mail_user: str,
                          messages: str) -> tuple[str, str]:
     """`_ses_rcpt` and `_ses_msg_flags`: the recipients of each message and what they make it.
 
@@ -782,7 +794,7 @@ def _classify_recipients(con: duckdb.DuckDBPyConnection, settings: Settings, mai
     return "_ses_rcpt", "_ses_msg_flags"
 
 
-def _mail_counts(con: duckdb.DuckDBPyConnection, flags: str) -> str:
+def _mail_counts(con: Steps, flags: str) -> str:
     """`_ses_counts`: per session (sk) of `flags`, messages_sent, em_fnum, em_bsum,
     em_bsum_personal, em_personal_fnum, and the keys (mkey) of the five largest outgoing messages
     (top_messages) and of the five largest to personal addresses (top_personal), largest first,
@@ -804,7 +816,7 @@ def _mail_counts(con: duckdb.DuckDBPyConnection, flags: str) -> str:
     return "_ses_counts"
 
 
-def _recipient_tops(con: duckdb.DuckDBPyConnection, recipients: str) -> tuple[str, str]:
+def _recipient_tops(con: Steps, recipients: str) -> tuple[str, str]:
     """`_ses_dom` (sk, em_dnum, recipient_domains, top_domains) and `_ses_rcp` (sk, top_recipients):
     per session, over the external recipients in `recipients`, the distinct registered domains
     (all of them, by name, and the top five) and the top five recipients by messages, then bytes
@@ -846,7 +858,7 @@ def _recipient_tops(con: duckdb.DuckDBPyConnection, recipients: str) -> tuple[st
     return "_ses_dom", "_ses_rcp"
 
 
-def _evidence(con: duckdb.DuckDBPyConnection, mail_counts: str, messages: str, mail_user: str) -> str:
+def _evidence(con: Steps, mail_counts: str, messages: str, mail_user: str) -> str:
     """`_ses_evidence` (sk, largest_messages, largest_personal_messages): the details of the
     messages named in `mail_counts`' top_messages and top_personal, in their order.
 
@@ -901,7 +913,7 @@ def _evidence(con: duckdb.DuckDBPyConnection, mail_counts: str, messages: str, m
     return "_ses_evidence"
 
 
-def _session_features(con: duckdb.DuckDBPyConnection, messages: str, flow_keyed: str, mail_counts: str,
+def _session_features(con: Steps, messages: str, flow_keyed: str, mail_counts: str,
                       top_domains: str, top_recipients: str, evidence: str) -> str:
     """`_ses_features`: one row per session (sk) with mail or flows: uid, first_time (its first
     message or flow), the columns of `mail_counts`, `top_domains`, `top_recipients` and
@@ -929,7 +941,7 @@ def _session_features(con: duckdb.DuckDBPyConnection, messages: str, flow_keyed:
 # --- 4. the closed sessions ------------------------------------------------------------------------------
 
 
-def _daily_sessions(con: duckdb.DuckDBPyConnection, features: str, users: str, tz: str) -> str:
+def _daily_sessions(con: Steps, features: str, users: str, tz: str) -> str:
     """`_ses_days`: the daily sessions, one per user and local day with mail or flows outside VPN
     sessions (the negative sk of `features`), from local midnight to the next.
 
@@ -954,7 +966,7 @@ def _daily_sessions(con: duckdb.DuckDBPyConnection, features: str, users: str, t
     return "_ses_days"
 
 
-def _departments(con: duckdb.DuckDBPyConnection, settings: Settings) -> str:
+def _departments(con: Steps, settings: Settings) -> str:
     """`_ses_departments` (user, department): the departments the identities list."""
     departments = {i.user.strip().lower(): i.department for i in load_identities(settings)}
     con.register("_ses_departments_arrow", pa.table({"user": pa.array(list(departments), pa.string()),
@@ -966,7 +978,7 @@ def _departments(con: duckdb.DuckDBPyConnection, settings: Settings) -> str:
     return "_ses_departments"
 
 
-def _closed_sessions(con: duckdb.DuckDBPyConnection, target: str, vpn_ids: str, days: str, features: str,
+def _closed_sessions(con: Steps, target: str, vpn_ids: str, days: str, features: str,
                      departments: str, start: datetime, now: datetime) -> None:
     """Temp table `target` (the `user_sessions` columns): the VPN sessions of `vpn_ids` and the
     daily sessions of `days` that end in [start, now], with their user's department and their
