@@ -395,33 +395,30 @@ def compare_spark(out: Path, extra: list[str], results: dict) -> int:
     same = duck["findings"] == spark["findings"]
     print(f"\nthe four rules over the sessions that closed in the last 7 days ({len(duck['findings'])} findings; "
           f"Spark's are {'the same' if same else 'DIFFERENT'})\n")
-    print("| engine | engine start s | four rules s (wall) | x DuckDB | peak RSS of the Python process MB |")
+    _print_engines("four rules s (wall)", "rules_seconds", duck, spark)
+    return 0 if same else 1
+
+
+def _print_engines(heading: str, key: str, duck: dict, spark: dict) -> None:
+    import os
+
+    print(f"| engine | engine start s | {heading} | x DuckDB | peak RSS of the Python process MB |")
     print("|---|---:|---:|---:|---:|")
     for name, r in (("DuckDB", duck), ("Spark local[2]", spark)):
-        print(f"| {name} | {r['engine_start_seconds']:.1f} | {r['rules_seconds']:.1f} | "
-              f"{r['rules_seconds'] / duck['rules_seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
-    import os
+        print(f"| {name} | {r['engine_start_seconds']:.1f} | {r[key]:.1f} | {r[key] / duck[key]:.1f} | "
+              f"{r['peak_rss_mb']:.0f} |")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    return 0 if same else 1
 
 
 def compare_spark_build(out: Path, extra: list[str], results: dict) -> int:
     """The sessions build over the whole lake on DuckDB and on Spark local mode: same sessions, and the time."""
-    import os
-
     duck = run_phase("sessions-duckdb", out, extra)
     spark = run_phase("sessions-spark", out, extra)
     same = duck["digest"] == spark["digest"] and duck["counts"] == spark["counts"]
     synth = results.get("synth", {})
     print(f"\nsessions build over the whole lake: {synth.get('rows', '?')} email rows, {synth.get('auth_rows', '?')} "
           f"VPN rows -> {duck['rows']} sessions (Spark's are {'the same' if same else 'DIFFERENT'})\n")
-    print("| engine | engine start s | build s (wall) | x DuckDB | CPU s of the Python process | "
-          "peak RSS of the Python process MB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, r in (("DuckDB", duck), ("Spark local[2]", spark)):
-        print(f"| {name} | {r['engine_start_seconds']:.1f} | {r['build_seconds']:.1f} | "
-              f"{r['build_seconds'] / duck['build_seconds']:.1f} | {r['cpu']:.1f} | {r['peak_rss_mb']:.0f} |")
-    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    _print_engines("sessions build s (wall)", "build_seconds", duck, spark)
     return 0 if same else 1
 
 

@@ -220,7 +220,7 @@ def test_sessions_build_on_spark_equals_duckdb_on_the_edge_cases(spark):
     tables = {"t_auth": (AUTHENTICATION, auth), "t_mail": (EMAIL, mails), "t_flows": (NETWORK_TRAFFIC, flows)}
     for name, (model, rows) in tables.items():
         load_table(con, name, model, rows)
-        spark.createDataFrame(con.table(name).arrow()).createOrReplaceTempView(name)
+        spark.createDataFrame(con.sql(f"SELECT * FROM {name}").to_arrow_table()).createOrReplaceTempView(name)
     relations = {"auth": "t_auth", "email": "t_mail", "flows": "t_flows"}
     duck_counts = compute_sessions(con, settings, now, start, read_from, **relations)
     duck = _session_rows(con, "_ses_result")

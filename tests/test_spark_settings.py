@@ -61,3 +61,17 @@ def test_spark_rows_come_back_as_duckdb_gives_them():
         {"domain": "gmail.com", "messages": 2, "seen": datetime(2026, 10, 15, 14, 0, tzinfo=timezone.utc)},
         {"domain": "x.example", "messages": None, "seen": None}]
     assert python_value(Row(outer=[Row(inner=1)])) == {"outer": [{"inner": 1}]}
+
+
+@pytest.mark.parametrize("command", ["detect", "run", "sessions"])
+def test_an_unknown_engine_is_one_line_and_exit_2(tmp_path, command):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from exfilwatch.cli import app; app()", "--home", str(tmp_path),
+                           command, "--engine", "sparkk", "--now", "2026-10-05T12:00:00Z"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "--engine 'sparkk'" in line and "duckdb or spark" in line

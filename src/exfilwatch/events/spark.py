@@ -111,6 +111,8 @@ def _spark_expression(template: str, argument: exp.Expression) -> exp.Expression
 
 def _spark_format(node: exp.Format) -> exp.Expression:
     template = node.this.name if isinstance(node.this, exp.Literal) else None
+    if template is not None and template.startswith("%"):
+        return node  # printf's template (a rewrite's own format_string): Spark's format_string reads it alike
     general = _GENERAL_TEMPLATE.fullmatch(template or "")
     if general is None or len(node.expressions) != 1:
         raise SparkUnavailable(f"format({node.this.sql()}, …) has no Spark form: the Spark engine knows "
