@@ -281,14 +281,14 @@ def _sessions_build(out: Path, spark_engine: bool) -> dict:
     start = datetime.fromisoformat(first).replace(tzinfo=timezone.utc)
     read_from, now = start - timedelta(days=settings.sessions.lookback_days), _midnight(END)
     con = connect(settings, home.spill_dir)
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_with_children()
     if spark_engine:
         from exfilwatch.events.spark import SparkConnection, register_spark_views, spark_session
 
         spark = spark_session(settings, master="local[2]")
         spark.sparkContext.setLogLevel("ERROR")
         engine_start = time.perf_counter() - started
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), _cpu_with_children()
         register_spark_views(spark, settings, state, read_from, now)
         steps = SparkConnection(spark)
         counts = compute_sessions(steps, settings, now, start, read_from, auth="authentication", email="email",
@@ -299,10 +299,21 @@ def _sessions_build(out: Path, spark_engine: bool) -> dict:
         register_lake_views(con, settings, state, read_from, now)
         counts = compute_sessions(con, settings, now, start, read_from)
     seconds = time.perf_counter() - started
+    cpu = _cpu_with_children() - cpu_before
     rows = con.execute("SELECT session_key, em_fnum, em_dnum, em_bsum, em_bsum_personal, "
                        "to_json(top_recipients)::VARCHAR FROM _ses_result ORDER BY session_key").fetchall()
     return {"rows": len(rows), "digest": hashlib.sha256(repr(rows).encode()).hexdigest(),
-            "counts": counts.as_dict(), "build_seconds": seconds, "engine_start_seconds": engine_start}
+            "counts": counts.as_dict(), "build_seconds": seconds, "build_cpu": cpu,
+            "engine_start_seconds": engine_start}
+
+
+def _cpu_with_children() -> float:
+    """CPU seconds of this process (DuckDB's threads included) and of its children (Spark's JVM)."""
+    import psutil
+
+    me = psutil.Process()
+    times = [me.cpu_times()] + [child.cpu_times() for child in me.children(recursive=True)]
+    return sum(t.user + t.system for t in times)
 
 
 def phase_sessions_duckdb(out: Path) -> dict:
@@ -419,6 +430,8 @@ def compare_spark_build(out: Path, extra: list[str], results: dict) -> int:
     print(f"\nsessions build over the whole lake: {synth.get('rows', '?')} email rows, {synth.get('auth_rows', '?')} "
           f"VPN rows -> {duck['rows']} sessions (Spark's are {'the same' if same else 'DIFFERENT'})\n")
     _print_engines("sessions build s (wall)", "build_seconds", duck, spark)
+    print(f"CPU seconds of the build (Python, DuckDB's threads, Spark's JVM): DuckDB {duck['build_cpu']:.1f}, "
+          f"Spark {spark['build_cpu']:.1f} ({spark['build_cpu'] / duck['build_cpu']:.1f}x)")
     return 0 if same else 1
 
 
