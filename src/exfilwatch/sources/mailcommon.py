@@ -7,8 +7,11 @@ consistent:
   case, without `<>` or a display name), `ew_domain`, `ew_direction` (from the configured
   `internal_domains`, a sub-domain counts as internal), `ew_event_type` and
   `ew_csv_cell` (one RFC 4180 cell, unquoted).
-* `csv_cells_sql` splits a CSV line into its cells with one `regexp_extract_all`, and says
-  whether the cells cover the whole line (an unbalanced quote does not).
+* `csv_cells_sql` splits a CSV line into its cells with `string_split` (commas inside quotes
+  masked first: a quote toggles "inside", so the segments between quotes alternate), and
+  `csv_covers_sql` says whether every cell is well formed (an unbalanced or stray quote is
+  not). A `regexp_extract_all` of RFC 4180 cells gives the same cells at five times the cost,
+  which made CSV mail logs (Exchange tracking) slow to ingest.
 * `Seen` remembers the keys of messages already written (Exchange's network message id,
   Microsoft 365's trace id) so a message logged by two servers, or exported twice in
   overlapping traces, becomes one row. The keys are kept through `ctx.state`
@@ -38,8 +41,6 @@ import pyarrow as pa
 
 from exfilwatch.sources.base import ParseContext, sql_string
 
-# One CSV cell and its separator: a quoted cell (with "" escapes) or an unquoted one.
-CSV_CELL_RE = r'("(?:[^"]|"")*"|[^,"]*),'
 
 EVENT_TYPES = ("email-out", "email-in", "email-internal", "email-out-failed")
 FAILED_ACTIONS = ("failed", "blocked")
@@ -101,6 +102,7 @@ def query_time_columns(domains: Iterable[str], sent_by_user_sources: Iterable[st
 
 def install_macros(con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
     domains = ctx.settings.internal_domains
+    csv_cell_value = _unmask_sql("""CASE WHEN starts_with(c, '"') THEN replace(c[2:-2], '""', '"') ELSE c END""")
     con.execute(f"""
         CREATE OR REPLACE TEMP MACRO ew_addr(a) AS (
             nullif(lower(trim(CASE WHEN contains(a, '<') AND contains(a, '>')
@@ -115,19 +117,35 @@ def install_macros(con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
             {direction_sql(domains, 'ew_domain(sender)', 'rdomains')});
         CREATE OR REPLACE TEMP MACRO ew_event_type(direction, action) AS ({event_type_sql('direction', 'action')});
         CREATE OR REPLACE TEMP MACRO ew_csv_cell(c) AS (
-            CASE WHEN starts_with(c, '"') THEN replace(substr(c, 2, length(c) - 3), '""', '"')
-                 ELSE substr(c, 1, length(c) - 1) END);
+            {csv_cell_value});
     """)
 
 
+# A comma inside a quoted cell is written as MASK + COMMA_MARK while the line is split; a MASK
+# already in the line as MASK + MASK_MARK, so that unmasking gives every line back exactly.
+_MASK, _COMMA_MARK, _MASK_MARK = "chr(1)", "chr(3)", "chr(2)"
+
+
+def _unmask_sql(cell: str) -> str:
+    return f"replace(replace({cell}, {_MASK} || {_COMMA_MARK}, ','), {_MASK} || {_MASK_MARK}, {_MASK})"
+
+
 def csv_cells_sql(line: str = "line") -> str:
-    """SQL: the raw cells of a CSV line, each with its trailing comma (see `csv_covers_sql`)."""
-    return f"regexp_extract_all({line} || ',', {sql_string(CSV_CELL_RE)}, 0)"
+    """SQL: the raw cells of a CSV line (quotes kept, commas inside quotes masked); `ew_csv_cell`
+    gives a cell's value, `csv_covers_sql` whether they are all well formed."""
+    escaped = f"replace({line}, {_MASK}, {_MASK} || {_MASK_MARK})"
+    # Between quotes, segments alternate outside / inside (an escaped "" is an empty outside segment).
+    masked = (f"array_to_string(list_transform(string_split({escaped}, '\"'), lambda s, i: "
+              f"CASE WHEN i % 2 = 0 THEN replace(s, ',', {_MASK} || {_COMMA_MARK}) ELSE s END), '\"')")
+    return f"string_split({masked}, ',')"
 
 
-def csv_covers_sql(cells: str, line: str = "line") -> str:
-    """SQL bool: the cells cover the whole line (false for an unbalanced or stray quote)."""
-    return f"coalesce(list_sum(list_transform({cells}, lambda c: length(c))) = length({line}) + 1, false)"
+def csv_covers_sql(cells: str) -> str:
+    """SQL bool: every cell is unquoted without a quote, or quoted with only doubled quotes inside
+    (false for an unbalanced or stray quote)."""
+    return (f"coalesce(list_bool_and(list_transform({cells}, lambda c: NOT contains(c, '\"') OR "
+            f"(length(c) >= 2 AND starts_with(c, '\"') AND ends_with(c, '\"') "
+            f"AND NOT contains(replace(c[2:-2], '\"\"', ''), '\"')))), false)")
 
 
 def email_select(source_name: str, table: str, where: str = "true", sent_by_user: bool = False,
