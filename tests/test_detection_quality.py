@@ -50,6 +50,11 @@ class Company(Org):
 VARIABLE = [0.3, 3.0, 1.0, 0.4, 2.5, 0.6, 3.0, 0.3, 1.5, 0.5]
 
 
+# a user whose outgoing mail is two or three messages a session, and forty on a busy day
+QUIET_DAY = {"messages": (2, 3), "size": (20_000, 60_000)}
+BUSY_DAY = {"messages": (36, 44), "size": (20_000, 60_000)}
+
+
 def variable_habit(factor: float, base: float) -> dict:
     return {"messages": (2, 3), "size": (base * factor * 0.9, base * factor * 1.1)}
 
@@ -80,12 +85,22 @@ def org(tmp_path_factory) -> dict:
         for i in range(3, 0, -1):
             company.day(user, JUDGED - timedelta(days=i), 17, ORDINARY)
     judged["nora"] = [Message(t0, "nora@corp.example", ["upload@box-transfer.example"], 40_000_000)]
-    for user in list(habits) + ["vera", "nora", "ned"]:
+    # bess's busy days (one in ten) reach 40 messages to her partners: another busy day is not news
+    for i in range(20, 0, -1):
+        company.day("bess", JUDGED - timedelta(days=i), 17, BUSY_DAY if i % 10 == 3 else QUIET_DAY)
+    judged["bess"] = burst("bess", 45, ["partner1.com", "partner2.com"], 30_000, t0)
+    # mia's campaign every other week mails 25 prospect companies she never mailed before; her next one is not news
+    for i in range(20, 0, -1):
+        campaign = burst("mia", 25, [f"lead{i}-{k}.example" for k in range(25)], 40_000,
+                         at(JUDGED - timedelta(days=i), 10)) if i in (15, 5) else []
+        company.day("mia", JUDGED - timedelta(days=i), 17, ORDINARY, campaign)
+    judged["mia"] = burst("mia", 27, [f"lead0-{k}.example" for k in range(27)], 40_000, t0)
+    for user in list(habits) + ["vera", "nora", "ned", "bess", "mia"]:
         company.day(user, JUDGED, 12 + 10 / 60, habits.get(user, ORDINARY), judged.get(user, []))
     company.log.write(folder, "org")
 
     departments = {**{u: "engineering" for u in ENGINEERING + ["bert", "vera", "nora", "ned", "heavy", "paula"]},
-                   **{u: "sales" for u in SALES_TEAM + ["sally"]}}
+                   **{u: "sales" for u in SALES_TEAM + ["sally"]}, "bess": "support", "mia": "marketing"}
     config = {"timezone": "America/New_York", "internal_domains": ["corp.example"],
               "identities": [{"user": u, "department": d} for u, d in departments.items()]}
     home = Home(root=folder / "home", config_path=folder / "home" / "config.yaml")
@@ -156,6 +171,23 @@ def test_a_sales_user_mailing_her_many_usual_domains_is_not_notable(org):
     assert rules_for(org, "sally") == set()
     assert "sally" not in incident_entities(org)
     assert not any(entity.startswith("sales") for entity, _ in org["findings"])
+
+
+def test_a_busy_day_like_the_users_earlier_busy_days_is_quiet(org):
+    # bess's median is 3 messages, so the robust model alone would fire at about 30; her p95 session
+    # (her busy days) says 45 is what she already does
+    assert rules_for(org, "bess") == set()
+    assert "bess" not in incident_entities(org)
+
+
+def test_a_campaign_like_the_users_earlier_campaigns_is_not_a_notable_session(org):
+    # mia's campaign goes to 27 companies new to her, as her two earlier campaigns did (25 each):
+    # above her median of 2 domains, not above her own record; before, EM-DNum and EM-FNum fired
+    # and together made a notable session
+    assert "em_dnum" not in rules_for(org, "mia")
+    assert "mia" not in incident_entities(org)
+    # a burst of the same size by a user who never did it is still notable (bert, above)
+    assert "bert" in incident_entities(org)
 
 
 def test_a_new_hire_is_judged_against_the_department(org):

@@ -171,6 +171,18 @@ def test_a_two_week_slow_leak_is_one_incident_updated_by_each_session(baseline, 
     assert len(delivered[-1]["risk_events"]) == len(incident["risk_events"])
 
 
+def test_a_leak_that_pauses_from_wednesday_to_monday_evening_is_one_episode(baseline, tmp_path):
+    # Risk events are timed at the sessions' ends: Wednesday 17:00 to Monday 17:00 is 5 days without
+    # one (Thursday and Friday worked without leaking, and the weekend). The generated slow leaks
+    # paused 4 days 2-3 hours and were split in two by the earlier 4-day quiet period.
+    leak = {date(2026, 10, 5), date(2026, 10, 6), date(2026, 10, 7), date(2026, 10, 12), date(2026, 10, 13)}
+    org = _org(baseline, tmp_path)
+    org.work(LEAK_WEEKS, leak=leak)
+    [incident] = org.incidents()
+    assert len({e["session_id"] for e in incident["risk_events"]}) == len(leak)
+    assert incident["first_time"][:10] == "2026-10-05" and incident["last_time"][:10] == "2026-10-13"
+
+
 def test_after_the_analyst_closes_it_the_next_session_is_a_new_incident(baseline, tmp_path):
     org = _org(baseline, tmp_path)
     first_week = [d for d in LEAK_WEEKS if d < date(2026, 10, 10)]

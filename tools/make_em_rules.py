@@ -169,26 +169,31 @@ WITH judged AS (
                 THEN least(model_threshold, greatest($cap_multiple * max,
                            CASE WHEN $method = 'robust' THEN exp(log_median + $threshold * $robust_min_scale) - 1
                                 ELSE 0 END))
-                ELSE model_threshold END AS capped_threshold
+                ELSE model_threshold END AS capped_threshold,
+           greatest($p95_factor * coalesce(p95, 0), $max_factor * coalesce(max, 0)) AS own_tail
     FROM scored
 ), bounded AS (
-    -- the threshold that applies: the user's (capped) model's, raised by the absolute floor (and the
-    -- user's largest earlier session x $max_factor); the peer group's while the user's model has
-    -- not converged; for a first session without peers, the first-time floor
+    -- the threshold that applies: the user's (capped) model's, raised by the absolute floor, the
+    -- user's own tail (their p95 session x $p95_factor: the median and MAD of log(1+x) describe the
+    -- typical session, and a user whose median is 2 messages but whose busy days reach 40 has
+    -- a narrow MAD that says nothing of those days) and their largest earlier session x
+    -- $max_factor; the peer group's while the user's model has not converged; for a first
+    -- session without peers, the first-time floor
     SELECT *,
            CASE model_state
                 WHEN 'first-time' THEN greatest($first_time_floor, $floor)
                 -- a thin history cannot set a threshold, but it shows what the user already did
                 -- (a weekly newsletter's eighth send is not news)
                 WHEN 'peers' THEN greatest(peer_threshold, $floor, coalesce(max, 0))
-                ELSE greatest(capped_threshold, $floor, $max_factor * coalesce(max, 0)) END AS applied_threshold,
+                ELSE greatest(capped_threshold, $floor, own_tail) END AS applied_threshold,
            CASE WHEN model_state = 'first-time' THEN 'first-time floor'
                 WHEN model_state = 'peers' AND peer_threshold >= greatest($floor, coalesce(max, 0)) THEN 'peer group'
                 WHEN model_state = 'peers' AND $floor >= coalesce(max, 0) THEN 'absolute floor'
                 WHEN model_state = 'peers' THEN 'largest earlier session'
-                WHEN capped_threshold >= greatest($floor, $max_factor * coalesce(max, 0))
+                WHEN capped_threshold >= greatest($floor, own_tail)
                     THEN CASE WHEN capped_threshold < model_threshold THEN 'cap' ELSE 'model' END
-                WHEN $floor >= $max_factor * coalesce(max, 0) THEN 'absolute floor'
+                WHEN $floor >= own_tail THEN 'absolute floor'
+                WHEN $p95_factor * coalesce(p95, 0) >= $max_factor * coalesce(max, 0) THEN 'p95 session'
                 ELSE 'largest earlier session' END AS threshold_kind,
            -- what went to domains new to the user fires from a multiple of the user's p95 session
            CASE WHEN model_state = 'model' AND $new_domain_multiple > 0

@@ -46,10 +46,12 @@ class CorrelationResult:
     updated: int = 0
 
 
-# Why 4 days: a slow leak is a few sessions a week, not one every day. Friday evening to Tuesday
-# morning (a weekend and a day of leave) is about 3.5 days without a session, and must not split
-# the episode; a week of silence ends it (the analyst has moved on, and a new incident says so).
-DEFAULT_QUIET_PERIOD = "4d"
+# Why 5 days: a slow leak is a few sessions a week, not one every day, and its risk events are
+# timed at the sessions' ends. A weekend and a day of leave between two sessions (Thursday evening
+# to Monday evening, or Friday to Tuesday) is 4 days plus however much later the second session
+# ends: 4 days 2-3 hours in the generated organisations, which split at 4 days. A week of
+# silence still ends the episode (the analyst has moved on, and a new incident says so).
+DEFAULT_QUIET_PERIOD = "5d"
 INCIDENT = "incident"  # the audit trail's object type for incidents
 PIPELINE_ACTOR = "exfilwatch"  # who the audit trail says updated an incident the rules continued
 
