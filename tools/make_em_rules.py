@@ -38,8 +38,10 @@ RULES = (
     Rule("em_dnum", "EM-DNum", "em_dnum", "count", "domains",
          "coalesce(nv.new_domains, 0)", " em_fnum,",
          "top_domains, top_recipients"),
+    # personal addresses are EM-BSum-personal's: counted here too, one 6 MB mail to a new webmail
+    # domain would make two findings of one fact
     Rule("em_bsum", "EM-BSum", "em_bsum", "bytes", "",
-         "least(coalesce(nv.new_domain_bytes, 0), j.em_bsum)", " em_fnum,",
+         "least(coalesce(nv.new_domain_bytes - nv.new_personal_bytes, 0), j.em_bsum)", " em_fnum,",
          "largest_messages, top_domains, top_recipients"),
     Rule("em_bsum_personal", "EM-BSum-personal", "em_bsum_personal", "bytes", "",
          "least(coalesce(nv.new_personal_bytes, 0), j.em_bsum_personal)", " em_personal_fnum, em_bsum,",
