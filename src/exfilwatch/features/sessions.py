@@ -64,6 +64,13 @@ end, or — when input files arrived since for older days (late data) — from
 day on in one transaction. A change to the identities, domain lists or session settings, or
 input files removed since the last build (`ingest --replace`), rebuilds everything. Session keys are deterministic, so a rebuilt session keeps its key and a
 finding about it is not repeated.
+
+Engines
+-------
+The steps run on DuckDB (the reference) or, with `build_user_sessions(..., spark=session)`
+(`--engine spark`), on Spark over the same committed lake files: each step's DuckDB SQL goes
+through events.spark.SparkConnection, and `_dialect` picks Spark-ready SQL only where the two
+differ (`_asof`, `_local`, `_instant`). tests/test_spark_conformance.py requires the same rows.
 """
 
 from __future__ import annotations
