@@ -23,12 +23,13 @@ from typing import Any, Literal
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.findings.catchup import create_segments, judged_start, one_pass, segment_groups, segment_plan
+from exfilwatch.findings.catchup import (create_segments, judged_start, one_pass, segment_groups, segment_plan,
+                                        snapshot_with_daily_sums)
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
                                           referenced_columns, referenced_tables, resolve_parameters, run_window,
                                           snapshot_condition)
-from exfilwatch.detections.schedule import DuePlan, due_fires, set_watermark
+from exfilwatch.detections.schedule import DuePlan, due_fires, set_watermark, watermark
 from exfilwatch.detections.schema import Detection
 from exfilwatch.events.engine import expose_models, register_lake_views
 from exfilwatch.features.sessions import BuildReport, build_user_sessions
@@ -165,7 +166,8 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
               now: datetime, options: Options) -> DetectionRun:
     """Run one detection at each fire time since its watermark, oldest first, reading the lake once."""
     tz = settings.timezone
-    first, last = data_bounds(con, state, settings, detection.data_model)
+    first, last = data_bounds(con, state, settings, detection.data_model,
+                              need_first=options.since is None and watermark(state, detection.id) is None)
 
     def window_start(fire: datetime) -> datetime:
         return judged_start(detection, resolve_parameters(detection, settings, options.overrides,
@@ -179,21 +181,31 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
         params = [resolve_parameters(detection, settings, options.overrides, w) for w in windows]
         first_start = min(data_range(p)[0] for p in params)
         last_end = max(data_range(p)[1] for p in params)
-        register_lake_views(con, settings, state, first_start, last_end)
         model = get_model(detection.data_model)
         known = set(model.column_names) | {name for name, _ in model.enrichment} | {"_day"}
         sql = compiled_sql(detection)
         columns = sorted((referenced_columns(sql) & known) | {"_time"})
         condition = snapshot_condition(sql, model.name)
+        segments = segment_plan(sql, model.name) if options.catch_up == "one-pass" else None
+        if segments is None:
+            register_lake_views(con, settings, state, first_start, last_end)
+            expose_models(con, {model.name: (columns, first_start, last_end)}, condition)
+        else:  # the days before those the fires cut into come from stored daily sums
+            snapshot_with_daily_sums(con, state, settings, segments, model.name, columns, condition, params,
+                                     [judged_start(detection, p) for p in params], first_start, last_end)
         # A fire with no row where findings come from can be skipped only if the search reads no
         # other model and finds nothing without those rows (an aggregate without GROUP BY would
         # still return a row): asked once, of the last fire, without the rows it judges.
         last_fire = params[-1]
         without_judged = f"_time < TIMESTAMPTZ '{judged_start(detection, last_fire).isoformat()}'"
-        expose_models(con, {model.name: (columns, first_start, last_end)}, without_judged)
-        silent_when_empty = (referenced_tables(sql) & set(DATA_MODELS)) <= {model.name} and not execute(
-            con, detection, last_fire)
-        expose_models(con, {model.name: (columns, first_start, last_end)}, condition)
+        con.execute(f"ALTER TABLE temp.main.{model.name} RENAME TO _catch_up_snapshot")
+        con.execute(f"CREATE TEMP VIEW {model.name} AS SELECT * FROM _catch_up_snapshot WHERE {without_judged}")
+        try:
+            silent_when_empty = (referenced_tables(sql) & set(DATA_MODELS)) <= {model.name} and not execute(
+                con, detection, last_fire)
+        finally:
+            con.execute(f"DROP VIEW temp.main.{model.name}")
+            con.execute(f"ALTER TABLE temp.main._catch_up_snapshot RENAME TO {model.name}")
         hours = _hours_with_rows(con, model.name)
         due = [index for index, param in enumerate(params)
                if not silent_when_empty or _any_hour_in(hours, judged_start(detection, param), param["latest"])]

@@ -22,6 +22,7 @@ from sqlglot import exp
 from exfilwatch.config import Settings
 from exfilwatch.errors import ConfigError, EngineError
 from exfilwatch.events.engine import register_lake_views
+from exfilwatch.events.lake import parquet_source
 from exfilwatch.models import get_model
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import relative_time
@@ -215,10 +216,29 @@ def record_run(state: StateStore, detection: Detection, mode: str, window: RunWi
         return int(cursor.lastrowid)
 
 
-def data_bounds(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings,
-                model: str) -> tuple[datetime | None, datetime | None]:
-    """The first and last event time of a lake model (None, None when it holds nothing)."""
-    register_lake_views(con, settings, state)
-    first, last = con.execute(f"SELECT min(_time), max(_time) FROM lake.{get_model(model).name}").fetchall()[0]
-    return (first.astimezone(timezone.utc) if first is not None else None,
-            last.astimezone(timezone.utc) if last is not None else None)
+def data_bounds(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, model: str,
+                need_first: bool = True) -> tuple[datetime | None, datetime | None]:
+    """The first and last event time of a lake model (None, None when it holds nothing).
+
+    Partitions are UTC days of `_time`, so the first time is in the first partition and the last
+    in the last: only those files are read (and only the last's without `need_first`), so an
+    hourly run does not open the files of a 90-day history to learn where its data ends."""
+    data_model = get_model(model)
+    days = state.query("SELECT min(day) AS first, max(day) AS last FROM batch_files WHERE model = ? "
+                       "AND day GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]'", (data_model.name,))[0]
+    if days["last"] is None:
+        return None, None
+
+    def edge(aggregate: str, day: str) -> datetime | None:
+        files = state.lake_files(data_model.name, day, day)
+        value = con.execute(f"SELECT {aggregate}(_time) FROM ({parquet_source(data_model, files)})").fetchall()[0][0]
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    first = edge("min", days["first"]) if need_first else None
+    last = edge("max", days["last"])
+    if (need_first and first is None) or last is None:  # a partition of rows without a time: read them all
+        register_lake_views(con, settings, state)
+        low, high = con.execute(f"SELECT min(_time), max(_time) FROM lake.{data_model.name}").fetchall()[0]
+        first = low.astimezone(timezone.utc) if low is not None and need_first else None
+        last = high.astimezone(timezone.utc) if high is not None else None
+    return first, last

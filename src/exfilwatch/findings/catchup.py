@@ -20,7 +20,9 @@ never from a detection's id:
   the search runs unchanged over those segments: every comparison of `_time` with a parameter
   value is the same for every row of a segment, and a sum of sums is the sum. Fires are taken a
   day at a time (24 hourly fires), each group over segments cut only at its own parameter values,
-  so the days already complete collapse to one row per key and day.
+  so the days already complete collapse to one row per key and day. Those days' sums are kept
+  between runs (findings/dailysums.py, `snapshot_with_daily_sums`): a run reads from the lake only
+  the days its fires cut into, and the rest of the baseline from the stored sums.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ import duckdb
 from sqlglot import exp
 
 from exfilwatch.config import Settings
+from exfilwatch.events.engine import expose_models, register_lake_views
+from exfilwatch.findings import dailysums
 from exfilwatch.detections.runner import (compiled_sql, data_range, execute, resolve_parameters, run_window,
                                          single_model_select)
 from exfilwatch.detections.schedule import iter_fire_times
 from exfilwatch.detections.schema import Detection
 from exfilwatch.findings.record import Finding, findings_from_rows
+from exfilwatch.state import StateStore
 
 CHUNK_SPAN = timedelta(days=7)  # bounds the memory of a chunk's joins (sessions judged x their history)
 GROUP_FIRES = 24  # fires sharing one segment table: a day of hourly fires
@@ -212,3 +217,44 @@ def create_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, rows: str
         f"FROM {rows} r ASOF JOIN (SELECT unnest($cuts) AS cut) c ON r._time >= c.cut GROUP BY ALL",
         {"cuts": cuts},
     )
+
+
+def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, plan: SegmentPlan,
+                             model: str, columns: list[str], condition: str | None, params: list[dict[str, Any]],
+                             judged: list[datetime], start: datetime, end: datetime) -> None:
+    """Temp table `model`: the rows a catch-up of these fires reads, [start, end) — the lake's rows
+    from the first local midnight where a fire cuts inside a day (or judges, or a day is not
+    whole), stored daily sums before it (summed again from the lake first where stale).
+
+    Before returning, every whole day the last fire has finished judging is stored, so that the
+    next run reads it from here."""
+    tz = settings.timezone
+    definition = dailysums.definition_key(model, plan.keys, plan.aggregates, condition, settings)
+    cuts = {bound_value(b, p) for b in plan.bounds for p in params} | {start}
+    inside_days = [c for c in cuts if not dailysums.is_midnight(c, tz)]
+    horizon = max(start, dailysums.midnight_at_or_before(min([*inside_days, *judged, end]), tz))
+    keep_until = dailysums.midnight_at_or_before(min(judged[-1], end), tz)
+    whole = dailysums.local_days(start, max(horizon, keep_until), tz)
+    signature_of = dailysums.signatures(state, model, whole)
+    have = dailysums.stored(state, definition, signature_of)
+    current = {day for day, (signature, _path) in have.items() if signature == signature_of[day]}
+    summed = [d for d in whole if d[2] <= horizon]
+    stale = [d for d in summed if d[0] not in current]
+    if stale:  # read again from the lake only the days whose files changed (or never summed)
+        register_lake_views(con, settings, state, stale[0][1], stale[-1][2])
+        expose_models(con, {model: (columns, stale[0][1], stale[-1][2])}, condition)
+        dailysums.write_days(con, state, definition, model, plan.keys, plan.aggregates, _types(con, model), stale,
+                             signature_of, tz)
+    register_lake_views(con, settings, state, horizon, end)
+    expose_models(con, {model: (columns, horizon, end)}, condition)
+    finished = [d for d in whole if d[1] >= horizon and d[0] not in current]
+    dailysums.write_days(con, state, definition, model, plan.keys, plan.aggregates, _types(con, model), finished,
+                         signature_of, tz)
+    paths = dailysums.stored(state, definition, [d[0] for d in summed])
+    stored_sql = dailysums.read_sql([paths[d[0]][1] for d in summed])
+    if stored_sql:
+        con.execute(f"INSERT INTO temp.main.{model} BY NAME {stored_sql}")
+
+
+def _types(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    return {name: kind for name, kind, *_ in con.execute(f"DESCRIBE temp.main.{table}").fetchall()}

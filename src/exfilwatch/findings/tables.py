@@ -1,4 +1,5 @@
-"""The findings stage's tables in the state store: findings and their suppressions (see state.py, Schema).
+"""The findings stage's tables in the state store: findings and their suppressions (see state.py,
+Schema); since migration 2, the catch-up's stored daily sums (findings/dailysums.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,17 @@ CREATE TABLE IF NOT EXISTS finding_suppressions (
     finding_key TEXT PRIMARY KEY,        -- every finding once risk has seen it
     suppression_id TEXT,                 -- NULL = not suppressed
     decided_at TEXT NOT NULL             -- the run's now
+);
+""",
+    # findings/dailysums.py: one Parquet file of a day's sums per definition and local day, with
+    # the lake files it was summed from (their hash): another set of files means it is stale
+    """
+CREATE TABLE IF NOT EXISTS daily_sums (
+    definition TEXT NOT NULL,            -- hash of what is summed: model, keys, sums, condition, zone, inventory
+    day TEXT NOT NULL,                   -- the local day, ISO date
+    signature TEXT NOT NULL,             -- hash of the committed lake files the day was summed from
+    path TEXT NOT NULL,                  -- home-relative, like batch_files.path
+    PRIMARY KEY (definition, day)
 );
 """,
 ))
