@@ -36,6 +36,7 @@ LATE = (datetime(2026, 11, 2, 12, tzinfo=NY), datetime(2026, 11, 2, 18, tzinfo=N
 # Two session rules (the other two differ only in the feature they judge) and both network rules.
 CHOSEN = ("em_bsum", "em_bsum_personal", "email_servers_sending_high_volume_traffic_to_hosts",
           "hosts_receiving_high_volume_of_network_traffic_from_email_server")
+NETWORK = tuple(i for i in CHOSEN if not i.startswith("em_"))
 MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
                                       "Dec"), start=1)}
 
@@ -96,13 +97,13 @@ def ingest(home: Home, parts: dict[str, tuple[Path, Path]], which: int) -> None:
     ingest_paths([parts["conn"][which]], home, settings, source_name="zeek_conn")
 
 
-def schedule(home: Home, now: datetime, catch_up: str) -> pipeline.Result:
+def schedule(home: Home, now: datetime, catch_up: str, ids: tuple[str, ...] = CHOSEN) -> pipeline.Result:
     settings = load_settings(home)
     state = open_state(home)
     con = connect(settings)
     try:
         catalog = list(load_detections().values())
-        chosen = [d for d in catalog if d.id in CHOSEN]
+        chosen = [d for d in catalog if d.id in ids]
         return pipeline.run(con, state, settings, catalog, now,
                             pipeline.Options(detections=chosen, risk=False, deliver=False, catch_up=catch_up))
     finally:
@@ -160,6 +161,39 @@ def test_one_pass_and_per_fire_agree_over_gaps_dst_and_late_data(org):
         state.close()
     stored = sorted(f["finding_key"] for f in second["findings"] if f["finding_key"].startswith("em_"))
     assert sorted(f"{f.detection_id}|{f.user}|{f.session_id}" for f in replayed) == stored
+
+
+def test_the_hourly_run_reads_stored_daily_sums_and_no_old_flow(org):
+    """After a first run, the run a day later reads the network rules' baseline from the stored
+    daily sums: with the older flow files gone from the disk (still listed as committed, so any
+    read of them fails), it stores what the per-fire path stores with every file there."""
+    root, ds, parts = org
+    summed, reference = homes(root, ds.config, ["summed", "reference"])
+    last_day = datetime(END.year, END.month, END.day, tzinfo=NY)
+    for home, catch_up in ((summed, "one-pass"), (reference, "per-fire")):
+        ingest(home, parts, 0)
+        ingest(home, parts, 1)
+        schedule(home, last_day, catch_up, NETWORK)
+    assert recorded(summed) == recorded(reference)
+    state = open_state(summed)
+    try:
+        stored_days = {r["day"] for r in state.query("SELECT day FROM daily_sums")}
+        old = [r["path"] for r in state.query("SELECT path FROM batch_files WHERE model = 'network_traffic' AND day < ?",
+                                              ((last_day - timedelta(days=2)).date().isoformat(),))]
+    finally:
+        state.close()
+    assert (last_day - timedelta(days=2)).date().isoformat() in stored_days
+    assert len(old) > 10
+    gone = root / "gone"
+    for path in old:
+        (gone / path).parent.mkdir(parents=True, exist_ok=True)
+        (summed.root / path).rename(gone / path)
+    result = schedule(summed, last_day + timedelta(days=1), "one-pass", NETWORK)
+    schedule(reference, last_day + timedelta(days=1), "per-fire", NETWORK)
+    assert sum(r.fires for r in result.detections) >= 2 * 23
+    after = recorded(summed)
+    assert after == recorded(reference)
+    assert len(after["runs"]) > 0
 
 
 def test_judged_windows_are_chunked_only_while_windows_touch_and_offsets_hold():
