@@ -264,3 +264,14 @@ def test_run_names_the_catch_up_modes_when_given_another(tmp_path):
     assert process.returncode == 2
     assert "--catch-up 'fast': expected one-pass or per-fire" in process.stderr
     assert "Traceback" not in process.stderr
+
+
+def test_daily_sums_cover_whole_local_days_across_dst():
+    from exfilwatch.findings.dailysums import is_midnight, local_days
+
+    start = datetime(2026, 10, 31, 6, tzinfo=NY).astimezone(timezone.utc)  # inside 31 October: not whole
+    days = local_days(start, datetime(2026, 11, 3, tzinfo=NY).astimezone(timezone.utc), "America/New_York")
+    assert [d.isoformat() for d, _, _ in days] == ["2026-11-01", "2026-11-02"]
+    assert [(end - begin) for _, begin, end in days] == [timedelta(hours=25), timedelta(hours=24)]  # DST ends 1 Nov
+    assert all(is_midnight(begin, "America/New_York") for _, begin, _ in days)
+    assert not is_midnight(datetime(2026, 11, 1, tzinfo=timezone.utc), "America/New_York")

@@ -240,10 +240,10 @@ def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, 
     current = {day for day, (signature, _path) in have.items() if signature == signature_of[day]}
     summed = [d for d in whole if d[2] <= horizon]
     stale = [d for d in summed if d[0] not in current]
-    if stale:  # read again from the lake only the days whose files changed (or never summed)
-        register_lake_views(con, settings, state, stale[0][1], stale[-1][2])
-        expose_models(con, {model: (columns, stale[0][1], stale[-1][2])}, condition)
-        dailysums.write_days(con, state, definition, model, plan.keys, plan.aggregates, _types(con, model), stale,
+    for run in _consecutive(stale):  # read again from the lake only the days whose files changed (or never summed)
+        register_lake_views(con, settings, state, run[0][1], run[-1][2])
+        expose_models(con, {model: (columns, run[0][1], run[-1][2])}, condition)
+        dailysums.write_days(con, state, definition, model, plan.keys, plan.aggregates, _types(con, model), run,
                              signature_of, tz)
     register_lake_views(con, settings, state, horizon, end)
     expose_models(con, {model: (columns, horizon, end)}, condition)
@@ -254,6 +254,17 @@ def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, 
     stored_sql = dailysums.read_sql([paths[d[0]][1] for d in summed])
     if stored_sql:
         con.execute(f"INSERT INTO temp.main.{model} BY NAME {stored_sql}")
+
+
+def _consecutive(days: list[tuple[Any, datetime, datetime]]) -> list[list[tuple[Any, datetime, datetime]]]:
+    """Days in runs of touching days (a late file for one old day rereads that day only)."""
+    runs: list[list[tuple[Any, datetime, datetime]]] = []
+    for day in days:
+        if runs and runs[-1][-1][2] == day[1]:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return runs
 
 
 def _types(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
