@@ -46,6 +46,7 @@ Progress = Callable[[str, int, int], None]
 
 RISK_EVENTS = "risk_events"  # the view incident rules read, made from stored risk events
 DERIVED_MODELS = ("user_sessions",)  # lake models computed from other models before detections read them
+STATE_BATCH = 24  # fires whose runs, findings and watermark a catch-up writes in one transaction: a day of hourly fires
 
 
 @dataclass
@@ -215,15 +216,21 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
             found = ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
         else:
             found = _one_pass(con, detection, model.name, params, due, silent_when_empty, first_start, tz)
-        for done, (index, findings) in enumerate(found, start=1):
+        done = 0
+        for batch in _batched(found, STATE_BATCH):
+            # Each fire's run, findings and watermark as if it had run alone, a batch of fires per
+            # transaction: a killed run keeps whole fires, and the watermark is where they stop.
+            with state.atomic():
+                for index, findings in batch:
+                    run_id = record_run(state, detection, "schedule", windows[index], len(findings))
+                    stored = store_findings(state, findings, run_id)
+                    run.stored.added += stored.added
+                    run.stored.updated += stored.updated
+                    run.stored.unchanged += stored.unchanged
+                    run.findings.extend(findings)
+                    set_watermark(state, detection.id, windows[index].now)
+            done += len(batch)
             _report(options, detection.id, done, len(due))
-            run_id = record_run(state, detection, "schedule", windows[index], len(findings))
-            stored = store_findings(state, findings, run_id)
-            run.stored.added += stored.added
-            run.stored.updated += stored.updated
-            run.stored.unchanged += stored.unchanged
-            run.findings.extend(findings)
-            set_watermark(state, detection.id, windows[index].now)
         expose_models(con)
     if plan.last is not None:
         set_watermark(state, detection.id, plan.last)
@@ -256,6 +263,17 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
     finally:
         con.execute("DROP TABLE IF EXISTS temp.main._catch_up_rows")
         con.execute("DROP TABLE IF EXISTS temp.main._catch_up_segments")
+
+
+def _batched(items: Iterator[tuple[int, list[Finding]]], size: int) -> Iterator[list[tuple[int, list[Finding]]]]:
+    batch: list[tuple[int, list[Finding]]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _hours_with_rows(con: duckdb.DuckDBPyConnection, table: str) -> list[int]:

@@ -208,7 +208,7 @@ def execute(con: duckdb.DuckDBPyConnection, detection: Detection, params: dict[s
 
 
 def record_run(state: StateStore, detection: Detection, mode: str, window: RunWindow, count: int) -> int:
-    with state.transaction() as db:
+    with state.atomic() as db:
         cursor = db.execute(
             "INSERT INTO detection_runs (detection_id, mode, now, earliest, latest, findings) VALUES (?,?,?,?,?,?)",
             (detection.id, mode, window.now.isoformat(), window.earliest.isoformat(), window.latest.isoformat(), count),

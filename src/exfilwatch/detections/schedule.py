@@ -49,7 +49,7 @@ def watermark(state: StateStore, detection_id: str) -> datetime | None:
 
 
 def set_watermark(state: StateStore, detection_id: str, fire: datetime) -> None:
-    with state.transaction() as db:
+    with state.atomic() as db:
         db.execute("INSERT INTO watermarks VALUES (?, ?) ON CONFLICT(detection_id) DO UPDATE SET last_fire=excluded.last_fire",
                    (detection_id, fire.isoformat()))
 

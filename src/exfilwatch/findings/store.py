@@ -25,7 +25,7 @@ class StoreResult:
 
 def store_findings(state: StateStore, findings: list[Finding], run_id: int) -> StoreResult:
     result = StoreResult()
-    with state.transaction() as db:
+    with state.atomic() as db:  # a catch-up stores a day of fires in one transaction
         for finding in findings:
             existing = db.execute("SELECT value FROM findings WHERE finding_key = ?", (finding.key,)).fetchone()
             if existing is not None:
