@@ -275,3 +275,18 @@ def test_daily_sums_cover_whole_local_days_across_dst():
     assert [(end - begin) for _, begin, end in days] == [timedelta(hours=25), timedelta(hours=24)]  # DST ends 1 Nov
     assert all(is_midnight(begin, "America/New_York") for _, begin, _ in days)
     assert not is_midnight(datetime(2026, 11, 1, tzinfo=timezone.utc), "America/New_York")
+
+
+def test_daily_sums_are_summed_again_when_the_inventory_or_zone_changes():
+    from exfilwatch.config import parse_settings
+    from exfilwatch.findings.dailysums import definition_key
+
+    def key(**config):
+        settings = parse_settings({"timezone": "America/New_York",
+                                   "assets": [{"cidr": "10.10.0.0/28", "category": "email_server"}], **config}, "t")
+        return definition_key("network_traffic", ["src_ip", "dest_category"], {"bytes_in": "sum"},
+                              "(dest_category = 'email_server')", settings)
+
+    assert key() == key()
+    assert key() != key(assets=[{"cidr": "10.10.0.0/27", "category": "email_server"}])
+    assert key() != key(timezone="Europe/Paris")
