@@ -21,6 +21,7 @@ import typer
 from exfilwatch.cli.common import console, context, local_time
 from exfilwatch.detections.schedule import run_summary
 from exfilwatch.events.cursors import spool_position
+from exfilwatch.events.stats import source_totals
 from exfilwatch.homelock import lock_holder
 from exfilwatch.outputs.formats import print_table
 from exfilwatch.service.ingester import SPOOL
@@ -29,7 +30,6 @@ from exfilwatch.service.spool import FOLDER, SUFFIX
 
 ANNOUNCEMENT = "service.json"  # written by the running service (service/server.py)
 ASK_SECONDS = 3.0
-UNRECOGNISED = "(no source recognised)"  # the lake-by-source row of lines no source claimed
 
 commands = typer.Typer()
 
@@ -78,10 +78,7 @@ def status(ctx: typer.Context) -> None:
     console.print(said, markup=False, soft_wrap=True)
     if live is not None:
         print_live(live["metrics"])
-    sources = [dict(r) for r in state.query(
-        "SELECT source, count(*) AS batches, sum(lines) AS lines, sum(events) AS events, "
-        "sum(skipped) AS skipped, sum(quarantined) AS quarantined FROM batches GROUP BY source ORDER BY source")]
-    sources.extend(unrecognised_lines(state))
+    sources = source_totals(state, per_receiver=False)
     print_table(console, "lake by source", sources, ["source", "batches", "lines", "events", "skipped", "quarantined"])
     runs = [{"detection": detection_id, "last run": local_time(r["last_run"], c.settings.timezone),
              "runs": r["runs"], "findings": r["findings"]}
@@ -91,19 +88,6 @@ def status(ctx: typer.Context) -> None:
         "SELECT output, sum(status = 'pending') AS queued, sum(status = 'delivered') AS delivered "
         "FROM deliveries GROUP BY output ORDER BY output")]
     print_table(console, "outputs", queues, ["output", "queued", "delivered"])
-
-
-def unrecognised_lines(state) -> list[dict]:  # noqa: ANN001
-    """The row of the lake-by-source table for lines that no source recognised (an `auto` listener's
-    lines whose program tag names no product): quarantined by the service in batches of their own,
-    with no lake batch (service/ingester.py); none when there are none."""
-    row = state.query(
-        "SELECT count(DISTINCT batch_id) AS batches, count(*) AS lines FROM quarantine q "
-        "WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.batch_id = q.batch_id)")[0]
-    if not row["lines"]:
-        return []
-    return [{"source": UNRECOGNISED, "batches": row["batches"], "lines": row["lines"], "events": 0, "skipped": 0,
-             "quarantined": row["lines"]}]
 
 
 def ask_service(root, pid: str | None) -> tuple[dict | None, str]:  # noqa: ANN001

@@ -124,6 +124,11 @@ def remove_superseded(state: StateStore) -> int:
     return removed
 
 
+def path_list_sql(paths: list[str]) -> str:
+    """SQL: a list literal of file paths, for read_parquet."""
+    return "[" + ", ".join("'" + path.replace("'", "''") + "'" for path in paths) + "]"
+
+
 def parquet_source(model: DataModel, files: list[str]) -> str:
     """SQL for the model's stored columns over the given files (the empty schema when none).
 
@@ -133,9 +138,9 @@ def parquet_source(model: DataModel, files: list[str]) -> str:
     are read plainly."""
     if not files:
         return model.empty_select()
-    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    listed = path_list_sql(files)
     columns = ", ".join(f'"{name}"' for name in model.column_names)
     if not model.added_columns:
-        return f"SELECT {columns} FROM read_parquet([{listed}])"
-    return (f"SELECT {columns} FROM (SELECT * FROM read_parquet([{listed}], union_by_name = true) "
+        return f"SELECT {columns} FROM read_parquet({listed})"
+    return (f"SELECT {columns} FROM (SELECT * FROM read_parquet({listed}, union_by_name = true) "
             f"UNION ALL BY NAME {model.empty_select()})")

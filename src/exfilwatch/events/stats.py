@@ -14,12 +14,26 @@ from zoneinfo import ZoneInfo
 from exfilwatch.state import StateStore
 
 
-def source_totals(state: StateStore) -> list[dict[str, Any]]:
-    """Per source and receiver: batches, lines read, events written, lines skipped and quarantined."""
-    return [dict(row) for row in state.query(
-        "SELECT source, receiver, count(*) AS batches, sum(lines) AS lines, sum(events) AS events, "
-        "sum(skipped) AS skipped, sum(quarantined) AS quarantined FROM batches "
-        "GROUP BY source, receiver ORDER BY source, receiver")]
+UNRECOGNISED = "(no source recognised)"  # the row of lines no source claimed
+
+
+def source_totals(state: StateStore, per_receiver: bool = True) -> list[dict[str, Any]]:
+    """Per source (and receiver): batches, lines read, events written, lines skipped and
+    quarantined; then a row for the lines no source recognised (an `auto` listener's lines whose
+    program tag names no product: the service quarantines them in batches of their own, with no
+    lake batch, service/ingester.py), when there are any."""
+    group = "source, receiver" if per_receiver else "source"
+    rows = [dict(row) for row in state.query(
+        f"SELECT {group}, count(*) AS batches, sum(lines) AS lines, sum(events) AS events, "
+        f"sum(skipped) AS skipped, sum(quarantined) AS quarantined FROM batches GROUP BY {group} ORDER BY {group}")]
+    unclaimed = state.query(
+        "SELECT count(DISTINCT batch_id) AS batches, count(*) AS lines FROM quarantine q "
+        "WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.batch_id = q.batch_id)")[0]
+    if unclaimed["lines"]:
+        rows.append({"source": UNRECOGNISED, **({"receiver": ""} if per_receiver else {}),
+                     "batches": unclaimed["batches"], "lines": unclaimed["lines"], "events": 0, "skipped": 0,
+                     "quarantined": unclaimed["lines"]})
+    return rows
 
 
 def lines_per_day(state: StateStore, timezone: str = "UTC") -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ import duckdb
 
 from exfilwatch.config import Settings
 from exfilwatch.events.engine import local_day_sql
+from exfilwatch.events.lake import path_list_sql
 from exfilwatch.state import StateStore
 
 FOLDER = "daily_sums"
@@ -149,5 +150,4 @@ def read_sql(paths: list[str]) -> str | None:
     """SQL over stored days' files (None when there is none)."""
     if not paths:
         return None
-    listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-    return f"SELECT * FROM read_parquet([{listed}])"
+    return f"SELECT * FROM read_parquet({path_list_sql(paths)})"

@@ -422,13 +422,12 @@ def create_app(home: Home, settings: Settings, catalog: dict[str, Detection], no
         per_day: dict[str, Counter[str]] = defaultdict(Counter)
         for f in query_findings(state, suppressed=None):
             per_day[f["detection_id"]][_local_day(f["time"], tz)] += 1
-        outcomes = {detection_id: Counter(counts)
-                    for detection_id, counts in workflow.dispositions_by_detection(state).items()}
+        outcomes = workflow.dispositions_by_detection(state)
         out = []
         for d in sorted(catalog.values(), key=lambda d: d.id):
             run = runs.get(d.id, {})
             mark = as_time(run.get("watermark"))
-            outcome = outcomes.get(d.id, Counter())
+            outcome = Counter(outcomes.get(d.id, {}))
             closed = sum(outcome.values())
             true = outcome["true_positive"] + outcome["benign_true_positive"]
             out.append({"detection": d, "enabled": d.id not in disabled, "run": run,
