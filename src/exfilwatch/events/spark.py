@@ -17,8 +17,6 @@ PySpark is an optional dependency (`pip install exfilwatch[spark]`, Java 17+).
 
 from __future__ import annotations
 
-from exfilwatch.errors import UsageError
-
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +26,7 @@ from sqlglot import exp
 
 from exfilwatch.config import Settings, memory_bytes
 from exfilwatch.events.engine import connect, register_lake_views, sent_by_user_sources
+from exfilwatch.errors import UsageError
 from exfilwatch.events.tables import LAKE
 from exfilwatch.models import DATA_MODELS, EMAIL
 from exfilwatch.sources.mailcommon import query_time_columns
