@@ -33,8 +33,9 @@ def pulse_login(user: str, second: int = 0, session: int = 1) -> str:
             f"Pulse Secure/9.1.15.8591.")
 
 
-def postfix_lines(qid: str, sender: str = "alice@corp.example", rcpt: str = "bob@gmail.com") -> list[str]:
-    head = "2026-09-25T09:06:40.000000-04:00 mail01"
+def postfix_lines(qid: str, sender: str = "alice@corp.example", rcpt: str = "bob@gmail.com",
+                  host: str = "mail01") -> list[str]:
+    head = f"2026-09-25T09:06:40.000000-04:00 {host}"
     return [
         f"{head} postfix/submission/smtpd[2101]: {qid}: client=unknown[10.200.0.120], sasl_method=PLAIN, "
         "sasl_username=alice",

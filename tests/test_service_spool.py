@@ -76,3 +76,33 @@ def test_a_backlog_is_committed_in_batches_as_large_as_max_bytes_allows(tmp_path
     users = committed_users(tmp_path)
     assert sorted(users) == sorted([f"u{p}-{i}" for p in range(4) for i in range(10)] + ["big"] +
                                    [f"late{i}" for i in range(30)])
+
+
+def test_one_parse_per_source_for_many_peers_keeps_each_mail_servers_messages_apart(tmp_path):
+    """Two mail servers send interleaved lines of messages with the same queue id, through one
+    listener, into one batch: it is one Postfix parse (one lake batch), yet each message is joined
+    from its own server's lines only, and raw_ref and quarantine name the peer a line came from and
+    its number among that peer's lines."""
+    import sqlite3
+
+    from tests.servicekit import committed_rows
+
+    home = Home(tmp_path, tmp_path / "config.yaml")
+    first = postfix_lines("4C5D6E7F80", sender="a@corp.example", rcpt="x@gmail.com", host="mx-a")
+    second = postfix_lines("4C5D6E7F80", sender="b@corp.example", rcpt="y@yahoo.com", host="mx-b")
+    second.insert(2, "2026-09-25T09:06:40.000000-04:00 mx-b postfix/qmgr[2103]: 4C5D6E7F80: from=<broken")
+    with open_target(home, Settings()) as target:
+        spool = Spool(tmp_path / "spool", 0)
+        for a, b in zip(first + [None], second):  # one record at a time, alternating peers
+            if a is not None:
+                spool.append(encode_many("auto", "tcp:1@10.0.0.1", 1790000000.0, [a.encode()]))
+            spool.append(encode_many("auto", "tcp:1@10.0.0.2", 1790000000.0, [b.encode()]))
+        assert Ingester(target, spool).batch().records == 11
+        spool.close()
+    rows = sorted(committed_rows(tmp_path, "email", "src_user, recipient, raw_ref"))
+    assert rows == [("a@corp.example", ["x@gmail.com"], "tcp:1@10.0.0.1@0:3"),
+                    ("b@corp.example", ["y@yahoo.com"], "tcp:1@10.0.0.2@0:4")]
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    assert db.execute("SELECT source, receiver, lines FROM batches").fetchall() == [("postfix", "tcp:1", 11)]
+    assert db.execute("SELECT file, line_no FROM quarantine").fetchall() == [("tcp:1@10.0.0.2@0", 3)]
+    db.close()

@@ -94,6 +94,40 @@ def test_one_auto_port_takes_pulse_and_postfix_and_quarantines_the_rest_with_the
     assert any("postfix" in line for line in table)
 
 
+def test_two_mail_servers_with_the_same_queue_ids_on_one_port_each_get_their_own_messages(served):
+    """Two peers send interleaved Postfix lines of messages with the same queue ids while the
+    service is stopped, so that one batch takes both (one parse for both peers): each message is
+    joined from its own server's lines, and raw_ref names the peer that sent its `from=` line."""
+    port = served.port("tcp:0")
+    mails = {peer: postfix_lines("6A7B8C9D0E", sender=f"peer{peer}@corp.example", rcpt=f"r{peer}@gmail.com",
+                                 host=f"mx{peer}") + postfix_lines("6A7B8C9D0F", sender=f"more{peer}@corp.example",
+                                                                   host=f"mx{peer}")
+             for peer in (1, 2)}
+    connections = {peer: socket.create_connection(("127.0.0.1", port), timeout=10,
+                                                  source_address=(f"127.0.0.{peer}", 0)) for peer in (1, 2)}
+    served.process.send_signal(signal.SIGSTOP)
+    try:
+        for one, two in zip(mails[1], mails[2]):
+            connections[1].sendall((one + "\n").encode())
+            connections[2].sendall((two + "\n").encode())
+    finally:
+        served.process.send_signal(signal.SIGCONT)
+        for connection in connections.values():
+            connection.close()
+    senders = {f"{who}{peer}@corp.example" for who in ("peer", "more") for peer in (1, 2)}
+
+    def theirs() -> list[tuple] | None:
+        rows = sorted(r for r in committed_rows(served.home, "email", "src_user, recipient, raw_ref") if r[0] in senders)
+        return rows if len(rows) == 4 else None
+
+    rows = wait_for(theirs)
+    assert [(sender, recipient) for sender, recipient, _ in rows] == [
+        ("more1@corp.example", ["bob@gmail.com"]), ("more2@corp.example", ["bob@gmail.com"]),
+        ("peer1@corp.example", ["r1@gmail.com"]), ("peer2@corp.example", ["r2@gmail.com"])]
+    for sender, _, raw_ref in rows:
+        assert re.fullmatch(rf"tcp:{port}@127\.0\.0\.{sender.split('@')[0][-1]}@\d+:\d+", raw_ref), raw_ref
+
+
 def test_framing_tells_a_count_from_a_line_starting_with_digits():
     framer = Framer()
     stream = b"5 hello3 abc2026-01-01T00:00:00Z host x\r\n2"

@@ -4,6 +4,8 @@
 gives:
 
 * `name` and `first_line`: the origin shown in `raw_ref` and quarantine (`<name>:<line>`);
+  `line_origins`, when a batch holds lines of several origins (a listener's peers), the origin of
+  each run of its lines instead (sources.base.ParseContext.line_origins);
 * `receiver`: the file or listener the lines came through, the same for every batch of it (a
   spool batch's `name` also says where in the spool it starts); the Sources page counts by it;
 * `batch_key`: the batch's identity among all batches of this origin, the same when the same
@@ -39,6 +41,10 @@ class Cursor(Protocol):
         """The file or listener the lines came through, the same for each of its batches."""
 
     @property
+    def line_origins(self) -> Sequence[tuple[int, str]]:
+        """(first line number, origin) of each run of lines from one origin; empty: all are `name`'s."""
+
+    @property
     def batch_key(self) -> str:
         """Identifies the batch within its origin; stable when the same lines are read again."""
 
@@ -69,6 +75,10 @@ class StreamCursor:
         return self.name
 
     @property
+    def line_origins(self) -> tuple[tuple[int, str], ...]:
+        return ()
+
+    @property
     def batch_key(self) -> str:
         origin = hashlib.sha256(self.name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         received = self.received_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
@@ -84,22 +94,35 @@ class StreamCursor:
 
 @dataclass(frozen=True)
 class SpoolCursor:
-    """Part of a batch of spool records [start, end): the lines of one source from one origin.
+    """Part of a batch of spool records [start, end): the lines of one source from one origin (a
+    listener), parsed together whichever of its peers sent them.
 
     A batch of a spool may hold several sources, each committed by its own `ingest_lines`. Every
     part records `end` as the batch's pending end, and the last part moves the position to it;
     after a crash between parts, the replay cuts the same batch again (`pending_end`) and the
     parts already committed are replaced (same `batch_key`), so no line is stored twice.
+    `peers` names the sender of each run of the lines, in order (`<listener>@<peer address>` and
+    the number of lines): raw_ref and quarantine show a line's own peer and its number among that
+    peer's lines of the batch.
     """
 
     spool: str
-    origin: str  # the listener and peer, or the HEC client: raw_ref and quarantine show it
+    origin: str  # the listener (or the listener and peer, or the HEC client), the receiver counted
     start: int
     end: int
     last: bool
     received_at: datetime
     first_line: int = 1
     header_lines: tuple[str, ...] = ()
+    peers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def line_origins(self) -> tuple[tuple[int, str], ...]:
+        runs, first = [], self.first_line
+        for peer, lines in self.peers:
+            runs.append((first, f"{peer}@{self.start}"))
+            first += lines
+        return tuple(runs)
 
     @property
     def name(self) -> str:

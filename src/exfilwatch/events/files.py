@@ -66,6 +66,10 @@ class FileCursor:
         return self.name
 
     @property
+    def line_origins(self) -> tuple[tuple[int, str], ...]:
+        return ()
+
+    @property
     def batch_key(self) -> str:
         return f"{self.fingerprint.split(':')[1][:16]}-{self.first_line}"
 

@@ -42,7 +42,8 @@ from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.homelock import writing
 from exfilwatch.models import ORIGIN, DataModel
 from exfilwatch.sources import ParseContext, Source, UnknownFormatError, detect_source, get_source
-from exfilwatch.sources.base import ParsedBatch, sql_string, unwrap_splunk_export, unwrap_splunk_export_sql
+from exfilwatch.sources.base import (ParsedBatch, line_origin_sql, raw_ref_sql, unwrap_splunk_export,
+                                     unwrap_splunk_export_sql)
 from exfilwatch.sources.state import StoredSourceState
 from exfilwatch.sources.tables import SCHEMA as SOURCE_TABLES
 from exfilwatch.state import StateStore
@@ -199,17 +200,14 @@ def cap_long_fields(con: duckdb.DuckDBPyConnection, model: DataModel, events: st
     return f"(SELECT {listed} FROM {events})", [note]
 
 
-def with_origins(events: str, origins: pa.Array | pa.ChunkedArray | None, origin_prefix: str) -> str:
+def with_origins(events: str, origins: pa.Array | pa.ChunkedArray | None, ctx: ParseContext) -> str:
     """The relation `events` with the model's `origin` column: each event gets the origin of the
-    line its `raw_ref` names (`<origin>:<line_no>`), null when there are none (files, syslog) or
-    its line was in an earlier batch (a Postfix message completed now)."""
+    line its `raw_ref` names, null when there are none (files, syslog) or its line was in an
+    earlier batch (a Postfix message completed now)."""
     if origins is None or origins.null_count == len(origins):
         return f"(SELECT *, CAST(NULL AS VARCHAR) AS {ORIGIN[0]} FROM {events})"
-    prefix = sql_string(origin_prefix)
-    line_no = (f"CASE WHEN starts_with(e.raw_ref, {prefix}) "
-               f"THEN TRY_CAST(substr(e.raw_ref, {len(origin_prefix) + 1}) AS BIGINT) END")
-    return (f"(SELECT e.*, o.{ORIGIN[0]} FROM {events} e "
-            f"LEFT JOIN (SELECT line_no, {ORIGIN[0]} FROM raw_lines_arrow) o ON o.line_no = {line_no})")
+    return (f"(SELECT e.*, o.{ORIGIN[0]} FROM {events} e LEFT JOIN (SELECT {raw_ref_sql(ctx)} AS raw_ref, "
+            f"{ORIGIN[0]} FROM raw_lines_arrow WHERE {ORIGIN[0]} IS NOT NULL) o ON o.raw_ref = e.raw_ref)")
 
 
 def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[str], cursor: Cursor,
@@ -230,7 +228,8 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
         year = reference_time.year
     source_state = StoredSourceState(state, batch_id)
     header_lines = [unwrap_splunk_export(line) for line in cursor.header_lines]
-    ctx = ParseContext(origin=cursor.name, settings=target.settings, header_lines=header_lines,
+    ctx = ParseContext(origin=cursor.name, line_origins=cursor.line_origins, settings=target.settings,
+                       header_lines=header_lines,
                        source_tz=options.source_tz or target.settings.timezone, year=year,
                        reference_time=reference_time, state=source_state, mapping=options.mapping)
     if origins is None or isinstance(origins, (pa.Array, pa.ChunkedArray)):
@@ -260,11 +259,12 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
     skipped = con.execute(
         "SELECT reason, count(*) FROM batch_outcomes WHERE outcome = 'skipped' GROUP BY reason"
     ).fetchall()
+    line_origin, line_number = line_origin_sql(ctx, "o.line_no")
     quarantined = con.execute(
-        f"""SELECT o.line_no, o.reason, left(r.line, {RAW_LINE_LIMIT}) FROM batch_outcomes o
+        f"""SELECT {line_origin}, {line_number}, o.reason, left(r.line, {RAW_LINE_LIMIT}) FROM batch_outcomes o
             JOIN raw_lines r USING (line_no) WHERE o.outcome = 'quarantined' ORDER BY o.line_no"""
     ).fetchall()
-    events = with_origins(parsed.events, origin_array, ctx.origin + ":")
+    events = with_origins(parsed.events, origin_array, ctx)
     events_relation, cap_notes = cap_long_fields(con, source.data_model, events)
     files = write_batch(con, target.home.lake, source.data_model, batch_id, events_relation)
     events = sum(f.rows for f in files)
@@ -290,7 +290,7 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
         )
         db.executemany(
             "INSERT INTO quarantine (batch_id, source, file, line_no, reason, raw) VALUES (?,?,?,?,?,?)",
-            [(batch_id, source.name, cursor.name, line, reason, raw) for line, reason, raw in quarantined],
+            [(batch_id, source.name, origin, line, reason, raw) for origin, line, reason, raw in quarantined],
         )
         db.executemany("INSERT INTO skipped VALUES (?,?,?)", [(batch_id, kind, n) for kind, n in skipped])
         db.executemany("INSERT OR IGNORE INTO lake_addresses VALUES (?)", addresses)

@@ -3,10 +3,12 @@
 `Ingester.batch()` reads every record waiting after the committed position (up to `BATCH_BYTES`
 of spool, as `ingest` reads a file in chunks of that size: a service that fell behind catches
 up in few large batches, each paying the sources' fixed cost of a parse once), routes each
-(`auto` by its syslog program tag), and commits one `ingest_lines` per source and origin with a
-`SpoolCursor`; lines no source claims are quarantined with their origin (the peer address) and
-the reason, in a transaction of their own that is replaced if the batch is replayed. When the
-last part commits, the spool position moves past the batch and HEC acknowledgements up to it
+(`auto` by its syslog program tag), and commits one `ingest_lines` per source and listener with
+a `SpoolCursor`, however many peers sent the lines (a parse has a fixed cost: paid once per
+batch, not once per peer; raw_ref and quarantine still name each line's peer, and the sources
+join lines per host, never across hosts); lines no source claims are quarantined with their
+origin (the peer address) and the reason, in a transaction of their own that is replaced if the
+batch is replayed. When the last part commits, the spool position moves past the batch and HEC acknowledgements up to it
 turn true. It runs on the service's one worker thread (DuckDB and SQLite work blocks).
 """
 
@@ -40,11 +42,6 @@ class BatchOutcome:
     unrouted: int = 0
 
 
-def listener_of(origin: str) -> str:
-    """`tcp:5514` of the origin `tcp:5514@10.0.0.5` (metrics are per listener; peers have their own)."""
-    return origin.split("@", 1)[0]
-
-
 class Ingester:
     def __init__(self, target: IngestTarget, spool: Spool, max_bytes: int = BATCH_BYTES):
         self.target = target
@@ -71,9 +68,8 @@ class Ingester:
         routed = pc.is_valid(table["route"])
         unrouted = table.filter(pc.invert(routed)).select(["origin", "end", "line"]).to_pylist()
         table = table.filter(routed)
-        keys = pc.binary_join_element_wise(table["route"], table["origin"], pa.scalar("\x1f", pa.large_string()))
-        groups = pc.unique(keys).to_pylist()
         outcome = BatchOutcome(records=len(unrouted) + table.num_rows, seconds=0.0, unrouted=len(unrouted))
+        parts = source_parts(table)
         state = self.target.state
         with state.transaction() as db:
             unrouted_id = f"{UNROUTED}-{SPOOL}-{start}-{end}"
@@ -82,25 +78,47 @@ class Ingester:
                 "INSERT INTO quarantine (batch_id, source, file, line_no, reason, raw) VALUES (?,?,?,?,?,?)",
                 [(unrouted_id, "auto", r["origin"], r["end"], f"no source recognises this line (from {r['origin']})",
                   r["line"][:RAW_LINE_LIMIT]) for r in unrouted])
-            if groups:
+            if parts:
                 commit_spool_position(db, SPOOL, None, end)
             else:
                 commit_spool_position(db, SPOOL, end, end)
-        for i, key in enumerate(groups):
-            name, origin = key.split("\x1f", 1)
-            part = table.filter(pc.equal(keys, key)) if len(groups) > 1 else table
+        for i, (name, listener, part, peers) in enumerate(parts):
             received = datetime.fromtimestamp(pc.max(part["received"]).as_py(), timezone.utc)
-            cursor = SpoolCursor(SPOOL, origin, start, end, last=i == len(groups) - 1, received_at=received)
+            cursor = SpoolCursor(SPOOL, listener, start, end, last=i == len(parts) - 1, received_at=received,
+                                 peers=peers)
             meta = part["meta"]
             origins = pc.if_else(pc.equal(meta, ""), None, meta) if pc.any(pc.not_equal(meta, "")).as_py() else None
             report = ingest_lines(get_source(name), part["line"], cursor, self.target, origins=origins)
-            outcome.reports[f"{name}\x1f{listener_of(origin)}"] = report
-            outcome.per_source[(name, listener_of(origin))] += part.num_rows
+            outcome.reports[f"{name}\x1f{listener}"] = report
+            outcome.per_source[(name, listener)] += part.num_rows
         self.committed = self._pending_end = end
         self.depth = max(0, self.depth - outcome.records)
         self.spool.release(end)
         outcome.seconds = time.perf_counter() - started
         return outcome
+
+
+def source_parts(table: pa.Table) -> list[tuple[str, str, pa.Table, tuple[tuple[str, int], ...]]]:
+    """The routed records cut into one part per source and listener, each parsed in one pass:
+    (source, listener, its records with each peer's together in the order received, and the
+    peers with their number of lines, in that order). The cut depends only on the records, so a
+    batch replayed after a crash is cut the same way."""
+    if table.num_rows == 0:
+        return []
+    listener = pc.replace_substring_regex(table["origin"], "@.*", "", max_replacements=1)
+    keys = pc.binary_join_element_wise(table["route"], listener, pa.scalar("\x1f", pa.large_string()))
+    # a stable sort: a peer's lines keep their order, which sources that join lines rely on
+    order = pc.sort_indices(pa.table({"key": keys, "origin": table["origin"]}),
+                            sort_keys=[("key", "ascending"), ("origin", "ascending")])
+    table, keys = table.take(order), keys.take(order)
+    parts, first = [], 0
+    for counted in pc.value_counts(keys).to_pylist():  # in order of first appearance: sorted
+        name, listener_name = counted["values"].split("\x1f", 1)
+        part = table.slice(first, counted["counts"])
+        peers = tuple((c["values"], c["counts"]) for c in pc.value_counts(part["origin"]).to_pylist())
+        parts.append((name, listener_name, part, peers))
+        first += counted["counts"]
+    return parts
 
 
 def routes(table: pa.Table) -> pa.ChunkedArray:

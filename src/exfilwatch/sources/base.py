@@ -41,6 +41,11 @@ class ParseContext:
 
     origin: str  # where the lines came from, as shown in raw_ref and messages: a file, `syslog:udp/127.0.0.1:5514`
     settings: Settings
+    # Lines of several origins in one batch (a listener's lines from many peers, parsed in one
+    # pass): the first line_no of each origin's run of lines, in line order, and its name. A line's
+    # raw_ref then names its own origin and its number among that origin's lines; empty: every
+    # line is of `origin`, numbered by line_no.
+    line_origins: Sequence[tuple[int, str]] = ()
     # Lines that declare a format's columns (Exchange `#Fields:`, Zeek `#fields`, a CSV header):
     # a file's first lines; the header lines a receiver saw.
     header_lines: Sequence[str] = ()
@@ -114,7 +119,29 @@ def blank_sql(line: str = "line") -> str:
 
 
 def raw_ref_sql(ctx: ParseContext, line_no: str = "line_no") -> str:
-    return f"{sql_string(ctx.origin + ':')} || CAST({line_no} AS VARCHAR)"
+    """SQL: `<origin>:<line>` of the line numbered `line_no` (see `ParseContext.line_origins`)."""
+    name, number = line_origin_sql(ctx, line_no)
+    return f"{name} || ':' || CAST({number} AS VARCHAR)"
+
+
+def line_origin_sql(ctx: ParseContext, line_no: str = "line_no") -> tuple[str, str]:
+    """SQL: the origin of the line numbered `line_no`, and its number among that origin's lines.
+
+    With several origins a line's run is found by a balanced tree of comparisons, so a batch from
+    hundreds of peers costs each row a handful of them, not one per peer."""
+    runs = list(ctx.line_origins)
+    if not runs:
+        return sql_string(ctx.origin), line_no
+
+    def pick(low: int, high: int, leaf) -> str:
+        if high - low == 1:
+            return leaf(*runs[low])
+        middle = (low + high) // 2
+        return (f"CASE WHEN {line_no} < {runs[middle][0]} THEN {pick(low, middle, leaf)} "
+                f"ELSE {pick(middle, high, leaf)} END")
+
+    return (pick(0, len(runs), lambda first, name: sql_string(name)),
+            pick(0, len(runs), lambda first, name: f"({line_no} - {first - 1})"))
 
 
 def epoch_sql(seconds: str) -> str:

@@ -517,7 +517,7 @@ class M365TraceJSON:
             bad = con.execute("SELECT count(*), arg_min(reason, idx) FROM m365j_rows WHERE reason IS NOT NULL").fetchall()[0]
             if bad[0]:
                 note = f"m365 trace: {bad[0]} records of the JSON document left out, the first: {bad[1]}"
-        ref = f"{sql_string(ctx.origin + ':')} || CAST(line_no AS VARCHAR) || '#' || CAST(idx AS VARCHAR)"
+        ref = f"{raw_ref_sql(ctx)} || '#' || CAST(idx AS VARCHAR)"
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE m365j_groups AS
             {_m365_groups_sql(ctx, f"(SELECT *, {ref} AS raw_ref, {{'t': _t, 'l': line_no, 'i': idx}} AS o FROM ({good}))")}

@@ -48,7 +48,7 @@ import re
 import duckdb
 
 from exfilwatch.models import EMAIL
-from exfilwatch.sources.base import ParseContext, ParsedBatch, sql_string
+from exfilwatch.sources.base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
 from exfilwatch.sources.mailcommon import direction_notes, email_select, install_macros
 from exfilwatch.sources.state import PENDING_COLUMNS, pending_mail_table
 from exfilwatch.sources.syslog_header import yearless_time_sql
@@ -365,7 +365,7 @@ class Postfix:
         con.unregister("pf_pending_arrow")
 
     def _join(self, con: duckdb.DuckDBPyConnection, ctx: ParseContext) -> None:
-        file_prefix = sql_string(ctx.origin + ':')
+        first_ref = raw_ref_sql(ctx, "coalesce(from_ref, first_ref).l")
         con.execute(f"""
             -- Segments: a message ends at its `removed` (or reject) line. Lines are ordered by time,
             -- then arrival (o). Most queue ids have at most one such line: their segment is found
@@ -470,7 +470,7 @@ class Postfix:
                 CASE WHEN coalesce(len(delivered), 0) = 0 AND NOT has_reject AND coalesce(len(hops), 0) > 0 THEN 'email-relay' END
                     AS event_type_override,
                 coalesce(coalesce(from_ref, first_ref).r,
-                         {file_prefix} || CAST(coalesce(from_ref, first_ref).l AS VARCHAR)) AS raw_ref
+                         {first_ref}) AS raw_ref
             FROM m
         """)
 
@@ -502,7 +502,7 @@ class Postfix:
             return
         names = [name for name, _ in PENDING_COLUMNS]
         special = {"time": "epoch_us(r.t)", "key": "r.host || '|' || r.queue_id",
-                   "raw_ref": f"coalesce(r.raw_ref, {sql_string(ctx.origin + ':')} || CAST(r.ref_line AS VARCHAR))"}
+                   "raw_ref": f"coalesce(r.raw_ref, {raw_ref_sql(ctx, 'r.ref_line')})"}
         selected = ", ".join(special.get(n, f"r.{n}") for n in names)
         new_rows = con.execute(f"""
             SELECT {selected} FROM pf_segs r JOIN pf_messages m USING (kh, seg)
