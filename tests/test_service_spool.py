@@ -47,6 +47,19 @@ def test_auto_routes_a_column_of_lines_as_each_line():
     assert routed.to_pylist()[0] == "pulse_secure" and routed.to_pylist()[-1] == "postfix"
 
 
+@pytest.mark.parametrize("line, source", [
+    ("<13>Oct 11 22:14:15 vpn01 pulsesecure: x", "pulse_secure"),  # the product names in any case
+    ("2026-09-25T09:00:00-04:00 vpn01 IVE[12]: x", "pulse_secure"),
+    ("2026-09-25T09:00:00-04:00 vpn01 IVEX: x", None),  # another program whose name starts alike
+    ("Oct 11 22:14:15 mail01 postfix: x", "postfix"),
+    ("Oct 11 22:14:15 mail01 postfix-script[7]: x", None),
+    ("<14>1 2026-03-03T09:15:07.120+01:00 srx01 RT_FLOW_SESSION_CREATE x", "srx_flow"),
+])
+def test_auto_routes_by_the_whole_program_tag(line, source):
+    assert route_syslog_line(line) == source
+    assert route_syslog_lines(pa.array([line], pa.large_string())).to_pylist() == [source]
+
+
 @pytest.mark.parametrize("segment_requests", [100, 3])
 def test_a_backlog_is_committed_in_batches_as_large_as_max_bytes_allows(tmp_path, monkeypatch, segment_requests):
     """However many records wait, a batch takes all of them up to `max_bytes` of spool (across
