@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -102,23 +103,40 @@ def source_parts(table: pa.Table) -> list[tuple[str, str, pa.Table, tuple[tuple[
     """The routed records cut into one part per source and listener, each parsed in one pass:
     (source, listener, its records with each peer's together in the order received, and the
     peers with their number of lines, in that order). The cut depends only on the records, so a
-    batch replayed after a crash is cut the same way."""
+    batch replayed after a crash is cut the same way.
+
+    Records are grouped by small integer codes (the batch's few sources and origins), never by
+    sorting their text, and taken in that order only when they are not in it already (one
+    source from one peer: the records as they are)."""
     if table.num_rows == 0:
         return []
-    listener = pc.replace_substring_regex(table["origin"], "@.*", "", max_replacements=1)
-    keys = pc.binary_join_element_wise(table["route"], listener, pa.scalar("\x1f", pa.large_string()))
-    # a stable sort: a peer's lines keep their order, which sources that join lines rely on
-    order = pc.sort_indices(pa.table({"key": keys, "origin": table["origin"]}),
-                            sort_keys=[("key", "ascending"), ("origin", "ascending")])
-    table, keys = table.take(order), keys.take(order)
-    parts, first = [], 0
-    for counted in pc.value_counts(keys).to_pylist():  # in order of first appearance: sorted
-        name, listener_name = counted["values"].split("\x1f", 1)
-        part = table.slice(first, counted["counts"])
-        peers = tuple((c["values"], c["counts"]) for c in pc.value_counts(part["origin"]).to_pylist())
-        parts.append((name, listener_name, part, peers))
-        first += counted["counts"]
-    return parts
+    routes = pc.dictionary_encode(table["route"]).combine_chunks()
+    origins = pc.dictionary_encode(table["origin"]).combine_chunks()
+    names, origin_names = routes.dictionary.to_pylist(), origins.dictionary.to_pylist()
+    # origins ranked by (listener, origin): a listener's peers come together, each peer's lines in order
+    ranked = sorted(range(len(origin_names)), key=lambda i: (origin_names[i].split("@", 1)[0], origin_names[i]))
+    rank = np.empty(len(origin_names), np.int64)
+    rank[ranked] = np.arange(len(ranked))
+    code = np.asarray(routes.indices).astype(np.int64) * len(origin_names) + rank[np.asarray(origins.indices)]
+    if len(code) > 1 and np.any(code[1:] < code[:-1]):
+        order = np.argsort(code, kind="stable")
+        code = code[order]
+        table = table.select(["received", "meta", "line"]).take(pa.array(order))
+    # runs of one code: one peer's lines of one source
+    starts = np.concatenate([[0], np.flatnonzero(code[1:] != code[:-1]) + 1])
+    counts = np.diff(np.concatenate([starts, [len(code)]]))
+    runs: list[tuple[str, str, int, tuple[tuple[str, int], ...]]] = []  # source, listener, first record, peers
+    for first, count in zip(starts.tolist(), counts.tolist()):
+        name = names[code[first] // len(origin_names)]
+        origin = origin_names[ranked[code[first] % len(origin_names)]]
+        listener = origin.split("@", 1)[0]
+        if runs and runs[-1][:2] == (name, listener):
+            _, _, part_first, peers = runs[-1]
+            runs[-1] = (name, listener, part_first, (*peers, (origin, count)))
+        else:
+            runs.append((name, listener, first, ((origin, count),)))
+    return [(name, listener, table.slice(first, sum(n for _, n in peers)), peers)
+            for name, listener, first, peers in runs]
 
 
 def routes(table: pa.Table) -> pa.ChunkedArray:
