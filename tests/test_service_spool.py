@@ -12,7 +12,7 @@ from exfilwatch.config import Home, Settings
 from exfilwatch.events.ingest import open_target
 from exfilwatch.service.ingester import Ingester
 from exfilwatch.service import spool as spool_module
-from exfilwatch.service.spool import Spool, encode_many
+from exfilwatch.service.spool import BLOCK, Spool, encode_block, encode_many
 from exfilwatch.sources import route_syslog_line, route_syslog_lines
 from tests.servicekit import committed_users, postfix_lines, pulse_login
 
@@ -21,19 +21,32 @@ LINES = st.lists(st.binary(max_size=60) | st.text(max_size=60).map(lambda t: t.e
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(requests=st.lists(st.tuples(st.sampled_from(["auto", "postfix"]), st.sampled_from(["", '{"host":"h"}']),
+@given(requests=st.lists(st.tuples(st.sampled_from(["auto", "postfix"]), st.sampled_from(["", '{"host":"h"}', BLOCK]),
                                    LINES), min_size=1, max_size=5),
        limit=st.integers(1, 60))
 def test_read_table_gives_what_read_gives(tmp_path_factory, requests, limit):
+    """Records of one line each and blocks of lines (a syslog stream's reads), mixed in any order."""
     spool = Spool(tmp_path_factory.mktemp("spool"), 0)
+    appended = 0
     for i, (source, meta, lines) in enumerate(requests):
+        if meta == BLOCK:
+            block = b"\n".join(line for line in lines if line and b"\n" not in line)
+            if block:
+                spool.append(encode_block(source, f"tcp:1@10.0.0.{i}", 1790000000.5 + i, block))
+                appended += block.count(b"\n") + 1
+            continue
         spool.append(encode_many(source, f"tcp:1@10.0.0.{i}", 1790000000.5 + i, lines, meta))
+        appended += len(lines)
+    if not appended:
+        return
+    assert spool.count(0, spool.end) == appended
     for start in (0, spool.read(0, spool.end, 1)[0].end):
         expected = [r._asdict() for r in spool.read(start, spool.end, limit)]
         for row in expected:
             row["line"] = row["line"].replace("\x00", "\ufffd")
         assert spool.read_table(start, spool.end, limit).to_pylist() == expected
         assert spool.count(start, spool.end) == len(spool.read(start, spool.end, 1 << 62))
+        assert all(row["meta"] != BLOCK for row in expected)
     spool.close()
 
 

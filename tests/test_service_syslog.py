@@ -135,6 +135,8 @@ def test_framing_tells_a_count_from_a_line_starting_with_digits():
     assert framer.feed(b" ab") == [b"ab"]
     with pytest.raises(FrameError):
         Framer().feed(b"9999999 " + b"x" * 10)
+    # newline framing, read as one block: empty lines and one CR before each newline dropped
+    assert Framer().feed_block(b"\n\na\r\n\r\n\nb\r\r\nc\r\nrest") == (b"a\nb\r\nc", [])
 
 
 NEWLINE_FRAMED = st.binary(min_size=1, max_size=40).filter(

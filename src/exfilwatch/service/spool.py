@@ -12,7 +12,11 @@ before it after the committed position is replayed.
 A payload is `source \\x1f origin \\x1f received (epoch seconds) \\x1f meta \\x1f line`: `meta` is
 what a HEC sender said about the event besides its line (models.ORIGIN: JSON text, where a
 control character is always escaped) or empty; the line is last, so a hostile line holding the
-separator cannot shift the fields.
+separator cannot shift the fields. A record whose meta is a newline (`BLOCK`, which JSON text
+never is) holds a block of lines instead, separated by newlines, none empty: what a syslog
+stream framed by newlines brought in one read (`encode_block`), spooled as one record, so that
+receiving, spooling and reading back cost per read rather than per line. Readers see its lines
+as records of their own (each with the block's end as its position) and an empty meta.
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ def _cut(data: bytes, cuts: np.ndarray) -> pa.LargeBinaryArray:
     """`data` seen by Arrow, zero copy, as the values between consecutive `cuts` (offsets into it)."""
     return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(cuts) - 1,
                                             [None, pa.py_buffer(cuts), pa.py_buffer(data)])
+
+
+BLOCK = "\n"  # the meta of a record holding several lines
+BLOCK_BYTES = BLOCK.encode()
+
+
+def encode_block(source: str, origin: str, received: float, block: bytes) -> bytes:
+    """One record of lines that share their source, origin and time of receipt: `block` is the
+    lines joined by newlines, none of them empty."""
+    return encode_many(source, origin, received, (block,), BLOCK)
 
 
 def encode(source: str, origin: str, received: float, line: bytes, meta: str = "") -> bytes:
@@ -172,9 +186,11 @@ class Spool:
         for data, ends, base in self._spans(start, stop, max_records):
             begin = 0
             for end in ends:
-                source, origin, received, meta, line = data[begin + HEADER.size:end].split(SEPARATOR, 4)
-                records.append(Record(source.decode(), origin.decode("utf-8", "replace"), float(received),
-                                      meta.decode("utf-8", "replace"), line.decode("utf-8", "replace"), base + end))
+                source, origin, received, meta, text = data[begin + HEADER.size:end].split(SEPARATOR, 4)
+                lines, meta = (text.split(b"\n"), b"") if meta == BLOCK_BYTES else ((text,), meta)
+                records.extend(Record(source.decode(), origin.decode("utf-8", "replace"), float(received),
+                                      meta.decode("utf-8", "replace"), line.decode("utf-8", "replace"), base + end)
+                               for line in lines)
                 begin = end
         return records
 
@@ -217,7 +233,32 @@ class Spool:
                           "origin": joined["origin"].cast(pa.large_string()),
                           "received": joined["received"].cast(pa.string()).cast(pa.float64()),
                           "meta": joined["meta"].cast(pa.large_string()), "line": line, "end": joined["end"]})
-        return self._without_nul(table)
+        return self._without_nul(self._lines_of_blocks(table))
+
+    @staticmethod
+    def _lines_of_blocks(table: pa.Table) -> pa.Table:
+        """Each block record as its lines, in place and in order (split by Arrow)."""
+        blocks = np.asarray(pc.equal(table["meta"], BLOCK).combine_chunks())
+        if not blocks.any():
+            return table
+        lines = table["line"].combine_chunks()
+        everything = blocks.all()  # a syslog stream's records: no line to keep whole
+        pieces = pc.split_pattern(lines if everything else lines.filter(pa.array(blocks)), "\n")
+        counts = np.ones(len(blocks), np.int64)
+        counts[blocks] = np.asarray(pc.list_value_length(pieces))
+        line = pc.list_flatten(pieces)
+        if not everything:  # output row i is the next line of a block, or the next line of its own
+            singles = lines.filter(pa.array(~blocks))
+            of_block = np.repeat(blocks, counts)
+            index = np.empty(len(of_block), np.int64)
+            index[of_block] = np.arange(len(line))
+            index[~of_block] = len(line) + np.arange(len(singles))
+            line = pa.concat_arrays([line, singles]).take(pa.array(index))
+        expanded = table.drop_columns(["line"]).take(pa.array(np.repeat(np.arange(len(blocks)), counts)))
+        meta = expanded["meta"]
+        expanded = expanded.set_column(expanded.schema.get_field_index("meta"), "meta",
+                                       pc.if_else(pc.equal(meta, BLOCK), "", meta))
+        return expanded.add_column(4, "line", line)
 
     def _table_of_records(self, start: int, stop: int, max_records: int) -> pa.Table:
         records = self.read(start, stop, max_records)
@@ -233,8 +274,16 @@ class Spool:
         return table
 
     def count(self, start: int, stop: int) -> int:
-        """How many records lie between two positions (the replay's depth at start)."""
-        return sum(len(ends) for _, ends, _ in self._spans(start, stop, 1 << 62))  # headers only, no decoding
+        """How many lines lie between two positions (the replay's depth at start); a block's lines
+        are counted by their newlines, nothing is decoded."""
+        lines = 0
+        for data, ends, _ in self._spans(start, stop, 1 << 62):
+            begin = 0
+            for end in ends:
+                fields = data[begin + HEADER.size:end].split(SEPARATOR, 4)
+                lines += fields[4].count(b"\n") + 1 if fields[3] == BLOCK_BYTES else 1
+                begin = end
+        return lines
 
     def release(self, committed: int) -> None:
         """Delete the segments wholly before the committed position (never the one being written)."""

@@ -7,7 +7,8 @@ both (sources/syslog_header.py). A message is spooled with its listener's source
 routed by program tag when batched) and its origin `<protocol>:<port>@<peer address>`, which
 quarantine shows for a line no source claims.
 
-TCP and TLS lines are written to the spool as they arrive (a SIGKILL then loses none of them);
+TCP and TLS lines are written to the spool as they arrive (a SIGKILL then loses none of them),
+the lines of one read as one record when the stream is framed by newlines;
 UDP is best effort: a datagram that cannot be spooled is counted as dropped, and so is one the
 kernel threw away because the socket's receive buffer was full (a burst faster than the service
 reads): `kernel_drops` reads that count for the socket from Linux's /proc/net/udp.
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exfilwatch.config import SyslogListener
-from exfilwatch.service.spool import encode, encode_many
+from exfilwatch.service.spool import encode, encode_block, encode_many
 
 MAX_FRAME = 1 << 20  # an octet count beyond this is not a syslog frame: the peer is cut off
 READ_BYTES = 1 << 16
@@ -34,6 +35,7 @@ READ_BYTES = 1 << 16
 OCTET_COUNT = re.compile(rb"([1-9][0-9]{0,6}) ")
 DIGITS_SO_FAR = re.compile(rb"[0-9]{1,7}")
 COUNT_AFTER_A_NEWLINE = re.compile(rb"\n[1-9][0-9]{0,6} ")  # starts with a literal: sre skips to each newline
+EMPTY_LINES = re.compile(rb"\n{2,}")
 
 # (encoded records, count, listener, peer) -> None; raises when the spool cannot take them
 Sink = Callable[[bytes, int, str, str], None]
@@ -50,20 +52,31 @@ class Framer:
         self.buffer = b""
 
     def feed(self, data: bytes) -> list[bytes]:
+        block, messages = self.feed_block(data)
+        return block.split(b"\n") if block else messages
+
+    def feed_block(self, data: bytes) -> tuple[bytes, list[bytes]]:
+        """The messages completed by `data`: as a block (newline-separated, none empty, no CR
+        before a newline) when the stream is framed by newlines alone, which costs per read
+        rather than per line; else as a list."""
         buffer = self.buffer + data
         if OCTET_COUNT.match(buffer) is None and COUNT_AFTER_A_NEWLINE.search(buffer) is None:
-            # newline framing only (no line starts with a count and a space): split at C speed
+            # newline framing only (no line starts with a count and a space): cut at C speed
             last = buffer.rfind(b"\n")
             rest = buffer[last + 1:]
             if len(rest) > MAX_FRAME:
                 raise FrameError(f"a line longer than {MAX_FRAME} bytes")
             self.buffer = rest
             if last < 0:
-                return []
-            lines = buffer[:last].split(b"\n")
-            if b"\r" in buffer:
-                lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
-            return [line for line in lines if line]
+                return b"", []
+            block = buffer[:last]
+            if b"\r" in block:  # CRLF: one CR before each newline goes
+                block = block.replace(b"\r\n", b"\n")
+                if block.endswith(b"\r"):
+                    block = block[:-1]
+            if b"\n\n" in block or block.startswith(b"\n") or block.endswith(b"\n"):  # empty lines
+                block = EMPTY_LINES.sub(b"\n", block).strip(b"\n")
+            return block, []
         messages: list[bytes] = []
         position = 0
         size = len(buffer)
@@ -91,7 +104,7 @@ class Framer:
                     messages.append(buffer[position:end])
                 position = newline + 1
         self.buffer = buffer[position:]
-        return messages
+        return b"", messages
 
     def rest(self) -> bytes:
         """A last line the peer sent without its newline before closing."""
@@ -163,11 +176,12 @@ async def start_listener(listener: SyslogListener, sink: Sink, dropped: Callable
         try:
             while True:
                 data = await reader.read(READ_BYTES)
-                messages = framer.feed(data) if data else [framer.rest()]
+                block, messages = framer.feed_block(data) if data else (b"", [framer.rest()])
                 messages = [m for m in messages if m]
+                if block:
+                    sink(encode_block(listener.source, origin, time.time(), block), block.count(b"\n") + 1, name, peer)
                 if messages:
-                    now = time.time()
-                    sink(encode_many(listener.source, origin, now, messages), len(messages), name, peer)
+                    sink(encode_many(listener.source, origin, time.time(), messages), len(messages), name, peer)
                 if not data:
                     break
         except FrameError as exc:
