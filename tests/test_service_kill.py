@@ -101,3 +101,26 @@ def test_sigterm_commits_what_was_just_received_once(tmp_path):
         assert Counter(committed_users(served.home)) == stored
     finally:
         served.kill()
+
+
+def test_tcp_lines_spooled_before_a_sigkill_are_committed_once_after_the_restart(tmp_path):
+    """Syslog over TCP has no acknowledgement: what matters is that a line the service spooled (it
+    counted it received) survives a SIGKILL before any batch committed it, and is stored once.
+    The lines come in reads of many lines each, CRLF and empty lines among them."""
+    config = service_config(batch={"max_events": 100000, "max_seconds": 600})  # nothing is due before the kill
+    served = Served(tmp_path / "home", config).start()
+    try:
+        listener = f"tcp:{served.port('tcp:0')}"
+        lines = [pulse_login(f"kill{i}", i) + ("\r\n" if i % 3 else "\n\n") for i in range(300)]
+        with socket.create_connection(("127.0.0.1", served.port("tcp:0")), timeout=10) as tcp:
+            tcp.sendall("".join(lines).encode())
+        wait_for(lambda: metric(served, "exfilwatch_received_lines_total", listener=listener) == 300)
+        assert committed_users(served.home) == []
+        served.kill()
+        served.start()
+        replay = [json.loads(line) for line in served.log if '"spool_replay"' in line]
+        assert [event["records"] for event in replay] == [300]
+        assert served.stop() == 0
+        assert Counter(committed_users(served.home)) == Counter(f"kill{i}" for i in range(300))
+    finally:
+        served.kill()

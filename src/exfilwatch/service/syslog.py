@@ -8,7 +8,7 @@ routed by program tag when batched) and its origin `<protocol>:<port>@<peer addr
 quarantine shows for a line no source claims.
 
 TCP and TLS lines are written to the spool as they arrive (a SIGKILL then loses none of them),
-the lines of one read as one record when the stream is framed by newlines;
+the lines of one read as one record (unless an octet-counted message holds a newline);
 UDP is best effort: a datagram that cannot be spooled is counted as dropped, and so is one the
 kernel threw away because the socket's receive buffer was full (a burst faster than the service
 reads): `kernel_drops` reads that count for the socket from Linux's /proc/net/udp.
@@ -178,6 +178,10 @@ async def start_listener(listener: SyslogListener, sink: Sink, dropped: Callable
                 data = await reader.read(READ_BYTES)
                 block, messages = framer.feed_block(data) if data else (b"", [framer.rest()])
                 messages = [m for m in messages if m]
+                if messages:  # octet-counted: one block too, unless a message holds a newline
+                    joined = b"\n".join(messages)
+                    if joined.count(b"\n") == len(messages) - 1:
+                        block, messages = joined, []
                 if block:
                     sink(encode_block(listener.source, origin, time.time(), block), block.count(b"\n") + 1, name, peer)
                 if messages:
