@@ -114,8 +114,9 @@ def wait_committed(home: Path, total: int) -> float:
 
 
 def bench_tcp(home: Path, port: int, lines: list[str], pid: int, peers: int = 1) -> dict:
-    """One connection per peer, each from an address of its own (127.0.0.1, .2, …: the service
-    commits each peer's lines as a part of its own), each sending its share of the lines."""
+    """One connection per peer, each from an address of its own (127.0.0.1, .2, …: raw_ref and
+    quarantine name each; the service parses a listener's lines of all peers in one pass), each
+    sending its share of the lines."""
     payloads = ["".join(line + "\n" for line in lines[k::peers]).encode() for k in range(peers)]
     before = committed_lines(home)
     cpu = cpu_seconds(pid)
