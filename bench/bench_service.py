@@ -1,7 +1,7 @@
 """Benchmark: `exfilwatch serve` from receipt to committed lake rows, against `ingest` of the same lines.
 
     python bench/bench_service.py [--tcp-lines 300000] [--hec-events 100000] [--hec-clients 4]
-                                  [--peers 20 --peer-lines 40000]
+                                  [--peers 20 --peer-lines 40000] [--rounds 1]
 
 Starts a real `exfilwatch serve` subprocess on ephemeral 127.0.0.1 ports and measures:
 
@@ -11,7 +11,8 @@ Starts a real `exfilwatch serve` subprocess on ephemeral 127.0.0.1 ports and mea
   events/s from the first request to the last ack true, and per request the p50 / p99 time from
   send to the reply (spooled, fsynced) and from send to ack true (committed to the lake).
 * the service's peak RSS (VmHWM) at the end, and the ingest child's (ru_maxrss);
-* `ingest` (ingest_paths, in a child process) of the same TCP lines from a file, in the same run;
+* `ingest` (ingest_paths, in a child process, while the service idles) of the same TCP lines from
+  files, in the same run: after each TCP syslog measurement when `--rounds` asks for several;
 * for each, the CPU seconds it took (the service's process, all threads, from /proc; the ingest
   child's own): on a machine shared with other work, lines per CPU-second compare the code, while
   lines per wall second also measure how much of the cores the others left.
@@ -213,6 +214,9 @@ def main() -> None:
     parser.add_argument("--hec-clients", type=int, default=4)
     parser.add_argument("--peers", type=int, default=0, help="also send --peer-lines lines from this many peers")
     parser.add_argument("--peer-lines", type=int, default=40_000)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure TCP syslog and ingest this many times, one after the other (a shared "
+                             "machine's load changes within seconds: each round's ratio, and their median)")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -220,31 +224,37 @@ def main() -> None:
         home = folder / "home"
         lines = mixed_lines(args.tcp_lines)
         process, ports = start(home)
+        pairs = []  # (serve TCP, ingest) of each round
         try:
             bench_tcp(home, ports["tcp:0"], mixed_lines(2000), process.pid)  # warm up: the first batch compiles
-            rows = [bench_tcp(home, ports["tcp:0"], lines, process.pid),
-                    bench_hec(f"http://127.0.0.1:{ports['hec']}", args.hec_events, args.hec_clients, process.pid)]
+            for round_no in range(args.rounds):
+                tcp = bench_tcp(home, ports["tcp:0"], lines, process.pid)
+                (folder / f"round{round_no}").mkdir()
+                pairs.append((tcp, bench_ingest(folder / f"round{round_no}", lines)))  # the service idles meanwhile
+            rows = [bench_hec(f"http://127.0.0.1:{ports['hec']}", args.hec_events, args.hec_clients, process.pid)]
             if args.peers:
                 many = bench_tcp(home, ports["tcp:0"], lines[:args.peer_lines], process.pid, args.peers)
                 one = bench_tcp(home, ports["tcp:0"], lines[:args.peer_lines], process.pid)
-                rows[1:1] = [many, one]
+                rows[:0] = [many, one]
             status = Path(f"/proc/{process.pid}/status").read_text()
             peak = next(int(line.split()[1]) // 1024 for line in status.splitlines() if line.startswith("VmHWM"))
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(120)
-        rows.append(bench_ingest(folder, lines))
-    print(f"peak RSS: the service {peak} MB, ingest {rows[-1]['peak']} MB; load average {load_before:.1f} at the "
-          f"start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} CPUs)\n")
+    rows = [row for pair in pairs for row in pair] + rows
+    print(f"peak RSS: the service {peak} MB, ingest {max(i['peak'] for _, i in pairs)} MB; load average "
+          f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} CPUs)\n")
     print("| what | lines | seconds | lines/s | CPU s | lines per CPU-s | reply p50/p99 ms | ack p50/p99 ms |")
     print("|---|---:|---:|---:|---:|---:|---|---|")
     for row in rows:
         print(f"| {row['what']} | {row['lines']:,} | {row['seconds']:.1f} | {row['lines'] / row['seconds']:,.0f} | "
               f"{row['cpu']:.1f} | {row['lines'] / row['cpu']:,.0f} | "
               f"{row.get('reply p50/p99 ms', '')} | {row.get('ack p50/p99 ms', '')} |")
-    tcp, ingest = rows[0], rows[-1]
-    print(f"\nTCP syslog / ingest: {ingest['seconds'] / tcp['seconds']:.0%} by wall time, "
-          f"{ingest['cpu'] / tcp['cpu']:.0%} by CPU time")
+    by_wall = [ingest["seconds"] / tcp["seconds"] for tcp, ingest in pairs]
+    by_cpu = [ingest["cpu"] / tcp["cpu"] for tcp, ingest in pairs]
+    print(f"\nTCP syslog / ingest, each round: {', '.join(f'{w:.0%}' for w in by_wall)} by wall time, "
+          f"{', '.join(f'{c:.0%}' for c in by_cpu)} by CPU time; median {statistics.median(by_wall):.0%} and "
+          f"{statistics.median(by_cpu):.0%}")
 
 
 if __name__ == "__main__":
