@@ -132,3 +132,30 @@ def test_one_parse_per_source_for_many_peers_keeps_each_mail_servers_messages_ap
     assert db.execute("SELECT source, receiver, lines FROM batches").fetchall() == [("postfix", "tcp:1", 11)]
     assert db.execute("SELECT file, line_no FROM quarantine").fetchall() == [("tcp:1@10.0.0.2@0", 3)]
     db.close()
+
+
+def test_a_batch_half_committed_by_a_release_that_cut_it_per_peer_is_replaced_when_read_again(tmp_path):
+    """The release before cut a spool batch into one part per source and peer. Killed between two
+    parts and restarted on this release, which cuts per source and listener, the batch is read
+    again: the part committed before is replaced, so no line is stored twice."""
+    from datetime import datetime, timezone
+
+    from exfilwatch.events.cursors import SpoolCursor
+    from exfilwatch.events.ingest import ingest_lines
+    from exfilwatch.service.ingester import SPOOL
+    from exfilwatch.sources import get_source
+
+    home = Home(tmp_path, tmp_path / "config.yaml")
+    users = {peer: [f"p{peer}-{i}" for i in range(5)] for peer in (1, 2)}
+    sent = {peer: [pulse_login(user, i) for i, user in enumerate(users[peer])] for peer in (1, 2)}
+    with open_target(home, Settings()) as target:
+        spool = Spool(tmp_path / "spool", 0)
+        for peer, lines in sent.items():
+            spool.append(encode_many("pulse_secure", f"tcp:1@10.0.0.{peer}", 1790000000.0, [l.encode() for l in lines]))
+        received = datetime.fromtimestamp(1790000000.0, timezone.utc)
+        ingest_lines(get_source("pulse_secure"), sent[1],  # the old cut's first part, then the kill
+                     SpoolCursor(SPOOL, "tcp:1@10.0.0.1", 0, spool.end, last=False, received_at=received), target)
+        assert sorted(committed_users(tmp_path)) == users[1]
+        assert Ingester(target, spool).batch().records == 10
+        spool.close()
+    assert sorted(committed_users(tmp_path)) == users[1] + users[2]

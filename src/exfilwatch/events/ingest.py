@@ -21,6 +21,7 @@ same way; the batch report's notes count the cut values per column.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -340,6 +341,17 @@ class Forgotten:
     events: int = 0
 
 
+def forget_batches(db: sqlite3.Connection, batch_ids: list[str], by: str) -> None:
+    """Remove committed batches inside the caller's transaction: their lake files (superseded, so
+    that readers finish first), quarantined lines and skipped counts. What sources kept for them
+    is dropped when they next read (sources/state.py)."""
+    ids = [(batch_id,) for batch_id in batch_ids]
+    paths = [row[0] for batch in ids for row in db.execute("SELECT path FROM batch_files WHERE batch_id = ?", batch)]
+    supersede(db, paths, by)
+    for table in ("batch_files", "quarantine", "skipped", "batches"):
+        db.executemany(f"DELETE FROM {table} WHERE batch_id = ?", ids)
+
+
 def forget_file(path: Path, target: IngestTarget) -> Forgotten:
     """Remove everything read from a file: its batches (their lake files, superseded so that
     readers finish first), quarantined lines, skipped counts and checkpoint, so it is read again
@@ -358,14 +370,10 @@ def forget_file(path: Path, target: IngestTarget) -> Forgotten:
     where = " OR ".join(["batch_id LIKE ?"] * len(marks) + ["file = ?", "file = ?"])
     with state.transaction() as db:
         batches = db.execute(f"SELECT batch_id, events FROM batches WHERE {where}", (*marks, str(path), key)).fetchall()
-        ids = [(row[0],) for row in batches]
-        paths = [row[0] for batch in ids for row in db.execute("SELECT path FROM batch_files WHERE batch_id = ?", batch)]
-        supersede(db, paths, f"ingest --replace {key}")
-        for table in ("batch_files", "quarantine", "skipped", "batches"):
-            db.executemany(f"DELETE FROM {table} WHERE batch_id = ?", ids)
+        forget_batches(db, [row[0] for row in batches], f"ingest --replace {key}")
         db.execute("DELETE FROM file_checkpoints WHERE path = ?", (key,))
         db.executemany("DELETE FROM file_checkpoints WHERE fingerprint = ?", [(f,) for f in fingerprints])
-    return Forgotten(batches=len(ids), events=sum(row[1] for row in batches))
+    return Forgotten(batches=len(batches), events=sum(row[1] for row in batches))
 
 
 def ingest_paths(

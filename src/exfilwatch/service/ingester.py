@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from exfilwatch.events.cursors import SpoolCursor, commit_spool_position, spool_position
 from exfilwatch.events.files import CHUNK_BYTES
-from exfilwatch.events.ingest import RAW_LINE_LIMIT, BatchReport, IngestTarget, ingest_lines
+from exfilwatch.events.ingest import RAW_LINE_LIMIT, BatchReport, IngestTarget, forget_batches, ingest_lines
 from exfilwatch.service.spool import Spool
 from exfilwatch.sources import get_source, route_syslog_lines
 
@@ -49,13 +49,14 @@ class Ingester:
         self.spool = spool
         self.max_bytes = max_bytes
         self.committed, self._pending_end = spool_position(target.state.conn, SPOOL)
-        self.depth = spool.count(self.committed, spool.end)  # records waiting, replayed first
+        self.depth = spool.count(self.committed, spool.end)  # lines waiting, replayed first
         self.replayed = self.depth
 
     def batch(self) -> BatchOutcome | None:
         """Commit the next batch of spooled records; None when there is none."""
         started = time.perf_counter()
-        if self._pending_end > self.committed:  # a batch half committed before a crash: cut it the same way
+        replaying = self._pending_end > self.committed
+        if replaying:  # a batch half committed before a crash: cut it the same way
             table = self.spool.read_table(self.committed, self._pending_end, 1 << 62)
         else:
             end = self.spool.end
@@ -71,8 +72,17 @@ class Ingester:
         table = table.filter(routed)
         outcome = BatchOutcome(records=len(unrouted) + table.num_rows, seconds=0.0, unrouted=len(unrouted))
         parts = source_parts(table)
+        cursors = [SpoolCursor(SPOOL, listener, start, end, last=i == len(parts) - 1,
+                               received_at=datetime.fromtimestamp(pc.max(part["received"]).as_py(), timezone.utc),
+                               peers=peers)
+                   for i, (_, listener, part, peers) in enumerate(parts)]
         state = self.target.state
         with state.transaction() as db:
+            if replaying:  # parts of this batch committed before a crash by a release that cut it otherwise
+                ours = {f"{name}-{cursor.batch_key}" for (name, *_), cursor in zip(parts, cursors)}
+                cut_otherwise = [row[0] for row in db.execute("SELECT batch_id FROM batches WHERE batch_id LIKE ?",
+                                                              (f"%-{SPOOL}-{start}-{end}-%",)) if row[0] not in ours]
+                forget_batches(db, cut_otherwise, f"spool batch {start}-{end} read again")
             unrouted_id = f"{UNROUTED}-{SPOOL}-{start}-{end}"
             db.execute("DELETE FROM quarantine WHERE batch_id = ?", (unrouted_id,))
             db.executemany(
@@ -83,10 +93,7 @@ class Ingester:
                 commit_spool_position(db, SPOOL, None, end)
             else:
                 commit_spool_position(db, SPOOL, end, end)
-        for i, (name, listener, part, peers) in enumerate(parts):
-            received = datetime.fromtimestamp(pc.max(part["received"]).as_py(), timezone.utc)
-            cursor = SpoolCursor(SPOOL, listener, start, end, last=i == len(parts) - 1, received_at=received,
-                                 peers=peers)
+        for (name, listener, part, _), cursor in zip(parts, cursors):
             meta = part["meta"]
             origins = pc.if_else(pc.equal(meta, ""), None, meta) if pc.any(pc.not_equal(meta, "")).as_py() else None
             report = ingest_lines(get_source(name), part["line"], cursor, self.target, origins=origins)
