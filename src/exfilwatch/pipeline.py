@@ -23,8 +23,9 @@ from typing import Any, Literal
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.findings.catchup import (create_segments, judged_start, one_pass, segment_groups, segment_plan,
-                                        snapshot_with_daily_sums)
+from exfilwatch.findings.catchup import (batched_findings, batched_groups, create_segments, judged_start, one_pass,
+                                        segment_groups, snapshot_with_daily_sums)
+from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
                                           referenced_columns, referenced_tables, resolve_parameters, run_window,
@@ -188,6 +189,11 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
         columns = sorted((referenced_columns(sql) & known) | {"_time"})
         condition = snapshot_condition(sql, model.name)
         segments = segment_plan(sql, model.name) if options.catch_up == "one-pass" else None
+        # A batched form (detections/batched.py) runs a day of fires at once; one that breaks its
+        # contract (`exfilwatch detections lint` says how) is ignored and the fires run one by one.
+        batched = batched_plan(detection, sql, model.name)[0] if segments is not None else None
+        if batched is not None:
+            segments = batched.segments
         if segments is None:
             register_lake_views(con, settings, state, first_start, last_end)
             expose_models(con, {model.name: (columns, first_start, last_end)}, condition)
@@ -215,7 +221,8 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
         if options.catch_up == "per-fire":
             found = ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
         else:
-            found = _one_pass(con, detection, model.name, params, due, silent_when_empty, first_start, tz)
+            found = _one_pass(con, detection, model.name, params, due, silent_when_empty, first_start, tz, segments,
+                              batched)
         done = 0
         for batch in _batched(found, STATE_BATCH):
             # Each fire's run, findings and watermark as if it had run alone, a batch of fires per
@@ -238,14 +245,14 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
 
 
 def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, params: list[dict[str, Any]],
-              due: list[int], silent_when_empty: bool, start: datetime,
-              tz: str) -> Iterator[tuple[int, list[Finding]]]:
+              due: list[int], silent_when_empty: bool, start: datetime, tz: str, plan: SegmentPlan | None,
+              batched: BatchedPlan | None) -> Iterator[tuple[int, list[Finding]]]:
     """(fire, its findings) for each due fire in order, from the snapshot `model` (findings/catchup.py).
 
     Judged windows are chunked over every fire, the skipped ones included (they hold no judged
-    row, so they add nothing and keep the chunks long); decomposable aggregates run each fire
-    over segment sums; any other search runs fire by fire."""
-    plan = segment_plan(compiled_sql(detection), model)
+    row, so they add nothing and keep the chunks long); decomposable aggregates run over segment
+    sums, a group of fires per query with a batched form, else each fire on its own; any other
+    search runs fire by fire."""
     if plan is None:
         if silent_when_empty:
             yield from one_pass(con, detection, params, tz, set(due))
@@ -255,9 +262,13 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
     con.execute(f"ALTER TABLE temp.main.{model} RENAME TO _catch_up_rows")
     try:
         create_segments(con, plan, "_catch_up_rows", "_catch_up_segments", [params[i] for i in due], start)
-        for group in segment_groups(due):
+        groups = batched_groups(batched, [params[i] for i in due]) if batched is not None else segment_groups(due)
+        for group in groups:
             fires = [params[due[i]] for i in group]
             create_segments(con, plan, "_catch_up_segments", model, fires, start)
+            if batched is not None:
+                yield from zip((due[i] for i in group), batched_findings(con, detection, batched, fires, tz))
+                continue
             for i, param in zip(group, fires):
                 yield due[i], findings_from_rows(detection, execute(con, detection, param), tz)
     finally:

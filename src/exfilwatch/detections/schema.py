@@ -55,6 +55,13 @@ class Schedule(Strict):
     judged_from: str | None = None
 
 
+class CatchUp(Strict):
+    # The search's findings for a group of fires in one query, reading the table `fires` (one row
+    # per fire) and returning the search's columns with `fire` first: the contract is in
+    # detections/batched.py, which `exfilwatch detections lint` checks.
+    search: str
+
+
 class RiskObject(Strict):
     field: str
     type: Literal["user", "system", "other"]
@@ -139,6 +146,7 @@ class Detection(Strict):
     search: str
     filter: str = ""
     schedule: Schedule = Field(default_factory=Schedule)
+    catch_up: CatchUp | None = None
     finding: FindingKey
     risk: Risk
     tags: Tags = Field(default_factory=Tags)

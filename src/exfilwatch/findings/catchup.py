@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
-from sqlglot import exp
-
 from exfilwatch.config import Settings
 from exfilwatch.events.engine import expose_models, register_lake_views
 from exfilwatch.findings import dailysums
-from exfilwatch.detections.runner import (compiled_sql, data_range, execute, resolve_parameters, run_window,
-                                         single_model_select)
+from exfilwatch.detections.batched import FIRES, BatchedPlan, SegmentPlan, bound_value, fire_values, group_key
+from exfilwatch.detections.runner import data_range, execute, resolve_parameters, run_window, sql_parameters
 from exfilwatch.detections.schedule import iter_fire_times
 from exfilwatch.detections.schema import Detection
 from exfilwatch.findings.record import Finding, findings_from_rows
@@ -138,64 +135,41 @@ def one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[
 
 # --- decomposable aggregates -------------------------------------------------------------------
 
-_DECOMPOSABLE = (exp.Sum, exp.Min, exp.Max)
 
-
-@dataclass(frozen=True)
-class SegmentPlan:
-    """How to sum a model's rows into segments the search reads as if they were the rows."""
-
-    keys: list[str]  # columns kept as they are (group keys and conditions)
-    aggregates: dict[str, str]  # column -> sum | min | max
-    bounds: list[exp.Expression]  # what `_time` is compared with: a parameter, or least/greatest of them
-
-
-def segment_plan(sql: str, model: str) -> SegmentPlan | None:
-    """The segment plan of a search over `model`, or None when its shape is not decomposable."""
-    select = single_model_select(sql, model)
-    if select is None or not select.args.get("group"):
-        return None
-    if any(select.find_all(exp.Window, exp.Subquery, exp.Distinct)):
-        return None
-    keys: set[str] = set()
-    aggregates: dict[str, str] = {}
-    bounds: list[exp.Expression] = []
-    for column in select.find_all(exp.Column):
-        aggregate = column.find_ancestor(exp.AggFunc, exp.Select)
-        if isinstance(aggregate, exp.AggFunc):
-            if not isinstance(aggregate, _DECOMPOSABLE) or aggregate.this is not column:
-                return None
-            kind = type(aggregate).__name__.lower()
-            if aggregates.setdefault(column.name, kind) != kind:
-                return None
-        elif column.name == "_time":
-            comparison = column.parent
-            if not isinstance(comparison, (exp.GT, exp.GTE, exp.LT, exp.LTE)):
-                return None
-            other = comparison.expression if comparison.this is column else comparison.this
-            if not _is_bound(other):
-                return None
-            bounds.append(other)
+def batched_groups(plan: BatchedPlan, params: list[dict[str, Any]]) -> list[list[int]]:
+    """Positions of `params` in runs of consecutive fires whose batched form's terms have equal
+    values (a day of hourly fires: the judged day and the baseline's start are the same), each run
+    at most GROUP_FIRES long so that its segment table stays a day's."""
+    groups: list[list[int]] = []
+    previous = None
+    for index, param in enumerate(params):
+        key = group_key(plan, param)
+        if groups and key == previous and len(groups[-1]) < GROUP_FIRES:
+            groups[-1].append(index)
         else:
-            keys.add(column.name)
-    if not aggregates or keys & set(aggregates) or "_time" in aggregates:
-        return None
-    return SegmentPlan(sorted(keys), aggregates, bounds)
+            groups.append([index])
+        previous = key
+    return groups
 
 
-def _is_bound(node: exp.Expression) -> bool:
-    if isinstance(node, exp.Placeholder):
-        return True
-    if isinstance(node, (exp.Least, exp.Greatest)):
-        return all(_is_bound(arg) for arg in [node.this, *node.expressions])
-    return False
-
-
-def bound_value(node: exp.Expression, params: dict[str, Any]) -> datetime:
-    if isinstance(node, exp.Placeholder):
-        return params[node.name]
-    values = [bound_value(arg, params) for arg in [node.this, *node.expressions]]
-    return min(values) if isinstance(node, exp.Least) else max(values)
+def batched_findings(con: duckdb.DuckDBPyConnection, detection: Detection, plan: BatchedPlan,
+                     params: list[dict[str, Any]], tz: str) -> list[list[Finding]]:
+    """The findings of each fire of one group (from `batched_groups`), from one execution of the
+    detection's batched form over the views registered and a temp table `fires` of these fires."""
+    rows = [{"fire": index, **fire_values(param)} for index, param in enumerate(params)]
+    con.execute(f"DROP TABLE IF EXISTS temp.main.{FIRES}")
+    con.execute(f"CREATE TEMP TABLE {FIRES} AS SELECT unnest($rows, recursive := true)", {"rows": rows})
+    try:
+        used = sql_parameters(plan.sql)
+        cursor = con.execute(plan.sql, {name: params[0][name] for name in used})  # terms are equal in a group
+        names = [d[0] for d in cursor.description]
+        per_fire: list[list[dict[str, Any]]] = [[] for _ in params]
+        for values in cursor.fetchall():
+            row = dict(zip(names, values))
+            per_fire[row.pop("fire")].append(row)
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS temp.main.{FIRES}")
+    return [findings_from_rows(detection, fire_rows, tz) for fire_rows in per_fire]
 
 
 def segment_groups(fires: list[Any]) -> list[list[int]]:

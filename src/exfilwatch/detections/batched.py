@@ -1,0 +1,182 @@
+"""What a catch-up may compute for many fires at once, read from a detection's SQL.
+
+Two things are recognised here, never from a detection's id:
+
+* **Segment plans** (`segment_plan`): a search that reads its model once, in a `GROUP BY` whose
+  only uses of non-key columns are `sum`/`min`/`max` of a column and whose only use of `_time`
+  is comparisons with parameters (or `least`/`greatest` of them). Its rows may be replaced by
+  sums per key and per segment between consecutive parameter values (findings/catchup.py).
+* **The batched form** (`batched_plan`): a detection's optional `catch_up.search`, the same
+  findings as `search` for a group of fires in one query. It reads a table `fires`, one row per
+  fire: `fire` (its position in the group) and every parameter as a column, and returns the
+  search's columns with `fire` first. Its `$parameters` (and `least`/`greatest` of them: the
+  *terms*) are what the fires of a group share: a catch-up groups consecutive fires whose terms
+  have equal values, so what depends only on them (a baseline of the days before the judged
+  one) is computed once per group, and what differs per fire comes from `fires`. It may read the
+  model only as the search's segment plan allows (the same keys and sums), comparing `_time`
+  with terms or with `fires` columns that stand for one of the search's own `_time` bounds, so
+  the segments cut for the search also serve it. `batched_plan` says why a form breaks this
+  contract (`exfilwatch detections lint` reports it); that it finds what the search finds is
+  held by tests/test_catch_up.py on data with gaps, DST and late rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlglot import exp
+
+from exfilwatch.detections.runner import _parsed, single_model_select
+from exfilwatch.detections.schema import Detection
+
+FIRES = "fires"  # the table of a group's fires that a batched form reads
+_DECOMPOSABLE = (exp.Sum, exp.Min, exp.Max)
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """How to sum a model's rows into segments the search reads as if they were the rows."""
+
+    keys: list[str]  # columns kept as they are (group keys and conditions)
+    aggregates: dict[str, str]  # column -> sum | min | max
+    bounds: list[exp.Expression]  # what `_time` is compared with: a parameter, or least/greatest of them
+
+
+@dataclass(frozen=True)
+class BatchedPlan:
+    """A detection's batched form, checked against its search."""
+
+    sql: str
+    terms: list[exp.Expression]  # what the fires of one group share
+    segments: SegmentPlan  # the search's plan, cut also at the form's own `_time` terms
+
+
+def segment_plan(sql: str, model: str) -> SegmentPlan | None:
+    """The segment plan of a search over `model`, or None when its shape is not decomposable."""
+    select = single_model_select(sql, model)
+    if select is None or not select.args.get("group"):
+        return None
+    found = _read_plan(select, lambda node: _is_bound(node))
+    if isinstance(found, str):
+        return None
+    keys, aggregates, bounds = found
+    if not aggregates or keys & set(aggregates) or "_time" in aggregates:
+        return None
+    return SegmentPlan(sorted(keys), aggregates, bounds)
+
+
+def _read_plan(select: exp.Select, bound_ok: Any,
+               own: set[str] | None = None) -> tuple[set[str], dict[str, str], list[exp.Expression]] | str:
+    """(keys, aggregates, `_time` bounds) of one SELECT over the model, or why it is not decomposable.
+    Columns qualified by a name in `own` are not the model's (a batched form's `fires`)."""
+    if any(select.find_all(exp.Window, exp.Subquery, exp.Distinct)):
+        return "a window, subquery or DISTINCT where it reads the model"
+    keys: set[str] = set()
+    aggregates: dict[str, str] = {}
+    bounds: list[exp.Expression] = []
+    for column in select.find_all(exp.Column):
+        if own and column.table in own:
+            continue
+        aggregate = column.find_ancestor(exp.AggFunc, exp.Select)
+        if isinstance(aggregate, exp.AggFunc):
+            if not isinstance(aggregate, _DECOMPOSABLE) or aggregate.this is not column:
+                return f"{aggregate.sql(dialect='duckdb')}: only sum, min or max of a column of the model"
+            kind = type(aggregate).__name__.lower()
+            if aggregates.setdefault(column.name, kind) != kind:
+                return f"{column.name} is aggregated two ways"
+        elif column.name == "_time":
+            comparison = column.parent
+            if not isinstance(comparison, (exp.GT, exp.GTE, exp.LT, exp.LTE)):
+                return f"_time is used other than compared: {comparison.sql(dialect='duckdb')}"
+            other = comparison.expression if comparison.this is column else comparison.this
+            if not bound_ok(other):
+                return f"_time is compared with {other.sql(dialect='duckdb')}"
+            bounds.append(other)
+        else:
+            keys.add(column.name)
+    return keys, aggregates, bounds
+
+
+def _is_bound(node: exp.Expression) -> bool:
+    if isinstance(node, exp.Placeholder):
+        return True
+    if isinstance(node, (exp.Least, exp.Greatest)):
+        return all(_is_bound(arg) for arg in [node.this, *node.expressions])
+    return False
+
+
+def bound_value(node: exp.Expression, params: dict[str, Any]) -> Any:
+    """The value of a term (a parameter, or least/greatest of terms) at one fire."""
+    if isinstance(node, exp.Placeholder):
+        return params[node.name]
+    values = [bound_value(arg, params) for arg in [node.this, *node.expressions]]
+    return min(values) if isinstance(node, exp.Least) else max(values)
+
+
+def terms(tree: exp.Expression) -> list[exp.Expression]:
+    """The largest parts of `tree` made of parameters alone, once each (by their SQL)."""
+    found: dict[str, exp.Expression] = {}
+    for node in tree.find_all(exp.Placeholder):
+        while isinstance(node.parent, (exp.Least, exp.Greatest)) and _is_bound(node.parent):
+            node = node.parent
+        found.setdefault(node.sql(dialect="duckdb"), node)
+    return list(found.values())
+
+
+def group_key(plan: BatchedPlan, params: dict[str, Any]) -> tuple:
+    """What a fire shares with the others of its group: equal keys, one execution."""
+    return tuple(bound_value(term, params) for term in plan.terms)
+
+
+def batched_plan(detection: Detection, sql: str, model: str) -> tuple[BatchedPlan | None, str | None]:
+    """(the plan, None) for a usable batched form; (None, why not) for a broken one; (None, None)
+    when the detection declares none."""
+    if detection.catch_up is None:
+        return None, None
+    search = segment_plan(sql, model)
+    if search is None:
+        return None, "catch_up.search needs a search whose model rows can be summed by segments"
+    try:
+        tree = _parsed(detection.catch_up.search.strip().rstrip(";"))
+    except Exception as exc:  # sqlglot's ParseError and TokenError share no base but Exception
+        return None, f"catch_up.search does not parse: {str(exc).splitlines()[0]}"
+    fires_tables = [t for t in tree.find_all(exp.Table) if t.name == FIRES]
+    if not fires_tables:
+        return None, f"catch_up.search never reads the table {FIRES!r}"
+    own = {t.alias_or_name for t in fires_tables}
+    search_bounds = {b.sql(dialect="duckdb") for b in search.bounds}
+
+    def bound_ok(node: exp.Expression) -> bool:
+        if _is_bound(node):
+            return True
+        as_parameters = node.copy().transform(
+            lambda n: exp.Placeholder(this=n.name) if isinstance(n, exp.Column) and n.table in own else n)
+        return _is_bound(as_parameters) and as_parameters.sql(dialect="duckdb") in search_bounds
+
+    extra: list[exp.Expression] = []
+    model_tables = [t for t in tree.find_all(exp.Table) if t.name == model]
+    if not model_tables:
+        return None, f"catch_up.search never reads {model}"
+    for table in model_tables:
+        select = table.find_ancestor(exp.Select)
+        if select is None or any(j.this.name not in (FIRES, model) or j.this.name == model and j.this is not table
+                                 for j in select.args.get("joins") or []):
+            return None, f"catch_up.search reads {model} joined with something other than {FIRES!r}"
+        found = _read_plan(select, bound_ok, own)
+        if isinstance(found, str):
+            return None, f"catch_up.search: {found}"
+        keys, aggregates, bounds = found
+        if not keys <= set(search.keys) or any(search.aggregates.get(c) != k for c, k in aggregates.items()):
+            return None, (f"catch_up.search reads {model}'s columns {sorted(keys | set(aggregates))} otherwise than "
+                          f"the search (keys {search.keys}, {search.aggregates})")
+        extra += [b for b in bounds if _is_bound(b)]
+    plan_sql = tree.sql(dialect="duckdb")
+    segments = SegmentPlan(search.keys, search.aggregates, [*search.bounds, *extra])
+    return BatchedPlan(plan_sql, terms(tree), segments), None
+
+
+def fire_values(params: dict[str, Any]) -> dict[str, Any]:
+    """One fire's row of the `fires` table (without `fire`): its parameters that SQL can hold."""
+    return {name: value for name, value in params.items() if isinstance(value, (datetime, int, float, str, bool))}
