@@ -228,6 +228,7 @@ def test_segment_plans_only_for_sums_minimums_and_maximums_compared_by_time_with
     for sql in (
         "SELECT src_ip, avg(bytes_in) FROM network_traffic WHERE _time < $latest GROUP BY 1",  # not decomposable
         "SELECT src_ip, count(*) FROM network_traffic WHERE _time < $latest GROUP BY 1",  # counts rows
+        "SELECT src_ip, count(*), sum(bytes_in) FROM network_traffic WHERE _time < $latest GROUP BY 1",
         "SELECT src_ip, sum(bytes_in) FROM network_traffic WHERE _time < $latest - INTERVAL 1 HOUR GROUP BY 1",
         "SELECT src_ip, sum(bytes_in) FROM network_traffic WHERE bytes_in > 5 GROUP BY 1",  # a row condition
         "SELECT src_ip, _time, bytes_in FROM network_traffic WHERE _time < $latest",  # no aggregate

@@ -150,3 +150,30 @@ def test_an_incident_rules_quiet_period_is_read_by_the_incident_step_and_must_be
     issues = _mutated(tmp_path / "b", lambda d: d["parameters"]["quiet_period"].update(default="4 days"),
                       base="notable_session")
     assert any("quiet_period '4 days' is not a time offset" in m for m in _errors(issues, "parameters"))
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    # a fire's `earliest` is not one of the search's `_time` bounds: the segments are not cut there
+    ("r._time < f.latest", "r._time < f.earliest", "_time is compared with f.earliest"),
+    # a count of the model's rows cannot be read from sums
+    ("sum(r.bytes_in) AS bytes_in", "count(*) AS bytes_in", "only sum, min or max"),
+    # a column the search does not keep
+    ("r.src_ip IS NOT NULL", "r.dest_port = 993", "otherwise than the search"),
+    ("SELECT d.fire,\n", "SELECT\n", "expected fire, then the search's"),
+    ("JOIN fires f ON", "JOIN network_traffic f ON", "joined with something other than 'fires'"),
+])
+def test_a_batched_form_that_breaks_its_contract(tmp_path, old, new, expected):
+    def change(d):
+        assert old in d["catch_up"]["search"]
+        d["catch_up"]["search"] = d["catch_up"]["search"].replace(old, new, 1)
+
+    errors = _errors(_mutated(tmp_path, change), "catch_up")
+    assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_the_shipped_batched_forms_pass():
+    _, issues = lint_folder(SHIPPED)
+    batched = [i.detection_id for i in issues if i.check == "catch_up"]
+    assert batched == []
+    assert {"hosts_receiving_unusual_mail_volume_robust", BASE} <= {
+        p.parent.name for p in SHIPPED.glob("*/detection.yml") if "catch_up:" in p.read_text()}

@@ -23,8 +23,9 @@ from typing import Any, Literal
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.findings.catchup import (batched_findings, batched_groups, create_segments, judged_start, one_pass,
-                                        segment_groups, snapshot_with_daily_sums)
+from exfilwatch.findings.catchup import (DAYS, SEGMENTS, batched_findings, batched_groups, create_group_segments,
+                                        create_range_segments, judged_start, one_pass, segment_groups,
+                                        snapshot_with_daily_sums)
 from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
@@ -261,19 +262,20 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
         return
     con.execute(f"ALTER TABLE temp.main.{model} RENAME TO _catch_up_rows")
     try:
-        create_segments(con, plan, "_catch_up_rows", "_catch_up_segments", [params[i] for i in due], start)
+        create_range_segments(con, plan, "_catch_up_rows", [params[i] for i in due], start,
+                              max(params[i]["latest"] for i in due), tz)
         groups = batched_groups(batched, [params[i] for i in due]) if batched is not None else segment_groups(due)
         for group in groups:
             fires = [params[due[i]] for i in group]
-            create_segments(con, plan, "_catch_up_segments", model, fires, start)
+            create_group_segments(con, plan, model, fires, start, tz)
             if batched is not None:
                 yield from zip((due[i] for i in group), batched_findings(con, detection, batched, fires, tz))
                 continue
             for i, param in zip(group, fires):
                 yield due[i], findings_from_rows(detection, execute(con, detection, param), tz)
     finally:
-        con.execute("DROP TABLE IF EXISTS temp.main._catch_up_rows")
-        con.execute("DROP TABLE IF EXISTS temp.main._catch_up_segments")
+        for table in ("_catch_up_rows", SEGMENTS, DAYS):
+            con.execute(f"DROP TABLE IF EXISTS temp.main.{table}")
 
 
 def _batched(items: Iterator[tuple[int, list[Finding]]], size: int) -> Iterator[list[tuple[int, list[Finding]]]]:

@@ -73,6 +73,9 @@ def _read_plan(select: exp.Select, bound_ok: Any,
     Columns qualified by a name in `own` are not the model's (a batched form's `fires`)."""
     if any(select.find_all(exp.Window, exp.Subquery, exp.Distinct)):
         return "a window, subquery or DISTINCT where it reads the model"
+    for aggregate in select.find_all(exp.AggFunc):  # count(*) reads no column, yet counts rows
+        if not isinstance(aggregate, _DECOMPOSABLE) or not isinstance(aggregate.this, exp.Column):
+            return f"{aggregate.sql(dialect='duckdb')}: only sum, min or max of a column of the model"
     keys: set[str] = set()
     aggregates: dict[str, str] = {}
     bounds: list[exp.Expression] = []

@@ -20,7 +20,10 @@ Errors fail the lint (and `make test`); warnings are printed. Per detection file
   names a time parameter), and so do the
   defaults of `time` parameters;
 - a production detection has at least one positive and one negative test, and each test's data
-  files exist.
+  files exist;
+- a batched form (`catch_up.search`) keeps its contract (detections/batched.py: it reads the
+  model as the search's segment plan allows, and `fires`) and outputs `fire` then the search's
+  columns, in order.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from exfilwatch.models import DATA_MODELS, DERIVED_VIEWS
 from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import TimeModifierError, relative_time
+from exfilwatch.detections.batched import FIRES, batched_plan, fire_values
 from exfilwatch.detections.runner import compiled_sql, sql_parameters
 from exfilwatch.detections.schema import (QUIET_PERIOD, TIME_PARAMETERS, Detection, DetectionError, detection_files,
                                          load_detection, quiet_period_problem, template_fields)
@@ -88,14 +92,41 @@ def _sample(kind: str, default: object) -> object:
     return str(default)
 
 
-def output_columns(detection: Detection, con: duckdb.DuckDBPyConnection) -> list[str]:
-    """The search's output columns, from running it with LIMIT 0 on empty views of its model."""
-    sql = compiled_sql(detection)
+def _sample_parameters(detection: Detection) -> dict[str, object]:
     values: dict[str, object] = {name: _sample(spec.type, spec.default) for name, spec in detection.parameters.items()}
     values.update(now=_LINT_NOW, earliest=_LINT_NOW, latest=_LINT_NOW, today=_LINT_NOW, timezone="UTC")
+    return values
+
+
+def output_columns(detection: Detection, con: duckdb.DuckDBPyConnection, sql: str | None = None) -> list[str]:
+    """The search's output columns (or those of `sql`, its batched form), from running it with
+    LIMIT 0 on empty views of its model."""
+    sql = sql or compiled_sql(detection)
+    values = _sample_parameters(detection)
     used = sql_parameters(sql)
     cursor = con.execute(f"SELECT * FROM ({sql}) AS lint_output LIMIT 0", {n: values[n] for n in used if n in values})
     return [d[0] for d in cursor.description]
+
+
+def batched_form_problem(detection: Detection, con: duckdb.DuckDBPyConnection, columns: list[str]) -> str | None:
+    """Why the detection's batched form breaks its contract (None when it keeps it)."""
+    plan, problem = batched_plan(detection, compiled_sql(detection), detection.data_model)
+    if plan is None:
+        return problem
+    undeclared = sql_parameters(plan.sql) - set(_sample_parameters(detection))
+    if undeclared:
+        return f"catch_up.search uses undeclared parameters {sorted(undeclared)}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {FIRES} AS SELECT 0 AS fire, "
+                f"unnest([$fire], recursive := true) LIMIT 0", {"fire": fire_values(_sample_parameters(detection))})
+    try:
+        batched = output_columns(detection, con, plan.sql)
+    except duckdb.Error as exc:
+        return f"catch_up.search fails on empty data: {str(exc).splitlines()[0]}"
+    finally:
+        con.execute(f"DROP TABLE temp.main.{FIRES}")
+    if batched != ["fire", *columns]:
+        return f"catch_up.search outputs {batched}; expected fire, then the search's {columns}"
+    return None
 
 
 def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnection) -> list[LintIssue]:
@@ -175,7 +206,7 @@ def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnecti
     # output columns
     if not any(i.level == "error" and i.check in ("data_model", "parameters", "sql") for i in issues):
         try:
-            columns = set(output_columns(detection, con))
+            columns = output_columns(detection, con)
         except duckdb.Error as exc:
             add("error", "sql", f"the search fails on empty data: {str(exc).splitlines()[0]}")
             columns = None
@@ -195,6 +226,9 @@ def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnecti
                     if name not in columns:
                         add("error", "fields", f"{what} field {name!r} is not in the search's output "
                             f"({', '.join(sorted(columns))})")
+            problem = batched_form_problem(detection, con, list(columns)) if detection.catch_up else None
+            if problem:
+                add("error", "catch_up", problem)
 
     # tests
     kinds = {test.kind for test in detection.tests}

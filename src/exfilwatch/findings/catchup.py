@@ -34,7 +34,7 @@ from typing import Any
 
 import duckdb
 from exfilwatch.config import Settings
-from exfilwatch.events.engine import expose_models, register_lake_views
+from exfilwatch.events.engine import expose_models, local_day_sql, register_lake_views
 from exfilwatch.findings import dailysums
 from exfilwatch.detections.batched import FIRES, BatchedPlan, SegmentPlan, bound_value, fire_values, group_key
 from exfilwatch.detections.runner import data_range, execute, resolve_parameters, run_window, sql_parameters
@@ -178,10 +178,11 @@ def segment_groups(fires: list[Any]) -> list[list[int]]:
 
 
 def create_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, rows: str, target: str,
-                    params: list[dict[str, Any]], start: datetime) -> None:
+                    params: list[dict[str, Any]], start: datetime, extra_cuts: list[datetime] | None = None) -> None:
     """Temp table `target`: the rows of relation `rows` summed per key and per segment between the
-    `_time` bounds of these fires (the first segment starts at `start`), each dated by its start."""
-    cuts = sorted({start} | {bound_value(b, p) for b in plan.bounds for p in params})
+    `_time` bounds of these fires (and `extra_cuts`; the first segment starts at `start`), each
+    dated by its start."""
+    cuts = sorted({start, *(extra_cuts or [])} | {bound_value(b, p) for b in plan.bounds for p in params})
     keys = "".join(f'r."{k}", ' for k in plan.keys)
     aggregates = ", ".join(f'{kind}(r."{c}") AS "{c}"' for c, kind in plan.aggregates.items())
     con.execute(f"DROP TABLE IF EXISTS temp.main.{target}")
@@ -191,6 +192,45 @@ def create_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, rows: str
         f"FROM {rows} r ASOF JOIN (SELECT unnest($cuts) AS cut) c ON r._time >= c.cut GROUP BY ALL",
         {"cuts": cuts},
     )
+
+
+SEGMENTS = "_catch_up_segments"  # the catch-up's rows cut at every fire's bounds and every local midnight
+DAYS = "_catch_up_days"  # the same summed per key and local day
+
+
+def create_range_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, rows: str, params: list[dict[str, Any]],
+                          start: datetime, end: datetime, tz: str) -> None:
+    """Temp tables SEGMENTS and DAYS over the rows of relation `rows`, for `create_group_segments`.
+    Every local midnight is a cut, so that no segment spans two days."""
+    midnights = [begin for _day, begin, _end in dailysums.local_days(dailysums.midnight_at_or_before(start, tz),
+                                                                     end + timedelta(days=2), tz) if begin > start]
+    create_segments(con, plan, rows, SEGMENTS, params, start, midnights)
+    keys = "".join(f'"{k}", ' for k in plan.keys)
+    aggregates = ", ".join(f'{kind}("{c}") AS "{c}"' for c, kind in plan.aggregates.items())
+    con.execute(f"DROP TABLE IF EXISTS temp.main.{DAYS}")
+    con.execute(f"CREATE TEMP TABLE {DAYS} AS SELECT {keys}{local_day_sql('_time', tz)} AS _time, {aggregates} "
+                f"FROM {SEGMENTS} GROUP BY ALL")
+
+
+def create_group_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, target: str,
+                          params: list[dict[str, Any]], start: datetime, tz: str) -> None:
+    """Temp table `target`: the rows these fires read, as segments cut at least at their bounds —
+    the days they cut inside from SEGMENTS (cut at every fire's bounds), every other day as one
+    row per key from DAYS (no bound of theirs falls inside it, so each of its rows compares with
+    every bound as its midnight does). A group's work grows with the days it reads, not with the
+    fires of the whole catch-up."""
+    cuts = {start} | {bound_value(b, p) for b in plan.bounds for p in params}
+    inside = sorted({dailysums.midnight_at_or_before(c, tz) for c in cuts if not dailysums.is_midnight(c, tz)})
+    ranges = [(day, dailysums.midnight_at_or_before(day + timedelta(hours=36), tz)) for day in inside]
+    within = " OR ".join(f"(_time >= $from_{i} AND _time < $to_{i})" for i in range(len(ranges))) or "false"
+    values: dict[str, Any] = {"inside": inside or [start]}
+    for i, (begin, end) in enumerate(ranges):
+        values |= {f"from_{i}": begin, f"to_{i}": end}
+    con.execute(f"DROP TABLE IF EXISTS temp.main.{target}")
+    con.execute(f"DROP VIEW IF EXISTS temp.main.{target}")
+    con.execute(f"CREATE TEMP TABLE {target} AS "
+                f"SELECT * FROM {DAYS} WHERE _time NOT IN (SELECT unnest($inside)) UNION ALL BY NAME "
+                f"SELECT * FROM {SEGMENTS} WHERE {within}", values)
 
 
 def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, plan: SegmentPlan,
