@@ -293,3 +293,61 @@ def test_daily_sums_are_summed_again_when_the_inventory_or_zone_changes():
     assert key() == key()
     assert key() != key(assets=[{"cidr": "10.10.0.0/27", "category": "email_server"}])
     assert key() != key(timezone="Europe/Paris")
+
+
+def test_a_late_day_in_the_baseline_is_read_again_by_the_next_run(tmp_path):
+    """The days before a judged one are computed once per day of fires, and kept between runs as
+    daily sums: flows that arrive after a run has summed their day must reach the next run's
+    baseline. Here a host's late 3 GB day, two days before its 1 GB day, makes that day ordinary
+    for its own mean and deviation: the one pass must find what the per-fire search finds, and
+    not what it would find on the baseline summed before the late flows came."""
+    import random
+
+    import yaml
+
+    from .conftest import Flow, write_conn_log
+
+    mail_server, spiky = "10.10.0.5", "10.20.0.1"
+    hosts = [f"10.20.0.{i}" for i in range(1, 9)]
+    first_day = date(2026, 10, 10)
+    judged = first_day + timedelta(days=20)  # the host's 1 GB day
+    late_day = judged - timedelta(days=2)
+    rng = random.Random(7)
+
+    def day_flows(host: str, day: date, total: int) -> list[Flow]:
+        return [Flow(datetime(day.year, day.month, day.day, hour, tzinfo=NY).timestamp(), host, mail_server, 1_000,
+                     total // 4) for hour in (2, 8, 14, 20)]
+
+    flows = [f for offset in range(22) for host in hosts
+             for f in day_flows(host, first_day + timedelta(days=offset),
+                                1_000_000_000 if (host, first_day + timedelta(days=offset)) == (spiky, judged)
+                                else rng.randrange(90_000_000, 110_000_000))]
+    late = [Flow(f.ts + 60, f.orig, f.resp, f.orig_bytes, 750_000_000) for f in day_flows(spiky, late_day, 0)]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"timezone": "America/New_York",
+                                      "assets": [{"cidr": "10.10.0.0/28", "category": "email_server"}]}))
+    on_time = write_conn_log(tmp_path / "conn.log", sorted(flows, key=lambda f: f.ts))
+    late_log = write_conn_log(tmp_path / "late.log", late)
+    one_pass, per_fire, never_late = homes(tmp_path, config, ["one_pass", "per_fire", "never_late"])
+    for home in (one_pass, per_fire, never_late):
+        ingest_paths([on_time], home, load_settings(home), source_name="zeek_conn")
+    rule = ("hosts_receiving_high_volume_of_network_traffic_from_email_server",)
+    first_now = datetime(judged.year, judged.month, judged.day, 1, tzinfo=NY) - timedelta(days=1)
+    for home, mode in ((one_pass, "one-pass"), (per_fire, "per-fire"), (never_late, "one-pass")):
+        schedule(home, first_now, mode, rule)
+    state = open_state(one_pass)
+    try:  # the late flows' day was summed and stored by the first run
+        assert late_day.isoformat() in {r["day"] for r in state.query("SELECT day FROM daily_sums")}
+    finally:
+        state.close()
+    for home in (one_pass, per_fire):
+        ingest_paths([late_log], home, load_settings(home), source_name="zeek_conn")
+    last_now = datetime(judged.year, judged.month, judged.day, 2, tzinfo=NY) + timedelta(days=1)
+    for home, mode in ((one_pass, "one-pass"), (per_fire, "per-fire"), (never_late, "one-pass")):
+        schedule(home, last_now, mode, rule)
+
+    def spikes(home: Home) -> list[str]:
+        return [f["finding_key"] for f in recorded(home)["findings"] if f"|{spiky}|" in f["finding_key"]]
+
+    assert recorded(one_pass) == recorded(per_fire)
+    assert spikes(never_late) and not spikes(one_pass)  # on a stale baseline, the 1 GB day would be found
