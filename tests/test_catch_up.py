@@ -148,6 +148,7 @@ def test_one_pass_and_per_fire_agree_over_gaps_dst_and_late_data(org):
     # Both kinds of search found something, and the same-bucket rule updated findings in place.
     found = {f["finding_key"].split("|")[0] for f in second["findings"]}
     assert {"em_bsum_personal", "hosts_receiving_high_volume_of_network_traffic_from_email_server"} <= found
+    assert set(NETWORK) <= found  # each batched form found something the per-fire search found too
     assert any(f["updates"] > 0 for f in second["findings"])
     assert len(second["runs"]) > len(first["runs"]) > 0
     assert sum(r.fires for r in result.detections) > 0
