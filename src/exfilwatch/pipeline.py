@@ -24,7 +24,7 @@ import duckdb
 
 from exfilwatch.config import Settings
 from exfilwatch.findings.catchup import (DAYS, SEGMENTS, batched_findings, batched_groups, create_group_segments,
-                                        create_range_segments, judged_start, one_pass, segment_groups,
+                                        create_range_segments, drop_temp, judged_start, one_pass, segment_groups,
                                         snapshot_with_daily_sums)
 from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
@@ -267,15 +267,15 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
         groups = batched_groups(batched, [params[i] for i in due]) if batched is not None else segment_groups(due)
         for group in groups:
             fires = [params[due[i]] for i in group]
-            create_group_segments(con, plan, model, fires, start, tz)
+            create_group_segments(con, plan, model, fires, start, tz, view=batched is not None)
             if batched is not None:
                 yield from zip((due[i] for i in group), batched_findings(con, detection, batched, fires, tz))
                 continue
             for i, param in zip(group, fires):
                 yield due[i], findings_from_rows(detection, execute(con, detection, param), tz)
     finally:
-        for table in ("_catch_up_rows", SEGMENTS, DAYS):
-            con.execute(f"DROP TABLE IF EXISTS temp.main.{table}")
+        for name in (model, "_catch_up_rows", SEGMENTS, DAYS):
+            drop_temp(con, name)
 
 
 def _batched(items: Iterator[tuple[int, list[Finding]]], size: int) -> Iterator[list[tuple[int, list[Finding]]]]:

@@ -177,6 +177,15 @@ def segment_groups(fires: list[Any]) -> list[list[int]]:
     return [list(range(i, min(i + GROUP_FIRES, len(fires)))) for i in range(0, len(fires), GROUP_FIRES)]
 
 
+def drop_temp(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop the temp table or view `name`, if there is one (DuckDB refuses to drop one as the other)."""
+    for kind in ("TABLE", "VIEW"):
+        try:
+            con.execute(f"DROP {kind} IF EXISTS temp.main.{name}")
+        except duckdb.CatalogException:
+            pass
+
+
 def create_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, rows: str, target: str,
                     params: list[dict[str, Any]], start: datetime, extra_cuts: list[datetime] | None = None) -> None:
     """Temp table `target`: the rows of relation `rows` summed per key and per segment between the
@@ -185,8 +194,7 @@ def create_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, rows: str
     cuts = sorted({start, *(extra_cuts or [])} | {bound_value(b, p) for b in plan.bounds for p in params})
     keys = "".join(f'r."{k}", ' for k in plan.keys)
     aggregates = ", ".join(f'{kind}(r."{c}") AS "{c}"' for c, kind in plan.aggregates.items())
-    con.execute(f"DROP TABLE IF EXISTS temp.main.{target}")
-    con.execute(f"DROP VIEW IF EXISTS temp.main.{target}")
+    drop_temp(con, target)
     con.execute(
         f"CREATE TEMP TABLE {target} AS SELECT {keys}c.cut AS _time, {aggregates} "
         f"FROM {rows} r ASOF JOIN (SELECT unnest($cuts) AS cut) c ON r._time >= c.cut GROUP BY ALL",
@@ -213,24 +221,24 @@ def create_range_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, row
 
 
 def create_group_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, target: str,
-                          params: list[dict[str, Any]], start: datetime, tz: str) -> None:
-    """Temp table `target`: the rows these fires read, as segments cut at least at their bounds —
-    the days they cut inside from SEGMENTS (cut at every fire's bounds), every other day as one
-    row per key from DAYS (no bound of theirs falls inside it, so each of its rows compares with
-    every bound as its midnight does). A group's work grows with the days it reads, not with the
-    fires of the whole catch-up."""
+                          params: list[dict[str, Any]], start: datetime, tz: str, view: bool = False) -> None:
+    """Temp table `target` (a view when it is read once): the rows these fires read, as segments
+    cut at least at their bounds — the days they cut inside from SEGMENTS (cut at every fire's
+    bounds), every other day as one row per key from DAYS (no bound of theirs falls inside it, so
+    each of its rows compares with every bound as its midnight does). A group's work grows with
+    the days it reads, not with the fires of the whole catch-up."""
     cuts = {start} | {bound_value(b, p) for b in plan.bounds for p in params}
     inside = sorted({dailysums.midnight_at_or_before(c, tz) for c in cuts if not dailysums.is_midnight(c, tz)})
-    ranges = [(day, dailysums.midnight_at_or_before(day + timedelta(hours=36), tz)) for day in inside]
-    within = " OR ".join(f"(_time >= $from_{i} AND _time < $to_{i})" for i in range(len(ranges))) or "false"
-    values: dict[str, Any] = {"inside": inside or [start]}
-    for i, (begin, end) in enumerate(ranges):
-        values |= {f"from_{i}": begin, f"to_{i}": end}
-    con.execute(f"DROP TABLE IF EXISTS temp.main.{target}")
-    con.execute(f"DROP VIEW IF EXISTS temp.main.{target}")
-    con.execute(f"CREATE TEMP TABLE {target} AS "
-                f"SELECT * FROM {DAYS} WHERE _time NOT IN (SELECT unnest($inside)) UNION ALL BY NAME "
-                f"SELECT * FROM {SEGMENTS} WHERE {within}", values)
+
+    def at(instant: datetime) -> str:
+        return f"TIMESTAMPTZ '{instant.isoformat()}'"
+
+    days_cut = " OR ".join(f"(_time >= {at(day)} AND _time < {at(dailysums.next_midnight(day, tz))})"
+                           for day in inside) or "false"
+    not_cut = f"_time NOT IN ({', '.join(at(day) for day in inside)})" if inside else "true"
+    drop_temp(con, target)
+    con.execute(f"CREATE TEMP {'VIEW' if view else 'TABLE'} {target} AS "
+                f"SELECT * FROM {DAYS} WHERE {not_cut} UNION ALL BY NAME SELECT * FROM {SEGMENTS} WHERE {days_cut}")
 
 
 def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, plan: SegmentPlan,

@@ -70,6 +70,11 @@ def midnight_at_or_before(instant: datetime, tz: str) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(timezone.utc)
 
 
+def next_midnight(midnight: datetime, tz: str) -> datetime:
+    """The local midnight after `midnight` (23, 24 or 25 hours later)."""
+    return midnight_at_or_before(midnight + timedelta(hours=36), tz)
+
+
 def is_midnight(instant: datetime, tz: str) -> bool:
     return midnight_at_or_before(instant, tz) == instant
 
