@@ -67,6 +67,7 @@ def _cut(data: bytes, cuts: np.ndarray) -> pa.LargeBinaryArray:
 
 BLOCK = "\n"  # the meta of a record holding several lines
 BLOCK_BYTES = BLOCK.encode()
+BLOCK_PREFIX_BYTES = 512  # more than a block's prefix takes: source, origin (a listener and address), time
 
 
 def encode_block(source: str, origin: str, received: float, block: bytes) -> bytes:
@@ -280,8 +281,12 @@ class Spool:
         for data, ends, _ in self._spans(start, stop, 1 << 62):
             begin = 0
             for end in ends:
-                fields = data[begin + HEADER.size:end].split(SEPARATOR, 4)
-                lines += fields[4].count(b"\n") + 1 if fields[3] == BLOCK_BYTES else 1
+                # a block's short prefix lies in the record's first bytes (a HEC record's JSON meta may not)
+                fields = data[begin + HEADER.size:min(end, begin + HEADER.size + BLOCK_PREFIX_BYTES)].split(SEPARATOR, 4)
+                if len(fields) == 5 and fields[3] == BLOCK_BYTES:
+                    lines += data.count(b"\n", begin + HEADER.size + sum(map(len, fields[:4])) + 4, end) + 1
+                else:
+                    lines += 1
                 begin = end
         return lines
 
