@@ -4,7 +4,9 @@ One organisation in real formats (Pulse Secure syslog with its session ids, a Po
 ingested and run through the pipeline with the four EM rules and the notable-session incident
 rule, holds every case: a user whose volume varies tenfold leaking to a new domain (pattern 2), a
 burst to new domains (pattern 3) and a sales user mailing her many usual domains, new hires judged
-against their department (peer groups, cold start), and the numbers the findings show.
+against their department (peer groups, cold start), volume to a domain new to the whole
+organisation against volume to one only new to the user, a salesperson's many new customers,
+and the numbers the findings show.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ def variable_habit(factor: float, base: float) -> dict:
     return {"messages": (2, 3), "size": (base * factor * 0.9, base * factor * 1.1)}
 
 
+# small sessions (a few tens of kB) and, one day in eight, about 2.5 MB of files to partners
+SMALL_DAY = {"messages": (2, 3), "size": (15_000, 30_000)}
+FILES_DAY = {"messages": (2, 2), "size": (1_200_000, 1_300_000)}
+ORG_HISTORY_DAYS = 40  # the organisation's data starts here: its memory of domains is long enough
+
+
 @pytest.fixture(scope="module")
 def org(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("org")
@@ -95,12 +103,29 @@ def org(tmp_path_factory) -> dict:
                          at(JUDGED - timedelta(days=i), 10)) if i in (15, 5) else []
         company.day("mia", JUDGED - timedelta(days=i), 17, ORDINARY, campaign)
     judged["mia"] = burst("mia", 27, [f"lead0-{k}.example" for k in range(27)], 40_000, t0)
-    for user in list(habits) + ["vera", "nora", "ned", "bess", "mia"]:
+    # olga and otto send a few tens of kB a session and about 2.5 MB one day in eight; each now sends
+    # 6 MB, 2.4 times their p95 session: olga to a company no one in the organisation ever
+    # mailed (and a note to her own webmail), otto to a customer the sales team mails every day
+    for user in ("olga", "otto"):
+        for i in range(ORG_HISTORY_DAYS, 0, -1):
+            company.day(user, JUDGED - timedelta(days=i), 17, FILES_DAY if i % 8 == 3 else SMALL_DAY)
+    judged["olga"] = [Message(t0 + timedelta(minutes=k), "olga@corp.example", ["deals@harbor-capital.example"],
+                              3_000_000) for k in range(2)] + [
+        Message(t0 + timedelta(minutes=5), "olga@corp.example", ["olga.k@gmail.com"], 40_000)]
+    judged["otto"] = [Message(t0 + timedelta(minutes=k), "otto@corp.example", ["orders@customer7.com"], 3_000_000)
+                      for k in range(2)]
+    # sam has mailed his 39 usual customers for twelve days; today he writes to 30 customers new to
+    # him and to everyone, two quotes of 150 kB each: 9 MB to new domains, a little to each
+    for i in range(12, 0, -1):
+        company.day("sam", JUDGED - timedelta(days=i), 17, SALES)
+    judged["sam"] = burst("sam", 60, [f"newcustomer{i}.example" for i in range(30)], 150_000, t0)
+    for user in list(habits) + ["vera", "nora", "ned", "bess", "mia", "olga", "otto", "sam"]:
         company.day(user, JUDGED, 12 + 10 / 60, habits.get(user, ORDINARY), judged.get(user, []))
     company.log.write(folder, "org")
 
     departments = {**{u: "engineering" for u in ENGINEERING + ["bert", "vera", "nora", "ned", "heavy", "paula"]},
-                   **{u: "sales" for u in SALES_TEAM + ["sally"]}, "bess": "support", "mia": "marketing"}
+                   **{u: "sales" for u in SALES_TEAM + ["sally", "sam"]}, "bess": "support", "mia": "marketing",
+                   "olga": "finance", "otto": "finance"}
     config = {"timezone": "America/New_York", "internal_domains": ["corp.example"],
               "identities": [{"user": u, "department": d} for u, d in departments.items()]}
     home = Home(root=folder / "home", config_path=folder / "home" / "config.yaml")
@@ -190,6 +215,29 @@ def test_a_campaign_like_the_users_earlier_campaigns_is_not_a_notable_session(or
     assert "bert" in incident_entities(org)
 
 
+def test_volume_to_a_domain_new_to_the_organisation_is_a_notable_session(org):
+    # 6 MB is over twice olga's p95 session, under three times it (what is new to her alone fires
+    # above that) and under her user threshold; no colleague has ever mailed the company (before:
+    # no finding)
+    f = org["findings"][("olga", "em_bsum")]["fields"]
+    assert f["above_org_new_threshold"] is True and f["org_new_value"] == 6_000_000
+    assert f["org_new_threshold"] < 6_000_000 <= 3 * f["model_p95"]
+    assert f["above_new_domain_threshold"] is False and f["above_user_threshold"] is False
+    assert org["findings"][("olga", "em_bsum")]["score"] >= 90
+    assert "olga" in incident_entities(org)
+    # the same volume to a customer the organisation already mails is new to otto only: not news
+    assert rules_for(org, "otto") == set()
+    assert "otto" not in incident_entities(org)
+
+
+def test_many_new_customers_a_little_each_are_not_a_volume_leak(org):
+    # 9 MB to 30 domains new to sam (and to everyone), 300 kB each: EM-BSum judges what went to one
+    # new domain (a leak goes to one place); before, the 9 MB together fired it and, with EM-FNum,
+    # made a notable session
+    assert "em_bsum" not in rules_for(org, "sam")
+    assert "sam" not in incident_entities(org)
+
+
 def test_a_new_hire_is_judged_against_the_department(org):
     f = org["findings"][("nora", "em_bsum")]["fields"]
     assert f["model_state"] == "peers" and f["model_sessions"] == 3
@@ -210,7 +258,13 @@ def test_findings_explain_themselves_in_readable_numbers(org):
     bert = org["findings"][("bert", "em_fnum")]["message"]
     assert "50 messages" in bert and "times the usual 3" in bert and "30)" in bert
     vera = org["findings"][("vera", "em_bsum")]["message"]
-    assert "15.0 MB" in vera and "to domains new to the user (1)" in vera
+    assert "15.0 MB" in vera and "15.0 MB to files-exchange.example, new to the user" in vera
+    # sizes under 0.1 MB read in kB, never "0.0 MB"; the count of new business domains leaves out
+    # olga's new webmail address (EM-BSum-personal's), as the volume beside it does
+    olga = org["findings"][("olga", "em_bsum")]
+    assert re.search(r"times the usual \d+ kB", olga["message"]), olga["message"]
+    assert not re.search(r"(?<![\d.])0\.0 MB", olga["message"]) and olga["fields"]["new_domains"] == 1
+    assert "(of 1 new business domains)" in olga["message"] and "to domains new to the organisation" in olga["message"]
 
 
 def test_the_four_rules_hold_the_one_template():

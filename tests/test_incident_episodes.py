@@ -183,6 +183,21 @@ def test_a_leak_that_pauses_from_wednesday_to_monday_evening_is_one_episode(base
     assert incident["first_time"][:10] == "2026-10-05" and incident["last_time"][:10] == "2026-10-13"
 
 
+def test_a_leak_that_pauses_for_a_week_is_one_episode(baseline, tmp_path):
+    # Monday and Tuesday, then nothing until Wednesday of the next week: 8 days without a risk event,
+    # more than the 5-day quiet period (the generated slow leak of seed 1 paused so, and was split
+    # in two). The same detection firing again on the same user while the incident is open is the
+    # same story: the recurrence period (14 days) holds it.
+    leak = {date(2026, 10, 5), date(2026, 10, 6), date(2026, 10, 14), date(2026, 10, 15)}
+    org = _org(baseline, tmp_path)
+    org.work(LEAK_WEEKS, leak=leak)
+    [incident] = org.incidents()
+    assert len({e["session_id"] for e in incident["risk_events"]}) == len(leak)
+    assert incident["first_time"][:10] == "2026-10-05" and incident["last_time"][:10] == "2026-10-15"
+    updates = [a for a in incident["audit"] if a["action"] == "update"]
+    assert len(updates) == len(leak) - 1 and {a["actor"] for a in updates} == {"exfilwatch"}
+
+
 def test_after_the_analyst_closes_it_the_next_session_is_a_new_incident(baseline, tmp_path):
     org = _org(baseline, tmp_path)
     first_week = [d for d in LEAK_WEEKS if d < date(2026, 10, 10)]
@@ -203,10 +218,12 @@ def test_after_the_analyst_closes_it_the_next_session_is_a_new_incident(baseline
 def test_a_quiet_period_ends_the_episode_and_two_rules_that_see_it_share_its_incident(baseline, tmp_path):
     # 60 hours: Tuesday to Thursday (48 h between sessions) is one episode, Friday to Monday (72 h) is not.
     # With the 24-hour threshold at 80, each leak session (90) also fires risk_threshold_exceeded_24h:
-    # the episode is still one incident, naming both rules.
+    # the episode is still one incident, naming both rules. The same detection recurs throughout, so
+    # the recurrence period is set to the quiet period here (its 14 days would hold it all).
     threshold = "risk_threshold_exceeded_24h"
     org = _org(baseline, tmp_path, {**CONFIG, "detections": {
-        RULE: {"quiet_period": "60h"}, threshold: {"quiet_period": "60h", "risk_threshold": 80}}})
+        RULE: {"quiet_period": "60h", "recurrence_period": "60h"},
+        threshold: {"quiet_period": "60h", "recurrence_period": "60h", "risk_threshold": 80}}})
     org.work(LEAK_WEEKS, leak=set(LEAK_DAYS))
     first, second = org.incidents()
     assert [len({e["session_id"] for e in i["risk_events"]}) for i in (first, second)] == [4, 4]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,33 +28,42 @@ class Rule:
     unit: str            # "count" or "bytes"
     noun: str            # what the count counts ("messages"), or "" for sizes
     new_value: str       # SQL over `nv` (the session's domains new to the user): the part of the value that went to them
+    new_count: str       # SQL over `nv`: how many of the session's new domains that part went to
+    org_value: str       # SQL over `nv`: the part of the value that went to domains new to the whole organisation
     columns: str         # the rule's own output columns, after the feature
     evidence: str        # the evidence columns, in the order an analyst reads them
 
 
 RULES = (
     Rule("em_fnum", "EM-FNum", "em_fnum", "count", "messages",
-         "least(coalesce(nv.new_domain_messages, 0), j.em_fnum)", "",
+         "least(coalesce(nv.new_domain_messages, 0), j.em_fnum)", "coalesce(nv.new_domains, 0)",
+         "least(coalesce(nv.org_new_messages, 0), j.em_fnum)", "",
          "top_recipients, top_domains, largest_messages"),
     Rule("em_dnum", "EM-DNum", "em_dnum", "count", "domains",
-         "coalesce(nv.new_domains, 0)", " em_fnum,",
+         "coalesce(nv.new_domains, 0)", "coalesce(nv.new_domains, 0)", "coalesce(nv.org_new_domains, 0)", " em_fnum,",
          "top_domains, top_recipients"),
     # personal addresses are EM-BSum-personal's: counted here too, one 6 MB mail to a new webmail
-    # domain would make two findings of one fact
+    # domain would make two findings of one fact. What is judged is the volume to one new domain:
+    # a leak goes to one place, while a salesperson's many new customers each get a little
     Rule("em_bsum", "EM-BSum", "em_bsum", "bytes", "",
-         "least(coalesce(nv.new_domain_bytes - nv.new_personal_bytes, 0), j.em_bsum)", " em_fnum,",
+         "least(coalesce(nv.largest_new_business_bytes, 0), j.em_bsum)", "coalesce(nv.new_business_domains, 0)",
+         "least(coalesce(nv.largest_org_new_business_bytes, 0), j.em_bsum)", " em_fnum,",
          "largest_messages, top_domains, top_recipients"),
     Rule("em_bsum_personal", "EM-BSum-personal", "em_bsum_personal", "bytes", "",
-         "least(coalesce(nv.new_personal_bytes, 0), j.em_bsum_personal)", " em_personal_fnum, em_bsum,",
+         "least(coalesce(nv.new_personal_bytes, 0), j.em_bsum_personal)", "coalesce(nv.new_personal_domains, 0)",
+         "least(coalesce(nv.org_new_personal_bytes, 0), j.em_bsum_personal)", " em_personal_fnum, em_bsum,",
          "largest_personal_messages, top_recipients, top_domains"),
 )
 
 
 def readable(rule: Rule, expr: str, bound: bool = False) -> str:
     """SQL text of a number as an analyst reads it: an integer count ("at most" a threshold: its
-    floor), or megabytes with one decimal."""
+    floor), or a size: megabytes with one decimal from 0.1 MB, else whole kilobytes, else bytes
+    (a median of 42 kB must not read "0.0 MB")."""
     if rule.unit == "bytes":
-        return f"CAST(round(({expr}) / 1000000, 1) AS VARCHAR) || ' MB'"
+        return (f"CASE WHEN ({expr}) >= 100000 THEN CAST(round(({expr}) / 1000000, 1) AS VARCHAR) || ' MB' "
+                f"WHEN ({expr}) >= 1000 THEN CAST(CAST(round(({expr}) / 1000) AS BIGINT) AS VARCHAR) || ' kB' "
+                f"ELSE CAST(CAST(round({expr}) AS BIGINT) AS VARCHAR) || ' bytes' END")
     rounding = "floor" if bound else "round"
     return f"CAST(CAST({rounding}({expr}) AS BIGINT) AS VARCHAR)"
 
@@ -113,12 +123,28 @@ WITH judged AS (
     SELECT DISTINCT s.session_key, s.domain
     FROM session_domains s JOIN earlier_domains e
       ON e.user = s.user AND e.domain = s.domain AND e._time < s._time AND e._time >= s._time - ($now - $history)
+), org_known_domains AS (
+    -- those anyone in the organisation mailed in an earlier session of the model window
+    SELECT DISTINCT s.session_key, s.domain
+    FROM session_domains s JOIN earlier_domains e
+      ON e.domain = s.domain AND e._time < s._time AND e._time >= s._time - ($now - $history)
 ), novelty AS (
-    -- the session's domains new to the user: a stronger sign than volume to known partners
+    -- the session's domains new to the user: a stronger sign than volume to known partners; and
+    -- those new to the whole organisation, stronger still (no colleague has a business with them)
     SELECT s.session_key, count(*) AS new_domains, sum(s.messages) AS new_domain_messages,
-           sum(s.bytes) AS new_domain_bytes,
-           coalesce(sum(CASE WHEN s.domain_class = 'personal' THEN s.bytes END), 0) AS new_personal_bytes
+           count(*) FILTER (WHERE s.domain_class <> 'personal') AS new_business_domains,
+           count(*) FILTER (WHERE s.domain_class = 'personal') AS new_personal_domains,
+           coalesce(max(s.bytes) FILTER (WHERE s.domain_class <> 'personal'), 0) AS largest_new_business_bytes,
+           arg_max(s.domain, s.bytes) FILTER (WHERE s.domain_class <> 'personal') AS largest_new_business_domain,
+           coalesce(sum(s.bytes) FILTER (WHERE s.domain_class = 'personal'), 0) AS new_personal_bytes,
+           count(*) FILTER (WHERE o.domain IS NULL) AS org_new_domains,
+           coalesce(sum(s.messages) FILTER (WHERE o.domain IS NULL), 0) AS org_new_messages,
+           coalesce(max(s.bytes) FILTER (WHERE o.domain IS NULL AND s.domain_class <> 'personal'), 0)
+               AS largest_org_new_business_bytes,
+           coalesce(sum(s.bytes) FILTER (WHERE o.domain IS NULL AND s.domain_class = 'personal'), 0)
+               AS org_new_personal_bytes
     FROM session_domains s LEFT JOIN known_domains k ON k.session_key = s.session_key AND k.domain = s.domain
+    LEFT JOIN org_known_domains o ON o.session_key = s.session_key AND o.domain = s.domain
     WHERE k.domain IS NULL
     GROUP BY s.session_key
 ), quantile AS (
@@ -132,11 +158,14 @@ WITH judged AS (
 ), scored AS (
     SELECT j.*, CAST(j.{feature} AS DOUBLE) AS value, coalesce(m.n, 0) AS model_sessions,
            m.mean, m.stdev, m.median, m.p95, m.max, m.log_median, m.log_scale, m.shape, q.z_tail,
-           coalesce(nv.new_domains, 0) AS new_domains, CAST({new_value} AS DOUBLE) AS new_value,
+           CAST({new_count} AS BIGINT) AS new_domains, CAST({new_value} AS DOUBLE) AS new_value,
+           CAST({org_value} AS DOUBLE) AS org_value, nv.largest_new_business_domain AS largest_new_domain,
            pr.peer_sessions, pr.peer_users, pr.peer_median, pr.peer_p95,
            CASE WHEN pr.peer_users >= $peer_minimum_users AND $peer_multiple > 0
                 THEN $peer_multiple * pr.peer_p95 END AS peer_threshold,
            j._time >= d.first_close + to_days($warmup_days) AS warmed_up,
+           -- "new to the organisation" needs the organisation's memory of domains to be long enough
+           j._time >= d.first_close + to_days($org_warmup_days) AS org_warmed_up,
            CASE WHEN m.n IS NULL THEN NULL
                 WHEN $method = 'zscore' THEN m.mean + $threshold * coalesce(m.stdev, 0)
                 WHEN $method = 'robust' THEN exp(m.log_median + $threshold * m.log_scale) - 1
@@ -199,13 +228,19 @@ WITH judged AS (
                 ELSE 'largest earlier session' END AS threshold_kind,
            -- what went to domains new to the user fires from a multiple of the user's p95 session
            CASE WHEN model_state = 'model' AND $new_domain_multiple > 0
-                THEN greatest($new_domain_multiple * p95, $new_domain_floor) END AS new_domain_threshold
+                THEN greatest($new_domain_multiple * p95, $new_domain_floor) END AS new_domain_threshold,
+           -- what went to domains no one in the organisation mailed in the model window: no colleague
+           -- does business there, so less of it is news (a multiple of the p95 session, a lower floor)
+           CASE WHEN model_state = 'model' AND org_warmed_up AND $new_org_multiple > 0
+                THEN greatest($new_org_multiple * p95, $new_org_floor) END AS org_new_threshold
     FROM judged_rows
 ), fired AS (
     SELECT *,
-           greatest(value / nullif(applied_threshold, 0), coalesce(new_value / nullif(new_domain_threshold, 0), 0))
-               AS times_over,
+           greatest(value / nullif(applied_threshold, 0), coalesce(new_value / nullif(new_domain_threshold, 0), 0),
+                    coalesce(org_value / nullif(org_new_threshold, 0), 0)) AS times_over,
            CASE WHEN value > 0 THEN least(new_value / value, 1) ELSE 0 END AS new_share,
+           CASE WHEN value > 0 AND org_new_threshold IS NOT NULL THEN least(org_value / value, 1) ELSE 0 END
+               AS org_share,
            model_state = 'model' AND peer_threshold IS NOT NULL AND value > greatest(peer_threshold, $floor)
                AS above_peers
     FROM bounded
@@ -213,6 +248,7 @@ WITH judged AS (
     WHERE ((model_state = 'model' OR (model_state IN ('peers', 'first-time') AND warmed_up))
            AND value > applied_threshold)
        OR new_value > new_domain_threshold
+       OR org_value > org_new_threshold
 )
 SELECT user, department, session_key AS session_id, session_kind, session_start, session_end, _time,
        end_reason, boundary_source, vpn_session_id, src_ip, assigned_ip,
@@ -230,13 +266,16 @@ SELECT user, department, session_key AS session_id, session_kind, session_start,
        round(value / nullif(median, 0), 1) AS times_usual,
        new_domains, CAST(new_value AS BIGINT) AS new_domain_value, round(new_domain_threshold, 2) AS new_domain_threshold,
        value > applied_threshold AS above_user_threshold, new_value > coalesce(new_domain_threshold, new_value) AS above_new_domain_threshold,
+       CAST(org_value AS BIGINT) AS org_new_value, round(org_new_threshold, 2) AS org_new_threshold,
+       org_value > coalesce(org_new_threshold, org_value) AS above_org_new_threshold,
        department AS peer_group, peer_users, peer_sessions, round(peer_median, 2) AS peer_median,
        round(peer_p95, 2) AS peer_p95, round(peer_threshold, 2) AS peer_threshold, coalesce(above_peers, false) AS above_peers,
        -- the risk score grows with how far above the threshold (by up to half, at twice it), with
-       -- the share that went to domains new to the user (up to twice) and by a quarter when the
-       -- peers find it abnormal too; at most 3 times the rule's score. Without new domains one
-       -- rule stays under the notable 90 however large the value: size alone is not a leak
-       round(least((1 + 0.5 * least(greatest(times_over - 1, 0), 1)) * (1 + new_share)
+       -- the share that went to domains new to the user (up to twice), again with the share new to
+       -- the organisation where the rule judges it, and by a quarter when the peers find it
+       -- abnormal too; at most 3 times the rule's score. Without new domains one rule stays under
+       -- the notable 90 however large the value: size alone is not a leak
+       round(least((1 + 0.5 * least(greatest(times_over - 1, 0), 1)) * (1 + new_share + org_share)
                    * CASE WHEN above_peers THEN 1.25 ELSE 1 END, 3), 2) AS score_factor,
        {observed} AS observed,
        CASE model_state
@@ -256,6 +295,9 @@ SELECT user, department, session_key AS session_id, session_kind, session_start,
        || CASE WHEN new_domains > 0 THEN {novelty} ELSE '' END
        || CASE WHEN new_value > new_domain_threshold THEN ' (fires above ' || {new_threshold} || ', '
                || CAST($new_domain_multiple AS VARCHAR) || ' times the p95)' ELSE '' END
+       || CASE WHEN org_new_threshold IS NOT NULL AND org_value > 0 THEN {org_novelty} ELSE '' END
+       || CASE WHEN org_value > org_new_threshold THEN ' (fires above ' || {org_threshold} || ', '
+               || CAST($new_org_multiple AS VARCHAR) || ' times the p95)' ELSE '' END
        || CASE WHEN above_peers THEN '; also above the peer group ' || department || ' (' || {peer_threshold} || ')'
                ELSE '' END AS explanation,
        {evidence}
@@ -264,17 +306,29 @@ ORDER BY user, session_start
 """
 
 
+def novelty(rule: Rule, r: Callable[[str], str], noun: str) -> str:
+    """SQL text of what went to domains new to the user, as the rule judges it."""
+    if rule.feature == "em_dnum":
+        return "'; ' || new_domains || ' of them new to the user'"
+    if rule.feature == "em_bsum":  # judged per domain: name the one
+        return ("'; ' || " + r("new_value") + " || ' to ' || largest_new_domain || ', new to the user (of '"
+                " || new_domains || ' new business domains)'")
+    return "'; ' || " + r("new_value") + noun + " || ' to domains new to the user (' || new_domains || ')'"
+
+
 def search(rule: Rule) -> str:
     r = lambda expr, bound=False: readable(rule, expr, bound)  # noqa: E731
     noun = f" || ' {rule.noun}'" if rule.noun else ""
     return TEMPLATE.format(
         feature=rule.feature, label=rule.label, columns=rule.columns, evidence=rule.evidence,
-        new_value=rule.new_value,
+        new_value=rule.new_value, new_count=rule.new_count, org_value=rule.org_value,
         observed=r("value") + noun, applied=r("applied_threshold", bound=True), median=r("median"), p95=r("p95"),
         max=r("max"), times_usual=times("value / median"), times_threshold=times("value / applied_threshold"),
-        novelty=("'; ' || new_domains || ' of them new to the user'" if rule.feature == "em_dnum" else
-                 "'; ' || " + r("new_value") + noun + " || ' to domains new to the user (' || new_domains || ')'"),
+        novelty=novelty(rule, r, noun),
         new_threshold=r("new_domain_threshold", bound=True),
+        org_novelty=("'; ' || " + r("org_value") + noun + " || ' to domains new to the organisation'"
+                     if rule.feature != "em_dnum" else "'; ' || " + r("org_value") + " || ' new to the organisation'"),
+        org_threshold=r("org_new_threshold", bound=True),
         peer_threshold=r("greatest(peer_threshold, $floor)", bound=True),
     )
 

@@ -14,8 +14,8 @@ Errors fail the lint (and `make test`); warnings are printed. Per detection file
   every column the finding key, the risk objects and the risk message's `$field$`s name (a
   correlation rule must also output `event_keys`, the risk events behind each row);
 - every `$parameter` the SQL uses is declared (or is a run time parameter); a declared parameter
-  the SQL never uses is a warning (but an incident rule's `quiet_period`, which the incident step
-  reads); parameter defaults have their declared type, and a `quiet_period` is a time offset;
+  the SQL never uses is a warning (but an incident rule's `quiet_period` and `recurrence_period`, which the incident step
+  reads); parameter defaults have their declared type, and both periods are time offsets;
 - the schedule's cron expression and its earliest/latest time modifiers parse (and `judged_from`
   names a time parameter), and so do the
   defaults of `time` parameters;
@@ -46,7 +46,7 @@ from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import TimeModifierError, relative_time
 from exfilwatch.detections.batched import FIRES, batched_plan, fire_values
 from exfilwatch.detections.runner import compiled_sql, sql_parameters
-from exfilwatch.detections.schema import (QUIET_PERIOD, TIME_PARAMETERS, Detection, DetectionError, detection_files,
+from exfilwatch.detections.schema import (EPISODE_PERIODS, TIME_PARAMETERS, Detection, DetectionError, detection_files,
                                          load_detection, quiet_period_problem, template_fields)
 
 # A fixed instant for parsing checks: lint never reads the clock.
@@ -169,11 +169,11 @@ def lint_detection(detection: Detection, path: str, con: duckdb.DuckDBPyConnecti
         used = set()
     for name in sorted(used - set(detection.parameters) - set(TIME_PARAMETERS)):
         add("error", "parameters", f"the search uses ${name}, which is not declared under parameters")
-    read_by_step = {QUIET_PERIOD} if detection.type == "correlation" else set()
+    read_by_step = set(EPISODE_PERIODS) if detection.type == "correlation" else set()
     for name in sorted(set(detection.parameters) - used - read_by_step):
         add("warning", "parameters", f"parameter {name!r} is declared but the search never uses it")
-    if QUIET_PERIOD in read_by_step & set(detection.parameters):
-        problem = quiet_period_problem(detection.parameters[QUIET_PERIOD].default)
+    for name in sorted(read_by_step & set(detection.parameters)):
+        problem = quiet_period_problem(detection.parameters[name].default, name)
         if problem:
             add("error", "parameters", f"parameter {problem}")
     for name, spec in detection.parameters.items():

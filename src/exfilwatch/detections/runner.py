@@ -26,7 +26,7 @@ from exfilwatch.events.lake import parquet_source
 from exfilwatch.models import get_model
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import relative_time
-from exfilwatch.detections.schema import QUIET_PERIOD, Detection, quiet_period_problem
+from exfilwatch.detections.schema import EPISODE_PERIODS, Detection, quiet_period_problem
 
 
 class DetectionRunError(EngineError):
@@ -116,7 +116,8 @@ def check_configured_detections(settings: Settings, catalog: dict[str, Detection
             except DetectionRunError:
                 problems.append(f"key '{key}': {value!r} is not a {detection.parameters[name].type}")
                 continue
-            problem = quiet_period_problem(value) if detection.type == "correlation" and name == QUIET_PERIOD else None
+            problem = (quiet_period_problem(value, name) if detection.type == "correlation" and name in EPISODE_PERIODS
+                       else None)
             if problem:
                 problems.append(f"key '{key}': {problem}")
     if problems:

@@ -24,14 +24,18 @@ TIME_PARAMETERS = ("now", "earliest", "latest", "today", "timezone")
 # quiet before its next candidate is a new incident (incidents/correlation.py). A time offset
 # without its sign, as in a schedule: 4d, 36h.
 QUIET_PERIOD = "quiet_period"
+# Its companion: how long the same signal (risk events of detections the open incident already
+# holds) may pause and still continue the incident.
+RECURRENCE_PERIOD = "recurrence_period"
+EPISODE_PERIODS = (QUIET_PERIOD, RECURRENCE_PERIOD)
 
 
-def quiet_period_problem(value: object) -> str | None:
-    """Why `value` cannot be a quiet period, or None when it can."""
+def quiet_period_problem(value: object, name: str = QUIET_PERIOD) -> str | None:
+    """Why `value` cannot be a quiet (or recurrence) period, or None when it can."""
     try:
         relative_time(datetime(2026, 1, 1, tzinfo=timezone.utc), f"-{value}", "UTC")
     except TimeModifierError as exc:
-        return f"{QUIET_PERIOD} {value!r} is not a time offset such as 36h or 4d ({exc})"
+        return f"{name} {value!r} is not a time offset such as 36h or 4d ({exc})"
     return None
 
 

@@ -6,11 +6,12 @@ schedule). Each output row is an incident candidate; it names the risk events be
 (`event_keys`). One incident per entity and episode, whichever incident rule sees it (as Exabeam
 and Elastic do; one incident per rule is the alert fatigue Splunk ES's per-search notables are
 known for): a candidate of any rule continues the open incident of its object when it shares a
-risk event with it or comes within the candidate rule's quiet period of its activity (its score
-and severity can only grow, the rules that contributed are listed in `rules`, each update is
-audited); after the incident is closed, or after a quiet period, it is a new incident. So one
-episode is one incident, however many rules and hourly fires see it and however many sessions
-it spans.
+risk event with it or comes within the candidate rule's quiet period of its activity, or, when
+the candidate's risk events come only from detections the incident already holds (the same signal
+again), within the longer recurrence period (its score and severity can only grow, the rules that
+contributed are listed in `rules`, each update is audited); after the incident is closed, or after
+a quiet (recurrence) period, it is a new incident. So one episode is one incident, however many
+rules and hourly fires see it and however many sessions it spans.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import duckdb
 from exfilwatch import audit
 from exfilwatch.config import Settings
 from exfilwatch.detections.runner import data_range, execute, resolve_parameters, run_window
-from exfilwatch.detections.schema import QUIET_PERIOD
+from exfilwatch.detections.schema import QUIET_PERIOD, RECURRENCE_PERIOD
 from exfilwatch.events.engine import _drop_temp, plain
 from exfilwatch.findings.record import display
 from exfilwatch.risk.events import load_risk_events, stored_risk_events
@@ -52,23 +53,34 @@ class CorrelationResult:
 # ends: 4 days 2-3 hours in the generated organisations, which split at 4 days. A week of
 # silence still ends the episode (the analyst has moved on, and a new incident says so).
 DEFAULT_QUIET_PERIOD = "5d"
+# Why 14 days for the same signal: a slow leak to one's own address pauses for a week and more (a
+# week of leave, nothing to take: the generated slow leak of seed 1 went 8 days between two
+# sessions) and resumes; while the analyst has not closed its incident, the same detections firing
+# again on the same entity are that story going on, and a second incident would split it. Other
+# signals (another detection) still need the quiet period.
+DEFAULT_RECURRENCE_PERIOD = "14d"
 INCIDENT = "incident"  # the audit trail's object type for incidents
 PIPELINE_ACTOR = "exfilwatch"  # who the audit trail says updated an incident the rules continued
 
 
-def _episode_incident(incidents: list[Any], keys: set[str], last: str, quiet_start: datetime | None,
-                      quiet_end: datetime | None) -> tuple[str, Any]:
+Window = tuple[datetime | None, datetime | None]
+
+
+def _episode_incident(incidents: list[Any], keys: set[str], last: str, quiet: Window, recurrence: Window,
+                      detections_of: Any) -> tuple[str, Any]:
     """Which stored incident of the candidate's object (any rule's) a candidate belongs to.
 
     ('unchanged', closed) when a closed incident already holds all its risk events (closing is the
     analyst's verdict on them: a later fire that sees them again, by any rule, raises nothing);
     ('update', open) for the open incident that shares a risk event with it, else for the open
-    incident nearest to it in time among those active within [quiet_start, quiet_end] (the
-    candidate widened by the quiet period on both sides: when rules are replayed one after another
-    over a backfill, a rule's candidate can come before an incident another rule opened later);
-    else ('new', None).
+    incident nearest to it in time among those active within `quiet` (the candidate widened by the
+    quiet period on both sides: when rules are replayed one after another over a backfill, a
+    rule's candidate can come before an incident another rule opened later) or, for an incident
+    that already holds every detection behind the candidate's risk events (`detections_of` a set
+    of event keys), within `recurrence`; else ('new', None).
     """
     near: list[tuple[float, Any]] = []
+    signal = detections_of(keys) if keys else set()
     for incident in incidents:  # newest first
         old = set(json.loads(incident["event_keys"]))
         same_events = old & keys if keys else incident["last_time"] == last  # keyless rows: by time
@@ -79,25 +91,31 @@ def _episode_incident(incidents: list[Any], keys: set[str], last: str, quiet_sta
         if same_events:
             return "update", incident
         began, ended = as_time(incident["first_time"]), as_time(incident["last_time"])
-        if None in (quiet_start, quiet_end, began, ended):
+        if began is None or ended is None:
             continue
-        assert quiet_start is not None and quiet_end is not None and began is not None and ended is not None
-        if ended >= quiet_start and began <= quiet_end:
-            # how far the incident is from the candidate, on the quiet period's scale
-            near.append((max((quiet_start - ended).total_seconds(), (began - quiet_end).total_seconds()), incident))
+        windows = [quiet]
+        if signal and signal <= detections_of(set(json.loads(incident["event_keys"]))):
+            windows.append(recurrence)
+        for start, end in windows:
+            if start is not None and end is not None and ended >= start and began <= end:
+                # how far the incident is from the candidate, on that period's scale
+                near.append((max((start - ended).total_seconds(), (began - end).total_seconds()), incident))
+                break
     if near:
         return "update", min(near, key=lambda pair: pair[0])[1]
     return "new", None
 
 
 def upsert_incident(state: StateStore, detection: Any, row: dict[str, Any], now: datetime, tz: str,
-                    quiet_period: str = DEFAULT_QUIET_PERIOD) -> str:
+                    quiet_period: str = DEFAULT_QUIET_PERIOD,
+                    recurrence_period: str = DEFAULT_RECURRENCE_PERIOD) -> str:
     """Store an incident candidate: 'new', 'updated' (continues an incident) or 'unchanged'.
 
     One incident per entity and episode, whichever incident rule sees it: a candidate continues
     the open incident of its object (raised by any rule) when they share a risk event or when
-    less than `quiet_period` of silence lies between them; after a closed incident or a quiet
-    period it is a new incident. An update appends the risk events, raises the severity, moves
+    less than `quiet_period` of silence lies between them, or less than `recurrence_period` when
+    the incident already holds every detection behind the candidate's risk events; after a closed
+    incident or a quiet period it is a new incident. An update appends the risk events, raises the severity, moves
     last_time, adds the candidate's rule to the incident's `rules`, counts in `updates` and is
     audited as done by `exfilwatch`, naming the rule. The score of an episode is the sum of its
     parts that share no risk event (sessions, days); a candidate that overlaps the incident (a
@@ -120,18 +138,28 @@ def upsert_incident(state: StateStore, detection: Any, row: dict[str, Any], now:
     # stored incident, not on which other rules happen to be loaded in this run (`--rule`, a
     # backtest). The shipped rules share the same default (4d), so the choice only matters for
     # a rule an operator tuned on purpose.
-    quiet_start = relative_time(began, f"-{quiet_period}", tz) if began is not None else None
-    quiet_end = relative_time(ended or began, f"+{quiet_period}", tz) if (ended or began) is not None else None
+    def widened(period: str) -> Window:
+        return (relative_time(began, f"-{period}", tz) if began is not None else None,
+                relative_time(ended or began, f"+{period}", tz) if (ended or began) is not None else None)
+
+    quiet, recurrence = widened(quiet_period), widened(recurrence_period)
     with state.transaction() as db:
-        # Only incidents within the quiet period of the candidate can continue or hold it: one
-        # sharing a risk event overlaps it in time.
+        def detections_of(event_keys: set[str]) -> set[str]:
+            marks = ",".join("?" * len(event_keys))
+            return {r[0] for r in db.execute(
+                f"SELECT DISTINCT detection_id FROM risk_events WHERE event_key IN ({marks})", sorted(event_keys))}
+
+        # Only incidents within the longer of the two periods of the candidate can continue or hold
+        # it: one sharing a risk event overlaps it in time.
+        lo = min((w[0] for w in (quiet, recurrence) if w[0] is not None), default=None)
+        hi = max((w[1] for w in (quiet, recurrence) if w[1] is not None), default=None)
         incidents = db.execute(
             "SELECT * FROM incidents WHERE risk_object = ? AND julianday(last_time) >= julianday(?) "
             "AND julianday(first_time) <= julianday(?) ORDER BY incident_id DESC",
-            (entity, (quiet_start or _instant(first)).isoformat(),
-             (quiet_end or datetime.max.replace(tzinfo=timezone.utc)).isoformat()),
+            (entity, (lo or _instant(first)).isoformat(),
+             (hi or datetime.max.replace(tzinfo=timezone.utc)).isoformat()),
         ).fetchall()
-        outcome, match = _episode_incident(incidents, set(keys), last, quiet_start, quiet_end)
+        outcome, match = _episode_incident(incidents, set(keys), last, quiet, recurrence, detections_of)
         if outcome == "unchanged":
             return outcome
         if match is None:
@@ -234,7 +262,8 @@ def evaluate_fires(con: duckdb.DuckDBPyConnection, state: StateStore, settings: 
         for row in execute(con, detection, params):
             result.candidates += 1
             outcome = upsert_incident(state, detection, row, fire, settings.timezone,
-                                      str(params.get(QUIET_PERIOD, DEFAULT_QUIET_PERIOD)))
+                                      str(params.get(QUIET_PERIOD, DEFAULT_QUIET_PERIOD)),
+                                      str(params.get(RECURRENCE_PERIOD, DEFAULT_RECURRENCE_PERIOD)))
             result.new += outcome == "new"
             result.updated += outcome == "updated"
     return result
