@@ -115,7 +115,7 @@ WITH judged AS (
            d.messages AS messages, d.bytes AS bytes
     FROM (SELECT session_key, user, _time, unnest(recipient_domains) AS d FROM judged)
 ), earlier_domains AS (
-    SELECT user, _time, d.domain AS domain
+    SELECT user, _time, d.domain AS domain, d.domain_class AS domain_class
     FROM (SELECT user, _time, unnest(recipient_domains) AS d FROM user_sessions
           WHERE _time >= $earliest - ($now - $history) AND _time < $latest)
 ), known_domains AS (
@@ -155,11 +155,23 @@ WITH judged AS (
 ), data_start AS (
     -- the first session in the data: before $warmup_days of data everyone would be "first-time"
     SELECT min(_time) AS first_close FROM user_sessions WHERE _time >= $history
+), introductions AS (
+    -- business domains the user was the first in the organisation to mail (after its memory of
+    -- domains warmed up): a salesperson who brings new companies every week is not news when
+    -- they bring one more
+    SELECT j.session_key, count(*) AS introductions
+    FROM judged j JOIN (SELECT domain, min(_time) AS first_mailed, arg_min(user, _time) AS introducer
+                        FROM earlier_domains WHERE domain_class <> 'personal' GROUP BY domain) o
+      ON o.introducer = j.user AND o.first_mailed < j._time AND o.first_mailed >= j._time - ($now - $history)
+    CROSS JOIN data_start d
+    WHERE o.first_mailed >= d.first_close + to_days($org_warmup_days)
+    GROUP BY j.session_key
 ), scored AS (
     SELECT j.*, CAST(j.{feature} AS DOUBLE) AS value, coalesce(m.n, 0) AS model_sessions,
            m.mean, m.stdev, m.median, m.p95, m.max, m.log_median, m.log_scale, m.shape, q.z_tail,
            CAST({new_count} AS BIGINT) AS new_domains, CAST({new_value} AS DOUBLE) AS new_value,
            CAST({org_value} AS DOUBLE) AS org_value, nv.largest_new_business_domain AS largest_new_domain,
+           coalesce(intro.introductions, 0) AS org_introductions,
            pr.peer_sessions, pr.peer_users, pr.peer_median, pr.peer_p95,
            CASE WHEN pr.peer_users >= $peer_minimum_users AND $peer_multiple > 0
                 THEN $peer_multiple * pr.peer_p95 END AS peer_threshold,
@@ -176,6 +188,7 @@ WITH judged AS (
                     END
            END AS model_threshold
     FROM judged j LEFT JOIN model m USING (session_key) LEFT JOIN novelty nv USING (session_key)
+    LEFT JOIN introductions intro USING (session_key)
     LEFT JOIN peers pr ON pr.department = j.department AND pr.day = date_trunc('day', j._time)
     CROSS JOIN quantile q CROSS JOIN data_start d
 ), judged_rows AS (
@@ -232,6 +245,7 @@ WITH judged AS (
            -- what went to domains no one in the organisation mailed in the model window: no colleague
            -- does business there, so less of it is news (a multiple of the p95 session, a lower floor)
            CASE WHEN model_state = 'model' AND org_warmed_up AND $new_org_multiple > 0
+                     AND org_introductions <= $max_org_introductions
                 THEN greatest($new_org_multiple * p95, $new_org_floor) END AS org_new_threshold
     FROM judged_rows
 ), fired AS (
@@ -267,7 +281,7 @@ SELECT user, department, session_key AS session_id, session_kind, session_start,
        new_domains, CAST(new_value AS BIGINT) AS new_domain_value, round(new_domain_threshold, 2) AS new_domain_threshold,
        value > applied_threshold AS above_user_threshold, new_value > coalesce(new_domain_threshold, new_value) AS above_new_domain_threshold,
        CAST(org_value AS BIGINT) AS org_new_value, round(org_new_threshold, 2) AS org_new_threshold,
-       org_value > coalesce(org_new_threshold, org_value) AS above_org_new_threshold,
+       org_value > coalesce(org_new_threshold, org_value) AS above_org_new_threshold, org_introductions,
        department AS peer_group, peer_users, peer_sessions, round(peer_median, 2) AS peer_median,
        round(peer_p95, 2) AS peer_p95, round(peer_threshold, 2) AS peer_threshold, coalesce(above_peers, false) AS above_peers,
        -- the risk score grows with how far above the threshold (by up to half, at twice it), with
