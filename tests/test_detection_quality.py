@@ -275,7 +275,7 @@ def test_findings_explain_themselves_in_readable_numbers(org):
     olga = org["findings"][("olga", "em_bsum")]
     assert re.search(r"times the usual \d+ kB", olga["message"]), olga["message"]
     assert not re.search(r"(?<![\d.])0\.0 MB", olga["message"]) and olga["fields"]["new_domains"] == 1
-    assert "(of 1 new business domains)" in olga["message"] and "to domains new to the organisation" in olga["message"]
+    assert "(of 1 new business domains)" in olga["message"] and "6.0 MB to one domain new to the organisation" in olga["message"]
 
 
 def test_the_four_rules_hold_the_one_template():

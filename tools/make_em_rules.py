@@ -330,6 +330,14 @@ def novelty(rule: Rule, r: Callable[[str], str], noun: str) -> str:
     return "'; ' || " + r("new_value") + noun + " || ' to domains new to the user (' || new_domains || ')'"
 
 
+def org_novelty(rule: Rule, r: Callable[[str], str], noun: str) -> str:
+    """SQL text of what went to domains new to the organisation, as the rule judges it."""
+    if rule.feature == "em_dnum":
+        return "'; ' || " + r("org_value") + " || ' new to the organisation'"
+    where = "one domain" if rule.feature == "em_bsum" else "domains"
+    return "'; ' || " + r("org_value") + noun + f" || ' to {where} new to the organisation'"
+
+
 def search(rule: Rule) -> str:
     r = lambda expr, bound=False: readable(rule, expr, bound)  # noqa: E731
     noun = f" || ' {rule.noun}'" if rule.noun else ""
@@ -340,8 +348,7 @@ def search(rule: Rule) -> str:
         max=r("max"), times_usual=times("value / median"), times_threshold=times("value / applied_threshold"),
         novelty=novelty(rule, r, noun),
         new_threshold=r("new_domain_threshold", bound=True),
-        org_novelty=("'; ' || " + r("org_value") + noun + " || ' to domains new to the organisation'"
-                     if rule.feature != "em_dnum" else "'; ' || " + r("org_value") + " || ' new to the organisation'"),
+        org_novelty=org_novelty(rule, r, noun),
         org_threshold=r("org_new_threshold", bound=True),
         peer_threshold=r("greatest(peer_threshold, $floor)", bound=True),
     )
