@@ -362,6 +362,21 @@ SRX_TEXT_COUNTERS = r" (\d+ \S+ \S+ \S+ \d+ \d+\(\d+\) \d+\(\d+\) \d+)(?: (\S+))
 _SRX_SYSLOG = r"^(?:<\d{1,3}>)?(?:1 )?(?:[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)"
 
 
+def _sd_run(pattern: str, first_key: str, names: list[str]) -> str:
+    """SQL: `pattern`'s groups in `m`, read where its first key first occurs.
+
+    Every match of `pattern` starts with `first_key`, so when the pattern matches at that key's
+    first occurrence, that is the leftmost match an unanchored search would find; there the
+    pattern is anchored, which RE2 runs one-pass instead of searching a ~700-byte line from
+    every position (a third of the cost). Elsewhere (another order of keys, a damaged line) the
+    unanchored search decides, as before."""
+    listed = ", ".join(sql_string(n) for n in names)
+    anchored = f"regexp_extract(substr(m, strpos(m, {sql_string(first_key)})), {sql_string('^' + pattern)}, [{listed}])"
+    searched = f"regexp_extract(m, {sql_string(pattern)}, [{listed}])"
+    no_match = "{" + ", ".join(f"{sql_string(n)}: ''" for n in names) + "}"  # what regexp_extract gives then
+    return f"coalesce(nullif({anchored}, {no_match}), {searched})"
+
+
 def _sd(key: str) -> str:
     pattern = " " + key + '="([^"]*)"'
     return f"nullif(regexp_extract(m, {sql_string(pattern)}, 1), '')"
@@ -408,8 +423,8 @@ class JuniperSRXFlow:
             ), extracted AS (
                 -- every line goes one way: CASE evaluates each branch on its own rows only
                 SELECT *,
-                       CASE WHEN structured THEN regexp_extract(m, {sql_string(SRX_ADDRESSES)}, {list(SRX_ADDRESS_FIELDS)}) END AS sa,
-                       CASE WHEN structured THEN regexp_extract(m, {sql_string(SRX_COUNTERS)}, {list(SRX_COUNTER_FIELDS)}) END AS sc,
+                       CASE WHEN structured THEN {_sd_run(SRX_ADDRESSES, ' source-address="', list(SRX_ADDRESS_FIELDS))} END AS sa,
+                       CASE WHEN structured THEN {_sd_run(SRX_COUNTERS, ' session-id', list(SRX_COUNTER_FIELDS))} END AS sc,
                        CASE WHEN structured THEN struct_pack({sd_other}) END AS so,
                        CASE WHEN NOT structured THEN regexp_extract(m, {sql_string(SRX_TEXT_HEAD)}, ['reason', 'tuple', 't2', 't3']) END AS a,
                        CASE WHEN NOT structured THEN regexp_extract(m, {sql_string(SRX_TEXT_COUNTERS)}, ['run', 'app']) END AS c
