@@ -16,7 +16,7 @@ from exfilwatch.events.files import read_head
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
-from exfilwatch.sources.pulse_secure import PulseSecure
+from exfilwatch.sources.pulse_secure import KINDS, PulseSecure, kind_groups_sql
 from exfilwatch.synth.writers import pulse_secure as writer
 from exfilwatch.home import open_state
 
@@ -516,3 +516,82 @@ def test_header_forms_give_one_instant(when, form, host):
 def test_very_long_line_is_quarantined():
     line = "<134>Mar  3 09:00:01 vpn01 PulseSecure: 2026-03-03 09:00:01 - ive - [" + "9" * 200_000
     assert run_parser(PulseSecure(), [line]) == ["quarantined"]
+
+
+# --- the one-pass readings of the frequent Pulse kinds give what the kinds' own patterns give ---
+
+_ONE_PASS_KINDS = [kind for kind in KINDS if kind.one_pass]
+# the messages as the appliance writes them, in pieces; the test inserts, removes and replaces pieces
+_MESSAGE_TEMPLATES = [
+    ["Closed connection to ", "TUN-VPN", " port 443", " after ", "12", " seconds", ", with ", "34", " bytes read ",
+     "(in 3 chunks) ", "and ", "56", " bytes written", " (in 9 chunks)"],
+    ["VPN Tunneling: Session started for user", " ", "with ", "IPv4 address ", "10.0.0.1", ", hostname WS-1"],
+    ["VPN Tunneling: Session ended for user", " ", "with ", "IPv4 address ", "10.0.0.1"],
+    ["Primary authentication successful for ", "jdoe", "/", "ACME-AD", " from ", "198.51.100.7"],
+    ["Primary authentication failed for ", "jdoe", "/", "ACME-AD", " from ", "198.51.100.7"],
+]
+_MESSAGE_PIECES = sorted({piece for template in _MESSAGE_TEMPLATES for piece in template} | {
+    "", " ", "  ", ",", "(", ")", "/", "after ", "IP ", "IPv6 address ", "fe80::1", "(session:ab12) ", "(session: sidAB) ",
+    " second", "(in 1 chunk) ", "ACME AD", "x", "."})
+_EDIT = st.tuples(st.integers(0, 14), st.sampled_from(["insert", "replace", "remove"]), st.sampled_from(_MESSAGE_PIECES))
+
+
+def _edited(template: list[str], edits: list[tuple[int, str, str]]) -> str:
+    pieces = list(template)
+    for at, how, piece in edits:
+        at = at % (len(pieces) + 1)
+        if how == "insert":
+            pieces.insert(at, piece)
+        elif pieces and at < len(pieces):
+            pieces[at:at + 1] = [piece] if how == "replace" else []
+    return "".join(pieces)
+
+
+def _groups(con, messages: list[str], kind, one_pass: bool) -> list:
+    rows = con.execute(f"SELECT {kind_groups_sql(kind, one_pass)} FROM (SELECT unnest($m) AS t, generate_subscripts($m, 1) AS i) "
+                       "ORDER BY i", {"m": messages}).fetchall()
+    return [row[0] | {"m_ok": row[0]["m_ok"] != ""} for row in rows]  # m_ok: only whether it matched
+
+
+def _assert_readings_agree(messages: list[str]) -> None:
+    con = duckdb.connect()
+    for kind in _ONE_PASS_KINDS:
+        assert _groups(con, messages, kind, True) == _groups(con, messages, kind, False), kind.name
+    con.close()
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(range(len(_MESSAGE_TEMPLATES))), st.lists(_EDIT, min_size=2, max_size=4)),
+                min_size=20, max_size=60))
+def test_pulse_one_pass_readings_agree_with_the_kind_patterns(edits):
+    _assert_readings_agree([_edited(_MESSAGE_TEMPLATES[template], changes) for template, changes in edits])
+
+
+def test_pulse_one_pass_readings_agree_on_every_single_edit():
+    """Every piece inserted at, or put in place of, every position of each message, and each piece removed."""
+    messages = []
+    for template in _MESSAGE_TEMPLATES:
+        for at in range(len(template) + 1):
+            messages += [_edited(template, [(at, "insert", piece)]) for piece in _MESSAGE_PIECES]
+            messages += [_edited(template, [(at, "replace", piece)]) for piece in _MESSAGE_PIECES]
+    _assert_readings_agree(messages)
+
+
+def test_pulse_one_pass_readings_take_the_appliances_messages():
+    """The quick reading is the one taken on the messages as Pulse writes them (else it would only cost)."""
+    messages = {
+        "tunnel session started": "VPN Tunneling: Session started for user with IPv4 address 10.200.3.4, hostname WS-jdoe",
+        "tunnel session ended": "VPN Tunneling: Session ended for user with IPv4 address 10.200.3.4",
+        "connection closed": ("Closed connection to TUN-VPN port 443 after 3600 seconds, with 5000 bytes read "
+                              "(in 12 chunks) and 7000 bytes written (in 9 chunks)"),
+        "primary authentication successful": "Primary authentication successful for jdoe/ACME-AD from 198.51.100.7",
+        "primary authentication failed": "Primary authentication failed for jdoe/ACME-AD from 198.51.100.7",
+    }
+    assert sorted(messages) == sorted(kind.name for kind in _ONE_PASS_KINDS)
+    con = duckdb.connect()
+    for kind in _ONE_PASS_KINDS:
+        fast = kind.one_pass
+        taken, = con.execute(f"SELECT {fast.guard} AND regexp_matches({fast.subject}, ?) FROM (SELECT ? AS t)",
+                             [fast.pattern, messages[kind.name]]).fetchone()
+        assert taken, kind.name
+    con.close()
