@@ -181,7 +181,6 @@ def classify_sql(ctx: ParseContext) -> str:
             FROM g
         ), s AS (
             SELECT *,
-                has_slash AND list_contains({known}, daemon) AS is_postfix,
                 CASE WHEN blank THEN 'blank'
                      WHEN host = '' THEN 'nosyslog'
                      WHEN t IS NULL THEN 'badtime'
@@ -221,9 +220,10 @@ def classify_sql(ctx: ParseContext) -> str:
         SELECT *,
             -- whether the line's time is local (a BSD stamp, an ISO stamp without an offset) and
             -- yearless (a BSD stamp): from the header already read; the regex only for other lines
-            CASE WHEN host <> '' THEN NOT (left(stamp, 1) BETWEEN '0' AND '9')
-                                      OR regexp_full_match(stamp, {sql_string(ISO_ZONELESS)})
-                 ELSE regexp_matches(line, {sql_string(ZONELESS_LINE)}) END AS zoneless_line,
+            -- (CASE branches, not OR: DuckDB evaluates both sides of an OR in a select list)
+            CASE WHEN host = '' THEN regexp_matches(line, {sql_string(ZONELESS_LINE)})
+                 WHEN NOT (left(stamp, 1) BETWEEN '0' AND '9') THEN true
+                 ELSE regexp_full_match(stamp, {sql_string(ISO_ZONELESS)}) END AS zoneless_line,
             CASE WHEN host <> '' THEN NOT (left(stamp, 1) BETWEEN '0' AND '9')
                  ELSE regexp_matches(line, {sql_string(YEARLESS_LINE)}) END AS yearless_line,
             CASE WHEN kind IS NOT NULL THEN 'parsed'
