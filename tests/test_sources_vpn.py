@@ -16,7 +16,7 @@ from exfilwatch.events.files import read_head
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.sources import SOURCES, detect_source
 from exfilwatch.sources.base import ParseContext
-from exfilwatch.sources.pulse_secure import KINDS, PulseSecure, kind_groups_sql
+from exfilwatch.sources.pulse_secure import KINDS, PulseSecure, groups_sql, kind_groups_sql
 from exfilwatch.synth.writers import pulse_secure as writer
 from exfilwatch.home import open_state
 
@@ -547,16 +547,17 @@ def _edited(template: list[str], edits: list[tuple[int, str, str]]) -> str:
     return "".join(pieces)
 
 
-def _groups(con, messages: list[str], kind, one_pass: bool) -> list:
-    rows = con.execute(f"SELECT {kind_groups_sql(kind, one_pass)} FROM (SELECT unnest($m) AS t, generate_subscripts($m, 1) AS i) "
-                       "ORDER BY i", {"m": messages}).fetchall()
-    return [row[0] | {"m_ok": row[0]["m_ok"] != ""} for row in rows]  # m_ok: only whether it matched
-
-
 def _assert_readings_agree(messages: list[str]) -> None:
+    """What the parser reads (one-pass readings, then the fallback) is what the kind's own pattern reads."""
     con = duckdb.connect()
+    first, detail = groups_sql(KINDS)
     for kind in _ONE_PASS_KINDS:
-        assert _groups(con, messages, kind, True) == _groups(con, messages, kind, False), kind.name
+        rows = con.execute(f"""
+            SELECT {detail} AS parsed, {kind_groups_sql(kind, False)} AS own
+            FROM (SELECT *, {first} AS d0 FROM (SELECT unnest($m) AS t, $kind AS kind))""",
+                           {"m": messages, "kind": kind.name}).fetchall()
+        for parsed, own in rows:  # m_ok: only whether it matched (it holds the literal each pattern starts with)
+            assert parsed | {"m_ok": parsed["m_ok"] != ""} == own | {"m_ok": own["m_ok"] != ""}, kind.name
     con.close()
 
 

@@ -291,22 +291,39 @@ def _kind_regex(kind: Kind) -> tuple[str, list[str]]:
     return regex, sorted(index, key=index.__getitem__)
 
 
+def _with_all_fields(extract: str, names: list[str]) -> str:
+    missing = [f"{field} := CAST(NULL AS VARCHAR)" for field in M_FIELDS + ["m_ok"] if field not in names]
+    return f"struct_insert({extract}, {', '.join(missing)})" if missing else extract
+
+
 def kind_groups_sql(kind: Kind, one_pass: bool = True) -> str:
-    """SQL: the struct of M_FIELDS and `m_ok` that the kind's pattern reads from `t` (its one-pass
-    reading first where it has one and `one_pass`); the fields its pattern lacks are null."""
+    """SQL: the struct of M_FIELDS and `m_ok` that the kind's pattern reads from `t` (with `one_pass`,
+    its one-pass reading where it has one: `m_ok` is then empty where that reading does not apply,
+    and `kind_groups_sql(kind, False)` decides); the fields its pattern lacks are null."""
     regex, names = _kind_regex(kind)
     listed = ", ".join(sql_string(n) for n in names)
-    extract = f"regexp_extract(t, {sql_string(regex)}, [{listed}])"
     if kind.one_pass and one_pass:
         fast = kind.one_pass
         _positional(fast.pattern, names)
-        quick = sql_string(fast.pattern)
-        # a test without groups (RE2's DFA alone), then the extraction: cheaper than the kind's
-        # pattern, and than comparing a struct of groups with the empty one
-        extract = (f"CASE WHEN {fast.guard} AND regexp_matches({fast.subject}, {quick}) "
-                   f"THEN regexp_extract({fast.subject}, {quick}, [{listed}]) ELSE {extract} END")
-    missing = [f"{field} := CAST(NULL AS VARCHAR)" for field in M_FIELDS + ["m_ok"] if field not in names]
-    return f"struct_insert({extract}, {', '.join(missing)})" if missing else extract
+        subject = fast.subject if fast.guard == "true" else f"CASE WHEN {fast.guard} THEN {fast.subject} ELSE '' END"
+        return _with_all_fields(f"regexp_extract({subject}, {sql_string(fast.pattern)}, [{listed}])", names)
+    return _with_all_fields(f"regexp_extract(t, {sql_string(regex)}, [{listed}])", names)
+
+
+def groups_sql(kinds: list[Kind]) -> tuple[str, str]:
+    """SQL: the groups of each line's kind (`kind`, over `t`) in two steps: `d0`, with the one-pass
+    readings, then the expression over `d0` that gives the kind's own pattern's groups where a
+    one-pass reading did not apply (rare, so that CASE only copies what it is given elsewhere).
+
+    Two columns rather than a CASE per kind with its fallback inside: nested CASEs over structs
+    copy every struct once per level, which cost what the one-pass patterns saved (measured)."""
+    first = "CASE kind " + " ".join(f"WHEN {sql_string(k.name)} THEN {kind_groups_sql(k)}" for k in kinds if k.pattern) + " END"
+    one_pass = [k for k in kinds if k.one_pass]
+    if not one_pass:
+        return first, "d0"
+    names = ", ".join(sql_string(k.name) for k in one_pass)
+    fallback = " ".join(f"WHEN {sql_string(k.name)} THEN {kind_groups_sql(k, False)}" for k in one_pass)
+    return first, f"CASE WHEN kind IN ({names}) AND d0.m_ok = '' THEN CASE kind {fallback} END ELSE d0 END"
 
 
 def _positional(pattern: str, names: list[str]) -> None:
@@ -412,8 +429,7 @@ class PulseSecure:
         kind_case = " ".join(f"WHEN {k.test} THEN {sql_string(k.name)}" for k in KINDS)
         # One CASE over the kinds: each branch extracts only its own groups (few groups extract
         # fast) and struct_insert adds the others as nulls, so all branches have one type.
-        detail_case = [f"WHEN {sql_string(kind.name)} THEN {kind_groups_sql(kind)}" for kind in KINDS if kind.pattern]
-        detail_case = " ".join(detail_case)
+        detail_case, detail = groups_sql(KINDS)
         event_case = " ".join(f"WHEN {sql_string(k.name)} THEN {sql_string(k.event_type)}" for k in KINDS if k.event_type)
         reason_case = " ".join(f"WHEN {sql_string(k.name)} THEN {k.reason}" for k in KINDS if k.event_type)
         expected_case = " ".join(
@@ -559,7 +575,7 @@ class PulseSecure:
                            ELSE 'other message' || coalesce(' (' || code || ')', '') END AS kind
             FROM coded
         ), detailed AS (
-            SELECT *, CASE kind {detail_case} END AS d FROM kinded
+            SELECT * EXCLUDE (d0), {detail} AS d FROM (SELECT *, {detail_case} AS d0 FROM kinded)
         ), typed AS (
             SELECT *,
                    CASE kind {event_case} END AS event_type,
