@@ -441,7 +441,7 @@ class PulseSecure:
         body_time = local_time_sql("try_strptime(body_ts, '%Y-%m-%d %H:%M:%S')", tz)
         cef_local = local_time_sql(
             "try_strptime(c_rt, ['%b %d %Y %H:%M:%S', '%b %d %Y %H:%M:%S.%g'])", tz)
-        headers = ", ".join(f"coalesce(h.{g}, '') AS {g}" for g in HEADER_GROUPS)
+        headers = ", ".join(f"coalesce(h.{g}, h0.{g}, '') AS {g}" for g in HEADER_GROUPS)
         session_id = spaced_session_sql("coalesce(nullif(trim(std_session), ''), nullif(trim(w_session), ''), "
                                            "nullif(trim(d.m_session), ''), CASE WHEN contains(t, '(session:') THEN "
                                            "nullif(trim(regexp_extract(t, '\\(session:\\s*([^)]*)\\)', 1)), '') END)")

@@ -42,8 +42,11 @@ def envelope_sql(text: str) -> str:
 
 
 def relayed_envelope_sql(text: str, envelope: str) -> str:
-    """SQL: `envelope` (the column holding `envelope_sql(text)`), or the inner RFC 5424 header's
-    groups when a relay's BSD header comes first.
+    """SQL: the inner RFC 5424 header's groups when a relay's BSD header comes first in `text`
+    (`envelope` is the column holding `envelope_sql(text)`), else null; a line's header field is
+    then `coalesce(relayed.FIELD, envelope.FIELD)` (regexp_extract gives '' for a group that did
+    not match, never null). Null rather than a copy of `envelope`: a CASE over structs copies
+    every field of every row.
 
     The relay case is told apart with string functions on what follows the BSD header's host
     (` 1 ` and a digit), so lines without it pay no second regex; ENVELOPE stays one pattern that
@@ -54,7 +57,7 @@ def relayed_envelope_sql(text: str, envelope: str) -> str:
     after_host = f"substr(ltrim(substr({text}, strpos({text}, {bsd}) + length({bsd}))), length({host}) + 1)"
     # `contains` first: a cheap test that most BSD lines fail, before the string arithmetic
     return (f"CASE WHEN {bsd} <> '' AND contains({text}, ' 1 ') AND starts_with({after_host}, ' 1 ') AND substr({after_host}, 4, 1) "
-            f"BETWEEN '0' AND '9' THEN {envelope_sql(f'substr({after_host}, 2)')} ELSE {envelope} END")
+            f"BETWEEN '0' AND '9' THEN {envelope_sql(f'substr({after_host}, 2)')} END")
 
 
 def checked_zone(tz: str) -> str:
