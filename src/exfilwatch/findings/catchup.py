@@ -4,7 +4,7 @@ fire had run. It lives in the findings stage because it turns a detection's rows
 findings (findings/record.py). The per-fire path (`pipeline.Options(catch_up="per-fire")`) is the reference; the
 conformance tests (tests/test_catch_up.py) hold the two finding for finding.
 
-Two shapes of search are sped up, both recognised from the detection's declaration and SQL,
+Three shapes of search are sped up, all recognised from the detection's declaration and SQL,
 never from a detection's id:
 
 * **Judged windows** (`schedule.judged_from: earliest`, the session rules): each fire judges the
@@ -13,16 +13,29 @@ never from a detection's id:
   change breaks the run) is executed once with `earliest` of its first fire and the rest of its
   last; each finding goes to the fire whose window holds its time. A finding outside the chunk
   means the search does not keep that contract, and the chunk is run fire by fire instead.
-* **Decomposable aggregates** (the network rules, `judged_from: today`): the search reads its
-  model once, in a `GROUP BY` whose only uses of non-key columns are `sum`/`min`/`max` of a
-  column and whose only use of `_time` is comparisons with parameters (or `least`/`greatest` of
-  them). Rows are then summed per key and per segment between consecutive parameter values, and
-  the search runs unchanged over those segments: every comparison of `_time` with a parameter
-  value is the same for every row of a segment, and a sum of sums is the sum. Fires are taken a
-  day at a time (24 hourly fires), each group over segments cut only at its own parameter values,
-  so the days already complete collapse to one row per key and day. Those days' sums are kept
-  between runs (findings/dailysums.py, `snapshot_with_daily_sums`): a run reads from the lake only
-  the days its fires cut into, and the rest of the baseline from the stored sums.
+* **Decomposable aggregates** (the network rules, `judged_from: today`; the shape is recognised
+  in detections/batched.py `segment_plan`): the search reads its model once, in a `GROUP BY`
+  whose only uses of non-key columns are `sum`/`min`/`max` of a column and whose only use of
+  `_time` is comparisons with parameters (or `least`/`greatest` of them). Rows are then summed
+  per key and per segment between consecutive parameter values (`create_range_segments`: every
+  fire's bounds and every local midnight), and the search runs over those segments: every
+  comparison of `_time` with a parameter value is the same for every row of a segment, and a sum
+  of sums is the sum. Fires are taken in groups (`create_group_segments`): the days a group's
+  bounds cut inside are read as segments, every other day as one row per key and day. Those
+  days' sums are kept between runs (findings/dailysums.py, `snapshot_with_daily_sums`): a run
+  reads from the lake only the days its fires cut into, and the rest of the baseline from the
+  stored sums, summed again from the lake where their files changed (late rows).
+* **A batched form** (`catch_up.search` in the detection, the contract in detections/batched.py,
+  checked by `exfilwatch detections lint`): the search's findings for a group of fires in one
+  query. A day of hourly fires shares the judged day and the baseline's start, so the form
+  computes what depends only on those once (the ESCU rules' per-host and all-host counts, sums
+  and sums of squares of the days before; the robust rule's medians and MADs) and each fire, a
+  row of the temp table `fires`, adds its part of the judged day. Fires are grouped while the
+  values of the form's `$parameter` terms stay equal (`batched_groups`): a fire whose baseline
+  starts elsewhere (the 00:00 fire, whose `history` is a day later) starts a group of its own.
+  Nothing of a baseline is kept from one run to the next but the stored daily sums, so a late
+  row in a past day reaches the next run's baseline. A search without a form (or whose form
+  breaks the contract) runs fire by fire over the same segments.
 """
 
 from __future__ import annotations
