@@ -225,12 +225,14 @@ def create_range_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, row
     Every local midnight is a cut, so that no segment spans two days."""
     midnights = [begin for _day, begin, _end in dailysums.local_days(dailysums.midnight_at_or_before(start, tz),
                                                                      end + timedelta(days=2), tz) if begin > start]
-    create_segments(con, plan, rows, SEGMENTS, params, start, midnights)
+    # Both in time order: a group reads a month of them, and DuckDB skips the row groups outside it.
+    create_segments(con, plan, rows, "_catch_up_unordered", params, start, midnights)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {SEGMENTS} AS SELECT * FROM _catch_up_unordered ORDER BY _time")
+    con.execute("DROP TABLE temp.main._catch_up_unordered")
     keys = "".join(f'"{k}", ' for k in plan.keys)
     aggregates = ", ".join(f'{kind}("{c}") AS "{c}"' for c, kind in plan.aggregates.items())
-    con.execute(f"DROP TABLE IF EXISTS temp.main.{DAYS}")
-    con.execute(f"CREATE TEMP TABLE {DAYS} AS SELECT {keys}{local_day_sql('_time', tz)} AS _time, {aggregates} "
-                f"FROM {SEGMENTS} GROUP BY ALL")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {DAYS} AS SELECT {keys}{local_day_sql('_time', tz)} AS _time, "
+                f"{aggregates} FROM {SEGMENTS} GROUP BY ALL ORDER BY _time")
 
 
 def create_group_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, target: str,
