@@ -199,6 +199,22 @@ def test_the_hourly_run_reads_stored_daily_sums_and_no_old_flow(org):
     assert len(after["runs"]) > 0
 
 
+def test_a_run_whose_fires_all_fall_in_a_hole_of_the_data_records_nothing_and_moves_on(org):
+    """Fires inside the two-day hole have no judged row: a run made of them alone skips them all
+    (one pass and per fire alike) and sets the watermark past them."""
+    root, ds, parts = org
+    one_pass, per_fire = homes(root, ds.config, ["hole_one_pass", "hole_per_fire"])
+    inside = HOLE[0] + timedelta(hours=30)
+    for home, mode in ((one_pass, "one-pass"), (per_fire, "per-fire")):
+        ingest(home, parts, 0)
+        schedule(home, HOLE[0] + timedelta(hours=1), mode, NETWORK)
+        result = schedule(home, inside, mode, NETWORK)
+        assert sum(r.fires for r in result.detections) == 0
+        assert all(r.skipped_fires > 0 for r in result.detections)
+    assert recorded(one_pass) == recorded(per_fire)
+    assert {datetime.fromisoformat(w["last_fire"]) for w in recorded(one_pass)["watermarks"]} == {inside}
+
+
 def test_judged_windows_are_chunked_only_while_windows_touch_and_offsets_hold():
     detection = load_detections()["em_fnum"]
     from exfilwatch.config import parse_settings

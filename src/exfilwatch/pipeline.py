@@ -260,6 +260,8 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
         else:
             yield from ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
         return
+    if not due:  # every fire fell where no judged row is (a hole in the data)
+        return
     con.execute(f"ALTER TABLE temp.main.{model} RENAME TO _catch_up_rows")
     try:
         create_range_segments(con, plan, "_catch_up_rows", [params[i] for i in due], start,
