@@ -158,13 +158,17 @@ WITH judged AS (
 ), introductions AS (
     -- business domains the user was the first in the organisation to mail (after its memory of
     -- domains warmed up): a salesperson who brings new companies every week is not news when
-    -- they bring one more
-    SELECT j.session_key, count(*) AS introductions
-    FROM judged j JOIN (SELECT domain, min(_time) AS first_mailed, arg_min(user, _time) AS introducer
-                        FROM earlier_domains WHERE domain_class <> 'personal' GROUP BY domain) o
-      ON o.introducer = j.user AND o.first_mailed < j._time AND o.first_mailed >= j._time - ($now - $history)
+    -- they bring one more. First within the judged session's own model window, whatever range
+    -- this run reads (an hourly fire, a catch-up pass): a mailing introduces its domain when the
+    -- domain's previous mailing by anyone is before that window
+    SELECT j.session_key, count(DISTINCT o.domain) AS introductions
+    FROM judged j JOIN (SELECT user, _time, domain,
+                               lag(_time) OVER (PARTITION BY domain ORDER BY _time) AS previously_mailed
+                        FROM earlier_domains WHERE domain_class <> 'personal') o
+      ON o.user = j.user AND o._time < j._time AND o._time >= j._time - ($now - $history)
+     AND (o.previously_mailed IS NULL OR o.previously_mailed < j._time - ($now - $history))
     CROSS JOIN data_start d
-    WHERE o.first_mailed >= d.first_close + to_days($org_warmup_days)
+    WHERE o._time >= d.first_close + to_days($org_warmup_days)
     GROUP BY j.session_key
 ), scored AS (
     SELECT j.*, CAST(j.{feature} AS DOUBLE) AS value, coalesce(m.n, 0) AS model_sessions,
