@@ -12,7 +12,8 @@ from exfilwatch.config import ConfigError
 from exfilwatch.events.files import read_head
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.sources import SOURCES, detect_source
-from exfilwatch.sources.flows import JuniperSRXFlow, NetflowCSV, NfdumpCSV
+from exfilwatch.sources.flows import (SRX_ADDRESS_FIELDS, SRX_ADDRESSES, SRX_COUNTER_FIELDS, SRX_COUNTERS, JuniperSRXFlow,
+                                      NetflowCSV, NfdumpCSV, _sd_run_anchored, _sd_run_searched)
 from exfilwatch.sources.generic import GenericSource, load_mapping
 from exfilwatch.home import open_state
 
@@ -330,3 +331,32 @@ def test_srx_behind_a_relay_keeps_the_srx_time(tmp_path, home, relay):
     assert (report.source, report.parsed) == ("srx_flow", 1)
     [row] = lake(home, "network_traffic", ["_time", "src_ip", "bytes_out"]).values()
     assert row == ("srx_flow", "2026-03-03 08:15:02.120", "10.20.0.15", 5400000)  # 09:15:07.120+01:00 - 5 s
+
+
+# The structured-data runs are read where their first key first occurs, and searched for only
+# where that finds nothing: the groups are those of the unanchored search in every case.
+_SD_PIECES = [' source-address="10.0.0.1"', ' source-port="5"', ' destination-address="10.0.0.2"',
+              ' destination-port="443"', ' session-id-32="7"', ' session-id="8"', ' packets-from-client="1"',
+              ' bytes-from-client="100"', ' packets-from-server="2"', ' bytes-from-server="200"', ' elapsed-time="3"',
+              ' reason="x source-address=\\"1.1.1.1\\""', ' nat-source-address="10.9.9.9"', ' source-address=""', '"', ' ']
+_SD_RUNS = [(SRX_ADDRESSES, ' source-address="', list(SRX_ADDRESS_FIELDS)),
+            (SRX_COUNTERS, ' session-id', list(SRX_COUNTER_FIELDS))]
+
+
+@given(st.lists(st.lists(st.sampled_from(_SD_PIECES), max_size=16), min_size=1, max_size=30))
+def test_srx_structured_runs_read_as_the_unanchored_search(bodies):
+    usual = "".join(_SD_PIECES[:11])
+    messages = ["RT_FLOW_SESSION_CLOSE [junos@2636.1.1.1.2.129" + "".join(b) + "]" for b in bodies]
+    messages += ["RT_FLOW_SESSION_CLOSE [junos@2636.1.1.1.2.129" + usual + "]"]
+    con = duckdb.connect()
+    for pattern, key, names in _SD_RUNS:
+        listed = "[" + ", ".join(f"'{n}'" for n in names) + "]"
+        rows = con.execute(f"""
+            SELECT {' , '.join(f"coalesce(r1.{n}, r0.{n})" for n in names)}, {' , '.join(f"s.{n}" for n in names)}
+            FROM (SELECT *, {_sd_run_searched('r0', pattern, names)} AS r1
+                  FROM (SELECT m, true AS structured, {_sd_run_anchored(pattern, key, names)} AS r0,
+                               regexp_extract(m, ?, {listed}) AS s FROM (SELECT unnest(?) AS m)))""",
+                           [pattern, messages]).fetchall()
+        assert [row[:len(names)] for row in rows] == [row[len(names):] for row in rows]
+        assert rows[-1][0] not in ("", None)  # the usual line is read
+    con.close()
