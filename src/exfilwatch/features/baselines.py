@@ -41,7 +41,7 @@ def host_daily_mail_bytes(con: duckdb.DuckDBPyConnection, state: StateStore, set
     in [start, end), and the all-hosts mean and sample standard deviation of the daily values, as
     the network detections compute them (flows whose destination is an `email_server` asset)."""
     register_lake_views(con, settings, state, start, end)
-    daily = f"""
+    daily = """
         SELECT src_ip, _day AS day, sum(bytes_in) AS bytes_in, sum(bytes_out) AS bytes_out
         FROM lake.network_traffic
         WHERE dest_category = 'email_server' AND src_ip IS NOT NULL AND _time >= $start AND _time < $end

@@ -230,7 +230,7 @@ class CsvHeader:
 
 
 def read_netflow_header(head: list[str]) -> CsvHeader | None:
-    line = next((l for l in head if l.strip() and not l.startswith("#")), None)
+    line = next((row for row in head if row.strip() and not row.startswith("#")), None)
     if line is None:
         return None
     separator = max([",", ";", "\t"], key=line.count)
