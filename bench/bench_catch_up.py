@@ -1,6 +1,6 @@
 """Benchmark a first `run` (the catch-up of every missed fire) and the hourly run after it.
 
-    python bench/bench_catch_up.py [--users 1000] [--days 30] [--out DIR] [--no-per-fire]
+    python bench/bench_catch_up.py [--users 1000] [--days 30] [--out DIR] [--no-per-fire] [--memory-limit 1GB]
 
 The synthetic organisation's logs (Pulse Secure, Postfix, Zeek conn.log with the network
 generator's flows) are ingested once; that ingest is the reference the first run is compared
