@@ -67,6 +67,35 @@ FILES_DAY = {"messages": (2, 2), "size": (1_200_000, 1_300_000)}
 ORG_HISTORY_DAYS = 50  # the organisation's data starts here: its memory of domains (35 days) is long enough
 
 
+def run_rules(folder: Path, company: Company, departments: dict[str, str]) -> dict:
+    """Ingest the company's logs into a fresh home; the four rules at NOW, the notable-session rule an hour later."""
+    company.log.write(folder, "org")
+    config = {"timezone": "America/New_York", "internal_domains": ["corp.example"],
+              "identities": [{"user": u, "department": d} for u, d in departments.items()]}
+    home = Home(root=folder / "home", config_path=folder / "home" / "config.yaml")
+    settings = parse_settings(config, "test")
+    state = open_state(home)
+    ingest_paths([folder / "org_vpn.log", folder / "org_maillog"], home, settings)
+    catalog = load_detections()
+    rules = [catalog[r] for r in RULES]
+    con = connect(settings, home.spill_dir)
+    try:
+        result = pipeline.run(con, state, settings, rules, NOW, pipeline.Options(
+            mode="once", detections=rules, incident_rules=[], deliver=False))
+        # the hourly incident rule sees the risk events from its first fire after their detection
+        pipeline.run_incident_rules(con, state, settings, [catalog["notable_session"]], NOW + timedelta(hours=1))
+        incidents = stored_incidents(state)
+    finally:
+        con.close()
+        state.close()
+    findings: dict[tuple[str, str], dict] = {}
+    for run in result.detections:
+        for f in run.findings:
+            findings[(f.entity, run.detection.id)] = {"fields": f.fields, "message": f.message,
+                                                      "score": f.risk_score}
+    return {"findings": findings, "incidents": incidents}
+
+
 @pytest.fixture(scope="module")
 def org(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("org")
@@ -135,35 +164,25 @@ def org(tmp_path_factory) -> dict:
     judged["sam"] = burst("sam", 60, [f"newcustomer{i}.example" for i in range(30)], 150_000, t0)
     for user in list(habits) + ["vera", "nora", "ned", "bess", "mia", "olga", "otto", "rita", "pat", "sam"]:
         company.day(user, JUDGED, 12 + 10 / 60, habits.get(user, ORDINARY), judged.get(user, []))
-    company.log.write(folder, "org")
-
     departments = {**{u: "engineering" for u in ENGINEERING + ["bert", "vera", "nora", "ned", "heavy", "paula"]},
                    **{u: "sales" for u in SALES_TEAM + ["sally", "sam"]}, "bess": "support", "mia": "marketing",
                    "olga": "finance", "otto": "finance", "rita": "finance", "pat": "finance"}
-    config = {"timezone": "America/New_York", "internal_domains": ["corp.example"],
-              "identities": [{"user": u, "department": d} for u, d in departments.items()]}
-    home = Home(root=folder / "home", config_path=folder / "home" / "config.yaml")
-    settings = parse_settings(config, "test")
-    state = open_state(home)
-    ingest_paths([folder / "org_vpn.log", folder / "org_maillog"], home, settings)
-    catalog = load_detections()
-    rules = [catalog[r] for r in RULES]
-    con = connect(settings, home.spill_dir)
-    try:
-        result = pipeline.run(con, state, settings, rules, NOW, pipeline.Options(
-            mode="once", detections=rules, incident_rules=[], deliver=False))
-        # the hourly incident rule sees the risk events from its first fire after their detection
-        pipeline.run_incident_rules(con, state, settings, [catalog["notable_session"]], NOW + timedelta(hours=1))
-        incidents = stored_incidents(state)
-    finally:
-        con.close()
-        state.close()
-    findings: dict[tuple[str, str], dict] = {}
-    for run in result.detections:
-        for f in run.findings:
-            findings[(f.entity, run.detection.id)] = {"fields": f.fields, "message": f.message,
-                                                      "score": f.risk_score}
-    return {"findings": findings, "incidents": incidents}
+    return run_rules(folder, company, departments)
+
+
+@pytest.fixture(scope="module")
+def young_org(tmp_path_factory) -> dict:
+    """Three weeks of data: yael, with small sessions, sends 6 MB to an auditor she mails once a month."""
+    company = Company(seed=12)
+    for user in ENGINEERING + ["yael"]:
+        for i in range(21, 0, -1):
+            company.day(user, JUDGED - timedelta(days=i), 17, SMALL_DAY if user == "yael" else ORDINARY)
+    yael = [Message(at(JUDGED, 10) + timedelta(minutes=k), "yael@corp.example", ["reports@audit-partners.example"],
+                    3_000_000) for k in range(2)]
+    for user in ENGINEERING:
+        company.day(user, JUDGED, 12 + 10 / 60, ORDINARY)
+    company.day("yael", JUDGED, 12 + 10 / 60, SMALL_DAY, yael)
+    return run_rules(tmp_path_factory.mktemp("young"), company, {u: "engineering" for u in ENGINEERING + ["yael"]})
 
 
 def rules_for(org: dict, user: str) -> set[str]:
@@ -260,6 +279,15 @@ def test_volume_to_a_company_new_to_everyone_is_judged_against_the_users_usual_s
     assert f["times_usual"] >= 30
     assert finding["score"] >= 90 and "rita" in incident_entities(org)
     assert "2.4 MB to one domain new to the organisation (fires above 2.0 MB, 30 times the usual)" in finding["message"]
+
+
+def test_in_the_first_weeks_of_data_a_partner_mailed_once_a_month_is_not_new(young_org):
+    # three weeks of data have not seen the auditor yael writes to at month-end: 6 MB to it is new
+    # neither to her nor to the organisation until the memory of domains is 35 days long (before:
+    # EM-BSum fired, 6 MB "to a domain new to the user" above its 5 MB floor; half of the
+    # unlabelled EM-BSum findings of the evaluation's first five weeks were such)
+    assert rules_for(young_org, "yael") == set()
+    assert young_org["incidents"] == []
 
 
 def test_many_new_customers_a_little_each_are_not_a_volume_leak(org):
