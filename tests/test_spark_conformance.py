@@ -160,6 +160,22 @@ def test_sessions_and_session_rules_on_spark_equal_duckdb_on_an_organisation(spa
     for ours, theirs in zip(duck_runs, spark_runs):
         assert_same_findings(ours.findings, theirs.findings)
     assert duck_runs[0].findings  # a session of this organisation is an outlier of its user's sizes
+    # the terms for domains new to the organisation, non-zero: two weeks of data are under the
+    # 35-day memory of domains, so the four rules judge them here from the fourth day, for anyone
+    # (no bound on introductions), above 1 x the usual session and 1 byte or message
+    em_rules = [d for d in DETECTIONS if d.id in ("em_fnum", "em_dnum", "em_bsum", "em_bsum_personal")]
+    novelty = {"domain_warmup_days": 3, "new_org_multiple": 1, "new_org_floor": 1, "max_org_introductions": 1000}
+    duck_runs = detect_once(con, duck_state, settings, em_rules, now, earliest="-14d@d", store=False,
+                            overrides=novelty)
+    spark_runs = detect_once(con, spark_state, settings, em_rules, now, earliest="-14d@d", store=False,
+                             overrides=novelty, spark=spark)
+    for ours, theirs in zip(duck_runs, spark_runs):
+        assert_same_findings(ours.findings, theirs.findings)
+    by_org_novelty = [f.fields for run in duck_runs for f in run.findings if f.fields["above_org_new_threshold"]]
+    assert {run.detection.id for run in duck_runs if any(f.fields["org_new_value"] > 0 for f in run.findings)} == {
+        "em_fnum", "em_dnum", "em_bsum"}
+    assert by_org_novelty and all(f["org_new_threshold"] > 0 for f in by_org_novelty)
+    assert any(f["org_introductions"] > 0 for run in duck_runs for f in (g.fields for g in run.findings))
 
     stored = {}
     for name, state in (("duckdb", duck_state), ("spark", spark_state)):
