@@ -24,7 +24,9 @@ never from a detection's id:
   bounds cut inside are read as segments, every other day as one row per key and day. Those
   days' sums are kept between runs (findings/dailysums.py, `snapshot_with_daily_sums`): a run
   reads from the lake only the days its fires cut into, and the rest of the baseline from the
-  stored sums, summed again from the lake where their files changed (late rows).
+  stored sums, summed again from the lake where their files changed (late rows). Within one run,
+  a detection that reads exactly the lake rows the previous one read (`lake_rows`,
+  `SharedLakeRows`: the robust rule after `hosts_receiving…`) copies them instead.
 * **A batched form** (`catch_up.search` in the detection, the contract in detections/batched.py,
   checked by `exfilwatch detections lint`): the search's findings for a group of fires in one
   query. A day of hourly fires shares the judged day and the baseline's start, so the form
