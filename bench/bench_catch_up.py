@@ -1,6 +1,7 @@
 """Benchmark a first `run` (the catch-up of every missed fire) and the hourly run after it.
 
-    python bench/bench_catch_up.py [--users 1000] [--days 30] [--out DIR] [--no-per-fire] [--memory-limit 1GB]
+    python bench/bench_catch_up.py [--users 1000] [--days 30] [--out DIR] [--no-per-fire]
+                                   [--memory-limit 1GB] [--reference-src DIR --rounds N]
 
 The synthetic organisation's logs (Pulse Secure, Postfix, Zeek conn.log with the network
 generator's flows) are ingested once; that ingest is the reference the first run is compared
@@ -15,6 +16,11 @@ with. Then, each in its own process on its own copy of the home:
 Each command runs with DuckDB's `memory_limit` at 1 GB (`--memory-limit`) and its own peak RSS is
 reported: the issue's memory aim is every step under 2 GB.
 
+With `--reference-src` (another checkout's `src`, e.g. `git archive main src`), the first run
+and the steady state are also run with that code, alternated with this one over `--rounds`
+rounds on copies of the same ingested home, so that both see the same load; the median CPU of
+each and whether they stored the same findings are printed.
+
 Prints a markdown table for docs/benchmarks.md.
 """
 
@@ -24,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +50,7 @@ CLI = "from exfilwatch.cli import app; app()"
 PEAK_RSS_MB: dict[str, float] = {}  # the largest peak RSS of any command, per command name
 
 
-def cli(home: Path, *args: str) -> tuple[float, float, str]:
+def cli(home: Path, *args: str, src: Path = SRC) -> tuple[float, float, str]:
     """Wall and CPU seconds of one exfilwatch command in its own process, and what it printed.
 
     The process is reaped with wait4 so that its CPU and peak RSS are its own (RUSAGE_CHILDREN's
@@ -51,7 +58,7 @@ def cli(home: Path, *args: str) -> tuple[float, float, str]:
     started = time.perf_counter()
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen([sys.executable, "-c", CLI, "--home", str(home), *args], stdout=subprocess.PIPE,
-                                   stderr=stderr, text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+                                   stderr=stderr, text=True, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
         out = process.stdout.read()
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -68,6 +75,32 @@ def findings(home: Path) -> list[tuple]:
                    or r["fields"].get("observed")) for r in map(json.loads, out.splitlines()))
 
 
+def alternated(base: Path, work: Path, sources: dict[str, Path], rounds: int) -> None:
+    """The first run and the steady state with each source tree, alternated round by round."""
+    cpu: dict[tuple[str, str], list[float]] = {}
+    stored: dict[str, list[tuple]] = {}
+    for round_ in range(rounds):
+        for name, src in sources.items():
+            home = work / f"{name}-{round_}"
+            shutil.copytree(base, home)
+            cpu.setdefault((name, "first"), []).append(cli(home, "run", "--now", local(END, 24 + 2), src=src)[1])
+            stored[name] = findings(home)
+            shutil.rmtree(home)
+            shutil.copytree(base, home)
+            cli(home, "run", "--now", local(END, 0), src=src)
+            cpu.setdefault((name, "steady"), []).append(cli(home, "run", "--now", local(END, 24), src=src)[1])
+            shutil.rmtree(home)
+    print(f"\nalternated over {rounds} rounds, load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| code | first run CPU s (median; each round) | steady state CPU s per fire hour (median) |")
+    print("|---|---:|---:|")
+    for name in sources:
+        first, steady = cpu[(name, "first")], cpu[(name, "steady")]
+        print(f"| {name} | {statistics.median(first):.1f} ({', '.join(f'{c:.1f}' for c in first)}) "
+              f"| {statistics.median(steady) / 24:.3f} |")
+    names = list(sources)
+    print(f"\nsame findings: {'yes' if all(stored[n] == stored[names[0]] for n in names) else 'NO'}")
+
+
 def local(day: date, hours: int = 0) -> str:
     return (datetime(day.year, day.month, day.day, tzinfo=TZ) + timedelta(hours=hours)).isoformat()
 
@@ -79,6 +112,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/catch_up"))
     parser.add_argument("--memory-limit", default="1GB", help="DuckDB's memory_limit in the homes' config")
     parser.add_argument("--no-per-fire", action="store_true", help="skip the per-fire reference (the slow one)")
+    parser.add_argument("--reference-src", type=Path, help="another checkout's src, run alternated with this one")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     from exfilwatch.synth.org import generate_organisation
 
@@ -122,6 +157,9 @@ def main() -> None:
     if same:
         print(f"\none pass and per fire stored the same findings: {same}; one pass is "
               f"{rows[2][2] / rows[1][2]:.1f}x less CPU")
+    if args.reference_src:
+        alternated(base, args.out / "alternated", {"reference": args.reference_src.resolve(), "this": SRC},
+                   args.rounds)
 
 
 if __name__ == "__main__":

@@ -368,3 +368,40 @@ def test_a_late_day_in_the_baseline_is_read_again_by_the_next_run(tmp_path):
 
     assert recorded(one_pass) == recorded(per_fire)
     assert spikes(never_late) and not spikes(one_pass)  # on a stale baseline, the 1 GB day would be found
+
+
+def test_a_detection_reading_the_same_lake_rows_as_the_previous_one_reads_them_from_its_copy(org):
+    """Within a run, `lake_rows` keeps what it read for the next detection that reads exactly the
+    same rows (the robust rule and `hosts_receiving…`): with the flow files gone from the disk,
+    the same read still gives the rows, and any other read fails — as does the same read once
+    the run has released the copy."""
+    from exfilwatch.findings.catchup import SharedLakeRows, lake_rows, release_shared
+
+    root, ds, parts = org
+    (home,) = homes(root, ds.config, ["shared"])
+    ingest(home, parts, 0)
+    settings = load_settings(home)
+    state, con = open_state(home), connect(settings)
+    try:
+        columns = ["_day", "_time", "bytes_in", "dest_category", "src_ip"]
+        condition = "(dest_category = 'email_server') AND (NOT src_ip IS NULL)"
+        start, end = datetime(2026, 10, 1, tzinfo=NY), datetime(2026, 11, 1, tzinfo=NY)
+        shared = SharedLakeRows()
+
+        def read(cond: str = condition) -> list[tuple]:
+            lake_rows(con, settings, state, "network_traffic", columns, cond, start, end, shared)
+            return con.execute("SELECT * FROM network_traffic").fetchall()
+
+        first = read()
+        assert len(first) > 100
+        (root / "shared_lake_gone").mkdir()
+        (home.root / "lake").rename(root / "shared_lake_gone" / "lake")
+        assert read() == first  # in the same order, without a file
+        with pytest.raises(duckdb.Error):
+            read("(dest_category = 'email_server')")
+        release_shared(con, shared)
+        with pytest.raises(duckdb.Error):
+            read()
+    finally:
+        con.close()
+        state.close()

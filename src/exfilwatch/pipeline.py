@@ -23,9 +23,9 @@ from typing import Any, Literal
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.findings.catchup import (DAYS, SEGMENTS, batched_findings, batched_groups, create_group_segments,
-                                        create_range_segments, drop_temp, judged_start, one_pass, segment_groups,
-                                        snapshot_with_daily_sums)
+from exfilwatch.findings.catchup import (DAYS, SEGMENTS, SharedLakeRows, batched_findings, batched_groups,
+                                        create_group_segments, create_range_segments, drop_temp, judged_start, one_pass,
+                                        release_shared, segment_groups, snapshot_with_daily_sums)
 from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
@@ -113,11 +113,15 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
         _report(options, "sessions", 1, 1)
     if any(d.data_model == RISK_EVENTS for d in chosen):  # a correlation run as a detection reads risk events
         rebuild_risk_events(state, settings, techniques_by_detection(catalog) | options.techniques, now)
-    for detection in chosen:
-        if options.mode == "once":
-            result.detections.append(_run_once(con, state, settings, detection, now, options))
-        else:
-            result.detections.append(_catch_up(con, state, settings, detection, now, options))
+    shared = SharedLakeRows()
+    try:
+        for detection in chosen:
+            if options.mode == "once":
+                result.detections.append(_run_once(con, state, settings, detection, now, options))
+            else:
+                result.detections.append(_catch_up(con, state, settings, detection, now, options, shared))
+    finally:
+        release_shared(con, shared)
     if options.risk:
         result.risk = rebuild_risk_events(state, settings, techniques_by_detection(catalog) | options.techniques, now)
         rules = options.incident_rules
@@ -166,8 +170,9 @@ def _run_once(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
 
 
 def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, detection: Detection,
-              now: datetime, options: Options) -> DetectionRun:
-    """Run one detection at each fire time since its watermark, oldest first, reading the lake once."""
+              now: datetime, options: Options, shared: SharedLakeRows) -> DetectionRun:
+    """Run one detection at each fire time since its watermark, oldest first, reading the lake once
+    (or not at all when the previous detection read the same rows: `shared`)."""
     tz = settings.timezone
     first, last = data_bounds(con, state, settings, detection.data_model,
                               need_first=options.since is None and watermark(state, detection.id) is None)
@@ -200,7 +205,7 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
             expose_models(con, {model.name: (columns, first_start, last_end)}, condition)
         else:  # the days before those the fires cut into come from stored daily sums
             snapshot_with_daily_sums(con, state, settings, segments, model.name, columns, condition, params,
-                                     [judged_start(detection, p) for p in params], first_start, last_end)
+                                     [judged_start(detection, p) for p in params], first_start, last_end, shared)
         # A fire with no row where findings come from can be skipped only if the search reads no
         # other model and finds nothing without those rows (an aggregate without GROUP BY would
         # still return a row): asked once, of the last fire, without the rows it judges.

@@ -24,7 +24,9 @@ never from a detection's id:
   bounds cut inside are read as segments, every other day as one row per key and day. Those
   days' sums are kept between runs (findings/dailysums.py, `snapshot_with_daily_sums`): a run
   reads from the lake only the days its fires cut into, and the rest of the baseline from the
-  stored sums, summed again from the lake where their files changed (late rows).
+  stored sums, summed again from the lake where their files changed (late rows). Within one run,
+  a detection that reads exactly the lake rows the previous one read (`lake_rows`,
+  `SharedLakeRows`: the robust rule after `hosts_receiving…`) copies them instead.
 * **A batched form** (`catch_up.search` in the detection, the contract in detections/batched.py,
   checked by `exfilwatch detections lint`): the search's findings for a group of fires in one
   query. A day of hourly fires shares the judged day and the baseline's start, so the form
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -258,10 +261,13 @@ def create_group_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, tar
 
 def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, plan: SegmentPlan,
                              model: str, columns: list[str], condition: str | None, params: list[dict[str, Any]],
-                             judged: list[datetime], start: datetime, end: datetime) -> None:
+                             judged: list[datetime], start: datetime, end: datetime,
+                             shared: SharedLakeRows | None = None) -> None:
     """Temp table `model`: the rows a catch-up of these fires reads, [start, end) — the lake's rows
     from the first local midnight where a fire cuts inside a day (or judges, or a day is not
-    whole), stored daily sums before it (summed again from the lake first where stale).
+    whole), stored daily sums before it (summed again from the lake first where stale). With
+    `shared`, the lake's rows are taken from the previous detection of the run when it read the
+    same ones.
 
     Before returning, every whole day the last fire has finished judging is stored, so that the
     next run reads it from here."""
@@ -282,8 +288,7 @@ def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, 
         expose_models(con, {model: (columns, run[0][1], run[-1][2])}, condition)
         dailysums.write_days(con, state, definition, model, plan.keys, plan.aggregates, _types(con, model), run,
                              signature_of, tz)
-    register_lake_views(con, settings, state, horizon, end)
-    expose_models(con, {model: (columns, horizon, end)}, condition)
+    lake_rows(con, settings, state, model, columns, condition, horizon, end, shared)
     finished = [d for d in whole if d[1] >= horizon and d[0] not in current]
     dailysums.write_days(con, state, definition, model, plan.keys, plan.aggregates, _types(con, model), finished,
                          signature_of, tz)
@@ -291,6 +296,43 @@ def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, 
     stored_sql = dailysums.read_sql([paths[d[0]][1] for d in summed])
     if stored_sql:
         con.execute(f"INSERT INTO temp.main.{model} BY NAME {stored_sql}")
+
+
+SHARED_LAKE = "_catch_up_shared_lake"  # the lake's rows a detection read, for the next one that reads the same
+
+
+@dataclass
+class SharedLakeRows:
+    """Which lake rows the temp table SHARED_LAKE holds, within one `run`: what a detection read
+    (model, columns, condition, range), kept for the next detection that reads exactly the same.
+    The robust rule and `hosts_receiving…` sum the same flows by the same keys, and a first run
+    reads every day of them (0.4-0.6 CPU-s per rule at 1000 users x 30 days). One set at a time,
+    so a run holds at most one copy; `release_shared` drops it."""
+
+    key: tuple[Any, ...] | None = None
+
+
+def lake_rows(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateStore, model: str, columns: list[str],
+              condition: str | None, start: datetime, end: datetime, shared: SharedLakeRows | None = None) -> None:
+    """Temp table `model`: the lake's rows of `model` in [start, end) that meet `condition`, these
+    columns, in time order — copied from SHARED_LAKE when it holds exactly those (the lake does
+    not change during a run), else read from the lake (and kept there for the next detection).
+    Only `model` is replaced on a copy: a search read this way reads no other model."""
+    key = (model, tuple(columns), condition, start, end)
+    if shared is not None and shared.key == key:
+        drop_temp(con, model)
+        con.execute(f"CREATE TEMP TABLE {model} AS SELECT * FROM {SHARED_LAKE}")
+        return
+    register_lake_views(con, settings, state, start, end)
+    expose_models(con, {model: (columns, start, end)}, condition)
+    if shared is not None:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {SHARED_LAKE} AS SELECT * FROM {model}")
+        shared.key = key
+
+
+def release_shared(con: duckdb.DuckDBPyConnection, shared: SharedLakeRows) -> None:
+    drop_temp(con, SHARED_LAKE)
+    shared.key = None
 
 
 def _consecutive(days: list[tuple[Any, datetime, datetime]]) -> list[list[tuple[Any, datetime, datetime]]]:
