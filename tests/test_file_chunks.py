@@ -15,7 +15,7 @@ from exfilwatch.events.files import iter_line_chunks
 
 # Bytes that matter to the reader: newlines, CR, NUL, ASCII, the parts of multi-byte UTF-8
 # sequences (so that valid, cut and stray ones all occur) and bytes never valid in UTF-8.
-PIECES = st.sampled_from([b"\n", b"\r\n", b"\x00", b"a", b"Z", b" ", b"\xc3\xa9", b"\xe2\x82\xac", b"\xc3", b"\xa9",
+PIECES = st.sampled_from([b"\n", b"\r\n", b"\r", b"\x00", b"a", b"Z", b" ", b"a line of 17 bytes", b"\xc3\xa9", b"\xe2\x82\xac", b"\xc3", b"\xa9",
                           b"\xff", b"\xf0\x9f\x98\x80"])
 CONTENT = st.lists(PIECES, max_size=80).map(b"".join)
 
