@@ -38,7 +38,7 @@ from exfilwatch.errors import ExfilwatchError, SourceError
 from exfilwatch.events.cursors import Cursor
 from exfilwatch.events.engine import connect
 from exfilwatch.events.files import CHUNK_BYTES, content_fingerprint, expand_paths, read_file
-from exfilwatch.events.lake import remove_orphans, remove_superseded, supersede, write_batch
+from exfilwatch.events.lake import BY_DAY_MIN_ROWS, remove_orphans, remove_superseded, supersede, write_batch
 from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.homelock import writing
 from exfilwatch.models import ORIGIN, DataModel
@@ -274,7 +274,8 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
         ).fetchall()
     events = with_origins(parsed.events, origin_array, ctx)
     events_relation, cap_notes = cap_long_fields(con, source.data_model, events)
-    files = write_batch(con, target.home.lake, source.data_model, batch_id, events_relation)
+    files = write_batch(con, target.home.lake, source.data_model, batch_id, events_relation,
+                        by_day=count >= BY_DAY_MIN_ROWS)
     events = sum(f.rows for f in files)
     addresses = batch_addresses(con, [f.path for f in files]) if source.data_model.name == "network_traffic" else "[]"
     received_at = cursor.reference_time.astimezone(timezone.utc).isoformat() if cursor.reference_time else None
