@@ -143,6 +143,12 @@ def test_srx_structured_and_text_close_events(home):
         9: (str(path), text_form),  # 3(x200)
         10: (str(path), "not a syslog line (expected a Juniper SRX RT_FLOW message)"),
     }
+    # the asset inventory is matched against the committed addresses: exactly those of the lake's flows
+    state = open_state(home)
+    committed = {row["ip"] for row in state.query("SELECT ip FROM lake_addresses")}
+    state.close()
+    flows = lake(home, "network_traffic", ["src_ip", "dest_ip"]).values()
+    assert committed == {ip for _, src, dest in flows for ip in (src, dest)}
 
 
 def test_srx_bsd_timestamp_needs_a_year(tmp_path, home):

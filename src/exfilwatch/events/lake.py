@@ -20,10 +20,12 @@ deleted; the orphan sweep keeps superseded files too.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import uuid
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
@@ -42,11 +44,25 @@ class LakeFile:
     rows: int
 
 
-def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, batch_id: str, relation: str) -> list[LakeFile]:
+# A batch whose rows fall on at most this many UTC days is written one COPY per day instead of one
+# partitioned COPY (see `write_batch`); past it, scanning the rows once per day would cost more.
+DAYS_BY_RANGE = 8
+# Below this many rows the per-day COPY does not pay: its extra statements cost about 4 ms of CPU
+# per batch (a batch of 20 rows over two days: 7-9 ms partitioned, 11-12 per day; measured), and
+# it saves about 0.6 µs per row.
+BY_DAY_MIN_ROWS = 10_000
+_DAY = re.compile(r"\d{4}-\d\d-\d\d")
+_COPY_OPTIONS = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE 122880, RETURN_STATS"
+
+
+def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, batch_id: str, relation: str,
+                by_day: bool = True) -> list[LakeFile]:
     """Write the rows of `relation` (a table or view with the model's columns) as one batch.
 
     Each attempt's files get names of their own, so a batch read again never overwrites a file a
     reader may hold: the earlier attempt's files are superseded when the new one commits.
+    `by_day=False`: always one partitioned COPY (the reference of `_write_by_day`), for batches
+    known to have fewer than `BY_DAY_MIN_ROWS` rows.
     """
     attempt = uuid.uuid4().hex[:8]
     staging = lake / STAGING / batch_id
@@ -56,15 +72,21 @@ def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, ba
     columns = ", ".join(f'CAST("{name}" AS {typ}) AS "{name}"' for name, typ in model.columns)
     # The UTC day by integer arithmetic: no time-zone lookup per row.
     day = "(DATE '1970-01-01' + CAST(epoch_us(\"_time\") // 86400000000 AS INTEGER))"
-    files = con.execute(
-        f"""
-        COPY (SELECT {columns}, {day} AS day FROM {relation})
-        TO '{staging}' (FORMAT parquet, PARTITION_BY (day), FILENAME_PATTERN '{batch_id}_{attempt}_{{i}}',
-                        COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE 122880, RETURN_STATS)
-        """
-    ).fetchall()
+    files = None
+    if by_day:
+        days = dict(con.execute(f"SELECT CAST({day} AS VARCHAR), count(*) FROM {relation} GROUP BY ALL").fetchall())
+        files = _write_by_day(con, staging, columns, batch_id, attempt, relation, days)
+    if files is None:
+        shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        files = [(filename, count, partition_keys) for filename, count, *_rest, partition_keys, _extra in con.execute(
+            f"""
+            COPY (SELECT {columns}, {day} AS day FROM {relation})
+            TO '{staging}' ({_COPY_OPTIONS}, PARTITION_BY (day), FILENAME_PATTERN '{batch_id}_{attempt}_{{i}}')
+            """
+        ).fetchall()]
     written: list[LakeFile] = []
-    for filename, count, *_rest, partition_keys, _extra in sorted(files):
+    for filename, count, partition_keys in sorted(files):
         source = Path(filename)
         target_dir = lake / model.name / source.parent.name
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +95,37 @@ def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, ba
         written.append(LakeFile(path=str(target), day=partition_keys["day"], rows=int(count)))
     shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def _write_by_day(con: duckdb.DuckDBPyConnection, staging: Path, columns: str, batch_id: str, attempt: str,
+                  relation: str, days: dict[str | None, int]) -> list[tuple[str, int, dict[str, str]]] | None:
+    """The files of a batch of a few days (what a chunk of a log file is) written one COPY per day,
+    each of the rows whose `_time` lies in its UTC day: the files, names and rows the partitioned
+    COPY writes, or None (nothing kept) where that does not apply.
+
+    DuckDB's partitioned COPY buffers every row once more before writing: 25-40 % of the write
+    (a batch of 290 k Pulse lines: 0.53 against 0.42 CPU-s; SRX and Postfix alike, measured),
+    more than scanning the rows once per day, which a range on `_time` reads from the parse
+    table's own scan. Only days after 1970-01-01, where the integer day of `write_batch` is the
+    floor; each file's row count is checked against the day's, so rows are never lost or doubled.
+    """
+    if not 0 < len(days) <= DAYS_BY_RANGE or not all(
+            d is not None and _DAY.fullmatch(d) and "1970-01-01" < d < "9999-12-31" for d in days):
+        return None
+    files = []
+    for value, expected in sorted(days.items()):
+        folder = staging / f"day={value}"
+        folder.mkdir()
+        target = folder / f"{batch_id}_{attempt}_0.parquet"
+        after = date.fromisoformat(value) + timedelta(days=1)
+        [(_, count, *_rest)] = con.execute(
+            f"""COPY (SELECT {columns} FROM {relation} WHERE "_time" >= TIMESTAMPTZ '{value} 00:00:00+00'
+                      AND "_time" < TIMESTAMPTZ '{after} 00:00:00+00') TO '{target}' ({_COPY_OPTIONS})"""
+        ).fetchall()
+        if count != expected:
+            return None
+        files.append((str(target), count, {"day": value}))
+    return files
 
 
 def remove_orphans(lake: Path, state: StateStore) -> int:
