@@ -39,6 +39,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -49,11 +50,16 @@ TZ = ZoneInfo("America/New_York")
 CLI = "from exfilwatch.cli import app; app()"
 
 
-PEAK_RSS_MB: dict[str, float] = {}  # the largest peak RSS of any command, per command name
+class Command(NamedTuple):
+    wall: float
+    cpu: float
+    out: str
+    peak_rss_mb: float
 
 
-def cli(home: Path, *args: str, src: Path = SRC) -> tuple[float, float, str]:
-    """Wall and CPU seconds of one exfilwatch command in its own process, and what it printed.
+def cli(home: Path, *args: str, src: Path = SRC) -> Command:
+    """Wall and CPU seconds of one exfilwatch command in its own process, what it printed, and its
+    peak RSS.
 
     The process is reaped with wait4 so that its CPU and peak RSS are its own (RUSAGE_CHILDREN's
     peak is the largest of every child so far)."""
@@ -61,18 +67,18 @@ def cli(home: Path, *args: str, src: Path = SRC) -> tuple[float, float, str]:
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen([sys.executable, "-c", CLI, "--home", str(home), *args], stdout=subprocess.PIPE,
                                    stderr=stderr, text=True, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
-        out = process.stdout.read()
+        with process.stdout:
+            out = process.stdout.read()
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode:
             stderr.seek(0)
             sys.exit(f"exfilwatch {' '.join(args)} failed:\n{stderr.read().decode(errors='replace')}")
-    PEAK_RSS_MB[args[0]] = max(PEAK_RSS_MB.get(args[0], 0.0), usage.ru_maxrss / 1024)
-    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime, out
+    return Command(time.perf_counter() - started, usage.ru_utime + usage.ru_stime, out, usage.ru_maxrss / 1024)
 
 
 def findings(home: Path) -> list[tuple]:
-    out = cli(home, "findings", "--format", "jsonl")[2]
+    out = cli(home, "findings", "--format", "jsonl").out
     return sorted((r["detection_id"], r["entity"], r["time"], r["fields"].get("bytes_in") or r["fields"].get("bytes_out")
                    or r["fields"].get("observed")) for r in map(json.loads, out.splitlines()))
 
@@ -85,12 +91,12 @@ def alternated(base: Path, work: Path, sources: dict[str, Path], rounds: int) ->
         for name, src in sources.items():
             home = work / f"{name}-{round_}"
             shutil.copytree(base, home)
-            cpu.setdefault((name, "first"), []).append(cli(home, "run", "--now", local(END, 24 + 2), src=src)[1])
+            cpu.setdefault((name, "first"), []).append(cli(home, "run", "--now", local(END, 24 + 2), src=src).cpu)
             stored[name] = findings(home)
             shutil.rmtree(home)
             shutil.copytree(base, home)
             cli(home, "run", "--now", local(END, 0), src=src)
-            cpu.setdefault((name, "steady"), []).append(cli(home, "run", "--now", local(END, 24), src=src)[1])
+            cpu.setdefault((name, "steady"), []).append(cli(home, "run", "--now", local(END, 24), src=src).cpu)
             shutil.rmtree(home)
     print(f"\nalternated over {rounds} rounds, load average {os.getloadavg()[0]:.1f} at the end\n")
     print("| code | first run CPU s (median; each round) | steady state CPU s per fire hour (median) |")
@@ -129,37 +135,37 @@ def main() -> None:
     base.mkdir(parents=True)
     # The issue's memory aim: every step under 2 GB of peak RSS with DuckDB's memory_limit at 1 GB.
     (base / "config.yaml").write_text(ds.config.read_text() + f"memory_limit: {args.memory_limit}\n")
-    ingest_wall, ingest_cpu = 0.0, 0.0
-    for source, path in (("pulse_secure", ds.vpn_log), ("postfix", ds.mail_log), ("zeek_conn", ds.conn_log)):
-        wall, cpu, _ = cli(base, "ingest", "--source", source, str(path))
-        ingest_wall, ingest_cpu = ingest_wall + wall, ingest_cpu + cpu
+    ingests = [cli(base, "ingest", "--source", source, str(path))
+               for source, path in (("pulse_secure", ds.vpn_log), ("postfix", ds.mail_log), ("zeek_conn", ds.conn_log))]
+    ingest_cpu = sum(c.cpu for c in ingests)
     after_data = local(END, 24 + 2)
-    rows = [("ingest of the same logs (reference)", ingest_wall, ingest_cpu, None, None)]
+    rows = [("ingest of the same logs (reference)", sum(c.wall for c in ingests), ingest_cpu, None, None,
+             max(c.peak_rss_mb for c in ingests))]
     first_runs = {}
     for mode in ("one-pass", *(() if args.no_per_fire else ("per-fire",))):
         home = args.out / f"first-{mode}"
         shutil.copytree(base, home)
-        wall, cpu, _ = cli(home, "run", "--now", after_data, "--catch-up", mode)
+        run = cli(home, "run", "--now", after_data, "--catch-up", mode)
         first_runs[mode] = findings(home)
-        rows.append((f"first `run --catch-up {mode}`", wall, cpu, len(first_runs[mode]), None))
+        rows.append((f"first `run --catch-up {mode}`", run.wall, run.cpu, len(first_runs[mode]), None, run.peak_rss_mb))
     # Steady state: the first run stops at the last day's midnight; the next run catches up that day.
     home = args.out / "steady"
     shutil.copytree(base, home)
     cli(home, "run", "--now", local(END, 0))
-    wall, cpu, _ = cli(home, "run", "--now", local(END, 24))
-    rows.append(("hourly `run` after one new day (24 fire hours)", wall, cpu, None, cpu / 24))
+    run = cli(home, "run", "--now", local(END, 24))
+    rows.append(("hourly `run` after one new day (24 fire hours)", run.wall, run.cpu, None, run.cpu / 24,
+                 run.peak_rss_mb))
 
     same = "" if "per-fire" not in first_runs else (
         "yes" if first_runs["per-fire"] == first_runs["one-pass"] else "NO")
     print(f"\n{ds.users} users x {args.days} days ending {END}: {ds.vpn_lines:,} VPN lines, {ds.mail_lines:,} mail "
           f"lines, {ds.flows:,} flows; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
-    print("| step | wall s | CPU s | CPU x ingest | findings | CPU s per fire hour |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for label, wall, cpu, count, per_hour in rows:
+    print(f"DuckDB memory_limit {args.memory_limit}\n")
+    print("| step | wall s | CPU s | CPU x ingest | findings | CPU s per fire hour | peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, wall, cpu, count, per_hour, rss in rows:
         print(f"| {label} | {wall:.1f} | {cpu:.1f} | {cpu / ingest_cpu:.2f} | {'' if count is None else count} "
-              f"| {'' if per_hour is None else f'{per_hour:.2f}'} |")
-    print(f"\npeak RSS (MB, memory_limit {args.memory_limit}): "
-          + ", ".join(f"{command} {mb:,.0f}" for command, mb in PEAK_RSS_MB.items()))
+              f"| {'' if per_hour is None else f'{per_hour:.2f}'} | {rss:,.0f} |")
     if same:
         print(f"\none pass and per fire stored the same findings: {same}; one pass is "
               f"{rows[2][2] / rows[1][2]:.1f}x less CPU")

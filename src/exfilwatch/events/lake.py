@@ -72,13 +72,8 @@ def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, ba
     columns = ", ".join(f'CAST("{name}" AS {typ}) AS "{name}"' for name, typ in model.columns)
     # The UTC day by integer arithmetic: no time-zone lookup per row.
     day = "(DATE '1970-01-01' + CAST(epoch_us(\"_time\") // 86400000000 AS INTEGER))"
-    files = None
-    if by_day:
-        days = dict(con.execute(f"SELECT CAST({day} AS VARCHAR), count(*) FROM {relation} GROUP BY ALL").fetchall())
-        files = _write_by_day(con, staging, columns, batch_id, attempt, relation, days)
+    files = _write_by_day(con, staging, columns, day, batch_id, attempt, relation) if by_day else None
     if files is None:
-        shutil.rmtree(staging)
-        staging.mkdir(parents=True)
         files = [(filename, count, partition_keys) for filename, count, *_rest, partition_keys, _extra in con.execute(
             f"""
             COPY (SELECT {columns}, {day} AS day FROM {relation})
@@ -97,8 +92,8 @@ def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, ba
     return written
 
 
-def _write_by_day(con: duckdb.DuckDBPyConnection, staging: Path, columns: str, batch_id: str, attempt: str,
-                  relation: str, days: dict[str | None, int]) -> list[tuple[str, int, dict[str, str]]] | None:
+def _write_by_day(con: duckdb.DuckDBPyConnection, staging: Path, columns: str, day: str, batch_id: str, attempt: str,
+                  relation: str) -> list[tuple[str, int, dict[str, str]]] | None:
     """The files of a batch of a few days (what a chunk of a log file is) written one COPY per day,
     each of the rows whose `_time` lies in its UTC day: the files, names and rows the partitioned
     COPY writes, or None (nothing kept) where that does not apply.
@@ -109,6 +104,7 @@ def _write_by_day(con: duckdb.DuckDBPyConnection, staging: Path, columns: str, b
     table's own scan. Only days after 1970-01-01, where the integer day of `write_batch` is the
     floor; each file's row count is checked against the day's, so rows are never lost or doubled.
     """
+    days = dict(con.execute(f"SELECT CAST({day} AS VARCHAR), count(*) FROM {relation} GROUP BY ALL").fetchall())
     if not 0 < len(days) <= DAYS_BY_RANGE or not all(
             d is not None and _DAY.fullmatch(d) and "1970-01-01" < d < "9999-12-31" for d in days):
         return None
@@ -123,6 +119,8 @@ def _write_by_day(con: duckdb.DuckDBPyConnection, staging: Path, columns: str, b
                       AND "_time" < TIMESTAMPTZ '{after} 00:00:00+00') TO '{target}' ({_COPY_OPTIONS})"""
         ).fetchall()
         if count != expected:
+            shutil.rmtree(staging)
+            staging.mkdir(parents=True)
             return None
         files.append((str(target), count, {"day": value}))
     return files
