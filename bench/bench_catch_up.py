@@ -2,6 +2,7 @@
 
     python bench/bench_catch_up.py [--users 1000] [--days 30] [--out DIR] [--no-per-fire]
                                    [--memory-limit 1GB] [--reference-src DIR --rounds N]
+                                   [--only-ingest | --reuse-base]
 
 The synthetic organisation's logs (Pulse Secure, Postfix, Zeek conn.log with the network
 generator's flows) are ingested once; that ingest is the reference the first run is compared
@@ -20,6 +21,10 @@ With `--reference-src` (another checkout's `src`, e.g. `git archive main src`), 
 and the steady state are also run with that code, alternated with this one over `--rounds`
 rounds on copies of the same ingested home, so that both see the same load; the median CPU of
 each and whether they stored the same findings are printed.
+
+With `--only-ingest` the benchmark stops once the reference is measured, leaving `OUT/base` and
+the ingest's numbers in `OUT/base/bench_ingest.json`; `--reuse-base` starts from them instead of
+generating and ingesting again (a large organisation's logs take longer to make than to judge).
 
 Prints a markdown table for docs/benchmarks.md.
 """
@@ -109,6 +114,26 @@ def alternated(base: Path, work: Path, sources: dict[str, Path], rounds: int) ->
     print(f"\nsame findings: {'yes' if all(stored[n] == stored[names[0]] for n in names) else 'NO'}")
 
 
+def build_base(out: Path, users: int, days: int, memory_limit: str) -> dict:
+    """Generate the organisation into OUT/logs and ingest it into OUT/base: the reference's numbers."""
+    from exfilwatch.synth.org import generate_organisation
+
+    shutil.rmtree(out, ignore_errors=True)
+    # Generated in a process of its own: a child's peak RSS counts its parent's memory up to the
+    # exec (Linux carries the old image's high-water mark over), and generation takes gigabytes.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ds = pool.submit(generate_organisation, out / "logs", users=users, days=days, seed=1, end=END).result()
+    base = out / "base"
+    base.mkdir(parents=True)
+    # The issue's memory aim: every step under 2 GB of peak RSS with DuckDB's memory_limit at 1 GB.
+    (base / "config.yaml").write_text(ds.config.read_text() + f"memory_limit: {memory_limit}\n")
+    ingests = [cli(base, "ingest", "--source", source, str(path))
+               for source, path in (("pulse_secure", ds.vpn_log), ("postfix", ds.mail_log), ("zeek_conn", ds.conn_log))]
+    return {"users": ds.users, "days": days, "vpn_lines": ds.vpn_lines, "mail_lines": ds.mail_lines, "flows": ds.flows,
+            "wall": sum(c.wall for c in ingests), "cpu": sum(c.cpu for c in ingests),
+            "peak_rss_mb": max(c.peak_rss_mb for c in ingests)}
+
+
 def local(day: date, hours: int = 0) -> str:
     return (datetime(day.year, day.month, day.day, tzinfo=TZ) + timedelta(hours=hours)).isoformat()
 
@@ -122,25 +147,28 @@ def main() -> None:
     parser.add_argument("--no-per-fire", action="store_true", help="skip the per-fire reference (the slow one)")
     parser.add_argument("--reference-src", type=Path, help="another checkout's src, run alternated with this one")
     parser.add_argument("--rounds", type=int, default=3)
+    stop = parser.add_mutually_exclusive_group()
+    stop.add_argument("--only-ingest", action="store_true", help="stop after the reference, keeping OUT/base")
+    stop.add_argument("--reuse-base", action="store_true", help="start from the OUT/base an --only-ingest run left")
     args = parser.parse_args()
-    from exfilwatch.synth.org import generate_organisation
-
-    shutil.rmtree(args.out, ignore_errors=True)
-    # Generated in a process of its own: a child's peak RSS counts its parent's memory up to the
-    # exec (Linux carries the old image's high-water mark over), and generation takes gigabytes.
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        ds = pool.submit(generate_organisation, args.out / "logs", users=args.users, days=args.days, seed=1,
-                         end=END).result()
     base = args.out / "base"
-    base.mkdir(parents=True)
-    # The issue's memory aim: every step under 2 GB of peak RSS with DuckDB's memory_limit at 1 GB.
-    (base / "config.yaml").write_text(ds.config.read_text() + f"memory_limit: {args.memory_limit}\n")
-    ingests = [cli(base, "ingest", "--source", source, str(path))
-               for source, path in (("pulse_secure", ds.vpn_log), ("postfix", ds.mail_log), ("zeek_conn", ds.conn_log))]
-    ingest_cpu = sum(c.cpu for c in ingests)
+    reference = base / "bench_ingest.json"
+    if args.reuse_base:
+        if not reference.exists():
+            raise SystemExit(f"bench_catch_up: {reference} is missing: run with --only-ingest first")
+        ingest = json.loads(reference.read_text())
+        for stale in args.out.iterdir():
+            if stale.name not in ("base", "logs"):
+                shutil.rmtree(stale)
+    else:
+        ingest = build_base(args.out, args.users, args.days, args.memory_limit)
+        reference.write_text(json.dumps(ingest))
+        if args.only_ingest:
+            print(json.dumps(ingest))
+            return
+    ingest_cpu = ingest["cpu"]
     after_data = local(END, 24 + 2)
-    rows = [("ingest of the same logs (reference)", sum(c.wall for c in ingests), ingest_cpu, None, None,
-             max(c.peak_rss_mb for c in ingests))]
+    rows = [("ingest of the same logs (reference)", ingest["wall"], ingest_cpu, None, None, ingest["peak_rss_mb"])]
     first_runs = {}
     for mode in ("one-pass", *(() if args.no_per_fire else ("per-fire",))):
         home = args.out / f"first-{mode}"
@@ -158,8 +186,9 @@ def main() -> None:
 
     same = "" if "per-fire" not in first_runs else (
         "yes" if first_runs["per-fire"] == first_runs["one-pass"] else "NO")
-    print(f"\n{ds.users} users x {args.days} days ending {END}: {ds.vpn_lines:,} VPN lines, {ds.mail_lines:,} mail "
-          f"lines, {ds.flows:,} flows; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
+    print(f"\n{ingest['users']} users x {ingest['days']} days ending {END}: {ingest['vpn_lines']:,} VPN lines, "
+          f"{ingest['mail_lines']:,} mail lines, {ingest['flows']:,} flows; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}\n")
     print(f"DuckDB memory_limit {args.memory_limit}\n")
     print("| step | wall s | CPU s | CPU x ingest | findings | CPU s per fire hour | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|---:|---:|")

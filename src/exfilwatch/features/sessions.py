@@ -691,7 +691,12 @@ def _attribute_flows(con: Steps, flow_rows: str, identity: str, users: str, vpn_
     Columns uid, _time, bytes_out, bytes_in, tunnel_sk, vpn_sk, overlapped, sk; flows of
     neither are left out.
     """
-    tunnel = _asof(con, flow_rows, f"(SELECT * FROM {vpn_ids} WHERE assigned_ip IS NOT NULL)",
+    # Only the flows from an address some VPN session was given go through the ASOF join; the
+    # rest can match no session by address. At 1000 users × 90 days 3 % of the 9.5 M flows came
+    # from such an address, and the join of all of them cost 7.7–8.6 CPU-s against 2.4–2.5 split.
+    assigned = f"(SELECT * FROM {vpn_ids} WHERE assigned_ip IS NOT NULL)"
+    tunnels = f"(SELECT assigned_ip FROM {vpn_ids} WHERE assigned_ip IS NOT NULL)"
+    tunnel = _asof(con, f"(SELECT * FROM {flow_rows} WHERE src_ip IN {tunnels})", assigned,
                    [("l.src_ip", "r.assigned_ip")], "l._time", "r.session_start",
                    {"s_sk": "r.sk", "s_uid": "r.uid", "s_end": "r.session_end"}, outer=True)
     con.execute(f"""
@@ -699,6 +704,9 @@ def _attribute_flows(con: Steps, flow_rows: str, identity: str, users: str, vpn_
         SELECT _time, src_ip, bytes_out, bytes_in, CASE WHEN _time < s_end THEN s_sk END AS tunnel_sk,
                CASE WHEN _time < s_end THEN s_uid END AS tunnel_uid
         FROM ({tunnel})
+        UNION ALL
+        SELECT _time, src_ip, bytes_out, bytes_in, NULL, NULL
+        FROM {flow_rows} WHERE src_ip IS NULL OR src_ip NOT IN {tunnels}
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_flow_attr AS
