@@ -51,7 +51,7 @@ from exfilwatch.models import EMAIL
 from exfilwatch.sources.base import ParseContext, ParsedBatch, raw_ref_sql, sql_string
 from exfilwatch.sources.mailcommon import direction_notes, email_select, install_macros
 from exfilwatch.sources.state import PENDING_COLUMNS, pending_mail_table
-from exfilwatch.sources.syslog_header import yearless_time_sql
+from exfilwatch.sources.syslog_header import local_time_sql, yearless_time_sql
 
 SOURCE_NAME = "postfix"
 
@@ -154,7 +154,6 @@ def _struct_regex(expr: str, pattern: str, groups: list[str]) -> str:
 
 def classify_sql(ctx: ParseContext) -> str:
     """SQL over raw_lines: every line with its header fields, shape, outcome and reason."""
-    tz = sql_string(ctx.source_tz)
     known = _list(KNOWN_DAEMONS)
     return f"""
         WITH h AS (
@@ -177,7 +176,7 @@ def classify_sql(ctx: ParseContext) -> str:
                         WHEN NOT starts_with(stamp, '1') AND NOT starts_with(stamp, '2') THEN
                             {yearless_time_sql('stamp', ['%b %d %H:%M:%S', '%b %d %H:%M:%S.%f'], ctx.source_tz, ctx.year, ctx.reference_time)}
                         WHEN regexp_matches(stamp, '(?:Z|[+-]\\d\\d:?\\d\\d)$') THEN TRY_CAST(stamp AS TIMESTAMPTZ)
-                        ELSE timezone({tz}, TRY_CAST(stamp AS TIMESTAMP)) END AS t
+                        ELSE {local_time_sql('TRY_CAST(stamp AS TIMESTAMP)', ctx.source_tz)} END AS t
             FROM g
         ), s AS (
             SELECT *,
