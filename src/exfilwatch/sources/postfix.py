@@ -103,6 +103,8 @@ def delivery_ok_sql(body: str, read: str) -> str:
     rest = f"substr({body}, strpos({body}, ', status=') + 9 + length({read}.status))"
     return (f"CASE WHEN {read}.status = '' THEN false WHEN {rest} = '' THEN true "
             f"ELSE starts_with({rest}, ' (') AND ends_with({rest}, ')') END")
+
+
 FROM_RE = (
     r"^from=<(?P<sender>[^<>]*)>, (?:size=(?P<size>\d{1,18}), nrcpt=(?P<nrcpt>\d{1,9}) \(queue active\)"
     r"|(?P<expired>status=expired), returned to sender)$"
