@@ -672,3 +672,59 @@ def test_postfix_says_which_times_took_the_zone_and_the_year(stamps, zoneless, y
     ctx = ParseContext(origin="maillog", settings=SETTINGS, source_tz="Europe/Berlin", year=2026)
     parsed = postfix_source.Postfix().parse(con, ctx)
     assert (parsed.zoneless_times, parsed.yearless_times) == (zoneless, yearless)
+
+
+# --- a delivery line read in one pass (postfix.DELIVERY_READ) against DELIVERY_RE and its fields ---
+
+_DELIVERY_PIECES = st.fixed_dictionaries({
+    "to": st.sampled_from(["<bob@example.com>", "bob@example.com", "<>", "<a b@x>", "<b,c@x>"]),
+    "orig_to": st.sampled_from(["", ", orig_to=<alias@example.com>", ", orig_to=x"]),
+    "relay": st.sampled_from(["mx.example.net[203.0.113.9]:25", "none", "local", "", "private/dovecot-lmtp"]),
+    "conn_use": st.sampled_from(["", ", conn_use=2"]),
+    "delay": st.sampled_from(["0.4", "12", "1.2.3"]),
+    "delays": st.sampled_from(["", ", delays=0.1/0/0.2/0.1", ", delays=1/2"]),
+    "dsn": st.sampled_from(["2.0.0", "5.1.1", "4.4.1", "2.0", "22.0.0"]),
+    "status": st.sampled_from(["sent", "bounced", "deferred", "undeliverable-but-not-cached", "Sent", ""]),
+    "tail": st.sampled_from(["", " (250 2.0.0 Ok: queued as 4B1C2D3E)", " ()", " (", " )", " (x) y", " x", "(y)",
+                             " (a, status=sent)"]),
+})
+_EDIT_ALPHABET = "<>,=.() /0123456789dsnelayt-_:"
+
+
+def _delivery_body(p: dict[str, str]) -> str:
+    return (f"to={p['to']}{p['orig_to']}, relay={p['relay']}{p['conn_use']}, delay={p['delay']}{p['delays']}, "
+            f"dsn={p['dsn']}, status={p['status']}{p['tail']}")
+
+
+def _delivery_reference(body: str) -> tuple[bool, list[str] | None]:
+    """DELIVERY_RE and the field patterns with Python's re (which reads these as RE2 does)."""
+    if not re.match(postfix_source.DELIVERY_RE, body):
+        return False, None
+    return True, [re.search(postfix_source.DELIVERY_FIELDS[name], body).group(1) for name in postfix_source.DELIVERY_GROUPS]
+
+
+def _delivery_sql(bodies: list[str]) -> list[tuple[bool, list[str] | None]]:
+    read = postfix_source.delivery_read_sql("body")
+    rows = duckdb.connect().execute(
+        f"SELECT {postfix_source.delivery_ok_sql('body', 'dl')} AS ok, dl FROM (SELECT i, body, {read} AS dl "
+        "FROM unnest(?) WITH ORDINALITY t(body, i)) ORDER BY i", [bodies]).fetchall()
+    return [(ok, [dl[name] for name in postfix_source.DELIVERY_GROUPS] if ok else None) for ok, dl in rows]
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(pieces=_DELIVERY_PIECES,
+       edits=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 2), st.sampled_from(_EDIT_ALPHABET)), max_size=3))
+def test_one_pass_delivery_reading_is_the_delivery_pattern_and_its_fields(pieces, edits):
+    body = _delivery_body(pieces)
+    variants = [body]
+    for at, how, char in edits:  # a character inserted, replaced or removed
+        at %= len(body) + 1
+        body = body[:at] + char + body[at + (how > 0):] if how < 2 else body[:at] + body[at + 1:]
+        variants.append(body)
+    assert _delivery_sql(variants) == [_delivery_reference(v) for v in variants]
+
+
+def test_delivery_relay_is_the_relay_field_not_an_address_that_looks_like_one():
+    # The earlier unanchored ` relay=` capture read `x>` from the recipient address here.
+    body = "to=<a relay=x>, relay=mx.example.net[203.0.113.9]:25, delay=1, dsn=2.0.0, status=sent (250 Ok)"
+    assert _delivery_sql([body]) == [(True, ["a relay=x", "mx.example.net[203.0.113.9]:25", "2.0.0", "sent"])]

@@ -30,7 +30,6 @@ from datetime import timezone
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from exfilwatch.config import Home, Settings
@@ -43,6 +42,7 @@ from exfilwatch.events.tables import SCHEMA as EVENTS_TABLES
 from exfilwatch.homelock import writing
 from exfilwatch.models import ORIGIN, DataModel
 from exfilwatch.sources import ParseContext, Source, UnknownFormatError, detect_source, get_source
+from exfilwatch.sources.arrow import int64_range
 from exfilwatch.sources.base import (ParsedBatch, line_origin_sql, raw_ref_sql, unwrap_splunk_export,
                                      unwrap_splunk_export_sql)
 from exfilwatch.sources.state import StoredSourceState
@@ -242,7 +242,7 @@ def ingest_lines(source: Source, lines: pa.Array | pa.ChunkedArray | Sequence[st
     else:
         origin_array = pa.array(origins, pa.string())
     columns = {
-        "line_no": pa.array(np.arange(cursor.first_line, cursor.first_line + count, dtype=np.int64)),
+        "line_no": int64_range(cursor.first_line, count),
         "line": lines,
     }
     if origin_array is not None:

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 
+from exfilwatch.sources.arrow import string_array
 from exfilwatch.sources.base import ParseContext, sql_string
 
 
@@ -210,7 +211,7 @@ class Seen:
     def drop_seen(self, candidates: str, key: str = "dedup_key", time: str = "_time") -> tuple[str, int]:
         """Register the already-seen keys; return (SQL predicate `key NOT IN seen`, count dropped)."""
         state = self.ctx.state
-        empty = pa.table({"key": pa.array([], pa.string())})
+        empty = pa.table({"key": string_array([])})
         if state is None:
             self.con.register("ew_seen_arrow", empty)
             return "true", 0
@@ -219,7 +220,7 @@ class Seen:
         if lo is not None:
             window = self.WINDOW_DAYS * 86_400_000_000
             rows = state.seen_message_keys(self.source, _us(lo) - window, _us(hi) + window)
-        self.con.register("ew_seen_arrow", pa.table({"key": pa.array(rows, pa.string())}) if rows else empty)
+        self.con.register("ew_seen_arrow", pa.table({"key": string_array(rows)}) if rows else empty)
         self.con.execute("CREATE OR REPLACE TEMP TABLE ew_seen AS SELECT DISTINCT key FROM ew_seen_arrow")
         self.con.unregister("ew_seen_arrow")
         dropped = self.con.execute(

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from exfilwatch.sources.arrow import int64_array, string_array
 from exfilwatch.state import StateStore
 
 # postfix_pending's message columns (sources/tables.py) in order, and their DuckDB types
@@ -36,7 +37,7 @@ PENDING_COLUMNS = [
     ("status", "VARCHAR"), ("hop", "BIGINT"), ("subject", "VARCHAR"), ("file_name", "VARCHAR"),
     ("raw_ref", "VARCHAR"),
 ]
-_ARROW = {"VARCHAR": pa.string(), "BIGINT": pa.int64()}
+_ARRAYS = {"VARCHAR": string_array, "BIGINT": int64_array}
 
 class SourceState(Protocol):
     """What a source may read and remember between batches (times are epoch microseconds)."""
@@ -59,9 +60,9 @@ class SourceState(Protocol):
 
 def pending_mail_table(rows: list[dict]) -> pa.Table:
     """Postfix pending lines as `SourceState.pending_mail_lines` returns them (empty: none kept)."""
-    columns = {"pending_id": pa.array([r["pending_id"] for r in rows], pa.int64())}
+    columns = {"pending_id": int64_array([r["pending_id"] for r in rows])}
     for name, typ in PENDING_COLUMNS:
-        columns[name] = pa.array([r[name] for r in rows], _ARROW[typ])
+        columns[name] = _ARRAYS[typ]([r[name] for r in rows])
     return pa.table(columns)
 
 

@@ -69,9 +69,23 @@ def checked_zone(tz: str) -> str:
     return tz
 
 
+# Zones that are UTC at every instant: their wall-clock time is the instant itself.
+UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu",
+                       "GMT", "Etc/GMT", "Etc/GMT0", "Etc/GMT+0", "Etc/GMT-0", "GMT0", "GMT+0", "GMT-0",
+                       "Etc/Greenwich", "Greenwich"})
+
+
 def local_time_sql(naive: str, tz: str) -> str:
-    """SQL: a TIMESTAMP (wall-clock time in zone `tz`) as TIMESTAMPTZ."""
-    return f"timezone({sql_string(checked_zone(tz))}, {naive})"
+    """SQL: a TIMESTAMP (wall-clock time in zone `tz`) as TIMESTAMPTZ.
+
+    In UTC the TIMESTAMP's microseconds are already the instant's: `make_timestamptz` of them
+    costs nothing beside the parse, `timezone('UTC', …)` 0.045 CPU-s per 500 k times (ICU's
+    calendar per value, measured). It gives null for the infinities, which `timezone` keeps:
+    those (and nulls) take `timezone`, evaluated only for them as coalesce is lazy."""
+    zone = sql_string(checked_zone(tz))
+    if tz in UTC_ZONES:
+        return f"coalesce(make_timestamptz(epoch_us({naive})), timezone({zone}, {naive}))"
+    return f"timezone({zone}, {naive})"
 
 
 def yearless_time_sql(stamp: str, formats: list[str], tz: str, year: int | None,
