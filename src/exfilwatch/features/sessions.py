@@ -691,7 +691,14 @@ def _attribute_flows(con: Steps, flow_rows: str, identity: str, users: str, vpn_
     Columns uid, _time, bytes_out, bytes_in, tunnel_sk, vpn_sk, overlapped, sk; flows of
     neither are left out.
     """
-    tunnel = _asof(con, flow_rows, f"(SELECT * FROM {vpn_ids} WHERE assigned_ip IS NOT NULL)",
+    # Only a flow from a tunnel address can be in a session by its address, and only those go
+    # through the ASOF join with the tunnels; a flow from another host can only be its owner's, and
+    # one from neither is no user's (servers' flows: 1.46 M of 3.17 M at 1000 users x 30 days).
+    # Measured there: the tunnel join took 1.1 CPU-s over every flow, 0.45 over those.
+    tunnel_ips = f"(SELECT assigned_ip FROM {vpn_ids} WHERE assigned_ip IS NOT NULL)"
+    host_ips = f"(SELECT m.key FROM {identity} m JOIN {users} u ON u.user = m.user WHERE m.kind = 'host')"
+    tunnel = _asof(con, f"(SELECT * FROM {flow_rows} WHERE src_ip IN {tunnel_ips})",
+                   f"(SELECT * FROM {vpn_ids} WHERE assigned_ip IS NOT NULL)",
                    [("l.src_ip", "r.assigned_ip")], "l._time", "r.session_start",
                    {"s_sk": "r.sk", "s_uid": "r.uid", "s_end": "r.session_end"}, outer=True)
     con.execute(f"""
@@ -699,6 +706,9 @@ def _attribute_flows(con: Steps, flow_rows: str, identity: str, users: str, vpn_
         SELECT _time, src_ip, bytes_out, bytes_in, CASE WHEN _time < s_end THEN s_sk END AS tunnel_sk,
                CASE WHEN _time < s_end THEN s_uid END AS tunnel_uid
         FROM ({tunnel})
+        UNION ALL
+        SELECT _time, src_ip, bytes_out, bytes_in, CAST(NULL AS BIGINT) AS tunnel_sk, CAST(NULL AS BIGINT) AS tunnel_uid
+        FROM {flow_rows} WHERE src_ip NOT IN {tunnel_ips} AND src_ip IN {host_ips}
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_flow_attr AS
