@@ -1095,7 +1095,9 @@ def build_user_sessions(con: duckdb.DuckDBPyConnection, state: StateStore, setti
         read_from = start - lookback
         if spark is None:
             register_lake_views(con, settings, state, read_from, now)
-            counts = compute_sessions(con, settings, now, start, read_from)
+            # the flows as stored: the sessions read none of the asset columns the enriched view
+            # joins on (DuckDB keeps both joins: 0.46 against 0.29 CPU-s for 3.2 M flows, measured)
+            counts = compute_sessions(con, settings, now, start, read_from, flows="lake.network_traffic_stored")
         else:
             counts = _compute_on_spark(con, spark, state, settings, now, start, read_from)
         rows = con.execute("SELECT count(*) FROM _ses_result").fetchall()[0][0]
