@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from exfilwatch.config import Home, parse_settings
 from exfilwatch.detections.runner import DetectionRunError
@@ -189,3 +190,32 @@ def test_a_first_run_with_the_wall_clock_on_old_logs_runs_only_the_fires_that_ca
     assert late.fires == at_end.fires and late.skipped_fires > 5 * 365 * 24
     assert stored(state) == stored(reference_state) and len(stored(state)) == 1
     assert watermark(state, OUT).isoformat() == datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc).isoformat()
+
+
+def _croniter_fires(cron: str, after: datetime, until: datetime, tz: str) -> list[datetime]:
+    """The reference: one croniter stepped from `after` to `until`, as the schedule did before it
+    remembered blocks of fires."""
+    from croniter import croniter
+
+    iterator, fires = croniter(cron, after.astimezone(ZoneInfo(tz))), []
+    while (fire := iterator.get_next(datetime)) <= until:
+        fires.append(fire.astimezone(timezone.utc))
+    return fires
+
+
+# Around both DST changes of New York and of Lord Howe (a half-hour shift) in 2026, and a plain day.
+_DST_EDGES = [datetime(2026, 3, 8, 7, tzinfo=timezone.utc), datetime(2026, 11, 1, 6, tzinfo=timezone.utc),
+              datetime(2026, 4, 4, 15, tzinfo=timezone.utc), datetime(2026, 10, 3, 16, tzinfo=timezone.utc),
+              datetime(2026, 6, 1, tzinfo=timezone.utc)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(edge=st.sampled_from(_DST_EDGES), before=st.integers(-400 * 60, 60), span=st.integers(0, 500 * 60),
+       cron=st.sampled_from(["5 * * * *", "0 * * * *", "30 * * * *", "0 0 * * *", "*/20 * * * *"]),
+       tz=st.sampled_from(["America/New_York", "Australia/Lord_Howe", "Europe/Paris", "UTC"]))
+def test_fire_times_in_remembered_blocks_are_croniters_across_dst_changes(edge, before, span, cron, tz):
+    # spans cross a block's end (168 fires) and each DST change, starting on and off a fire time
+    after = edge + timedelta(minutes=before)
+    until = after + timedelta(minutes=span)
+    assert fire_times(cron, after, until, tz) == _croniter_fires(cron, after, until, tz)
+    assert fire_times(cron, after.astimezone(ZoneInfo(tz)), until, tz) == _croniter_fires(cron, after, until, tz)

@@ -257,3 +257,14 @@ def test_garbage_only_raises_time_modifier_error(text, tz):
         except TimeModifierError:
             continue
         assert result.tzinfo is UTC
+
+
+@fast
+@given(instants, zones, zones, st.sampled_from(["-90d", "-1d@d", "-10m@m", "@h", "-1h@h", "@w1", "now", "-mon@mon"]))
+def test_the_same_instant_in_any_zone_gives_the_same_utc_result(t, tz, shown_in, modifier):
+    # relative_time remembers its answers by instant: one written in another zone, asked first, must
+    # not lend its offset to the answer (a run's windows are stored as text)
+    local = t.astimezone(ZoneInfo(shown_in))
+    first, second = relative_time(local, modifier, tz), relative_time(t, modifier, tz)
+    assert first == second and first.utcoffset() == second.utcoffset() == timedelta(0)
+    assert relative_time(t, modifier, tz).isoformat() == relative_time(local, modifier, tz).isoformat()

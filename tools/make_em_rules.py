@@ -130,10 +130,20 @@ WITH judged AS (
     FROM session_domains s JOIN earlier_domains e
       ON e.user = s.user AND e.domain = s.domain AND e._time < s._time AND e._time >= s._time - ($now - $history)
 ), org_known_domains AS (
-    -- those anyone in the organisation mailed in an earlier session of the model window
-    SELECT DISTINCT s.session_key, s.domain
-    FROM session_domains s JOIN earlier_domains e
-      ON e.domain = s.domain AND e._time < s._time AND e._time >= s._time - ($now - $history)
+    -- those anyone in the organisation mailed in an earlier session of the model window: the
+    -- domain's latest mailing before the session closed lies in it. One ordered pass per domain
+    -- (a session comes before the mailings of its own instant) rather than each session paired
+    -- with every mailing of its domain in the window: 5.7 M pairs for a week of sessions at 90
+    -- days of 1000 users, 40 % of the rule's time
+    SELECT DISTINCT session_key, domain FROM (
+        SELECT session_key, domain, _time, judged,
+               max(CASE WHEN NOT judged THEN _time END) OVER (
+                   PARTITION BY domain ORDER BY _time, judged DESC
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS previously_mailed
+        FROM (SELECT session_key, domain, _time, true AS judged FROM session_domains
+              UNION ALL
+              SELECT NULL AS session_key, domain, _time, false AS judged FROM earlier_domains))
+    WHERE judged AND previously_mailed >= _time - ($now - $history)
 ), novelty AS (
     -- the session's domains new to the user: a stronger sign than volume to known partners; and
     -- those new to the whole organisation, stronger still (no colleague has a business with them)

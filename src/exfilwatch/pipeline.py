@@ -177,16 +177,23 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
     first, last = data_bounds(con, state, settings, detection.data_model,
                               need_first=options.since is None and watermark(state, detection.id) is None)
 
+    resolved: dict[datetime, tuple[RunWindow, dict[str, Any]]] = {}  # each fire's, for the plan and the run
+
+    def window_and_params(fire: datetime) -> tuple[RunWindow, dict[str, Any]]:
+        if fire not in resolved:
+            window = run_window(detection, fire, tz)
+            resolved[fire] = window, resolve_parameters(detection, settings, options.overrides, window)
+        return resolved[fire]
+
     def window_start(fire: datetime) -> datetime:
-        return judged_start(detection, resolve_parameters(detection, settings, options.overrides,
-                                                          run_window(detection, fire, tz)))
+        return judged_start(detection, window_and_params(fire)[1])
 
     plan: DuePlan = due_fires(state, detection.id, detection.schedule.cron, now, tz, data_start=first, data_end=last,
                               window_start=window_start, since=options.since)
     run = DetectionRun(detection, fires=len(plan.fires), skipped_fires=plan.skipped)
     if plan.fires:
-        windows = [run_window(detection, fire, tz) for fire in plan.fires]
-        params = [resolve_parameters(detection, settings, options.overrides, w) for w in windows]
+        windows = [window_and_params(fire)[0] for fire in plan.fires]
+        params = [window_and_params(fire)[1] for fire in plan.fires]
         first_start = min(data_range(p)[0] for p in params)
         last_end = max(data_range(p)[1] for p in params)
         model = get_model(detection.data_model)

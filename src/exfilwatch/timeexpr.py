@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from exfilwatch.errors import TimeError
 
+import functools
 import re
 from calendar import monthrange
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
@@ -58,6 +59,14 @@ class TimeModifierError(TimeError):
 
 def relative_time(now: datetime, modifier: str, tz: str | tzinfo) -> datetime:
     """Apply a Splunk relative time modifier to ``now``; return aware UTC."""
+    return _relative_time(now, modifier, tz)
+
+
+# The result depends only on the instant `now` (equal aware datetimes are the same instant), the
+# text and the zone, and a catch-up asks the same few for every detection on the same schedule:
+# 49,290 calls and 0.66 s of a 1000 x 30 first run's profile, for a few thousand distinct ones.
+@functools.lru_cache(maxsize=65536)
+def _relative_time(now: datetime, modifier: str, tz: str | tzinfo) -> datetime:
     zone = _zone(tz)
     t = _utc(now)
     text = modifier.strip().lower()

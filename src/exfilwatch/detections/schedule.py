@@ -10,6 +10,7 @@ the wall clock as `now` costs what a run at the end of the data costs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,13 +28,28 @@ def fire_times(cron: str, after: datetime, until: datetime, tz: str) -> list[dat
 
 
 def iter_fire_times(cron: str, after: datetime, until: datetime, tz: str) -> Iterator[datetime]:
-    zone = ZoneInfo(tz)
-    iterator = croniter(cron, after.astimezone(zone))
     while True:
-        fire = iterator.get_next(datetime)
-        if fire > until:
-            return
-        yield fire.astimezone(timezone.utc)
+        block = _next_fires(cron, after, tz)
+        for fire in block:
+            if fire > until:
+                return
+            yield fire
+        after = block[-1]
+
+
+# Fires are asked for in blocks of a week of hourly fires, each block remembered by where it
+# starts: the detections and incident rules of one run that share a schedule and a start (the
+# four session rules; the three network rules) step croniter once between them. croniter's
+# get_next was 6,537 calls and 0.7 s of a 1000 x 30 first run's profile, for 7 detections and
+# 3 incident rules on two schedules.
+_FIRE_BLOCK = 168
+
+
+@functools.lru_cache(maxsize=1024)
+def _next_fires(cron: str, after: datetime, tz: str) -> tuple[datetime, ...]:
+    """The next _FIRE_BLOCK cron fire times after `after` on the local clock of `tz`, in UTC."""
+    iterator = croniter(cron, after.astimezone(ZoneInfo(tz)))
+    return tuple(iterator.get_next(datetime).astimezone(timezone.utc) for _ in range(_FIRE_BLOCK))
 
 
 def last_fire_time(cron: str, until: datetime, tz: str) -> datetime:
