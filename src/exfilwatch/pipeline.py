@@ -271,13 +271,15 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
     try:
         create_range_segments(con, plan, "_catch_up_rows", [params[i] for i in due], start,
                               max(params[i]["latest"] for i in due), tz)
-        groups = batched_groups(batched, [params[i] for i in due]) if batched is not None else segment_groups(due)
-        for group in groups:
-            fires = [params[due[i]] for i in group]
-            create_group_segments(con, plan, model, fires, start, tz, view=batched is not None)
-            if batched is not None:
+        if batched is not None:  # the form reads every fire's segments at once: one query for the catch-up
+            con.execute(f"CREATE TEMP VIEW {model} AS SELECT * FROM {SEGMENTS}")
+            for group in batched_groups(batched, [params[i] for i in due]):
+                fires = [params[due[i]] for i in group]
                 yield from zip((due[i] for i in group), batched_findings(con, detection, batched, fires, tz))
-                continue
+            return
+        for group in segment_groups(due):
+            fires = [params[due[i]] for i in group]
+            create_group_segments(con, plan, model, fires, start, tz)
             for i, param in zip(group, fires):
                 yield due[i], findings_from_rows(detection, execute(con, detection, param), tz)
     finally:

@@ -153,14 +153,14 @@ def one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[
 
 
 def batched_groups(plan: BatchedPlan, params: list[dict[str, Any]]) -> list[list[int]]:
-    """Positions of `params` in runs of consecutive fires whose batched form's terms have equal
-    values (a day of hourly fires: the judged day and the baseline's start are the same), each run
-    at most GROUP_FIRES long so that its segment table stays a day's."""
+    """Positions of `params` in runs of consecutive fires whose batched form's `$` terms have equal
+    values: one run for a form whose fires differ only in `fires` columns (the shipped forms,
+    whose `$` terms are the detection's thresholds), a run per day for one that reads `$today`."""
     groups: list[list[int]] = []
     previous = None
     for index, param in enumerate(params):
         key = group_key(plan, param)
-        if groups and key == previous and len(groups[-1]) < GROUP_FIRES:
+        if groups and key == previous:
             groups[-1].append(index)
         else:
             groups.append([index])
