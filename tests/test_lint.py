@@ -161,7 +161,7 @@ def test_an_incident_rules_quiet_period_is_read_by_the_incident_step_and_must_be
     ("sum(r.bytes_in) AS bytes_in", "count(*) AS bytes_in", "only sum, min or max"),
     # a column the search does not keep
     ("r.src_ip IS NOT NULL", "r.dest_port = 993", "otherwise than the search"),
-    ("SELECT d.fire,\n", "SELECT\n", "expected fire, then the search's"),
+    ("SELECT fire,\n", "SELECT\n", "expected fire, then the search's"),
     ("JOIN fires f ON", "JOIN network_traffic f ON", "joined with something other than 'fires'"),
 ])
 def test_a_batched_form_that_breaks_its_contract(tmp_path, old, new, expected):
