@@ -427,3 +427,13 @@ def test_a_detection_reading_the_same_lake_rows_as_the_previous_one_reads_them_f
     finally:
         con.close()
         state.close()
+
+
+def test_only_detections_that_read_the_same_lake_rows_share_a_copy():
+    """`run` hands the shared copy only to detections whose lake read another one repeats: the
+    robust rule and `hosts_receiving…` sum the same flows; `email_servers…` reads other rows, so
+    copying them would be for nobody."""
+    catalog = load_detections()
+    email_servers, hosts_receiving, robust = (pipeline._lake_read(catalog[i]) for i in NETWORK)
+    assert hosts_receiving == robust
+    assert email_servers != hosts_receiving

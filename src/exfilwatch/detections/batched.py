@@ -7,17 +7,19 @@ Two things are recognised here, never from a detection's id:
   is comparisons with parameters (or `least`/`greatest` of them). Its rows may be replaced by
   sums per key and per segment between consecutive parameter values (findings/catchup.py).
 * **The batched form** (`batched_plan`): a detection's optional `catch_up.search`, the same
-  findings as `search` for a group of fires in one query. It reads a table `fires`, one row per
-  fire: `fire` (its position in the group) and every parameter as a column, and returns the
-  search's columns with `fire` first. Its `$parameters` (and `least`/`greatest` of them: the
-  *terms*) are what the fires of a group share: a catch-up groups consecutive fires whose terms
-  have equal values, so what depends only on them (a baseline of the days before the judged
-  one) is computed once per group, and what differs per fire comes from `fires`. It may read the
-  model only as the search's segment plan allows (the same keys and sums), comparing `_time`
-  with terms or with `fires` columns that stand for one of the search's own `_time` bounds, so
-  the segments cut for the search also serve it. `batched_plan` says why a form breaks this
-  contract (`exfilwatch detections lint` reports it); that it finds what the search finds is
-  held by tests/test_catch_up.py on data with gaps, DST and late rows.
+  findings as `search` for many fires in one query. It reads a table `fires`, one row per fire:
+  `fire` (its position in the group) and every parameter as a column, and returns the search's
+  columns with `fire` first. Its `$parameters` (and `least`/`greatest` of them: the *terms*)
+  are what the fires of a group share: a catch-up groups consecutive fires whose terms have
+  equal values (the shipped forms use `$` only for thresholds, so all the catch-up's fires are
+  one group, and key by `fires` columns what differs: the judged day, the baseline's start).
+  It may read the model only as the search's segment plan allows (the same keys and sums,
+  joined with `fires` alone), comparing `_time` with terms or with the same terms over `fires`'
+  instants (`least(f.history, f.earliest)`, `f.latest`): the catch-up cuts the segments at each
+  fire's value of every such bound, so any comparison of a segment with one is that of each of
+  its rows. `batched_plan` says why a form breaks this contract (`exfilwatch detections lint`
+  reports it); that it finds what the search finds is held by tests/test_catch_up.py on data
+  with gaps, DST, late rows and a baseline that starts inside a day.
 """
 
 from __future__ import annotations
