@@ -153,13 +153,15 @@ def test_an_incident_rules_quiet_period_is_read_by_the_incident_step_and_must_be
 
 
 @pytest.mark.parametrize("old,new,expected", [
-    # a fire's `earliest` is not one of the search's `_time` bounds: the segments are not cut there
-    ("r._time < f.latest", "r._time < f.earliest", "_time is compared with f.earliest"),
+    # a fire's column that is not one of its instants: the segments cannot be cut there
+    ("r._time < f.latest", "r._time < f.fire", "_time is compared with f.fire"),
+    # an instant moved by an interval is no term: no segment is cut at it
+    ("r._time < f.latest", "r._time < f.latest - INTERVAL 1 HOUR", "_time is compared with f.latest - INTERVAL"),
     # a count of the model's rows cannot be read from sums
     ("sum(r.bytes_in) AS bytes_in", "count(*) AS bytes_in", "only sum, min or max"),
     # a column the search does not keep
     ("r.src_ip IS NOT NULL", "r.dest_port = 993", "otherwise than the search"),
-    ("SELECT d.fire,\n", "SELECT\n", "expected fire, then the search's"),
+    ("SELECT fire,\n", "SELECT\n", "expected fire, then the search's"),
     ("JOIN fires f ON", "JOIN network_traffic f ON", "joined with something other than 'fires'"),
 ])
 def test_a_batched_form_that_breaks_its_contract(tmp_path, old, new, expected):

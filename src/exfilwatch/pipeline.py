@@ -114,12 +114,16 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
     if any(d.data_model == RISK_EVENTS for d in chosen):  # a correlation run as a detection reads risk events
         rebuild_risk_events(state, settings, techniques_by_detection(catalog) | options.techniques, now)
     shared = SharedLakeRows()
+    # A copy of a detection's lake rows is kept only when another detection of the run reads the same
+    reads = [_lake_read(d) if options.mode != "once" and d.data_model in DATA_MODELS else None for d in chosen]
     try:
-        for detection in chosen:
+        for index, detection in enumerate(chosen):
             if options.mode == "once":
                 result.detections.append(_run_once(con, state, settings, detection, now, options))
             else:
-                result.detections.append(_catch_up(con, state, settings, detection, now, options, shared))
+                sharing = reads[index] is not None and reads.count(reads[index]) > 1
+                result.detections.append(_catch_up(con, state, settings, detection, now, options,
+                                                   shared if sharing else None))
     finally:
         release_shared(con, shared)
     if options.risk:
@@ -169,10 +173,20 @@ def _run_once(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
     return run
 
 
+def _lake_read(detection: Detection) -> tuple[str, list[str], str | None]:
+    """What a catch-up reads of the lake for `detection`: its model, the columns it uses, the
+    model condition of its search."""
+    model = get_model(detection.data_model)
+    known = set(model.column_names) | {name for name, _ in model.enrichment} | {"_day"}
+    sql = compiled_sql(detection)
+    return model.name, sorted((referenced_columns(sql) & known) | {"_time"}), snapshot_condition(sql, model.name)
+
+
 def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, detection: Detection,
-              now: datetime, options: Options, shared: SharedLakeRows) -> DetectionRun:
+              now: datetime, options: Options, shared: SharedLakeRows | None) -> DetectionRun:
     """Run one detection at each fire time since its watermark, oldest first, reading the lake once
-    (or not at all when the previous detection read the same rows: `shared`)."""
+    (or not at all when the previous detection read the same rows: `shared`, given only when
+    another detection of the run reads the same)."""
     tz = settings.timezone
     first, last = data_bounds(con, state, settings, detection.data_model,
                               need_first=options.since is None and watermark(state, detection.id) is None)
@@ -197,10 +211,8 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
         first_start = min(data_range(p)[0] for p in params)
         last_end = max(data_range(p)[1] for p in params)
         model = get_model(detection.data_model)
-        known = set(model.column_names) | {name for name, _ in model.enrichment} | {"_day"}
         sql = compiled_sql(detection)
-        columns = sorted((referenced_columns(sql) & known) | {"_time"})
-        condition = snapshot_condition(sql, model.name)
+        _, columns, condition = _lake_read(detection)
         segments = segment_plan(sql, model.name) if options.catch_up == "one-pass" else None
         # A batched form (detections/batched.py) runs a day of fires at once; one that breaks its
         # contract (`exfilwatch detections lint` says how) is ignored and the fires run one by one.
@@ -278,13 +290,15 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
     try:
         create_range_segments(con, plan, "_catch_up_rows", [params[i] for i in due], start,
                               max(params[i]["latest"] for i in due), tz)
-        groups = batched_groups(batched, [params[i] for i in due]) if batched is not None else segment_groups(due)
-        for group in groups:
-            fires = [params[due[i]] for i in group]
-            create_group_segments(con, plan, model, fires, start, tz, view=batched is not None)
-            if batched is not None:
+        if batched is not None:  # the form reads every fire's segments at once: one query for the catch-up
+            con.execute(f"CREATE TEMP VIEW {model} AS SELECT * FROM {SEGMENTS}")
+            for group in batched_groups(batched, [params[i] for i in due]):
+                fires = [params[due[i]] for i in group]
                 yield from zip((due[i] for i in group), batched_findings(con, detection, batched, fires, tz))
-                continue
+            return
+        for group in segment_groups(due):
+            fires = [params[due[i]] for i in group]
+            create_group_segments(con, plan, model, fires, start, tz)
             for i, param in zip(group, fires):
                 yield due[i], findings_from_rows(detection, execute(con, detection, param), tz)
     finally:

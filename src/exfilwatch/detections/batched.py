@@ -7,17 +7,19 @@ Two things are recognised here, never from a detection's id:
   is comparisons with parameters (or `least`/`greatest` of them). Its rows may be replaced by
   sums per key and per segment between consecutive parameter values (findings/catchup.py).
 * **The batched form** (`batched_plan`): a detection's optional `catch_up.search`, the same
-  findings as `search` for a group of fires in one query. It reads a table `fires`, one row per
-  fire: `fire` (its position in the group) and every parameter as a column, and returns the
-  search's columns with `fire` first. Its `$parameters` (and `least`/`greatest` of them: the
-  *terms*) are what the fires of a group share: a catch-up groups consecutive fires whose terms
-  have equal values, so what depends only on them (a baseline of the days before the judged
-  one) is computed once per group, and what differs per fire comes from `fires`. It may read the
-  model only as the search's segment plan allows (the same keys and sums), comparing `_time`
-  with terms or with `fires` columns that stand for one of the search's own `_time` bounds, so
-  the segments cut for the search also serve it. `batched_plan` says why a form breaks this
-  contract (`exfilwatch detections lint` reports it); that it finds what the search finds is
-  held by tests/test_catch_up.py on data with gaps, DST and late rows.
+  findings as `search` for many fires in one query. It reads a table `fires`, one row per fire:
+  `fire` (its position in the group) and every parameter as a column, and returns the search's
+  columns with `fire` first. Its `$parameters` (and `least`/`greatest` of them: the *terms*)
+  are what the fires of a group share: a catch-up groups consecutive fires whose terms have
+  equal values (the shipped forms use `$` only for thresholds, so all the catch-up's fires are
+  one group, and key by `fires` columns what differs: the judged day, the baseline's start).
+  It may read the model only as the search's segment plan allows (the same keys and sums,
+  joined with `fires` alone), comparing `_time` with terms or with the same terms over `fires`'
+  instants (`least(f.history, f.earliest)`, `f.latest`): the catch-up cuts the segments at each
+  fire's value of every such bound, so any comparison of a segment with one is that of each of
+  its rows. `batched_plan` says why a form breaks this contract (`exfilwatch detections lint`
+  reports it); that it finds what the search finds is held by tests/test_catch_up.py on data
+  with gaps, DST, late rows and a baseline that starts inside a day.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from sqlglot import exp
 
 from exfilwatch.detections.runner import _parsed, single_model_select
-from exfilwatch.detections.schema import Detection
+from exfilwatch.detections.schema import TIME_PARAMETERS, Detection
 
 FIRES = "fires"  # the table of a group's fires that a batched form reads
 _DECOMPOSABLE = (exp.Sum, exp.Min, exp.Max)
@@ -145,18 +147,21 @@ def batched_plan(detection: Detection, sql: str, model: str) -> tuple[BatchedPla
         tree = _parsed(detection.catch_up.search.strip().rstrip(";"))
     except Exception as exc:  # sqlglot's ParseError and TokenError share no base but Exception
         return None, f"catch_up.search does not parse: {str(exc).splitlines()[0]}"
+    # the instants a fire has, as `fires` columns: each fire's value of a term cuts the segments
+    instants = {n for n, spec in detection.parameters.items() if spec.type == "time"} | set(TIME_PARAMETERS) - {"timezone"}
     fires_tables = [t for t in tree.find_all(exp.Table) if t.name == FIRES]
     if not fires_tables:
         return None, f"catch_up.search never reads the table {FIRES!r}"
     own = {t.alias_or_name for t in fires_tables}
-    search_bounds = {b.sql(dialect="duckdb") for b in search.bounds}
+
+    def as_term(node: exp.Expression) -> exp.Expression:
+        """A bound over `fires` columns as the same term over parameters (`f.latest` is `$latest`)."""
+        return node.copy().transform(
+            lambda n: exp.Placeholder(this=n.name) if isinstance(n, exp.Column) and n.table in own else n)
 
     def bound_ok(node: exp.Expression) -> bool:
-        if _is_bound(node):
-            return True
-        as_parameters = node.copy().transform(
-            lambda n: exp.Placeholder(this=n.name) if isinstance(n, exp.Column) and n.table in own else n)
-        return _is_bound(as_parameters) and as_parameters.sql(dialect="duckdb") in search_bounds
+        term = as_term(node)
+        return _is_bound(term) and all(p.name in instants for p in term.find_all(exp.Placeholder))
 
     extra: list[exp.Expression] = []
     model_tables = [t for t in tree.find_all(exp.Table) if t.name == model]
@@ -174,7 +179,7 @@ def batched_plan(detection: Detection, sql: str, model: str) -> tuple[BatchedPla
         if not keys <= set(search.keys) or any(search.aggregates.get(c) != k for c, k in aggregates.items()):
             return None, (f"catch_up.search reads {model}'s columns {sorted(keys | set(aggregates))} otherwise than "
                           f"the search (keys {search.keys}, {search.aggregates})")
-        extra += [b for b in bounds if _is_bound(b)]
+        extra += [as_term(b) for b in bounds]
     plan_sql = tree.sql(dialect="duckdb")
     segments = SegmentPlan(search.keys, search.aggregates, [*search.bounds, *extra])
     return BatchedPlan(plan_sql, terms(tree), segments), None

@@ -28,16 +28,17 @@ never from a detection's id:
   a detection that reads exactly the lake rows the previous one read (`lake_rows`,
   `SharedLakeRows`: the robust rule after `hosts_receiving…`) copies them instead.
 * **A batched form** (`catch_up.search` in the detection, the contract in detections/batched.py,
-  checked by `exfilwatch detections lint`): the search's findings for a group of fires in one
-  query. A day of hourly fires shares the judged day and the baseline's start, so the form
-  computes what depends only on those once (the ESCU rules' per-host and all-host counts, sums
-  and sums of squares of the days before; the robust rule's medians and MADs) and each fire, a
-  row of the temp table `fires`, adds its part of the judged day. Fires are grouped while the
-  values of the form's `$parameter` terms stay equal (`batched_groups`): a fire whose baseline
-  starts elsewhere (the 00:00 fire, whose `history` is a day later) starts a group of its own.
-  Nothing of a baseline is kept from one run to the next but the stored daily sums, so a late
-  row in a past day reaches the next run's baseline. A search without a form (or whose form
-  breaks the contract) runs fire by fire over the same segments.
+  checked by `exfilwatch detections lint`): the search's findings for every fire of the catch-up
+  in one query over the whole catch-up's segments (SEGMENTS) and the temp table `fires`, one row
+  per fire with its parameters as columns. The form keys its work by fire and by what fires
+  share (the judged day and the baseline's start, both `fires` columns): the shipped forms take
+  each host's whole past days from running sums over its day rows (a lookup per baseline and
+  host, not a re-sum of 28-30 days per day of fires) and each fire's part of the judged day from
+  the segments before its `latest`. Fires are grouped only while the values of the form's
+  `$parameter` terms stay equal (`batched_groups`; the shipped forms' `$` terms are thresholds,
+  so one group). Nothing of a baseline is kept from one run to the next but the stored daily
+  sums, so a late row in a past day reaches the next run's baseline. A search without a form
+  (or whose form breaks the contract) runs fire by fire over segments re-cut per day of fires.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from exfilwatch.findings.record import Finding, findings_from_rows
 from exfilwatch.state import StateStore
 
 CHUNK_SPAN = timedelta(days=7)  # bounds the memory of a chunk's joins (sessions judged x their history)
-GROUP_FIRES = 24  # fires sharing one segment table: a day of hourly fires
+GROUP_FIRES = 24  # fires sharing one segment table (a search without a batched form): a day of hourly fires
 
 
 def judged_start(detection: Detection, params: dict[str, Any]) -> datetime:
@@ -153,14 +154,14 @@ def one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[
 
 
 def batched_groups(plan: BatchedPlan, params: list[dict[str, Any]]) -> list[list[int]]:
-    """Positions of `params` in runs of consecutive fires whose batched form's terms have equal
-    values (a day of hourly fires: the judged day and the baseline's start are the same), each run
-    at most GROUP_FIRES long so that its segment table stays a day's."""
+    """Positions of `params` in runs of consecutive fires whose batched form's `$` terms have equal
+    values: one run for a form whose fires differ only in `fires` columns (the shipped forms,
+    whose `$` terms are the detection's thresholds), a run per day for one that reads `$today`."""
     groups: list[list[int]] = []
     previous = None
     for index, param in enumerate(params):
         key = group_key(plan, param)
-        if groups and key == previous and len(groups[-1]) < GROUP_FIRES:
+        if groups and key == previous:
             groups[-1].append(index)
         else:
             groups.append([index])
@@ -239,8 +240,8 @@ def create_range_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, row
 
 
 def create_group_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, target: str,
-                          params: list[dict[str, Any]], start: datetime, tz: str, view: bool = False) -> None:
-    """Temp table `target` (a view when it is read once): the rows these fires read, as segments
+                          params: list[dict[str, Any]], start: datetime, tz: str) -> None:
+    """Temp table `target`: the rows these fires read, as segments
     cut at least at their bounds — the days they cut inside from SEGMENTS (cut at every fire's
     bounds), every other day as one row per key from DAYS (no bound of theirs falls inside it, so
     each of its rows compares with every bound as its midnight does). A group's work grows with
@@ -255,7 +256,7 @@ def create_group_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, tar
                            for day in inside) or "false"
     not_cut = f"_time NOT IN ({', '.join(at(day) for day in inside)})" if inside else "true"
     drop_temp(con, target)
-    con.execute(f"CREATE TEMP {'VIEW' if view else 'TABLE'} {target} AS "
+    con.execute(f"CREATE TEMP TABLE {target} AS "
                 f"SELECT * FROM {DAYS} WHERE {not_cut} UNION ALL BY NAME SELECT * FROM {SEGMENTS} WHERE {days_cut}")
 
 
