@@ -110,3 +110,20 @@ def test_a_session_is_compared_with_the_90_days_before_it():
     recent = history(feature, [2.0] * 15)
     [f] = run("em_dnum", old + recent + [judged(feature, 40)])
     assert f["model_sessions"] == 15 and f["model_median"] == 2
+
+
+def test_users_who_first_mail_a_domain_at_the_same_instant_each_introduce_it():
+    # daily sessions all close at local midnight: of the colleagues who first mailed acme.example
+    # in sessions that closed at one instant, none mailed it before the others, so each of them
+    # introduced it. Ordering the rows of that instant would credit one of them, at the engine's
+    # choice (here: the one stored first)
+    feature = "em_fnum"
+    first_mailing = NOW - timedelta(days=2, minutes=90)
+    acme = [{"domain": "acme.example", "domain_class": "business", "messages": 1, "bytes": 1000}]
+    rows = [dict(r, recipient_domains=acme) if r["_time"] == first_mailing else r
+            for r in history(feature, [3.0] * 40)]
+    colleagues = [dict(session(f"colleague{i}", first_mailing, 1.0, feature), recipient_domains=acme)
+                  for i in range(20)]
+    for stored in (rows + colleagues, colleagues + rows):  # whichever the engine meets first
+        [f] = run("em_fnum", stored + [judged(feature, 500)])
+        assert f["org_introductions"] == 1

@@ -151,7 +151,9 @@ WITH judged AS (
            count(*) FILTER (WHERE s.domain_class <> 'personal') AS new_business_domains,
            count(*) FILTER (WHERE s.domain_class = 'personal') AS new_personal_domains,
            coalesce(max(s.bytes) FILTER (WHERE s.domain_class <> 'personal'), 0) AS largest_new_business_bytes,
-           arg_max(s.domain, s.bytes) FILTER (WHERE s.domain_class <> 'personal') AS largest_new_business_domain,
+           -- of two new domains of one size, the greater name: a tie must not leave the choice to the engine
+           arg_max(s.domain, struct_pack(b := s.bytes, d := s.domain)) FILTER (WHERE s.domain_class <> 'personal')
+               AS largest_new_business_domain,
            coalesce(sum(s.bytes) FILTER (WHERE s.domain_class = 'personal'), 0) AS new_personal_bytes,
            count(*) FILTER (WHERE o.domain IS NULL) AS org_new_domains,
            coalesce(sum(s.messages) FILTER (WHERE o.domain IS NULL), 0) AS org_new_messages,
@@ -178,9 +180,15 @@ WITH judged AS (
     -- this run reads (an hourly fire, a catch-up pass): a mailing introduces its domain when the
     -- domain's previous mailing by anyone is before that window
     SELECT j.session_key, count(DISTINCT o.domain) AS introductions
-    FROM judged j JOIN (SELECT user, _time, domain,
-                               lag(_time) OVER (PARTITION BY domain ORDER BY _time) AS previously_mailed
-                        FROM earlier_domains WHERE domain_class <> 'personal') o
+    -- (the previous mailing before the instant, not before the row: daily sessions close at the
+    -- same midnight, and of two users who first mail a domain then, both introduce it; ordering
+    -- the rows of one instant would leave that to the engine, one run to the next)
+    FROM judged j JOIN (SELECT e.user, e._time, e.domain, p.previously_mailed
+                        FROM earlier_domains e
+                        JOIN (SELECT domain, _time, lag(_time) OVER (PARTITION BY domain ORDER BY _time) AS previously_mailed
+                              FROM (SELECT DISTINCT domain, _time FROM earlier_domains WHERE domain_class <> 'personal')) p
+                          ON p.domain = e.domain AND p._time = e._time
+                        WHERE e.domain_class <> 'personal') o
       ON o.user = j.user AND o._time < j._time AND o._time >= j._time - ($now - $history)
      AND (o.previously_mailed IS NULL OR o.previously_mailed < j._time - ($now - $history))
     CROSS JOIN data_start d
