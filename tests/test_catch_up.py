@@ -429,11 +429,26 @@ def test_a_detection_reading_the_same_lake_rows_as_the_previous_one_reads_them_f
         state.close()
 
 
-def test_only_detections_that_read_the_same_lake_rows_share_a_copy():
+def test_only_detections_that_read_the_same_lake_rows_share_a_copy(org, monkeypatch):
     """`run` hands the shared copy only to detections whose lake read another one repeats: the
     robust rule and `hosts_receiving…` sum the same flows; `email_servers…` reads other rows, so
-    copying them would be for nobody."""
+    copying them would be for nobody (checked: it fails when every detection gets the copy)."""
+    import exfilwatch.findings.catchup as catchup
+
     catalog = load_detections()
     email_servers, hosts_receiving, robust = (pipeline._lake_read(catalog[i]) for i in NETWORK)
     assert hosts_receiving == robust
     assert email_servers != hosts_receiving
+    handed: dict[str | None, bool] = {}
+    read = catchup.lake_rows
+
+    def spied(con, settings, state, model, columns, condition, start, end, shared=None):
+        handed[condition] = shared is not None
+        return read(con, settings, state, model, columns, condition, start, end, shared)
+
+    monkeypatch.setattr(catchup, "lake_rows", spied)
+    root, ds, parts = org
+    (home,) = homes(root, ds.config, ["sharing"])
+    ingest(home, parts, 0)
+    schedule(home, datetime(END.year, END.month, END.day, tzinfo=NY), "one-pass", NETWORK)
+    assert handed == {email_servers[2]: False, hosts_receiving[2]: True}

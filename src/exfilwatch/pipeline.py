@@ -23,9 +23,9 @@ from typing import Any, Literal
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.findings.catchup import (DAYS, SEGMENTS, SharedLakeRows, batched_findings, batched_groups,
-                                        create_group_segments, create_range_segments, drop_temp, judged_start, one_pass,
-                                        release_shared, segment_groups, snapshot_with_daily_sums)
+from exfilwatch.findings.catchup import (DAYS, SEGMENTS, SharedLakeRows, batched_findings, batched_groups, create_days,
+                                        create_group_segments, create_range_segments, drop_temp, judged_start,
+                                        one_pass, release_shared, segment_groups, snapshot_with_daily_sums)
 from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
@@ -296,6 +296,7 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
                 fires = [params[due[i]] for i in group]
                 yield from zip((due[i] for i in group), batched_findings(con, detection, batched, fires, tz))
             return
+        create_days(con, plan, tz)
         for group in segment_groups(due):
             fires = [params[due[i]] for i in group]
             create_group_segments(con, plan, model, fires, start, tz)

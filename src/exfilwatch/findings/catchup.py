@@ -225,14 +225,20 @@ DAYS = "_catch_up_days"  # the same summed per key and local day
 
 def create_range_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, rows: str, params: list[dict[str, Any]],
                           start: datetime, end: datetime, tz: str) -> None:
-    """Temp tables SEGMENTS and DAYS over the rows of relation `rows`, for `create_group_segments`.
-    Every local midnight is a cut, so that no segment spans two days."""
+    """Temp table SEGMENTS over the rows of relation `rows`: what a batched form reads, and what
+    `create_days` sums for `create_group_segments`. Every local midnight is a cut, so that no
+    segment spans two days."""
     midnights = [begin for _day, begin, _end in dailysums.local_days(dailysums.midnight_at_or_before(start, tz),
                                                                      end + timedelta(days=2), tz) if begin > start]
     # Both in time order: a group reads a month of them, and DuckDB skips the row groups outside it.
     create_segments(con, plan, rows, "_catch_up_unordered", params, start, midnights)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {SEGMENTS} AS SELECT * FROM _catch_up_unordered ORDER BY _time")
     con.execute("DROP TABLE temp.main._catch_up_unordered")
+
+
+def create_days(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, tz: str) -> None:
+    """Temp table DAYS: SEGMENTS summed per key and local day, for `create_group_segments` (a
+    batched form reads SEGMENTS alone and needs none)."""
     keys = "".join(f'"{k}", ' for k in plan.keys)
     aggregates = ", ".join(f'{kind}("{c}") AS "{c}"' for c, kind in plan.aggregates.items())
     con.execute(f"CREATE OR REPLACE TEMP TABLE {DAYS} AS SELECT {keys}{local_day_sql('_time', tz)} AS _time, "
