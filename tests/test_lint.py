@@ -163,6 +163,17 @@ def test_an_incident_rules_quiet_period_is_read_by_the_incident_step_and_must_be
     ("r.src_ip IS NOT NULL", "r.dest_port = 993", "otherwise than the search"),
     ("SELECT fire,\n", "SELECT\n", "expected fire, then the search's"),
     ("JOIN fires f ON", "JOIN network_traffic f ON", "joined with something other than 'fires'"),
+    # a segment's start kept as `_time` (the name the forms give the day) is no renamed key
+    ("SELECT src_ip, _day, _time AS segment,", "SELECT src_ip, _day, _time,", "_time is used other than compared"),
+    # a count of segments so far depends on where the catch-up cut them, a sum so far does not
+    ("sum(bytes_in) OVER w AS bytes_in,", "count(bytes_in) OVER w AS bytes_in,", "may only sum"),
+    # a fire's sum so far read at something the segments are not cut at
+    ("f.latest > r.segment", "f.fire > r.segment", "segment (a segment's start) is compared with f.fire"),
+    # partitioned by its start, each segment is summed on its own: its rows are read, not its sums so far
+    ("PARTITION BY src_ip, _day ORDER BY segment", "PARTITION BY src_ip, _day, segment ORDER BY segment",
+     "segment (a segment's start) is used other than ordered"),
+    # the name of a segment's start given to something else too
+    ("SELECT _day, segment,\n", "SELECT _day, segment + INTERVAL 1 HOUR AS segment,\n", "also names"),
 ])
 def test_a_batched_form_that_breaks_its_contract(tmp_path, old, new, expected):
     def change(d):

@@ -17,9 +17,16 @@ Two things are recognised here, never from a detection's id:
   joined with `fires` alone), comparing `_time` with terms or with the same terms over `fires`'
   instants (`least(f.history, f.earliest)`, `f.latest`): the catch-up cuts the segments at each
   fire's value of every such bound, so any comparison of a segment with one is that of each of
-  its rows. `batched_plan` says why a form breaks this contract (`exfilwatch detections lint`
-  reports it); that it finds what the search finds is held by tests/test_catch_up.py on data
-  with gaps, DST, late rows and a baseline that starts inside a day.
+  its rows. A SELECT reading the model may also keep `_time` as a group key under another name
+  (`_time AS segment`): each segment's start, so that the form can take running sums in time
+  order and read a fire's at its `latest` instead of re-summing its segments for every fire.
+  That name is then used only to order windows that sum (`sum(x) OVER (… ORDER BY segment)`),
+  to compare with the same terms over `fires`' instants (`f.latest > r.segment`: cut there too),
+  and as a bare column (carried or grouped by); it names nothing else. `batched_plan` says why a
+  form breaks this contract (`exfilwatch detections lint` reports it); that it finds what the
+  search finds (that it reads segment rows only through sums so far at its fires' instants, or
+  bounds on them) is held by tests/test_catch_up.py on data with gaps, DST, late rows and a
+  baseline that starts inside a day.
 """
 
 from __future__ import annotations
@@ -69,10 +76,12 @@ def segment_plan(sql: str, model: str) -> SegmentPlan | None:
     return SegmentPlan(sorted(keys), aggregates, bounds)
 
 
-def _read_plan(select: exp.Select, bound_ok: Any,
-               own: set[str] | None = None) -> tuple[set[str], dict[str, str], list[exp.Expression]] | str:
+def _read_plan(select: exp.Select, bound_ok: Any, own: set[str] | None = None,
+               starts: set[str] | None = None) -> tuple[set[str], dict[str, str], list[exp.Expression]] | str:
     """(keys, aggregates, `_time` bounds) of one SELECT over the model, or why it is not decomposable.
-    Columns qualified by a name in `own` are not the model's (a batched form's `fires`)."""
+    Columns qualified by a name in `own` are not the model's (a batched form's `fires`). With
+    `starts` (a batched form), `_time` may be a group key renamed (`_time AS segment`): the
+    segment's start, whose names are added to `starts`."""
     if any(select.find_all(exp.Window, exp.Subquery, exp.Distinct)):
         return "a window, subquery or DISTINCT where it reads the model"
     for aggregate in select.find_all(exp.AggFunc):  # count(*) reads no column, yet counts rows
@@ -91,6 +100,9 @@ def _read_plan(select: exp.Select, bound_ok: Any,
             kind = type(aggregate).__name__.lower()
             if aggregates.setdefault(column.name, kind) != kind:
                 return f"{column.name} is aggregated two ways"
+        elif column.name == "_time" and starts is not None and _segment_start(column, select):
+            if isinstance(column.parent, exp.Alias):
+                starts.add(column.parent.alias)
         elif column.name == "_time":
             comparison = column.parent
             if not isinstance(comparison, (exp.GT, exp.GTE, exp.LT, exp.LTE)):
@@ -102,6 +114,46 @@ def _read_plan(select: exp.Select, bound_ok: Any,
         else:
             keys.add(column.name)
     return keys, aggregates, bounds
+
+
+def _segment_start(column: exp.Column, select: exp.Select) -> bool:
+    """Whether the model's `_time` is kept bare as a key: renamed in the select list (a name other
+    than `_time`, which the forms give the day), and named in GROUP BY only if it is."""
+    renamed = [e for e in select.expressions if isinstance(e, exp.Alias) and isinstance(e.this, exp.Column)
+               and e.this.name == "_time" and e.alias != "_time"]
+    parent = column.parent
+    return bool(renamed) and (parent in renamed or isinstance(parent, exp.Group))
+
+
+def _segment_start_problem(tree: exp.Expression, name: str, model_selects: list[exp.Select],
+                           bound_ok: Any) -> str | list[exp.Expression]:
+    """Why the form's uses of a segment start `name` break the contract, or the bounds it is
+    compared with (each is cut at)."""
+    bounds: list[exp.Expression] = []
+    for alias in tree.find_all(exp.Alias):
+        renames_time = isinstance(alias.this, exp.Column) and alias.this.name == "_time"
+        if alias.alias == name and not (renames_time and alias.parent in model_selects):
+            return f"{name}, a segment's start, also names {alias.this.sql(dialect='duckdb')}"
+    for column in tree.find_all(exp.Column):
+        if column.name != name:
+            continue
+        parent = column.parent
+        window = column.find_ancestor(exp.Window, exp.Select)
+        if isinstance(parent, exp.Ordered) and isinstance(window, exp.Window):
+            select = window.find_ancestor(exp.Select)
+            for function in select.find_all(exp.Window) if select else []:
+                if not isinstance(function.this, (exp.Identifier, exp.Sum)):
+                    return (f"{function.sql(dialect='duckdb')}: a window in the order of {name} (a segment's "
+                            f"start) may only sum")
+        elif isinstance(parent, (exp.GT, exp.GTE, exp.LT, exp.LTE)):
+            other = parent.expression if parent.this is column else parent.this
+            if not bound_ok(other):
+                return f"{name} (a segment's start) is compared with {other.sql(dialect='duckdb')}"
+            bounds.append(other)
+        elif not isinstance(parent, (exp.Select, exp.Group)):
+            return (f"{name} (a segment's start) is used other than ordered, compared with a fire's instant or "
+                    f"carried: {parent.sql(dialect='duckdb')}")
+    return bounds
 
 
 def _is_bound(node: exp.Expression) -> bool:
@@ -164,6 +216,8 @@ def batched_plan(detection: Detection, sql: str, model: str) -> tuple[BatchedPla
         return _is_bound(term) and all(p.name in instants for p in term.find_all(exp.Placeholder))
 
     extra: list[exp.Expression] = []
+    starts: set[str] = set()  # the names under which the form keeps a segment's start
+    model_selects: list[exp.Select] = []
     model_tables = [t for t in tree.find_all(exp.Table) if t.name == model]
     if not model_tables:
         return None, f"catch_up.search never reads {model}"
@@ -172,7 +226,8 @@ def batched_plan(detection: Detection, sql: str, model: str) -> tuple[BatchedPla
         if select is None or any(j.this.name not in (FIRES, model) or j.this.name == model and j.this is not table
                                  for j in select.args.get("joins") or []):
             return None, f"catch_up.search reads {model} joined with something other than {FIRES!r}"
-        found = _read_plan(select, bound_ok, own)
+        model_selects.append(select)
+        found = _read_plan(select, bound_ok, own, starts)
         if isinstance(found, str):
             return None, f"catch_up.search: {found}"
         keys, aggregates, bounds = found
@@ -180,6 +235,11 @@ def batched_plan(detection: Detection, sql: str, model: str) -> tuple[BatchedPla
             return None, (f"catch_up.search reads {model}'s columns {sorted(keys | set(aggregates))} otherwise than "
                           f"the search (keys {search.keys}, {search.aggregates})")
         extra += [as_term(b) for b in bounds]
+    for name in sorted(starts):
+        uses = _segment_start_problem(tree, name, model_selects, bound_ok)
+        if isinstance(uses, str):
+            return None, f"catch_up.search: {uses}"
+        extra += [as_term(b) for b in uses]
     plan_sql = tree.sql(dialect="duckdb")
     segments = SegmentPlan(search.keys, search.aggregates, [*search.bounds, *extra])
     return BatchedPlan(plan_sql, terms(tree), segments), None
