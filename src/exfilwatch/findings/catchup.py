@@ -34,7 +34,8 @@ never from a detection's id:
   share (the judged day and the baseline's start, both `fires` columns): the shipped forms take
   each host's whole past days from running sums over its day rows (a lookup per baseline and
   host, not a re-sum of 28-30 days per day of fires) and each fire's part of the judged day from
-  the segments before its `latest`. Fires are grouped only while the values of the form's
+  running sums over the day's segments in time order, read at its `latest` (a lookup per fire
+  and host that can fire, not a re-sum of the segments before it). Fires are grouped only while the values of the form's
   `$parameter` terms stay equal (`batched_groups`; the shipped forms' `$` terms are thresholds,
   so one group). Nothing of a baseline is kept from one run to the next but the stored daily
   sums, so a late row in a past day reaches the next run's baseline. A search without a form
