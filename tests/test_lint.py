@@ -167,6 +167,9 @@ def test_an_incident_rules_quiet_period_is_read_by_the_incident_step_and_must_be
     ("SELECT src_ip, _day, _time AS segment,", "SELECT src_ip, _day, _time,", "_time is used other than compared"),
     # a count of segments so far depends on where the catch-up cut them, a sum so far does not
     ("sum(bytes_in) OVER w AS bytes_in,", "count(bytes_in) OVER w AS bytes_in,", "may only sum"),
+    # a sum over the last two segments depends on where the catch-up cut them
+    ("sum(bytes_in) OVER w AS bytes_in,", "sum(bytes_in) OVER (w ROWS 1 PRECEDING) AS bytes_in,",
+     "sums from UNBOUNDED PRECEDING"),
     # a fire's sum so far read at something the segments are not cut at
     ("f.latest > r.segment", "f.fire > r.segment", "segment (a segment's start) is compared with f.fire"),
     # partitioned by its start, each segment is summed on its own: its rows are read, not its sums so far

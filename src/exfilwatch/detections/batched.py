@@ -20,7 +20,8 @@ Two things are recognised here, never from a detection's id:
   its rows. A SELECT reading the model may also keep `_time` as a group key under another name
   (`_time AS segment`): each segment's start, so that the form can take running sums in time
   order and read a fire's at its `latest` instead of re-summing its segments for every fire.
-  That name is then used only to order windows that sum (`sum(x) OVER (… ORDER BY segment)`),
+  That name is then used only to order windows that sum from the first segment on
+  (`sum(x) OVER (… ORDER BY segment)`; a sum of the last few would depend on the cuts),
   to compare with the same terms over `fires`' instants (`f.latest > r.segment`: cut there too),
   and as a bare column (carried or grouped by); it names nothing else. `batched_plan` says why a
   form breaks this contract (`exfilwatch detections lint` reports it); that it finds what the
@@ -145,6 +146,10 @@ def _segment_start_problem(tree: exp.Expression, name: str, model_selects: list[
                 if not isinstance(function.this, (exp.Identifier, exp.Sum)):
                     return (f"{function.sql(dialect='duckdb')}: a window in the order of {name} (a segment's "
                             f"start) may only sum")
+                spec = function.args.get("spec")  # a sum over the last few segments depends on the cuts
+                if spec is not None and str(spec.args.get("start")).upper() != "UNBOUNDED":
+                    return (f"{function.sql(dialect='duckdb')}: a window in the order of {name} (a segment's "
+                            f"start) sums from UNBOUNDED PRECEDING")
         elif isinstance(parent, (exp.GT, exp.GTE, exp.LT, exp.LTE)):
             other = parent.expression if parent.this is column else parent.this
             if not bound_ok(other):
