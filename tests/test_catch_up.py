@@ -452,3 +452,64 @@ def test_only_detections_that_read_the_same_lake_rows_share_a_copy(org, monkeypa
     ingest(home, parts, 0)
     schedule(home, datetime(END.year, END.month, END.day, tzinfo=NY), "one-pass", NETWORK)
     assert handed == {email_servers[2]: False, hosts_receiving[2]: True}
+
+
+def test_a_detection_reading_other_columns_of_the_rows_read_for_the_run_copies_its_own(org):
+    """Detections reading the same model with the same condition and other columns share one
+    read with the columns of all of them (`SharedLakeRows.columns`): with the flow files gone,
+    each still gets exactly its own columns, the rows a read from the lake gives, in the same
+    order; a column no detection named is not in the copy, so that read goes to the (gone) lake."""
+    from exfilwatch.findings.catchup import SharedLakeRows, lake_rows
+
+    root, ds, parts = org
+    (home,) = homes(root, ds.config, ["shared_columns"])
+    ingest(home, parts, 0)
+    settings = load_settings(home)
+    state, con = open_state(home), connect(settings)
+    try:
+        condition = "(dest_category = 'email_server')"
+        start, end = datetime(2026, 10, 1, tzinfo=NY), datetime(2026, 11, 1, tzinfo=NY)
+        sums, addresses = ["_time", "bytes_in", "dest_category"], ["_time", "dest_category", "src_ip"]
+
+        def read(columns: list[str], shared: SharedLakeRows | None) -> list[tuple]:
+            lake_rows(con, settings, state, "network_traffic", columns, condition, start, end, shared)
+            assert [c[0] for c in con.execute("SELECT * FROM network_traffic").description] == columns
+            return con.execute("SELECT * FROM network_traffic").fetchall()
+
+        from_lake = read(addresses, None)
+        shared = SharedLakeRows(columns={("network_traffic", condition): sorted({*sums, *addresses})})
+        assert len(read(sums, shared)) == len(from_lake) > 100
+        (root / "shared_columns_gone").mkdir()
+        (home.root / "lake").rename(root / "shared_columns_gone" / "lake")
+        assert read(addresses, shared) == from_lake
+        with pytest.raises(duckdb.Error):
+            read(["_time", "dest_port"], shared)
+    finally:
+        con.close()
+        state.close()
+
+
+def test_the_four_em_rules_read_the_sessions_from_the_lake_once(org, monkeypatch):
+    """The four EM rules read the same sessions (same model, no condition) with different
+    columns: a first run reads them from the lake once, with every column of the four (checked:
+    before the shared read, each rule read its own and none went through `lake_rows`)."""
+    import exfilwatch.findings.catchup as catchup
+
+    em = ("em_bsum", "em_bsum_personal", "em_dnum", "em_fnum")
+    read = catchup.expose_models
+    snapshots: list[dict[str, list[str]]] = []
+
+    def spied(con, snapshot=None, condition=None, filters=None):
+        if snapshot:
+            snapshots.append({model: columns for model, (columns, _start, _end) in snapshot.items()})
+        return read(con, snapshot, condition, filters)
+
+    monkeypatch.setattr(catchup, "expose_models", spied)
+    root, ds, parts = org
+    (home,) = homes(root, ds.config, ["em_shared"])
+    ingest(home, parts, 0)
+    result = schedule(home, CUT + timedelta(hours=1), "one-pass", em)
+    catalog = load_detections()
+    assert [run.fires for run in result.detections] == [result.detections[0].fires] * 4
+    assert result.detections[0].fires > 100
+    assert snapshots == [{"user_sessions": sorted(set().union(*(pipeline._lake_read(catalog[i])[1] for i in em)))}]
