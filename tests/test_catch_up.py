@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 from exfilwatch import pipeline
-from exfilwatch.config import Home, load_settings
+from exfilwatch.config import Home, Settings, load_settings
 from exfilwatch.detections.batched import segment_plan
 from exfilwatch.findings.catchup import judged_chunks
 from exfilwatch.detections.schema import load_detections
@@ -27,6 +27,7 @@ from exfilwatch.events.engine import connect
 from exfilwatch.evaluate.replay import replay
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.home import open_state
+from exfilwatch.state import StateStore
 from exfilwatch.synth.org import generate_organisation
 
 NY = ZoneInfo("America/New_York")
@@ -392,6 +393,15 @@ def test_a_late_day_in_the_baseline_is_read_again_by_the_next_run(tmp_path):
     assert spikes(never_late) and not spikes(one_pass)  # on a stale baseline, the 1 GB day would be found
 
 
+def opened_lake(org, name: str) -> tuple[Home, Settings, StateStore, duckdb.DuckDBPyConnection]:
+    """A new home `name` holding the first part of the logs, with its settings, state and engine."""
+    root, ds, parts = org
+    (home,) = homes(root, ds.config, [name])
+    ingest(home, parts, 0)
+    settings = load_settings(home)
+    return home, settings, open_state(home), connect(settings)
+
+
 def test_a_detection_reading_the_same_lake_rows_as_the_previous_one_reads_them_from_its_copy(org):
     """Within a run, `lake_rows` keeps what it read for the next detection that reads exactly the
     same rows (the robust rule and `hosts_receiving…`): with the flow files gone from the disk,
@@ -399,11 +409,8 @@ def test_a_detection_reading_the_same_lake_rows_as_the_previous_one_reads_them_f
     the run has released the copy."""
     from exfilwatch.findings.catchup import SharedLakeRows, lake_rows, release_shared
 
-    root, ds, parts = org
-    (home,) = homes(root, ds.config, ["shared"])
-    ingest(home, parts, 0)
-    settings = load_settings(home)
-    state, con = open_state(home), connect(settings)
+    root = org[0]
+    home, settings, state, con = opened_lake(org, "shared")
     try:
         columns = ["_day", "_time", "bytes_in", "dest_category", "src_ip"]
         condition = "(dest_category = 'email_server') AND (NOT src_ip IS NULL)"
@@ -461,11 +468,8 @@ def test_a_detection_reading_other_columns_of_the_rows_read_for_the_run_copies_i
     order; a column no detection named is not in the copy, so that read goes to the (gone) lake."""
     from exfilwatch.findings.catchup import SharedLakeRows, lake_rows
 
-    root, ds, parts = org
-    (home,) = homes(root, ds.config, ["shared_columns"])
-    ingest(home, parts, 0)
-    settings = load_settings(home)
-    state, con = open_state(home), connect(settings)
+    root = org[0]
+    home, settings, state, con = opened_lake(org, "shared_columns")
     try:
         condition = "(dest_category = 'email_server')"
         start, end = datetime(2026, 10, 1, tzinfo=NY), datetime(2026, 11, 1, tzinfo=NY)
