@@ -496,24 +496,34 @@ def test_a_detection_reading_other_columns_of_the_rows_read_for_the_run_copies_i
 def test_the_four_em_rules_read_the_sessions_from_the_lake_once(org, monkeypatch):
     """The four EM rules read the same sessions (same model, no condition) with different
     columns: a first run reads them from the lake once, with every column of the four (checked:
-    before the shared read, each rule read its own and none went through `lake_rows`)."""
+    before the shared read, each rule read its own and none went through `lake_rows`), and the
+    copy is dropped once the last of them has run, not held through the network rule after them."""
     import exfilwatch.findings.catchup as catchup
 
     em = ("em_bsum", "em_bsum_personal", "em_dnum", "em_fnum")
-    read = catchup.expose_models
+    read, catch_up = catchup.expose_models, pipeline._catch_up
     snapshots: list[dict[str, list[str]]] = []
+    held_at_start: dict[str, bool] = {}
 
     def spied(con, snapshot=None, condition=None, filters=None):
         if snapshot:
             snapshots.append({model: columns for model, (columns, _start, _end) in snapshot.items()})
         return read(con, snapshot, condition, filters)
 
+    def watched(con, state, settings, detection, *args):
+        held_at_start[detection.id] = bool(con.execute(
+            f"SELECT count(*) FROM duckdb_tables() WHERE table_name = '{catchup.SHARED_LAKE}'").fetchone()[0])
+        return catch_up(con, state, settings, detection, *args)
+
     monkeypatch.setattr(catchup, "expose_models", spied)
+    monkeypatch.setattr(pipeline, "_catch_up", watched)
     root, ds, parts = org
     (home,) = homes(root, ds.config, ["em_shared"])
     ingest(home, parts, 0)
-    result = schedule(home, CUT + timedelta(hours=1), "one-pass", em)
+    result = schedule(home, CUT + timedelta(hours=1), "one-pass", (*em, NETWORK[0]))
     catalog = load_detections()
-    assert [run.fires for run in result.detections] == [result.detections[0].fires] * 4
-    assert result.detections[0].fires > 100
-    assert snapshots == [{"user_sessions": sorted(set().union(*(pipeline._lake_read(catalog[i])[1] for i in em)))}]
+    runs = {run.detection.id: run for run in result.detections}
+    assert [runs[i].fires for i in em] == [runs[em[0]].fires] * 4 and runs[em[0]].fires > 100
+    assert snapshots[0] == {"user_sessions": sorted(set().union(*(pipeline._lake_read(catalog[i])[1] for i in em)))}
+    assert not any("user_sessions" in s for s in snapshots[1:])
+    assert held_at_start == {em[0]: False, em[1]: True, em[2]: True, em[3]: True, NETWORK[0]: False}
