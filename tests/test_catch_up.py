@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 from exfilwatch import pipeline
-from exfilwatch.config import Home, load_settings
+from exfilwatch.config import Home, Settings, load_settings
 from exfilwatch.detections.batched import segment_plan
 from exfilwatch.findings.catchup import judged_chunks
 from exfilwatch.detections.schema import load_detections
@@ -27,6 +27,7 @@ from exfilwatch.events.engine import connect
 from exfilwatch.evaluate.replay import replay
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.home import open_state
+from exfilwatch.state import StateStore
 from exfilwatch.synth.org import generate_organisation
 
 NY = ZoneInfo("America/New_York")
@@ -392,6 +393,15 @@ def test_a_late_day_in_the_baseline_is_read_again_by_the_next_run(tmp_path):
     assert spikes(never_late) and not spikes(one_pass)  # on a stale baseline, the 1 GB day would be found
 
 
+def opened_lake(org, name: str) -> tuple[Home, Settings, StateStore, duckdb.DuckDBPyConnection]:
+    """A new home `name` holding the first part of the logs, with its settings, state and engine."""
+    root, ds, parts = org
+    (home,) = homes(root, ds.config, [name])
+    ingest(home, parts, 0)
+    settings = load_settings(home)
+    return home, settings, open_state(home), connect(settings)
+
+
 def test_a_detection_reading_the_same_lake_rows_as_the_previous_one_reads_them_from_its_copy(org):
     """Within a run, `lake_rows` keeps what it read for the next detection that reads exactly the
     same rows (the robust rule and `hosts_receiving…`): with the flow files gone from the disk,
@@ -399,11 +409,8 @@ def test_a_detection_reading_the_same_lake_rows_as_the_previous_one_reads_them_f
     the run has released the copy."""
     from exfilwatch.findings.catchup import SharedLakeRows, lake_rows, release_shared
 
-    root, ds, parts = org
-    (home,) = homes(root, ds.config, ["shared"])
-    ingest(home, parts, 0)
-    settings = load_settings(home)
-    state, con = open_state(home), connect(settings)
+    root = org[0]
+    home, settings, state, con = opened_lake(org, "shared")
     try:
         columns = ["_day", "_time", "bytes_in", "dest_category", "src_ip"]
         condition = "(dest_category = 'email_server') AND (NOT src_ip IS NULL)"
@@ -452,3 +459,71 @@ def test_only_detections_that_read_the_same_lake_rows_share_a_copy(org, monkeypa
     ingest(home, parts, 0)
     schedule(home, datetime(END.year, END.month, END.day, tzinfo=NY), "one-pass", NETWORK)
     assert handed == {email_servers[2]: False, hosts_receiving[2]: True}
+
+
+def test_a_detection_reading_other_columns_of_the_rows_read_for_the_run_copies_its_own(org):
+    """Detections reading the same model with the same condition and other columns share one
+    read with the columns of all of them (`SharedLakeRows.columns`): with the flow files gone,
+    each still gets exactly its own columns, the rows a read from the lake gives, in the same
+    order; a column no detection named is not in the copy, so that read goes to the (gone) lake."""
+    from exfilwatch.findings.catchup import SharedLakeRows, lake_rows
+
+    root = org[0]
+    home, settings, state, con = opened_lake(org, "shared_columns")
+    try:
+        condition = "(dest_category = 'email_server')"
+        start, end = datetime(2026, 10, 1, tzinfo=NY), datetime(2026, 11, 1, tzinfo=NY)
+        sums, addresses = ["_time", "bytes_in", "dest_category"], ["_time", "dest_category", "src_ip"]
+
+        def read(columns: list[str], shared: SharedLakeRows | None) -> list[tuple]:
+            lake_rows(con, settings, state, "network_traffic", columns, condition, start, end, shared)
+            assert [c[0] for c in con.execute("SELECT * FROM network_traffic").description] == columns
+            return con.execute("SELECT * FROM network_traffic").fetchall()
+
+        from_lake = read(addresses, None)
+        shared = SharedLakeRows(columns={("network_traffic", condition): sorted({*sums, *addresses})})
+        assert len(read(sums, shared)) == len(from_lake) > 100
+        (root / "shared_columns_gone").mkdir()
+        (home.root / "lake").rename(root / "shared_columns_gone" / "lake")
+        assert read(addresses, shared) == from_lake
+        with pytest.raises(duckdb.Error):
+            read(["_time", "dest_port"], shared)
+    finally:
+        con.close()
+        state.close()
+
+
+def test_the_four_em_rules_read_the_sessions_from_the_lake_once(org, monkeypatch):
+    """The four EM rules read the same sessions (same model, no condition) with different
+    columns: a first run reads them from the lake once, with every column of the four (checked:
+    before the shared read, each rule read its own and none went through `lake_rows`), and the
+    copy is dropped once the last of them has run, not held through the network rule after them."""
+    import exfilwatch.findings.catchup as catchup
+
+    em = ("em_bsum", "em_bsum_personal", "em_dnum", "em_fnum")
+    read, catch_up = catchup.expose_models, pipeline._catch_up
+    snapshots: list[dict[str, list[str]]] = []
+    held_at_start: dict[str, bool] = {}
+
+    def spied(con, snapshot=None, condition=None, filters=None):
+        if snapshot:
+            snapshots.append({model: columns for model, (columns, _start, _end) in snapshot.items()})
+        return read(con, snapshot, condition, filters)
+
+    def watched(con, state, settings, detection, *args):
+        held_at_start[detection.id] = bool(con.execute(
+            f"SELECT count(*) FROM duckdb_tables() WHERE table_name = '{catchup.SHARED_LAKE}'").fetchone()[0])
+        return catch_up(con, state, settings, detection, *args)
+
+    monkeypatch.setattr(catchup, "expose_models", spied)
+    monkeypatch.setattr(pipeline, "_catch_up", watched)
+    root, ds, parts = org
+    (home,) = homes(root, ds.config, ["em_shared"])
+    ingest(home, parts, 0)
+    result = schedule(home, CUT + timedelta(hours=1), "one-pass", (*em, NETWORK[0]))
+    catalog = load_detections()
+    runs = {run.detection.id: run for run in result.detections}
+    assert [runs[i].fires for i in em] == [runs[em[0]].fires] * 4 and runs[em[0]].fires > 100
+    assert snapshots[0] == {"user_sessions": sorted(set().union(*(pipeline._lake_read(catalog[i])[1] for i in em)))}
+    assert not any("user_sessions" in s for s in snapshots[1:])
+    assert held_at_start == {em[0]: False, em[1]: True, em[2]: True, em[3]: True, NETWORK[0]: False}

@@ -25,7 +25,7 @@ import duckdb
 from exfilwatch.config import Settings
 from exfilwatch.findings.catchup import (DAYS, SEGMENTS, SharedLakeRows, batched_findings, batched_groups, create_days,
                                         create_group_segments, create_range_segments, drop_temp, judged_start,
-                                        one_pass, release_shared, segment_groups, snapshot_with_daily_sums)
+                                        lake_rows, one_pass, release_shared, segment_groups, snapshot_with_daily_sums)
 from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
@@ -113,17 +113,26 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
         _report(options, "sessions", 1, 1)
     if any(d.data_model == RISK_EVENTS for d in chosen):  # a correlation run as a detection reads risk events
         rebuild_risk_events(state, settings, techniques_by_detection(catalog) | options.techniques, now)
-    shared = SharedLakeRows()
-    # A copy of a detection's lake rows is kept only when another detection of the run reads the same
-    reads = [_lake_read(d) if options.mode != "once" and d.data_model in DATA_MODELS else None for d in chosen]
+    # A copy of a detection's lake rows is kept only when another detection of the run reads the
+    # same model with the same condition (with the columns of all of them); the per-fire
+    # reference reads its own
+    sharing = options.mode != "once" and options.catch_up == "one-pass"
+    reads = [_lake_read(d) if sharing and _reads_one_model(d) else None for d in chosen]
+    shared = SharedLakeRows(columns=_shared_columns(reads))
     try:
         for index, detection in enumerate(chosen):
             if options.mode == "once":
                 result.detections.append(_run_once(con, state, settings, detection, now, options))
             else:
-                sharing = reads[index] is not None and reads.count(reads[index]) > 1
+                read = reads[index]
+                shares = read is not None and (read[0], read[2]) in shared.columns
                 result.detections.append(_catch_up(con, state, settings, detection, now, options,
-                                                   shared if sharing else None))
+                                                   shared if shares else None))
+                # a copy no later detection reads is dropped now, not held through their catch-ups
+                # (the sessions with their lists: 114,645 rows at 1000 users x 90 days)
+                later = {(r[0], r[2]) for r in reads[index + 1:] if r is not None}
+                if shared.key is not None and (shared.key[0], shared.key[1]) not in later:
+                    release_shared(con, shared)
     finally:
         release_shared(con, shared)
     if options.risk:
@@ -182,6 +191,21 @@ def _lake_read(detection: Detection) -> tuple[str, list[str], str | None]:
     return model.name, sorted((referenced_columns(sql) & known) | {"_time"}), snapshot_condition(sql, model.name)
 
 
+def _reads_one_model(detection: Detection) -> bool:
+    """Whether the search reads a lake model, and no other (a copy of its rows replaces only that)."""
+    models = referenced_tables(compiled_sql(detection)) & set(DATA_MODELS)
+    return detection.data_model in DATA_MODELS and models <= {get_model(detection.data_model).name}
+
+
+def _shared_columns(reads: list[tuple[str, list[str], str | None] | None]) -> dict[tuple[str, str | None], list[str]]:
+    """For each (model, condition) that more than one of these reads reads, every column they use."""
+    by_rows: dict[tuple[str, str | None], list[list[str]]] = {}
+    for read in reads:
+        if read is not None:
+            by_rows.setdefault((read[0], read[2]), []).append(read[1])
+    return {rows: sorted(set().union(*columns)) for rows, columns in by_rows.items() if len(columns) > 1}
+
+
 def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, detection: Detection,
               now: datetime, options: Options, shared: SharedLakeRows | None) -> DetectionRun:
     """Run one detection at each fire time since its watermark, oldest first, reading the lake once
@@ -220,8 +244,7 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
         if batched is not None:
             segments = batched.segments
         if segments is None:
-            register_lake_views(con, settings, state, first_start, last_end)
-            expose_models(con, {model.name: (columns, first_start, last_end)}, condition)
+            lake_rows(con, settings, state, model.name, columns, condition, first_start, last_end, shared)
         else:  # the days before those the fires cut into come from stored daily sums
             snapshot_with_daily_sums(con, state, settings, segments, model.name, columns, condition, params,
                                      [judged_start(detection, p) for p in params], first_start, last_end, shared)
