@@ -123,21 +123,23 @@ def _write(org: Organisation, out_dir: Path, mail: str, syslog_timestamps: str) 
     plan, session_ids, msgs, rcpts = sim.plan, sim.session_ids, sim.msgs, sim.rcpts
     n_sessions = len(session_ids)
 
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
+    scratch = out_dir / ".duckdb"
     try:
-        _install_sql_macros(con)
-        vpn_log = out_dir / "vpn.log"
-        vpn_lines = _write_vpn(con, org, plan, session_ids, vpn_log)
-        if mail == "postfix":
-            mail_log = out_dir / "maillog"
-            mail_lines = _write_postfix(con, org, msgs, rcpts, mail_log, syslog_timestamps)
-        else:
-            mail_log = out_dir / "MessageTracking"
-            mail_lines = _write_exchange(con, org, msgs, rcpts, mail_log)
-        conn_log, assets, flows, network_labels = _write_network(con, org, out_dir, plan, mail, msgs)
+        # a connection per file: closing it hands what its sort held back before the next file's begins
+        with _writer_connection(scratch) as con:
+            vpn_log = out_dir / "vpn.log"
+            vpn_lines = _write_vpn(con, org, plan, session_ids, vpn_log)
+        with _writer_connection(scratch) as con:
+            if mail == "postfix":
+                mail_log = out_dir / "maillog"
+                mail_lines = _write_postfix(con, org, msgs, rcpts, mail_log, syslog_timestamps)
+            else:
+                mail_log = out_dir / "MessageTracking"
+                mail_lines = _write_exchange(con, org, msgs, rcpts, mail_log)
+        with _writer_connection(scratch) as con:
+            conn_log, assets, flows, network_labels = _write_network(con, org, out_dir, plan, mail, msgs)
     finally:
-        con.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     config = _write_config(org, out_dir / "config.yaml", assets)
     labels = _write_labels(org, out_dir / "labels.csv")
     return OrgDataset(
@@ -444,6 +446,13 @@ def _write_labels(org: Organisation, path: Path) -> Path:
                     description += f"; VPN session(s) {' '.join(case.sessions)}"
                 writer.writerow([case.case_id, "", case.user, day.isoformat(), TECHNIQUE, case.expected, description])
     return path
+
+def _writer_connection(scratch: Path) -> duckdb.DuckDBPyConnection:
+    """A spilling DuckDB connection with every writer's macros (a context manager: closed on exit)."""
+    con = _text.spilling_connection(scratch)
+    _install_sql_macros(con)
+    return con
+
 
 def _install_sql_macros(con: duckdb.DuckDBPyConnection) -> None:
     _text.install(con)

@@ -59,6 +59,22 @@ def render(installer: Callable[[duckdb.DuckDBPyConnection], None], expression: s
     return [row[0] for row in rows]
 
 
+# DuckDB's default memory limit is 80% of the machine: the generator's sorts of 20 M mail lines
+# kept 8.6 GB at 3000 users x 90 days (and what it freed stayed with the process). Within this limit
+# they spill to a scratch folder instead, and the writer's peak stops growing with the organisation.
+WRITER_MEMORY = "1GB"
+
+
+def spilling_connection(scratch: Path, memory_limit: str = WRITER_MEMORY) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that keeps to `memory_limit` and spills what it sorts beyond it into `scratch`."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET temp_directory = '{sql_path(scratch)}'")
+    return con
+
+
 def copy_lines(con: duckdb.DuckDBPyConnection, sql: str, path: Path, append: bool = False) -> int:
     """Write the `line` column of a query as text lines, in the query's order; return the file's line count."""
     target = path if not append else path.with_name(path.name + ".part")
