@@ -2,9 +2,9 @@
 
 The digests below are of files that 80d1d54's code wrote for these parameters (with the project's
 pinned numpy, pyarrow and DuckDB): the organisation generator now writes each file with its own
-spilling DuckDB connection and the network generator writes conn.log from record batches, and
-neither may change a byte. The network is also written in batches of 1,000 rows, so that batch
-boundaries fall inside the file.
+spilling DuckDB connection, sorts the maillog and conn.log a time slice at a time, and the network generator writes conn.log from record batches, and
+neither may change a byte. The network is also written in batches of 1,000 rows and the maillog and
+conn.log sorted in slices of 500 lines, so that batch and slice boundaries fall inside the files.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from exfilwatch.synth import network
 from exfilwatch.synth.network import generate_network
 from exfilwatch.synth.org import generate_organisation
+from exfilwatch.synth.writers import _text
 
 END = date(2026, 10, 31)
 
@@ -67,6 +68,21 @@ def _digests(folder: Path) -> dict[str, str]:
 def test_postfix_organisation_with_network_flows_is_byte_identical_to_80d1d54(tmp_path):
     ds = generate_organisation(tmp_path, users=40, days=14, seed=3, end=END)
     assert not ds.network_note  # the network generator's flows are in conn.log
+    assert _digests(tmp_path) == POSTFIX_WITH_NETWORK
+
+
+def test_maillog_and_conn_log_sorted_in_many_time_slices_are_byte_identical_to_80d1d54(tmp_path, monkeypatch):
+    whole = _text.time_slices
+    slices: list[int] = []
+
+    def small_slices(first: int, last: int, lines: int) -> list[int]:
+        bounds = whole(first, last, lines, 500)
+        slices.append(len(bounds) - 1)
+        return bounds
+
+    monkeypatch.setattr(_text, "time_slices", small_slices)
+    generate_organisation(tmp_path, users=40, days=14, seed=3, end=END)
+    assert min(slices) > 20  # maillog and conn.log each written in many slices
     assert _digests(tmp_path) == POSTFIX_WITH_NETWORK
 
 

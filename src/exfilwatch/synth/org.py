@@ -214,26 +214,30 @@ def _write_postfix(con: duckdb.DuckDBPyConnection, org: Organisation, msgs, rcpt
     CREATE OR REPLACE TEMP TABLE r2 AS
     SELECT r.*, a.address, d.mx, d.mx_ip, d.provider FROM pf_rcpts r JOIN pf_addr a ON a.a = r.addr
     JOIN pf_dom d ON d.dom = a.dom""")
+    # a slice's messages and recipients: those with a line in [lo, hi)
+    messages = """(SELECT * FROM m2 WHERE least(t0, t_clean, t_qmgr, t_disc, t_removed) < {hi}
+                   AND greatest(t0 + 90000, t_clean, t_qmgr, t_disc, t_removed) >= {lo})"""
+    recipients = "(SELECT * FROM r2 WHERE least(t - d_xmit - 1000, t) < {hi} AND greatest(t - d_xmit - 1000, t) >= {lo})"
     sql = f"""
-    WITH lines AS (
+    WITH mc AS {messages}, rc AS {recipients}, lines AS (
         SELECT t0 AS ts, off_0 AS off, m, 0 AS k, 0 AS r, smtpd AS program, pid_d AS pid,
-               postfix_connect(client_name, client_ip) AS message FROM m2
+               postfix_connect(client_name, client_ip) AS message FROM mc
         UNION ALL
-        SELECT t0 + 40000, off_0, m, 1, 0, smtpd, pid_d, postfix_tls_from(client_name, client_ip) FROM m2
+        SELECT t0 + 40000, off_0, m, 1, 0, smtpd, pid_d, postfix_tls_from(client_name, client_ip) FROM mc
         UNION ALL
         SELECT t0 + 90000, off_0, m, 2, 0, smtpd, pid_d,
                postfix_client(qid, client_name, client_ip, CASE WHEN kind = {KIND_INBOUND} THEN NULL ELSE 'LOGIN' END,
-                              sender_addr) FROM m2
+                              sender_addr) FROM mc
         UNION ALL
-        SELECT t_clean, off_c, m, 3, 0, 'postfix/cleanup', pid_c, postfix_cleanup(qid, msgid) FROM m2
+        SELECT t_clean, off_c, m, 3, 0, 'postfix/cleanup', pid_c, postfix_cleanup(qid, msgid) FROM mc
         UNION ALL
-        SELECT t_qmgr, off_q, m, 4, 0, 'postfix/qmgr', pid_q, postfix_queued(qid, sender_addr, size, nrcpt) FROM m2
+        SELECT t_qmgr, off_q, m, 4, 0, 'postfix/qmgr', pid_q, postfix_queued(qid, sender_addr, size, nrcpt) FROM mc
         UNION ALL
         SELECT t_disc, off_q, m, 5, 0, smtpd, pid_d,
-               postfix_disconnect(client_name, client_ip, kind <> {KIND_INBOUND}, nrcpt) FROM m2
+               postfix_disconnect(client_name, client_ip, kind <> {KIND_INBOUND}, nrcpt) FROM mc
         UNION ALL
         SELECT r.t - r.d_xmit - 1000, r.off, r.m, 6, r.r, 'postfix/smtp', r.pid_s, postfix_tls_to(r.mx, r.mx_ip, 25)
-        FROM r2 r WHERE r.tls
+        FROM rc r WHERE r.tls
         UNION ALL
         SELECT r.t, r.off, r.m, 7, r.r, CASE WHEN r.local THEN 'postfix/lmtp' ELSE 'postfix/smtp' END, r.pid_s,
                postfix_delivery(m2.qid, r.address, r.mx, r.mx_ip, CASE WHEN r.local THEN 24 ELSE 25 END,
@@ -248,15 +252,18 @@ def _write_postfix(con: duckdb.DuckDBPyConnection, org: Organisation, msgs, rcpt
                               || m2.size || ' bytes in 0.' || (100 + r.r % 899) || ', Queued mail for delivery'
                   WHEN 3 THEN '250 ok dirdel'
                   ELSE '250 2.0.0 Ok: queued as ' || upper(substr(md5(r.address || m2.qid), 1, 10)) END)
-        FROM r2 r JOIN m2 ON m2.m = r.m
+        FROM rc r JOIN m2 ON m2.m = r.m
         UNION ALL
-        SELECT t_removed, off_r, m, 8, 0, 'postfix/qmgr', pid_q, postfix_removed(qid) FROM m2
+        SELECT t_removed, off_r, m, 8, 0, 'postfix/qmgr', pid_q, postfix_removed(qid) FROM mc
     )
     SELECT postfix_line(postfix_stamp('{stamps}', lt, off), '{host}', program, pid, message) AS line
-    FROM (SELECT *, make_timestamp(ts + off * 1000000) AS lt FROM lines)
+    FROM (SELECT *, make_timestamp(ts + off * 1000000) AS lt FROM lines WHERE ts >= {{lo}} AND ts < {{hi}})
     ORDER BY ts, m, k, r
     """
-    lines = _text.copy_lines(con, sql, path)
+    first, last, expected = con.execute(
+        "SELECT min(t0), max(t_removed), 7 * count(*) + (SELECT 2 * count(*) FROM r2) FROM m2").fetchone()
+    bounds = _text.time_slices(first, last, expected)
+    lines = _text.copy_slices(con, lambda lo, hi: sql.format(lo=lo, hi=hi), bounds, path)
     con.execute("DROP TABLE m2; DROP TABLE r2")
     if stamps == "bsd":  # the year of BSD timestamps comes from the file's modification time
         last = datetime.combine(org.end, datetime.max.time().replace(microsecond=0)).replace(tzinfo=ZoneInfo(org.tz_name))
@@ -380,9 +387,11 @@ def _write_network(con: duckdb.DuckDBPyConnection, org: Organisation, out_dir: P
     else:
         con.execute(f"CREATE OR REPLACE TEMP TABLE conn_all AS {mine}")
         assets = own_assets + [vpn_asset]
-    count = zeek_conn.write_query(con, "SELECT line FROM conn_all ORDER BY ts, src, line", conn_log,
-                                  org.first.strftime(zeek_conn.STAMP),
-                                  (org.end + timedelta(days=1)).strftime(zeek_conn.STAMP))
+    first, last, rows = con.execute("SELECT min(ts), max(ts), count(*) FROM conn_all").fetchone()
+    count = zeek_conn.write_query(
+        con, lambda lo, hi: f"SELECT line FROM conn_all WHERE ts >= {lo} AND ts < {hi} ORDER BY ts, src, line",
+        conn_log, org.first.strftime(zeek_conn.STAMP), (org.end + timedelta(days=1)).strftime(zeek_conn.STAMP),
+        bounds=_text.time_slices(first, last, rows))
     con.execute("DROP TABLE conn_all")
     network_labels = None
     if network is not None:

@@ -78,8 +78,7 @@ def spilling_connection(scratch: Path, memory_limit: str = WRITER_MEMORY) -> duc
 def copy_lines(con: duckdb.DuckDBPyConnection, sql: str, path: Path, append: bool = False) -> int:
     """Write the `line` column of a query as text lines, in the query's order; return the file's line count."""
     target = path if not append else path.with_name(path.name + ".part")
-    con.execute(f"COPY (SELECT line FROM ({sql})) TO '{sql_path(target)}' "
-                "(FORMAT csv, HEADER false, QUOTE '', ESCAPE '', DELIMITER e'\\x01')")
+    _copy(con, sql, target)
     if append:
         with open(path, "ab") as out, open(target, "rb") as part:
             shutil.copyfileobj(part, out, 16 * 1024 * 1024)
@@ -91,17 +90,54 @@ def copy_lines(con: duckdb.DuckDBPyConnection, sql: str, path: Path, append: boo
     return count
 
 
+# Lines sorted at once: DuckDB ran out of memory sorting 20 M maillog lines at a 1-2 GB memory limit
+# (spilling or not); slices of ~3 M lines sort within 1 GB.
+LINES_PER_SLICE = 3_000_000
+BEFORE_ALL, AFTER_ALL = -(1 << 62), 1 << 62
+
+
+def time_slices(first: int, last: int, lines: int, lines_per_slice: int = LINES_PER_SLICE) -> list[int]:
+    """Bounds of consecutive time slices (`[b[i], b[i + 1])`) covering everything, cut evenly between `first`
+    and `last` so that each holds about `lines_per_slice` of `lines`; the outer bounds are open."""
+    n = max(1, -(-lines // lines_per_slice))
+    return [BEFORE_ALL] + [first + (last - first) * i // n for i in range(1, n)] + [AFTER_ALL]
+
+
+def copy_slices(con: duckdb.DuckDBPyConnection, slice_sql: Callable[[int, int], str], bounds: Sequence[int],
+                path: Path) -> int:
+    """Write the `line` column of `slice_sql(lo, hi)` for each slice `[lo, hi)` of `bounds` in turn into `path`
+    (each query sorts its own slice, so the file is as one sort of the whole); return the line count."""
+    part = path.with_name(path.name + ".part")
+    count = 0
+    try:
+        with open(path, "wb") as out:
+            for lo, hi in zip(bounds, bounds[1:]):
+                _copy(con, slice_sql(lo, hi), part)
+                with open(part, "rb") as src:
+                    for block in iter(lambda: src.read(16 * 1024 * 1024), b""):
+                        count += block.count(b"\n")
+                        out.write(block)
+    finally:
+        part.unlink(missing_ok=True)
+    return count
+
+
+def _copy(con: duckdb.DuckDBPyConnection, sql: str, target: Path) -> None:
+    con.execute(f"COPY (SELECT line FROM ({sql})) TO '{sql_path(target)}' "
+                "(FORMAT csv, HEADER false, QUOTE '', ESCAPE '', DELIMITER e'\\x01')")
+
+
 def sql_path(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
-def write_between(con: duckdb.DuckDBPyConnection, sql: str, path: Path, header: str, trailer: str,
-                  compress: bool = False) -> int:
+def write_between(con: duckdb.DuckDBPyConnection, sql: str | Callable[[int, int], str], path: Path, header: str,
+                  trailer: str, compress: bool = False, bounds: Sequence[int] = ()) -> int:
     """`header`, the query's `line` column, `trailer` into `path` (gzip with `compress`); return the line count
-    of the body."""
+    of the body. With `bounds`, `sql(lo, hi)` gives the lines of each slice of them (`copy_slices`)."""
     body = path.with_name(f".{path.name}.body.tmp")
     try:
-        lines = copy_lines(con, sql, body)
+        lines = copy_slices(con, sql, bounds, body) if bounds else copy_lines(con, sql, body)
         if compress:
             _gzip_concat(path, header.encode(), body, trailer.encode())
         else:
