@@ -50,7 +50,7 @@ from __future__ import annotations
 import csv
 import itertools
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -109,7 +109,7 @@ CLEAN_GLOBAL_SHARE = 0.8  # background days above own threshold and 80% of the g
 
 @dataclass(frozen=True)
 class NetworkDataset:
-    conn_log: Path
+    conn_log: Path | None  # None: the flows went to `flows_to`
     config: Path
     labels: Path
     flows: int
@@ -1010,6 +1010,7 @@ def generate_network(
     gzip: bool = False,
     flows_per_host_day: int = 450,
     clean_background: bool = True,
+    flows_to: Callable[[pa.RecordBatchReader], None] | None = None,
 ) -> NetworkDataset:
     """Write conn.log (or conn.log.gz), config.yaml and labels.csv for a synthetic network into `out_dir`.
 
@@ -1017,7 +1018,9 @@ def generate_network(
     `hosts * days * flows_per_host_day` flows. The same arguments give the same bytes.
     `clean_background=False` leaves the clients' heavy-tailed daily volumes as they are drawn
     (no background day scaled down), so the faithful detections meet the ordinary noise their
-    authors warn of; the labelled cases hold either way.
+    authors warn of; the labelled cases hold either way. `flows_to`: instead of conn.log, hand the flows in
+    its order to this function, as a stream of record batches with the columns of `zeek_conn.COLUMNS`
+    (the dataset's `conn_log` is then None).
     """
     if days < MIN_WINDOW_DAYS:
         raise ValueError(f"days must be at least {MIN_WINDOW_DAYS}")
@@ -1104,10 +1107,13 @@ def generate_network(
 
     del f["day"], f["tod"]  # in `ts` now
     uids = _uid_bytes(rng, n)  # all at once, before any row is written: the random stream of every run
-    conn_log = out_dir / ("conn.log.gz" if gzip else "conn.log")
+    conn_log = None if flows_to else out_dir / ("conn.log.gz" if gzip else "conn.log")
     open_ts = float(cal.start[0])
     close_ts = float(max(int(np.ceil(ts[-1] / US)) + 1, cal.start[0]))
-    _write_conn(conn_log, _conn_batches(ts, uids, f, net), open_ts, close_ts, cal.tz, gzip)
+    if conn_log is None:
+        flows_to(_conn_batches(ts, uids, f, net))
+    else:
+        _write_conn(conn_log, _conn_batches(ts, uids, f, net), open_ts, close_ts, cal.tz, gzip)
     del f, ts, uids
 
     config = out_dir / "config.yaml"

@@ -103,16 +103,15 @@ def time_slices(first: int, last: int, lines: int, lines_per_slice: int = LINES_
     return [BEFORE_ALL] + [first + (last - first) * i // n for i in range(1, n)] + [AFTER_ALL]
 
 
-def copy_slices(con: duckdb.DuckDBPyConnection, slice_sql: Callable[[int, int], str], bounds: Sequence[int],
-                path: Path) -> int:
-    """Write the `line` column of `slice_sql(lo, hi)` for each slice `[lo, hi)` of `bounds` in turn into `path`
-    (each query sorts its own slice, so the file is as one sort of the whole); return the line count."""
+def copy_slices(con: duckdb.DuckDBPyConnection, queries: Iterable[str], path: Path) -> int:
+    """Write the `line` column of each query in turn into `path`; return the line count. Queries that each
+    sort one time slice (of `time_slices`) write the file one sort of the whole would."""
     part = path.with_name(path.name + ".part")
     count = 0
     try:
         with open(path, "wb") as out:
-            for lo, hi in zip(bounds, bounds[1:]):
-                _copy(con, slice_sql(lo, hi), part)
+            for sql in queries:
+                _copy(con, sql, part)
                 with open(part, "rb") as src:
                     for block in iter(lambda: src.read(16 * 1024 * 1024), b""):
                         count += block.count(b"\n")
@@ -131,13 +130,13 @@ def sql_path(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
-def write_between(con: duckdb.DuckDBPyConnection, sql: str | Callable[[int, int], str], path: Path, header: str,
-                  trailer: str, compress: bool = False, bounds: Sequence[int] = ()) -> int:
+def write_between(con: duckdb.DuckDBPyConnection, sql: str | Iterable[str], path: Path, header: str,
+                  trailer: str, compress: bool = False) -> int:
     """`header`, the query's `line` column, `trailer` into `path` (gzip with `compress`); return the line count
-    of the body. With `bounds`, `sql(lo, hi)` gives the lines of each slice of them (`copy_slices`)."""
+    of the body. `sql` may be several queries, whose lines follow each other (`copy_slices`)."""
     body = path.with_name(f".{path.name}.body.tmp")
     try:
-        lines = copy_slices(con, sql, bounds, body) if bounds else copy_lines(con, sql, body)
+        lines = copy_lines(con, sql, body) if isinstance(sql, str) else copy_slices(con, sql, body)
         if compress:
             _gzip_concat(path, header.encode(), body, trailer.encode())
         else:

@@ -10,7 +10,7 @@ column between header and trailer (gzip optional).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -125,8 +125,8 @@ def write(path: Path, records: Iterable[ConnRecord], open_: str = "2026-10-01-00
     return Path(path)
 
 
-def write_query(con: duckdb.DuckDBPyConnection, sql: str | Callable[[int, int], str], path: Path, open_: str,
-                close: str, compress: bool = False, bounds: Sequence[int] = ()) -> int:
-    """conn.log with the `line` column of `sql` (rendered with `zeek_conn_line`) as its body; the body's line count.
-    With `bounds`, `sql(lo, hi)` gives each time slice's lines (`_text.copy_slices`)."""
-    return _text.write_between(con, sql, path, header(open_), trailer(close), compress, bounds)
+def write_query(con: duckdb.DuckDBPyConnection, sql: str | Iterable[str], path: Path, open_: str, close: str,
+                compress: bool = False) -> int:
+    """conn.log with the `line` column of `sql` (rendered with `zeek_conn_line`; or of several queries, one
+    after the other) as its body; the body's line count."""
+    return _text.write_between(con, sql, path, header(open_), trailer(close), compress)
