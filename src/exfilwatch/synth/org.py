@@ -184,7 +184,8 @@ def _write_vpn(con: duckdb.DuckDBPyConnection, org: Organisation, plan: Plan, se
 
 
 def _register_mail(con: duckdb.DuckDBPyConnection, org: Organisation, msgs: dict[str, np.ndarray],
-                   rcpts: dict[str, np.ndarray]) -> None:
+                   rcpts: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Register the messages' and recipients' timeline (`pf_msgs`, `pf_rcpts`) and the names; return the two."""
     book = org.book
     timeline, deliveries = org.mail_timeline(msgs, rcpts)
     con.register("pf_msgs", pa.table(timeline))
@@ -196,12 +197,14 @@ def _register_mail(con: duckdb.DuckDBPyConnection, org: Organisation, msgs: dict
         "dom": np.arange(len(book.domains)), "domain": book.domains, "mx": book.mx_host, "mx_ip": book.mx_ip,
         "out_host": book.out_host, "out_ip": book.out_ip, "provider": provider}))
     con.register("pf_hosts", pa.table({"chost": np.arange(len(org.client_hosts)), "hostname": org.client_hosts}))
+    return timeline, deliveries
 
 
 def _write_postfix(con: duckdb.DuckDBPyConnection, org: Organisation, msgs, rcpts, path: Path, stamps: str) -> int:
-    _register_mail(con, org, msgs, rcpts)
+    timeline, deliveries = _register_mail(con, org, msgs, rcpts)
     host = MAIL_HOST
-    con.execute(f"""
+    # the messages and recipients of a slice (see below), with their addresses and names
+    messages = f"""
     CREATE OR REPLACE TEMP TABLE m2 AS
     WITH m AS (
         SELECT p.*, a.address AS sender_addr, d.domain AS sender_dom,
@@ -209,42 +212,37 @@ def _write_postfix(con: duckdb.DuckDBPyConnection, org: Organisation, msgs, rcpt
                CASE WHEN p.chost >= 0 THEN h.hostname ELSE cd.out_host END AS client_name,
                ew_ip(p.cip) AS client_ip,
                CASE WHEN p.kind = {KIND_INBOUND} THEN 'postfix/smtpd' ELSE 'postfix/submission/smtpd' END AS smtpd
-        FROM pf_msgs p JOIN pf_addr a ON a.a = p.sender JOIN pf_dom d ON d.dom = a.dom
+        FROM (SELECT * FROM pf_msgs WHERE {{where}}) p JOIN pf_addr a ON a.a = p.sender JOIN pf_dom d ON d.dom = a.dom
         LEFT JOIN pf_hosts h ON h.chost = p.chost LEFT JOIN pf_dom cd ON cd.dom = -1 - p.chost
     )
         SELECT *, '<' || strftime(make_timestamp(t0 + off_0 * 1000000), '%Y%m%d%H%M%S') || '.'
                   || substr(md5(qid || sender_addr), 1, 12) || '@'
                   || CASE WHEN kind = {KIND_INBOUND} THEN sender_dom ELSE '{INTERNAL_DOMAIN}' END || '>' AS msgid
-        FROM m""")
-    con.execute("""
+        FROM m"""
+    recipients = """
     CREATE OR REPLACE TEMP TABLE r2 AS
-    SELECT r.*, a.address, d.mx, d.mx_ip, d.provider FROM pf_rcpts r JOIN pf_addr a ON a.a = r.addr
-    JOIN pf_dom d ON d.dom = a.dom""")
-    # a slice's messages and recipients: those with a line in [lo, hi); the deliveries join only their own
-    # messages (joined with all of them, DuckDB ran out of memory at 10,000 users x 90 days)
-    messages = """(SELECT * FROM m2 WHERE least(t0, t_clean, t_qmgr, t_disc, t_removed) < {hi}
-                   AND greatest(t0 + 90000, t_clean, t_qmgr, t_disc, t_removed) >= {lo})"""
-    recipients = "(SELECT * FROM r2 WHERE least(t - d_xmit - 1000, t) < {hi} AND greatest(t - d_xmit - 1000, t) >= {lo})"
+    SELECT r.*, a.address, d.mx, d.mx_ip, d.provider FROM (SELECT * FROM pf_rcpts WHERE {where}) r
+    JOIN pf_addr a ON a.a = r.addr JOIN pf_dom d ON d.dom = a.dom"""
     sql = f"""
-    WITH mc AS {messages}, rc AS {recipients}, lines AS (
+    WITH lines AS (
         SELECT t0 AS ts, off_0 AS off, m, 0 AS k, 0 AS r, smtpd AS program, pid_d AS pid,
-               postfix_connect(client_name, client_ip) AS message FROM mc
+               postfix_connect(client_name, client_ip) AS message FROM m2
         UNION ALL
-        SELECT t0 + 40000, off_0, m, 1, 0, smtpd, pid_d, postfix_tls_from(client_name, client_ip) FROM mc
+        SELECT t0 + 40000, off_0, m, 1, 0, smtpd, pid_d, postfix_tls_from(client_name, client_ip) FROM m2
         UNION ALL
         SELECT t0 + 90000, off_0, m, 2, 0, smtpd, pid_d,
                postfix_client(qid, client_name, client_ip, CASE WHEN kind = {KIND_INBOUND} THEN NULL ELSE 'LOGIN' END,
-                              sender_addr) FROM mc
+                              sender_addr) FROM m2
         UNION ALL
-        SELECT t_clean, off_c, m, 3, 0, 'postfix/cleanup', pid_c, postfix_cleanup(qid, msgid) FROM mc
+        SELECT t_clean, off_c, m, 3, 0, 'postfix/cleanup', pid_c, postfix_cleanup(qid, msgid) FROM m2
         UNION ALL
-        SELECT t_qmgr, off_q, m, 4, 0, 'postfix/qmgr', pid_q, postfix_queued(qid, sender_addr, size, nrcpt) FROM mc
+        SELECT t_qmgr, off_q, m, 4, 0, 'postfix/qmgr', pid_q, postfix_queued(qid, sender_addr, size, nrcpt) FROM m2
         UNION ALL
         SELECT t_disc, off_q, m, 5, 0, smtpd, pid_d,
-               postfix_disconnect(client_name, client_ip, kind <> {KIND_INBOUND}, nrcpt) FROM mc
+               postfix_disconnect(client_name, client_ip, kind <> {KIND_INBOUND}, nrcpt) FROM m2
         UNION ALL
         SELECT r.t - r.d_xmit - 1000, r.off, r.m, 6, r.r, 'postfix/smtp', r.pid_s, postfix_tls_to(r.mx, r.mx_ip, 25)
-        FROM rc r WHERE r.tls
+        FROM r2 r WHERE r.tls
         UNION ALL
         SELECT r.t, r.off, r.m, 7, r.r, CASE WHEN r.local THEN 'postfix/lmtp' ELSE 'postfix/smtp' END, r.pid_s,
                postfix_delivery(m2.qid, r.address, r.mx, r.mx_ip, CASE WHEN r.local THEN 24 ELSE 25 END,
@@ -259,18 +257,32 @@ def _write_postfix(con: duckdb.DuckDBPyConnection, org: Organisation, msgs, rcpt
                               || m2.size || ' bytes in 0.' || (100 + r.r % 899) || ', Queued mail for delivery'
                   WHEN 3 THEN '250 ok dirdel'
                   ELSE '250 2.0.0 Ok: queued as ' || upper(substr(md5(r.address || m2.qid), 1, 10)) END)
-        FROM rc r JOIN (SELECT * FROM m2 WHERE m IN (SELECT m FROM rc)) m2 ON m2.m = r.m
+        FROM r2 r JOIN m2 ON m2.m = r.m
         UNION ALL
-        SELECT t_removed, off_r, m, 8, 0, 'postfix/qmgr', pid_q, postfix_removed(qid) FROM mc
+        SELECT t_removed, off_r, m, 8, 0, 'postfix/qmgr', pid_q, postfix_removed(qid) FROM m2
     )
     SELECT postfix_line(postfix_stamp('{stamps}', lt, off), '{host}', program, pid, message) AS line
     FROM (SELECT *, make_timestamp(ts + off * 1000000) AS lt FROM lines WHERE ts >= {{lo}} AND ts < {{hi}})
     ORDER BY ts, m, k, r
     """
-    first, last, expected = con.execute(
-        "SELECT min(t0), max(t_removed), 7 * count(*) + (SELECT 2 * count(*) FROM r2) FROM m2").fetchone()
-    bounds = _text.time_slices(first, last, expected)
-    lines = _text.copy_slices(con, (sql.format(lo=lo, hi=hi) for lo, hi in itertools.pairwise(bounds)), path)
+
+    def slices() -> Iterator[str]:
+        # Sorted a time slice at a time, and only the slice's rows in DuckDB: all 20 M lines at once ran out
+        # of memory at 3000 users x 90 days under a 1 or 2 GB limit, and tables of all the messages and
+        # recipients (sliced or not) at 10,000 x 90. A slice holds the recipients with a line in [lo, hi), and
+        # the messages with a line in it or a recipient there.
+        t0, t_removed = timeline["t0"], timeline["t_removed"]
+        lines = 7 * len(t0) + 2 * len(deliveries["m"])
+        bounds = _text.time_slices(int(t0.min()), int(t_removed.max()), lines) if len(t0) else [0, 1]
+        for lo, hi in itertools.pairwise(bounds):
+            con.execute(recipients.format(where=f"least(t - d_xmit - 1000, t) < {hi} "
+                                                f"AND greatest(t - d_xmit - 1000, t) >= {lo}"))
+            con.execute(messages.format(where=f"(least(t0, t_clean, t_qmgr, t_disc, t_removed) < {hi} AND "
+                                              f"greatest(t0 + 90000, t_clean, t_qmgr, t_disc, t_removed) >= {lo}) "
+                                              "OR m IN (SELECT m FROM r2)"))
+            yield sql.format(lo=lo, hi=hi)
+
+    lines = _text.copy_slices(con, slices(), path)
     con.execute("DROP TABLE m2; DROP TABLE r2")
     if stamps == "bsd":  # the year of BSD timestamps comes from the file's modification time
         last = datetime.combine(org.end, datetime.max.time().replace(microsecond=0)).replace(tzinfo=ZoneInfo(org.tz_name))
