@@ -78,8 +78,8 @@ def test_maillog_in_many_time_slices_and_conn_log_merged_from_many_batches_are_b
     whole = _text.time_slices
     slices: list[int] = []
 
-    def small_slices(first: int, last: int, lines: int) -> list[int]:
-        bounds = whole(first, last, lines, 500)
+    def small_slices(times, lines: int) -> list[int]:
+        bounds = whole(times, lines, 500)
         slices.append(len(bounds) - 1)
         return bounds
 

@@ -271,9 +271,7 @@ def _write_postfix(con: duckdb.DuckDBPyConnection, org: Organisation, msgs, rcpt
         # of memory at 3000 users x 90 days under a 1 or 2 GB limit, and tables of all the messages and
         # recipients (sliced or not) at 10,000 x 90. A slice holds the recipients with a line in [lo, hi), and
         # the messages with a line in it or a recipient there.
-        t0, t_removed = timeline["t0"], timeline["t_removed"]
-        lines = 7 * len(t0) + 2 * len(deliveries["m"])
-        bounds = _text.time_slices(int(t0.min()), int(t_removed.max()), lines) if len(t0) else [0, 1]
+        bounds = _text.time_slices(timeline["t0"], 7 * len(timeline["t0"]) + 2 * len(deliveries["m"]))
         for lo, hi in itertools.pairwise(bounds):
             con.execute(recipients.format(where=f"least(t - d_xmit - 1000, t) < {hi} "
                                                 f"AND greatest(t - d_xmit - 1000, t) >= {lo}"))
@@ -404,8 +402,7 @@ def _write_network(con: duckdb.DuckDBPyConnection, org: Organisation, out_dir: P
     if network is None:
         table = org.own_flows(plan, msgs, mail, background=True)
         con.register("conn_flows", table)
-        ts = table["ts"].to_numpy()
-        bounds = _text.time_slices(int(ts.min()), int(ts.max()), len(ts)) if len(ts) else [0, 1]
+        bounds = _text.time_slices(table["ts"].to_numpy(), len(table))
         written.append(zeek_conn.write_query(
             con, (f"SELECT line FROM ({mine.format(lo=lo, hi=hi)}) ORDER BY ts, src, line"
                   for lo, hi in itertools.pairwise(bounds)), conn_log, *stamps))
