@@ -135,7 +135,8 @@ def _write(org: Organisation, out_dir: Path, mail: str, syslog_timestamps: str) 
         with _writer_connection(scratch) as con:
             vpn_log = out_dir / "vpn.log"
             vpn_lines = _write_vpn(con, org, plan, session_ids, vpn_log)
-        with _writer_connection(scratch) as con:
+        # the Exchange writer is not sliced and was not measured at scale: it keeps DuckDB's default limit
+        with _writer_connection(scratch, None if mail == "exchange" else _text.WRITER_MEMORY) as con:
             if mail == "postfix":
                 mail_log = out_dir / "maillog"
                 mail_lines = _write_postfix(con, org, msgs, rcpts, mail_log, syslog_timestamps)
@@ -500,9 +501,9 @@ def _write_labels(org: Organisation, path: Path) -> Path:
                 writer.writerow([case.case_id, "", case.user, day.isoformat(), TECHNIQUE, case.expected, description])
     return path
 
-def _writer_connection(scratch: Path) -> duckdb.DuckDBPyConnection:
+def _writer_connection(scratch: Path, memory_limit: str | None = _text.WRITER_MEMORY) -> duckdb.DuckDBPyConnection:
     """A spilling DuckDB connection with every writer's macros (a context manager: closed on exit)."""
-    con = _text.spilling_connection(scratch)
+    con = _text.spilling_connection(scratch, memory_limit)
     _install_sql_macros(con)
     return con
 

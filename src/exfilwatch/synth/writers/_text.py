@@ -66,12 +66,14 @@ def render(installer: Callable[[duckdb.DuckDBPyConnection], None], expression: s
 WRITER_MEMORY = "1GB"
 
 
-def spilling_connection(scratch: Path, memory_limit: str = WRITER_MEMORY) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that keeps to `memory_limit` and spills what it sorts beyond it into `scratch`."""
+def spilling_connection(scratch: Path, memory_limit: str | None = WRITER_MEMORY) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that keeps to `memory_limit` (None: DuckDB's default) and spills what it sorts
+    beyond it into `scratch`."""
     scratch.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
-    con.execute(f"SET memory_limit = '{memory_limit}'")
+    if memory_limit is not None:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute(f"SET temp_directory = '{sql_path(scratch)}'")
     return con
 
