@@ -63,7 +63,9 @@ are formatted and sorted by DuckDB: a connection per file with a 1 GB memory lim
 beyond), the maillog sorted one time slice of ~3 M lines at a time, conn.log one batch of the
 network generator's flows (with the org's own flows of its span) at a time. What still grows with
 the organisation is the arrays: the messages and recipients, and the network's flows (~100 bytes
-each at the peak: its plans and checks need all of them at once). The parts: `population` (the people and the world they mail),
+each at the peak: its plans and checks need all of them at once).
+
+The parts: `population` (the people and the world they mail),
 `plan` (the cases and what happens when), `writers` (one per log format); this module assembles
 them into the files and writes config.yaml and labels.csv.
 """
