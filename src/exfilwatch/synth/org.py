@@ -60,9 +60,9 @@ many domains every day.
 Everything is a function of the parameters: no wall clock, one seed, the same bytes each time.
 Volumes are generated with numpy (no Python loop per message or per user-day) and the lines
 are formatted and sorted by DuckDB: a connection per file with a 1 GB memory limit (it spills
-beyond; Exchange keeps the default), the maillog sorted one time slice of ~2 M lines at a time, conn.log one batch of the
-network generator's flows (with the org's own flows of its span) at a time. What still grows with
-the organisation is the arrays: the messages and recipients, and the network's flows (~100 bytes
+beyond; Exchange keeps the default), the maillog sorted one time slice of ~2 M lines at a time,
+conn.log one batch of the network generator's flows (with the org's own flows of its span) at a
+time. What still grows with the organisation is the arrays: the messages and recipients, and the network's flows (~100 bytes
 each at the peak: its plans and checks need all of them at once).
 
 The parts: `population` (the people and the world they mail),
