@@ -48,6 +48,9 @@ background day that would is scaled down to its own mean + 1 standard deviation.
 from __future__ import annotations
 
 import csv
+import itertools
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -57,7 +60,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from exfilwatch.synth.writers import zeek_conn
+from exfilwatch.synth.writers import _text, zeek_conn
 from exfilwatch.synth.writers.zeek_conn import FIELDS, TYPES
 
 __all__ = ["NetworkDataset", "generate_network", "DETECTION_A", "DETECTION_B", "ADDRESSES", "FIELDS", "TYPES"]
@@ -106,7 +109,7 @@ CLEAN_GLOBAL_SHARE = 0.8  # background days above own threshold and 80% of the g
 
 @dataclass(frozen=True)
 class NetworkDataset:
-    conn_log: Path
+    conn_log: Path | None  # None: the flows went to `flows_to`
     config: Path
     labels: Path
     flows: int
@@ -250,8 +253,12 @@ class _Flows:
         self.parts.append(rec)
 
     def build(self) -> dict[str, np.ndarray]:
-        return {name: np.concatenate([p[name] for p in self.parts]).astype(dtype, copy=False)
-                for name, dtype in _COLS.items()}
+        # a column at a time, letting go of its parts: the parts and the whole never all live at once
+        columns = {}
+        for name, dtype in _COLS.items():
+            columns[name] = np.concatenate([p.pop(name) for p in self.parts]).astype(dtype, copy=False)
+        self.parts = []
+        return columns
 
 
 def _hours(rng: np.random.Generator, n: int, weights: list[int]) -> np.ndarray:
@@ -558,11 +565,14 @@ def _gen_clients(rng: np.random.Generator, cal: _Calendar, net: _Network, fs: _F
     mailbox = np.where(rng.random(H) < 0.5, EXCH1, EXCH2).astype(np.int32)
     imap = rng.random(H) < 0.22
 
+    # per flow, held until the last category: only the narrowest types (a 10k x 90 network has 95 M flows)
     key = np.repeat(np.arange(H * D, dtype=np.int64), n_hd.ravel())
     host = (key // D).astype(np.int32)
     day = (key % D).astype(np.int32)
     n = key.size
-    cat = np.minimum(np.searchsorted(np.cumsum(_CAT_P / _CAT_P.sum()), rng.random(n), side="right"), len(_CATS) - 1)
+    del key
+    cat = np.minimum(np.searchsorted(np.cumsum(_CAT_P / _CAT_P.sum()), rng.random(n), side="right"),
+                     len(_CATS) - 1).astype(np.int8)
     tod = _tod(rng, cal, day, _H_OFFICE_WD, _H_OFFICE_WE)
     oh = net.client0 + host
 
@@ -636,7 +646,7 @@ def _gen_clients(rng: np.random.Generator, cal: _Calendar, net: _Network, fs: _F
     dur = _seconds_us(np.where(submit, rng.lognormal(np.log(1.5), 0.6, m), np.minimum(base, 1800)))
     out = _tcp_outcome(rng, m, ob, rb, dur, (0.003, 0.001, 0.01, 0.008, 0.01))
     download = ~submit & ((out["state"] == SF) | (out["state"] == S1))
-    k = key[i][download]
+    k = (host[i].astype(np.int64) * D + day[i])[download]
     out["rb"][download] = _split_grouped(rng, k, mail_total, 1.0) + 1_200
     out["dur"][download] += _seconds_us(out["rb"][download] / 25e6)
     svc[(out["state"] == S0) | (out["state"] == REJ)] = SV_NONE
@@ -894,30 +904,80 @@ def _packets(f: dict[str, np.ndarray], linux: np.ndarray) -> tuple[np.ndarray, .
     return opk, oipb, rpk, ripb
 
 
-def _uids(rng: np.random.Generator, n: int) -> pa.Array:
+def _uid_bytes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The n connection uids (`C` and 17 base-62 characters), a row of 18 bytes each."""
     raw = np.empty((n, 18), dtype=np.uint8)
     raw[:, 0] = ord("C")
     raw[:, 1:] = _B62[rng.integers(0, 62, (n, 17), dtype=np.uint8)]
-    offsets = np.arange(0, 18 * n + 1, 18, dtype=np.int64)
-    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(raw))
+    return raw
+
+
+def _uids(raw: np.ndarray) -> pa.Array:
+    raw = np.ascontiguousarray(raw)
+    offsets = np.arange(0, 18 * len(raw) + 1, 18, dtype=np.int64)
+    return pa.LargeStringArray.from_buffers(len(raw), pa.py_buffer(offsets), pa.py_buffer(raw))
+
+
+# Rows per batch written: the table of every flow at once (with its packet counts) held ~130 bytes a
+# flow beside the flows themselves, 3.7 GB at 3000 users x 90 days; a batch holds ~200 MB.
+_BATCH_ROWS = 1 << 20
+
+
+def _conn_batches(ts: np.ndarray, uids: np.ndarray, f: dict[str, np.ndarray], net: _Network) -> pa.RecordBatchReader:
+    """The conn.log records of the flows (sorted by `ts`) as a stream of record batches, each built when read."""
+    def batches() -> Iterator[pa.RecordBatch]:
+        for lo in range(0, ts.size, _BATCH_ROWS):
+            rows = slice(lo, lo + _BATCH_ROWS)
+            part = {k: v[rows] for k, v in f.items()}
+            opk, oipb, rpk, ripb = _packets(part, net.linux)
+            unset = part["unset"]
+            size = unset.size
+            yield pa.RecordBatch.from_pydict({
+                "ts_us": ts[rows],
+                "uid": _uids(uids[rows]),
+                "orig_h": _dict(part["oh"], net.names),
+                "orig_p": part["op"],
+                "resp_h": _dict(part["rh"], net.names),
+                "resp_p": part["rp"],
+                "proto": _dict(part["proto"], PROTOS),
+                "service": _dict(part["svc"], SERVICES),
+                "duration_us": pa.array(part["dur"], mask=unset),
+                "orig_bytes": pa.array(part["ob"], mask=unset),
+                "resp_bytes": pa.array(part["rb"], mask=unset),
+                "conn_state": _dict(part["state"], STATES),
+                "local_orig": _dict((~net.is_local[part["oh"]]).astype(np.int8), ["T", "F"]),
+                "local_resp": _dict((~net.is_local[part["rh"]]).astype(np.int8), ["T", "F"]),
+                "missed_bytes": part["missed"],
+                "history": _dict(part["hist"], HISTORIES),
+                "orig_pkts": opk,
+                "orig_ip_bytes": oipb,
+                "resp_pkts": rpk,
+                "resp_ip_bytes": ripb,
+                "tunnel_parents": _dict(np.zeros(size, np.int8), ["(empty)"]),
+            })
+
+    stream = batches()
+    first = next(stream)
+    return pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], stream))
 
 
 def _dict(indices: np.ndarray, names: list[str]) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(indices), pa.array(names, type=pa.string()))
 
 
-def _write_conn(path: Path, table: pa.Table, open_ts: float, close_ts: float, tz: ZoneInfo, compress: bool) -> None:
-    con = duckdb.connect()
+def _write_conn(path: Path, flows: pa.RecordBatchReader, open_ts: float, close_ts: float, tz: ZoneInfo,
+                compress: bool) -> None:
+    con = _text.spilling_connection(path.parent / ".duckdb")
     try:
         con.execute("SET preserve_insertion_order = true")
-        con.execute("SET enable_progress_bar = false")
         zeek_conn.install(con)
-        con.register("flows", table)
+        con.register("flows", flows)
         columns = ", ".join(name for name, _ in zeek_conn.COLUMNS)
         zeek_conn.write_query(con, f"SELECT zeek_conn_line({columns}) AS line FROM flows", path,
                               zeek_conn.stamp(open_ts, tz), zeek_conn.stamp(close_ts, tz), compress)
     finally:
         con.close()
+        shutil.rmtree(path.parent / ".duckdb", ignore_errors=True)
 
 
 def _config_yaml(timezone: str) -> str:
@@ -953,6 +1013,7 @@ def generate_network(
     gzip: bool = False,
     flows_per_host_day: int = 450,
     clean_background: bool = True,
+    flows_to: Callable[[pa.RecordBatchReader], None] | None = None,
 ) -> NetworkDataset:
     """Write conn.log (or conn.log.gz), config.yaml and labels.csv for a synthetic network into `out_dir`.
 
@@ -960,7 +1021,9 @@ def generate_network(
     `hosts * days * flows_per_host_day` flows. The same arguments give the same bytes.
     `clean_background=False` leaves the clients' heavy-tailed daily volumes as they are drawn
     (no background day scaled down), so the faithful detections meet the ordinary noise their
-    authors warn of; the labelled cases hold either way.
+    authors warn of; the labelled cases hold either way. `flows_to`: instead of conn.log, hand the flows in
+    its order to this function, as a stream of record batches with the columns of `zeek_conn.COLUMNS`
+    (the dataset's `conn_log` is then None).
     """
     if days < MIN_WINDOW_DAYS:
         raise ValueError(f"days must be at least {MIN_WINDOW_DAYS}")
@@ -1014,7 +1077,8 @@ def generate_network(
     _inject_collection(rng, net, inj, T, victim - net.client0, plan_a.inject)
     _inject_export(rng, inj, T, plan_b.inject)
     g = inj.build()
-    f = {k: np.concatenate([f[k], g[k]]) for k in f}
+    for k in f:  # in place, a column at a time (a second dict would hold every column twice)
+        f[k] = np.concatenate([f[k], g[k]])
 
     # Zeek names a service only once an analyzer saw payload: none for S0/REJ over TCP.
     f["svc"][(f["proto"] == TCP) & ((f["state"] == S0) | (f["state"] == REJ))] = SV_NONE
@@ -1024,10 +1088,12 @@ def generate_network(
     hit = big[rng.random(big.size) < 0.003]
     f["missed"][hit] = np.minimum(rng.integers(1, 40, hit.size) * 1448, f["rb"][hit] // 10)
 
+    order = np.argsort(cal.epoch_us(f["day"], f["tod"]), kind="stable")
+    for k in f:  # in place, a column at a time
+        f[k] = f[k][order]
+    del order
     ts = cal.epoch_us(f["day"], f["tod"])
-    order = np.argsort(ts, kind="stable")
-    ts = ts[order]
-    f = {k: v[order] for k, v in f.items()}
+    del f["tod"]  # in `ts` now
     n = ts.size
 
     cases = [
@@ -1042,36 +1108,16 @@ def generate_network(
     ]
     _verify(f, net, days, cases, clean_background)
 
-    opk, oipb, rpk, ripb = _packets(f, net.linux)
-    unset = f["unset"]
-    table = pa.table({
-        "ts_us": ts,
-        "uid": _uids(rng, n),
-        "orig_h": _dict(f["oh"], net.names),
-        "orig_p": f["op"],
-        "resp_h": _dict(f["rh"], net.names),
-        "resp_p": f["rp"],
-        "proto": _dict(f["proto"], PROTOS),
-        "service": _dict(f["svc"], SERVICES),
-        "duration_us": pa.array(f["dur"], mask=unset),
-        "orig_bytes": pa.array(f["ob"], mask=unset),
-        "resp_bytes": pa.array(f["rb"], mask=unset),
-        "conn_state": _dict(f["state"], STATES),
-        "local_orig": _dict((~net.is_local[f["oh"]]).astype(np.int8), ["T", "F"]),
-        "local_resp": _dict((~net.is_local[f["rh"]]).astype(np.int8), ["T", "F"]),
-        "missed_bytes": f["missed"],
-        "history": _dict(f["hist"], HISTORIES),
-        "orig_pkts": opk,
-        "orig_ip_bytes": oipb,
-        "resp_pkts": rpk,
-        "resp_ip_bytes": ripb,
-        "tunnel_parents": _dict(np.zeros(n, np.int8), ["(empty)"]),
-    })
-    del f
-    conn_log = out_dir / ("conn.log.gz" if gzip else "conn.log")
+    del f["day"]  # _verify's last use
+    uids = _uid_bytes(rng, n)  # all at once, before any row is written: the random stream of every run
+    conn_log = None if flows_to else out_dir / ("conn.log.gz" if gzip else "conn.log")
     open_ts = float(cal.start[0])
     close_ts = float(max(int(np.ceil(ts[-1] / US)) + 1, cal.start[0]))
-    _write_conn(conn_log, table, open_ts, close_ts, cal.tz, gzip)
+    if conn_log is None:
+        flows_to(_conn_batches(ts, uids, f, net))
+    else:
+        _write_conn(conn_log, _conn_batches(ts, uids, f, net), open_ts, close_ts, cal.tz, gzip)
+    del f, ts, uids
 
     config = out_dir / "config.yaml"
     config.write_text(_config_yaml(timezone))

@@ -125,7 +125,8 @@ def write(path: Path, records: Iterable[ConnRecord], open_: str = "2026-10-01-00
     return Path(path)
 
 
-def write_query(con: duckdb.DuckDBPyConnection, sql: str, path: Path, open_: str, close: str,
+def write_query(con: duckdb.DuckDBPyConnection, sql: str | Iterable[str], path: Path, open_: str, close: str,
                 compress: bool = False) -> int:
-    """conn.log with the `line` column of `sql` (rendered with `zeek_conn_line`) as its body; the body's line count."""
+    """conn.log with the `line` column of `sql` (rendered with `zeek_conn_line`; or of several queries, one
+    after the other) as its body; the body's line count."""
     return _text.write_between(con, sql, path, header(open_), trailer(close), compress)
