@@ -752,34 +752,55 @@ def _attribute_flows(con: Steps, window: FlowWindow, sources: str, identity: str
             SELECT _time, bytes_out, bytes_in, owner_uid, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)
             FROM {rows} WHERE NOT tunnel)
         WHERE tunnel_sk IS NOT NULL OR owner_uid IS NOT NULL)"""
-    latest = _asof(con, attributed, vpn_ids, [("l.uid", "r.uid")], "l._time", "r.session_start",
-                   _LATEST_SESSION, outer=True, parameters=window.parameters)
-    # Summed as they are attributed, in one pass over the flows: only a flow the latest-started
-    # session leaves to an earlier, longer one (`overlapped`) keeps its time, for _overlap_fixes.
-    # At 1000 x 90 the flows' attribution stored six tables of up to 9.5 M rows, 2.8 GB, which
-    # spilled past `memory_limit` (1.35 GB of spill files).
+    # A flow's session is the latest-started of its user's sessions that holds its time. Within a
+    # UTC hour in which no session of the user starts or ends, that is the same session for every
+    # flow (`whole_sk`; none outside the hours their sessions touch); only a flow in an hour where
+    # one starts or ends (`split`) goes through the ASOF join with the user's sessions, and the rest
+    # are summed per session at once, in the one pass over the flows. At 3000 users x 90 days the
+    # ASOF join over every flow (15.4 M rows) took 16 CPU-s and spilled 1.9 GB past `memory_limit`.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_session_hours AS
+        SELECT uid, hour, bool_or(hour IN (first_hour, last_hour)) AS split, arg_max(sk, session_start) AS whole_sk
+        FROM (
+            SELECT uid, sk, session_start, {_utc_hour('session_start')} AS first_hour,
+                   {_utc_hour('session_end')} AS last_hour,
+                   unnest(range({_utc_hour('session_start')}, {_utc_hour('session_end')} + 1)) AS hour
+            FROM {vpn_ids})
+        GROUP BY uid, hour
+    """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_flow_parts AS
-        SELECT uid, CASE WHEN overlapped THEN NULL ELSE {_session_key_sql(con, 'vpn_sk', tz)} END AS sk,
-               CASE WHEN overlapped THEN _time END AS overlapped_time,
+        SELECT uid, CASE WHEN split_hour THEN NULL ELSE {_session_key_sql(con, 'vpn_sk', tz)} END AS sk,
+               CASE WHEN split_hour THEN _time END AS asof_time,
                count(*) AS flows, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in, min(_time) AS first_time
         FROM (
-            SELECT uid, _time, bytes_out, bytes_in, coalesce(tunnel_sk, CASE WHEN _time < s_end THEN s_sk END) AS vpn_sk,
-                   tunnel_sk IS NULL AND _time >= s_end AND _time < s_covered AS overlapped
-            FROM ({latest}))
-        GROUP BY uid, CASE WHEN overlapped THEN NULL ELSE {_session_key_sql(con, 'vpn_sk', tz)} END,
-                 CASE WHEN overlapped THEN _time END
+            SELECT a.uid, a._time, a.bytes_out, a.bytes_in, coalesce(a.tunnel_sk, h.whole_sk) AS vpn_sk,
+                   a.tunnel_sk IS NULL AND coalesce(h.split, false) AS split_hour
+            FROM {attributed} a LEFT JOIN _ses_session_hours h ON h.uid = a.uid AND h.hour = {_utc_hour('a._time')})
+        GROUP BY uid, CASE WHEN split_hour THEN NULL ELSE {_session_key_sql(con, 'vpn_sk', tz)} END,
+                 CASE WHEN split_hour THEN _time END
     """, window.parameters)
+    latest = _asof(con, "(SELECT * FROM _ses_flow_parts WHERE sk IS NULL)", vpn_ids, [("l.uid", "r.uid")],
+                   "l.asof_time", "r.session_start", _LATEST_SESSION, outer=True)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_flow_latest AS
+        SELECT uid, asof_time, flows, bytes_out, bytes_in, first_time,
+               CASE WHEN asof_time < s_end THEN s_sk END AS vpn_sk,
+               asof_time >= s_end AND asof_time < s_covered AS overlapped
+        FROM ({latest})
+    """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_flow_net AS
-        WITH fix AS ({_overlap_fixes("(SELECT uid, overlapped_time AS _time FROM _ses_flow_parts WHERE sk IS NULL)",
+        WITH fix AS ({_overlap_fixes("(SELECT uid, asof_time AS _time FROM _ses_flow_latest WHERE overlapped)",
                                      vpn_ids)})
         SELECT sk, uid, CAST(sum(flows) AS BIGINT) AS net_flows, sum(bytes_out) AS net_bytes_out,
                sum(bytes_in) AS net_bytes_in, min(first_time) AS first_time
         FROM (
-            SELECT p.uid, coalesce(p.sk, {_session_key_sql(con, 'f.sk', tz, time='p.overlapped_time', uid='p.uid')}) AS sk,
-                   p.flows, p.bytes_out, p.bytes_in, p.first_time
-            FROM _ses_flow_parts p LEFT JOIN fix f ON p.sk IS NULL AND f.uid = p.uid AND f._time = p.overlapped_time)
+            SELECT uid, sk, flows, bytes_out, bytes_in, first_time FROM _ses_flow_parts WHERE sk IS NOT NULL
+            UNION ALL
+            SELECT l.uid, {_session_key_sql(con, 'coalesce(f.sk, l.vpn_sk)', tz, time='l.asof_time', uid='l.uid')},
+                   l.flows, l.bytes_out, l.bytes_in, l.first_time
+            FROM _ses_flow_latest l LEFT JOIN fix f ON l.overlapped AND f.uid = l.uid AND f._time = l.asof_time)
         GROUP BY sk, uid
     """)
     return "_ses_flow_net"
@@ -787,6 +808,11 @@ def _attribute_flows(con: Steps, window: FlowWindow, sources: str, identity: str
 
 # the columns of the latest-started VPN session of a user at a time (an ASOF match in `vpn_ids`)
 _LATEST_SESSION = {"s_sk": "r.sk", "s_end": "r.session_end", "s_covered": "r.covered_until"}
+
+
+def _utc_hour(instant: str) -> str:
+    """SQL: the number of the UTC hour that holds `instant` (hours since 1970)."""
+    return f"CAST(floor(epoch({instant}) / 3600) AS BIGINT)"
 
 
 def _overlap_fixes(rows: str, vpn_ids: str) -> str:
