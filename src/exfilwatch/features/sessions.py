@@ -208,6 +208,7 @@ def compute_sessions(
         joined = _join_tunnels(con, parts, idle_hours)
         user_ends = _connection_closed_ends(con, joined, events, idle_hours)
         vpn = _vpn_sessions(con, joined, user_ends, idle_hours)
+        _drop(con, lines, events, parts, joined, user_ends)
 
         # mail and flows → the user's VPN session at their time, else the user's local day
         mail, flow_window = _mail_and_flows(con, email, flows, vpn, start, read_from, now)
@@ -217,6 +218,7 @@ def compute_sessions(
         mail_user, messages = _attribute_mail(con, mail, identity, users, vpn_ids, tz)
         counts.messages = _count(con, mail)
         counts.messages_unresolved_sender = counts.messages - _count(con, mail_user)
+        _drop(con, vpn, mail)
         flow_net = _attribute_flows(con, flow_window, sources, identity, users, vpn_ids, tz)
         counts.flows = _total(con, sources, "flows")
         counts.flows_unattributed = counts.flows - _total(con, flow_net, "net_flows")
@@ -227,6 +229,7 @@ def compute_sessions(
         top_domains, top_recipients = _recipient_tops(con, recipients)
         evidence = _evidence(con, mail_counts, messages, mail_user)
         features = _session_features(con, messages, flow_net, mail_counts, top_domains, top_recipients, evidence)
+        _drop(con, recipients, flags, mail_counts, top_domains, top_recipients, evidence, messages, mail_user, flow_net)
 
         # the sessions closed in [start, now)
         days = _daily_sessions(con, features, users, tz)
@@ -247,6 +250,16 @@ def _insertion_order_ignored(con: Steps) -> Iterator[None]:
         yield
     finally:
         con.execute(f"SET preserve_insertion_order = {'true' if before else 'false'}")
+
+
+def _drop(con: Steps, *tables: str) -> None:
+    """Drop the temp tables `tables` once no step reads them: DuckDB keeps temp tables in memory
+    and spills them past `memory_limit` (at 3000 users x 90 days the mail steps' tables alone
+    outgrow 1 GB). Spark's checkpoints are released when its connection closes."""
+    if _dialect(con) == "spark":
+        return
+    for table in dict.fromkeys(tables):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _count(con: Steps, rows: str) -> int:
@@ -708,7 +721,9 @@ def _attribute_mail(con: Steps, mail: str, identity: str, users: str, vpn_ids: s
         FROM ({latest})
     """)
     attributed = _resolve_overlaps(con, "_ses_msg_attr", vpn_ids, "_ses_msg_resolved")
-    return "_ses_mail_user", _with_session_keys(con, attributed, "_ses_msg_keyed", tz)
+    keyed = _with_session_keys(con, attributed, "_ses_msg_keyed", tz)
+    _drop(con, "_ses_msgs", "_ses_msg_attr", attributed)
+    return "_ses_mail_user", keyed
 
 
 def _attribute_flows(con: Steps, window: FlowWindow, sources: str, identity: str, users: str, vpn_ids: str,
@@ -803,6 +818,7 @@ def _attribute_flows(con: Steps, window: FlowWindow, sources: str, identity: str
             FROM _ses_flow_latest l LEFT JOIN fix f ON l.overlapped AND f.uid = l.uid AND f._time = l.asof_time)
         GROUP BY sk, uid
     """)
+    _drop(con, "_ses_flow_hosts", "_ses_session_hours", "_ses_flow_parts", "_ses_flow_latest")
     return "_ses_flow_net"
 
 
@@ -892,6 +908,7 @@ def _classify_recipients(con: Steps, settings: Settings, mail_user: str,
         JOIN {messages} k USING (uid, mkey)
         LEFT JOIN _ses_domains d ON d.domain = r.domain
     """)
+    _drop(con, "_ses_rcpt0")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_msg_flags AS
         SELECT k.sk, k.uid, k.mkey, k._time, k.size,
@@ -966,6 +983,7 @@ def _recipient_tops(con: Steps, recipients: str) -> tuple[str, str]:
                    AS top_recipients
         FROM rcp GROUP BY sk
     """)
+    _drop(con, "_ses_ext")
     return "_ses_dom", "_ses_rcp"
 
 
@@ -1021,6 +1039,7 @@ def _evidence(con: Steps, mail_counts: str, messages: str, mail_user: str) -> st
                max_by(message, -rank, 5) FILTER (WHERE kind = 'personal') AS largest_personal_messages
         FROM _ses_evidence_rows GROUP BY sk
     """)
+    _drop(con, "_ses_top", "_ses_evidence_rows")
     return "_ses_evidence"
 
 
