@@ -189,7 +189,8 @@ def compute_sessions(
     Events are read from [read_from, now) of the relations `auth`, `email` and `flows`: read_from
     must lie far enough before `start` to hold the logins of sessions that end after `start`
     (`sessions.lookback_days`). Each step reads the relations it is given and creates the temp
-    tables (named `_ses_…`) it returns.
+    tables (named `_ses_…`) it returns; on DuckDB a table is dropped once no later step reads it
+    (`_drop`).
 
     `con` is a DuckDB connection (the reference) or an events.spark.SparkConnection: each step is
     DuckDB SQL that SQLGlot carries to Spark, except where `_dialect` picks Spark-ready SQL (ASOF
