@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from .sessionkit import login, logout, mail, sessions, settings
+from .sessionkit import flow, login, logout, mail, sessions, settings
 
 TZ = "Europe/Berlin"
 START = datetime(2026, 10, 1, tzinfo=timezone.utc)
@@ -137,3 +137,58 @@ def test_features_equal_the_reference(seed):
         assert got[key] == expected[key], key
     assert counts.messages_unresolved_sender == sum(1 for m in mails if m["src_user"].startswith("outsider")
                                                     and m["action"] != "failed")
+
+
+def random_flows(seed: int):
+    """Two devices per user with overlapping VPN sessions, and flows from each user's desk host,
+    most of them within half an hour of a session's start or end (the hours where the build's
+    shortcut for whole hours does not apply), in a zone whose midnight falls within a UTC hour."""
+    rng = random.Random(seed)
+    auth, vpn_sessions, flows = [], [], []
+    for user in USERS[:3]:
+        for device in ("laptop", "phone"):
+            t = START + timedelta(hours=rng.uniform(0, 30))
+            n = 0
+            while t < NOW - timedelta(days=2):
+                n += 1
+                sid = f"{user}-{device}-{n}"
+                end = t + timedelta(hours=rng.uniform(0.2, 30))
+                auth += [login(t, user, sid), logout(end, user, sid)]
+                vpn_sessions.append((user, t, end))
+                t = end + timedelta(hours=rng.uniform(0.5, 30))
+    boundaries = [b for _, s, e in vpn_sessions for b in (s, e)]
+    for i in range(1500):
+        user = rng.choice(USERS[:3] + ["server"])
+        if rng.random() < 0.7:
+            t = rng.choice(boundaries) + timedelta(minutes=rng.uniform(-30, 30))
+        else:
+            t = START + timedelta(seconds=rng.uniform(0, (NOW - START).total_seconds() - 86400 * 2))
+        flows.append(flow(t, HOSTS.get(user, "10.9.9.9"), rng.randint(1, 10_000), rng.randint(0, 100)))
+    return auth, vpn_sessions, flows
+
+
+HOSTS = {"ann": "10.1.0.1", "ben": "10.1.0.2", "cho": "10.1.0.3"}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_flows_of_a_users_host_go_to_the_latest_started_session_holding_them_else_the_local_day(seed):
+    zone = "Asia/Kolkata"  # UTC+05:30: local midnight half-way through a UTC hour
+    auth, vpn_sessions, flows = random_flows(seed)
+    cfg = settings(timezone=zone, identities=[{"user": u, "hosts": [h]} for u, h in HOSTS.items()])
+    rows, counts = sessions(auth, [], flows, now=NOW, start=START, cfg=cfg)
+    expected: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for f in flows:
+        user = next((u for u, h in HOSTS.items() if h == f["src_ip"]), None)
+        if user is None:
+            continue
+        holding = [(s, e) for u, s, e in vpn_sessions if u == user and s <= f["_time"] < e]
+        key = ("vpn", user, max(holding)[0]) if holding else ("day", user, f["_time"].astimezone(ZoneInfo(zone)).date())
+        expected[key] = [a + b for a, b in zip(expected[key], (1, f["bytes_out"], f["bytes_in"]))]
+    got = {}
+    for r in rows:
+        if r["net_flows"]:
+            day = r["session_start"].astimezone(ZoneInfo(zone)).date()
+            key = ("vpn", r["user"], r["session_start"]) if r["session_kind"] == "vpn" else ("day", r["user"], day)
+            got[key] = [r["net_flows"], r["net_bytes_out"], r["net_bytes_in"]]
+    assert got == dict(expected)
+    assert counts.flows_unattributed == sum(1 for f in flows if f["src_ip"] == "10.9.9.9")

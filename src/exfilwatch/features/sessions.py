@@ -189,7 +189,8 @@ def compute_sessions(
     Events are read from [read_from, now) of the relations `auth`, `email` and `flows`: read_from
     must lie far enough before `start` to hold the logins of sessions that end after `start`
     (`sessions.lookback_days`). Each step reads the relations it is given and creates the temp
-    tables (named `_ses_…`) it returns.
+    tables (named `_ses_…`) it returns; on DuckDB a table is dropped once no later step reads it
+    (`_drop`).
 
     `con` is a DuckDB connection (the reference) or an events.spark.SparkConnection: each step is
     DuckDB SQL that SQLGlot carries to Spark, except where `_dialect` picks Spark-ready SQL (ASOF
@@ -208,24 +209,28 @@ def compute_sessions(
         joined = _join_tunnels(con, parts, idle_hours)
         user_ends = _connection_closed_ends(con, joined, events, idle_hours)
         vpn = _vpn_sessions(con, joined, user_ends, idle_hours)
+        _drop(con, lines, events, parts, joined, user_ends)
 
         # mail and flows → the user's VPN session at their time, else the user's local day
-        mail, flow_rows = _mail_and_flows(con, email, flows, vpn, start, read_from, now)
-        identity = _all_identities(con, settings, vpn_identity, mail, flow_rows)
+        mail, flow_window = _mail_and_flows(con, email, flows, vpn, start, read_from, now)
+        sources = _flow_sources(con, flow_window)
+        identity = _all_identities(con, settings, vpn_identity, mail, sources)
         users, vpn_ids = _number_sessions(con, identity, vpn)
         mail_user, messages = _attribute_mail(con, mail, identity, users, vpn_ids, tz)
         counts.messages = _count(con, mail)
         counts.messages_unresolved_sender = counts.messages - _count(con, mail_user)
-        flow_keyed = _attribute_flows(con, flow_rows, identity, users, vpn_ids, tz)
-        counts.flows = _count(con, flow_rows)
-        counts.flows_unattributed = counts.flows - _count(con, flow_keyed)
+        _drop(con, vpn, mail)
+        flow_net = _attribute_flows(con, flow_window, sources, identity, users, vpn_ids, tz)
+        counts.flows = _total(con, sources, "flows")
+        counts.flows_unattributed = counts.flows - _total(con, flow_net, "net_flows")
 
         # features and evidence per session
         recipients, flags = _classify_recipients(con, settings, mail_user, messages)
         mail_counts = _mail_counts(con, flags)
         top_domains, top_recipients = _recipient_tops(con, recipients)
         evidence = _evidence(con, mail_counts, messages, mail_user)
-        features = _session_features(con, messages, flow_keyed, mail_counts, top_domains, top_recipients, evidence)
+        features = _session_features(con, messages, flow_net, mail_counts, top_domains, top_recipients, evidence)
+        _drop(con, recipients, flags, mail_counts, top_domains, top_recipients, evidence, messages, mail_user, flow_net)
 
         # the sessions closed in [start, now)
         days = _daily_sessions(con, features, users, tz)
@@ -248,9 +253,24 @@ def _insertion_order_ignored(con: Steps) -> Iterator[None]:
         con.execute(f"SET preserve_insertion_order = {'true' if before else 'false'}")
 
 
+def _drop(con: Steps, *tables: str) -> None:
+    """Drop the temp tables `tables` once no step reads them: DuckDB keeps temp tables in memory
+    and spills them past `memory_limit` (at 3000 users x 90 days the mail steps' tables alone
+    outgrow 1 GB). Spark's checkpoints are released when its connection closes."""
+    if _dialect(con) == "spark":
+        return
+    for table in dict.fromkeys(tables):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
 def _count(con: Steps, rows: str) -> int:
     """How many rows `rows` holds: a relation, or a relation and a WHERE clause."""
     return con.execute(f"SELECT count(*) FROM {rows}").fetchall()[0][0]
+
+
+def _total(con: Steps, rows: str, column: str) -> int:
+    """The sum of `column` over the relation `rows` (0 when it has none)."""
+    return int(con.execute(f"SELECT coalesce(sum({column}), 0) FROM {rows}").fetchall()[0][0])
 
 
 def _idle_end_sql(idle_hours: float) -> str:
@@ -274,11 +294,12 @@ def _instant(con: Steps, wall_clock: str, tz: str) -> str:
 
 
 def _asof(con: Steps, left: str, right: str, keys: list[tuple[str, str]], left_time: str, right_time: str,
-          right_columns: dict[str, str], outer: bool) -> str:
+          right_columns: dict[str, str], outer: bool, parameters: dict[str, Any] | None = None) -> str:
     """SQL of a relation: every column of `left` (alias `l`), and `right_columns` (name: expression
     over `right`, alias `r`) of the row of `right` whose `keys` (left, right expressions) are equal
     and whose `right_time` is the latest at or before `left_time`; NULL without one, and then the
-    left row is kept only when `outer`.
+    left row is kept only when `outer`. `parameters` are those `left` names (`$name`): the
+    statement that runs the relation must pass them too.
 
     DuckDB runs it as an ASOF join. Spark has none: both sides go in one time order per key (a
     right row before a left row of the same instant), and each left row takes the last right row
@@ -289,7 +310,7 @@ def _asof(con: Steps, left: str, right: str, keys: list[tuple[str, str]], left_t
         on = " AND ".join([f"{a} = {b}" for a, b in keys] + [f"{left_time} >= {right_time}"])
         picked = ", ".join(f"{sql} AS {name}" for name, sql in right_columns.items())
         return f"SELECT l.*, {picked} FROM {left} l ASOF {'LEFT ' if outer else ''}JOIN {right} r ON {on}"
-    columns = [d[0] for d in con.execute(f"SELECT * FROM {left} l LIMIT 0").description]
+    columns = [d[0] for d in con.execute(f"SELECT * FROM {left} l LIMIT 0", parameters).description]
     key_names = [f"_asof_k{i}" for i in range(len(keys))]
     fields = ", ".join(f"'{name}': {sql}" for name, sql in right_columns.items())
     known = " AND ".join(["_asof_t IS NOT NULL"] + [f"{k} IS NOT NULL" for k in key_names])
@@ -583,14 +604,31 @@ def _vpn_sessions(con: Steps, joined: str, user_ends: str, idle_hours: float) ->
 # --- 2. attribution of mail and flows ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FlowWindow:
+    """The flows that can fall in a session being built, left unread: `relation` is SQL of a
+    relation (_time, src_ip, bytes_out, bytes_in; 0 where a byte count is missing) that needs
+    `parameters`."""
+
+    relation: str
+    parameters: dict[str, Any]
+
+
+# a relation of flows without any: for builds given no flows
+_NO_FLOWS = ("(SELECT NULL::TIMESTAMPTZ AS _time, NULL::VARCHAR AS src_ip, 0::BIGINT AS bytes_out, "
+             "0::BIGINT AS bytes_in WHERE false)")
+
+
 def _mail_and_flows(con: Steps, email: str, flows: str | None, vpn: str, start: datetime,
-                    read_from: datetime, now: datetime) -> tuple[str, str]:
-    """`_ses_mail` and `_ses_flows`: the sent mail of `email` and the flows of `flows` (none when
-    `flows` is None) that can fall in a session ending in [start, now).
+                    read_from: datetime, now: datetime) -> tuple[str, FlowWindow]:
+    """`_ses_mail`: the sent mail of `email` that can fall in a session ending in [start, now),
+    and the window of the flows of `flows` (none when `flows` is None) that can.
 
     `_ses_mail`: _time, src_user, mkey (message id, else internal id, else the raw line), size,
-    recipient, subject, file_name of mail that left (not NOT_SENT_*). `_ses_flows`: _time,
-    src_ip, bytes_out, bytes_in (0 when missing).
+    recipient, subject, file_name of mail that left (not NOT_SENT_*). The flows are not copied:
+    at 3000 users x 90 days they are 28.5 M rows, and the copies of them the attribution made
+    (six tables, 2.8 GB in memory at 1000 x 90) spilled past `memory_limit`; they are read where
+    they are attributed (`_attribute_flows`), which keeps per session only their sums.
     """
     # Those sessions began at the earliest login among them, or (a daily session, at most 25
     # hours long) a day before `start`.
@@ -607,25 +645,30 @@ def _mail_and_flows(con: Steps, email: str, flows: str | None, vpn: str, start: 
           AND coalesce(action, '') NOT IN {_sql_list(NOT_SENT_ACTIONS)}
           AND coalesce(event_type, '') NOT IN {_sql_list(NOT_SENT_EVENT_TYPES)}
     """, p)
-    if flows:
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _ses_flows AS
-            SELECT _time, src_ip, coalesce(bytes_out, 0) AS bytes_out, coalesce(bytes_in, 0) AS bytes_in
-            FROM {flows} WHERE _time >= $mail_from AND _time < $now AND src_ip IS NOT NULL
-        """, p)
-    else:
-        con.execute("CREATE OR REPLACE TEMP TABLE _ses_flows AS SELECT NULL::TIMESTAMPTZ AS _time, NULL::VARCHAR AS src_ip, "
-                    "0::BIGINT AS bytes_out, 0::BIGINT AS bytes_in WHERE false")
-    return "_ses_mail", "_ses_flows"
+    if not flows:
+        return "_ses_mail", FlowWindow(_NO_FLOWS, {})
+    return "_ses_mail", FlowWindow(f"""(
+        SELECT _time, src_ip, coalesce(bytes_out, 0) AS bytes_out, coalesce(bytes_in, 0) AS bytes_in
+        FROM {flows} WHERE _time >= $mail_from AND _time < $now AND src_ip IS NOT NULL)""", p)
+
+
+def _flow_sources(con: Steps, window: FlowWindow) -> str:
+    """`_ses_flow_sources` (src_ip, flows): the source addresses of the flows in `window`, and how
+    many flows each sent."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_flow_sources AS
+        SELECT src_ip, count(*) AS flows FROM {window.relation} GROUP BY src_ip
+    """, window.parameters)
+    return "_ses_flow_sources"
 
 
 def _all_identities(con: Steps, settings: Settings, vpn_identity: str, mail: str,
-                    flow_rows: str) -> str:
+                    flow_sources: str) -> str:
     """`_ses_identity`: the rows of `vpn_identity` and the identity rows of the senders of `mail`
-    (kind email) and the source hosts of `flow_rows` (kind host)."""
+    (kind email) and of the source hosts in `flow_sources` (kind host)."""
     register_identity_map(con, settings, {
         "email": f"SELECT DISTINCT src_user FROM {mail}",
-        "host": f"SELECT DISTINCT src_ip FROM {flow_rows}",
+        "host": f"SELECT src_ip FROM {flow_sources}",
     }, name="_ses_identity_more")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_identity AS
@@ -679,90 +722,158 @@ def _attribute_mail(con: Steps, mail: str, identity: str, users: str, vpn_ids: s
         FROM ({latest})
     """)
     attributed = _resolve_overlaps(con, "_ses_msg_attr", vpn_ids, "_ses_msg_resolved")
-    return "_ses_mail_user", _with_session_keys(con, attributed, "_ses_msg_keyed", tz)
+    keyed = _with_session_keys(con, attributed, "_ses_msg_keyed", tz)
+    _drop(con, "_ses_msgs", "_ses_msg_attr", attributed)
+    return "_ses_mail_user", keyed
 
 
-def _attribute_flows(con: Steps, flow_rows: str, identity: str, users: str, vpn_ids: str,
+def _attribute_flows(con: Steps, window: FlowWindow, sources: str, identity: str, users: str, vpn_ids: str,
                      tz: str) -> str:
-    """`_ses_flow_keyed`: the `flow_rows` that belong to a user, attributed to a session.
+    """`_ses_flow_net` (sk, uid, net_flows, net_bytes_out, net_bytes_in, first_time): per session,
+    the flows of `window` that belong to a user, attributed to it, their count and byte sums, and
+    the time of the first.
 
     A flow from the tunnel address of a VPN session at its time is that session's (and its
     user's); else a flow from a host a user owns is that user's, in their session at its time.
-    Columns uid, _time, bytes_out, bytes_in, tunnel_sk, vpn_sk, overlapped, sk; flows of
-    neither are left out.
+    Flows of neither are left out.
     """
-    # Only a flow from a tunnel address can be in a session by its address, and only those go
-    # through the ASOF join with the tunnels; a flow from another host can only be its owner's, and
-    # one from neither is no user's (servers' flows: 1.46 M of 3.17 M at 1000 users x 30 days).
-    # Measured there: the tunnel join took 1.1 CPU-s over every flow, 0.45 over those.
-    tunnel_ips = f"(SELECT assigned_ip FROM {vpn_ids} WHERE assigned_ip IS NOT NULL)"
-    host_ips = f"(SELECT m.key FROM {identity} m JOIN {users} u ON u.user = m.user WHERE m.kind = 'host')"
-    tunnel = _asof(con, f"(SELECT * FROM {flow_rows} WHERE src_ip IN {tunnel_ips})",
+    # Which of the `sources` can be a user's: a tunnel address (it is in a session by its address
+    # at some times) or a host a user owns. Servers' flows (1.46 M of 3.17 M at 1000 users x 30
+    # days) are neither and are read no further.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_flow_hosts AS
+        WITH tunnels AS (SELECT DISTINCT assigned_ip FROM {vpn_ids} WHERE assigned_ip IS NOT NULL)
+        SELECT s.src_ip, t.assigned_ip IS NOT NULL AS tunnel, u.uid AS owner_uid
+        FROM {sources} s
+        LEFT JOIN tunnels t ON t.assigned_ip = s.src_ip
+        LEFT JOIN {identity} m ON m.kind = 'host' AND m.key = s.src_ip
+        LEFT JOIN {users} u ON u.user = m.user
+        WHERE t.assigned_ip IS NOT NULL OR u.uid IS NOT NULL
+    """)
+    rows = f"""(SELECT f._time, f.bytes_out, f.bytes_in, f.src_ip, h.tunnel, h.owner_uid
+               FROM {window.relation} f JOIN _ses_flow_hosts h ON h.src_ip = f.src_ip)"""
+    # only flows from a tunnel address go through the ASOF join with the tunnels (fifth round:
+    # 1.1 CPU-s over every flow, 0.45 over those at 1000 x 30)
+    tunnel = _asof(con, f"(SELECT * FROM {rows} WHERE tunnel)",
                    f"(SELECT * FROM {vpn_ids} WHERE assigned_ip IS NOT NULL)",
                    [("l.src_ip", "r.assigned_ip")], "l._time", "r.session_start",
-                   {"s_sk": "r.sk", "s_uid": "r.uid", "s_end": "r.session_end"}, outer=True)
+                   {"s_sk": "r.sk", "s_uid": "r.uid", "s_end": "r.session_end"}, outer=True,
+                   parameters=window.parameters)
+    attributed = f"""(
+        SELECT coalesce(tunnel_uid, owner_uid) AS uid, _time, bytes_out, bytes_in, tunnel_sk FROM (
+            SELECT _time, bytes_out, bytes_in, owner_uid, CASE WHEN _time < s_end THEN s_sk END AS tunnel_sk,
+                   CASE WHEN _time < s_end THEN s_uid END AS tunnel_uid
+            FROM ({tunnel})
+            UNION ALL
+            SELECT _time, bytes_out, bytes_in, owner_uid, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)
+            FROM {rows} WHERE NOT tunnel)
+        WHERE tunnel_sk IS NOT NULL OR owner_uid IS NOT NULL)"""
+    # A flow's session is the latest-started of its user's sessions that holds its time. Within a
+    # UTC hour in which no session of the user starts or ends, that is the same session for every
+    # flow (`whole_sk`; none outside the hours their sessions touch); only a flow in an hour where
+    # one starts or ends (`split`) goes through the ASOF join with the user's sessions, and the rest
+    # are summed per session at once, in the one pass over the flows. At 3000 users x 90 days the
+    # ASOF join over every flow (15.4 M rows) took 16 CPU-s and spilled 1.9 GB past `memory_limit`.
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ses_flow_tun AS
-        SELECT _time, src_ip, bytes_out, bytes_in, CASE WHEN _time < s_end THEN s_sk END AS tunnel_sk,
-               CASE WHEN _time < s_end THEN s_uid END AS tunnel_uid
-        FROM ({tunnel})
-        UNION ALL
-        SELECT _time, src_ip, bytes_out, bytes_in, CAST(NULL AS BIGINT) AS tunnel_sk, CAST(NULL AS BIGINT) AS tunnel_uid
-        FROM {flow_rows} WHERE src_ip NOT IN {tunnel_ips} AND src_ip IN {host_ips}
+        CREATE OR REPLACE TEMP TABLE _ses_session_hours AS
+        SELECT uid, hour, bool_or(hour IN (first_hour, last_hour)) AS split, arg_max(sk, session_start) AS whole_sk
+        FROM (
+            SELECT uid, sk, session_start, {_utc_hour('session_start')} AS first_hour,
+                   {_utc_hour('session_end')} AS last_hour,
+                   unnest(range({_utc_hour('session_start')}, {_utc_hour('session_end')} + 1)) AS hour
+            FROM {vpn_ids})
+        GROUP BY uid, hour
     """)
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ses_flow_attr AS
-        SELECT coalesce(f.tunnel_uid, u.uid) AS uid, f._time, f.bytes_out, f.bytes_in, f.tunnel_sk
-        FROM _ses_flow_tun f
-        LEFT JOIN {identity} m ON m.kind = 'host' AND m.key = f.src_ip
-        LEFT JOIN {users} u ON u.user = m.user
-        WHERE f.tunnel_sk IS NOT NULL OR u.uid IS NOT NULL
-    """)
-    latest = _asof(con, "_ses_flow_attr", vpn_ids, [("l.uid", "r.uid")], "l._time", "r.session_start",
-                   _LATEST_SESSION, outer=True)
+        CREATE OR REPLACE TEMP TABLE _ses_flow_parts AS
+        SELECT uid, CASE WHEN split_hour THEN NULL ELSE {_session_key_sql(con, 'vpn_sk', tz)} END AS sk,
+               CASE WHEN split_hour THEN _time END AS asof_time,
+               count(*) AS flows, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in, min(_time) AS first_time
+        FROM (
+            SELECT a.uid, a._time, a.bytes_out, a.bytes_in, coalesce(a.tunnel_sk, h.whole_sk) AS vpn_sk,
+                   a.tunnel_sk IS NULL AND coalesce(h.split, false) AS split_hour
+            FROM {attributed} a LEFT JOIN _ses_session_hours h ON h.uid = a.uid AND h.hour = {_utc_hour('a._time')})
+        GROUP BY uid, CASE WHEN split_hour THEN NULL ELSE {_session_key_sql(con, 'vpn_sk', tz)} END,
+                 CASE WHEN split_hour THEN _time END
+    """, window.parameters)
+    latest = _asof(con, "(SELECT * FROM _ses_flow_parts WHERE sk IS NULL)", vpn_ids, [("l.uid", "r.uid")],
+                   "l.asof_time", "r.session_start", _LATEST_SESSION, outer=True)
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ses_flow_owner AS
-        SELECT uid, _time, bytes_out, bytes_in, coalesce(tunnel_sk, CASE WHEN _time < s_end THEN s_sk END) AS vpn_sk,
-               tunnel_sk IS NULL AND _time >= s_end AND _time < s_covered AS overlapped
+        CREATE OR REPLACE TEMP TABLE _ses_flow_latest AS
+        SELECT uid, asof_time, flows, bytes_out, bytes_in, first_time,
+               CASE WHEN asof_time < s_end THEN s_sk END AS vpn_sk,
+               asof_time >= s_end AND asof_time < s_covered AS overlapped
         FROM ({latest})
     """)
-    attributed = _resolve_overlaps(con, "_ses_flow_owner", vpn_ids, "_ses_flow_resolved")
-    return _with_session_keys(con, attributed, "_ses_flow_keyed", tz)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ses_flow_net AS
+        WITH fix AS ({_overlap_fixes("(SELECT uid, asof_time AS _time FROM _ses_flow_latest WHERE overlapped)",
+                                     vpn_ids)})
+        SELECT sk, uid, CAST(sum(flows) AS BIGINT) AS net_flows, sum(bytes_out) AS net_bytes_out,
+               sum(bytes_in) AS net_bytes_in, min(first_time) AS first_time
+        FROM (
+            SELECT uid, sk, flows, bytes_out, bytes_in, first_time FROM _ses_flow_parts WHERE sk IS NOT NULL
+            UNION ALL
+            SELECT l.uid, {_session_key_sql(con, 'coalesce(f.sk, l.vpn_sk)', tz, time='l.asof_time', uid='l.uid')},
+                   l.flows, l.bytes_out, l.bytes_in, l.first_time
+            FROM _ses_flow_latest l LEFT JOIN fix f ON l.overlapped AND f.uid = l.uid AND f._time = l.asof_time)
+        GROUP BY sk, uid
+    """)
+    _drop(con, "_ses_flow_hosts", "_ses_session_hours", "_ses_flow_parts", "_ses_flow_latest")
+    return "_ses_flow_net"
 
 
 # the columns of the latest-started VPN session of a user at a time (an ASOF match in `vpn_ids`)
 _LATEST_SESSION = {"s_sk": "r.sk", "s_end": "r.session_end", "s_covered": "r.covered_until"}
 
 
+def _utc_hour(instant: str) -> str:
+    """SQL: the number of the UTC hour that holds `instant` (hours since 1970)."""
+    return f"CAST(floor(epoch({instant}) / 3600) AS BIGINT)"
+
+
+def _overlap_fixes(rows: str, vpn_ids: str) -> str:
+    """SQL of a relation (uid, _time, sk): for each distinct (uid, _time) of the relation `rows`
+    (a relation, or a relation and a WHERE clause), the latest-started `vpn_ids` session holding
+    it (which depends only on the user and the time)."""
+    return f"""
+        SELECT o.uid, o._time, arg_max(s.sk, s.session_start) AS sk
+        FROM (SELECT DISTINCT uid, _time FROM {rows}) o
+        JOIN {vpn_ids} s ON o.uid = s.uid AND o._time >= s.session_start AND o._time < s.session_end
+        GROUP BY o.uid, o._time
+    """
+
+
 def _resolve_overlaps(con: Steps, table: str, vpn_ids: str, name: str) -> str:
     """`table`, or temp table `name`: its rows with vpn_sk of those the ASOF join left outside the
     latest-started session but inside an earlier, longer one (`overlapped`) set to the
-    latest-started `vpn_ids` session holding them (which depends only on the row's user and time)."""
+    latest-started `vpn_ids` session holding them (`_overlap_fixes`)."""
     if not _count(con, f"{table} WHERE overlapped"):
         return table
     columns = [d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
     listed = ", ".join("coalesce(f.sk, t.vpn_sk) AS vpn_sk" if c == "vpn_sk" else f't."{c}"' for c in columns)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {name} AS
-        WITH fix AS (
-            SELECT o.uid, o._time, arg_max(s.sk, s.session_start) AS sk
-            FROM (SELECT DISTINCT uid, _time FROM {table} WHERE overlapped) o
-            JOIN {vpn_ids} s ON o.uid = s.uid AND o._time >= s.session_start AND o._time < s.session_end
-            GROUP BY o.uid, o._time
-        )
+        WITH fix AS ({_overlap_fixes(f"{table} WHERE overlapped", vpn_ids)})
         SELECT {listed} FROM {table} t LEFT JOIN fix f ON t.overlapped AND f.uid = t.uid AND f._time = t._time
     """)
     return name
 
 
+def _session_key_sql(con: Steps, vpn_sk: str, tz: str, time: str = "_time", uid: str = "uid") -> str:
+    """SQL: the session of a row: its VPN session `vpn_sk`, else its user's daily session
+    -(uid * 100000 + local day number) of `time`."""
+    local_day = f"CAST({_local(con, time, tz)} AS DATE)"
+    return (f"CASE WHEN {vpn_sk} IS NOT NULL THEN {vpn_sk} "
+            f"ELSE -({uid} * 100000 + date_diff('day', DATE '1970-01-01', {local_day})) END")
+
+
 def _with_session_keys(con: Steps, attributed: str, name: str, tz: str) -> str:
-    """Temp table `name`: the rows of `attributed` (uid, _time, vpn_sk) with sk, their session: the
-    VPN session, else the user's daily session -(uid * 100000 + local day number)."""
-    local_day = f"CAST({_local(con, '_time', tz)} AS DATE)"
+    """Temp table `name`: the rows of `attributed` (uid, _time, vpn_sk) with sk, their session
+    (`_session_key_sql`)."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {name} AS
-        SELECT *, CASE WHEN vpn_sk IS NOT NULL THEN vpn_sk
-                       ELSE -(uid * 100000 + date_diff('day', DATE '1970-01-01', {local_day})) END AS sk
+        SELECT *, {_session_key_sql(con, 'vpn_sk', tz)} AS sk
         FROM {attributed}
     """)
     return name
@@ -798,6 +909,7 @@ def _classify_recipients(con: Steps, settings: Settings, mail_user: str,
         JOIN {messages} k USING (uid, mkey)
         LEFT JOIN _ses_domains d ON d.domain = r.domain
     """)
+    _drop(con, "_ses_rcpt0")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_msg_flags AS
         SELECT k.sk, k.uid, k.mkey, k._time, k.size,
@@ -872,6 +984,7 @@ def _recipient_tops(con: Steps, recipients: str) -> tuple[str, str]:
                    AS top_recipients
         FROM rcp GROUP BY sk
     """)
+    _drop(con, "_ses_ext")
     return "_ses_dom", "_ses_rcp"
 
 
@@ -927,22 +1040,20 @@ def _evidence(con: Steps, mail_counts: str, messages: str, mail_user: str) -> st
                max_by(message, -rank, 5) FILTER (WHERE kind = 'personal') AS largest_personal_messages
         FROM _ses_evidence_rows GROUP BY sk
     """)
+    _drop(con, "_ses_top", "_ses_evidence_rows")
     return "_ses_evidence"
 
 
-def _session_features(con: Steps, messages: str, flow_keyed: str, mail_counts: str,
+def _session_features(con: Steps, messages: str, flow_net: str, mail_counts: str,
                       top_domains: str, top_recipients: str, evidence: str) -> str:
     """`_ses_features`: one row per session (sk) with mail or flows: uid, first_time (its first
     message or flow), the columns of `mail_counts`, `top_domains`, `top_recipients` and
-    `evidence`, and net_flows, net_bytes_out, net_bytes_in over `flow_keyed` (NULL where none)."""
+    `evidence`, and net_flows, net_bytes_out, net_bytes_in of `flow_net` (NULL where none)."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_features AS
-        WITH net AS (
-            SELECT sk, count(*) AS net_flows, sum(bytes_out) AS net_bytes_out, sum(bytes_in) AS net_bytes_in
-            FROM {flow_keyed} GROUP BY sk
-        ), keys AS (
+        WITH keys AS (
             SELECT sk, uid, min(_time) AS first_time FROM (
-                SELECT sk, uid, _time FROM {messages} UNION ALL SELECT sk, uid, _time FROM {flow_keyed})
+                SELECT sk, uid, _time FROM {messages} UNION ALL SELECT sk, uid, first_time FROM {flow_net})
             GROUP BY sk, uid
         )
         SELECT keys.sk, keys.uid, keys.first_time, c.messages_sent, c.em_fnum, d.em_dnum, c.em_bsum,
@@ -950,7 +1061,7 @@ def _session_features(con: Steps, messages: str, flow_keyed: str, mail_counts: s
                d.recipient_domains, d.top_domains, r.top_recipients, ev.largest_messages, ev.largest_personal_messages
         FROM keys
         LEFT JOIN {mail_counts} c USING (sk) LEFT JOIN {top_domains} d USING (sk)
-        LEFT JOIN {top_recipients} r USING (sk) LEFT JOIN net USING (sk) LEFT JOIN {evidence} ev USING (sk)
+        LEFT JOIN {top_recipients} r USING (sk) LEFT JOIN {flow_net} net USING (sk) LEFT JOIN {evidence} ev USING (sk)
     """)
     return "_ses_features"
 
