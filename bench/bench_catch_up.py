@@ -88,18 +88,27 @@ def findings(home: Path) -> list[tuple]:
                    or r["fields"].get("observed")) for r in map(json.loads, out.splitlines()))
 
 
-def alternated(base: Path, work: Path, sources: dict[str, Path], rounds: int) -> None:
+def copy_home(base: Path, home: Path, memory_limit: str) -> Path:
+    """A copy of the ingested home `base` whose DuckDB `memory_limit` is this run's (a reused base
+    keeps the one it was ingested with)."""
+    shutil.copytree(base, home)
+    config = home / "config.yaml"
+    lines = [line for line in config.read_text().splitlines() if not line.startswith("memory_limit:")]
+    config.write_text("\n".join(lines + [f"memory_limit: {memory_limit}"]) + "\n")
+    return home
+
+
+def alternated(base: Path, work: Path, sources: dict[str, Path], rounds: int, memory_limit: str) -> None:
     """The first run and the steady state with each source tree, alternated round by round."""
     cpu: dict[tuple[str, str], list[float]] = {}
     stored: dict[str, list[tuple]] = {}
     for round_ in range(rounds):
         for name, src in sources.items():
-            home = work / f"{name}-{round_}"
-            shutil.copytree(base, home)
+            home = copy_home(base, work / f"{name}-{round_}", memory_limit)
             cpu.setdefault((name, "first"), []).append(cli(home, "run", "--now", local(END, 24 + 2), src=src).cpu)
             stored[name] = findings(home)
             shutil.rmtree(home)
-            shutil.copytree(base, home)
+            copy_home(base, home, memory_limit)
             cli(home, "run", "--now", local(END, 0), src=src)
             cpu.setdefault((name, "steady"), []).append(cli(home, "run", "--now", local(END, 24), src=src).cpu)
             shutil.rmtree(home)
@@ -171,14 +180,12 @@ def main() -> None:
     rows = [("ingest of the same logs (reference)", ingest["wall"], ingest_cpu, None, None, ingest["peak_rss_mb"])]
     first_runs = {}
     for mode in ("one-pass", *(() if args.no_per_fire else ("per-fire",))):
-        home = args.out / f"first-{mode}"
-        shutil.copytree(base, home)
+        home = copy_home(base, args.out / f"first-{mode}", args.memory_limit)
         run = cli(home, "run", "--now", after_data, "--catch-up", mode)
         first_runs[mode] = findings(home)
         rows.append((f"first `run --catch-up {mode}`", run.wall, run.cpu, len(first_runs[mode]), None, run.peak_rss_mb))
     # Steady state: the first run stops at the last day's midnight; the next run catches up that day.
-    home = args.out / "steady"
-    shutil.copytree(base, home)
+    home = copy_home(base, args.out / "steady", args.memory_limit)
     cli(home, "run", "--now", local(END, 0))
     run = cli(home, "run", "--now", local(END, 24))
     rows.append(("hourly `run` after one new day (24 fire hours)", run.wall, run.cpu, None, run.cpu / 24,
@@ -200,7 +207,7 @@ def main() -> None:
               f"{rows[2][2] / rows[1][2]:.1f}x less CPU")
     if args.reference_src:
         alternated(base, args.out / "alternated", {"reference": args.reference_src.resolve(), "this": SRC},
-                   args.rounds)
+                   args.rounds, args.memory_limit)
 
 
 if __name__ == "__main__":
