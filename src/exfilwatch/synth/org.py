@@ -62,8 +62,8 @@ Volumes are generated with numpy (no Python loop per message or per user-day) an
 are formatted and sorted by DuckDB: a connection per file with a 1 GB memory limit (it spills
 beyond; Exchange keeps the default), the maillog sorted one time slice of ~2 M lines at a time,
 conn.log one batch of the network generator's flows (with the org's own flows of its span) at a
-time. What still grows with the organisation is the arrays: the messages and recipients, and the network's flows (~100 bytes
-each at the peak: its plans and checks need all of them at once).
+time. What still grows with the organisation is the arrays: the messages and recipients, and the
+network's flows (~100 bytes each at the peak: its plans and checks need all of them at once).
 
 The parts: `population` (the people and the world they mail),
 `plan` (the cases and what happens when), `writers` (one per log format); this module assembles
@@ -502,6 +502,7 @@ def _write_labels(org: Organisation, path: Path) -> Path:
                     description += f"; VPN session(s) {' '.join(case.sessions)}"
                 writer.writerow([case.case_id, "", case.user, day.isoformat(), TECHNIQUE, case.expected, description])
     return path
+
 
 def _writer_connection(scratch: Path, memory_limit: str | None = _text.WRITER_MEMORY) -> duckdb.DuckDBPyConnection:
     """A spilling DuckDB connection with every writer's macros (a context manager: closed on exit)."""

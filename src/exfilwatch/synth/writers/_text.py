@@ -8,9 +8,10 @@ import os
 import shutil
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 import numpy as np
@@ -86,11 +87,8 @@ def copy_lines(con: duckdb.DuckDBPyConnection, sql: str, path: Path, append: boo
         with open(path, "ab") as out, open(target, "rb") as part:
             shutil.copyfileobj(part, out, 16 * 1024 * 1024)
         target.unlink()
-    count = 0
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(16 * 1024 * 1024), b""):
-            count += block.count(b"\n")
-    return count
+        return sum(block.count(b"\n") for block in _blocks(handle))
 
 
 # Lines sorted at once: DuckDB ran out of memory sorting 20 M maillog lines at a 1-2 GB memory limit
@@ -121,12 +119,17 @@ def copy_slices(con: duckdb.DuckDBPyConnection, queries: Iterable[str], path: Pa
             for sql in queries:
                 _copy(con, sql, part)
                 with open(part, "rb") as src:
-                    for block in iter(lambda: src.read(16 * 1024 * 1024), b""):
+                    for block in _blocks(src):
                         count += block.count(b"\n")
                         out.write(block)
     finally:
         part.unlink(missing_ok=True)
     return count
+
+
+def _blocks(handle: BinaryIO) -> Iterator[bytes]:
+    """A file's bytes in 16 MB blocks (its line count without holding it)."""
+    return iter(lambda: handle.read(16 * 1024 * 1024), b"")
 
 
 def _copy(con: duckdb.DuckDBPyConnection, sql: str, target: Path) -> None:
