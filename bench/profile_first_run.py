@@ -1,16 +1,20 @@
 """Where a first `run`'s CPU goes: per step, in one process, on a copy of an ingested home.
 
-    python bench/profile_first_run.py HOME [--now ISO] [--profile OUT.prof] [run options…]
+    python bench/profile_first_run.py HOME [--now ISO] [--profile OUT.prof] [--statements N]
+                                      [--memory-limit SIZE] [run options…]
 
 HOME is an ingested home that never ran (e.g. OUT/base of `bench_catch_up.py --only-ingest`); it
 is copied, never changed. Prints the CPU seconds of the sessions build, each detection's catch-up,
-the risk step and the incident rules; with `--profile`, cProfile's statistics go to OUT.prof too.
+the risk step and the incident rules; with `--profile`, cProfile's statistics go to OUT.prof too;
+with `--statements N`, the N SQL statements that took the most CPU (summed over the statements
+whose first 120 characters are the same: a catch-up runs one statement per fire or chunk).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import re
 import resource
 import shutil
 import sys
@@ -27,12 +31,33 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class StatementClock:
+    """A DuckDB connection that adds each statement's CPU seconds to `statements`, keyed by its text."""
+
+    def __init__(self, con, statements: dict[str, list[float]]):
+        self._con, self._statements = con, statements
+
+    def execute(self, query, *args, **kwargs):
+        started = cpu()
+        try:
+            return self._con.execute(query, *args, **kwargs)
+        finally:
+            key = " ".join(str(query).split())[:120]
+            self._statements.setdefault(key, []).append(cpu() - started)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("home", type=Path)
     parser.add_argument("--now", default="2026-11-01T02:00:00-04:00", help="the run's now (bench_catch_up's data end)")
     parser.add_argument("--profile", type=Path, help="write cProfile statistics here")
+    parser.add_argument("--statements", type=int, default=0, help="print the N costliest SQL statements")
+    parser.add_argument("--memory-limit", help="the copy's DuckDB memory_limit (default: the home's)")
     args, run_options = parser.parse_known_args()
+    import exfilwatch.cli.run as run_command
     import exfilwatch.pipeline as pipeline
     from exfilwatch.cli import app
 
@@ -52,10 +77,17 @@ def main() -> None:
     pipeline.build_user_sessions = timed(lambda a: "sessions build", pipeline.build_user_sessions)
     pipeline.run_incident_rules = timed(lambda a: "incident rules", pipeline.run_incident_rules)
     pipeline.rebuild_risk_events = timed(lambda a: "risk", pipeline.rebuild_risk_events)
+    statements: dict[str, list[float]] = {}
+    if args.statements:
+        connect = run_command.connect
+        run_command.connect = lambda *a, **k: StatementClock(connect(*a, **k), statements)
     work = Path(tempfile.mkdtemp(prefix="first-run-"))
     try:
         home = work / "home"
         shutil.copytree(args.home, home)
+        if args.memory_limit:
+            config = home / "config.yaml"
+            config.write_text(re.sub(r"(?m)^memory_limit:.*$", f"memory_limit: {args.memory_limit}", config.read_text()))
         command = ["--home", str(home), "run", "--now", args.now, *run_options]
         started, wall = cpu(), time.perf_counter()
         profile = cProfile.Profile() if args.profile else None
@@ -68,6 +100,11 @@ def main() -> None:
             profile.dump_stats(args.profile)
         for name, seconds in steps:
             print(f"{name:70s} {seconds:6.2f}")
+        if statements:
+            print(f"\n{'CPU s':>8} {'runs':>6}  statement")
+            costliest = sorted(statements.items(), key=lambda item: -sum(item[1]))[:args.statements]
+            for text, times in costliest:
+                print(f"{sum(times):8.2f} {len(times):6d}  {text}")
     finally:
         shutil.rmtree(work)
 
