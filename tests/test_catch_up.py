@@ -21,6 +21,7 @@ import pytest
 from exfilwatch import pipeline
 from exfilwatch.config import Home, Settings, load_settings
 from exfilwatch.detections.batched import segment_plan
+from exfilwatch.findings import catchup
 from exfilwatch.findings.catchup import judged_chunks
 from exfilwatch.detections.schema import load_detections
 from exfilwatch.events.engine import connect
@@ -40,6 +41,7 @@ LATE = (datetime(2026, 11, 2, 12, tzinfo=NY), datetime(2026, 11, 2, 18, tzinfo=N
 CHOSEN = ("em_bsum", "em_bsum_personal", "email_servers_sending_high_volume_traffic_to_hosts",
           "hosts_receiving_high_volume_of_network_traffic_from_email_server", "hosts_receiving_unusual_mail_volume_robust")
 NETWORK = tuple(i for i in CHOSEN if not i.startswith("em_"))
+SESSION_RULES = tuple(i for i in CHOSEN if i.startswith("em_"))
 MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
                                       "Dec"), start=1)}
 
@@ -257,6 +259,39 @@ def test_judged_windows_are_chunked_only_while_windows_touch_and_offsets_hold():
     assert 1 < len(chunks) <= 4
     network = load_detections()["hosts_receiving_high_volume_of_network_traffic_from_email_server"]
     assert judged_chunks(network, params[:3]) == [[0], [1], [2]]
+    # A chunk also ends before it would judge more rows than the bound; a fire above it runs alone.
+    rows = [10] * len(params)
+    rows[5] = 100
+    bounded = judged_chunks(detection, params, rows, max_rows=30)
+    assert [i for chunk in bounded for i in chunk] == list(range(len(params)))
+    assert [5] in bounded
+    assert all(sum(rows[i] for i in chunk) <= 30 for chunk in bounded if chunk != [5])
+    assert all(set(chunk) <= set(next(c for c in chunks if chunk[0] in c)) for chunk in bounded)
+
+
+def test_chunks_bounded_by_judged_rows_find_what_each_fire_finds(org, monkeypatch):
+    root, ds, parts = org
+    small, per_fire = homes(root, ds.config, ["small_chunks", "small_chunks_per_fire"])
+    now = datetime(END.year, END.month, END.day, tzinfo=NY) + timedelta(days=1, hours=2)
+    for home in (small, per_fire):
+        ingest(home, parts, 0)
+        ingest(home, parts, 1)
+    schedule(per_fire, now, "per-fire", SESSION_RULES)
+    # 30 users' sessions: a bound of 12 rows cuts the weeks into chunks of a few hours
+    cut = []
+
+    def chunks_seen(detection, params, rows=None, max_rows=None):
+        made = judged_chunks(detection, params, rows, max_rows)
+        cut.append(len(made) > len(judged_chunks(detection, params)))
+        return made
+
+    monkeypatch.setattr(catchup, "CHUNK_ROWS", 12)
+    monkeypatch.setattr(catchup, "judged_chunks", chunks_seen)
+    schedule(small, now, "one-pass", SESSION_RULES)
+    assert cut and all(cut)
+    found = recorded(small)
+    assert found == recorded(per_fire)
+    assert any(f["finding_key"].startswith("em_") for f in found["findings"])
 
 
 def test_segment_plans_only_for_sums_minimums_and_maximums_compared_by_time_with_parameters():

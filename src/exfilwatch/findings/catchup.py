@@ -12,7 +12,9 @@ never from a detection's id:
   touch. A run of such fires whose time parameters all keep the same offset from `now` (a DST
   change breaks the run) is executed once with `earliest` of its first fire and the rest of its
   last; each finding goes to the fire whose window holds its time. A finding outside the chunk
-  means the search does not keep that contract, and the chunk is run fire by fire instead.
+  means the search does not keep that contract, and the chunk is run fire by fire instead. A
+  chunk spans at most a week and judges at most CHUNK_ROWS rows (a large organisation's week
+  makes joins of millions of rows, where DuckDB's aggregates slow down twentyfold).
   Detections of one run that read the same model with the same condition over the same range
   (the four EM rules) read it from the lake once (`lake_rows`, `SharedLakeRows`).
 * **Decomposable aggregates** (the network rules, `judged_from: today`; the shape is recognised
@@ -50,6 +52,7 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import accumulate
 from typing import Any
 
 import duckdb
@@ -61,9 +64,16 @@ from exfilwatch.detections.runner import data_range, execute, resolve_parameters
 from exfilwatch.detections.schedule import iter_fire_times
 from exfilwatch.detections.schema import Detection
 from exfilwatch.findings.record import Finding, findings_from_rows
+from exfilwatch.models import get_model
 from exfilwatch.state import StateStore
 
 CHUNK_SPAN = timedelta(days=7)  # bounds the memory of a chunk's joins (sessions judged x their history)
+# A chunk also stops before it judges more rows than this. Measured on one chunk of EM-BSum at
+# 10,000 users x 90 days (docs/benchmarks.md, "Seventh round"): a week's 93,650 sessions took
+# 4.9 CPU-s with DuckDB's memory_limit at 16 GB, 11.8 at 1 GB, but 108-184 at 2, 4 and 8 GB
+# (its holistic aggregates over 6 M history rows fall off a cliff), while four days (about
+# 53,000 sessions) took 4.0 at 4 GB. At 1000 and 3000 users a week holds 9,500 and 28,000.
+CHUNK_ROWS = 40_000
 GROUP_FIRES = 24  # fires sharing one segment table (a search without a batched form): a day of hourly fires
 
 
@@ -88,20 +98,44 @@ def fires_judging(detection: Detection, settings: Settings, overrides: dict[str,
     return params
 
 
-def judged_chunks(detection: Detection, params: list[dict[str, Any]]) -> list[list[int]]:
+def judged_chunks(detection: Detection, params: list[dict[str, Any]], rows: list[int] | None = None,
+                  max_rows: int | None = None) -> list[list[int]]:
     """The fires (indexes into `params`, in order) that can run as one search, chunk by chunk.
 
-    Without `judged_from: earliest` every fire is its own chunk (the per-fire path).
+    Without `judged_from: earliest` every fire is its own chunk (the per-fire path). With `rows`
+    (how many rows each fire judges, `judged_rows`), a chunk also ends before it would judge more
+    than `max_rows` (CHUNK_ROWS); a fire that alone judges more is a chunk of its own.
     """
     if detection.schedule.judged_from != "earliest":
         return [[i] for i in range(len(params))]
+    limit = CHUNK_ROWS if max_rows is None else max_rows
     chunks: list[list[int]] = []
+    held = 0
     for index, param in enumerate(params):
-        if chunks and _continues(params[chunks[-1][0]], params[chunks[-1][-1]], param):
+        size = rows[index] if rows is not None else 0
+        if chunks and _continues(params[chunks[-1][0]], params[chunks[-1][-1]], param) and held + size <= limit:
             chunks[-1].append(index)
+            held += size
         else:
             chunks.append([index])
+            held = size
     return chunks
+
+
+def judged_rows(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[dict[str, Any]]) -> list[int]:
+    """For each fire of `params`, the rows of the detection's model in the hours its judged window
+    overlaps (at least the rows it judges): what sizes its chunk, from one count per hour."""
+    counts = con.execute(f"SELECT epoch_us(_time) // 3600000000 AS h, count(*) FROM {get_model(detection.data_model).name} "
+                         "WHERE _time IS NOT NULL GROUP BY h ORDER BY h").fetchall()
+    hours = [hour for hour, _ in counts]
+    before = list(accumulate((n for _, n in counts), initial=0))  # rows in the hours before hours[i]
+
+    def overlapped(param: dict[str, Any]) -> int:
+        first = int(judged_start(detection, param).timestamp() // 3600)
+        end = -int(-param["latest"].timestamp() // 3600)  # the first hour wholly at or after `latest`
+        return before[bisect.bisect_left(hours, end)] - before[bisect.bisect_left(hours, first)]
+
+    return [overlapped(param) for param in params]
 
 
 def _continues(first: dict[str, Any], previous: dict[str, Any], param: dict[str, Any]) -> bool:
@@ -138,11 +172,12 @@ def chunk_findings(con: duckdb.DuckDBPyConnection, detection: Detection, params:
 
 
 def one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[dict[str, Any]], tz: str,
-             due: set[int] | None = None) -> Iterator[tuple[int, list[Finding]]]:
+             due: set[int] | None = None, max_rows: int | None = None) -> Iterator[tuple[int, list[Finding]]]:
     """(fire index, its findings) for every fire of `params` (or only those in `due`), in order,
-    over the views registered. Fires not due must hold no judged row: a finding there makes the
-    chunk run fire by fire."""
-    for chunk in judged_chunks(detection, params):
+    over the views registered, in chunks of at most `max_rows` (CHUNK_ROWS) judged rows. Fires
+    not due must hold no judged row: a finding there makes the chunk run fire by fire."""
+    rows = judged_rows(con, detection, params) if detection.schedule.judged_from == "earliest" else None
+    for chunk in judged_chunks(detection, params, rows, max_rows):
         wanted = [i for i in chunk if due is None or i in due]
         if not wanted:
             continue
