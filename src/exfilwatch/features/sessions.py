@@ -228,9 +228,11 @@ def compute_sessions(
         recipients, flags = _classify_recipients(con, settings, mail_user, messages)
         mail_counts = _mail_counts(con, flags)
         top_domains, top_recipients = _recipient_tops(con, recipients)
+        _drop(con, recipients, flags)
         evidence = _evidence(con, mail_counts, messages, mail_user)
+        _drop(con, mail_user)
         features = _session_features(con, messages, flow_net, mail_counts, top_domains, top_recipients, evidence)
-        _drop(con, recipients, flags, mail_counts, top_domains, top_recipients, evidence, messages, mail_user, flow_net)
+        _drop(con, mail_counts, top_domains, top_recipients, evidence, messages, flow_net)
 
         # the sessions closed in [start, now)
         days = _daily_sessions(con, features, users, tz)
@@ -902,10 +904,11 @@ def _session_parts(con: Steps, rows: str) -> int:
 
 
 def _in_session_parts(con: Steps, name: str, rows: str, select: Callable[[str], str],
-                      parts: int | None = None) -> str:
+                      parts: int | None = None, parameters: dict[str, Any] | None = None) -> str:
     """Temp table `name`: the rows of `select(part)`, a statement that groups `rows` by session
     (sk) and reads only those of its `rows` where the SQL condition `part` holds, run once per
-    part of the sessions (hash(sk) modulo `parts`, by default `_session_parts`) and appended.
+    part of the sessions (hash(sk) modulo `parts`, by default `_session_parts`) and appended;
+    `parameters` are those the statement names (`$name`).
 
     A session falls in one part whole, so each part's groups are those of the whole statement
     (`parts` = 1, the reference): aggregates whose states hold lists keep to `memory_limit`.
@@ -914,7 +917,7 @@ def _in_session_parts(con: Steps, name: str, rows: str, select: Callable[[str], 
     for i in range(parts):
         rows_of_part = f"hash(sk) % {parts} = {i}" if parts > 1 else "true"
         into = f"CREATE OR REPLACE TEMP TABLE {name} AS" if i == 0 else f"INSERT INTO {name}"
-        con.execute(f"{into} {select(rows_of_part)}")
+        con.execute(f"{into} {select(rows_of_part)}", parameters)
     return name
 
 
@@ -1090,25 +1093,31 @@ def _evidence(con: Steps, mail_counts: str, messages: str, mail_user: str, parts
 
 
 def _session_features(con: Steps, messages: str, flow_net: str, mail_counts: str,
-                      top_domains: str, top_recipients: str, evidence: str) -> str:
+                      top_domains: str, top_recipients: str, evidence: str, parts: int | None = None) -> str:
     """`_ses_features`: one row per session (sk) with mail or flows: uid, first_time (its first
     message or flow), the columns of `mail_counts`, `top_domains`, `top_recipients` and
-    `evidence`, and net_flows, net_bytes_out, net_bytes_in of `flow_net` (NULL where none)."""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ses_features AS
-        WITH keys AS (
-            SELECT sk, uid, min(_time) AS first_time FROM (
-                SELECT sk, uid, _time FROM {messages} UNION ALL SELECT sk, uid, first_time FROM {flow_net})
-            GROUP BY sk, uid
-        )
-        SELECT keys.sk, keys.uid, keys.first_time, c.messages_sent, c.em_fnum, d.em_dnum, c.em_bsum,
-               c.em_bsum_personal, c.em_personal_fnum, net.net_flows, net.net_bytes_out, net.net_bytes_in,
-               d.recipient_domains, d.top_domains, r.top_recipients, ev.largest_messages, ev.largest_personal_messages
-        FROM keys
-        LEFT JOIN {mail_counts} c USING (sk) LEFT JOIN {top_domains} d USING (sk)
-        LEFT JOIN {top_recipients} r USING (sk) LEFT JOIN {flow_net} net USING (sk) LEFT JOIN {evidence} ev USING (sk)
-    """)
-    return "_ses_features"
+    `evidence`, and net_flows, net_bytes_out, net_bytes_in of `flow_net` (NULL where none).
+    Built in `parts` (`_in_session_parts`): the joined lists ran out of 1 GB at 10,000 x 90."""
+    def features(part: str) -> str:
+        def rows(table: str) -> str:
+            return f"(SELECT * FROM {table} WHERE {part})"
+        return f"""
+            WITH keys AS (
+                SELECT sk, uid, min(_time) AS first_time FROM (
+                    SELECT sk, uid, _time FROM {rows(messages)}
+                    UNION ALL SELECT sk, uid, first_time FROM {rows(flow_net)})
+                GROUP BY sk, uid
+            )
+            SELECT keys.sk, keys.uid, keys.first_time, c.messages_sent, c.em_fnum, d.em_dnum, c.em_bsum,
+                   c.em_bsum_personal, c.em_personal_fnum, net.net_flows, net.net_bytes_out, net.net_bytes_in,
+                   d.recipient_domains, d.top_domains, r.top_recipients, ev.largest_messages,
+                   ev.largest_personal_messages
+            FROM keys
+            LEFT JOIN {rows(mail_counts)} c USING (sk) LEFT JOIN {rows(top_domains)} d USING (sk)
+            LEFT JOIN {rows(top_recipients)} r USING (sk) LEFT JOIN {rows(flow_net)} net USING (sk)
+            LEFT JOIN {rows(evidence)} ev USING (sk)
+        """
+    return _in_session_parts(con, "_ses_features", messages, features, parts)
 
 
 # --- 4. the closed sessions ------------------------------------------------------------------------------
@@ -1152,37 +1161,40 @@ def _departments(con: Steps, settings: Settings) -> str:
 
 
 def _closed_sessions(con: Steps, target: str, vpn_ids: str, days: str, features: str,
-                     departments: str, start: datetime, now: datetime) -> None:
+                     departments: str, start: datetime, now: datetime, parts: int | None = None) -> None:
     """Temp table `target` (the `user_sessions` columns): the VPN sessions of `vpn_ids` and the
     daily sessions of `days` that end in [start, now], with their user's department and their
-    `features` (0 and [] where none)."""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {target} AS
-        WITH all_sessions AS (
-            SELECT sk, session_key, user, 'vpn' AS session_kind, session_start, session_end, end_reason,
-                   boundary_source, vpn_account, vpn_session_id, src_ip, assigned_ip
-            FROM {vpn_ids}
-            UNION ALL
-            SELECT sk, session_key, user, session_kind, session_start, session_end, end_reason,
-                   boundary_source, NULL, NULL, NULL, NULL
-            FROM {days}
-        )
-        SELECT s.session_end AS _time, s.session_key, s.user, dep.department, s.session_kind, s.session_start,
-               s.session_end, s.end_reason, s.boundary_source, s.vpn_account, s.vpn_session_id, s.src_ip,
-               s.assigned_ip,
-               coalesce(f.messages_sent, 0) AS messages_sent, coalesce(f.em_fnum, 0) AS em_fnum,
-               coalesce(f.em_dnum, 0) AS em_dnum, coalesce(f.em_bsum, 0) AS em_bsum,
-               coalesce(f.em_bsum_personal, 0) AS em_bsum_personal, coalesce(f.em_personal_fnum, 0) AS em_personal_fnum,
-               coalesce(f.net_flows, 0) AS net_flows, coalesce(f.net_bytes_out, 0) AS net_bytes_out,
-               coalesce(f.net_bytes_in, 0) AS net_bytes_in,
-               coalesce(f.recipient_domains, []) AS recipient_domains, coalesce(f.top_domains, []) AS top_domains, coalesce(f.top_recipients, []) AS top_recipients,
-               coalesce(f.largest_messages, []) AS largest_messages,
-               coalesce(f.largest_personal_messages, []) AS largest_personal_messages
-        FROM all_sessions s
-        LEFT JOIN {features} f USING (sk)
-        LEFT JOIN {departments} dep ON dep.user = s.user
-        WHERE s.session_end >= $start AND s.session_end <= $now
-    """, {"start": start, "now": now})
+    `features` (0 and [] where none). Built in `parts` (`_in_session_parts`)."""
+    def closed(part: str) -> str:
+        return f"""
+            WITH all_sessions AS (
+                SELECT sk, session_key, user, 'vpn' AS session_kind, session_start, session_end, end_reason,
+                       boundary_source, vpn_account, vpn_session_id, src_ip, assigned_ip
+                FROM {vpn_ids} WHERE {part}
+                UNION ALL
+                SELECT sk, session_key, user, session_kind, session_start, session_end, end_reason,
+                       boundary_source, NULL, NULL, NULL, NULL
+                FROM {days} WHERE {part}
+            )
+            SELECT s.session_end AS _time, s.session_key, s.user, dep.department, s.session_kind, s.session_start,
+                   s.session_end, s.end_reason, s.boundary_source, s.vpn_account, s.vpn_session_id, s.src_ip,
+                   s.assigned_ip,
+                   coalesce(f.messages_sent, 0) AS messages_sent, coalesce(f.em_fnum, 0) AS em_fnum,
+                   coalesce(f.em_dnum, 0) AS em_dnum, coalesce(f.em_bsum, 0) AS em_bsum,
+                   coalesce(f.em_bsum_personal, 0) AS em_bsum_personal,
+                   coalesce(f.em_personal_fnum, 0) AS em_personal_fnum,
+                   coalesce(f.net_flows, 0) AS net_flows, coalesce(f.net_bytes_out, 0) AS net_bytes_out,
+                   coalesce(f.net_bytes_in, 0) AS net_bytes_in,
+                   coalesce(f.recipient_domains, []) AS recipient_domains, coalesce(f.top_domains, []) AS top_domains,
+                   coalesce(f.top_recipients, []) AS top_recipients,
+                   coalesce(f.largest_messages, []) AS largest_messages,
+                   coalesce(f.largest_personal_messages, []) AS largest_personal_messages
+            FROM all_sessions s
+            LEFT JOIN (SELECT * FROM {features} WHERE {part}) f USING (sk)
+            LEFT JOIN {departments} dep ON dep.user = s.user
+            WHERE s.session_end >= $start AND s.session_end <= $now
+        """
+    _in_session_parts(con, target, features, closed, parts, {"start": start, "now": now})
 
 
 # --- the store --------------------------------------------------------------------------------------
