@@ -888,7 +888,8 @@ def _with_session_keys(con: Steps, attributed: str, name: str, tz: str) -> str:
 # DuckDB 2.0 does not spill such states, so the lists of the sessions aggregated at once must fit
 # beside the temp tables and hash tables in `memory_limit`. Measured at 10,000 users x 90 days
 # (peak RSS over the tables loaded, 8 GB limit): 180 bytes a row for `_ses_counts` (5.0 M messages),
-# ~200 for `_ses_dom` and `_ses_rcp`; a part is given a quarter of the limit.
+# 330-430 for `_ses_ext`, `_ses_dom` and `_ses_rcp` together (3.0 M recipients). Counting 200 bytes a
+# row against a quarter of the limit leaves room for 800, and for the temp tables beside them.
 _LIST_STATE_BYTES_PER_ROW = 200
 _LIST_STATE_SHARE_OF_MEMORY = 4
 
