@@ -963,11 +963,11 @@ def _classify_recipients(con: Steps, settings: Settings, mail_user: str,
     return "_ses_rcpt", "_ses_msg_flags"
 
 
-def _mail_counts(con: Steps, flags: str, parts: int | None = None) -> str:
+def _mail_counts(con: Steps, flags: str) -> str:
     """`_ses_counts`: per session (sk) of `flags`, messages_sent, em_fnum, em_bsum,
     em_bsum_personal, em_personal_fnum, and the keys (mkey) of the five largest outgoing messages
     (top_messages) and of the five largest to personal addresses (top_personal), largest first,
-    of one size the earlier first. Built in `parts` (`_in_session_parts`)."""
+    of one size the earlier first. Built a part of the sessions at a time (`_in_session_parts`)."""
 
     def counts(part: str) -> str:
         return f"""
@@ -983,20 +983,21 @@ def _mail_counts(con: Steps, flags: str, parts: int | None = None) -> str:
                   FROM {flags} WHERE {part})
             GROUP BY sk
         """
-    return _in_session_parts(con, "_ses_counts", flags, counts, parts)
+    return _in_session_parts(con, "_ses_counts", flags, counts)
 
 
-def _recipient_tops(con: Steps, recipients: str, parts: int | None = None) -> tuple[str, str]:
+def _recipient_tops(con: Steps, recipients: str) -> tuple[str, str]:
     """`_ses_dom` (sk, em_dnum, recipient_domains, top_domains) and `_ses_rcp` (sk, top_recipients):
     per session, over the external recipients in `recipients`, the distinct registered domains
     (all of them, by name, and the top five) and the top five recipients by messages, then bytes
-    (each message once per domain or recipient). Built in `parts` (`_in_session_parts`)."""
+    (each message once per domain or recipient). Built a part of the sessions at a time
+    (`_in_session_parts`)."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_ext AS
         SELECT DISTINCT sk, mkey, size, recipient, registered_domain, domain_class
         FROM {recipients} WHERE domain_class <> 'internal'
     """)
-    parts = _session_parts(con, "_ses_ext") if parts is None else parts
+    parts = _session_parts(con, "_ses_ext")  # one count for both statements
 
     def domains(part: str) -> str:
         return f"""
@@ -1035,7 +1036,7 @@ def _recipient_tops(con: Steps, recipients: str, parts: int | None = None) -> tu
     return "_ses_dom", "_ses_rcp"
 
 
-def _evidence(con: Steps, mail_counts: str, messages: str, mail_user: str, parts: int | None = None) -> str:
+def _evidence(con: Steps, mail_counts: str, messages: str, mail_user: str) -> str:
     """`_ses_evidence` (sk, largest_messages, largest_personal_messages): the details of the
     messages named in `mail_counts`' top_messages and top_personal, in their order.
 
@@ -1088,17 +1089,18 @@ def _evidence(con: Steps, mail_counts: str, messages: str, mail_user: str, parts
                    max_by(message, -rank, 5) FILTER (WHERE kind = 'personal') AS largest_personal_messages
             FROM _ses_evidence_rows WHERE {part} GROUP BY sk
         """
-    _in_session_parts(con, "_ses_evidence", "_ses_evidence_rows", evidence, parts)
+    _in_session_parts(con, "_ses_evidence", "_ses_evidence_rows", evidence)
     _drop(con, "_ses_top", "_ses_evidence_rows")
     return "_ses_evidence"
 
 
 def _session_features(con: Steps, messages: str, flow_net: str, mail_counts: str,
-                      top_domains: str, top_recipients: str, evidence: str, parts: int | None = None) -> str:
+                      top_domains: str, top_recipients: str, evidence: str) -> str:
     """`_ses_features`: one row per session (sk) with mail or flows: uid, first_time (its first
     message or flow), the columns of `mail_counts`, `top_domains`, `top_recipients` and
     `evidence`, and net_flows, net_bytes_out, net_bytes_in of `flow_net` (NULL where none).
-    Built in `parts` (`_in_session_parts`): the joined lists ran out of 1 GB at 10,000 x 90."""
+    Built a part of the sessions at a time (`_in_session_parts`): joined at once, the lists ran out
+    of 1 GB at 10,000 users x 90 days."""
     def features(part: str) -> str:
         def rows(table: str) -> str:
             return f"(SELECT * FROM {table} WHERE {part})"
@@ -1118,7 +1120,7 @@ def _session_features(con: Steps, messages: str, flow_net: str, mail_counts: str
             LEFT JOIN {rows(top_recipients)} r USING (sk) LEFT JOIN {rows(flow_net)} net USING (sk)
             LEFT JOIN {rows(evidence)} ev USING (sk)
         """
-    return _in_session_parts(con, "_ses_features", messages, features, parts)
+    return _in_session_parts(con, "_ses_features", messages, features)
 
 
 # --- 4. the closed sessions ------------------------------------------------------------------------------
@@ -1162,10 +1164,10 @@ def _departments(con: Steps, settings: Settings) -> str:
 
 
 def _closed_sessions(con: Steps, target: str, vpn_ids: str, days: str, features: str,
-                     departments: str, start: datetime, now: datetime, parts: int | None = None) -> None:
+                     departments: str, start: datetime, now: datetime) -> None:
     """Temp table `target` (the `user_sessions` columns): the VPN sessions of `vpn_ids` and the
     daily sessions of `days` that end in [start, now], with their user's department and their
-    `features` (0 and [] where none). Built in `parts` (`_in_session_parts`)."""
+    `features` (0 and [] where none). Built a part of the sessions at a time (`_in_session_parts`)."""
     def closed(part: str) -> str:
         return f"""
             WITH all_sessions AS (
@@ -1195,7 +1197,7 @@ def _closed_sessions(con: Steps, target: str, vpn_ids: str, days: str, features:
             LEFT JOIN {departments} dep ON dep.user = s.user
             WHERE s.session_end >= $start AND s.session_end <= $now
         """
-    _in_session_parts(con, target, features, closed, parts, {"start": start, "now": now})
+    _in_session_parts(con, target, features, closed, parameters={"start": start, "now": now})
 
 
 # --- the store --------------------------------------------------------------------------------------
