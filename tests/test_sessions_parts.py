@@ -12,7 +12,7 @@ from exfilwatch.config import memory_bytes
 from exfilwatch.features import sessions as ses
 from exfilwatch.models import AUTHENTICATION, EMAIL, NETWORK_TRAFFIC
 
-from .sessionkit import at, load_table, login, logout, mail, settings
+from .sessionkit import at, flow, load_table, login, logout, mail, settings
 
 USERS = ("alice", "bob", "carol", "dave")
 
@@ -38,27 +38,33 @@ def _auth() -> list[dict]:
     rows = []
     for u, user in enumerate(USERS):
         for day in (0, 2):
-            rows += [login(at(0.5 + u, days=day), user, f"s{user}{day}"),
-                     logout(at(3 + u, days=day), user, f"s{user}{day}")]
+            rows += [login(at(0.5 + u, days=day), user, f"s{user}{day}", ip=f"10.200.0.{u}"),
+                     logout(at(3 + u, days=day), user, f"s{user}{day}", ip=f"10.200.0.{u}")]
     return rows
 
 
+def _flows() -> list[dict]:
+    """Flows from each user's tunnel address, in their VPN sessions (their net_* features)."""
+    return [flow(at(1 + u + i / 10, days=day), f"10.200.0.{u}", 100 * (i + 1))
+            for u in range(len(USERS)) for day in (0, 2) for i in range(5)]
+
+
 # made once: the helpers number messages and lines from a counter, and both builds must read the same rows
-AUTH, MAIL = _auth(), _mail_with_ties()
+AUTH, MAIL, FLOWS = _auth(), _mail_with_ties(), _flows()
 
 
-def _stored_sessions(parts: int | None, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    if parts is not None:
-        monkeypatch.setattr(ses, "_session_parts", lambda con, rows: parts)
+def _stored_sessions(parts: int, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    monkeypatch.setattr(ses, "_session_parts", lambda con, rows: parts)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET threads = 1")  # one order of the rows for both: which of tied rows max_by keeps depends on it
     load_table(con, "t_auth", AUTHENTICATION, AUTH)
     load_table(con, "t_mail", EMAIL, MAIL)
-    load_table(con, "t_flows", NETWORK_TRAFFIC, [])
+    load_table(con, "t_flows", NETWORK_TRAFFIC, FLOWS)
     ses.compute_sessions(con, settings(), at(days=10), at(days=-1), at(days=-8), auth="t_auth", email="t_mail",
                          flows="t_flows")
     rows = con.execute("SELECT * FROM _ses_result ORDER BY session_key").fetchall()
+    assert con.execute("SELECT count(*) FROM _ses_result WHERE net_flows = 5").fetchall()[0][0] == 8
     con.close()
     monkeypatch.undo()
     return rows
