@@ -78,7 +78,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -88,7 +88,7 @@ from typing import Any, Protocol
 import duckdb
 import pyarrow as pa
 
-from exfilwatch.config import Settings
+from exfilwatch.config import Settings, memory_bytes
 from exfilwatch.events.engine import plain, register_lake_views
 from exfilwatch.events.lake import remove_superseded, supersede, write_batch
 from exfilwatch.models import USER_SESSIONS
@@ -228,9 +228,11 @@ def compute_sessions(
         recipients, flags = _classify_recipients(con, settings, mail_user, messages)
         mail_counts = _mail_counts(con, flags)
         top_domains, top_recipients = _recipient_tops(con, recipients)
+        _drop(con, recipients, flags)
         evidence = _evidence(con, mail_counts, messages, mail_user)
+        _drop(con, mail_user)
         features = _session_features(con, messages, flow_net, mail_counts, top_domains, top_recipients, evidence)
-        _drop(con, recipients, flags, mail_counts, top_domains, top_recipients, evidence, messages, mail_user, flow_net)
+        _drop(con, mail_counts, top_domains, top_recipients, evidence, messages, flow_net)
 
         # the sessions closed in [start, now)
         days = _daily_sessions(con, features, users, tz)
@@ -882,6 +884,44 @@ def _with_session_keys(con: Steps, attributed: str, name: str, tz: str) -> str:
 # --- 3. features and evidence per session --------------------------------------------------------------
 
 
+# What an aggregate whose states hold lists (max_by(…, 5), list) takes of memory per input row:
+# DuckDB 2.0 does not spill such states, so the lists of the sessions aggregated at once must fit
+# beside the temp tables and hash tables in `memory_limit`. Measured at 10,000 users x 90 days
+# (peak RSS over the tables loaded, 8 GB limit): 180 bytes a row for `_ses_counts` (5.0 M messages),
+# 330-430 for `_ses_ext`, `_ses_dom` and `_ses_rcp` together (3.0 M recipients). Counting 200 bytes a
+# row against a quarter of the limit leaves room for 800, and for the temp tables beside them.
+_LIST_STATE_BYTES_PER_ROW = 200
+_LIST_STATE_SHARE_OF_MEMORY = 4
+
+
+def _session_parts(con: Steps, rows: str) -> int:
+    """How many parts the sessions of `rows` (a relation with sk) are aggregated in so that the
+    list states of one part fit in DuckDB's `memory_limit`: 1 on Spark, which spills them."""
+    if _dialect(con) == "spark":
+        return 1
+    limit = memory_bytes(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+    need = _count(con, rows) * _LIST_STATE_BYTES_PER_ROW * _LIST_STATE_SHARE_OF_MEMORY
+    return max(1, -(-need // limit))
+
+
+def _in_session_parts(con: Steps, name: str, rows: str, select: Callable[[str], str],
+                      parts: int | None = None, parameters: dict[str, Any] | None = None) -> str:
+    """Temp table `name`: the rows of `select(part)`, a statement that groups `rows` by session
+    (sk) and reads only those of its `rows` where the SQL condition `part` holds, run once per
+    part of the sessions (hash(sk) modulo `parts`, by default `_session_parts`) and appended;
+    `parameters` are those the statement names (`$name`).
+
+    A session falls in one part whole, so each part's groups are those of the whole statement
+    (`parts` = 1, the reference): aggregates whose states hold lists keep to `memory_limit`.
+    """
+    parts = _session_parts(con, rows) if parts is None else parts
+    for i in range(parts):
+        rows_of_part = f"hash(sk) % {parts} = {i}" if parts > 1 else "true"
+        into = f"CREATE OR REPLACE TEMP TABLE {name} AS" if i == 0 else f"INSERT INTO {name}"
+        con.execute(f"{into} {select(rows_of_part)}", parameters)
+    return name
+
+
 def _classify_recipients(con: Steps, settings: Settings, mail_user: str,
                          messages: str) -> tuple[str, str]:
     """`_ses_rcpt` and `_ses_msg_flags`: the recipients of each message and what they make it.
@@ -927,63 +967,71 @@ def _mail_counts(con: Steps, flags: str) -> str:
     """`_ses_counts`: per session (sk) of `flags`, messages_sent, em_fnum, em_bsum,
     em_bsum_personal, em_personal_fnum, and the keys (mkey) of the five largest outgoing messages
     (top_messages) and of the five largest to personal addresses (top_personal), largest first,
-    of one size the earlier first."""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ses_counts AS
-        SELECT sk, count(*) AS messages_sent,
-               count(*) FILTER (WHERE outgoing) AS em_fnum,
-               coalesce(sum(size) FILTER (WHERE outgoing), 0) AS em_bsum,
-               coalesce(sum(size) FILTER (WHERE personal), 0) AS em_bsum_personal,
-               count(*) FILTER (WHERE personal) AS em_personal_fnum,
-               max_by(mkey, order_key, 5) FILTER (WHERE outgoing) AS top_messages,
-               max_by(mkey, order_key, 5) FILTER (WHERE personal) AS top_personal
-        FROM (SELECT *, CAST(coalesce(size, 0) AS HUGEINT) * 100000000000 + (99999999999 - CAST(epoch(_time) AS BIGINT))
-                            AS order_key
-              FROM {flags})
-        GROUP BY sk
-    """)
-    return "_ses_counts"
+    of one size the earlier first. Built a part of the sessions at a time (`_in_session_parts`)."""
+
+    def counts(part: str) -> str:
+        return f"""
+            SELECT sk, count(*) AS messages_sent,
+                   count(*) FILTER (WHERE outgoing) AS em_fnum,
+                   coalesce(sum(size) FILTER (WHERE outgoing), 0) AS em_bsum,
+                   coalesce(sum(size) FILTER (WHERE personal), 0) AS em_bsum_personal,
+                   count(*) FILTER (WHERE personal) AS em_personal_fnum,
+                   max_by(mkey, order_key, 5) FILTER (WHERE outgoing) AS top_messages,
+                   max_by(mkey, order_key, 5) FILTER (WHERE personal) AS top_personal
+            FROM (SELECT *, CAST(coalesce(size, 0) AS HUGEINT) * 100000000000
+                            + (99999999999 - CAST(epoch(_time) AS BIGINT)) AS order_key
+                  FROM {flags} WHERE {part})
+            GROUP BY sk
+        """
+    return _in_session_parts(con, "_ses_counts", flags, counts)
 
 
 def _recipient_tops(con: Steps, recipients: str) -> tuple[str, str]:
     """`_ses_dom` (sk, em_dnum, recipient_domains, top_domains) and `_ses_rcp` (sk, top_recipients):
     per session, over the external recipients in `recipients`, the distinct registered domains
     (all of them, by name, and the top five) and the top five recipients by messages, then bytes
-    (each message once per domain or recipient)."""
+    (each message once per domain or recipient). Built a part of the sessions at a time
+    (`_in_session_parts`)."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_ext AS
         SELECT DISTINCT sk, mkey, size, recipient, registered_domain, domain_class
         FROM {recipients} WHERE domain_class <> 'internal'
     """)
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _ses_dom AS
-        WITH per_message AS (
-            SELECT sk, mkey, registered_domain, any_value(domain_class) AS domain_class, any_value(size) AS size
-            FROM _ses_ext GROUP BY sk, mkey, registered_domain
-        ), dom AS (
-            SELECT sk, registered_domain, any_value(domain_class) AS domain_class, count(*) AS messages,
-                   sum(size) AS bytes
-            FROM per_message GROUP BY sk, registered_domain
-        )
-        SELECT sk, count(*) AS em_dnum,
-               list({'domain': registered_domain, 'domain_class': domain_class, 'messages': messages,
-                     'bytes': bytes} ORDER BY registered_domain) AS recipient_domains,
-               max_by({'domain': registered_domain, 'domain_class': domain_class, 'messages': messages,
-                       'bytes': bytes}, {'m': messages, 'b': coalesce(bytes, -1), 'd': registered_domain}, 5)
-                   AS top_domains
-        FROM dom GROUP BY sk
-    """)
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _ses_rcp AS
-        WITH rcp AS (
-            SELECT sk, recipient, any_value(domain_class) AS domain_class, count(*) AS messages, sum(size) AS bytes
-            FROM _ses_ext GROUP BY sk, recipient
-        )
-        SELECT sk, max_by({'recipient': recipient, 'domain_class': domain_class, 'messages': messages,
-                           'bytes': bytes}, {'m': messages, 'b': coalesce(bytes, -1), 'r': recipient}, 5)
-                   AS top_recipients
-        FROM rcp GROUP BY sk
-    """)
+    parts = _session_parts(con, "_ses_ext")  # one count for both statements
+
+    def domains(part: str) -> str:
+        return f"""
+            WITH per_message AS (
+                SELECT sk, mkey, registered_domain, any_value(domain_class) AS domain_class, any_value(size) AS size
+                FROM _ses_ext WHERE {part} GROUP BY sk, mkey, registered_domain
+            ), dom AS (
+                SELECT sk, registered_domain, any_value(domain_class) AS domain_class, count(*) AS messages,
+                       sum(size) AS bytes
+                FROM per_message GROUP BY sk, registered_domain
+            )
+            SELECT sk, count(*) AS em_dnum,
+                   list({{'domain': registered_domain, 'domain_class': domain_class, 'messages': messages,
+                         'bytes': bytes}} ORDER BY registered_domain) AS recipient_domains,
+                   max_by({{'domain': registered_domain, 'domain_class': domain_class, 'messages': messages,
+                           'bytes': bytes}}, {{'m': messages, 'b': coalesce(bytes, -1), 'd': registered_domain}}, 5)
+                       AS top_domains
+            FROM dom GROUP BY sk
+        """
+
+    def top_recipients(part: str) -> str:
+        return f"""
+            WITH rcp AS (
+                SELECT sk, recipient, any_value(domain_class) AS domain_class, count(*) AS messages,
+                       sum(size) AS bytes
+                FROM _ses_ext WHERE {part} GROUP BY sk, recipient
+            )
+            SELECT sk, max_by({{'recipient': recipient, 'domain_class': domain_class, 'messages': messages,
+                               'bytes': bytes}}, {{'m': messages, 'b': coalesce(bytes, -1), 'r': recipient}}, 5)
+                       AS top_recipients
+            FROM rcp GROUP BY sk
+        """
+    _in_session_parts(con, "_ses_dom", "_ses_ext", domains, parts)
+    _in_session_parts(con, "_ses_rcp", "_ses_ext", top_recipients, parts)
     _drop(con, "_ses_ext")
     return "_ses_dom", "_ses_rcp"
 
@@ -1033,13 +1081,15 @@ def _evidence(con: Steps, mail_counts: str, messages: str, mail_user: str) -> st
         )
         SELECT * FROM rows
     """)
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _ses_evidence AS
-        SELECT sk,
-               max_by(message, -rank, 5) FILTER (WHERE kind = 'all') AS largest_messages,
-               max_by(message, -rank, 5) FILTER (WHERE kind = 'personal') AS largest_personal_messages
-        FROM _ses_evidence_rows GROUP BY sk
-    """)
+
+    def evidence(part: str) -> str:
+        return f"""
+            SELECT sk,
+                   max_by(message, -rank, 5) FILTER (WHERE kind = 'all') AS largest_messages,
+                   max_by(message, -rank, 5) FILTER (WHERE kind = 'personal') AS largest_personal_messages
+            FROM _ses_evidence_rows WHERE {part} GROUP BY sk
+        """
+    _in_session_parts(con, "_ses_evidence", "_ses_evidence_rows", evidence)
     _drop(con, "_ses_top", "_ses_evidence_rows")
     return "_ses_evidence"
 
@@ -1048,22 +1098,29 @@ def _session_features(con: Steps, messages: str, flow_net: str, mail_counts: str
                       top_domains: str, top_recipients: str, evidence: str) -> str:
     """`_ses_features`: one row per session (sk) with mail or flows: uid, first_time (its first
     message or flow), the columns of `mail_counts`, `top_domains`, `top_recipients` and
-    `evidence`, and net_flows, net_bytes_out, net_bytes_in of `flow_net` (NULL where none)."""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ses_features AS
-        WITH keys AS (
-            SELECT sk, uid, min(_time) AS first_time FROM (
-                SELECT sk, uid, _time FROM {messages} UNION ALL SELECT sk, uid, first_time FROM {flow_net})
-            GROUP BY sk, uid
-        )
-        SELECT keys.sk, keys.uid, keys.first_time, c.messages_sent, c.em_fnum, d.em_dnum, c.em_bsum,
-               c.em_bsum_personal, c.em_personal_fnum, net.net_flows, net.net_bytes_out, net.net_bytes_in,
-               d.recipient_domains, d.top_domains, r.top_recipients, ev.largest_messages, ev.largest_personal_messages
-        FROM keys
-        LEFT JOIN {mail_counts} c USING (sk) LEFT JOIN {top_domains} d USING (sk)
-        LEFT JOIN {top_recipients} r USING (sk) LEFT JOIN {flow_net} net USING (sk) LEFT JOIN {evidence} ev USING (sk)
-    """)
-    return "_ses_features"
+    `evidence`, and net_flows, net_bytes_out, net_bytes_in of `flow_net` (NULL where none).
+    Built a part of the sessions at a time (`_in_session_parts`): joined at once, the lists ran out
+    of 1 GB at 10,000 users x 90 days."""
+    def features(part: str) -> str:
+        def rows(table: str) -> str:
+            return f"(SELECT * FROM {table} WHERE {part})"
+        return f"""
+            WITH keys AS (
+                SELECT sk, uid, min(_time) AS first_time FROM (
+                    SELECT sk, uid, _time FROM {rows(messages)}
+                    UNION ALL SELECT sk, uid, first_time FROM {rows(flow_net)})
+                GROUP BY sk, uid
+            )
+            SELECT keys.sk, keys.uid, keys.first_time, c.messages_sent, c.em_fnum, d.em_dnum, c.em_bsum,
+                   c.em_bsum_personal, c.em_personal_fnum, net.net_flows, net.net_bytes_out, net.net_bytes_in,
+                   d.recipient_domains, d.top_domains, r.top_recipients, ev.largest_messages,
+                   ev.largest_personal_messages
+            FROM keys
+            LEFT JOIN {rows(mail_counts)} c USING (sk) LEFT JOIN {rows(top_domains)} d USING (sk)
+            LEFT JOIN {rows(top_recipients)} r USING (sk) LEFT JOIN {rows(flow_net)} net USING (sk)
+            LEFT JOIN {rows(evidence)} ev USING (sk)
+        """
+    return _in_session_parts(con, "_ses_features", messages, features)
 
 
 # --- 4. the closed sessions ------------------------------------------------------------------------------
@@ -1110,34 +1167,37 @@ def _closed_sessions(con: Steps, target: str, vpn_ids: str, days: str, features:
                      departments: str, start: datetime, now: datetime) -> None:
     """Temp table `target` (the `user_sessions` columns): the VPN sessions of `vpn_ids` and the
     daily sessions of `days` that end in [start, now], with their user's department and their
-    `features` (0 and [] where none)."""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {target} AS
-        WITH all_sessions AS (
-            SELECT sk, session_key, user, 'vpn' AS session_kind, session_start, session_end, end_reason,
-                   boundary_source, vpn_account, vpn_session_id, src_ip, assigned_ip
-            FROM {vpn_ids}
-            UNION ALL
-            SELECT sk, session_key, user, session_kind, session_start, session_end, end_reason,
-                   boundary_source, NULL, NULL, NULL, NULL
-            FROM {days}
-        )
-        SELECT s.session_end AS _time, s.session_key, s.user, dep.department, s.session_kind, s.session_start,
-               s.session_end, s.end_reason, s.boundary_source, s.vpn_account, s.vpn_session_id, s.src_ip,
-               s.assigned_ip,
-               coalesce(f.messages_sent, 0) AS messages_sent, coalesce(f.em_fnum, 0) AS em_fnum,
-               coalesce(f.em_dnum, 0) AS em_dnum, coalesce(f.em_bsum, 0) AS em_bsum,
-               coalesce(f.em_bsum_personal, 0) AS em_bsum_personal, coalesce(f.em_personal_fnum, 0) AS em_personal_fnum,
-               coalesce(f.net_flows, 0) AS net_flows, coalesce(f.net_bytes_out, 0) AS net_bytes_out,
-               coalesce(f.net_bytes_in, 0) AS net_bytes_in,
-               coalesce(f.recipient_domains, []) AS recipient_domains, coalesce(f.top_domains, []) AS top_domains, coalesce(f.top_recipients, []) AS top_recipients,
-               coalesce(f.largest_messages, []) AS largest_messages,
-               coalesce(f.largest_personal_messages, []) AS largest_personal_messages
-        FROM all_sessions s
-        LEFT JOIN {features} f USING (sk)
-        LEFT JOIN {departments} dep ON dep.user = s.user
-        WHERE s.session_end >= $start AND s.session_end <= $now
-    """, {"start": start, "now": now})
+    `features` (0 and [] where none). Built a part of the sessions at a time (`_in_session_parts`)."""
+    def closed(part: str) -> str:
+        return f"""
+            WITH all_sessions AS (
+                SELECT sk, session_key, user, 'vpn' AS session_kind, session_start, session_end, end_reason,
+                       boundary_source, vpn_account, vpn_session_id, src_ip, assigned_ip
+                FROM {vpn_ids} WHERE {part}
+                UNION ALL
+                SELECT sk, session_key, user, session_kind, session_start, session_end, end_reason,
+                       boundary_source, NULL, NULL, NULL, NULL
+                FROM {days} WHERE {part}
+            )
+            SELECT s.session_end AS _time, s.session_key, s.user, dep.department, s.session_kind, s.session_start,
+                   s.session_end, s.end_reason, s.boundary_source, s.vpn_account, s.vpn_session_id, s.src_ip,
+                   s.assigned_ip,
+                   coalesce(f.messages_sent, 0) AS messages_sent, coalesce(f.em_fnum, 0) AS em_fnum,
+                   coalesce(f.em_dnum, 0) AS em_dnum, coalesce(f.em_bsum, 0) AS em_bsum,
+                   coalesce(f.em_bsum_personal, 0) AS em_bsum_personal,
+                   coalesce(f.em_personal_fnum, 0) AS em_personal_fnum,
+                   coalesce(f.net_flows, 0) AS net_flows, coalesce(f.net_bytes_out, 0) AS net_bytes_out,
+                   coalesce(f.net_bytes_in, 0) AS net_bytes_in,
+                   coalesce(f.recipient_domains, []) AS recipient_domains, coalesce(f.top_domains, []) AS top_domains,
+                   coalesce(f.top_recipients, []) AS top_recipients,
+                   coalesce(f.largest_messages, []) AS largest_messages,
+                   coalesce(f.largest_personal_messages, []) AS largest_personal_messages
+            FROM all_sessions s
+            LEFT JOIN (SELECT * FROM {features} WHERE {part}) f USING (sk)
+            LEFT JOIN {departments} dep ON dep.user = s.user
+            WHERE s.session_end >= $start AND s.session_end <= $now
+        """
+    _in_session_parts(con, target, features, closed, parameters={"start": start, "now": now})
 
 
 # --- the store --------------------------------------------------------------------------------------
