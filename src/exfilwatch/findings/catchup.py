@@ -72,7 +72,7 @@ CHUNK_SPAN = timedelta(days=7)  # bounds the memory of a chunk's joins (sessions
 # 10,000 users x 90 days (docs/benchmarks.md, "Seventh round"): a week's 93,650 sessions took
 # 4.9 CPU-s with DuckDB's memory_limit at 16 GB, 11.8 at 1 GB, but 108-184 at 2, 4 and 8 GB
 # (its holistic aggregates over 6 M history rows fall off a cliff), while four days (about
-# 53,000 sessions) took 4.0 at 4 GB. At 1000 and 3000 users a week holds 9,500 and 28,000.
+# 42,800 sessions) took 4.0 at 4 GB. At 1000 and 3000 users a week holds 9,500 and 28,000.
 CHUNK_ROWS = 40_000
 GROUP_FIRES = 24  # fires sharing one segment table (a search without a batched form): a day of hourly fires
 
@@ -172,12 +172,12 @@ def chunk_findings(con: duckdb.DuckDBPyConnection, detection: Detection, params:
 
 
 def one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[dict[str, Any]], tz: str,
-             due: set[int] | None = None, max_rows: int | None = None) -> Iterator[tuple[int, list[Finding]]]:
+             due: set[int] | None = None) -> Iterator[tuple[int, list[Finding]]]:
     """(fire index, its findings) for every fire of `params` (or only those in `due`), in order,
-    over the views registered, in chunks of at most `max_rows` (CHUNK_ROWS) judged rows. Fires
-    not due must hold no judged row: a finding there makes the chunk run fire by fire."""
+    over the views registered, in chunks of at most CHUNK_ROWS judged rows. Fires not due must
+    hold no judged row: a finding there makes the chunk run fire by fire."""
     rows = judged_rows(con, detection, params) if detection.schedule.judged_from == "earliest" else None
-    for chunk in judged_chunks(detection, params, rows, max_rows):
+    for chunk in judged_chunks(detection, params, rows):
         wanted = [i for i in chunk if due is None or i in due]
         if not wanted:
             continue
