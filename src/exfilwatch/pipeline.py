@@ -14,7 +14,6 @@ incidents/correlation.py, outputs/deliver.py.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,9 +22,10 @@ from typing import Any, Literal
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.findings.catchup import (DAYS, SEGMENTS, SharedLakeRows, batched_findings, batched_groups, create_days,
-                                        create_group_segments, create_range_segments, drop_temp, judged_start,
-                                        lake_rows, one_pass, release_shared, segment_groups, snapshot_with_daily_sums)
+from exfilwatch.findings.catchup import (DAYS, SEGMENTS, RowsPerHour, SharedLakeRows, batched_findings, batched_groups,
+                                        create_days, create_group_segments, create_range_segments, drop_temp,
+                                        judged_start, lake_rows, one_pass, release_shared, rows_per_hour,
+                                        segment_groups, snapshot_with_daily_sums)
 from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
@@ -261,16 +261,17 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
         finally:
             con.execute(f"DROP VIEW temp.main.{model.name}")
             con.execute(f"ALTER TABLE temp.main._catch_up_snapshot RENAME TO {model.name}")
-        hours = _hours_with_rows(con, model.name)
+        # a fire is skipped only when no hour its judged window overlaps holds a row: it never hides one
+        per_hour = rows_per_hour(con, model.name)
         due = [index for index, param in enumerate(params)
-               if not silent_when_empty or _any_hour_in(hours, judged_start(detection, param), param["latest"])]
+               if not silent_when_empty or per_hour.overlapping(judged_start(detection, param), param["latest"])]
         run.skipped_fires += len(params) - len(due)
         run.fires = len(due)
         if options.catch_up == "per-fire":
             found = ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
         else:
             found = _one_pass(con, detection, model.name, params, due, silent_when_empty, first_start, tz, segments,
-                              batched)
+                              batched, per_hour)
         done = 0
         for batch in _batched(found, STATE_BATCH):
             # Each fire's run, findings and watermark as if it had run alone, a batch of fires per
@@ -294,7 +295,7 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
 
 def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, params: list[dict[str, Any]],
               due: list[int], silent_when_empty: bool, start: datetime, tz: str, plan: SegmentPlan | None,
-              batched: BatchedPlan | None) -> Iterator[tuple[int, list[Finding]]]:
+              batched: BatchedPlan | None, per_hour: RowsPerHour) -> Iterator[tuple[int, list[Finding]]]:
     """(fire, its findings) for each due fire in order, from the snapshot `model` (findings/catchup.py).
 
     Judged windows are chunked over every fire, the skipped ones included (they hold no judged
@@ -303,7 +304,7 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
     search runs fire by fire."""
     if plan is None:
         if silent_when_empty:
-            yield from one_pass(con, detection, params, tz, set(due))
+            yield from one_pass(con, detection, params, tz, set(due), per_hour)
         else:
             yield from ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
         return
@@ -339,20 +340,6 @@ def _batched(items: Iterator[tuple[int, list[Finding]]], size: int) -> Iterator[
             batch = []
     if batch:
         yield batch
-
-
-def _hours_with_rows(con: duckdb.DuckDBPyConnection, table: str) -> list[int]:
-    """The hours (since the epoch, UTC) in which the snapshot has at least one row, in order."""
-    return [h for (h,) in con.execute(f"SELECT DISTINCT epoch_us(_time) // 3600000000 AS h FROM {table} "
-                                      "WHERE _time IS NOT NULL ORDER BY h").fetchall()]
-
-
-def _any_hour_in(hours: list[int], start: datetime, end: datetime) -> bool:
-    """Whether some hour with rows overlaps [start, end): a superset test, so it never hides a row."""
-    first = int(start.timestamp() // 3600)
-    last = -int(-end.timestamp() // 3600) - 1  # the hour holding the instant just before `end`
-    index = bisect.bisect_left(hours, first)
-    return index < len(hours) and hours[index] <= last
 
 
 def run_incident_rules(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, rules: list[Detection],

@@ -122,20 +122,32 @@ def judged_chunks(detection: Detection, params: list[dict[str, Any]], rows: list
     return chunks
 
 
-def judged_rows(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[dict[str, Any]]) -> list[int]:
-    """For each fire of `params`, the rows of the detection's model in the hours its judged window
-    overlaps (at least the rows it judges): what sizes its chunk, from one count per hour."""
-    counts = con.execute(f"SELECT epoch_us(_time) // 3600000000 AS h, count(*) FROM {get_model(detection.data_model).name} "
+@dataclass(frozen=True)
+class RowsPerHour:
+    """How many rows a table holds in each UTC hour that has some: `hours` (since the epoch, in
+    order) and `before[i]`, the rows in the hours before hours[i] (one more entry: all rows)."""
+
+    hours: list[int]
+    before: list[int]
+
+    def overlapping(self, start: datetime, end: datetime) -> int:
+        """The rows in the hours that overlap [start, end): at least those in [start, end)."""
+        first = int(start.timestamp() // 3600)
+        after = -int(-end.timestamp() // 3600)  # the first hour wholly at or after `end`
+        return self.before[bisect.bisect_left(self.hours, after)] - self.before[bisect.bisect_left(self.hours, first)]
+
+
+def rows_per_hour(con: duckdb.DuckDBPyConnection, table: str) -> RowsPerHour:
+    """The rows of `table` per UTC hour, from one count per hour."""
+    counts = con.execute(f"SELECT epoch_us(_time) // 3600000000 AS h, count(*) FROM {table} "
                          "WHERE _time IS NOT NULL GROUP BY h ORDER BY h").fetchall()
-    hours = [hour for hour, _ in counts]
-    before = list(accumulate((n for _, n in counts), initial=0))  # rows in the hours before hours[i]
+    return RowsPerHour([hour for hour, _ in counts], list(accumulate((n for _, n in counts), initial=0)))
 
-    def overlapped(param: dict[str, Any]) -> int:
-        first = int(judged_start(detection, param).timestamp() // 3600)
-        end = -int(-param["latest"].timestamp() // 3600)  # the first hour wholly at or after `latest`
-        return before[bisect.bisect_left(hours, end)] - before[bisect.bisect_left(hours, first)]
 
-    return [overlapped(param) for param in params]
+def judged_rows(detection: Detection, params: list[dict[str, Any]], per_hour: RowsPerHour) -> list[int]:
+    """For each fire of `params`, the rows of the detection's model in the hours its judged window
+    overlaps (at least the rows it judges): what sizes its chunk."""
+    return [per_hour.overlapping(judged_start(detection, param), param["latest"]) for param in params]
 
 
 def _continues(first: dict[str, Any], previous: dict[str, Any], param: dict[str, Any]) -> bool:
@@ -172,11 +184,15 @@ def chunk_findings(con: duckdb.DuckDBPyConnection, detection: Detection, params:
 
 
 def one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[dict[str, Any]], tz: str,
-             due: set[int] | None = None) -> Iterator[tuple[int, list[Finding]]]:
+             due: set[int] | None = None, per_hour: RowsPerHour | None = None) -> Iterator[tuple[int, list[Finding]]]:
     """(fire index, its findings) for every fire of `params` (or only those in `due`), in order,
-    over the views registered, in chunks of at most CHUNK_ROWS judged rows. Fires not due must
-    hold no judged row: a finding there makes the chunk run fire by fire."""
-    rows = judged_rows(con, detection, params) if detection.schedule.judged_from == "earliest" else None
+    over the views registered, in chunks of at most CHUNK_ROWS judged rows (counted from
+    `per_hour`, the model's rows per hour, when the caller has them). Fires not due must hold no
+    judged row: a finding there makes the chunk run fire by fire."""
+    rows = None
+    if detection.schedule.judged_from == "earliest":
+        per_hour = per_hour or rows_per_hour(con, get_model(detection.data_model).name)
+        rows = judged_rows(detection, params, per_hour)
     for chunk in judged_chunks(detection, params, rows):
         wanted = [i for i in chunk if due is None or i in due]
         if not wanted:
