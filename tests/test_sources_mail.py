@@ -261,6 +261,54 @@ def test_postfix_queue_id_reused_in_one_file(tmp_path):
         ("m0@example.com", "alice@example.com", ["x@gmail.com"]), ("m1@example.com", "bob@example.com", ["y@yahoo.com"])]
 
 
+def _reused_queue_id_lines() -> list[str]:
+    lines = []
+    for minute, (sender, rcpt) in enumerate([("alice@example.com", "x@gmail.com"), ("bob@example.com", "y@yahoo.com")]):
+        t0, t1 = datetime(2026, 11, 3, 8, minute, 0), datetime(2026, 11, 3, 8, minute, 1)
+        lines += _postfix(
+            (t0, "postfix/cleanup", 1, postfix.cleanup("0F5383D", f"<m{minute}@example.com>")),
+            (t0, "postfix/qmgr", 2, postfix.queued("0F5383D", sender, 5360, 1)),
+            (t1, "postfix/smtp", 3, _sent("0F5383D", rcpt, relay="mx")),
+            (t1, "postfix/qmgr", 2, postfix.removed("0F5383D")),
+        )
+    return lines
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 700, 300])
+def test_postfix_segments_view_gives_what_the_segments_table_gives(tmp_path, monkeypatch, chunk_bytes):
+    """A batch whose queue ids each end at most once, at their last line, reads its segments
+    through a view; the table every batch used to build is the reference."""
+    extra = _maillog(tmp_path, _reused_queue_id_lines())
+    paths = [*PARTS, extra]
+    options = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
+    real_join = postfix_source.Postfix._join
+    used = []
+
+    def counting_join(self, con, ctx, one_segment_view=True):
+        real_join(self, con, ctx, one_segment_view)
+        used.append(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'pf_segments'").fetchone()[0])
+
+    monkeypatch.setattr(postfix_source.Postfix, "_join", counting_join)
+    viewed = new_home(tmp_path, "viewed")
+    viewed_reports = ingest_paths(paths, viewed, SETTINGS, year=2026, **options)
+    monkeypatch.setattr(postfix_source.Postfix, "_join",
+                        lambda self, con, ctx: real_join(self, con, ctx, one_segment_view=False))
+    tabled = new_home(tmp_path, "tabled")
+    tabled_reports = ingest_paths(paths, tabled, SETTINGS, year=2026, **options)
+    assert brief(email_rows(viewed)) == brief(email_rows(tabled))
+    assert len(email_rows(viewed)) == len(POSTFIX_ROWS) + 2
+    assert [(r.events, r.quarantined, r.skipped, r.notes) for r in viewed_reports] == \
+        [(r.events, r.quarantined, r.skipped, r.notes) for r in tabled_reports]
+    pending = ("SELECT key, queue_id, kind, time, message_id, sender, size, nrcpt, client_ip, rcpt, relay, dsn, status, "
+               "hop, subject, file_name, raw_ref, consumed_by IS NULL FROM postfix_pending ORDER BY rowid")
+    states = [open_state(home) for home in (viewed, tabled)]
+    assert [tuple(r) for r in states[0].query(pending)] == [tuple(r) for r in states[1].query(pending)]
+    for state in states:
+        state.close()
+    assert min(used) == 0  # some batch read its segments through the view, the reused queue id's through the table
+    assert max(used) == 1
+
+
 def test_postfix_local_time_zone_and_year(tmp_path):
     home = new_home(tmp_path)
     t0, t1 = datetime(2025, 7, 1, 10, 0, 0), datetime(2025, 7, 1, 10, 0, 1)
