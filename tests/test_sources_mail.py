@@ -702,6 +702,32 @@ def test_rfc5424_header_reads_alike_in_python_and_sql(pid, structured, message):
     assert con.execute(f"SELECT line FROM ({postfix_source.traditional_lines_sql('raw')})").fetchone()[0] == expected
 
 
+_HEADER_PIECES = ["<22>", "<13>", "1 ", "1", " ", "  ", "Nov  2 08:15:02", "Nov 12 08:15:02.25", "2026-11-02T09:15:01Z",
+                  "2026-11-02 09:15:01", "2026-11-02T09:15:01.5+01:00", "relay01", "mx1", "postfix/smtpd",
+                  "postfix/qmgr[812]", "[812]", ": ", ":", "4F2A11C03A: ", "- - ", "2101 ", "[x@1 y=\"]\"]", "\ufeff",
+                  "from=<a@b>", "1 2026-"]
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(pieces=st.lists(st.sampled_from(_HEADER_PIECES), max_size=14))
+def test_a_line_with_a_traditional_header_is_never_converted_from_rfc5424(pieces):
+    """The parse reads HEADER_RE first and converts (as_traditional) only lines it does not read:
+    that is the same as converting every line only if no line HEADER_RE reads is converted."""
+    line = "".join(pieces)
+    lines = [line, "<22>" + line, "Nov  2 08:15:02 relay01 " + line, "2026-11-02T09:15:01Z mx1 " + line]
+    for text in lines:
+        if postfix_source._HEADER.match(text):
+            assert postfix_source.as_traditional(text) == text
+    con = duckdb.connect()
+    con.execute("CREATE TEMP TABLE raw_lines AS SELECT i::BIGINT AS line_no, line FROM unnest(?) WITH ORDINALITY t(line, i)",
+                [lines])
+    ctx = ParseContext(origin="maillog", settings=SETTINGS, year=2026)
+    got = con.execute(f"SELECT host, stamp, daemon, qid FROM ({postfix_source.classify_sql(ctx)}) ORDER BY line_no").fetchall()
+    con.execute(f"CREATE TEMP TABLE converted AS {postfix_source.traditional_lines_sql('raw_lines')}")
+    by_all = postfix_source.classify_sql(ctx).replace("FROM raw_lines", "FROM converted")
+    assert got == con.execute(f"SELECT host, stamp, daemon, qid FROM ({by_all}) ORDER BY line_no").fetchall()
+
+
 @pytest.mark.parametrize("stamps, zoneless, yearless", [
     (["Nov  2 09:15:01"], True, True),
     (["2026-11-02T09:15:01.123456+01:00"], False, False),
@@ -736,7 +762,7 @@ _DELIVERY_PIECES = st.fixed_dictionaries({
     "tail": st.sampled_from(["", " (250 2.0.0 Ok: queued as 4B1C2D3E)", " ()", " (", " )", " (x) y", " x", "(y)",
                              " (a, status=sent)"]),
 })
-_EDIT_ALPHABET = "<>,=.() /0123456789dsnelayt-_:"
+_EDIT_ALPHABET = "<>,=.() /0123456789dsnelayt-_:é"
 
 
 def _delivery_body(p: dict[str, str]) -> str:
