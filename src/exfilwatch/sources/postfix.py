@@ -469,15 +469,16 @@ class Postfix:
                        arg_max(status, o) AS status, arg_max(relay, o) AS relay, arg_max(hop, o) AS hop
                 FROM pf_segs WHERE kind = 'delivery' GROUP BY kh, seg, rcpt
             ), rcpt_state AS (
+                -- a recipient still deferred when the message expired has failed: that is applied
+                -- in `m` (n_final, any_failed), so info is read once, not joined here too
                 SELECT l.*, nullif(nullif(split_part(l.relay, '[', 1), 'none'), '') AS relay_host,
                     CASE WHEN l.status = 'sent' AND l.hop = 1 THEN 'hop'
                          WHEN l.status = 'sent' THEN 'delivered'
                          WHEN l.status IN ('bounced', 'expired') THEN 'failed'
-                         WHEN l.status = 'deferred' AND i.has_expired THEN 'failed'
                          WHEN l.status = 'deferred' THEN 'deferred'
                          WHEN l.status = 'deliverable' OR starts_with(l.status, 'undeliverable') THEN 'probe'
                          ELSE 'other' END AS state
-                FROM last_status l JOIN info i USING (kh, seg)
+                FROM last_status l
             ), rc AS (
                 SELECT kh, seg,
                     list(rcpt) FILTER (WHERE state = 'delivered') AS delivered,
@@ -487,10 +488,15 @@ class Postfix:
                     count(*) FILTER (WHERE state IN ('delivered', 'hop', 'failed', 'probe')) AS n_final,
                     bool_or(state = 'failed') AS any_failed,
                     arg_min(relay_host, first_pos) FILTER (WHERE state = 'delivered') AS dest_delivered,
-                    arg_min(relay_host, first_pos) AS dest_any
+                    arg_min(relay_host, first_pos) AS dest_any,
+                    count(*) FILTER (WHERE state = 'deferred') AS n_deferred
                 FROM rcpt_state GROUP BY kh, seg
             ), m AS (
-                SELECT i.*, rc.*  EXCLUDE (kh, seg), n.batch_max,
+                SELECT i.*,
+                    rc.* EXCLUDE (kh, seg, n_deferred) REPLACE (
+                        rc.n_final + CASE WHEN i.has_expired THEN rc.n_deferred ELSE 0 END AS n_final,
+                        rc.any_failed OR (i.has_expired AND rc.n_deferred > 0) AS any_failed),
+                    n.batch_max,
                     i.has_removed OR i.has_reject OR i.has_expired
                         OR coalesce(i.has_from AND i.nrcpt > 0 AND coalesce(rc.n_final, 0) >= i.nrcpt
                                     AND i.t1 < n.batch_max - {NRCPT_GRACE}, false) AS closed,
