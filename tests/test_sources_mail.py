@@ -245,22 +245,6 @@ def test_postfix_all_recipients_final_without_removed_line(tmp_path):
         ("one@example.com", "alice@example.com", ["a@gmail.com"], "delivered")]
 
 
-def test_postfix_queue_id_reused_in_one_file(tmp_path):
-    home = new_home(tmp_path)
-    lines = []
-    for minute, (sender, rcpt) in enumerate([("alice@example.com", "x@gmail.com"), ("bob@example.com", "y@yahoo.com")]):
-        t0, t1 = datetime(2026, 11, 3, 8, minute, 0), datetime(2026, 11, 3, 8, minute, 1)
-        lines += _postfix(
-            (t0, "postfix/cleanup", 1, postfix.cleanup("0F5383D", f"<m{minute}@example.com>")),
-            (t0, "postfix/qmgr", 2, postfix.queued("0F5383D", sender, 5360, 1)),
-            (t1, "postfix/smtp", 3, _sent("0F5383D", rcpt, relay="mx")),
-            (t1, "postfix/qmgr", 2, postfix.removed("0F5383D")),
-        )
-    ingest_paths([_maillog(tmp_path, lines)], home, SETTINGS, year=2026)
-    assert [(r[1], r[3], r[4]) for r in brief(email_rows(home))] == [
-        ("m0@example.com", "alice@example.com", ["x@gmail.com"]), ("m1@example.com", "bob@example.com", ["y@yahoo.com"])]
-
-
 def _reused_queue_id_lines() -> list[str]:
     lines = []
     for minute, (sender, rcpt) in enumerate([("alice@example.com", "x@gmail.com"), ("bob@example.com", "y@yahoo.com")]):
@@ -272,6 +256,13 @@ def _reused_queue_id_lines() -> list[str]:
             (t1, "postfix/qmgr", 2, postfix.removed("0F5383D")),
         )
     return lines
+
+
+def test_postfix_queue_id_reused_in_one_file(tmp_path):
+    home = new_home(tmp_path)
+    ingest_paths([_maillog(tmp_path, _reused_queue_id_lines())], home, SETTINGS, year=2026)
+    assert [(r[1], r[3], r[4]) for r in brief(email_rows(home))] == [
+        ("m0@example.com", "alice@example.com", ["x@gmail.com"]), ("m1@example.com", "bob@example.com", ["y@yahoo.com"])]
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 700, 300])
