@@ -229,19 +229,27 @@ def _column_blind(body: exp.Expression, earlier: set[str], model: str) -> bool:
     """Whether the CTE's body reads only the model and earlier CTEs (no nested WITH: its names
     would shadow them), and the model's columns only by name: its result is the same over any
     snapshot holding the columns it names. A `*` is allowed in `count(*)` and as the output of a
-    plain row filter (`SELECT * FROM x WHERE …`: which columns it carries changes no row)."""
+    plain row filter (`SELECT * FROM x WHERE …`: which columns it carries changes no row) outside
+    a set operation (UNION's distinct rows would depend on them); a relation's name used as a
+    value (DuckDB's whole row as a struct) is not."""
     if any(body.find_all(exp.With, exp.Columns)):
         return False
-    for table in body.find_all(exp.Table):
-        if table.name not in earlier | {model} or table.args.get("db") or not isinstance(table.this, exp.Identifier):
-            return False
+    tables = list(body.find_all(exp.Table))
+    if any(t.name not in earlier | {model} or t.args.get("db") or not isinstance(t.this, exp.Identifier) for t in tables):
+        return False
     if any(str(join.args.get("method") or "").upper() == "NATURAL" for join in body.find_all(exp.Join)):
+        return False
+    relations = {t.name for t in tables} | {t.alias for t in tables if t.alias} | {
+        s.alias for s in body.find_all(exp.Subquery) if s.alias}
+    if any(not column.table and column.name in relations for column in body.find_all(exp.Column)):
         return False
     for star in body.find_all(exp.Star):
         if isinstance(star.parent, exp.Count):
             continue
         node = star.parent if isinstance(star.parent, exp.Column) else star
-        if node.parent is not body or not _row_filter(body):
+        select = node.parent
+        if not (isinstance(select, exp.Select) and node in select.expressions and _row_filter(select)
+                and select.find_ancestor(exp.SetOperation) is None):
             return False
     return True
 
