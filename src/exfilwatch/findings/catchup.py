@@ -228,7 +228,15 @@ class SharedCtes:
 
     keys: frozenset[CteKey] = frozenset()
     tables: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    too_large: set[CteKey] = field(default_factory=set)  # computed within each search (see KEPT_ROWS)
     made: int = 0  # tables created in the run: names them
+
+
+# A result is kept for the next detections only up to this many rows; past it, the CTE is computed
+# within each search from then on. The domain-novelty results are at most a row per judged session
+# (a chunk judges at most CHUNK_ROWS); a copy of a rule would otherwise keep its `history` (each
+# judged session paired with its 90 days: 1.8 M rows for one chunk at 3000 users) for every chunk.
+KEPT_ROWS = 2 * CHUNK_ROWS
 
 
 def search_sharing(con: duckdb.DuckDBPyConnection, detection: Detection, param: dict[str, Any], shared: SharedCtes,
@@ -238,23 +246,32 @@ def search_sharing(con: duckdb.DuckDBPyConnection, detection: Detection, param: 
     CTE and those it reads, over the same rows)."""
     sql = compiled_sql(detection)
     ctes = search_ctes(sql, get_model(detection.data_model).name)
-    to_compute = ctes.to_compute(shared.keys) if ctes is not None else []
+    to_compute = ctes.to_compute(shared.keys - shared.too_large) if ctes is not None else []
     if not to_compute:
         return execute(con, detection, param)
     tables: dict[str, str] = {}
+    once: list[str] = []  # too large to keep: read by this search only
     for cte in to_compute:
         used = closure_parameters(ctes, cte)
         # the type too: 35 and 35.0 are equal in Python, an INTEGER and a DOUBLE to DuckDB
         key = (cte.key, tuple((name, type(param[name]).__name__, param[name]) for name in sorted(used)), snapshot)
         if key not in shared.tables:
             name = f"_shared_cte_{shared.made}"
+            shared.made += 1
             query, reads = ctes.with_tables(tables, select=cte.name)
             con.execute(f"CREATE TEMP TABLE {name} AS {query}", {p: param[p] for p in reads})
-            shared.tables[key] = name
-            shared.made += 1
-        tables[cte.name] = shared.tables[key]
+            if con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] > KEPT_ROWS:
+                shared.too_large.add(cte.key)
+                once.append(name)
+            else:
+                shared.tables[key] = name
+        tables[cte.name] = shared.tables.get(key) or once[-1]
     query, used = ctes.with_tables(tables)
-    return execute_sql(con, detection, query, used, param)
+    try:
+        return execute_sql(con, detection, query, used, param)
+    finally:
+        for name in once:
+            drop_temp(con, name)
 
 
 def release_ctes(con: duckdb.DuckDBPyConnection, shared: SharedCtes, keep: frozenset[CteKey] = frozenset()) -> None:
