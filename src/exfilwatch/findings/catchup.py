@@ -16,7 +16,10 @@ never from a detection's id:
   chunk spans at most a week and judges at most CHUNK_ROWS rows (a large organisation's week
   makes joins of millions of rows, where DuckDB's aggregates slow down twentyfold).
   Detections of one run that read the same model with the same condition over the same range
-  (the four EM rules) read it from the lake once (`lake_rows`, `SharedLakeRows`).
+  (the four EM rules) read it from the lake once (`lake_rows`, `SharedLakeRows`), and compute
+  the CTEs their searches hold alike (same text, parameter values and rows; recognised in
+  detections/ctes.py) once per chunk: the first computes each as a temp table, the next read it
+  (`SharedCtes`, `search_sharing`; the four EM rules' domain-novelty CTEs).
 * **Decomposable aggregates** (the network rules, `judged_from: today`; the shape is recognised
   in detections/batched.py `segment_plan`): the search reads its model once, in a `GROUP BY`
   whose only uses of non-key columns are `sum`/`min`/`max` of a column and whose only use of
