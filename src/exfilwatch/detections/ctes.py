@@ -122,7 +122,9 @@ def search_ctes(sql: str, model: str) -> SearchCtes | None:
     owner = _with_owner(tree)
     if owner is None or owner.args["with_"].args.get("recursive"):
         return None
-    parsed = [(cte.alias, cte.this) for cte in owner.args["with_"].expressions]
+    # names compared lower-cased, as DuckDB matches them
+    parsed = [(cte.alias.lower(), cte.this) for cte in owner.args["with_"].expressions]
+    model = model.lower()
     tokens = sqlglot.tokenize(sql, read="duckdb")
     spans = _cte_spans(tokens, [name for name, _ in parsed])
     if spans is None:
@@ -135,11 +137,11 @@ def search_ctes(sql: str, model: str) -> SearchCtes | None:
     ctes: dict[str, Cte] = {}
     for (name, body), (first, last) in zip(parsed, token_spans):
         tables = [t for t in body.find_all(exp.Table)]
-        reads = frozenset(t.name for t in tables if t.name in ctes)
+        reads = frozenset(t.name.lower() for t in tables if t.name.lower() in ctes)
         closure = _closure(reads, ctes)
         own = tuple((t.token_type.name, t.text) for t in tokens[first:last + 1])
         blind = _column_blind(body, set(ctes), model)
-        reads_model = any(t.name == model for t in tables) or any(ctes[c].reads_model for c in reads)
+        reads_model = any(t.name.lower() == model for t in tables) or any(ctes[c].reads_model for c in reads)
         members = [c for c in ctes.values() if c.name in closure]
         ctes[name] = Cte(
             name=name, start=tokens[first].start,
@@ -150,7 +152,7 @@ def search_ctes(sql: str, model: str) -> SearchCtes | None:
             separable=blind and all(c.blind for c in members) and reads_model and not _star_output(body),
         )
     return SearchCtes(sql, head, tail, tuple(ctes.values()),
-                      frozenset(t.name for t in main.find_all(exp.Table) if t.name in names),
+                      frozenset(t.name.lower() for t in main.find_all(exp.Table) if t.name.lower() in names),
                       _parameters(tokens, [i for i in range(len(tokens)) if i not in inside]))
 
 
@@ -185,7 +187,7 @@ def _cte_spans(tokens: list[Token], names: list[str]) -> tuple[int, int, list[tu
     spans = []
     index = at + 1
     for name in names:
-        if index >= len(tokens) or tokens[index].text != name:
+        if index >= len(tokens) or tokens[index].text.lower() != name:
             return None
         first = index
         while index < len(tokens) and tokens[index].token_type != TokenType.L_PAREN:
@@ -235,13 +237,13 @@ def _column_blind(body: exp.Expression, earlier: set[str], model: str) -> bool:
     if any(body.find_all(exp.With, exp.Columns)):
         return False
     tables = list(body.find_all(exp.Table))
-    if any(t.name not in earlier | {model} or t.args.get("db") or not isinstance(t.this, exp.Identifier) for t in tables):
+    if any(t.name.lower() not in earlier | {model} or t.args.get("db") or not isinstance(t.this, exp.Identifier) for t in tables):
         return False
     if any(str(join.args.get("method") or "").upper() == "NATURAL" for join in body.find_all(exp.Join)):
         return False
-    relations = {t.name for t in tables} | {t.alias for t in tables if t.alias} | {
-        s.alias for s in body.find_all(exp.Subquery) if s.alias}
-    if any(not column.table and column.name in relations for column in body.find_all(exp.Column)):
+    relations = {t.name.lower() for t in tables} | {t.alias.lower() for t in tables if t.alias} | {
+        s.alias.lower() for s in body.find_all(exp.Subquery) if s.alias}
+    if any(not column.table and column.name.lower() in relations for column in body.find_all(exp.Column)):
         return False
     for star in body.find_all(exp.Star):
         if isinstance(star.parent, exp.Count):

@@ -64,8 +64,8 @@ from exfilwatch.events.engine import expose_models, local_day_sql, register_lake
 from exfilwatch.findings import dailysums
 from exfilwatch.detections.batched import FIRES, BatchedPlan, SegmentPlan, bound_value, fire_values, group_key
 from exfilwatch.detections.ctes import CteKey, closure_parameters, search_ctes
-from exfilwatch.detections.runner import (compiled_sql, data_range, execute, execute_sql, resolve_parameters,
-                                          run_window, sql_parameters)
+from exfilwatch.detections.runner import (DetectionRunError, compiled_sql, data_range, execute, execute_sql,
+                                          resolve_parameters, run_window, sql_parameters)
 from exfilwatch.detections.schedule import iter_fire_times
 from exfilwatch.detections.schema import Detection
 from exfilwatch.findings.record import Finding, findings_from_rows
@@ -231,7 +231,7 @@ class SharedCtes:
 
     keys: frozenset[CteKey] = frozenset()
     tables: dict[tuple[Any, ...], str] = field(default_factory=dict)
-    too_large: set[CteKey] = field(default_factory=set)  # computed within each search (see KEPT_ROWS)
+    unshared: set[CteKey] = field(default_factory=set)  # computed within each search (see KEPT_ROWS)
     made: int = 0  # tables created in the run: names them
 
 
@@ -249,29 +249,34 @@ def search_sharing(con: duckdb.DuckDBPyConnection, detection: Detection, param: 
     CTE and those it reads, over the same rows)."""
     sql = compiled_sql(detection)
     ctes = search_ctes(sql, get_model(detection.data_model).name)
-    to_compute = ctes.to_compute(shared.keys - shared.too_large) if ctes is not None else []
+    to_compute = ctes.to_compute(shared.keys - shared.unshared) if ctes is not None else []
     if not to_compute:
         return execute(con, detection, param)
     tables: dict[str, str] = {}
     once: list[str] = []  # too large to keep: read by this search only
-    for cte in to_compute:
-        used = closure_parameters(ctes, cte)
-        # the type too: 35 and 35.0 are equal in Python, an INTEGER and a DOUBLE to DuckDB
-        key = (cte.key, tuple((name, type(param[name]).__name__, param[name]) for name in sorted(used)), snapshot)
-        if key not in shared.tables:
-            name = f"_shared_cte_{shared.made}"
-            shared.made += 1
-            query, reads = ctes.with_tables(tables, select=cte.name)
-            con.execute(f"CREATE TEMP TABLE {name} AS {query}", {p: param[p] for p in reads})
-            if con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] > KEPT_ROWS:
-                shared.too_large.add(cte.key)
-                once.append(name)
-            else:
-                shared.tables[key] = name
-        tables[cte.name] = shared.tables.get(key) or once[-1]
-    query, used = ctes.with_tables(tables)
     try:
+        for cte in to_compute:
+            used = closure_parameters(ctes, cte)
+            # the type too: 35 and 35.0 are equal in Python, an INTEGER and a DOUBLE to DuckDB
+            key = (cte.key, tuple((name, type(param[name]).__name__, param[name]) for name in sorted(used)), snapshot)
+            if key not in shared.tables:
+                name = f"_shared_cte_{shared.made}"
+                shared.made += 1
+                query, reads = ctes.with_tables(tables, select=cte.name)
+                con.execute(f"CREATE TEMP TABLE {name} AS {query}", {p: param[p] for p in reads})
+                if con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] > KEPT_ROWS:
+                    shared.unshared.add(cte.key)
+                    once.append(name)
+                else:
+                    shared.tables[key] = name
+            tables[cte.name] = shared.tables.get(key) or once[-1]
+        query, used = ctes.with_tables(tables)
         return execute_sql(con, detection, query, used, param)
+    except (duckdb.Error, DetectionRunError):
+        # a rewrite DuckDB refuses (or a search that fails anyway): the search's own SQL says
+        # which, and these CTEs are computed within each search from then on
+        shared.unshared.update(c.key for c in to_compute)
+        return execute(con, detection, param)
     finally:
         for name in once:
             drop_temp(con, name)
