@@ -618,3 +618,42 @@ def test_the_em_rules_and_a_users_copy_share_what_they_compute_alike_and_find_wh
                             "my_bsum": {"introductions"}}
     chunks = sum(1 for who, name in computed if (who, name) == ("em_bsum", "novelty"))
     assert chunks > 1 and sum(1 for who, _ in computed if who == "my_bsum") == chunks
+
+
+@pytest.mark.parametrize("why", ["too large to keep", "refused by DuckDB"])
+def test_shared_ctes_that_cannot_be_kept_are_computed_within_each_search(org, monkeypatch, why):
+    """A CTE result over KEPT_ROWS is read by the search that computed it and dropped (here every
+    one: the bound set to -1), and a CTE whose query DuckDB refuses (here every one) falls back to
+    the search's own SQL: either way no result is held between searches, and the rules find what
+    each finds run alone."""
+    catalog = load_detections()
+    chosen = [catalog["em_bsum"], catalog["em_dnum"]]
+    held: list[int] = []
+    search = catchup.search_sharing
+
+    def spied(con, detection, param, shared, snapshot):
+        rows = search(con, detection, param, shared, snapshot)
+        held.append(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_shared_cte_%'"
+                                ).fetchone()[0])
+        return rows
+
+    monkeypatch.setattr(catchup, "search_sharing", spied)
+    if why == "too large to keep":
+        monkeypatch.setattr(catchup, "KEPT_ROWS", -1)
+    else:
+        from exfilwatch.detections.ctes import SearchCtes
+
+        with_tables = SearchCtes.with_tables
+        monkeypatch.setattr(SearchCtes, "with_tables", lambda self, tables, select=None: (
+            ("SELECT * FROM no_such_table", frozenset()) if select else with_tables(self, tables, select)))
+    root, ds, parts = org
+    name = why.replace(" ", "_")
+    together, alone = homes(root, ds.config, [f"{name}_together", f"{name}_alone"])
+    now = CUT + timedelta(hours=1)
+    for home in (together, alone):
+        ingest(home, parts, 0)
+    schedule(together, now, "one-pass", tuple(d.id for d in chosen))
+    for detection in chosen:
+        schedule(alone, now, "one-pass", (detection.id,))
+    assert recorded(together) == recorded(alone)
+    assert held and not any(held)
