@@ -312,16 +312,18 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
 def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, params: list[dict[str, Any]],
               due: list[int], silent_when_empty: bool, start: datetime, tz: str, plan: SegmentPlan | None,
               batched: BatchedPlan | None, per_hour: RowsPerHour, ctes: SharedCtes | None = None,
-              rows: tuple[Any, ...] = ()) -> Iterator[tuple[int, list[Finding]]]:
+              snapshot: tuple[Any, ...] = ()) -> Iterator[tuple[int, list[Finding]]]:
     """(fire, its findings) for each due fire in order, from the snapshot `model` (findings/catchup.py).
 
     Judged windows are chunked over every fire, the skipped ones included (they hold no judged
     row, so they add nothing and keep the chunks long); decomposable aggregates run over segment
     sums, a group of fires per query with a batched form, else each fire on its own; any other
-    search runs fire by fire."""
+    search runs fire by fire. With `ctes`, judged-window searches read the CTEs they share with
+    other detections of the run from their results over the same rows (`snapshot`: what
+    `model` holds, as (model, condition, start, end))."""
     if plan is None:
         if silent_when_empty:
-            yield from one_pass(con, detection, params, tz, set(due), per_hour, ctes, rows)
+            yield from one_pass(con, detection, params, tz, set(due), per_hour, ctes, snapshot)
         else:
             yield from ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
         return
