@@ -224,10 +224,11 @@ class SharedCtes:
     `keys` (set by the run): the separable CTEs that more than one of its detections holds. A
     result is keyed by its CTE's key, its parameters' values and the rows it was computed from,
     so a detection whose copy of a CTE has another parameter value (or that reads other rows)
-    computes its own. Measured on a chunk of the four EM rules at 3000 users x 90 days (28,261
-    sessions judged): the domain-novelty CTEs (`novelty`, `introductions`, with what they read)
-    were about 0.6 of each rule's 2.2 CPU-s; their results are small (1,908 and 0 rows), so a
-    run keeps every chunk's until the last detection holding them has run (`release_ctes`)."""
+    computes its own. The four EM rules' domain-novelty CTEs, computed by the first: the other
+    three rules' catch-up took 34.5-38.5 CPU-s instead of 84.6-96.6 at 10,000 users x 90 days
+    (docs/benchmarks.md, "Eighth round"). Their results are small (1,908 and 0 rows for a chunk
+    of 28,261 sessions at 3000 users), so a run keeps every chunk's until the last detection
+    holding them has run (`release_ctes`)."""
 
     keys: frozenset[CteKey] = frozenset()
     tables: dict[tuple[Any, ...], str] = field(default_factory=dict)
