@@ -562,3 +562,98 @@ def test_the_four_em_rules_read_the_sessions_from_the_lake_once(org, monkeypatch
     assert snapshots[0] == {"user_sessions": sorted(set().union(*(pipeline._lake_read(catalog[i])[1] for i in em)))}
     assert not any("user_sessions" in s for s in snapshots[1:])
     assert held_at_start == {em[0]: False, em[1]: True, em[2]: True, em[3]: True, NETWORK[0]: False}
+
+
+def test_the_em_rules_and_a_users_copy_share_what_they_compute_alike_and_find_what_each_alone_finds(org, monkeypatch):
+    """In one run, the four EM rules compute each chunk's domain-novelty CTEs once (the first rule
+    computes them, the others read its results) and a user's copy of EM-BSum whose
+    `domain_warmup_days` differs reads those it holds with the same text and values but computes
+    its own `introductions`, which reads that parameter. The runs, findings and watermarks are
+    those of the same detections each run alone (each search computing all its CTEs)."""
+    catalog = load_detections()
+    em = [catalog[i] for i in ("em_bsum", "em_bsum_personal", "em_dnum", "em_fnum")]
+    warmup = em[0].parameters["domain_warmup_days"]
+    copy = em[0].model_copy(update={"id": "my_bsum", "parameters": {
+        **em[0].parameters, "domain_warmup_days": warmup.model_copy(update={"default": warmup.default - 20})}})
+    chosen = [*em, copy]
+    computed: list[tuple[str, str]] = []  # (detection, CTE) of every result a search computed
+    search = catchup.search_sharing
+
+    def spied(con, detection, param, shared, snapshot):
+        before = set(shared.tables)
+        rows = search(con, detection, param, shared, snapshot)
+        names = {c.key: c.name for c in catchup.search_ctes(catchup.compiled_sql(detection), "user_sessions").ctes}
+        computed.extend((detection.id, names[key[0]]) for key in set(shared.tables) - before)
+        return rows
+
+    monkeypatch.setattr(catchup, "search_sharing", spied)
+    root, ds, parts = org
+    together, alone = homes(root, ds.config, ["ctes_together", "ctes_alone"])
+    now = CUT + timedelta(hours=1)
+
+    def run(home: Home, detections: list) -> None:
+        settings, state = load_settings(home), open_state(home)
+        con = connect(settings)
+        try:
+            pipeline.run(con, state, settings, catalog, now, pipeline.Options(detections=detections, risk=False,
+                                                                              deliver=False))
+            assert not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_shared_cte_%'"
+                                   ).fetchone()[0]  # every result dropped at the end of the run
+        finally:
+            con.close()
+            state.close()
+
+    for home in (together, alone):
+        ingest(home, parts, 0)
+    run(together, chosen)
+    for detection in chosen:
+        run(alone, [detection])
+    assert recorded(together) == recorded(alone)
+    assert any(f["finding_key"].startswith("em_") for f in recorded(together)["findings"])
+    by_detection = {d.id: {name for who, name in computed if who == d.id} for d in chosen}
+    # EM-BSum's copy holds its model's CTEs too (`history`, `stats`, `peers`): EM-BSum computes
+    # them apart and the copy reads them; `peer_days`, then read only by those, is computed by the next rule
+    assert by_detection == {"em_bsum": {"history", "stats", "peers", "novelty", "data_start", "introductions"},
+                            "em_bsum_personal": {"peer_days"}, "em_dnum": set(), "em_fnum": set(),
+                            "my_bsum": {"introductions"}}
+    chunks = sum(1 for who, name in computed if (who, name) == ("em_bsum", "novelty"))
+    assert chunks > 1 and sum(1 for who, _ in computed if who == "my_bsum") == chunks
+
+
+@pytest.mark.parametrize("why", ["too large to keep", "refused by DuckDB"])
+def test_shared_ctes_that_cannot_be_kept_are_computed_within_each_search(org, monkeypatch, why):
+    """A CTE result over KEPT_ROWS is read by the search that computed it and dropped (here every
+    one: the bound set to -1), and a CTE whose query DuckDB refuses (here every one) falls back to
+    the search's own SQL: either way no result is held between searches, and the rules find what
+    each finds run alone."""
+    catalog = load_detections()
+    chosen = [catalog["em_bsum"], catalog["em_dnum"]]
+    held: list[int] = []
+    search = catchup.search_sharing
+
+    def spied(con, detection, param, shared, snapshot):
+        rows = search(con, detection, param, shared, snapshot)
+        held.append(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_shared_cte_%'"
+                                ).fetchone()[0])
+        return rows
+
+    monkeypatch.setattr(catchup, "search_sharing", spied)
+    if why == "too large to keep":
+        monkeypatch.setattr(catchup, "KEPT_ROWS", -1)
+    else:
+        from exfilwatch.detections.ctes import SearchCtes
+
+        with_tables = SearchCtes.with_tables
+        monkeypatch.setattr(SearchCtes, "with_tables", lambda self, tables, select=None: (
+            ("SELECT * FROM no_such_table", frozenset()) if select else with_tables(self, tables, select)))
+    root, ds, parts = org
+    name = why.replace(" ", "_")
+    together, alone = homes(root, ds.config, [f"{name}_together", f"{name}_alone"])
+    now = CUT + timedelta(hours=1)
+    for home in (together, alone):
+        ingest(home, parts, 0)
+    schedule(together, now, "one-pass", tuple(d.id for d in chosen))
+    for detection in chosen:
+        schedule(alone, now, "one-pass", (detection.id,))
+    assert recorded(together) == recorded(alone)
+    assert held and not any(held)

@@ -22,10 +22,11 @@ from typing import Any, Literal
 import duckdb
 
 from exfilwatch.config import Settings
-from exfilwatch.findings.catchup import (DAYS, SEGMENTS, RowsPerHour, SharedLakeRows, batched_findings, batched_groups,
-                                        create_days, create_group_segments, create_range_segments, drop_temp,
-                                        judged_start, lake_rows, one_pass, release_shared, rows_per_hour,
-                                        segment_groups, snapshot_with_daily_sums)
+from exfilwatch.findings.catchup import (DAYS, SEGMENTS, RowsPerHour, SharedCtes, SharedLakeRows, batched_findings,
+                                        batched_groups, create_days, create_group_segments, create_range_segments,
+                                        drop_temp, judged_start, lake_rows, one_pass, release_ctes, release_shared,
+                                        rows_per_hour, segment_groups, snapshot_with_daily_sums)
+from exfilwatch.detections.ctes import CteKey, separable_keys, shared_keys
 from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
@@ -119,6 +120,10 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
     sharing = options.mode != "once" and options.catch_up == "one-pass"
     reads = [_lake_read(d) if sharing and _reads_one_model(d) else None for d in chosen]
     shared = SharedLakeRows(columns=_shared_columns(reads))
+    # CTEs that more than one detection of the run computes over the same rows are computed once
+    # (findings/catchup.py SharedCtes); the per-fire reference computes each search's own
+    held = [_cte_keys(d) if sharing else frozenset() for d in chosen]
+    ctes = SharedCtes(keys=shared_keys(held))
     try:
         for index, detection in enumerate(chosen):
             if options.mode == "once":
@@ -127,7 +132,8 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
                 read = reads[index]
                 shares = read is not None and (read[0], read[2]) in shared.columns
                 result.detections.append(_catch_up(con, state, settings, detection, now, options,
-                                                   shared if shares else None))
+                                                   shared if shares else None, ctes if held[index] & ctes.keys else None))
+                release_ctes(con, ctes, keep=frozenset().union(*held[index + 1:]))
                 # a copy no later detection reads is dropped now, not held through their catch-ups
                 # (the sessions with their lists: 114,645 rows at 1000 users x 90 days)
                 later = {(r[0], r[2]) for r in reads[index + 1:] if r is not None}
@@ -135,6 +141,7 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
                     release_shared(con, shared)
     finally:
         release_shared(con, shared)
+        release_ctes(con, ctes)
     if options.risk:
         result.risk = rebuild_risk_events(state, settings, techniques_by_detection(catalog) | options.techniques, now)
         rules = options.incident_rules
@@ -206,11 +213,20 @@ def _shared_columns(reads: list[tuple[str, list[str], str | None] | None]) -> di
     return {rows: sorted(set().union(*columns)) for rows, columns in by_rows.items() if len(columns) > 1}
 
 
+def _cte_keys(detection: Detection) -> frozenset[CteKey]:
+    """The keys of the search's separable CTEs (detections/ctes.py)."""
+    if detection.data_model not in DATA_MODELS:
+        return frozenset()
+    return separable_keys(compiled_sql(detection), get_model(detection.data_model).name)
+
+
 def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, detection: Detection,
-              now: datetime, options: Options, shared: SharedLakeRows | None) -> DetectionRun:
+              now: datetime, options: Options, shared: SharedLakeRows | None,
+              ctes: SharedCtes | None = None) -> DetectionRun:
     """Run one detection at each fire time since its watermark, oldest first, reading the lake once
     (or not at all when the previous detection read the same rows: `shared`, given only when
-    another detection of the run reads the same)."""
+    another detection of the run reads the same), and reading the CTEs it shares with other
+    detections of the run from their results (`ctes`, given only when it holds some)."""
     tz = settings.timezone
     first, last = data_bounds(con, state, settings, detection.data_model,
                               need_first=options.since is None and watermark(state, detection.id) is None)
@@ -271,7 +287,7 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
             found = ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
         else:
             found = _one_pass(con, detection, model.name, params, due, silent_when_empty, first_start, tz, segments,
-                              batched, per_hour)
+                              batched, per_hour, ctes, (model.name, condition, first_start, last_end))
         done = 0
         for batch in _batched(found, STATE_BATCH):
             # Each fire's run, findings and watermark as if it had run alone, a batch of fires per
@@ -295,16 +311,19 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
 
 def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, params: list[dict[str, Any]],
               due: list[int], silent_when_empty: bool, start: datetime, tz: str, plan: SegmentPlan | None,
-              batched: BatchedPlan | None, per_hour: RowsPerHour) -> Iterator[tuple[int, list[Finding]]]:
+              batched: BatchedPlan | None, per_hour: RowsPerHour, ctes: SharedCtes | None = None,
+              snapshot: tuple[Any, ...] = ()) -> Iterator[tuple[int, list[Finding]]]:
     """(fire, its findings) for each due fire in order, from the snapshot `model` (findings/catchup.py).
 
     Judged windows are chunked over every fire, the skipped ones included (they hold no judged
     row, so they add nothing and keep the chunks long); decomposable aggregates run over segment
     sums, a group of fires per query with a batched form, else each fire on its own; any other
-    search runs fire by fire."""
+    search runs fire by fire. With `ctes`, judged-window searches read the CTEs they share with
+    other detections of the run from their results over the same rows (`snapshot`: what
+    `model` holds, as (model, condition, start, end))."""
     if plan is None:
         if silent_when_empty:
-            yield from one_pass(con, detection, params, tz, set(due), per_hour)
+            yield from one_pass(con, detection, params, tz, set(due), per_hour, ctes, snapshot)
         else:
             yield from ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
         return

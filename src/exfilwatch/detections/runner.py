@@ -196,7 +196,13 @@ def data_range(params: dict[str, Any]) -> tuple[datetime, datetime]:
 
 def execute(con: duckdb.DuckDBPyConnection, detection: Detection, params: dict[str, Any]) -> list[dict[str, Any]]:
     sql = compiled_sql(detection)
-    used = sql_parameters(sql)
+    return execute_sql(con, detection, sql, sql_parameters(sql), params)
+
+
+def execute_sql(con: duckdb.DuckDBPyConnection, detection: Detection, sql: str, used: frozenset[str],
+                params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of `sql`, the detection's search or a rewrite of it (detections/ctes.py) that uses the
+    parameters `used`."""
     missing = used - set(params)
     if missing:
         raise DetectionRunError(f"{detection.id}: the search uses undeclared parameters {sorted(missing)}")

@@ -16,7 +16,10 @@ never from a detection's id:
   chunk spans at most a week and judges at most CHUNK_ROWS rows (a large organisation's week
   makes joins of millions of rows, where DuckDB's aggregates slow down twentyfold).
   Detections of one run that read the same model with the same condition over the same range
-  (the four EM rules) read it from the lake once (`lake_rows`, `SharedLakeRows`).
+  (the four EM rules) read it from the lake once (`lake_rows`, `SharedLakeRows`), and compute
+  the CTEs their searches hold alike (same text, parameter values and rows; recognised in
+  detections/ctes.py) once per chunk: the first computes each as a temp table, the next read it
+  (`SharedCtes`, `search_sharing`; the four EM rules' domain-novelty CTEs).
 * **Decomposable aggregates** (the network rules, `judged_from: today`; the shape is recognised
   in detections/batched.py `segment_plan`): the search reads its model once, in a `GROUP BY`
   whose only uses of non-key columns are `sum`/`min`/`max` of a column and whose only use of
@@ -49,7 +52,7 @@ never from a detection's id:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import accumulate
@@ -60,7 +63,9 @@ from exfilwatch.config import Settings
 from exfilwatch.events.engine import expose_models, local_day_sql, register_lake_views
 from exfilwatch.findings import dailysums
 from exfilwatch.detections.batched import FIRES, BatchedPlan, SegmentPlan, bound_value, fire_values, group_key
-from exfilwatch.detections.runner import data_range, execute, resolve_parameters, run_window, sql_parameters
+from exfilwatch.detections.ctes import CteKey, closure_parameters, search_ctes
+from exfilwatch.detections.runner import (DetectionRunError, compiled_sql, data_range, execute, execute_sql,
+                                          resolve_parameters, run_window, sql_parameters)
 from exfilwatch.detections.schedule import iter_fire_times
 from exfilwatch.detections.schema import Detection
 from exfilwatch.findings.record import Finding, findings_from_rows
@@ -74,6 +79,7 @@ CHUNK_SPAN = timedelta(days=7)  # bounds the memory of a chunk's joins (sessions
 # (its holistic aggregates over 6 M history rows fall off a cliff), while four days (about
 # 42,800 sessions) took 4.0 at 4 GB. At 1000 and 3000 users a week holds 9,500 and 28,000.
 CHUNK_ROWS = 40_000
+Search = Callable[[dict[str, Any]], list[dict[str, Any]]]  # a search's rows at given parameters
 GROUP_FIRES = 24  # fires sharing one segment table (a search without a batched form): a day of hourly fires
 
 
@@ -163,15 +169,18 @@ def _shape(param: dict[str, Any]) -> dict[str, Any]:
 
 
 def chunk_findings(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[dict[str, Any]],
-                   tz: str) -> list[list[Finding]] | None:
+                   tz: str, search: Search | None = None) -> list[list[Finding]] | None:
     """The findings of each fire of one chunk (from `judged_chunks`), from one execution of the
-    search; None when a finding falls outside every fire's window (run those fires one by one)."""
+    search (by `search`, given the merged parameters, when the caller shares CTEs; else the
+    detection's own SQL); None when a finding falls outside every fire's window (run those fires
+    one by one)."""
+    search = search or (lambda param: execute(con, detection, param))
     if len(params) == 1:
-        return [findings_from_rows(detection, execute(con, detection, params[0]), tz)]
+        return [findings_from_rows(detection, search(params[0]), tz)]
     merged = dict(params[-1], earliest=params[0]["earliest"])
     starts = [p["earliest"] for p in params]
     per_fire: list[list[Finding]] = [[] for _ in params]
-    for finding in findings_from_rows(detection, execute(con, detection, merged), tz):
+    for finding in findings_from_rows(detection, search(merged), tz):
         try:
             when = datetime.fromisoformat(finding.time)
         except (TypeError, ValueError):
@@ -184,11 +193,15 @@ def chunk_findings(con: duckdb.DuckDBPyConnection, detection: Detection, params:
 
 
 def one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[dict[str, Any]], tz: str,
-             due: set[int] | None = None, per_hour: RowsPerHour | None = None) -> Iterator[tuple[int, list[Finding]]]:
+             due: set[int] | None = None, per_hour: RowsPerHour | None = None,
+             shared: SharedCtes | None = None, snapshot: Hashable = None) -> Iterator[tuple[int, list[Finding]]]:
     """(fire index, its findings) for every fire of `params` (or only those in `due`), in order,
     over the views registered, in chunks of at most CHUNK_ROWS judged rows (counted from
     `per_hour`, the model's rows per hour, when the caller has them). Fires not due must hold no
-    judged row: a finding there makes the chunk run fire by fire."""
+    judged row: a finding there makes the chunk run fire by fire. With `shared`, each chunk's
+    search reads the CTEs other detections of the run share from their results over the same
+    rows (`snapshot`: what the model's temp table holds), computing those not yet there."""
+    search = None if shared is None else (lambda param: search_sharing(con, detection, param, shared, snapshot))
     rows = None
     if detection.schedule.judged_from == "earliest":
         per_hour = per_hour or rows_per_hour(con, get_model(detection.data_model).name)
@@ -197,11 +210,85 @@ def one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, params: list[
         wanted = [i for i in chunk if due is None or i in due]
         if not wanted:
             continue
-        found = chunk_findings(con, detection, [params[i] for i in chunk], tz)
+        found = chunk_findings(con, detection, [params[i] for i in chunk], tz, search)
         if found is not None and all(not f for i, f in zip(chunk, found) if i not in wanted):
             yield from ((i, f) for i, f in zip(chunk, found) if i in wanted)
         else:
             yield from ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in wanted)
+
+
+@dataclass
+class SharedCtes:
+    """CTE results that detections of one run share (detections/ctes.py), as temp tables.
+
+    `keys` (set by the run): the separable CTEs that more than one of its detections holds. A
+    result is keyed by its CTE's key, its parameters' values and the rows it was computed from,
+    so a detection whose copy of a CTE has another parameter value (or that reads other rows)
+    computes its own. The four EM rules' domain-novelty CTEs, computed by the first: the other
+    three rules' catch-up took 34.5-38.5 CPU-s instead of 84.6-96.6 at 10,000 users x 90 days
+    (docs/benchmarks.md, "Eighth round"). Their results are small (1,908 and 0 rows for a chunk
+    of 28,261 sessions at 3000 users), so a run keeps every chunk's until the last detection
+    holding them has run (`release_ctes`)."""
+
+    keys: frozenset[CteKey] = frozenset()
+    tables: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    unshared: set[CteKey] = field(default_factory=set)  # computed within each search (see KEPT_ROWS)
+    made: int = 0  # tables created in the run: names them
+
+
+# A result is kept for the next detections only up to this many rows; past it, the CTE is computed
+# within each search from then on. The domain-novelty results are at most a row per judged session
+# (a chunk judges at most CHUNK_ROWS); a copy of a rule would otherwise keep its `history` (each
+# judged session paired with its 90 days: 1.8 M rows for one chunk at 3000 users) for every chunk.
+KEPT_ROWS = 2 * CHUNK_ROWS
+
+
+def search_sharing(con: duckdb.DuckDBPyConnection, detection: Detection, param: dict[str, Any], shared: SharedCtes,
+                   snapshot: Hashable) -> list[dict[str, Any]]:
+    """The rows of the detection's search at `param`, its CTEs in `shared.keys` read from the
+    run's tables (computed first when no detection has yet: the same query as the search's own
+    CTE and those it reads, over the same rows)."""
+    sql = compiled_sql(detection)
+    ctes = search_ctes(sql, get_model(detection.data_model).name)
+    to_compute = ctes.to_compute(shared.keys - shared.unshared) if ctes is not None else []
+    if not to_compute:
+        return execute(con, detection, param)
+    tables: dict[str, str] = {}
+    once: list[str] = []  # too large to keep: read by this search only
+    try:
+        for cte in to_compute:
+            used = closure_parameters(ctes, cte)
+            # the type too: 35 and 35.0 are equal in Python, an INTEGER and a DOUBLE to DuckDB
+            key = (cte.key, tuple((name, type(param[name]).__name__, param[name]) for name in sorted(used)), snapshot)
+            if key not in shared.tables:
+                name = f"_shared_cte_{shared.made}"
+                shared.made += 1
+                query, reads = ctes.with_tables(tables, select=cte.name)
+                con.execute(f"CREATE TEMP TABLE {name} AS {query}", {p: param[p] for p in reads})
+                if con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] > KEPT_ROWS:
+                    shared.unshared.add(cte.key)
+                    once.append(name)
+                else:
+                    shared.tables[key] = name
+            tables[cte.name] = shared.tables.get(key) or once[-1]
+        query, used = ctes.with_tables(tables)
+        return execute_sql(con, detection, query, used, param)
+    except (duckdb.Error, DetectionRunError):
+        # a rewrite DuckDB refuses (or a search that fails anyway): the search's own SQL says
+        # which, and these CTEs are computed within each search from then on
+        shared.unshared.update(c.key for c in to_compute)
+        return execute(con, detection, param)
+    finally:
+        for name in once:
+            drop_temp(con, name)
+
+
+def release_ctes(con: duckdb.DuckDBPyConnection, shared: SharedCtes, keep: frozenset[CteKey] = frozenset()) -> None:
+    """Drop the results of CTEs whose key is not in `keep` (what the detections still to run hold)."""
+    for key, name in list(shared.tables.items()):
+        if key[0] not in keep:
+            drop_temp(con, name)
+            del shared.tables[key]
 
 
 # --- decomposable aggregates -------------------------------------------------------------------
