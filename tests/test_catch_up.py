@@ -482,13 +482,13 @@ def test_only_detections_that_read_the_same_lake_rows_share_a_copy(org, monkeypa
     assert hosts_receiving == robust
     assert email_servers != hosts_receiving
     handed: dict[str | None, bool] = {}
-    read = catchup.lake_rows
+    read = catchup.lake_segments
 
-    def spied(con, settings, state, model, columns, condition, start, end, shared=None):
+    def spied(con, settings, state, model, plan, condition, cuts, start, end, shared=None):
         handed[condition] = shared is not None
-        return read(con, settings, state, model, columns, condition, start, end, shared)
+        return read(con, settings, state, model, plan, condition, cuts, start, end, shared)
 
-    monkeypatch.setattr(catchup, "lake_rows", spied)
+    monkeypatch.setattr(catchup, "lake_segments", spied)
     root, ds, parts = org
     (home,) = homes(root, ds.config, ["sharing"])
     ingest(home, parts, 0)
