@@ -299,8 +299,10 @@ def create_cut_sums(con: duckdb.DuckDBPyConnection, rows: str, keys: list[str], 
     sums of the rows."""
     origin = (cuts[0] - _EPOCH) // timedelta(microseconds=1)
     drop_temp(con, CUT_PARTS)
-    con.execute(f"CREATE TEMP TABLE {CUT_PARTS} AS SELECT unnest($parts, recursive := true)",
-                {"parts": cut_parts(cuts, end)})
+    con.execute(f"CREATE TEMP TABLE {CUT_PARTS} (bucket BIGINT, lo TIMESTAMPTZ, hi TIMESTAMPTZ, cut TIMESTAMPTZ)")
+    parts = cut_parts(cuts, end)
+    if parts:
+        con.execute(f"INSERT INTO {CUT_PARTS} SELECT unnest($parts, recursive := true)", {"parts": parts})
     selected, grouped = [], []
     for key in keys:
         if key == "_day" and day_of_cut is not None:
@@ -412,13 +414,7 @@ def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, 
         expose_models(con, {model: (columns, run[0][1], run[-1][2])}, condition)
         dailysums.write_days(con, state, definition, model, plan.keys, plan.aggregates, _types(con, model), run,
                              signature_of, tz)
-    # The lake's rows come summed per key between the fires' bounds and local midnights, and also
-    # at each fire's judged start and the UTC hour it falls in, so that `rows_per_hour` finds a row
-    # in the hours a fire's judged window overlaps exactly where the rows have one (a segment is
-    # dated by its first row)
-    judged_hours = {j.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) for j in judged}
-    lake_segments(con, settings, state, model, plan, condition, sorted(cuts | set(judged) | judged_hours), horizon,
-                  end, shared)
+    lake_segments(con, settings, state, model, plan, condition, judged_window_cuts(cuts, judged), horizon, end, shared)
     finished = [d for d in whole if d[1] >= horizon and d[0] not in current]
     dailysums.write_days(con, state, definition, model, plan.keys, plan.aggregates, _types(con, model), finished,
                          signature_of, tz)
@@ -426,6 +422,17 @@ def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, 
     stored_sql = dailysums.read_sql([paths[d[0]][1] for d in summed])
     if stored_sql:
         con.execute(f"INSERT INTO temp.main.{model} BY NAME {stored_sql}")
+
+
+def judged_window_cuts(bounds: set[datetime], judged: list[datetime]) -> list[datetime]:
+    """Where to cut the lake's rows so that, dated by its first row, a segment table has a row in
+    the same UTC hours as the rows for every fire's judged window: the fires' bounds (with their
+    `latest`), each fire's judged start, and the start of the UTC hour it falls in (else a
+    segment reaching back past that hour would move the rows just before a judged start that is
+    not on the hour out of the window's first hour). `rows_per_hour` then skips the fires the
+    rows would skip."""
+    hours = {j.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) for j in judged}
+    return sorted(bounds | set(judged) | hours)
 
 
 SHARED_LAKE = "_catch_up_shared_lake"  # the lake's rows a detection read, for the next ones that read the same
