@@ -16,15 +16,17 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import duckdb
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from exfilwatch import pipeline
 from exfilwatch.config import Home, Settings, load_settings
 from exfilwatch.detections.batched import segment_plan
-from exfilwatch.findings import catchup
+from exfilwatch.findings import catchup, dailysums
 from exfilwatch.findings.catchup import judged_chunks
 from exfilwatch.detections.schema import load_detections
-from exfilwatch.events.engine import connect
+from exfilwatch.events.engine import connect, local_day_sql
 from exfilwatch.evaluate.replay import replay
 from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.home import open_state
@@ -482,13 +484,13 @@ def test_only_detections_that_read_the_same_lake_rows_share_a_copy(org, monkeypa
     assert hosts_receiving == robust
     assert email_servers != hosts_receiving
     handed: dict[str | None, bool] = {}
-    read = catchup.lake_rows
+    read = catchup.lake_segments
 
-    def spied(con, settings, state, model, columns, condition, start, end, shared=None):
+    def spied(con, settings, state, model, plan, condition, cuts, start, end, shared=None):
         handed[condition] = shared is not None
-        return read(con, settings, state, model, columns, condition, start, end, shared)
+        return read(con, settings, state, model, plan, condition, cuts, start, end, shared)
 
-    monkeypatch.setattr(catchup, "lake_rows", spied)
+    monkeypatch.setattr(catchup, "lake_segments", spied)
     root, ds, parts = org
     (home,) = homes(root, ds.config, ["sharing"])
     ingest(home, parts, 0)
@@ -657,3 +659,94 @@ def test_shared_ctes_that_cannot_be_kept_are_computed_within_each_search(org, mo
         schedule(alone, now, "one-pass", (detection.id,))
     assert recorded(together) == recorded(alone)
     assert held and not any(held)
+
+
+SEGMENT_BASE = datetime(2026, 3, 7, 20, 0, tzinfo=timezone.utc)  # two local days before New York's spring DST change
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(
+    times=st.lists(st.tuples(st.integers(min_value=-90, max_value=60 * 80), st.sampled_from([0, 7])), min_size=1,
+                   max_size=60),
+    offsets=st.lists(st.integers(min_value=0, max_value=60 * 80), min_size=1, max_size=12),
+    midnights=st.booleans(),
+)
+def test_segments_found_by_their_hour_are_those_an_asof_join_finds(times, offsets, midnights):
+    """`create_cut_sums` finds each row's segment by its hour (a hash join), the reference finds it
+    by an ASOF join with the cuts: the same sums per key and segment, dated by the cut or by the
+    first row, rows before the first cut left out, the last segment running to the last row; and
+    with every local midnight a cut, the key `_day` taken from the cut is the rows' own local day.
+    Cuts and rows a minute apart to three days apart, several in one hour, rows on cuts and on
+    the hours between them, across a DST change."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    tz = "America/New_York"
+    cuts = sorted({SEGMENT_BASE + timedelta(minutes=m) for m in offsets})
+    if midnights:
+        cuts = sorted(set(cuts) | {b for _d, b, _e in dailysums.local_days(cuts[0] - timedelta(days=1),
+                                                                            cuts[-1] + timedelta(days=5), tz)
+                                   if b > cuts[0]})
+    day = local_day_sql("_time", tz)
+    con.execute(f"CREATE TABLE raw AS SELECT 'h' || (i % 2) AS host, t AS _time, {day} AS _day, i AS bytes "
+                "FROM (SELECT unnest($times) AS t, generate_subscripts($times, 1) AS i)",
+                {"times": [SEGMENT_BASE + timedelta(minutes=m, seconds=s) for m, s in times]})
+    con.execute("CREATE TABLE cuts AS SELECT unnest($cuts) AS cut", {"cuts": cuts})
+    last = con.execute("SELECT max(_time) FROM raw").fetchall()[0][0] + timedelta(microseconds=1)
+    end = max(cuts[-1], last)
+    keys, sums = ["_day", "host"], {"bytes": "sum"}
+    for dated in ("cut", "first"):
+        for day_of_cut in ([None, tz] if midnights else [None]):
+            catchup.create_cut_sums(con, "raw", keys, sums, cuts, end, "found", dated_by_first_row=dated == "first",
+                                    day_of_cut=day_of_cut)
+            date = "min(r._time)" if dated == "first" else "c.cut"
+            want = con.execute(f"SELECT r._day, r.host, {date}, sum(r.bytes) FROM raw r ASOF JOIN cuts c "
+                               "ON r._time >= c.cut GROUP BY r._day, r.host, c.cut ORDER BY ALL").fetchall()
+            got = con.execute("SELECT _day, host, _time, bytes FROM found ORDER BY ALL").fetchall()
+            assert got == want
+
+
+def test_one_pass_and_per_fire_agree_where_local_midnight_is_not_on_the_hour(org):
+    """In Pacific/Marquesas (UTC-09:30) a local day starts half-way through a UTC hour: the lake's
+    segments (cut at every local midnight, their `_day` taken from the cut, dated by their first
+    row) give the findings, runs and watermarks of the per-fire path there too."""
+    root, ds, parts = org
+    one_pass, per_fire = homes(root, ds.config, ["marquesas_one_pass", "marquesas_per_fire"])
+    for home in (one_pass, per_fire):
+        config = home.config_path.read_text().replace("timezone: America/New_York", "timezone: Pacific/Marquesas")
+        home.config_path.write_text(config)
+        assert load_settings(home).timezone == "Pacific/Marquesas"
+        ingest(home, parts, 0)
+    now = CUT + timedelta(hours=1)
+    schedule(one_pass, now, "one-pass", NETWORK)
+    schedule(per_fire, now, "per-fire", NETWORK)
+    found = recorded(one_pass)
+    assert found == recorded(per_fire)
+    assert found["runs"]
+
+
+@hypothesis.settings(max_examples=80, deadline=None)
+@hypothesis.given(
+    times=st.lists(st.integers(min_value=0, max_value=6 * 60), min_size=1, max_size=30),
+    windows=st.lists(st.tuples(st.integers(min_value=1, max_value=5 * 60), st.integers(min_value=1, max_value=90)),
+                     min_size=1, max_size=4),
+    others=st.lists(st.integers(min_value=1, max_value=6 * 60), max_size=3),
+)
+def test_segments_dated_by_their_first_row_have_rows_in_the_hours_the_rows_do(times, windows, others):
+    """The catch-up skips a fire when no hour its judged window [start, latest) overlaps holds a
+    row (`rows_per_hour`). Over the lake's rows summed between `judged_window_cuts` and dated by
+    their first row it skips exactly the fires the rows themselves would, for judged starts that
+    are not on the hour (midnight in Asia/Kolkata is 18:30 UTC). Checked: leaving out the start of
+    each judged start's hour makes it fail."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    base = datetime(2026, 3, 7, 16, 0, tzinfo=timezone.utc)
+    con.execute("CREATE TABLE raw AS SELECT 'h' AS host, unnest($t) AS _time, 1 AS bytes",
+                {"t": [base + timedelta(minutes=m) for m in times]})
+    fires = [(base + timedelta(minutes=s), base + timedelta(minutes=s + length)) for s, length in windows]
+    bounds = {base} | {latest for _start, latest in fires} | {base + timedelta(minutes=m) for m in others}
+    cuts = catchup.judged_window_cuts(bounds, [start for start, _latest in fires])
+    catchup.create_cut_sums(con, "raw", ["host"], {"bytes": "sum"}, cuts, base + timedelta(hours=7), "pieces",
+                            dated_by_first_row=True)
+    rows, pieces = catchup.rows_per_hour(con, "raw"), catchup.rows_per_hour(con, "pieces")
+    for start, latest in fires:
+        assert bool(rows.overlapping(start, latest)) == bool(pieces.overlapping(start, latest))

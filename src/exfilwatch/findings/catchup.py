@@ -27,13 +27,15 @@ never from a detection's id:
   per key and per segment between consecutive parameter values (`create_range_segments`: every
   fire's bounds and every local midnight), and the search runs over those segments: every
   comparison of `_time` with a parameter value is the same for every row of a segment, and a sum
-  of sums is the sum. Fires are taken in groups (`create_group_segments`): the days a group's
+  of sums is the sum. The lake's rows are read already summed that way (`lake_segments`, each
+  row's segment found by a hash join on its hour, `create_cut_sums`), never as a table of rows.
+  Fires are taken in groups (`create_group_segments`): the days a group's
   bounds cut inside are read as segments, every other day as one row per key and day. Those
   days' sums are kept between runs (findings/dailysums.py, `snapshot_with_daily_sums`): a run
   reads from the lake only the days its fires cut into, and the rest of the baseline from the
   stored sums, summed again from the lake where their files changed (late rows). Within one run,
-  a detection that reads the lake rows the previous one read (`lake_rows`, `SharedLakeRows`:
-  the robust rule after `hosts_receiving…`) copies them instead.
+  a detection that reads the lake rows the previous one read (`lake_segments`, `SharedLakeRows`:
+  the robust rule after `hosts_receiving…`) copies their segments instead.
 * **A batched form** (`catch_up.search` in the detection, the contract in detections/batched.py,
   checked by `exfilwatch detections lint`): the search's findings for every fire of the catch-up
   in one query over the whole catch-up's segments (SEGMENTS) and the temp table `fires`, one row
@@ -54,7 +56,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from itertools import accumulate
 from typing import Any
 
@@ -344,20 +346,88 @@ def drop_temp(con: duckdb.DuckDBPyConnection, name: str) -> None:
             pass
 
 
+CUT_PARTS = "_catch_up_cut_parts"  # the segments between cuts, split into the hours a row's segment is looked up by
+_BUCKET = timedelta(hours=1)
+_BUCKET_US = 3_600_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def cut_parts(cuts: list[datetime], end: datetime) -> list[dict[str, Any]]:
+    """The segments between consecutive `cuts` (sorted; the last one ends at `end`), each split
+    where a whole hour since the first cut ends: (bucket, lo, hi, cut) with `bucket` the hours
+    since the first cut at `lo`, so that a row at `_time` lies in the part of its own bucket with
+    lo <= _time < hi, and its segment starts at `cut`."""
+    origin, parts = cuts[0], []
+    bounds = [*cuts, max(end, cuts[-1])]
+    for cut, following in zip(bounds, bounds[1:]):
+        lo = cut
+        while lo < following:
+            bucket = (lo - origin) // _BUCKET
+            hi = min(following, origin + (bucket + 1) * _BUCKET)
+            parts.append({"bucket": bucket, "lo": lo, "hi": hi, "cut": cut})
+            lo = hi
+    return parts
+
+
+def create_cut_sums(con: duckdb.DuckDBPyConnection, rows: str, keys: list[str], aggregates: dict[str, str],
+                    cuts: list[datetime], end: datetime, target: str, *, dated_by_first_row: bool = False,
+                    day_of_cut: str | None = None, types: dict[str, str] | None = None) -> None:
+    """Temp table `target`: the rows of relation `rows` with `_time` in [cuts[0], end) summed (or
+    minimised, maximised) per key and per segment between consecutive `cuts` (sorted, distinct),
+    each dated by the cut it starts at or, `dated_by_first_row`, by the time of its first row
+    (which, like the cut, compares with every cut as each of its rows does, and falls in the UTC
+    hour of a row: `rows_per_hour` then finds an hour with rows only where the rows have one).
+
+    A row's segment is found by an equality join on its hour since the first cut with the parts of
+    the segments in that hour (`cut_parts`, a few thousand rows), which DuckDB hashes: an ASOF join
+    with the cuts sorts every row first (at 3000 users x 90 days, 7.4 M flows: 5.2-6.1 CPU-s for
+    the ASOF join of the rows read, against 3.3-4.2 for the lake read, join and sums together).
+    With `day_of_cut` (a time zone; every local midnight in the range must be a cut), the key
+    `_day` is the local day of the segment's cut, not read per row. `types` casts the sums back to
+    the rows' own types (a sum of BIGINT is a HUGEINT), so that sums of these sums are typed as
+    sums of the rows."""
+    origin = (cuts[0] - _EPOCH) // timedelta(microseconds=1)
+    drop_temp(con, CUT_PARTS)
+    con.execute(f"CREATE TEMP TABLE {CUT_PARTS} (bucket BIGINT, lo TIMESTAMPTZ, hi TIMESTAMPTZ, cut TIMESTAMPTZ)")
+    parts = cut_parts(cuts, end)
+    if parts:
+        con.execute(f"INSERT INTO {CUT_PARTS} SELECT unnest($parts, recursive := true)", {"parts": parts})
+    if day_of_cut is not None:  # once per part, not per segment: at 3000 users x 90 days the time
+        # zone conversions of 3.9 M segments took a sixth of the read's operator time
+        con.execute(f"ALTER TABLE {CUT_PARTS} ADD COLUMN day TIMESTAMPTZ")
+        con.execute(f"UPDATE {CUT_PARTS} SET day = {local_day_sql('cut', day_of_cut)}")
+    selected, grouped = [], []
+    for key in keys:
+        if key == "_day" and day_of_cut is not None:
+            selected.append('p.day AS "_day"')
+            grouped.append("p.day")
+        else:
+            selected.append(f'r."{key}"')
+            grouped.append(f'r."{key}"')
+    sums = []
+    for column, kind in aggregates.items():
+        total = f'{kind}(r."{column}")'
+        sums.append(f'CAST({total} AS {types[column]}) AS "{column}"' if types else f'{total} AS "{column}"')
+    dated = "min(r._time)" if dated_by_first_row else "p.cut"
+    drop_temp(con, target)
+    try:
+        con.execute(
+            f"CREATE TEMP TABLE {target} AS SELECT {', '.join([*selected, f'{dated} AS _time', *sums])} "
+            f"FROM {rows} r JOIN {CUT_PARTS} p ON p.bucket = (epoch_us(r._time) - {origin}) // {_BUCKET_US} "
+            f"AND r._time >= p.lo AND r._time < p.hi GROUP BY {', '.join([*grouped, 'p.cut'])}")
+    finally:
+        drop_temp(con, CUT_PARTS)
+
+
 def create_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, rows: str, target: str,
                     params: list[dict[str, Any]], start: datetime, extra_cuts: list[datetime] | None = None) -> None:
     """Temp table `target`: the rows of relation `rows` summed per key and per segment between the
-    `_time` bounds of these fires (and `extra_cuts`; the first segment starts at `start`), each
-    dated by its start."""
+    `_time` bounds of these fires (and `extra_cuts`; the first segment starts at the first cut,
+    `start` or before it, and the last runs to the last row), each dated by its start."""
     cuts = sorted({start, *(extra_cuts or [])} | {bound_value(b, p) for b in plan.bounds for p in params})
-    keys = "".join(f'r."{k}", ' for k in plan.keys)
-    aggregates = ", ".join(f'{kind}(r."{c}") AS "{c}"' for c, kind in plan.aggregates.items())
-    drop_temp(con, target)
-    con.execute(
-        f"CREATE TEMP TABLE {target} AS SELECT {keys}c.cut AS _time, {aggregates} "
-        f"FROM {rows} r ASOF JOIN (SELECT unnest($cuts) AS cut) c ON r._time >= c.cut GROUP BY ALL",
-        {"cuts": cuts},
-    )
+    last = con.execute(f"SELECT max(_time) FROM {rows}").fetchall()[0][0]
+    end = cuts[-1] if last is None else max(cuts[-1], last + timedelta(microseconds=1))
+    create_cut_sums(con, rows, plan.keys, plan.aggregates, cuts, end, target)
 
 
 SEGMENTS = "_catch_up_segments"  # the catch-up's rows cut at every fire's bounds and every local midnight
@@ -371,15 +441,17 @@ def create_range_segments(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, row
     segment spans two days."""
     midnights = [begin for _day, begin, _end in dailysums.local_days(dailysums.midnight_at_or_before(start, tz),
                                                                      end + timedelta(days=2), tz) if begin > start]
-    # Both in time order: a group reads a month of them, and DuckDB skips the row groups outside it.
-    create_segments(con, plan, rows, "_catch_up_unordered", params, start, midnights)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {SEGMENTS} AS SELECT * FROM _catch_up_unordered ORDER BY _time")
-    con.execute("DROP TABLE temp.main._catch_up_unordered")
+    # Unordered: a batched form reads them all at once; `create_days` orders them for the groups
+    create_segments(con, plan, rows, SEGMENTS, params, start, midnights)
 
 
 def create_days(con: duckdb.DuckDBPyConnection, plan: SegmentPlan, tz: str) -> None:
     """Temp table DAYS: SEGMENTS summed per key and local day, for `create_group_segments` (a
-    batched form reads SEGMENTS alone and needs none)."""
+    batched form reads SEGMENTS alone and needs neither), and SEGMENTS put in time order: a group
+    reads a month of both, and DuckDB skips the row groups outside it."""
+    con.execute(f"ALTER TABLE temp.main.{SEGMENTS} RENAME TO _catch_up_unordered")
+    con.execute(f"CREATE TEMP TABLE {SEGMENTS} AS SELECT * FROM _catch_up_unordered ORDER BY _time")
+    con.execute("DROP TABLE temp.main._catch_up_unordered")
     keys = "".join(f'"{k}", ' for k in plan.keys)
     aggregates = ", ".join(f'{kind}("{c}") AS "{c}"' for c, kind in plan.aggregates.items())
     con.execute(f"CREATE OR REPLACE TEMP TABLE {DAYS} AS SELECT {keys}{local_day_sql('_time', tz)} AS _time, "
@@ -413,9 +485,9 @@ def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, 
                              shared: SharedLakeRows | None = None) -> None:
     """Temp table `model`: the rows a catch-up of these fires reads, [start, end) — the lake's rows
     from the first local midnight where a fire cuts inside a day (or judges, or a day is not
-    whole), stored daily sums before it (summed again from the lake first where stale). With
-    `shared`, the lake's rows are taken from the previous detection of the run when it read the
-    same ones.
+    whole), summed per key between every cut of these fires (`lake_segments`), and stored daily
+    sums before it (summed again from the lake first where stale). With `shared`, the lake's
+    segments are taken from the previous detection of the run when it read the same ones.
 
     Before returning, every whole day the last fire has finished judging is stored, so that the
     next run reads it from here."""
@@ -436,7 +508,7 @@ def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, 
         expose_models(con, {model: (columns, run[0][1], run[-1][2])}, condition)
         dailysums.write_days(con, state, definition, model, plan.keys, plan.aggregates, _types(con, model), run,
                              signature_of, tz)
-    lake_rows(con, settings, state, model, columns, condition, horizon, end, shared)
+    lake_segments(con, settings, state, model, plan, condition, judged_window_cuts(cuts, judged), horizon, end, shared)
     finished = [d for d in whole if d[1] >= horizon and d[0] not in current]
     dailysums.write_days(con, state, definition, model, plan.keys, plan.aggregates, _types(con, model), finished,
                          signature_of, tz)
@@ -444,6 +516,17 @@ def snapshot_with_daily_sums(con: duckdb.DuckDBPyConnection, state: StateStore, 
     stored_sql = dailysums.read_sql([paths[d[0]][1] for d in summed])
     if stored_sql:
         con.execute(f"INSERT INTO temp.main.{model} BY NAME {stored_sql}")
+
+
+def judged_window_cuts(bounds: set[datetime], judged: list[datetime]) -> list[datetime]:
+    """Where to cut the lake's rows so that, dated by its first row, a segment table has a row in
+    the same UTC hours as the rows for every fire's judged window: the fires' bounds (with their
+    `latest`), each fire's judged start, and the start of the UTC hour it falls in (else a
+    segment reaching back past that hour would move the rows just before a judged start that is
+    not on the hour out of the window's first hour). `rows_per_hour` then skips the fires the
+    rows would skip."""
+    hours = {j.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) for j in judged}
+    return sorted(bounds | set(judged) | hours)
 
 
 SHARED_LAKE = "_catch_up_shared_lake"  # the lake's rows a detection read, for the next ones that read the same
@@ -455,14 +538,57 @@ class SharedLakeRows:
     (model, condition, range) with `held` columns, kept for the next detections that read the same
     rows. `columns` (set by the run) names, for each (model, condition) that more than one of its
     detections reads, every column they use: the first reads them all, the others copy their own.
-    The robust rule and `hosts_receiving…` sum the same flows by the same keys (0.4-0.6 CPU-s
-    per rule at 1000 users x 30 days); the four EM rules read the same sessions with different
-    columns (0.45-0.75 CPU-s each at 1000 x 90 days, a copy of a rule's columns 0.06-0.17). One
-    set at a time, so a run holds at most one copy; `release_shared` drops it."""
+    The four EM rules read the same sessions with different columns (0.45-0.75 CPU-s each at
+    1000 x 90 days, a copy of a rule's columns 0.06-0.17). A segment plan's read (`lake_segments`)
+    holds the rows summed between `cuts`, with `held` keys and `sums`: the robust rule and
+    `hosts_receiving…` sum the same flows by the same keys between the same cuts. One set at a
+    time, so a run holds at most one copy; `release_shared` drops it."""
 
     columns: dict[tuple[str, str | None], list[str]] = field(default_factory=dict)
     key: tuple[Any, ...] | None = None
     held: frozenset[str] = frozenset()
+    sums: dict[str, str] = field(default_factory=dict)
+    cuts: frozenset[datetime] = frozenset()
+
+
+def lake_segments(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateStore, model: str,
+                  plan: SegmentPlan, condition: str | None, cuts: list[datetime], start: datetime, end: datetime,
+                  shared: SharedLakeRows | None = None) -> None:
+    """Temp table `model`: the lake's rows of `model` in [start, end) that meet `condition`,
+    summed per key of `plan` and per segment between `cuts` and every local midnight, each dated
+    by its first row (`create_cut_sums`) — what `create_range_segments` and the daily sums need of
+    them, in one pass over the lake, without a table of the rows or a sort of them. Taken from
+    SHARED_LAKE when it holds the same rows summed by these keys and more between these cuts and
+    more; else read (and, with `shared`, kept there for the next detection)."""
+    tz = settings.timezone
+    midnights = [b for _day, b, _end in dailysums.local_days(dailysums.midnight_at_or_before(start, tz), end, tz)]
+    inside = sorted({start, *(c for c in [*cuts, *midnights] if start < c < end)})
+    key = (model, condition, start, end, "segments")  # (model, condition) first, as `run` reads them
+    keys, sums = list(plan.keys), dict(plan.aggregates)
+    if (shared is not None and shared.key == key and set(keys) <= shared.held and sums.items() <= shared.sums.items()
+            and set(inside) <= shared.cuts):
+        if set(inside) == shared.cuts and set(keys) == shared.held and sums == shared.sums:
+            drop_temp(con, model)
+            con.execute(f"CREATE TEMP TABLE {model} AS SELECT * FROM {SHARED_LAKE}")
+        else:
+            create_cut_sums(con, SHARED_LAKE, keys, sums, inside, end, model, dated_by_first_row=True,
+                            types=_types(con, SHARED_LAKE))
+        return
+    register_lake_views(con, settings, state, start, end)
+    expose_models(con, filters={model: condition} if condition else None)
+    rows = (f"(SELECT * FROM {model} WHERE _time >= TIMESTAMPTZ '{start.isoformat()}' "
+            f"AND _time < TIMESTAMPTZ '{end.isoformat()}')")
+    types = {name: kind for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {model}").fetchall()}
+    create_cut_sums(con, rows, keys, sums, inside, end, "_catch_up_read", dated_by_first_row=True, day_of_cut=tz,
+                    types=types)
+    drop_temp(con, model)  # the view of the lake it read
+    if shared is None:
+        con.execute(f"ALTER TABLE temp.main._catch_up_read RENAME TO {model}")
+        return
+    drop_temp(con, SHARED_LAKE)
+    con.execute(f"ALTER TABLE temp.main._catch_up_read RENAME TO {SHARED_LAKE}")
+    con.execute(f"CREATE TEMP TABLE {model} AS SELECT * FROM {SHARED_LAKE}")
+    shared.key, shared.held, shared.sums, shared.cuts = key, frozenset(keys), sums, frozenset(inside)
 
 
 def lake_rows(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateStore, model: str, columns: list[str],
@@ -487,12 +613,12 @@ def lake_rows(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateSt
     drop_temp(con, SHARED_LAKE)
     con.execute(f"ALTER TABLE temp.main.{model} RENAME TO {SHARED_LAKE}")
     con.execute(f"CREATE TEMP TABLE {model} AS SELECT {listed} FROM {SHARED_LAKE}")
-    shared.key, shared.held = key, frozenset(read)
+    shared.key, shared.held, shared.sums, shared.cuts = key, frozenset(read), {}, frozenset()
 
 
 def release_shared(con: duckdb.DuckDBPyConnection, shared: SharedLakeRows) -> None:
     drop_temp(con, SHARED_LAKE)
-    shared.key, shared.held = None, frozenset()
+    shared.key, shared.held, shared.sums, shared.cuts = None, frozenset(), {}, frozenset()
 
 
 def _consecutive(days: list[tuple[Any, datetime, datetime]]) -> list[list[tuple[Any, datetime, datetime]]]:
