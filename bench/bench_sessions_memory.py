@@ -3,13 +3,16 @@ peak RSS, and whether the stored sessions are the same.
 
     python bench/bench_sessions_memory.py HOME --reference SRC [--rounds N] [--memory-limit SIZE]
                                           [--reference-memory-limit SIZE] [--now ISO] [--statements N]
+                                          [--sides reference,this] [--save DIR] [--compare-with DIR]
 
 HOME is an ingested home (copied for each build, never changed); SRC is the `src` folder of the
 reference (e.g. `git archive f7e5cb7 src`). Each round builds the sessions once with each tree, in
 a fresh process (`--child`), on a fresh copy of HOME whose config has the memory limit given (the
 reference's may differ: at 10,000 users x 90 days it needs 4 GB). Prints each build's CPU seconds,
 peak RSS (ru_maxrss) and its N costliest statements, and compares the stored `user_sessions` of
-every build with the first reference build's (EXCEPT ALL both ways: every column and row).
+every build with the first reference build's (EXCEPT ALL both ways: every column and row), or with
+those of --compare-with (a home, or a folder --save kept from an earlier run: at 10,000 users a build
+of each side can then run alone).
 """
 
 from __future__ import annotations
