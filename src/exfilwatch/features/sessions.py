@@ -70,7 +70,9 @@ Engines
 The steps run on DuckDB (the reference) or, with `build_user_sessions(..., spark=session)`
 (`--engine spark`), on Spark over the same committed lake files: each step's DuckDB SQL goes
 through events.spark.SparkConnection, and `_dialect` picks Spark-ready SQL only where the two
-differ (`_asof`, `_local`, `_instant`). tests/test_spark_conformance.py requires the same rows.
+differ (`_asof`, `_local`, `_instant`); Spark sums the flows per session by the hour form, the
+reference of DuckDB's stretch form (`_flows_by_stretch`). tests/test_spark_conformance.py requires
+the same rows.
 """
 
 from __future__ import annotations
