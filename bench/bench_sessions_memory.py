@@ -3,13 +3,16 @@ peak RSS, and whether the stored sessions are the same.
 
     python bench/bench_sessions_memory.py HOME --reference SRC [--rounds N] [--memory-limit SIZE]
                                           [--reference-memory-limit SIZE] [--now ISO] [--statements N]
+                                          [--sides reference,this] [--save DIR] [--compare-with DIR]
 
 HOME is an ingested home (copied for each build, never changed); SRC is the `src` folder of the
 reference (e.g. `git archive f7e5cb7 src`). Each round builds the sessions once with each tree, in
 a fresh process (`--child`), on a fresh copy of HOME whose config has the memory limit given (the
 reference's may differ: at 10,000 users x 90 days it needs 4 GB). Prints each build's CPU seconds,
 peak RSS (ru_maxrss) and its N costliest statements, and compares the stored `user_sessions` of
-every build with the first reference build's (EXCEPT ALL both ways: every column and row).
+every build with the first reference build's (EXCEPT ALL both ways: every column and row), or with
+those of --compare-with (a home, or a folder --save kept from an earlier run: at 10,000 users a build
+of each side can then run alone).
 """
 
 from __future__ import annotations
@@ -101,15 +104,22 @@ def main() -> None:
     parser.add_argument("--reference-memory-limit", help="the reference's (default: --memory-limit)")
     parser.add_argument("--now", default="2026-11-01T02:00:00-04:00")
     parser.add_argument("--statements", type=int, default=8)
+    parser.add_argument("--sides", default="reference,this",
+                        help="which trees to build, in the first round's order (e.g. `this` alone)")
+    parser.add_argument("--save", type=Path,
+                        help="keep the first build's stored user_sessions here, to --compare-with in a later run")
+    parser.add_argument("--compare-with", type=Path,
+                        help="a home (or --save folder) whose stored sessions every build is compared with")
     parser.add_argument("--child", nargs=2, metavar=("NOW", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.home, args.child[0], Path(args.child[1]))
         return
     work = Path(tempfile.mkdtemp(prefix="bench_sessions_memory_"))
-    trees = {"reference": (args.reference, args.reference_memory_limit or args.memory_limit),
+    known = {"reference": (args.reference, args.reference_memory_limit or args.memory_limit),
              "this": (HERE, args.memory_limit)}
-    first: Path | None = None
+    trees = {name: known[name] for name in args.sides.split(",")}
+    first: Path | None = args.compare_with
     try:
         for round_ in range(args.rounds):
             order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
@@ -125,6 +135,8 @@ def main() -> None:
                 same = ""
                 if first is None:
                     first = home
+                    if args.save:
+                        shutil.copytree(home / "lake" / "user_sessions", args.save / "lake" / "user_sessions")
                 else:
                     same = " Stored rows %d; only in the first reference build / only in this: %d / %d" % same_sessions(
                         first, home)
