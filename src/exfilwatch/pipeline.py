@@ -26,8 +26,8 @@ from exfilwatch.findings.catchup import (DAYS, SEGMENTS, RowsPerHour, SharedCtes
                                         batched_groups, create_days, create_group_segments, create_range_segments,
                                         drop_temp, judged_start, lake_rows, one_pass, release_ctes, release_shared,
                                         rows_per_hour, segment_groups, snapshot_with_daily_sums)
-from exfilwatch.detections.ctes import CteKey, separable_keys, shared_keys
 from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
+from exfilwatch.detections.ctes import CteKey, separable_keys, shared_keys
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
 from exfilwatch.detections.runner import (RunWindow, compiled_sql, data_bounds, data_range, execute, record_run,
                                           referenced_columns, referenced_tables, resolve_parameters, run_window,
