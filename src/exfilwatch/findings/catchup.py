@@ -578,9 +578,8 @@ def lake_segments(con: duckdb.DuckDBPyConnection, settings: Settings, state: Sta
     expose_models(con, filters={model: condition} if condition else None)
     rows = (f"(SELECT * FROM {model} WHERE _time >= TIMESTAMPTZ '{start.isoformat()}' "
             f"AND _time < TIMESTAMPTZ '{end.isoformat()}')")
-    types = {name: kind for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {model}").fetchall()}
     create_cut_sums(con, rows, keys, sums, inside, end, "_catch_up_read", dated_by_first_row=True, day_of_cut=tz,
-                    types=types)
+                    types=_types(con, model))
     drop_temp(con, model)  # the view of the lake it read
     if shared is None:
         con.execute(f"ALTER TABLE temp.main._catch_up_read RENAME TO {model}")
