@@ -1,6 +1,7 @@
 from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+import duckdb
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -9,6 +10,7 @@ from exfilwatch.timeexpr import (
     TimeModifierError,
     day_range,
     day_start,
+    epoch_us,
     parse_time,
     relative_time,
 )
@@ -268,3 +270,10 @@ def test_the_same_instant_in_any_zone_gives_the_same_utc_result(t, tz, shown_in,
     first, second = relative_time(local, modifier, tz), relative_time(t, modifier, tz)
     assert first == second and first.utcoffset() == second.utcoffset() == timedelta(0)
     assert relative_time(t, modifier, tz).isoformat() == relative_time(local, modifier, tz).isoformat()
+
+
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1),
+                    timezones=st.sampled_from([timezone.utc, ZoneInfo("America/New_York"), ZoneInfo("Asia/Kathmandu")])))
+@example(datetime(2026, 11, 1, 5, 59, 59, 999999, tzinfo=timezone.utc))
+def test_epoch_microseconds_are_duckdbs_exactly(t):
+    assert epoch_us(t) == duckdb.connect().execute("SELECT epoch_us($t::TIMESTAMPTZ)", {"t": t}).fetchall()[0][0]

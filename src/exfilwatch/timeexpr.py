@@ -27,7 +27,7 @@ from calendar import monthrange
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["TimeModifierError", "relative_time", "parse_time", "day_start", "day_range"]
+__all__ = ["TimeModifierError", "relative_time", "parse_time", "day_start", "day_range", "epoch_us"]
 
 UTC = timezone.utc
 
@@ -233,6 +233,15 @@ def _snap(t: datetime, part: str, modifier: str, zone: tzinfo) -> datetime:
     elif unit == "y":
         day = day.replace(month=1, day=1)
     return _at_midnight(day, zone)
+
+
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_us(t: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime, exactly (DuckDB's `epoch_us`):
+    `t.timestamp() * 1e6` is a float and can land a microsecond off."""
+    return (t - _EPOCH_UTC) // timedelta(microseconds=1)
 
 
 def as_time(value: object) -> datetime | None:
