@@ -1,6 +1,6 @@
 """Benchmark: ingesting a Postfix maillog, exfilwatch (DuckDB SQL) against a Python `re` loop.
 
-    python bench/bench_sources_mail.py [--lines 5000000] [--threads 2]
+    python bench/bench_sources_mail.py [--lines 5000000] [--threads 2] [--reference-src DIR --rounds N]
 
 Generates a realistic maillog (postscreen/anvil noise, smtpd connect/client/disconnect,
 cleanup message-id, qmgr from/removed, smtp/lmtp deliveries with some deferrals and
@@ -17,6 +17,11 @@ peak memory:
 
 Prints a markdown table: lines, wall seconds, lines/s, CPU seconds (user + system, all threads:
 a fairer figure on a shared machine), messages, peak RSS. The messages of both must agree.
+
+With `--reference-src` (another checkout's `src`), the ingest of this checkout (`src` beside
+`bench/`), the one of that code and bare DuckDB run instead, alternated round by round over
+`--rounds` rounds on the same file so that all three see the same load: best and median CPU
+seconds of each and each ingest's share of bare DuckDB's lines per CPU-second (aim: 60 %).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import random
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -179,12 +185,50 @@ def child(kind: str, path: Path, threads: int) -> None:
     print(json.dumps(result))
 
 
+def run_child(kind: str, path: Path, threads: int, src: Path | None = None) -> dict:
+    """One runner in a process of its own; `src`: the exfilwatch source tree it imports."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), str(Path(__file__).parent)])
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--path", str(path), "--threads", str(threads)],
+                         check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def alternated(path: Path, threads: int, reference_src: Path, rounds: int) -> None:
+    """This checkout's ingest, the reference's and bare DuckDB, alternated round by round."""
+    runs = {"this": ("exfilwatch", Path(__file__).resolve().parents[1] / "src"),
+            "reference": ("exfilwatch", reference_src), "bare-duckdb": ("bare-duckdb", None)}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    messages: dict[str, set[int]] = {name: set() for name in runs}
+    load_before = os.getloadavg()[0]
+    for _ in range(rounds):
+        for name, (kind, src) in runs.items():
+            result = run_child(kind, path, threads, src)
+            cpu[name].append(result["cpu_seconds"])
+            messages[name].add(result["messages"])
+    print(f"alternated over {rounds} rounds, load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after\n")
+    print("| code | CPU s best | median | each round | share of bare, best | median |")
+    print("|---|---:|---:|---|---:|---:|")
+    bare = cpu["bare-duckdb"]
+    for name, values in cpu.items():
+        share = (f"{min(bare) / min(values):.0%} | {statistics.median(bare) / statistics.median(values):.0%}"
+                 if name != "bare-duckdb" else "— | —")
+        print(f"| {name} | {min(values):.2f} | {statistics.median(values):.2f} | "
+              f"{', '.join(f'{v:.2f}' for v in values)} | {share} |")
+    same = messages["this"] == messages["reference"] and len(messages["this"]) == 1
+    print(f"\nsame message count in every run: {'yes' if same else 'NO'} ({sorted(messages['this'])})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=5_000_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", choices=["exfilwatch", "bare-duckdb", "python-re"])
     parser.add_argument("--path", type=Path)
+    parser.add_argument("--reference-src", type=Path, help="another checkout's src, run alternated with this one")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.path, args.threads)
@@ -196,11 +240,10 @@ def main() -> None:
         size_mb = path.stat().st_size / 1e6
         print(f"generated {args.lines:,}+ lines, {messages:,} messages, {size_mb:,.0f} MB "
               f"in {time.perf_counter() - start:.0f} s; {os.cpu_count()} CPUs, threads={args.threads}\n")
-        rows = []
-        for kind in ("exfilwatch", "python-re", "bare-duckdb"):
-            out = subprocess.run([sys.executable, __file__, "--child", kind, "--path", str(path),
-                                  "--threads", str(args.threads)], check=True, capture_output=True, text=True)
-            rows.append((kind, json.loads(out.stdout.strip().splitlines()[-1])))
+        if args.reference_src:
+            alternated(path, args.threads, args.reference_src, args.rounds)
+            return
+        rows = [(kind, run_child(kind, path, args.threads)) for kind in ("exfilwatch", "python-re", "bare-duckdb")]
         load = os.getloadavg()[0]
         print("| parser | lines | wall s | lines/s (wall) | CPU s | lines per CPU-s | messages | peak RSS (MB) |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -1,6 +1,7 @@
 """Benchmark: ingesting Pulse Secure VPN syslog and Juniper SRX RT_FLOW logs, exfilwatch against a Python `re` loop.
 
     python bench/bench_sources_vpn_flows.py [--pulse-lines 5000000] [--srx-lines 1000000] [--threads 2]
+                                            [--formats pulse srx] [--rounds 1] [--reference-src DIR]
 
 Generates, in a temporary folder, a Pulse Secure standard-syslog file (BSD header; VPN sessions
 with primary authentication, login, tunnel start, closed connection with bytes, tunnel end and
@@ -18,6 +19,10 @@ Then, for each file, in separate child processes so that each has its own peak m
 
 Prints a markdown table: format, method, lines, seconds, lines/s, events, peak RSS, speed-up, and
 exfilwatch's lines/s as a share of bare DuckDB's (wall and CPU).
+
+With `--rounds N` the children run N times, alternated (exfilwatch, the reference, bare DuckDB),
+so that all see the same load; each row is the run of median CPU. `--reference-src DIR` (another
+checkout's `src`) adds `exfilwatch-ref`: the same ingest with that code, for before/after.
 """
 
 from __future__ import annotations
@@ -259,43 +264,60 @@ def child(method: str, fmt: str, path: str, threads: int) -> None:
                       "rss_mb": usage.ru_maxrss / 1024}))
 
 
+def _run_child(method: str, fmt: str, path: Path, threads: int, src: str | None = None) -> dict:
+    env = os.environ | ({"PYTHONPATH": src} if src else {})
+    out = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--child", method, fmt, str(path)],
+                         check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pulse-lines", type=int, default=5_000_000)
     parser.add_argument("--srx-lines", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--formats", nargs="+", choices=["pulse", "srx"], default=["pulse", "srx"])
+    parser.add_argument("--rounds", type=int, default=1, help="alternated runs of each child; the median CPU's run is shown")
+    parser.add_argument("--reference-src", help="another checkout's src: its ingest runs as exfilwatch-ref")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "FORMAT", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child, threads=args.threads)
         return
     with tempfile.TemporaryDirectory(prefix="bench-vpn-flows-") as tmp:
-        files = {"pulse": Path(tmp) / "pulse.log", "srx": Path(tmp) / "srx.log"}
+        generators = {"pulse": (generate_pulse, args.pulse_lines), "srx": (generate_srx, args.srx_lines)}
+        files = {fmt: Path(tmp) / f"{fmt}.log" for fmt in args.formats}
         started = time.perf_counter()
-        generate_pulse(files["pulse"], args.pulse_lines)
-        generate_srx(files["srx"], args.srx_lines)
+        for fmt, path in files.items():
+            generate, lines = generators[fmt]
+            generate(path, lines)
         print(f"generated in {time.perf_counter() - started:.1f} s: "
               + ", ".join(f"{k} {p.stat().st_size / 1e6:.0f} MB" for k, p in files.items()), file=sys.stderr)
+        methods = {"exfilwatch": None, **({"exfilwatch-ref": args.reference_src} if args.reference_src else {}),
+                   "bare-duckdb": None}
         rows = []
         for fmt, path in files.items():
-            results = {}
-            for method in ("exfilwatch", "bare-duckdb", "python-re"):
-                out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child", method, fmt,
-                                      str(path)], check=True, capture_output=True, text=True)
-                results[method] = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"{fmt} {method}: {results[method]}", file=sys.stderr)
+            runs: dict[str, list[dict]] = {method: [] for method in methods}
+            for _ in range(args.rounds):
+                for method, src in methods.items():
+                    result = _run_child(method.removesuffix("-ref"), fmt, path, args.threads, src)
+                    runs[method].append(result)
+                    print(f"{fmt} {method}: {result} load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+            results = {method: sorted(r, key=lambda x: x["cpu"])[len(r) // 2] for method, r in runs.items()}
+            results["python-re"] = _run_child("python-re", fmt, path, args.threads)
             bare = results["bare-duckdb"]
             for method, r in results.items():
                 speedup = results["python-re"]["seconds"] / r["seconds"]
+                cpus = ", ".join(f"{x['cpu']:.2f}" for x in runs.get(method, [r]))
                 rows.append(f"| {fmt} | {method} | {r['lines']:,} | {r['seconds']:.1f} | {r['lines'] / r['seconds']:,.0f} "
-                            f"| {r['cpu']:.1f} | {r['events']:,} | {r['rss_mb']:,.0f} MB | {speedup:.1f}× "
+                            f"| {r['cpu']:.2f} ({cpus}) | {r['events']:,} | {r['rss_mb']:,.0f} MB | {speedup:.1f}× "
                             f"| {bare['seconds'] / r['seconds']:.0%} | {bare['cpu'] / r['cpu']:.0%} |")
     print(f"\n{args.threads} DuckDB threads; exfilwatch = whole ingest (parse, Parquet, state commit); "
           "python-re = parse into a list only; bare-duckdb = read_csv + one regexp_extract + COPY (events = lines its pattern matched).\n")
     load = os.getloadavg()[0]
     print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores (wall times stretch when other work runs; "
-          "CPU seconds are the process's own user + system time)\n")
-    print("| format | method | lines | wall s | lines/s | CPU s | events | peak RSS | speed-up (wall) vs python-re "
+          f"CPU seconds are the process's own user + system time; {args.rounds} alternated round(s), the median's run shown)\n")
+    print("| format | method | lines | wall s | lines/s | CPU s (every round) | events | peak RSS | speed-up (wall) vs python-re "
           "| share of bare DuckDB (wall) | (CPU) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))

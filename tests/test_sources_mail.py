@@ -793,3 +793,16 @@ def test_delivery_relay_is_the_relay_field_not_an_address_that_looks_like_one():
     # The earlier unanchored ` relay=` capture read `x>` from the recipient address here.
     body = "to=<a relay=x>, relay=mx.example.net[203.0.113.9]:25, delay=1, dsn=2.0.0, status=sent (250 Ok)"
     assert _delivery_sql([body]) == [(True, ["a relay=x", "mx.example.net[203.0.113.9]:25", "2.0.0", "sent"])]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_postfix_parse_leaves_the_connection_on_its_threads(threads):
+    """The message step runs on one thread (postfix._one_thread); the statements after the parse
+    (the lake write, the next batch) run on the threads the user configured."""
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    lines = ["Nov  2 09:15:01 mx1 postfix/qmgr[812]: 4F2A11C03A: from=<alice@example.com>, size=1, nrcpt=1 (queue active)"]
+    con.register("given", pa.table({"line_no": pa.array(range(1, len(lines) + 1), pa.int64()), "line": lines}))
+    con.execute("CREATE TEMP VIEW raw_lines AS SELECT * FROM given")
+    postfix_source.Postfix().parse(con, ParseContext(origin="maillog", settings=SETTINGS, year=2026))
+    assert con.execute("SELECT current_setting('threads')").fetchone()[0] == threads

