@@ -372,6 +372,41 @@ def test_daily_sums_are_summed_again_when_the_inventory_or_zone_changes():
     assert key() != key(timezone="Europe/Paris")
 
 
+def test_each_stored_day_holds_exactly_its_own_sums_and_an_empty_day_is_stored_too(tmp_path):
+    """The days are written by one COPY partitioned by day, a day it wrote no file for by a COPY
+    of its own: each day's file holds that day's sums and no other's, with the columns of the
+    sums, and a day without a flow is stored empty (else every later run would sum it again from
+    the lake)."""
+    tz = "America/New_York"
+    days = dailysums.local_days(datetime(2026, 10, 31, tzinfo=NY).astimezone(timezone.utc),
+                                datetime(2026, 11, 4, tzinfo=NY).astimezone(timezone.utc), tz)
+    state = open_state(tmp_path)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    rows = [(begin + timedelta(hours=h), f"10.20.0.{h % 3}", 1000 * h + n)
+            for n, (local, begin, _end) in enumerate(days) if local != date(2026, 11, 2) for h in range(0, 23, 2)]
+    con.executemany("INSERT INTO rows VALUES (?, ?, ?)", rows)
+    signature = {local: "s" for local, _, _ in days}
+    try:
+        dailysums.write_days(con, state, "d", "rows", ["src_ip"], {"bytes_in": "sum"}, {"bytes_in": "BIGINT"},
+                             days, signature, tz)
+        paths = dailysums.stored(state, "d", [local for local, _, _ in days])
+        assert sorted(paths) == [local for local, _, _ in days]
+        for local, begin, end in days:
+            got = con.execute(f"SELECT * FROM read_parquet('{paths[local][1]}') ORDER BY src_ip").fetchall()
+            want = con.execute("SELECT src_ip, $begin::TIMESTAMPTZ AS _time, CAST(sum(bytes_in) AS BIGINT) FROM rows "
+                               "WHERE _time >= $begin AND _time < $end GROUP BY src_ip ORDER BY src_ip",
+                               {"begin": begin, "end": end}).fetchall()
+            assert got == want and bool(got) == (local != date(2026, 11, 2))
+            described = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{paths[local][1]}')").fetchall()
+            assert [c[0] for c in described] == ["src_ip", "_time", "bytes_in"]
+        assert sorted(p.name for p in (tmp_path / dailysums.FOLDER / "d").iterdir()) == sorted(
+            Path(path).name for _sig, path in paths.values())  # no staging folder left behind
+    finally:
+        con.close()
+        state.close()
+
+
 def test_a_late_day_in_the_baseline_is_read_again_by_the_next_run(tmp_path):
     """The days before a judged one are computed once per day of fires, and kept between runs as
     daily sums: flows that arrive after a run has summed their day must reach the next run's

@@ -5,6 +5,8 @@ detection computes it, and the rewritten search gives the rows of the search its
 from __future__ import annotations
 
 import duckdb
+import hypothesis
+from hypothesis import strategies as st
 import pytest
 
 from exfilwatch.detections.ctes import closure_parameters, search_ctes, separable_keys, shared_keys
@@ -90,3 +92,75 @@ def test_searches_without_a_with_or_with_a_recursive_one_share_nothing():
     assert search_ctes("WITH RECURSIVE x AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM x WHERE n < 3) "
                        "SELECT * FROM x", "user_sessions") is None
     assert search_ctes("SELECT * FROM (SELECT 1) WHERE (", "user_sessions") is None
+
+
+# --- any chain of CTEs, however it is spaced and commented ---------------------------------------
+
+# Bodies over a source with columns (user, size), each giving (user, size) again: a row filter (its
+# `*` keeps the CTE from being separable), an aggregate, a join of two sources and an expression
+# with a parameter. `{a}` and `{b}` are the sources, `{p}` a parameter's name.
+BODIES = (
+    "SELECT * FROM {a} WHERE size > ${p}",
+    "SELECT user , sum ( size ) AS size FROM {a} GROUP BY user",
+    "SELECT x.user , x.size + coalesce ( y.size , 0 ) AS size FROM {a} x LEFT JOIN "
+    "( SELECT user , max ( size ) AS size FROM {b} GROUP BY user ) y USING ( user )",
+    "SELECT user , size * ${p} AS size FROM {a} WHERE size IS NOT NULL",
+)
+GAPS = (" ", "\n    ", "  ", " -- a comment (with a parenthesis\n ", " /* ( , */ ")
+
+
+@st.composite
+def chains(draw) -> tuple[list[tuple[int, int, int, int]], int]:
+    """CTEs as (body, first source, second source, parameter), sources indexing 0 = the model and
+    k = the k-th CTE; and the CTE the main query reads."""
+    parts = []
+    for index in range(draw(st.integers(1, 5))):
+        parts.append((draw(st.integers(0, len(BODIES) - 1)), draw(st.integers(0, index)),
+                      draw(st.integers(0, index)), draw(st.integers(0, 1))))
+    return parts, draw(st.integers(1, len(parts)))
+
+
+def chain_sql(parts: list[tuple[int, int, int, int]], main: int, gaps: list[str]) -> str:
+    def source(k: int) -> str:
+        return "user_sessions" if k == 0 else f"c{k}"
+    ctes = []
+    for index, (body, a, b, p) in enumerate(parts, start=1):
+        text = BODIES[body].format(a=source(a), b=source(b), p=f"p{p}")
+        ctes.append(f"c{index} AS ({text})")
+    sql = f"WITH {', '.join(ctes)} SELECT user , size FROM c{main} ORDER BY user , size"
+    # SQLGlot does not parse a comment inside a keyword of two words (DuckDB does): keep those whole
+    for keyword in ("GROUP BY", "ORDER BY", "LEFT JOIN", "IS NOT NULL"):
+        sql = sql.replace(keyword, keyword.replace(" ", "~"))
+    words = sql.split(" ")
+    return (words[0] + "".join(gaps[i % len(gaps)] + w for i, w in enumerate(words[1:]))).replace("~", " ")
+
+
+@hypothesis.given(chains(), st.lists(st.sampled_from(GAPS), min_size=1, max_size=6),
+                  st.lists(st.sampled_from(GAPS), min_size=1, max_size=6), st.booleans())
+def test_any_chain_of_ctes_read_from_tables_gives_the_search_rows_and_keys_ignore_spacing(chain, gaps, other_gaps, wrapped):
+    parts, main = chain
+    sql = chain_sql(parts, main, gaps)
+    if wrapped:
+        sql = f"SELECT * FROM ({sql}) AS finding WHERE NOT coalesce((size > 5000), false)"
+    ctes = search_ctes(sql, "user_sessions")
+    assert ctes is not None and [c.name for c in ctes.ctes] == [f"c{i}" for i in range(1, len(parts) + 1)]
+    # the same CTEs spaced and commented otherwise have the same keys
+    respaced = search_ctes(chain_sql(parts, main, other_gaps), "user_sessions")
+    assert [c.key for c in respaced.ctes] == [c.key for c in ctes.ctes]
+    assert [c.separable for c in respaced.ctes] == [c.separable for c in ctes.ctes]
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE user_sessions AS SELECT 'u' || (i % 5) AS user, i * 37 % 89 AS size, "
+                "i AS unused FROM range(60) t(i)")
+    params = {"p0": 20, "p1": 3}
+    want = con.execute(sql, {p: params[p] for p in sorted(set(params) & {"p0", "p1"}) if f"${p}" in sql}).fetchall()
+    unchanged, used = ctes.with_tables({})
+    assert con.execute(unchanged, {p: params[p] for p in used}).fetchall() == want
+    tables: dict[str, str] = {}
+    for cte in ctes.to_compute({c.key for c in ctes.separable()}):
+        query, used = ctes.with_tables(tables, select=cte.name)
+        # the table holds only the columns the CTE names, as a snapshot of another detection would
+        con.execute(f"CREATE TABLE t_{cte.name} AS {query}", {p: params[p] for p in used})
+        tables[cte.name] = f"t_{cte.name}"
+    rewritten, used = ctes.with_tables(tables)
+    assert con.execute(rewritten, {p: params[p] for p in used}).fetchall() == want

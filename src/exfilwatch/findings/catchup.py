@@ -73,8 +73,14 @@ from exfilwatch.detections.schema import Detection
 from exfilwatch.findings.record import Finding, findings_from_rows
 from exfilwatch.models import get_model
 from exfilwatch.state import StateStore
+from exfilwatch.timeexpr import epoch_us
 
-CHUNK_SPAN = timedelta(days=7)  # bounds the memory of a chunk's joins (sessions judged x their history)
+# A chunk spans at most a month of fires: a first run over a small organisation's month of mail
+# is one search per rule. Against 7 days, the four EM rules took 2.73 against 3.42 CPU-s at 1000
+# users x 30 days (medians of 3 alternated rounds: with their CTEs shared, each extra chunk is a
+# search's fixed work again), 16.1 against 16.9 at 1000 x 90 and 56.8 against 54.7 at 3000 x 90
+# (one run each, load 10-12), with the same peak RSS; larger organisations reach CHUNK_ROWS first.
+CHUNK_SPAN = timedelta(days=31)  # with CHUNK_ROWS, bounds a chunk's joins (sessions judged x their history)
 # A chunk also stops before it judges more rows than this. Measured on one chunk of EM-BSum at
 # 10,000 users x 90 days (docs/benchmarks.md, "Seventh round"): a week's 93,650 sessions took
 # 4.9 CPU-s with DuckDB's memory_limit at 16 GB, 11.8 at 1 GB, but 108-184 at 2, 4 and 8 GB
@@ -349,7 +355,6 @@ def drop_temp(con: duckdb.DuckDBPyConnection, name: str) -> None:
 CUT_PARTS = "_catch_up_cut_parts"  # the segments between cuts, split into the hours a row's segment is looked up by
 _BUCKET = timedelta(hours=1)
 _BUCKET_US = 3_600_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def cut_parts(cuts: list[datetime], end: datetime) -> list[dict[str, Any]]:
@@ -386,7 +391,7 @@ def create_cut_sums(con: duckdb.DuckDBPyConnection, rows: str, keys: list[str], 
     `_day` is the local day of the segment's cut, not read per row. `types` casts the sums back to
     the rows' own types (a sum of BIGINT is a HUGEINT), so that sums of these sums are typed as
     sums of the rows."""
-    origin = (cuts[0] - _EPOCH) // timedelta(microseconds=1)
+    origin = epoch_us(cuts[0])
     drop_temp(con, CUT_PARTS)
     con.execute(f"CREATE TEMP TABLE {CUT_PARTS} (bucket BIGINT, lo TIMESTAMPTZ, hi TIMESTAMPTZ, cut TIMESTAMPTZ)")
     parts = cut_parts(cuts, end)
@@ -550,6 +555,11 @@ class SharedLakeRows:
     sums: dict[str, str] = field(default_factory=dict)
     cuts: frozenset[datetime] = frozenset()
 
+    def hold(self, key: tuple[Any, ...] | None, held: frozenset[str], sums: dict[str, str] | None = None,
+             cuts: frozenset[datetime] = frozenset()) -> None:
+        """What SHARED_LAKE now holds: rows (`held` columns) or, with `sums` and `cuts`, segments."""
+        self.key, self.held, self.sums, self.cuts = key, held, sums or {}, cuts
+
 
 def lake_segments(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateStore, model: str,
                   plan: SegmentPlan, condition: str | None, cuts: list[datetime], start: datetime, end: datetime,
@@ -587,7 +597,7 @@ def lake_segments(con: duckdb.DuckDBPyConnection, settings: Settings, state: Sta
     drop_temp(con, SHARED_LAKE)
     con.execute(f"ALTER TABLE temp.main._catch_up_read RENAME TO {SHARED_LAKE}")
     con.execute(f"CREATE TEMP TABLE {model} AS SELECT * FROM {SHARED_LAKE}")
-    shared.key, shared.held, shared.sums, shared.cuts = key, frozenset(keys), sums, frozenset(inside)
+    shared.hold(key, frozenset(keys), sums, frozenset(inside))
 
 
 def lake_rows(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateStore, model: str, columns: list[str],
@@ -612,12 +622,12 @@ def lake_rows(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateSt
     drop_temp(con, SHARED_LAKE)
     con.execute(f"ALTER TABLE temp.main.{model} RENAME TO {SHARED_LAKE}")
     con.execute(f"CREATE TEMP TABLE {model} AS SELECT {listed} FROM {SHARED_LAKE}")
-    shared.key, shared.held, shared.sums, shared.cuts = key, frozenset(read), {}, frozenset()
+    shared.hold(key, frozenset(read))
 
 
 def release_shared(con: duckdb.DuckDBPyConnection, shared: SharedLakeRows) -> None:
     drop_temp(con, SHARED_LAKE)
-    shared.key, shared.held, shared.sums, shared.cuts = None, frozenset(), {}, frozenset()
+    shared.hold(None, frozenset())
 
 
 def _consecutive(days: list[tuple[Any, datetime, datetime]]) -> list[list[tuple[Any, datetime, datetime]]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import uuid
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta, timezone
@@ -33,6 +34,7 @@ from exfilwatch.config import Settings
 from exfilwatch.events.engine import local_day_sql
 from exfilwatch.events.lake import path_list_sql
 from exfilwatch.state import StateStore
+from exfilwatch.timeexpr import epoch_us
 
 FOLDER = "daily_sums"
 
@@ -129,14 +131,8 @@ def write_days(con: duckdb.DuckDBPyConnection, state: StateStore, definition: st
     con.execute(f"CREATE TEMP TABLE _daily_sums AS SELECT {listed}{day} AS _time, {sums} FROM {rows} "
                 f"WHERE _time >= $start AND _time < $end GROUP BY ALL",
                 {"start": days[0][1], "end": days[-1][2]})
-    written = []
     try:
-        for local, begin, _finish in days:
-            path = folder / f"{local.isoformat()}_{uuid.uuid4().hex[:8]}.parquet"
-            target = str(path).replace("'", "''")
-            con.execute(f"COPY (SELECT * FROM _daily_sums WHERE _time = $begin) TO '{target}' "
-                        "(FORMAT parquet, COMPRESSION zstd)", {"begin": begin})
-            written.append((local, path))
+        written = _write_each_day(con, folder, days)
     finally:
         con.execute("DROP TABLE IF EXISTS temp.main._daily_sums")
     replaced = stored(state, definition, [local for local, _ in written])
@@ -149,6 +145,36 @@ def write_days(con: duckdb.DuckDBPyConnection, state: StateStore, definition: st
     for _signature, old in replaced.values():
         if Path(old).is_relative_to(own):  # a copy of the state (backtest) never deletes the home's files
             Path(old).unlink(missing_ok=True)
+
+
+def _write_each_day(con: duckdb.DuckDBPyConnection, folder: Path, days: list[tuple[date, datetime, datetime]]
+                    ) -> list[tuple[date, Path]]:
+    """One Parquet file per day of `days` from the temp table `_daily_sums`, each named by its
+    local date: one COPY partitioned by the day, whose files are then renamed (a COPY per day cost
+    0.10-0.13 CPU-s for 59 days at 1000 users x 30 days, mostly per statement). A day the COPY
+    wrote no file for (no row), or several (DuckDB splits a partition when it holds too many files
+    open), is written by a COPY of its own."""
+    staging = folder / f"_writing_{uuid.uuid4().hex[:8]}"
+    con.execute(f"COPY (SELECT *, epoch_us(_time) AS _begin FROM _daily_sums) TO '{_quoted(staging)}' "
+                "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (_begin))")
+    written = []
+    try:
+        for local, begin, _finish in days:
+            path = folder / f"{local.isoformat()}_{uuid.uuid4().hex[:8]}.parquet"
+            parts = list((staging / f"_begin={epoch_us(begin)}").glob("*.parquet"))
+            if len(parts) == 1:
+                parts[0].rename(path)
+            else:
+                con.execute(f"COPY (SELECT * FROM _daily_sums WHERE _time = $begin) TO '{_quoted(path)}' "
+                            "(FORMAT parquet, COMPRESSION zstd)", {"begin": begin})
+            written.append((local, path))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")
 
 
 def read_sql(paths: list[str]) -> str | None:
