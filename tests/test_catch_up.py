@@ -10,7 +10,11 @@ and the watermarks must be identical.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -226,6 +230,81 @@ def test_the_hourly_run_reads_stored_daily_sums_and_no_old_flow(org):
     assert len(after["runs"]) > 0
 
 
+# A first run of the network rules in a process of its own, SIGKILLed by the parent once the
+# KILL_AT-th write of daily sums has renamed its days into place and before it records them.
+KILLED_RUN = """
+import sys
+from datetime import datetime
+from pathlib import Path
+from exfilwatch import pipeline
+from exfilwatch.config import Home, load_settings
+from exfilwatch.detections.schema import load_detections
+from exfilwatch.events.engine import connect
+from exfilwatch.findings import dailysums
+from exfilwatch.home import open_state
+
+root, now, kill_at, ids = sys.argv[1], datetime.fromisoformat(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+write_each_day, writes = dailysums._write_each_day, []
+
+def written_then_wait(*args):
+    done = write_each_day(*args)
+    writes.append(done)
+    if len(writes) == kill_at:
+        print("written", flush=True)
+        sys.stdin.read()  # until the parent's SIGKILL
+    return done
+
+dailysums._write_each_day = written_then_wait
+home = Home(root=Path(root), config_path=Path(root) / "config.yaml")
+settings = load_settings(home)
+catalog = list(load_detections().values())
+pipeline.run(connect(settings), open_state(home), settings, catalog, now,
+             pipeline.Options(detections=[d for d in catalog if d.id in ids], risk=False, deliver=False))
+print("finished", flush=True)
+"""
+
+
+def test_a_run_killed_while_writing_daily_sums_leaves_nothing_the_next_run_stores_twice(org):
+    """A real SIGKILL between a write of daily sums and its record: the next run deletes the days
+    the killed one renamed into place, keeps the fires the killed run recorded, and ends with the
+    runs, findings, watermarks and stored days of a run that was never killed."""
+    root, ds, parts = org
+    killed, whole = homes(root, ds.config, ["killed", "whole"])
+    now = datetime(END.year, END.month, END.day, tzinfo=NY)
+    for home in (killed, whole):
+        ingest(home, parts, 0)
+        ingest(home, parts, 1)
+    schedule(whole, now, "one-pass", NETWORK)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(killed.root), now.isoformat(), "3", *NETWORK],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout.readline().strip() == "written", child.stderr.read()
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    state = open_state(killed)
+    try:
+        recorded_paths = {state.absolute(r["path"]) for r in state.query("SELECT path FROM daily_sums")}
+        assert state.query("SELECT count(*) AS n FROM detection_runs")[0]["n"] > 0  # the first rule's fires were kept
+    finally:
+        state.close()
+    left = {str(p) for p in (killed.root / dailysums.FOLDER).rglob("*.parquet")}
+    assert left - recorded_paths, "the killed write had renamed days it never recorded"
+    schedule(killed, now, "one-pass", NETWORK)
+    assert recorded(killed) == recorded(whole)
+    state = open_state(killed)
+    try:
+        recorded_paths = {state.absolute(r["path"]) for r in state.query("SELECT path FROM daily_sums")}
+        assert len(recorded_paths) == state.query("SELECT count(*) AS n FROM daily_sums")[0]["n"]
+    finally:
+        state.close()
+    assert {str(p) for p in (killed.root / dailysums.FOLDER).rglob("*") if p.is_file()} == recorded_paths
+
+
 def test_a_run_whose_fires_all_fall_in_a_hole_of_the_data_records_nothing_and_moves_on(org):
     """Fires inside the two-day hole have no judged row: a run made of them alone skips them all
     (one pass and per fire alike) and sets the watermark past them."""
@@ -402,6 +481,46 @@ def test_each_stored_day_holds_exactly_its_own_sums_and_an_empty_day_is_stored_t
             assert [c[0] for c in described] == ["src_ip", "_time", "bytes_in"]
         assert sorted(p.name for p in (tmp_path / dailysums.FOLDER / "d").iterdir()) == sorted(
             Path(path).name for _sig, path in paths.values())  # no staging folder left behind
+    finally:
+        con.close()
+        state.close()
+
+
+def test_what_a_killed_write_of_daily_sums_left_is_deleted_by_the_next_write(tmp_path):
+    """A run killed while it wrote daily sums leaves its staging folder and days it renamed but
+    never recorded: the next write of the same definition deletes them, keeps every recorded day
+    (its own and the earlier run's), and leaves another definition's files alone."""
+    tz = "America/New_York"
+    days = dailysums.local_days(datetime(2026, 10, 31, tzinfo=NY).astimezone(timezone.utc),
+                                datetime(2026, 11, 4, tzinfo=NY).astimezone(timezone.utc), tz)
+    state = open_state(tmp_path)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    con.executemany("INSERT INTO rows VALUES (?, ?, ?)",
+                    [(begin + timedelta(hours=3), "10.20.0.1", 1000) for _local, begin, _end in days])
+    signature = {local: "s" for local, _, _ in days}
+
+    def write(definition: str, which: list) -> None:
+        dailysums.write_days(con, state, definition, "rows", ["src_ip"], {"bytes_in": "sum"},
+                             {"bytes_in": "BIGINT"}, which, signature, tz)
+
+    try:
+        write("d", days[:2])
+        write("other", days[:1])
+        folder, other = tmp_path / dailysums.FOLDER / "d", tmp_path / dailysums.FOLDER / "other"
+        # what a kill between the partitioned COPY and the commit leaves behind
+        staging = folder / f"{dailysums.STAGING_PREFIX}dead0001" / "_begin=1"
+        staging.mkdir(parents=True)
+        (staging / "data_0.parquet").write_bytes(b"PAR1")
+        (folder / "2026-11-02_dead0002.parquet").write_bytes(b"PAR1")
+        (other / "2026-11-03_dead0003.parquet").write_bytes(b"PAR1")
+        write("d", days[2:])
+        recorded = {Path(path).name for _sig, path in dailysums.stored(state, "d", [d for d, _, _ in days]).values()}
+        assert len(recorded) == len(days)
+        assert {p.name for p in folder.iterdir()} == recorded
+        assert (other / "2026-11-03_dead0003.parquet").exists()  # not this write's definition
+        assert all(con.execute(f"SELECT count(*) FROM read_parquet('{folder / name}')").fetchone()[0] == 1
+                   for name in recorded)
     finally:
         con.close()
         state.close()

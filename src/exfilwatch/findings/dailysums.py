@@ -14,7 +14,9 @@ with two hashes: the definition (model, keys, sums, condition, time zone and the
 domains the enriched columns come from) and the signature (the committed lake files of the UTC
 partitions the day overlaps). Late rows for a day, `ingest --replace` or a changed inventory
 give another hash, and the day is summed again from the lake before it is read. Only the writer
-(the run, under the home's lock) reads these files, so a replaced one is deleted at once.
+(the run, under the home's lock) reads these files, so a replaced one is deleted at once, and a
+run killed while it wrote some leaves files no row names (its staging folder, days renamed but not
+recorded): the next write of that definition deletes them first (`remove_orphans`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import epoch_us
 
 FOLDER = "daily_sums"
+STAGING_PREFIX = "_writing_"  # a write's partitioned COPY, before its files are renamed to their days
 
 
 def definition_key(model: str, keys: list[str], aggregates: dict[str, str], condition: str | None,
@@ -124,6 +127,7 @@ def write_days(con: duckdb.DuckDBPyConnection, state: StateStore, definition: st
         return
     folder = state.writes_to / FOLDER / definition
     folder.mkdir(parents=True, exist_ok=True)
+    remove_orphans(state, definition)
     day = local_day_sql("_time", tz)
     listed = "".join(f'"{k}", ' for k in keys)
     sums = ", ".join(f'CAST({kind}("{c}") AS {types[c]}) AS "{c}"' for c, kind in aggregates.items())
@@ -147,6 +151,28 @@ def write_days(con: duckdb.DuckDBPyConnection, state: StateStore, definition: st
             Path(old).unlink(missing_ok=True)
 
 
+def remove_orphans(state: StateStore, definition: str) -> int:
+    """Delete what a killed run left in the folder of `definition`'s days: staging folders, and
+    day files no row of `daily_sums` names (renamed before the run recorded them). How many went.
+
+    Safe under the home's writer lock: only the writer reads or writes these files, and a write
+    records its days before it returns."""
+    folder = state.writes_to / FOLDER / definition
+    if not folder.is_dir():
+        return 0
+    listed = state.normalised(row["path"] for row in
+                              state.query("SELECT path FROM daily_sums WHERE definition = ?", (definition,)))
+    removed = 0
+    for entry in folder.iterdir():
+        if entry.is_dir() and entry.name.startswith(STAGING_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+        elif entry.is_file() and not state.normalised([state.relative(entry)]) & listed:
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _write_each_day(con: duckdb.DuckDBPyConnection, folder: Path, days: list[tuple[date, datetime, datetime]]
                     ) -> list[tuple[date, Path]]:
     """One Parquet file per day of `days` from the temp table `_daily_sums`, each named by its
@@ -154,7 +180,7 @@ def _write_each_day(con: duckdb.DuckDBPyConnection, folder: Path, days: list[tup
     0.10-0.13 CPU-s for 59 days at 1000 users x 30 days, mostly per statement). A day the COPY
     wrote no file for (no row), or several (DuckDB splits a partition when it holds too many files
     open), is written by a COPY of its own."""
-    staging = folder / f"_writing_{uuid.uuid4().hex[:8]}"
+    staging = folder / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
     con.execute(f"COPY (SELECT *, epoch_us(_time) AS _begin FROM _daily_sums) TO '{_quoted(staging)}' "
                 "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (_begin))")
     written = []
