@@ -278,10 +278,18 @@ def correlated_plan(detection: Detection, model: str) -> tuple[BatchedPlan | Non
         if not any(t.name == needed for t in tables):
             return None, f"catch_up.search never reads the table {needed!r}"
     own = {t.alias_or_name for t in tables if t.name == FIRES}
-    available = [c for c in tree.find_all(exp.Column) if c.name == "_available"]
-    if not any(isinstance(c.parent, (exp.LT, exp.LTE)) and c.parent.this is c
-               and isinstance(c.parent.expression, exp.Column) and c.parent.expression.table in own
-               for c in available):
+    def held(column: exp.Column) -> bool:
+        """Whether `column` (an `_available`) is bounded above by a `fires` column."""
+        comparison = column.parent
+        if isinstance(comparison, (exp.LT, exp.LTE)):
+            other = comparison.expression if comparison.this is column else None
+        elif isinstance(comparison, (exp.GT, exp.GTE)):
+            other = comparison.this if comparison.expression is column else None
+        else:
+            return False
+        return isinstance(other, exp.Column) and other.table in own
+
+    if not any(held(c) for c in tree.find_all(exp.Column) if c.name == "_available"):
         return None, (f"catch_up.search never holds a fire to the risk events available at it "
                       f"(`_available <= f.now`, a {FIRES!r} column)")
     return BatchedPlan(tree.sql(dialect="duckdb"), terms(tree), None), None

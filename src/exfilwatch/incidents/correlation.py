@@ -12,6 +12,16 @@ again), within the longer recurrence period (its score and severity can only gro
 contributed are listed in `rules`, each update is audited); after the incident is closed, or after
 a quiet (recurrence) period, it is a new incident. So one episode is one incident, however many
 rules and hourly fires see it and however many sessions it spans.
+
+A catch-up (the first run, or a run after missed hours) evaluates a rule at many fires; a rule
+with a batched form (`catch_up.search`, the contract in detections/batched.py `correlated_plan`)
+computes the candidates of all of them in one query over `fires` and every stored risk event, each
+fire seeing only the events available at it, and each fire's candidates are then stored in fire
+order exactly as if it had run alone. The per-fire search (`Options.catch_up == "per-fire"`) is the
+reference; tests/test_incident_catch_up.py holds the two to the same incidents and audit trail.
+At 1000 users x 30 days a query costs 4-6 ms of DuckDB's planning and set-up on a few dozen risk
+events, whatever the rows: the three rules' 100-150 per-fire queries took about 1 CPU-s of a first
+run, one query per rule about 0.15.
 """
 
 from __future__ import annotations
