@@ -278,6 +278,7 @@ def correlated_plan(detection: Detection, model: str) -> tuple[BatchedPlan | Non
         if not any(t.name == needed for t in tables):
             return None, f"catch_up.search never reads the table {needed!r}"
     own = {t.alias_or_name for t in tables if t.name == FIRES}
+
     def held(column: exp.Column) -> bool:
         """Whether `column` (an `_available`) is bounded above by a `fires` column."""
         comparison = column.parent
