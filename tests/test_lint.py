@@ -193,3 +193,30 @@ def test_the_shipped_batched_forms_pass():
     assert batched == []
     assert {"hosts_receiving_unusual_mail_volume_robust", BASE} <= {
         p.parent.name for p in SHIPPED.glob("*/detection.yml") if "catch_up:" in p.read_text()}
+
+
+@pytest.mark.parametrize("base,old,new,expected", [
+    ("risk_threshold_exceeded_24h", "SELECT fire, risk_object, risk_object_type, _time,",
+     "SELECT risk_object, risk_object_type, _time,", "expected fire, then the search's"),
+    ("risk_threshold_exceeded_24h", "uncapped_risk_score, risk_event_count,", "risk_event_count,",
+     "expected fire, then the search's"),
+    # the findings of the fires are not what the incident rules see: only fires and risk events
+    ("notable_session", "FROM fires f JOIN risk_events r", "FROM fires f JOIN findings r",
+     "reads ['findings']; a correlation rule's form reads only 'fires' and 'risk_events'"),
+    ("risk_threshold_exceeded_24h", "WHERE total > $risk_threshold", "WHERE total > $risk_limit",
+     "undeclared parameters ['risk_limit']"),
+    # a fire would see risk events whose findings were detected after it
+    ("attack_tactic_threshold_exceeded_7d", " AND r._available <= f.now", "", "never holds a fire to the risk events"),
+    ("risk_threshold_exceeded_24h", "FROM fires f JOIN risk_events r", "FROM risk_events f JOIN risk_events r",
+     "never reads the table 'fires'"),
+])
+def test_an_incident_rules_batched_form_that_cannot_work(tmp_path, base, old, new, expected):
+    def change(d):
+        assert old in d["catch_up"]["search"]
+        d["catch_up"]["search"] = d["catch_up"]["search"].replace(old, new, 1)
+
+    errors = _errors(_mutated(tmp_path, change, base=base), "catch_up")
+    assert len(errors) == 1 and expected in errors[0], errors
+    folder = tmp_path / "detections"
+    result = CliRunner().invoke(app, ["detections", "lint", "--path", str(folder)])
+    assert result.exit_code == 1 and "1 errors" in result.output and base in result.output, result.output

@@ -147,7 +147,8 @@ def run(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, c
         rules = options.incident_rules
         rules = rules if rules is not None else [d for d in catalog if d.type == "correlation" and d.id not in disabled]
         if rules:
-            result.incidents = run_incident_rules(con, state, settings, rules, now, options.since, options.overrides)
+            result.incidents = run_incident_rules(con, state, settings, rules, now, options.since, options.overrides,
+                                                  options.catch_up)
         if options.deliver and settings.outputs:
             result.deliveries = deliver_pending(state, settings, now, catalog=catalog)
     return result
@@ -363,9 +364,11 @@ def _batched(items: Iterator[tuple[int, list[Finding]]], size: int) -> Iterator[
 
 def run_incident_rules(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings, rules: list[Detection],
                        now: datetime, since: datetime | None = None,
-                       overrides: dict[str, Any] | None = None) -> list[CorrelationResult]:
+                       overrides: dict[str, Any] | None = None,
+                       catch_up: Literal["one-pass", "per-fire"] = "one-pass") -> list[CorrelationResult]:
     """Each incident rule at every fire time since its watermark, over the stored risk events:
-    the same schedule as detections (step 4 of `run`)."""
+    the same schedule as detections (step 4 of `run`); `catch_up` as `Options.catch_up` (a rule's
+    batched form, or each fire's own search: incidents/correlation.py `evaluate_fires`)."""
     events = RiskEventTimeline(con, state)
     tz = settings.timezone
     results = []
@@ -375,7 +378,7 @@ def run_incident_rules(con: duckdb.DuckDBPyConnection, state: StateStore, settin
 
         plan = due_fires(state, rule.id, rule.schedule.cron, now, tz, data_start=events.first, data_end=events.last,
                          window_start=window_start, since=since)
-        results.append(evaluate_fires(con, state, settings, rule, plan.fires, events, overrides))
+        results.append(evaluate_fires(con, state, settings, rule, plan.fires, events, overrides, catch_up))
         if plan.last is not None:
             set_watermark(state, rule.id, plan.last)
     return results

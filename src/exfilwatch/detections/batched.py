@@ -28,6 +28,14 @@ Two things are recognised here, never from a detection's id:
   search finds (that it reads segment rows only through sums so far at its fires' instants, or
   bounds on them) is held by tests/test_catch_up.py on data with gaps, DST, late rows and a
   baseline that starts inside a day.
+* **A correlation rule's batched form** (`correlated_plan`, an incident rule: `data_model:
+  risk_events`): the candidates of many fires in one query. It reads only `fires` (one row per
+  fire, as above, `now` included) and `risk_events` (every stored risk event, with `_available`,
+  when its finding was first detected), and gives each fire exactly what its own search sees live:
+  the events in its window whose `_available` is not after the fire (`r._available <= f.now`;
+  the form must compare `_available` with a `fires` column). It returns `fire` first, then the
+  search's columns, each fire's rows in the search's order. That it finds what the search finds is
+  held by tests/test_incident_catch_up.py (gaps, a DST change, late risk events, a closed incident).
 """
 
 from __future__ import annotations
@@ -60,7 +68,8 @@ class BatchedPlan:
 
     sql: str
     terms: list[exp.Expression]  # what the fires of one group share
-    segments: SegmentPlan  # the search's plan, cut also at the form's own `_time` terms
+    segments: SegmentPlan | None  # the search's plan, cut also at the form's own `_time` terms (None: a
+    # correlation rule's form, which reads the stored risk events as they are)
 
 
 def segment_plan(sql: str, model: str) -> SegmentPlan | None:
@@ -197,6 +206,8 @@ def batched_plan(detection: Detection, sql: str, model: str) -> tuple[BatchedPla
     when the detection declares none."""
     if detection.catch_up is None:
         return None, None
+    if detection.type == "correlation":
+        return correlated_plan(detection, model)
     search = segment_plan(sql, model)
     if search is None:
         return None, "catch_up.search needs a search whose model rows can be summed by segments"
@@ -248,6 +259,41 @@ def batched_plan(detection: Detection, sql: str, model: str) -> tuple[BatchedPla
     plan_sql = tree.sql(dialect="duckdb")
     segments = SegmentPlan(search.keys, search.aggregates, [*search.bounds, *extra])
     return BatchedPlan(plan_sql, terms(tree), segments), None
+
+
+def correlated_plan(detection: Detection, model: str) -> tuple[BatchedPlan | None, str | None]:
+    """(the plan, None) for a correlation rule's batched form that reads only `fires` and `model`
+    (the stored risk events) and holds each fire to the events available at it; else (None, why not)."""
+    assert detection.catch_up is not None
+    try:
+        tree = _parsed(detection.catch_up.search.strip().rstrip(";"))
+    except Exception as exc:  # sqlglot's ParseError and TokenError share no base but Exception
+        return None, f"catch_up.search does not parse: {str(exc).splitlines()[0]}"
+    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    tables = [t for t in tree.find_all(exp.Table) if t.name not in ctes]
+    others = sorted({t.name for t in tables} - {FIRES, model})
+    if others:
+        return None, f"catch_up.search reads {others}; a correlation rule's form reads only {FIRES!r} and {model!r}"
+    for needed in (FIRES, model):
+        if not any(t.name == needed for t in tables):
+            return None, f"catch_up.search never reads the table {needed!r}"
+    own = {t.alias_or_name for t in tables if t.name == FIRES}
+
+    def held(column: exp.Column) -> bool:
+        """Whether `column` (an `_available`) is bounded above by a `fires` column."""
+        comparison = column.parent
+        if isinstance(comparison, (exp.LT, exp.LTE)):
+            other = comparison.expression if comparison.this is column else None
+        elif isinstance(comparison, (exp.GT, exp.GTE)):
+            other = comparison.this if comparison.expression is column else None
+        else:
+            return False
+        return isinstance(other, exp.Column) and other.table in own
+
+    if not any(held(c) for c in tree.find_all(exp.Column) if c.name == "_available"):
+        return None, (f"catch_up.search never holds a fire to the risk events available at it "
+                      f"(`_available <= f.now`, a {FIRES!r} column)")
+    return BatchedPlan(tree.sql(dialect="duckdb"), terms(tree), None), None
 
 
 def fire_values(params: dict[str, Any]) -> dict[str, Any]:

@@ -318,10 +318,10 @@ def batched_groups(plan: BatchedPlan, params: list[dict[str, Any]]) -> list[list
     return groups
 
 
-def batched_findings(con: duckdb.DuckDBPyConnection, detection: Detection, plan: BatchedPlan,
-                     params: list[dict[str, Any]], tz: str) -> list[list[Finding]]:
-    """The findings of each fire of one group (from `batched_groups`), from one execution of the
-    detection's batched form over the views registered and a temp table `fires` of these fires."""
+def batched_rows(con: duckdb.DuckDBPyConnection, plan: BatchedPlan,
+                 params: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The search's rows of each fire of one group (from `batched_groups`), from one execution of
+    the detection's batched form over the views registered and a temp table `fires` of these fires."""
     rows = [{"fire": index, **fire_values(param)} for index, param in enumerate(params)]
     con.execute(f"DROP TABLE IF EXISTS temp.main.{FIRES}")
     con.execute(f"CREATE TEMP TABLE {FIRES} AS SELECT unnest($rows, recursive := true)", {"rows": rows})
@@ -335,7 +335,13 @@ def batched_findings(con: duckdb.DuckDBPyConnection, detection: Detection, plan:
             per_fire[row.pop("fire")].append(row)
     finally:
         con.execute(f"DROP TABLE IF EXISTS temp.main.{FIRES}")
-    return [findings_from_rows(detection, fire_rows, tz) for fire_rows in per_fire]
+    return per_fire
+
+
+def batched_findings(con: duckdb.DuckDBPyConnection, detection: Detection, plan: BatchedPlan,
+                     params: list[dict[str, Any]], tz: str) -> list[list[Finding]]:
+    """The findings of each fire of one group (from `batched_groups`), from `batched_rows`."""
+    return [findings_from_rows(detection, fire_rows, tz) for fire_rows in batched_rows(con, plan, params)]
 
 
 def segment_groups(fires: list[Any]) -> list[list[int]]:
