@@ -910,7 +910,12 @@ def _flows_per_session_by_stretch(con: Steps, rows: str, parameters: dict[str, A
         GROUP BY s.uid, s.hour, s.t_from, s.t_to
     """)
     # the latest-started session of an address holds [its start, the next start of the address or its
-    # end, whichever comes first): the pieces of that span in each UTC hour it touches
+    # end, whichever comes first): the pieces of that span in each UTC hour it touches. One row per
+    # tunnel session and hour (136,826 at 1000 x 30, as many as the users' stretches: a tunnel address
+    # is mostly one session's), 0.03 CPU-s; cutting each hour at every boundary of the address and
+    # an ASOF join of those stretches, as for the users, took 0.14 (tenth round). Memory: the ASOF
+    # join it replaces sorted the tunnel addresses' flows themselves; both joins now keep only
+    # stretches in their hash tables and stream the flows.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ses_tunnel_stretches AS
         SELECT assigned_ip, hour, greatest(span_from, to_timestamp(hour * 3600)) AS t_from,
