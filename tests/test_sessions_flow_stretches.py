@@ -3,7 +3,8 @@
 by the hour and an ASOF join (`_flows_per_session_by_hour`, what Spark runs): every stored column
 of every session, on flows at and around the sessions' starts and ends, of sessions that overlap
 (two devices), that touch (one ends the instant the next starts), on the hour, and across the
-night the clocks go back."""
+night the clocks go back; and of tunnel addresses that sessions of both users reuse, whose flows go
+to the latest-started session of the address only while it holds them."""
 
 from __future__ import annotations
 
@@ -40,10 +41,11 @@ _session = st.tuples(st.sampled_from(sorted(HOSTS)), st.sampled_from(["laptop", 
                      st.sampled_from([0, 1, 59, 60, 61, 119, 600, 1500]), st.booleans())
 
 
-def _data(specs: list[tuple], offsets: list[int]) -> tuple[list[dict], list[dict]]:
+def _data(specs: list[tuple], offsets: list[int], addresses: int | None = None) -> tuple[list[dict], list[dict]]:
     """Logins and logouts of `specs`, with a tunnel address each (its flows go by the tunnel's
-    rule); flows of each user's host and tunnel address at each session boundary plus each of
-    `offsets` (seconds), and at each hour's start of the days."""
+    rule), or one of `addresses` shared by the sessions in turn; flows of each user's host and
+    tunnel address at each session boundary plus each of `offsets` (seconds), and at each hour's
+    start of the days."""
     auth, flows, boundaries = [], [], []
     ends: dict[tuple[str, str], datetime] = {}
     starts: set[tuple[str, datetime]] = set()
@@ -52,12 +54,14 @@ def _data(specs: list[tuple], offsets: list[int]) -> tuple[list[dict], list[dict
         if touch and (user, device) in ends:
             begin = ends[(user, device)]  # the next session starts the instant the last one ended
         begin = max(begin, ends.get((user, device), begin))
-        while (user, begin) in starts:  # two sessions of a user started at once: the reference takes either
+        tunnel = f"10.200.0.{n if addresses is None else n % addresses}"
+        # two sessions of a user, or of a tunnel address, started at once: the reference takes either
+        while (user, begin) in starts or (tunnel, begin) in starts:
             begin += timedelta(seconds=1)
-        starts.add((user, begin))
+        starts |= {(user, begin), (tunnel, begin)}
         end = begin + timedelta(minutes=length)
         ends[(user, device)] = end
-        sid, tunnel = f"{user}-{device}-{n}", f"10.200.0.{n}"
+        sid = f"{user}-{device}-{n}"
         auth += [login(begin, user, sid, ip=tunnel), logout(end, user, sid, ip=tunnel)]
         boundaries += [(user, tunnel, begin), (user, tunnel, end)]
     for user, tunnel, t in boundaries:
@@ -78,6 +82,41 @@ def test_flows_by_stretch_are_summed_into_the_sessions_the_reference_gives(specs
     reference = _build(auth, flows, False, monkeypatch)
     assert _build(auth, flows, True, monkeypatch) == reference
     assert sum(r["net_flows"] for r in reference) >= 4 * 24 * len(HOSTS)  # the hosts' flows, at least
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=st.lists(_session, min_size=2, max_size=8),
+       offsets=st.lists(st.sampled_from([-3600, -61, -1, 0, 1, 59, 1800]), min_size=1, max_size=4, unique=True),
+       addresses=st.integers(1, 2))
+def test_flows_of_reused_tunnel_addresses_by_stretch_are_those_the_reference_gives(specs, offsets, addresses,
+                                                                                    monkeypatch):
+    auth, flows = _data(specs, offsets, addresses)
+    reference = _build(auth, flows, False, monkeypatch)
+    assert _build(auth, flows, True, monkeypatch) == reference
+
+
+def test_a_tunnel_address_flow_goes_to_the_latest_started_session_of_the_address_while_it_holds(monkeypatch):
+    at = START + timedelta(days=1, hours=3, minutes=10)
+    tunnel = "10.200.0.7"
+    # ann's long session and, inside it, ben's short one on the same tunnel address; then ann's next
+    auth = [login(at, "ann", "a1", ip=tunnel), logout(at + timedelta(hours=3), "ann", "a1", ip=tunnel),
+            login(at + timedelta(minutes=40), "ben", "b1", ip=tunnel),
+            logout(at + timedelta(minutes=80), "ben", "b1", ip=tunnel),
+            login(at + timedelta(hours=4), "ann", "a2", ip=tunnel), logout(at + timedelta(hours=5), "ann", "a2", ip=tunnel)]
+    flows = [flow(at + timedelta(minutes=10), tunnel, 1),  # a1, the only session of the address yet
+             flow(at + timedelta(minutes=40), tunnel, 2),  # b1 started that instant: the latest-started
+             flow(at + timedelta(minutes=79, seconds=59), tunnel, 4),  # b1
+             # b1, the latest-started of the address, has ended: the flow is no session's, though
+             # a1 still holds it (a tunnel address is no user's host)
+             flow(at + timedelta(minutes=80), tunnel, 8),
+             flow(at + timedelta(hours=2, minutes=59), tunnel, 16),
+             flow(at + timedelta(hours=3), tunnel, 32),  # between the address's sessions
+             flow(at + timedelta(hours=4, minutes=30), tunnel, 64)]  # a2
+    reference = _build(auth, flows, False, monkeypatch)
+    stretch = _build(auth, flows, True, monkeypatch)
+    assert stretch == reference
+    by_session = {r["vpn_session_id"]: r["net_bytes_out"] for r in stretch}
+    assert by_session == {"a1": 1, "b1": 2 + 4, "a2": 64}
 
 
 def test_the_stretches_cover_a_split_hour_touching_sessions_and_the_night_the_clocks_go_back(monkeypatch):
