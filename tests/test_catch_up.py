@@ -407,6 +407,41 @@ def test_each_stored_day_holds_exactly_its_own_sums_and_an_empty_day_is_stored_t
         state.close()
 
 
+def test_daily_sums_keyed_by_the_local_day_are_dated_as_those_summed_from_time(tmp_path):
+    """Rows that carry `_day` (as every model view and segment does) are summed into days by it,
+    not by converting each row's `_time` again: the days stored that way, across the end of
+    daylight saving time (a 25-hour day), hold the same sums at the same local midnights as the
+    days summed from `_time` alone."""
+    tz = "America/New_York"
+    days = dailysums.local_days(datetime(2026, 10, 31, tzinfo=NY).astimezone(timezone.utc),
+                                datetime(2026, 11, 3, tzinfo=NY).astimezone(timezone.utc), tz)
+    state = open_state(tmp_path)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    # every 50 minutes, so rows fall in the first and the last hour of each day, and in the repeated hour
+    first = days[0][1]
+    con.executemany("INSERT INTO rows VALUES (?, ?, ?)",
+                    [(first + timedelta(minutes=50 * n), f"10.20.0.{n % 3}", n) for n in range(73 * 60 // 50 + 1)])
+    con.execute(f"CREATE VIEW rows_with_day AS SELECT *, {local_day_sql('_time', tz)} AS _day FROM rows")
+    signature = {local: "s" for local, _, _ in days}
+    try:
+        stored = {}
+        for definition, keys in (("by_time", ["src_ip"]), ("by_day", ["_day", "src_ip"])):
+            dailysums.write_days(con, state, definition, "rows_with_day", keys, {"bytes_in": "sum"},
+                                 {"bytes_in": "BIGINT"}, days, signature, tz)
+            paths = dailysums.stored(state, definition, [local for local, _, _ in days])
+            stored[definition] = {local: con.execute(f"SELECT src_ip, _time, bytes_in FROM read_parquet("
+                                                     f"'{paths[local][1]}') ORDER BY src_ip").fetchall()
+                                  for local, _, _ in days}
+        assert stored["by_day"] == stored["by_time"]
+        for local, begin, _end in days:
+            assert {row[1] for row in stored["by_day"][local]} == {begin}
+        assert sum(len(rows) for rows in stored["by_day"].values()) == 3 * len(days)
+    finally:
+        con.close()
+        state.close()
+
+
 def test_a_late_day_in_the_baseline_is_read_again_by_the_next_run(tmp_path):
     """The days before a judged one are computed once per day of fires, and kept between runs as
     daily sums: flows that arrive after a run has summed their day must reach the next run's

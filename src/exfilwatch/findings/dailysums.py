@@ -37,6 +37,7 @@ from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import epoch_us
 
 FOLDER = "daily_sums"
+DAY = "_day"  # the key every model view carries: the local day of `_time`
 
 
 def definition_key(model: str, keys: list[str], aggregates: dict[str, str], condition: str | None,
@@ -119,12 +120,17 @@ def write_days(con: duckdb.DuckDBPyConnection, state: StateStore, definition: st
                aggregates: dict[str, str], types: dict[str, str], days: list[tuple[date, datetime, datetime]],
                signature_of: dict[date, str], tz: str) -> None:
     """Sum the rows of relation `rows` (raw rows of the model, or segment rows) per key and day and
-    store each day of `days`, replacing what was stored for it."""
+    store each day of `days`, replacing what was stored for it. With a key `_day`, that is each
+    row's local day: the model views' day of its `_time` (events/engine.py), or a segment's, that
+    of the cut it starts at (no segment spans a local midnight, findings/catchup.py)."""
     if not days:
         return
     folder = state.writes_to / FOLDER / definition
     folder.mkdir(parents=True, exist_ok=True)
-    day = local_day_sql("_time", tz)
+    # `_day` read, not the local day of `_time` computed again for every row: a time-zone
+    # conversion per row took 0.32 of the 0.42 operator-seconds of this statement over the robust
+    # and `hosts_receiving…` rules' 423,096 segments at 1000 users x 30 days
+    day = '"_day"' if DAY in keys else local_day_sql("_time", tz)
     listed = "".join(f'"{k}", ' for k in keys)
     sums = ", ".join(f'CAST({kind}("{c}") AS {types[c]}) AS "{c}"' for c, kind in aggregates.items())
     con.execute("DROP TABLE IF EXISTS temp.main._daily_sums")
