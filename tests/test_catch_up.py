@@ -407,6 +407,33 @@ def test_each_stored_day_holds_exactly_its_own_sums_and_an_empty_day_is_stored_t
         state.close()
 
 
+def test_days_without_any_flow_are_each_stored_empty_with_the_columns_of_the_sums(tmp_path):
+    """A first run stores the days of its baseline before the lake's first flow: none holds a
+    row, and each is stored, empty, with the columns of the sums (else the next run would sum it
+    again from the lake, or read a file of other columns)."""
+    tz = "America/New_York"
+    days = dailysums.local_days(datetime(2026, 10, 30, tzinfo=NY).astimezone(timezone.utc),
+                                datetime(2026, 11, 3, tzinfo=NY).astimezone(timezone.utc), tz)
+    state = open_state(tmp_path)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    try:
+        dailysums.write_days(con, state, "d", "rows", ["src_ip"], {"bytes_in": "sum"}, {"bytes_in": "BIGINT"},
+                             days, {local: "s" for local, _, _ in days}, tz)
+        paths = dailysums.stored(state, "d", [local for local, _, _ in days])
+        assert sorted(paths) == [local for local, _, _ in days]
+        assert len({path for _sig, path in paths.values()}) == len(days)
+        for _sig, path in paths.values():
+            assert con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0] == 0
+            assert con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall() == con.execute(
+                "DESCRIBE SELECT src_ip, _time, bytes_in FROM rows").fetchall()
+        assert sorted(p.name for p in (tmp_path / dailysums.FOLDER / "d").iterdir()) == sorted(
+            Path(path).name for _sig, path in paths.values())  # no staging folder left behind
+    finally:
+        con.close()
+        state.close()
+
+
 def test_daily_sums_keyed_by_the_local_day_are_dated_as_those_summed_from_time(tmp_path):
     """Rows that carry `_day` (as every model view and segment does) are summed into days by it,
     not by converting each row's `_time` again: the days stored that way, across the end of
@@ -612,10 +639,10 @@ def test_the_four_em_rules_read_the_sessions_from_the_lake_once(org, monkeypatch
     snapshots: list[dict[str, list[str]]] = []
     held_at_start: dict[str, bool] = {}
 
-    def spied(con, snapshot=None, condition=None, filters=None):
+    def spied(con, snapshot=None, condition=None, filters=None, reads=None):
         if snapshot:
             snapshots.append({model: columns for model, (columns, _start, _end) in snapshot.items()})
-        return read(con, snapshot, condition, filters)
+        return read(con, snapshot, condition, filters, reads)
 
     def watched(con, state, settings, detection, *args):
         held_at_start[detection.id] = bool(con.execute(
