@@ -62,3 +62,30 @@ def test_the_pushed_condition_filters_the_scan_before_the_inventory_join(lake):
     # The address list is a filter of the Parquet scan itself, below the joins with the asset map.
     scan = plan[plan.rindex("READ_PARQUET") if "READ_PARQUET" in plan else plan.rindex("PARQUET_SCAN"):]
     assert "10.10.0.5" in scan
+
+
+@pytest.mark.parametrize("condition, reads", [
+    ("dest_category = 'email_server'", ["_time", "_day", "src_ip", "dest_category", "bytes_in"]),
+    ("src_category = 'email_server'", ["_time", "_day", "dest_ip", "src_category", "bytes_out"]),
+    ("(src_category IN ('email_server', 'server')) AND (dest_ip IS NOT NULL)", ["_time", "dest_ip", "bytes_out"]),
+    ("dest_category IS NULL", ["_time", "src_ip", "src_bunit", "src_categories"]),  # reads one side, filters on the other
+])
+def test_a_reader_of_one_side_gets_the_flows_and_values_of_the_plain_view(lake, condition, reads):
+    """A reader that names its columns (the catch-up's lake read) may get flows joined with the
+    inventory on the side it uses only: the same flows, with the same values in those columns,
+    an address in two entries (the most specific wins) or outside the inventory included."""
+    con = lake
+    listed = ", ".join(reads)
+    plain = con.execute(f"SELECT {listed} FROM lake.network_traffic WHERE {condition} ORDER BY ALL").fetchall()
+    expose_models(con, filters={"network_traffic": condition}, reads={"network_traffic": reads})
+    assert con.execute(f"SELECT {listed} FROM network_traffic ORDER BY ALL").fetchall() == plain
+    assert plain
+
+
+def test_a_reader_of_one_side_is_not_joined_with_the_inventory_on_the_other(lake):
+    con = lake
+    expose_models(con, filters={"network_traffic": "dest_category = 'email_server'"},
+                  reads={"network_traffic": ["_time", "src_ip", "dest_category", "bytes_in"]})
+    plan = "\n".join(row[1] for row in con.execute("EXPLAIN SELECT src_ip, dest_category FROM network_traffic")
+                     .fetchall())
+    assert "dest_ip = ip" in plan and "src_ip = ip" not in plan

@@ -526,6 +526,68 @@ def test_what_a_killed_write_of_daily_sums_left_is_deleted_by_the_next_write(tmp
         state.close()
 
 
+def test_days_without_any_flow_are_each_stored_empty_with_the_columns_of_the_sums(tmp_path):
+    """A first run stores the days of its baseline before the lake's first flow: none holds a
+    row, and each is stored, empty, with the columns of the sums (else the next run would sum it
+    again from the lake, or read a file of other columns)."""
+    tz = "America/New_York"
+    days = dailysums.local_days(datetime(2026, 10, 30, tzinfo=NY).astimezone(timezone.utc),
+                                datetime(2026, 11, 3, tzinfo=NY).astimezone(timezone.utc), tz)
+    state = open_state(tmp_path)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    try:
+        dailysums.write_days(con, state, "d", "rows", ["src_ip"], {"bytes_in": "sum"}, {"bytes_in": "BIGINT"},
+                             days, {local: "s" for local, _, _ in days}, tz)
+        paths = dailysums.stored(state, "d", [local for local, _, _ in days])
+        assert sorted(paths) == [local for local, _, _ in days]
+        assert len({path for _sig, path in paths.values()}) == len(days)
+        for _sig, path in paths.values():
+            assert con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0] == 0
+            assert con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall() == con.execute(
+                "DESCRIBE SELECT src_ip, _time, bytes_in FROM rows").fetchall()
+        assert sorted(p.name for p in (tmp_path / dailysums.FOLDER / "d").iterdir()) == sorted(
+            Path(path).name for _sig, path in paths.values())  # no staging folder left behind
+    finally:
+        con.close()
+        state.close()
+
+
+def test_daily_sums_keyed_by_the_local_day_are_dated_as_those_summed_from_time(tmp_path):
+    """Rows that carry `_day` (as every model view and segment does) are summed into days by it,
+    not by converting each row's `_time` again: the days stored that way, across the end of
+    daylight saving time (a 25-hour day), hold the same sums at the same local midnights as the
+    days summed from `_time` alone."""
+    tz = "America/New_York"
+    days = dailysums.local_days(datetime(2026, 10, 31, tzinfo=NY).astimezone(timezone.utc),
+                                datetime(2026, 11, 3, tzinfo=NY).astimezone(timezone.utc), tz)
+    state = open_state(tmp_path)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    # every 50 minutes, so rows fall in the first and the last hour of each day, and in the repeated hour
+    first = days[0][1]
+    con.executemany("INSERT INTO rows VALUES (?, ?, ?)",
+                    [(first + timedelta(minutes=50 * n), f"10.20.0.{n % 3}", n) for n in range(73 * 60 // 50 + 1)])
+    con.execute(f"CREATE VIEW rows_with_day AS SELECT *, {local_day_sql('_time', tz)} AS _day FROM rows")
+    signature = {local: "s" for local, _, _ in days}
+    try:
+        stored = {}
+        for definition, keys in (("by_time", ["src_ip"]), ("by_day", ["_day", "src_ip"])):
+            dailysums.write_days(con, state, definition, "rows_with_day", keys, {"bytes_in": "sum"},
+                                 {"bytes_in": "BIGINT"}, days, signature, tz)
+            paths = dailysums.stored(state, definition, [local for local, _, _ in days])
+            stored[definition] = {local: con.execute(f"SELECT src_ip, _time, bytes_in FROM read_parquet("
+                                                     f"'{paths[local][1]}') ORDER BY src_ip").fetchall()
+                                  for local, _, _ in days}
+        assert stored["by_day"] == stored["by_time"]
+        for local, begin, _end in days:
+            assert {row[1] for row in stored["by_day"][local]} == {begin}
+        assert sum(len(rows) for rows in stored["by_day"].values()) == 3 * len(days)
+    finally:
+        con.close()
+        state.close()
+
+
 def test_a_late_day_in_the_baseline_is_read_again_by_the_next_run(tmp_path):
     """The days before a judged one are computed once per day of fires, and kept between runs as
     daily sums: flows that arrive after a run has summed their day must reach the next run's
@@ -696,10 +758,10 @@ def test_the_four_em_rules_read_the_sessions_from_the_lake_once(org, monkeypatch
     snapshots: list[dict[str, list[str]]] = []
     held_at_start: dict[str, bool] = {}
 
-    def spied(con, snapshot=None, condition=None, filters=None):
+    def spied(con, snapshot=None, condition=None, filters=None, reads=None):
         if snapshot:
             snapshots.append({model: columns for model, (columns, _start, _end) in snapshot.items()})
-        return read(con, snapshot, condition, filters)
+        return read(con, snapshot, condition, filters, reads)
 
     def watched(con, state, settings, detection, *args):
         held_at_start[detection.id] = bool(con.execute(

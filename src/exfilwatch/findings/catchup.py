@@ -591,7 +591,9 @@ def lake_segments(con: duckdb.DuckDBPyConnection, settings: Settings, state: Sta
                             types=_types(con, SHARED_LAKE))
         return
     register_lake_views(con, settings, state, start, end)
-    expose_models(con, filters={model: condition} if condition else None)
+    # only the columns the sums read: a view of flows joined with the inventory on one side only
+    expose_models(con, filters={model: condition} if condition else None,
+                  reads={model: ["_time", *keys, *sums]})
     rows = (f"(SELECT * FROM {model} WHERE _time >= TIMESTAMPTZ '{start.isoformat()}' "
             f"AND _time < TIMESTAMPTZ '{end.isoformat()}')")
     create_cut_sums(con, rows, keys, sums, inside, end, "_catch_up_read", dated_by_first_row=True, day_of_cut=tz,
