@@ -26,6 +26,18 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 START_SECONDS = 60.0
 
 
+def sigkill_once_it_says(child: subprocess.Popen, word: str) -> None:
+    """SIGKILL `child` as soon as its next stdout line is `word` (it then waits to be killed)."""
+    try:
+        assert child.stdout.readline().strip() == word, child.stderr.read()
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 def pulse_login(user: str, second: int = 0, session: int = 1) -> str:
     return (f"2026-09-25T09:00:{second % 60:02d}-04:00 vpn01 PulseSecure: 2026-09-25 09:00:{second % 60:02d} - ive - "
             f"[198.51.100.120] Default Network::{user}(Users)[Users, VPN] - Login succeeded for {user}/Users "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from datetime import date, datetime, timedelta, timezone
@@ -36,6 +35,8 @@ from exfilwatch.events.ingest import ingest_paths
 from exfilwatch.home import open_state
 from exfilwatch.state import StateStore
 from exfilwatch.synth.org import generate_organisation
+
+from .servicekit import sigkill_once_it_says
 
 NY = ZoneInfo("America/New_York")
 END = date(2026, 11, 6)
@@ -278,14 +279,7 @@ def test_a_run_killed_while_writing_daily_sums_leaves_nothing_the_next_run_store
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(killed.root), now.isoformat(), "3", *NETWORK],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert child.stdout.readline().strip() == "written", child.stderr.read()
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    sigkill_once_it_says(child, "written")
     state = open_state(killed)
     try:
         recorded_paths = {state.absolute(r["path"]) for r in state.query("SELECT path FROM daily_sums")}

@@ -7,7 +7,6 @@ nothing, for a file and for a stream."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from exfilwatch.sources import get_source
 from exfilwatch.home import open_state
 
 from .conftest import ZEEK_CONN_HEADER, Flow, conn_line, count_of_column, write_conn_log
+from .servicekit import sigkill_once_it_says
 
 SETTINGS = parse_settings({"internal_domains": ["example.com"]}, "test")
 SYSLOG = "syslog:udp/127.0.0.1:5514"
@@ -161,14 +161,7 @@ def run_until_written_then_sigkill(kind: str, home: Home, arg: Path, kill_at_wri
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     child = subprocess.Popen([sys.executable, "-c", CHILD, kind, str(home.root), str(arg), str(kill_at_write)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert child.stdout.readline().strip() == "written", child.stderr.read()
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    sigkill_once_it_says(child, "written")
     assert list(Path(home.lake).rglob("*.parquet")), "the killed batch's files were in the lake"
 
 
