@@ -445,17 +445,28 @@ def test_daily_sums_are_summed_again_when_the_inventory_or_zone_changes():
     assert key() != key(timezone="Europe/Paris")
 
 
+def local_days_in_new_york(first: date, end: date) -> list[tuple[date, datetime, datetime]]:
+    """The local days of New York from `first` up to (not including) `end`, as dailysums gives them."""
+    return dailysums.local_days(datetime(first.year, first.month, first.day, tzinfo=NY).astimezone(timezone.utc),
+                                datetime(end.year, end.month, end.day, tzinfo=NY).astimezone(timezone.utc),
+                                "America/New_York")
+
+
+def summing(tmp_path: Path) -> tuple[StateStore, duckdb.DuckDBPyConnection]:
+    """A state store in `tmp_path` and a connection with an empty table `rows` of flows to sum."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    return open_state(tmp_path), con
+
+
 def test_each_stored_day_holds_exactly_its_own_sums_and_an_empty_day_is_stored_too(tmp_path):
     """The days are written by one COPY partitioned by day, a day it wrote no file for by a COPY
     of its own: each day's file holds that day's sums and no other's, with the columns of the
     sums, and a day without a flow is stored empty (else every later run would sum it again from
     the lake)."""
     tz = "America/New_York"
-    days = dailysums.local_days(datetime(2026, 10, 31, tzinfo=NY).astimezone(timezone.utc),
-                                datetime(2026, 11, 4, tzinfo=NY).astimezone(timezone.utc), tz)
-    state = open_state(tmp_path)
-    con = duckdb.connect()
-    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    days = local_days_in_new_york(date(2026, 10, 31), date(2026, 11, 4))
+    state, con = summing(tmp_path)
     rows = [(begin + timedelta(hours=h), f"10.20.0.{h % 3}", 1000 * h + n)
             for n, (local, begin, _end) in enumerate(days) if local != date(2026, 11, 2) for h in range(0, 23, 2)]
     con.executemany("INSERT INTO rows VALUES (?, ?, ?)", rows)
@@ -485,11 +496,8 @@ def test_what_a_killed_write_of_daily_sums_left_is_deleted_by_the_next_write(tmp
     never recorded: the next write of the same definition deletes them, keeps every recorded day
     (its own and the earlier run's), and leaves another definition's files alone."""
     tz = "America/New_York"
-    days = dailysums.local_days(datetime(2026, 10, 31, tzinfo=NY).astimezone(timezone.utc),
-                                datetime(2026, 11, 4, tzinfo=NY).astimezone(timezone.utc), tz)
-    state = open_state(tmp_path)
-    con = duckdb.connect()
-    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    days = local_days_in_new_york(date(2026, 10, 31), date(2026, 11, 4))
+    state, con = summing(tmp_path)
     con.executemany("INSERT INTO rows VALUES (?, ?, ?)",
                     [(begin + timedelta(hours=3), "10.20.0.1", 1000) for _local, begin, _end in days])
     signature = {local: "s" for local, _, _ in days}
@@ -525,11 +533,8 @@ def test_days_without_any_flow_are_each_stored_empty_with_the_columns_of_the_sum
     row, and each is stored, empty, with the columns of the sums (else the next run would sum it
     again from the lake, or read a file of other columns)."""
     tz = "America/New_York"
-    days = dailysums.local_days(datetime(2026, 10, 30, tzinfo=NY).astimezone(timezone.utc),
-                                datetime(2026, 11, 3, tzinfo=NY).astimezone(timezone.utc), tz)
-    state = open_state(tmp_path)
-    con = duckdb.connect()
-    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    days = local_days_in_new_york(date(2026, 10, 30), date(2026, 11, 3))
+    state, con = summing(tmp_path)
     try:
         dailysums.write_days(con, state, "d", "rows", ["src_ip"], {"bytes_in": "sum"}, {"bytes_in": "BIGINT"},
                              days, {local: "s" for local, _, _ in days}, tz)
@@ -553,11 +558,8 @@ def test_daily_sums_keyed_by_the_local_day_are_dated_as_those_summed_from_time(t
     daylight saving time (a 25-hour day), hold the same sums at the same local midnights as the
     days summed from `_time` alone."""
     tz = "America/New_York"
-    days = dailysums.local_days(datetime(2026, 10, 31, tzinfo=NY).astimezone(timezone.utc),
-                                datetime(2026, 11, 3, tzinfo=NY).astimezone(timezone.utc), tz)
-    state = open_state(tmp_path)
-    con = duckdb.connect()
-    con.execute("CREATE TABLE rows (_time TIMESTAMPTZ, src_ip VARCHAR, bytes_in BIGINT)")
+    days = local_days_in_new_york(date(2026, 10, 31), date(2026, 11, 3))
+    state, con = summing(tmp_path)
     # every 50 minutes, so rows fall in the first and the last hour of each day, and in the repeated hour
     first = days[0][1]
     con.executemany("INSERT INTO rows VALUES (?, ?, ?)",

@@ -173,7 +173,7 @@ def remove_orphans(state: StateStore, definition: str) -> int:
         if entry.is_dir() and entry.name.startswith(STAGING_PREFIX):
             shutil.rmtree(entry, ignore_errors=True)
             removed += 1
-        elif entry.is_file() and not state.normalised([state.relative(entry)]) & listed:
+        elif entry.is_file() and state.relative(entry) not in listed:
             entry.unlink(missing_ok=True)
             removed += 1
     return removed
