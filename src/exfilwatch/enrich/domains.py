@@ -28,6 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from exfilwatch.config import Settings
+from exfilwatch.sources.arrow import table_of
 
 INTERNAL, PERSONAL, DISPOSABLE, EXTERNAL = "internal", "personal", "disposable", "external"
 DOMAIN_CLASSES = (INTERNAL, PERSONAL, DISPOSABLE, EXTERNAL)
@@ -137,10 +138,10 @@ def domain_table(domains: Iterable[str | None], classifier: DomainClassifier) ->
         key = (domain or "").lower()
         if key not in seen:
             seen[key] = classifier.classify(domain)
-    return pa.table(
+    return table_of(
         {"domain": list(seen), "registered_domain": [v[0] for v in seen.values()],
          "domain_class": [v[1] for v in seen.values()]},
-        schema=DOMAIN_SCHEMA,
+        DOMAIN_SCHEMA,
     )
 
 

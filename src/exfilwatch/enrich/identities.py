@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from exfilwatch.config import Asset, ConfigError, Identity, Settings, address_bounds
 from exfilwatch.events.engine import match_assets
+from exfilwatch.sources.arrow import table_of
 from exfilwatch.lookups import LookupRow, field_of, read_lookup_rows, row_error
 
 KINDS = ("email", "vpn", "host")
@@ -305,7 +306,7 @@ def identity_map(resolver: IdentityResolver, keys: dict[str, Iterable[str | None
             rows["user"].append(user)
             rows["department"].append(resolver.departments.get(user) if user else None)
             rows["rule"].append(rule)
-    return pa.table(rows, schema=IDENTITY_SCHEMA)
+    return table_of(rows, IDENTITY_SCHEMA)
 
 
 def register_identity_map(con: duckdb.DuckDBPyConnection, settings: Settings,

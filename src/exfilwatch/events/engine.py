@@ -28,6 +28,7 @@ from exfilwatch.config import Asset, Settings, address_bounds
 from exfilwatch.events.lake import parquet_source
 from exfilwatch.models import DATA_MODELS, EMAIL, DataModel
 from exfilwatch.sources import SOURCES
+from exfilwatch.sources.arrow import int64_range, string_array, table_of
 from exfilwatch.sources.mailcommon import query_time_columns
 from exfilwatch.state import StateStore
 
@@ -94,6 +95,8 @@ CREATE OR REPLACE TEMP MACRO ew_v6_value(g) AS (
 
 _RANGE_SCHEMA = pa.schema([("entry", pa.int32()), ("version", pa.int8()), ("lo_hi", pa.uint64()), ("lo_lo", pa.uint64()),
                            ("hi_hi", pa.uint64()), ("hi_lo", pa.uint64())])
+_ENTRY_SCHEMA = pa.schema([("entry", pa.int32()), ("category", pa.string()), ("categories", pa.list_(pa.string())),
+                           ("bunit", pa.string()), ("owner", pa.string()), ("priority", pa.string())])
 ASSET_MAP_SCHEMA = pa.schema([("ip", pa.string()), ("category", pa.string()), ("categories", pa.list_(pa.string())),
                               ("bunit", pa.string()), ("owner", pa.string()), ("priority", pa.string())])
 
@@ -109,15 +112,15 @@ def inventory_tables(assets: list[Asset]) -> tuple[pa.Table, pa.Table]:
                                 ("lo_lo", first & 0xFFFFFFFFFFFFFFFF), ("hi_hi", last >> 64),
                                 ("hi_lo", last & 0xFFFFFFFFFFFFFFFF)):
                 ranges[name].append(value)
-    entries = pa.table({
-        "entry": pa.array(range(len(assets)), pa.int32()),
-        "category": pa.array([a.primary_category for a in assets], pa.string()),
-        "categories": pa.array([list(a.category) for a in assets], pa.list_(pa.string())),
-        "bunit": pa.array([a.bunit for a in assets], pa.string()),
-        "owner": pa.array([a.owner for a in assets], pa.string()),
-        "priority": pa.array([a.priority for a in assets], pa.string()),
-    })
-    return pa.table(ranges, schema=_RANGE_SCHEMA), entries
+    entries = table_of({
+        "entry": range(len(assets)),
+        "category": [a.primary_category for a in assets],
+        "categories": [list(a.category) for a in assets],
+        "bunit": [a.bunit for a in assets],
+        "owner": [a.owner for a in assets],
+        "priority": [a.priority for a in assets],
+    }, _ENTRY_SCHEMA)
+    return table_of(ranges, _RANGE_SCHEMA), entries
 
 
 def create_asset_map(con: duckdb.DuckDBPyConnection, addresses: str, assets: list[Asset], target: str) -> None:
@@ -171,7 +174,7 @@ def match_assets(ips: list[str], assets: list[Asset]) -> pa.Table:
     """Each address with its most specific inventory entry (see `create_asset_map`), in input order."""
     con = duckdb.connect(":memory:")
     try:
-        con.register("_ips_arrow", pa.table({"ip": pa.array(ips, pa.string()), "n": pa.array(range(len(ips)), pa.int64())}))
+        con.register("_ips_arrow", pa.table({"ip": string_array(ips), "n": int64_range(0, len(ips))}))
         create_asset_map(con, "_ips_arrow", assets, "asset_match")
         return con.sql(
             "SELECT m.* FROM (SELECT ip, min(n) AS n FROM _ips_arrow GROUP BY ip) i "
@@ -278,7 +281,7 @@ def _refresh_asset_map(con: duckdb.DuckDBPyConnection, settings: Settings, state
     if con.execute("SELECT 1 FROM lake.asset_map_key WHERE key = ?", [key]).fetchall():
         return
     ips = [row["ip"] for row in state.query("SELECT ip FROM lake_addresses")]
-    con.register("_lake_addresses_arrow", pa.table({"ip": pa.array(ips, pa.string())}))
+    con.register("_lake_addresses_arrow", pa.table({"ip": string_array(ips)}))
     try:
         create_asset_map(con, "_lake_addresses_arrow", list(settings.assets), "lake.asset_map")
     finally:

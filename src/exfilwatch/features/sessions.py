@@ -101,6 +101,7 @@ from exfilwatch.state import StateStore, dumps
 from exfilwatch.timeexpr import epoch_us
 from exfilwatch.enrich.domains import register_domain_table
 from exfilwatch.enrich.identities import load_identities, register_identity_map
+from exfilwatch.sources.arrow import string_array
 from exfilwatch.sources.pulse_secure import CONNECTION_CLOSED_PREFIX as CONNECTION_END_PREFIX
 from exfilwatch.sources.pulse_secure import TUNNEL_ENDED as TUNNEL_END_REASON
 from exfilwatch.sources.pulse_secure import TUNNEL_STARTED as TUNNEL_START_REASON
@@ -1343,8 +1344,8 @@ def _daily_sessions(con: Steps, features: str, users: str, tz: str) -> str:
 def _departments(con: Steps, settings: Settings) -> str:
     """`_ses_departments` (user, department): the departments the identities list."""
     departments = {i.user.strip().lower(): i.department for i in load_identities(settings)}
-    con.register("_ses_departments_arrow", pa.table({"user": pa.array(list(departments), pa.string()),
-                                                     "department": pa.array(list(departments.values()), pa.string())}))
+    con.register("_ses_departments_arrow", pa.table({"user": string_array(list(departments)),
+                                                     "department": string_array(list(departments.values()))}))
     try:
         con.execute("CREATE OR REPLACE TEMP TABLE _ses_departments AS SELECT * FROM _ses_departments_arrow")
     finally:

@@ -31,6 +31,7 @@ from exfilwatch.findings.store import findings_for_risk
 from exfilwatch.findings.suppressions import decide_suppressions
 from exfilwatch.risk.modifiers import apply_modifiers
 from exfilwatch.riskconfig import RiskModifier
+from exfilwatch.sources.arrow import table_of
 from exfilwatch.models import RISK_EVENT_COLUMNS
 from exfilwatch.state import StateStore, dumps
 from exfilwatch.timeexpr import as_time
@@ -190,7 +191,7 @@ def _risk_events_arrow(rows: list[dict[str, Any]]) -> pa.Table:
     types = {"TIMESTAMPTZ": pa.timestamp("us", tz="UTC"), "VARCHAR": pa.string(), "DOUBLE": pa.float64(),
              "VARCHAR[]": pa.list_(pa.string())}
     schema = pa.schema([(name, types[typ]) for name, typ in RISK_EVENT_COLUMNS.items()])
-    return pa.table(columns, schema=schema)
+    return table_of(columns, schema)
 
 
 def register_risk_events_view(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Settings,

@@ -1,21 +1,30 @@
-"""Arrow arrays built from Python values and numpy buffers, without `pa.array`.
+"""Arrow arrays and tables built from Python values and numpy buffers, without `pa.array`.
 
 `pa.array` (and every pyarrow constructor that calls it: `pa.table` of lists, `from_pylist`,
 `empty_table`) imports pandas on its first call to ask whether the input is a pandas object:
-0.25-0.28 CPU-s that an ingest has no other use for (measured; a Pulse or SRX benchmark ingest
-is 2-7 CPU-s). The arrays an ingest hands to DuckDB (line numbers, the Postfix pending lines, the
-already-seen message keys) are built here from their buffers instead; tests/test_source_arrow.py
-checks they equal what `pa.array` gives.
+0.25-0.28 CPU-s that neither an ingest nor a `run` has any other use for (measured; a Pulse or
+SRX benchmark ingest is 2-7 CPU-s). Every table the pipeline hands to DuckDB from Python values
+is built here instead: the ingest's line numbers, Postfix pending lines and already-seen message
+keys; a run's asset inventory and lake addresses, identity and domain maps, departments and risk
+events (`table_of`). tests/test_source_arrow.py checks each builder against what `pa.array` and
+`pa.table` give, and tests/test_run_imports.py that a run leaves pandas unimported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 
+from exfilwatch.timeexpr import epoch_us
+
 _INT32_MAX = 2**31 - 1
+
+# The fixed-width types a table may hold, with the numpy type of their data buffer.
+_FIXED_WIDTH = {pa.int8(): np.int8, pa.int32(): np.int32, pa.int64(): np.int64, pa.uint64(): np.uint64,
+                pa.float64(): np.float64}
 
 
 def int64_range(first: int, count: int) -> pa.Array:
@@ -29,11 +38,24 @@ def _validity(values: Sequence[object]) -> tuple[pa.Buffer | None, int]:
     return (pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None), nulls
 
 
+def _fixed_width(values: Sequence[object], typ: pa.DataType) -> pa.Array:
+    validity, nulls = _validity(values)
+    data = np.fromiter((0 if v is None else v for v in values), dtype=_FIXED_WIDTH[typ], count=len(values))
+    return pa.Array.from_buffers(typ, len(values), [validity, pa.py_buffer(data)], null_count=nulls)
+
+
 def int64_array(values: Sequence[int | None]) -> pa.Array:
     """An int64 array of `values` (None: null)."""
+    return _fixed_width(values, pa.int64())
+
+
+def timestamp_array(values: Sequence[datetime | None]) -> pa.Array:
+    """A timestamp[us, tz=UTC] array of `values` (None: null; a naive datetime is UTC, as for `pa.array`)."""
     validity, nulls = _validity(values)
-    data = np.fromiter((0 if v is None else v for v in values), dtype=np.int64, count=len(values))
-    return pa.Array.from_buffers(pa.int64(), len(values), [validity, pa.py_buffer(data)], null_count=nulls)
+    data = np.fromiter((0 if v is None else epoch_us(v if v.tzinfo else v.replace(tzinfo=timezone.utc))
+                        for v in values), dtype=np.int64, count=len(values))
+    return pa.Array.from_buffers(pa.timestamp("us", tz="UTC"), len(values), [validity, pa.py_buffer(data)],
+                                 null_count=nulls)
 
 
 def string_array(values: Sequence[str | None]) -> pa.Array:
@@ -45,3 +67,33 @@ def string_array(values: Sequence[str | None]) -> pa.Array:
     typ, offsets = (pa.string(), offsets.astype(np.int32)) if offsets[-1] <= _INT32_MAX else (pa.large_string(), offsets)
     return pa.Array.from_buffers(typ, len(encoded), [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
                                  null_count=nulls)
+
+
+def string_list_array(values: Sequence[Sequence[str | None] | None]) -> pa.Array:
+    """A list<string> array of `values` (None: a null list; a None inside a list: a null item)."""
+    validity, nulls = _validity(values)
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int32, count=len(values)),
+              out=offsets[1:])
+    items = string_array([item for v in values if v is not None for item in v])
+    return pa.Array.from_buffers(pa.list_(pa.string()), len(values), [validity, pa.py_buffer(offsets)],
+                                 null_count=nulls, children=[items])
+
+
+def array_of(values: Sequence[object], typ: pa.DataType) -> pa.Array:
+    """`pa.array(values, typ)` for the types the pipeline's tables hold: string, list<string>,
+    int8/int32/int64/uint64, float64 and timestamp[us, tz=UTC]."""
+    if typ == pa.string():
+        return string_array(values)  # type: ignore[arg-type]
+    if typ == pa.list_(pa.string()):
+        return string_list_array(values)  # type: ignore[arg-type]
+    if typ == pa.timestamp("us", tz="UTC"):
+        return timestamp_array(values)  # type: ignore[arg-type]
+    if typ in _FIXED_WIDTH:
+        return _fixed_width(values, typ)
+    raise TypeError(f"no Arrow builder for {typ}")
+
+
+def table_of(columns: Mapping[str, Sequence[object]], schema: pa.Schema) -> pa.Table:
+    """`pa.table(columns, schema=schema)`: one array per field of `schema` from the column of that name."""
+    return pa.Table.from_arrays([array_of(columns[field.name], field.type) for field in schema], schema=schema)
