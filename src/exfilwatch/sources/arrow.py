@@ -1,13 +1,17 @@
 """Arrow arrays and tables built from Python values and numpy buffers, without `pa.array`.
 
 `pa.array` (and every pyarrow constructor that calls it: `pa.table` of lists, `from_pylist`,
-`empty_table`) imports pandas on its first call to ask whether the input is a pandas object:
-0.25-0.28 CPU-s that neither an ingest nor a `run` has any other use for (measured; a Pulse or
-SRX benchmark ingest is 2-7 CPU-s). Every table the pipeline hands to DuckDB from Python values
-is built here instead: the ingest's line numbers, Postfix pending lines and already-seen message
-keys; a run's asset inventory and lake addresses, identity and domain maps, departments and risk
-events (`table_of`). tests/test_source_arrow.py checks each builder against what `pa.array` and
-`pa.table` give, and tests/test_run_imports.py that a run leaves pandas unimported.
+`empty_table`, even `pa.array` of a numpy array) imports pandas on its first call to ask whether
+the input is a pandas object: 0.25-0.28 CPU-s that neither an ingest nor a `run` has any other
+use for (measured; a Pulse or SRX benchmark ingest is 2-7 CPU-s; 0.19-0.25 CPU-s on 2026-12-04 in
+a process that had imported the pipeline). Every table the pipeline hands to DuckDB from Python
+values is built here instead: the ingest's line numbers, Postfix pending lines and already-seen
+message keys; a run's asset inventory and lake addresses, identity and domain maps, departments
+and risk events (`table_of`). Building them all costs a 1000-user x 30-day first run 0.02 CPU-s.
+Arrow rather than SQL: for the 10,351-row identity map, Arrow and CREATE TABLE AS took 12 ms,
+one `VALUES` statement 719 ms and `executemany` 2.4 s (26 rows: 3.6, 3.0 and 6.8 ms).
+tests/test_source_arrow.py checks each builder against what `pa.array` and `pa.table` give, and
+tests/test_run_imports.py that a run leaves pandas unimported.
 """
 
 from __future__ import annotations
