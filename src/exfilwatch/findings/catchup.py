@@ -349,14 +349,6 @@ def segment_groups(fires: list[Any]) -> list[list[int]]:
     return [list(range(i, min(i + GROUP_FIRES, len(fires)))) for i in range(0, len(fires), GROUP_FIRES)]
 
 
-def rename_temp(con: duckdb.DuckDBPyConnection, name: str, to: str) -> None:
-    """Rename the temp table or view `name` to `to` (DuckDB renames each by its own statement)."""
-    try:
-        con.execute(f"ALTER TABLE temp.main.{name} RENAME TO {to}")
-    except duckdb.CatalogException:
-        con.execute(f"ALTER VIEW temp.main.{name} RENAME TO {to}")
-
-
 def drop_temp(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Drop the temp table or view `name`, if there is one (DuckDB refuses to drop one as the other)."""
     for kind in ("TABLE", "VIEW"):
@@ -618,21 +610,16 @@ def lake_segments(con: duckdb.DuckDBPyConnection, settings: Settings, state: Sta
 
 def lake_rows(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateStore, model: str, columns: list[str],
               condition: str | None, start: datetime, end: datetime, shared: SharedLakeRows | None = None) -> None:
-    """Temp table (or view) `model`: the lake's rows of `model` in [start, end) that meet
-    `condition`, these columns, in time order — a view of SHARED_LAKE when it holds those rows
-    and columns (the lake does not change during a run), else read from the lake (with every
-    column `shared` names for them, kept there for the next detection). Only `model` is replaced
-    on a share: a search read this way reads no other model.
-
-    A view, not a copy: the four EM rules' copies of their columns of the sessions took 0.20 of
-    the 0.22 CPU-s their shared read and copies took at 1000 users x 30 days (a first run,
-    `bench/profile_first_run.py`), and a column store reads a view's columns as it reads a
-    table's; nor is a second copy of the sessions held beside SHARED_LAKE."""
+    """Temp table `model`: the lake's rows of `model` in [start, end) that meet `condition`, these
+    columns, in time order — copied from SHARED_LAKE when it holds those rows and columns (the
+    lake does not change during a run), else read from the lake (with every column `shared`
+    names for them, kept there for the next detection). Only `model` is replaced on a copy: a
+    search read this way reads no other model."""
     key = (model, condition, start, end)
     listed = ", ".join(f'"{c}"' for c in columns)
     if shared is not None and shared.key == key and set(columns) <= shared.held:
         drop_temp(con, model)
-        con.execute(f"CREATE TEMP VIEW {model} AS SELECT {listed} FROM {SHARED_LAKE}")
+        con.execute(f"CREATE TEMP TABLE {model} AS SELECT {listed} FROM {SHARED_LAKE}")
         return
     register_lake_views(con, settings, state, start, end)
     if shared is None:
@@ -642,7 +629,7 @@ def lake_rows(con: duckdb.DuckDBPyConnection, settings: Settings, state: StateSt
     expose_models(con, {model: (read, start, end)}, condition)
     drop_temp(con, SHARED_LAKE)
     con.execute(f"ALTER TABLE temp.main.{model} RENAME TO {SHARED_LAKE}")
-    con.execute(f"CREATE TEMP VIEW {model} AS SELECT {listed} FROM {SHARED_LAKE}")
+    con.execute(f"CREATE TEMP TABLE {model} AS SELECT {listed} FROM {SHARED_LAKE}")
     shared.hold(key, frozenset(read))
 
 
