@@ -24,8 +24,8 @@ import duckdb
 from exfilwatch.config import Settings
 from exfilwatch.findings.catchup import (DAYS, SEGMENTS, RowsPerHour, SharedCtes, SharedLakeRows, batched_findings,
                                         batched_groups, create_days, create_group_segments, create_range_segments,
-                                        drop_temp, judged_start, lake_rows, one_pass, release_ctes, release_shared,
-                                        rows_per_hour, segment_groups, snapshot_with_daily_sums)
+                                        drop_temp, judged_start, keep_segments, lake_rows, one_pass, release_ctes,
+                                        release_shared, rows_per_hour, segment_groups, snapshot_with_daily_sums)
 from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
 from exfilwatch.detections.ctes import CteKey, separable_keys, shared_keys
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
@@ -260,11 +260,13 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
         batched = batched_plan(detection, sql, model.name)[0] if segments is not None else None
         if batched is not None:
             segments = batched.segments
+        holding = None  # what a segment plan's snapshot holds, to take the previous detection's segments
         if segments is None:
             lake_rows(con, settings, state, model.name, columns, condition, first_start, last_end, shared)
         else:  # the days before those the fires cut into come from stored daily sums
-            snapshot_with_daily_sums(con, state, settings, segments, model.name, columns, condition, params,
-                                     [judged_start(detection, p) for p in params], first_start, last_end, shared)
+            holding = snapshot_with_daily_sums(con, state, settings, segments, model.name, columns, condition, params,
+                                               [judged_start(detection, p) for p in params], first_start, last_end,
+                                               shared)
         # A fire with no row where findings come from can be skipped only if the search reads no
         # other model and finds nothing without those rows (an aggregate without GROUP BY would
         # still return a row): asked once, of the last fire, without the rows it judges.
@@ -288,7 +290,8 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
             found = ((i, findings_from_rows(detection, execute(con, detection, params[i]), tz)) for i in due)
         else:
             found = _one_pass(con, detection, model.name, params, due, silent_when_empty, first_start, tz, segments,
-                              batched, per_hour, ctes, (model.name, condition, first_start, last_end))
+                              batched, per_hour, ctes, (model.name, condition, first_start, last_end),
+                              shared, holding)
         done = 0
         for batch in _batched(found, STATE_BATCH):
             # Each fire's run, findings and watermark as if it had run alone, a batch of fires per
@@ -313,7 +316,8 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
 def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, params: list[dict[str, Any]],
               due: list[int], silent_when_empty: bool, start: datetime, tz: str, plan: SegmentPlan | None,
               batched: BatchedPlan | None, per_hour: RowsPerHour, ctes: SharedCtes | None = None,
-              snapshot: tuple[Any, ...] = ()) -> Iterator[tuple[int, list[Finding]]]:
+              snapshot: tuple[Any, ...] = (), shared: SharedLakeRows | None = None,
+              holding: Any = None) -> Iterator[tuple[int, list[Finding]]]:
     """(fire, its findings) for each due fire in order, from the snapshot `model` (findings/catchup.py).
 
     Judged windows are chunked over every fire, the skipped ones included (they hold no judged
@@ -321,7 +325,10 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
     sums, a group of fires per query with a batched form, else each fire on its own; any other
     search runs fire by fire. With `ctes`, judged-window searches read the CTEs they share with
     other detections of the run from their results over the same rows (`snapshot`: what
-    `model` holds, as (model, condition, start, end))."""
+    `model` holds, as (model, condition, start, end)). With `shared` (another detection of the
+    run reads the same lake rows), a batched form's segments are kept for it, and taken from the
+    previous one when they are the same (`holding`: what `model` holds, findings/catchup.py
+    `create_range_segments`)."""
     if plan is None:
         if silent_when_empty:
             yield from one_pass(con, detection, params, tz, set(due), per_hour, ctes, snapshot)
@@ -332,13 +339,16 @@ def _one_pass(con: duckdb.DuckDBPyConnection, detection: Detection, model: str, 
         return
     con.execute(f"ALTER TABLE temp.main.{model} RENAME TO _catch_up_rows")
     try:
-        create_range_segments(con, plan, "_catch_up_rows", [params[i] for i in due], start,
-                              max(params[i]["latest"] for i in due), tz)
+        cut = create_range_segments(con, plan, "_catch_up_rows", [params[i] for i in due], start,
+                                    max(params[i]["latest"] for i in due), tz, shared, holding)
         if batched is not None:  # the form reads every fire's segments at once: one query for the catch-up
             con.execute(f"CREATE TEMP VIEW {model} AS SELECT * FROM {SEGMENTS}")
             for group in batched_groups(batched, [params[i] for i in due]):
                 fires = [params[due[i]] for i in group]
                 yield from zip((due[i] for i in group), batched_findings(con, detection, batched, fires, tz))
+            if shared is not None:  # the form left them as they were made
+                drop_temp(con, model)
+                keep_segments(con, shared, cut)
             return
         create_days(con, plan, tz)
         for group in segment_groups(due):
