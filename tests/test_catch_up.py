@@ -454,6 +454,24 @@ def test_segments_kept_for_the_next_detection_are_those_it_would_cut_itself(monk
     assert after_kept(shorter, base + timedelta(days=2), "other flows")[1] is False
 
 
+def test_fires_as_columns_are_the_table_their_rows_as_structs_make():
+    """`rows_select` (a list per column) makes the table `unnest` of the rows as structs made,
+    column for column and type for type: each kind of parameter value, a tz-aware instant too."""
+    from exfilwatch.detections.batched import rows_select
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'America/New_York'")
+    rows = [{"fire": i, "latest": datetime(2026, 11, 1, 5, tzinfo=timezone.utc) + timedelta(hours=i),
+             "today": datetime(2026, 11, 1, tzinfo=NY), "minimum_bytes": 10 ** 9 + i, "share": 0.1 * i,
+             "timezone": "America/New_York", "strict": i % 2 == 0} for i in range(30)]
+    select, columns = rows_select(rows)
+    con.execute(f"CREATE TABLE as_columns AS {select}", columns)
+    con.execute("CREATE TABLE as_structs AS SELECT unnest($rows, recursive := true)", {"rows": rows})
+    assert con.execute("DESCRIBE as_columns").fetchall() == con.execute("DESCRIBE as_structs").fetchall()
+    assert con.execute("SELECT * FROM as_columns").fetchall() == con.execute("SELECT * FROM as_structs").fetchall()
+    assert con.execute("SELECT max(latest) FROM as_columns").fetchone()[0] == rows[-1]["latest"]
+
+
 def test_run_names_the_catch_up_modes_when_given_another(tmp_path):
     import os
     import subprocess

@@ -65,7 +65,8 @@ import duckdb
 from exfilwatch.config import Settings
 from exfilwatch.events.engine import expose_models, local_day_sql, register_lake_views
 from exfilwatch.findings import dailysums
-from exfilwatch.detections.batched import FIRES, BatchedPlan, SegmentPlan, bound_value, fire_values, group_key
+from exfilwatch.detections.batched import (FIRES, BatchedPlan, SegmentPlan, bound_value, fire_values, group_key,
+                                            rows_select)
 from exfilwatch.detections.ctes import CteKey, closure_parameters, search_ctes
 from exfilwatch.detections.runner import (DetectionRunError, compiled_sql, data_range, execute, execute_sql,
                                           resolve_parameters, run_window, sql_parameters)
@@ -325,7 +326,8 @@ def batched_rows(con: duckdb.DuckDBPyConnection, plan: BatchedPlan,
     the detection's batched form over the views registered and a temp table `fires` of these fires."""
     rows = [{"fire": index, **fire_values(param)} for index, param in enumerate(params)]
     con.execute(f"DROP TABLE IF EXISTS temp.main.{FIRES}")
-    con.execute(f"CREATE TEMP TABLE {FIRES} AS SELECT unnest($rows, recursive := true)", {"rows": rows})
+    select, columns = rows_select(rows)
+    con.execute(f"CREATE TEMP TABLE {FIRES} AS {select}", columns)
     try:
         used = sql_parameters(plan.sql)
         cursor = con.execute(plan.sql, {name: params[0][name] for name in used})  # terms are equal in a group
@@ -403,7 +405,8 @@ def create_cut_sums(con: duckdb.DuckDBPyConnection, rows: str, keys: list[str], 
     con.execute(f"CREATE TEMP TABLE {CUT_PARTS} (bucket BIGINT, lo TIMESTAMPTZ, hi TIMESTAMPTZ, cut TIMESTAMPTZ)")
     parts = cut_parts(cuts, end)
     if parts:
-        con.execute(f"INSERT INTO {CUT_PARTS} SELECT unnest($parts, recursive := true)", {"parts": parts})
+        select, columns = rows_select(parts)
+        con.execute(f"INSERT INTO {CUT_PARTS} {select}", columns)
     if day_of_cut is not None:  # once per part, not per segment: at 3000 users x 90 days the time
         # zone conversions of 3.9 M segments took a sixth of the read's operator time
         con.execute(f"ALTER TABLE {CUT_PARTS} ADD COLUMN day TIMESTAMPTZ")
