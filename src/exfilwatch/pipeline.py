@@ -25,7 +25,8 @@ from exfilwatch.config import Settings
 from exfilwatch.findings.catchup import (DAYS, SEGMENTS, RowsPerHour, SharedCtes, SharedLakeRows, batched_findings,
                                         batched_groups, create_days, create_group_segments, create_range_segments,
                                         drop_temp, judged_start, keep_segments, lake_rows, one_pass, release_ctes,
-                                        release_shared, rows_per_hour, segment_groups, snapshot_with_daily_sums)
+                                        release_shared, rename_temp, rows_per_hour, segment_groups,
+                                        snapshot_with_daily_sums)
 from exfilwatch.detections.batched import BatchedPlan, SegmentPlan, batched_plan, segment_plan
 from exfilwatch.detections.ctes import CteKey, separable_keys, shared_keys
 from exfilwatch.detections.overrides import disabled_detections, effective_settings
@@ -272,14 +273,14 @@ def _catch_up(con: duckdb.DuckDBPyConnection, state: StateStore, settings: Setti
         # still return a row): asked once, of the last fire, without the rows it judges.
         last_fire = params[-1]
         without_judged = f"_time < TIMESTAMPTZ '{judged_start(detection, last_fire).isoformat()}'"
-        con.execute(f"ALTER TABLE temp.main.{model.name} RENAME TO _catch_up_snapshot")
+        rename_temp(con, model.name, "_catch_up_snapshot")  # a view when shared (`lake_rows`)
         con.execute(f"CREATE TEMP VIEW {model.name} AS SELECT * FROM _catch_up_snapshot WHERE {without_judged}")
         try:
             silent_when_empty = (referenced_tables(sql) & set(DATA_MODELS)) <= {model.name} and not execute(
                 con, detection, last_fire)
         finally:
             con.execute(f"DROP VIEW temp.main.{model.name}")
-            con.execute(f"ALTER TABLE temp.main._catch_up_snapshot RENAME TO {model.name}")
+            rename_temp(con, "_catch_up_snapshot", model.name)
         # a fire is skipped only when no hour its judged window overlaps holds a row: it never hides one
         per_hour = rows_per_hour(con, model.name)
         due = [index for index, param in enumerate(params)
