@@ -781,6 +781,29 @@ def test_only_detections_that_read_the_same_lake_rows_share_a_copy(org, monkeypa
     assert len(cutting) == 2  # the robust rule takes the segments `hosts_receiving…` cut (`keep_segments`)
 
 
+def test_the_empty_search_check_is_asked_only_when_a_fire_has_no_judged_row(org, monkeypatch):
+    """Whether a search is silent without judged rows decides only which fires to skip (and, for
+    judged windows, the chunks): a network rule's one pass asks it when some fire judges no row
+    (the two days without a line), not when every fire does (checked: it fails when always
+    asked). Without the check a fire in the hole would be recorded, unlike the per-fire path's."""
+    asked: list[str] = []
+    check = pipeline._silent_when_empty
+
+    def spied(con, detection, *args):
+        asked.append(detection.id)
+        return check(con, detection, *args)
+
+    monkeypatch.setattr(pipeline, "_silent_when_empty", spied)
+    root, ds, parts = org
+    (home,) = homes(root, ds.config, ["asked"])
+    ingest(home, parts, 0)
+    first = schedule(home, HOLE[1] + timedelta(hours=1), "one-pass", NETWORK)
+    assert sorted(asked) == sorted(NETWORK) and all(r.skipped_fires > 0 for r in first.detections)
+    asked.clear()
+    later = schedule(home, CUT - timedelta(hours=12), "one-pass", NETWORK)
+    assert asked == [] and all(r.fires > 0 and r.skipped_fires == 0 for r in later.detections)
+
+
 def test_a_detection_reading_other_columns_of_the_rows_read_for_the_run_copies_its_own(org):
     """Detections reading the same model with the same condition and other columns share one
     read with the columns of all of them (`SharedLakeRows.columns`): with the flow files gone,
