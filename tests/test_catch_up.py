@@ -405,6 +405,73 @@ def test_segments_give_the_sums_of_the_rows_at_every_bound():
         assert got == want
 
 
+def test_segments_kept_for_the_next_detection_are_those_it_would_cut_itself(monkeypatch):
+    """Within a run, a detection takes the segments the previous one kept (`keep_segments`) only
+    when they hold the same rows cut the same way from its start: with a baseline two days
+    shorter (the robust rule after `hosts_receiving…`) it gets exactly the segments it would cut
+    itself, without cutting; with other cuts, a start between cuts or other rows, it cuts its own."""
+    from exfilwatch.findings.catchup import SEGMENTS, SharedLakeRows, create_range_segments, keep_segments
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    base = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    con.execute("CREATE TABLE raw AS SELECT 'h' || (i % 3) AS host, $base + to_minutes(i * 7) AS _time, "
+                "i AS bytes FROM range(1200) t(i)", {"base": base})  # five and a half days
+    plan = segment_plan("SELECT host, sum(bytes) AS total FROM network_traffic "
+                        "WHERE _time >= least($history, $lo) AND _time < $hi GROUP BY ALL", "network_traffic")
+    cut = catchup.cut_rows
+    cutting: list[str] = []
+    monkeypatch.setattr(catchup, "cut_rows", lambda *a: cutting.append(a[3]) or cut(*a))
+
+    def fires(history_days: int, offset: timedelta = timedelta(0)) -> list[dict]:
+        hours = [base + timedelta(days=4, hours=h) + offset for h in range(30)]
+        return [{"history": base + timedelta(days=history_days), "lo": h - timedelta(minutes=70),
+                 "hi": h - timedelta(minutes=10)} for h in hours]
+
+    def segments(params: list[dict], start: datetime, shared: SharedLakeRows | None = None,
+                 holding: str | None = None) -> list[tuple]:
+        create_range_segments(con, plan, "raw", params, start, params[-1]["hi"], "UTC", shared, holding)
+        rows = con.execute(f"SELECT * FROM {SEGMENTS} ORDER BY ALL").fetchall()
+        con.execute(f"DROP TABLE {SEGMENTS}")
+        return rows
+
+    def after_kept(params: list[dict], start: datetime, holding: str = "flows") -> tuple[list[tuple], bool]:
+        shared = SharedLakeRows()
+        keep_segments(con, shared, create_range_segments(con, plan, "raw", fires(0), base, fires(0)[-1]["hi"],
+                                                         "UTC", shared, "flows"))
+        cutting.clear()
+        rows = segments(params, start, shared, holding)
+        catchup.release_shared(con, shared)
+        return rows, not cutting
+
+    shorter = fires(2)
+    assert after_kept(shorter, base + timedelta(days=2)) == (segments(shorter, base + timedelta(days=2)), True)
+    assert len(segments(shorter, base + timedelta(days=2))) < len(segments(fires(0), base))
+    other_cuts = fires(2, timedelta(minutes=30))
+    assert after_kept(other_cuts, base + timedelta(days=2)) == (segments(other_cuts, base + timedelta(days=2)), False)
+    between = base + timedelta(days=1, minutes=30)
+    assert after_kept(shorter, between) == (segments(shorter, between), False)
+    assert after_kept(shorter, base + timedelta(days=2), "other flows")[1] is False
+
+
+def test_fires_as_columns_are_the_table_their_rows_as_structs_make():
+    """`rows_select` (a list per column) makes the table `unnest` of the rows as structs made,
+    column for column and type for type: each kind of parameter value, a tz-aware instant too."""
+    from exfilwatch.detections.batched import rows_select
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'America/New_York'")
+    rows = [{"fire": i, "latest": datetime(2026, 11, 1, 5, tzinfo=timezone.utc) + timedelta(hours=i),
+             "today": datetime(2026, 11, 1, tzinfo=NY), "minimum_bytes": 10 ** 9 + i, "share": 0.1 * i,
+             "timezone": "America/New_York", "strict": i % 2 == 0} for i in range(30)]
+    select, columns = rows_select(rows)
+    con.execute(f"CREATE TABLE as_columns AS {select}", columns)
+    con.execute("CREATE TABLE as_structs AS SELECT unnest($rows, recursive := true)", {"rows": rows})
+    assert con.execute("DESCRIBE as_columns").fetchall() == con.execute("DESCRIBE as_structs").fetchall()
+    assert con.execute("SELECT * FROM as_columns").fetchall() == con.execute("SELECT * FROM as_structs").fetchall()
+    assert con.execute("SELECT max(latest) FROM as_columns").fetchone()[0] == rows[-1]["latest"]
+
+
 def test_run_names_the_catch_up_modes_when_given_another(tmp_path):
     import os
     import subprocess
@@ -688,7 +755,8 @@ def test_a_detection_reading_the_same_lake_rows_as_the_previous_one_reads_them_f
 def test_only_detections_that_read_the_same_lake_rows_share_a_copy(org, monkeypatch):
     """`run` hands the shared copy only to detections whose lake read another one repeats: the
     robust rule and `hosts_receiving…` sum the same flows; `email_servers…` reads other rows, so
-    copying them would be for nobody (checked: it fails when every detection gets the copy)."""
+    copying them would be for nobody (checked: it fails when every detection gets the copy). The
+    robust rule cuts no segments of its own either (checked: it fails when none is kept)."""
     import exfilwatch.findings.catchup as catchup
 
     catalog = load_detections()
@@ -703,11 +771,37 @@ def test_only_detections_that_read_the_same_lake_rows_share_a_copy(org, monkeypa
         return read(con, settings, state, model, plan, condition, cuts, start, end, shared)
 
     monkeypatch.setattr(catchup, "lake_segments", spied)
+    cut, cutting = catchup.cut_rows, []
+    monkeypatch.setattr(catchup, "cut_rows", lambda *a: cutting.append(a[3]) or cut(*a))
     root, ds, parts = org
     (home,) = homes(root, ds.config, ["sharing"])
     ingest(home, parts, 0)
     schedule(home, datetime(END.year, END.month, END.day, tzinfo=NY), "one-pass", NETWORK)
     assert handed == {email_servers[2]: False, hosts_receiving[2]: True}
+    assert len(cutting) == 2  # the robust rule takes the segments `hosts_receiving…` cut (`keep_segments`)
+
+
+def test_the_empty_search_check_is_asked_only_when_a_fire_has_no_judged_row(org, monkeypatch):
+    """Whether a search is silent without judged rows decides only which fires to skip (and, for
+    judged windows, the chunks): a network rule's one pass asks it when some fire judges no row
+    (the two days without a line), not when every fire does (checked: it fails when always
+    asked). Without the check a fire in the hole would be recorded, unlike the per-fire path's."""
+    asked: list[str] = []
+    check = pipeline._silent_when_empty
+
+    def spied(con, detection, *args):
+        asked.append(detection.id)
+        return check(con, detection, *args)
+
+    monkeypatch.setattr(pipeline, "_silent_when_empty", spied)
+    root, ds, parts = org
+    (home,) = homes(root, ds.config, ["asked"])
+    ingest(home, parts, 0)
+    first = schedule(home, HOLE[1] + timedelta(hours=1), "one-pass", NETWORK)
+    assert sorted(asked) == sorted(NETWORK) and all(r.skipped_fires > 0 for r in first.detections)
+    asked.clear()
+    later = schedule(home, CUT - timedelta(hours=12), "one-pass", NETWORK)
+    assert asked == [] and all(r.fires > 0 and r.skipped_fires == 0 for r in later.detections)
 
 
 def test_a_detection_reading_other_columns_of_the_rows_read_for_the_run_copies_its_own(org):

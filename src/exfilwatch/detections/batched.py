@@ -299,3 +299,13 @@ def correlated_plan(detection: Detection, model: str) -> tuple[BatchedPlan | Non
 def fire_values(params: dict[str, Any]) -> dict[str, Any]:
     """One fire's row of the `fires` table (without `fire`): its parameters that SQL can hold."""
     return {name: value for name, value in params.items() if isinstance(value, (datetime, int, float, str, bool))}
+
+
+def rows_select(rows: list[dict[str, Any]]) -> tuple[str, dict[str, list[Any]]]:
+    """A SELECT whose rows are `rows` (dicts of the same keys in the same order, at least one),
+    and its parameters: a list per column, unnested side by side. DuckDB takes a list of values
+    far faster than a list of dicts: 720 fires' rows took 4.5-6.2 ms against 21.6-27.1 as
+    `unnest($rows, recursive := true)`, with the same column types (10 runs each, 2026-12-04)."""
+    names = list(rows[0])
+    select = ", ".join(f'unnest($c{i}) AS "{name}"' for i, name in enumerate(names))
+    return f"SELECT {select}", {f"c{i}": [row[name] for row in rows] for i, name in enumerate(names)}
