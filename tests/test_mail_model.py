@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import duckdb
+import pytest
 import sqlglot
 
 from exfilwatch.config import Home, parse_settings
@@ -90,6 +91,43 @@ def test_long_values_are_cut_and_counted(tmp_path):
     rows = duckdb.sql(f"SELECT subject, recipient, recipient_count FROM read_parquet({files!r}) ORDER BY subject").fetchall()
     assert rows[0] == ("S" * FIELD_CHARS, sorted(many)[:LIST_ITEMS], LIST_ITEMS + 500)
     assert rows[1] == ("fine", ["bob@gmail.com"], 1)
+
+
+_RECIPIENTS = sorted(f"r{i}@gmail.com" for i in range(LIST_ITEMS + 1))
+_ONE = ["bob@gmail.com"]
+
+
+@pytest.mark.parametrize("values, written, note", [
+    (dict(subject="s" * FIELD_CHARS, rcptto=_RECIPIENTS[:LIST_ITEMS]), ("s" * FIELD_CHARS, _RECIPIENTS[:LIST_ITEMS]),
+     None),
+    (dict(subject="é" * FIELD_CHARS), ("é" * FIELD_CHARS, _ONE), None),  # over the limit in bytes, not characters
+    (dict(subject="é" * (FIELD_CHARS + 1)), ("é" * FIELD_CHARS, _ONE), ("1 values", "subject 1")),
+    (dict(rcptto=_RECIPIENTS), ("long", _RECIPIENTS[:LIST_ITEMS]), ("2 values", "recipient 1, recipient_domain 1")),
+    (dict(rcptto=["x" * (FIELD_CHARS + 5) + "@gmail.com"] + _ONE), ("long", _ONE + ["x" * FIELD_CHARS]),
+     ("1 values", "recipient 1")),
+], ids=["at-the-limits", "two-byte-characters", "text-over", "list-over", "item-over"])
+def test_long_values_are_cut_and_counted_in_a_file_sized_batch(tmp_path, values, written, note):
+    """One value at, over, or in bytes only over the limits among 10,000 records (a batch written one
+    file per day): the value is written cut only when it is over, and the report counts it."""
+    home = _home(tmp_path)
+    base = {"ts": "2026-11-02T09:01:01.5Z", "id.orig_h": "10.20.0.15", "id.orig_p": 5, "id.resp_h": "10.10.0.5",
+            "id.resp_p": 25, "trans_depth": 1, "mailfrom": "alice@example.com", "rcptto": _ONE, "last_reply": "250 ok"}
+    records = [dict(base, uid=f"C{i}", subject=f"s{i}") for i in range(10_000)]
+    records.append({**base, "uid": "long", "subject": "long", **values})
+    path = tmp_path / "smtp.json"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    [report] = ingest_paths([path], home, DOMAINS, source_name="zeek_smtp_json")
+    assert report.events == len(records)
+    cut = [n for n in report.notes if "were cut" in n]
+    if note is None:
+        assert cut == []
+    else:
+        assert len(cut) == 1 and cut[0].startswith(note[0]) and cut[0].endswith(f"length: {note[1]}")
+    state = open_state(home)
+    files = state.lake_files("email")
+    state.close()
+    rows = duckdb.sql(f"SELECT subject, recipient FROM read_parquet({files!r}) WHERE internal_message_id = 'long#1'")
+    assert rows.fetchall() == [written]
 
 
 def test_the_authenticated_sender_is_kept_as_user_across_ingests(tmp_path):

@@ -17,7 +17,6 @@ import typer
 from rich.console import Console
 
 from exfilwatch.config import Home, Settings, load_settings
-from exfilwatch.detections.runner import check_configured_detections
 from exfilwatch.detections.schema import Detection, load_detections
 from exfilwatch.errors import UsageError
 from exfilwatch.home import reader, writer
@@ -80,6 +79,9 @@ def context(ctx: typer.Context) -> Context:
     c: Context = ctx.obj
     c.command = ctx
     if c.settings.detections:  # else the catalog is not loaded here: `detections lint` must reach a broken one
+        # imported here: the runner brings sqlglot, which a command that runs no detection (ingest) does not need
+        from exfilwatch.detections.runner import check_configured_detections
+
         check_configured_detections(c.settings, c.detections, str(c.home.config_path))
     c.home.create()
     return c
