@@ -95,10 +95,9 @@ CREATE OR REPLACE TEMP MACRO ew_v6_value(g) AS (
 
 _RANGE_SCHEMA = pa.schema([("entry", pa.int32()), ("version", pa.int8()), ("lo_hi", pa.uint64()), ("lo_lo", pa.uint64()),
                            ("hi_hi", pa.uint64()), ("hi_lo", pa.uint64())])
-_ENTRY_SCHEMA = pa.schema([("entry", pa.int32()), ("category", pa.string()), ("categories", pa.list_(pa.string())),
-                           ("bunit", pa.string()), ("owner", pa.string()), ("priority", pa.string())])
 ASSET_MAP_SCHEMA = pa.schema([("ip", pa.string()), ("category", pa.string()), ("categories", pa.list_(pa.string())),
                               ("bunit", pa.string()), ("owner", pa.string()), ("priority", pa.string())])
+_ENTRY_SCHEMA = pa.schema([("entry", pa.int32()), *ASSET_MAP_SCHEMA.remove(0)])  # an entry's number, then what the map gives an address
 
 
 def inventory_tables(assets: list[Asset]) -> tuple[pa.Table, pa.Table]:
