@@ -4,7 +4,6 @@ before 1970 or without a value) — the same files per day, the same rows in eac
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -86,21 +85,3 @@ def test_a_batch_of_two_days_is_written_one_copy_per_day(tmp_path):
     assert sorted((f.day, f.rows) for f in files) == [("2026-03-03", 2), ("2026-03-04", 1)]
     copies = [sql for sql in statements if "COPY" in sql]
     assert len(copies) == 2 and not any("PARTITION_BY" in sql for sql in copies)
-
-
-def test_a_batch_is_written_smaller_than_with_duckdbs_default_dictionaries(tmp_path):
-    # a day of flows with 5,000 distinct times in 30,000 rows (a VPN log's times repeat like this):
-    # the lake keeps every row as it was, in a smaller file than DuckDB's default dictionary makes
-    times = [20_515 * DAY_US + (n % 5_000) * 1_000_003 for n in range(30_000)]
-    files, lake = write(tmp_path, "distinct", times, by_day=True)
-    [file] = files
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    written = con.execute(f"SELECT * FROM read_parquet('{file.path}', hive_partitioning = false) ORDER BY src_ip").fetchall()
-    assert [(row[0], row[1]) for row in written[:2]] == [
-        (datetime(2026, 3, 3, tzinfo=timezone.utc), "0"), (datetime(2026, 3, 3, 0, 0, 1, 3, tzinfo=timezone.utc), "1")]
-    assert len(written) == 30_000 and len({row[1] for row in written}) == 30_000
-    default = tmp_path / "default.parquet"
-    con.execute(f"COPY (SELECT * FROM read_parquet('{file.path}', hive_partitioning = false)) TO '{default}' "
-                "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE 122880)")
-    assert Path(file.path).stat().st_size < 0.9 * default.stat().st_size

@@ -52,16 +52,7 @@ DAYS_BY_RANGE = 8
 # it saves about 0.6 µs per row.
 BY_DAY_MIN_ROWS = 10_000
 _DAY = re.compile(r"\d{4}-\d\d-\d\d")
-# DICTIONARY_SIZE_LIMIT: DuckDB's default dictionary-encodes nearly every column, also those whose
-# values repeat only a few times in a row group (times, addresses, session ids, byte counts), where
-# a dictionary costs the write more and compresses worse than plain values under zstd. A 4 KB limit
-# keeps dictionaries for the few-valued columns (action, event type, realm, reasons, agents) only:
-# a 250 k-line Pulse batch's 245 k events write in 0.25 instead of 0.33 CPU-s (median of 7 alternated,
-# load 5-9, 2026-12-04) into 1.79 instead of 2.68 MB; reading all its columns back costs 0.059
-# against 0.052. 16 KB saved less (0.28) and wrote some columns larger than the default (a column
-# of 10,000 distinct times in 30,000 rows: 127 against 58 KB).
-_COPY_OPTIONS = ("FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE 122880, DICTIONARY_SIZE_LIMIT 4096, "
-                 "RETURN_STATS")
+_COPY_OPTIONS = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE 122880, RETURN_STATS"
 
 
 def write_batch(con: duckdb.DuckDBPyConnection, lake: Path, model: DataModel, batch_id: str, relation: str,
