@@ -49,6 +49,27 @@ class StatementClock:
         return getattr(self._con, name)
 
 
+def timed(steps: dict[str, float], name: Callable[[tuple], str], step: Callable) -> Callable:
+    """`step` with the CPU seconds of each call added to `steps[name(args)]`, listed in the order the
+    steps were first entered (so an outer step comes before the steps inside it)."""
+    def wrapper(*a, **k):
+        key = name(a)
+        steps.setdefault(key, 0.0)
+        started = cpu()
+        try:
+            return step(*a, **k)
+        finally:
+            steps[key] += cpu() - started
+    return wrapper
+
+
+def print_costliest(statements: dict[str, list[float]], count: int) -> None:
+    """The `count` statements of `StatementClock` that took the most CPU, summed over their runs."""
+    print(f"\n{'CPU s':>8} {'runs':>6}  statement")
+    for text, times in sorted(statements.items(), key=lambda item: -sum(item[1]))[:count]:
+        print(f"{sum(times):8.2f} {len(times):6d}  {text}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("home", type=Path)
@@ -61,22 +82,12 @@ def main() -> None:
     import exfilwatch.pipeline as pipeline
     from exfilwatch.cli import app
 
-    steps: list[tuple[str, float]] = []
-
-    def timed(name: Callable[[tuple], str], step: Callable) -> Callable:
-        def wrapper(*a, **k):
-            started = cpu()
-            try:
-                return step(*a, **k)
-            finally:
-                steps.append((name(a), cpu() - started))
-        return wrapper
-
+    steps: dict[str, float] = {}
     # the pipeline calls its steps by these module names, so timing them here times each run of one
-    pipeline._catch_up = timed(lambda a: a[3].id, pipeline._catch_up)
-    pipeline.build_user_sessions = timed(lambda a: "sessions build", pipeline.build_user_sessions)
-    pipeline.run_incident_rules = timed(lambda a: "incident rules", pipeline.run_incident_rules)
-    pipeline.rebuild_risk_events = timed(lambda a: "risk", pipeline.rebuild_risk_events)
+    pipeline._catch_up = timed(steps, lambda a: a[3].id, pipeline._catch_up)
+    pipeline.build_user_sessions = timed(steps, lambda a: "sessions build", pipeline.build_user_sessions)
+    pipeline.run_incident_rules = timed(steps, lambda a: "incident rules", pipeline.run_incident_rules)
+    pipeline.rebuild_risk_events = timed(steps, lambda a: "risk", pipeline.rebuild_risk_events)
     statements: dict[str, list[float]] = {}
     if args.statements:
         connect = run_command.connect
@@ -98,13 +109,10 @@ def main() -> None:
         print(f"\nCPU {cpu() - started:.1f} s, wall {time.perf_counter() - wall:.1f} s")
         if profile:
             profile.dump_stats(args.profile)
-        for name, seconds in steps:
+        for name, seconds in steps.items():
             print(f"{name:70s} {seconds:6.2f}")
         if statements:
-            print(f"\n{'CPU s':>8} {'runs':>6}  statement")
-            costliest = sorted(statements.items(), key=lambda item: -sum(item[1]))[:args.statements]
-            for text, times in costliest:
-                print(f"{sum(times):8.2f} {len(times):6d}  {text}")
+            print_costliest(statements, args.statements)
     finally:
         shutil.rmtree(work)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from profile_first_run import StatementClock, cpu  # noqa: E402
+from profile_first_run import StatementClock, cpu, print_costliest, timed  # noqa: E402
 
 
 def main() -> None:
@@ -48,25 +48,15 @@ def main() -> None:
     imports = cpu() - started
 
     steps: dict[str, float] = {}
-
-    def timed(name: str, step: Callable) -> Callable:
-        def wrapper(*a, **k):
-            begun = cpu()
-            try:
-                return step(*a, **k)
-            finally:
-                steps[name] = steps.get(name, 0.0) + cpu() - begun
-        return wrapper
-
     statements: dict[str, list[float]] = {}
     connect = ingest.connect
     ingest.connect = lambda *a, **k: StatementClock(connect(*a, **k), statements)
     source = get_source(args.source)
     source_type = type(source)
-    source_type.parse = timed("parse (the source's statement and its own reads)", source_type.parse)
-    ingest.write_events = timed("lake write (guarded; capped where needed)", ingest.write_events)
-    ingest.write_batch = timed("  of it, write_batch (the day count and the COPYs)", ingest.write_batch)
-    ingest.ingest_lines = timed("ingest_lines (a batch, all of it)", ingest.ingest_lines)
+    source_type.parse = timed(steps, lambda a: "parse (the source's statement and its own reads)", source_type.parse)
+    ingest.write_events = timed(steps, lambda a: "lake write (guarded; capped where needed)", ingest.write_events)
+    ingest.write_batch = timed(steps, lambda a: "  of it, write_batch (the day count and the COPYs)", ingest.write_batch)
+    ingest.ingest_lines = timed(steps, lambda a: "ingest_lines (a batch, all of it)", ingest.ingest_lines)
     files.iter_line_chunks = _timed_iterator(steps, "reading the file into lines", files.iter_line_chunks)
 
     root = Path(tempfile.mkdtemp(prefix="profile-ingest-"))
@@ -92,8 +82,8 @@ def main() -> None:
     clocked = sum(sum(v) for v in statements.values())
     print(f"{clocked:7.2f}  all SQL statements")
     print(f"{whole:7.2f}  the ingest (without imports); whole process {cpu():.2f}")
-    for key, seconds in sorted(statements.items(), key=lambda item: -sum(item[1]))[:args.statements]:
-        print(f"{sum(seconds):7.2f} {len(seconds):3d}x  {key}")
+    if args.statements:
+        print_costliest(statements, args.statements)
 
 
 def _timed_iterator(steps: dict[str, float], name: str, function: Callable) -> Callable:
