@@ -1201,6 +1201,10 @@ def _recipient_tops(con: Steps, recipients: str) -> tuple[str, str]:
     # list_sort orders the structs by their first field, the domain, which is each domain's once in a
     # session: the order `list(… ORDER BY registered_domain)` gave, without the ordered aggregate's
     # per-group sort (its group by: 0.45 against 0.32 operator-s at 1000 x 30, ninth round).
+    # top_domains is the first five of that list in the order of (messages, bytes, domain), largest
+    # first: the domain is each domain's once, so the order is total and is the one
+    # `max_by(…, {m, b, d}, 5)` gave, without a second list state per session (0.16 against 0.14
+    # CPU-s at 1000 x 30, 7 alternated rounds on the build's own `_ses_rcpt`).
     def domains(part: str) -> str:
         return f"""
             WITH per_message AS (
@@ -1210,14 +1214,17 @@ def _recipient_tops(con: Steps, recipients: str) -> tuple[str, str]:
                 SELECT sk, registered_domain, any_value(domain_class) AS domain_class, count(*) AS messages,
                        sum(size) AS bytes
                 FROM per_message GROUP BY sk, registered_domain
+            ), listed AS (
+                SELECT sk, count(*) AS em_dnum,
+                       list_sort(list({{'domain': registered_domain, 'domain_class': domain_class,
+                                        'messages': messages, 'bytes': bytes}})) AS recipient_domains
+                FROM dom GROUP BY sk
             )
-            SELECT sk, count(*) AS em_dnum,
-                   list_sort(list({{'domain': registered_domain, 'domain_class': domain_class,
-                                    'messages': messages, 'bytes': bytes}})) AS recipient_domains,
-                   max_by({{'domain': registered_domain, 'domain_class': domain_class, 'messages': messages,
-                           'bytes': bytes}}, {{'m': messages, 'b': coalesce(bytes, -1), 'd': registered_domain}}, 5)
-                       AS top_domains
-            FROM dom GROUP BY sk
+            SELECT sk, em_dnum, recipient_domains,
+                   list_transform(array_slice(list_reverse_sort(list_transform(recipient_domains, lambda d: {{
+                       'm': d.messages, 'b': coalesce(d.bytes, -1), 'd': d.domain, 'entry': d}})), 1, 5),
+                                  lambda ranked: ranked.entry) AS top_domains
+            FROM listed
         """
 
     def top_recipients(part: str) -> str:
