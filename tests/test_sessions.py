@@ -225,3 +225,17 @@ def test_recipients_count_once_whatever_their_case_and_take_their_domain_in_lowe
         ("gmail.com", "personal", 1, 1000), ("partner.com", "external", 2, 4000)]
     assert [(r["recipient"], r["messages"], r["bytes"]) for r in s["top_recipients"]] == [
         ("bob@partner.com", 2, 4000), ("me@mail.gmail.com", 1, 1000)]
+
+
+def test_top_domains_are_the_five_with_most_messages_then_bytes_then_the_greater_name():
+    sizes = {"a.com": [100, 100, 100], "b.com": [50, 50, 50], "c.com": [500, 500], "d.com": [500, 500],
+             "f.com": [None], "g.com": [5]}
+    sent = [mail(at(1 + i / 100), A, [f"x@{domain}"], size) for i, (domain, size) in
+            enumerate((d, s) for d, listed in sizes.items() for s in listed)]
+    rows, _ = sessions([login(at(0), "alice", "s1"), logout(at(5), "alice", "s1")], sent)
+    [s] = by_kind(rows, "vpn")
+    assert s["em_dnum"] == 6
+    # c.com and d.com tie on messages and bytes: the greater name first; f.com's size is unknown: last
+    assert [(d["domain"], d["messages"], d["bytes"]) for d in s["top_domains"]] == [
+        ("a.com", 3, 300), ("b.com", 3, 150), ("d.com", 2, 1000), ("c.com", 2, 1000), ("g.com", 1, 5)]
+    assert [d["domain"] for d in s["recipient_domains"]] == sorted(sizes)
