@@ -210,3 +210,32 @@ def test_features_count_messages_once_and_skip_mail_that_did_not_leave():
     assert domains["partner.com"]["messages"] == 1 and domains["mailinator.com"]["domain_class"] == "disposable"
     assert s["largest_messages"][0]["size"] == 5000
     assert s["largest_personal_messages"][0]["recipients"] == "me@gmail.com, x@corp.example"
+
+
+def test_recipients_count_once_whatever_their_case_and_take_their_domain_in_lower_case():
+    rows, _ = sessions([login(at(0), "alice", "s1"), logout(at(5), "alice", "s1")], [
+        mail(at(1), A, ["Bob@Partner.COM", "Me@Mail.GMAIL.com"], 1000, message_id="<m1>"),
+        mail(at(1.1), A, ["bob@partner.com"], 1000, message_id="<m1>"),  # the same message logged twice
+        mail(at(2), A, ["BOB@partner.com", "x@Corp.Example"], 3000),
+    ])
+    [s] = by_kind(rows, "vpn")
+    assert s["em_fnum"] == 2 and s["em_dnum"] == 2 and s["em_bsum"] == 4000
+    assert s["em_bsum_personal"] == 1000  # Mail.GMAIL.com is gmail.com's
+    assert [(d["domain"], d["domain_class"], d["messages"], d["bytes"]) for d in s["recipient_domains"]] == [
+        ("gmail.com", "personal", 1, 1000), ("partner.com", "external", 2, 4000)]
+    assert [(r["recipient"], r["messages"], r["bytes"]) for r in s["top_recipients"]] == [
+        ("bob@partner.com", 2, 4000), ("me@mail.gmail.com", 1, 1000)]
+
+
+def test_top_domains_are_the_five_with_most_messages_then_bytes_then_the_greater_name():
+    sizes = {"a.com": [100, 100, 100], "b.com": [50, 50, 50], "c.com": [500, 500], "d.com": [500, 500],
+             "f.com": [None], "g.com": [5]}
+    sent = [mail(at(1 + i / 100), A, [f"x@{domain}"], size) for i, (domain, size) in
+            enumerate((d, s) for d, listed in sizes.items() for s in listed)]
+    rows, _ = sessions([login(at(0), "alice", "s1"), logout(at(5), "alice", "s1")], sent)
+    [s] = by_kind(rows, "vpn")
+    assert s["em_dnum"] == 6
+    # c.com and d.com tie on messages and bytes: the greater name first; f.com's size is unknown: last
+    assert [(d["domain"], d["messages"], d["bytes"]) for d in s["top_domains"]] == [
+        ("a.com", 3, 300), ("b.com", 3, 150), ("d.com", 2, 1000), ("c.com", 2, 1000), ("g.com", 1, 5)]
+    assert [d["domain"] for d in s["recipient_domains"]] == sorted(sizes)
