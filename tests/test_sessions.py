@@ -239,3 +239,14 @@ def test_top_domains_are_the_five_with_most_messages_then_bytes_then_the_greater
     assert [(d["domain"], d["messages"], d["bytes"]) for d in s["top_domains"]] == [
         ("a.com", 3, 300), ("b.com", 3, 150), ("d.com", 2, 1000), ("c.com", 2, 1000), ("g.com", 1, 5)]
     assert [d["domain"] for d in s["recipient_domains"]] == sorted(sizes)
+
+
+def test_a_recipient_without_a_domain_is_local_mail_not_outgoing():
+    # Postfix logs local deliveries as `to=<root>`: no domain, so nothing left the organisation
+    rows, _ = sessions([login(at(0), "alice", "s1"), logout(at(5), "alice", "s1")], [
+        mail(at(1), A, ["root"], 7000),
+        mail(at(2), A, ["postmaster", "bob@partner.com"], 3000),
+    ])
+    [s] = by_kind(rows, "vpn")
+    assert s["em_fnum"] == 1 and s["em_bsum"] == 3000 and s["em_dnum"] == 1
+    assert [d["domain"] for d in s["recipient_domains"]] == ["partner.com"]

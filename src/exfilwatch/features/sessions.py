@@ -1134,7 +1134,9 @@ def _classify_recipients(con: Steps, settings: Settings, mail_user: str,
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ses_addresses AS
-        SELECT recipient, regexp_extract(recipient, '@([^@]+)$', 1) AS domain
+        -- regexp_extract gives '' for an address without a domain (`to=<root>`, local delivery):
+        -- null, so it stays internal, as the docstring says, rather than an external domain ''
+        SELECT recipient, nullif(regexp_extract(recipient, '@([^@]+)$', 1), '') AS domain
         FROM (SELECT DISTINCT recipient FROM _ses_rcpt0 WHERE recipient IS NOT NULL)
     """)
     register_domain_table(con, settings, "SELECT DISTINCT domain FROM _ses_addresses WHERE domain IS NOT NULL",
