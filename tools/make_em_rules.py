@@ -95,14 +95,20 @@ WITH judged AS (
     SELECT session_key, count(*) AS n, avg(v) AS mean, stddev_samp(v) AS stdev, var_samp(v) AS variance,
            median(v) AS median, quantile_cont(v, 0.95) AS p95, max(v) AS max, median(ln(1 + v)) AS log_median
     FROM history GROUP BY session_key
+), spread AS (
+    -- robust: the median absolute deviation of log1p(v), grouped by the session alone (grouped by
+    -- every column of `stats`, the hash of 10 keys over the 502,324 history pairs of a 1000-user
+    -- month made each rule's search 0.73 instead of 0.54 CPU-s: docs/benchmarks.md, "Twelfth round")
+    SELECT session_key, median(abs(ln(1 + h.v) - s.log_median)) AS log_mad
+    FROM stats s JOIN history h USING (session_key)
+    GROUP BY session_key
 ), model AS (
     SELECT s.*,
-           -- robust: median absolute deviation of log1p(v), scaled to a standard deviation, floored
-           greatest(1.4826 * median(abs(ln(1 + h.v) - s.log_median)), $robust_min_scale) AS log_scale,
+           -- robust: the MAD scaled to a standard deviation, floored
+           greatest(1.4826 * d.log_mad, $robust_min_scale) AS log_scale,
            -- gamma by moments: shape = mean^2 / variance
            CASE WHEN s.variance > 0 AND s.mean > 0 THEN s.mean * s.mean / s.variance END AS shape
-    FROM stats s JOIN history h USING (session_key)
-    GROUP BY ALL
+    FROM stats s JOIN spread d USING (session_key)
 ), peer_days AS (
     -- the peer group is the department; one peer model per department and UTC day judged
     SELECT DISTINCT department, date_trunc('day', _time) AS day FROM judged WHERE department IS NOT NULL
