@@ -87,10 +87,15 @@ WITH judged AS (
     -- the model: the same user's earlier sessions in the model window (as long as from $history
     -- to now: 90 days) in which they sent mail (a session with no mail at all says nothing
     -- about how much mail they send)
+    -- (the judged sessions by `judged`'s own filter, not read from it: `scored` is then its only
+    -- reader in a catch-up that reads the domain-novelty CTEs from the run's tables, so DuckDB
+    -- scans it within `scored` instead of materialising every column of the chunk's sessions
+    -- for two readers: em_bsum's and em_fnum's searches of one chunk at 1000 x 30, 0.67 -> 0.59
+    -- CPU-s together, median of 5 alternated: docs/benchmarks.md, "Twelfth round")
     SELECT j.session_key, CAST(h.{feature} AS DOUBLE) AS v
-    FROM judged j JOIN user_sessions h
+    FROM user_sessions j JOIN user_sessions h
       ON h.user = j.user AND h._time < j._time AND h._time >= j._time - ($now - $history)
-    WHERE h.messages_sent > 0
+    WHERE j._time >= $earliest AND j._time < $latest AND h.messages_sent > 0
 ), stats AS (
     SELECT session_key, count(*) AS n, avg(v) AS mean, stddev_samp(v) AS stdev, var_samp(v) AS variance,
            median(v) AS median, quantile_cont(v, 0.95) AS p95, max(v) AS max, median(ln(1 + v)) AS log_median
