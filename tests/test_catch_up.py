@@ -919,9 +919,10 @@ def test_the_em_rules_and_a_users_copy_share_what_they_compute_alike_and_find_wh
     assert recorded(together) == recorded(alone)
     assert any(f["finding_key"].startswith("em_") for f in recorded(together)["findings"])
     by_detection = {d.id: {name for who, name in computed if who == d.id} for d in chosen}
-    # EM-BSum's copy holds its model's CTEs too (`history`, `stats`, `peers`): EM-BSum computes
-    # them apart and the copy reads them; `peer_days`, then read only by those, is computed by the next rule
-    assert by_detection == {"em_bsum": {"history", "stats", "peers", "novelty", "data_start", "introductions"},
+    # EM-BSum's copy holds its model's CTEs too (`history`, `stats`, `spread`, `peers`): EM-BSum
+    # computes those the rest reads apart (`history` is read only by `stats` and `spread`) and the
+    # copy reads them; `peer_days`, then read only by those, is computed by the next rule
+    assert by_detection == {"em_bsum": {"stats", "spread", "peers", "novelty", "data_start", "introductions"},
                             "em_bsum_personal": {"peer_days"}, "em_dnum": set(), "em_fnum": set(),
                             "my_bsum": {"introductions"}}
     chunks = sum(1 for who, name in computed if (who, name) == ("em_bsum", "novelty"))

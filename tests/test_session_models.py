@@ -127,3 +127,53 @@ def test_users_who_first_mail_a_domain_at_the_same_instant_each_introduce_it():
     for stored in (rows + colleagues, colleagues + rows):  # whichever the engine meets first
         [f] = run("em_fnum", stored + [judged(feature, 500)])
         assert f["org_introductions"] == 1
+
+
+
+def _with_every_model(rule: str):
+    """The rule with a model for every judged session: the plain reference of the search's
+    `history`, which skips the sessions at or under every floor (they cannot fire)."""
+    detection = load_detections()[rule]
+    skip = f"      AND (j.{rule} > least($floor, $new_domain_floor, $new_org_floor) OR j.{rule} IS NULL)\n"
+    assert skip in detection.search
+    return detection.model_copy(update={"search": detection.search.replace(skip, "")})
+
+
+def test_a_model_only_for_the_sessions_that_can_fire_finds_what_a_model_for_every_session_finds():
+    # Sessions on both sides of each floor, 50 days of them judged at once as a catch-up's chunk
+    # does: some fire on their value against their own model, some only on what went to a domain
+    # new to the user or to the organisation, which fires from a lower floor than the value's
+    new_domain_only = 0
+    for rule in RULES:
+        rng = random.Random(rule)
+        scale = 1_000_000 if rule.startswith("em_bsum") else 1
+        domains = [f"d{i}.example" for i in range(30)]
+        rows = []
+        for user in range(12):
+            department = f"dept{user % 2}" if user < 10 else None
+            for day in range(60 if user < 9 else 3):
+                end = NOW - timedelta(days=day, minutes=30 + 90 * (user % 3))
+                value = float(rng.choice([0, 1, 2, 3, 5, 8, 12, 20, 40, 90, 300]) * scale) if day else 5000.0 * scale
+                mailed = rng.sample(domains[:8] if rng.random() < 0.8 else domains, k=rng.randint(1, 3))
+                rows.append(dict(session(f"u{user}", end, value, rule, mail=int(value > 0)), department=department,
+                                 recipient_domains=[{"domain": d, "domain_class": "personal" if i == 0 else "business",
+                                                     "messages": 1 + int(value // scale // 2),
+                                                     "bytes": int(value // len(mailed))} for i, d in enumerate(mailed)]))
+        overrides = {"floor": 30 * scale, "new_domain_floor": 6 * scale, "new_org_floor": 4 * scale,
+                     "new_domain_multiple": 0.01, "new_org_multiple": 0.01, "first_time_floor": 30 * scale,
+                     "warmup_days": 1, "domain_warmup_days": 2, "minimum_sessions": 10, "peer_minimum_users": 3}
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        load_table(con, "user_sessions", USER_SESSIONS, rows)
+        window = RunWindow(now=NOW, earliest=NOW - timedelta(days=50), latest=NOW)
+
+        def findings(detection) -> list[dict]:
+            params = resolve_parameters(detection, parse_settings({}, "t"), overrides, window)
+            return sorted(execute(con, detection, params), key=lambda f: f["session_id"])
+
+        shipped = findings(load_detections()[rule])
+        assert shipped == findings(_with_every_model(rule)), rule
+        assert any(f["model_state"] == "model" and f["above_user_threshold"] for f in shipped), rule
+        new_domain_only += sum(1 for f in shipped if not f["above_user_threshold"])
+    # the floors below $floor are what these need: a model skipped under $floor would miss them
+    assert new_domain_only

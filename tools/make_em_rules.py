@@ -87,22 +87,39 @@ WITH judged AS (
     -- the model: the same user's earlier sessions in the model window (as long as from $history
     -- to now: 90 days) in which they sent mail (a session with no mail at all says nothing
     -- about how much mail they send)
+    -- (the judged sessions by `judged`'s own filter, not read from it: `scored` is then its only
+    -- reader in a catch-up that reads the domain-novelty CTEs from the run's tables, so DuckDB
+    -- scans it within `scored` instead of materialising every column of the chunk's sessions
+    -- for two readers: em_bsum's and em_fnum's searches of one chunk at 1000 x 30, 0.67 -> 0.59
+    -- CPU-s together, median of 5 alternated: docs/benchmarks.md, "Twelfth round")
     SELECT j.session_key, CAST(h.{feature} AS DOUBLE) AS v
-    FROM judged j JOIN user_sessions h
+    FROM user_sessions j JOIN user_sessions h
       ON h.user = j.user AND h._time < j._time AND h._time >= j._time - ($now - $history)
-    WHERE h.messages_sent > 0
+    WHERE j._time >= $earliest AND j._time < $latest AND h.messages_sent > 0
+      -- only for a session that can fire: every threshold a finding must exceed is at least one of
+      -- $floor, $new_domain_floor and $new_org_floor, and what went to new domains is at most the
+      -- value, so the model of a session at or under the least of them is never read. A 1000-user
+      -- month's first run judges 39,493 sessions, 3,054 of them above EM-BSum's 2 MB and 1,502
+      -- above EM-FNum's 10 messages: the search 0.91 -> 0.60 CPU-s (EM-BSum), 0.86 -> 0.57 (EM-FNum)
+      AND (j.{feature} > least($floor, $new_domain_floor, $new_org_floor) OR j.{feature} IS NULL)
 ), stats AS (
     SELECT session_key, count(*) AS n, avg(v) AS mean, stddev_samp(v) AS stdev, var_samp(v) AS variance,
            median(v) AS median, quantile_cont(v, 0.95) AS p95, max(v) AS max, median(ln(1 + v)) AS log_median
     FROM history GROUP BY session_key
+), spread AS (
+    -- robust: the median absolute deviation of log1p(v), grouped by the session alone (grouped by
+    -- every column of `stats`, the hash of 10 keys over the 502,324 history pairs of a 1000-user
+    -- month made each rule's search 0.73 instead of 0.54 CPU-s: docs/benchmarks.md, "Twelfth round")
+    SELECT session_key, median(abs(ln(1 + h.v) - s.log_median)) AS log_mad
+    FROM stats s JOIN history h USING (session_key)
+    GROUP BY session_key
 ), model AS (
     SELECT s.*,
-           -- robust: median absolute deviation of log1p(v), scaled to a standard deviation, floored
-           greatest(1.4826 * median(abs(ln(1 + h.v) - s.log_median)), $robust_min_scale) AS log_scale,
+           -- robust: the MAD scaled to a standard deviation, floored
+           greatest(1.4826 * d.log_mad, $robust_min_scale) AS log_scale,
            -- gamma by moments: shape = mean^2 / variance
            CASE WHEN s.variance > 0 AND s.mean > 0 THEN s.mean * s.mean / s.variance END AS shape
-    FROM stats s JOIN history h USING (session_key)
-    GROUP BY ALL
+    FROM stats s JOIN spread d USING (session_key)
 ), peer_days AS (
     -- the peer group is the department; one peer model per department and UTC day judged
     SELECT DISTINCT department, date_trunc('day', _time) AS day FROM judged WHERE department IS NOT NULL
