@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from exfilwatch.config import Home, parse_settings
 from exfilwatch.detections.runner import DetectionRunError
-from exfilwatch.detections.schedule import fire_times, watermark
+from exfilwatch.detections.schedule import clear_watermark, fire_times, watermark
 from exfilwatch.findings.store import store_findings
 
 from .pipelinekit import detect_once, run_schedule
@@ -121,6 +121,24 @@ def test_catch_up_gives_the_findings_of_running_each_fire_in_order(setup, tmp_pa
     # A second run right after adds no fire and no finding; the watermark moved to the last fire.
     assert run_schedule(con, state, settings, [detections[OUT]], now)[0].fires == 0
     assert watermark(state, OUT).isoformat() == datetime(2026, 11, 1, 3, 0, tzinfo=NY).astimezone(timezone.utc).isoformat()
+
+
+def test_detections_sharing_a_search_text_each_run_with_their_own_parameters(setup):
+    # A run prepares each search once per text (tokens, tree, batched form: detections/runner.py);
+    # what a fire executes still takes the values of its own detection.
+    tmp_path, home, settings, detections, state, con = setup
+    ingest_paths([write_conn_log(tmp_path / "a.log", history(spike=50_000_000, spike_hour=9))], home, settings)
+    original = detections[OUT]
+    strict_threshold = original.parameters["deviation_threshold"].model_copy(update={"default": 1000})
+    strict = original.model_copy(update={"id": f"{OUT}_strict",
+                                         "parameters": {**original.parameters, "deviation_threshold": strict_threshold}})
+    now = datetime(2026, 11, 1, 3, 0, tzinfo=NY)
+    for order in ([strict, original], [original, strict]):
+        for detection in order:
+            clear_watermark(state, detection.id)
+        found = {run.detection.id: sorted({f.entity for f in run.findings})
+                 for run in run_schedule(con, state, settings, order, now)}
+        assert found == {OUT: ["10.20.0.66"], f"{OUT}_strict": []}
 
 
 def test_catch_up_snapshot_keeps_only_rows_the_search_can_use():
