@@ -4,6 +4,11 @@
 declared defaults, config.yaml and `--set`; `execute` runs the compiled SQL over whatever views
 the caller registered and returns plain rows. Which fires are due, and what becomes of the rows
 (findings, incidents), is the pipeline's business (pipeline.py, detections/schedule.py).
+
+What is read from a search's text alone (its tokens, its tree, the tables, columns and
+$parameters it names) is computed once per text in a process and shared by every caller (the
+pipeline, detections/ctes.py, detections/batched.py): never the values a fire binds, which each
+detection resolves for itself.
 """
 
 from __future__ import annotations
@@ -170,8 +175,9 @@ class _References:
 
 @functools.lru_cache(maxsize=256)
 def _references(sql: str) -> _References:
-    """The tables, column names and $parameters of `sql`, from one walk of its tree (a run asks
-    for each of them, for each detection, several times: 0.26 CPU-s of a profiled first run)."""
+    """The tables, column names and $parameters of `sql`, from one walk of its tree (a first run
+    asked for them in about eight walks of each search's tree: six walks of the seven shipped
+    searches took 0.042 CPU-s, this one 0.011)."""
     tables, columns, parameters = [], set(), set()
     for node in _parsed(sql).walk():
         if isinstance(node, exp.Table):
