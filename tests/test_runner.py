@@ -237,3 +237,39 @@ def test_fire_times_in_remembered_blocks_are_croniters_across_dst_changes(edge, 
     until = after + timedelta(minutes=span)
     assert fire_times(cron, after, until, tz) == _croniter_fires(cron, after, until, tz)
     assert fire_times(cron, after.astimezone(ZoneInfo(tz)), until, tz) == _croniter_fires(cron, after, until, tz)
+
+
+def test_what_a_run_reads_from_each_shipped_search_is_what_sqlglot_parses_from_its_text():
+    # The run reads a search's tables, columns, $parameters and main query from one tokenisation
+    # and one walk (detections/runner.py, ctes.py); sqlglot's own parse of the text is the reference.
+    import sqlglot
+    from sqlglot import exp
+
+    from exfilwatch.detections.batched import batched_plan
+    from exfilwatch.detections.ctes import search_ctes
+    from exfilwatch.detections.runner import compiled_sql, referenced_columns, referenced_tables, sql_parameters
+    from exfilwatch.models import get_model
+
+    def names(tree, kind):
+        return {node.name for node in tree.find_all(kind)}
+
+    checked_ctes = checked_forms = 0
+    for detection in load_detections().values():
+        sql = compiled_sql(detection)
+        tree = sqlglot.parse_one(sql, read="duckdb")
+        assert referenced_tables(sql) == names(tree, exp.Table), detection.id
+        assert referenced_columns(sql) == names(tree, exp.Column), detection.id
+        assert sql_parameters(sql) == names(tree, exp.Placeholder), detection.id
+        model = get_model(detection.data_model).name if detection.type != "correlation" else detection.data_model
+        ctes = search_ctes(sql, model)
+        if ctes is not None:
+            main = next(node for node in tree.walk() if node.args.get("with_") is not None).copy()
+            main.set("with_", None)
+            cte_names = {c.name for c in ctes.ctes}
+            assert ctes.main_reads == {t.name.lower() for t in main.find_all(exp.Table)} & cte_names, detection.id
+            checked_ctes += 1
+        plan, _ = batched_plan(detection, sql, model)
+        if plan is not None:
+            assert plan.parameters == names(sqlglot.parse_one(plan.sql, read="duckdb"), exp.Placeholder), detection.id
+            checked_forms += 1
+    assert checked_ctes >= 7 and checked_forms >= 3
