@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from exfilwatch.config import Home, parse_settings
 from exfilwatch.detections.runner import DetectionRunError
-from exfilwatch.detections.schedule import fire_times, watermark
+from exfilwatch.detections.schedule import clear_watermark, fire_times, watermark
 from exfilwatch.findings.store import store_findings
 
 from .pipelinekit import detect_once, run_schedule
@@ -123,6 +123,24 @@ def test_catch_up_gives_the_findings_of_running_each_fire_in_order(setup, tmp_pa
     assert watermark(state, OUT).isoformat() == datetime(2026, 11, 1, 3, 0, tzinfo=NY).astimezone(timezone.utc).isoformat()
 
 
+def test_detections_sharing_a_search_text_each_run_with_their_own_parameters(setup):
+    # A run prepares each search once per text (tokens, tree, batched form: detections/runner.py);
+    # what a fire executes still takes the values of its own detection.
+    tmp_path, home, settings, detections, state, con = setup
+    ingest_paths([write_conn_log(tmp_path / "a.log", history(spike=50_000_000, spike_hour=9))], home, settings)
+    original = detections[OUT]
+    strict_threshold = original.parameters["deviation_threshold"].model_copy(update={"default": 1000})
+    strict = original.model_copy(update={"id": f"{OUT}_strict",
+                                         "parameters": {**original.parameters, "deviation_threshold": strict_threshold}})
+    now = datetime(2026, 11, 1, 3, 0, tzinfo=NY)
+    for order in ([strict, original], [original, strict]):
+        for detection in order:
+            clear_watermark(state, detection.id)
+        found = {run.detection.id: sorted({f.entity for f in run.findings})
+                 for run in run_schedule(con, state, settings, order, now)}
+        assert found == {OUT: ["10.20.0.66"], f"{OUT}_strict": []}
+
+
 def test_catch_up_snapshot_keeps_only_rows_the_search_can_use():
     from exfilwatch.detections.runner import snapshot_condition
 
@@ -219,3 +237,39 @@ def test_fire_times_in_remembered_blocks_are_croniters_across_dst_changes(edge, 
     until = after + timedelta(minutes=span)
     assert fire_times(cron, after, until, tz) == _croniter_fires(cron, after, until, tz)
     assert fire_times(cron, after.astimezone(ZoneInfo(tz)), until, tz) == _croniter_fires(cron, after, until, tz)
+
+
+def test_what_a_run_reads_from_each_shipped_search_is_what_sqlglot_parses_from_its_text():
+    # The run reads a search's tables, columns, $parameters and main query from one tokenisation
+    # and one walk (detections/runner.py, ctes.py); sqlglot's own parse of the text is the reference.
+    import sqlglot
+    from sqlglot import exp
+
+    from exfilwatch.detections.batched import batched_plan
+    from exfilwatch.detections.ctes import search_ctes
+    from exfilwatch.detections.runner import compiled_sql, referenced_columns, referenced_tables, sql_parameters
+    from exfilwatch.models import get_model
+
+    def names(tree, kind):
+        return {node.name for node in tree.find_all(kind)}
+
+    checked_ctes = checked_forms = 0
+    for detection in load_detections().values():
+        sql = compiled_sql(detection)
+        tree = sqlglot.parse_one(sql, read="duckdb")
+        assert referenced_tables(sql) == names(tree, exp.Table), detection.id
+        assert referenced_columns(sql) == names(tree, exp.Column), detection.id
+        assert sql_parameters(sql) == names(tree, exp.Placeholder), detection.id
+        model = get_model(detection.data_model).name if detection.type != "correlation" else detection.data_model
+        ctes = search_ctes(sql, model)
+        if ctes is not None:
+            main = next(node for node in tree.walk() if node.args.get("with_") is not None).copy()
+            main.set("with_", None)
+            cte_names = {c.name for c in ctes.ctes}
+            assert ctes.main_reads == {t.name.lower() for t in main.find_all(exp.Table)} & cte_names, detection.id
+            checked_ctes += 1
+        plan, _ = batched_plan(detection, sql, model)
+        if plan is not None:
+            assert plan.parameters == names(sqlglot.parse_one(plan.sql, read="duckdb"), exp.Placeholder), detection.id
+            checked_forms += 1
+    assert checked_ctes >= 7 and checked_forms >= 3

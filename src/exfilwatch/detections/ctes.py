@@ -28,7 +28,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.tokens import Token, TokenType
 
-from exfilwatch.detections.runner import _parsed
+from exfilwatch.detections.runner import _parsed, _tokens
 
 CteKey = tuple[tuple[str, str], ...]  # a CTE's closure as tokens (type, text), in the order of the WITH
 
@@ -125,14 +125,17 @@ def search_ctes(sql: str, model: str) -> SearchCtes | None:
     # names compared lower-cased, as DuckDB matches them
     parsed = [(cte.alias.lower(), cte.this) for cte in owner.args["with_"].expressions]
     model = model.lower()
-    tokens = sqlglot.tokenize(sql, read="duckdb")
+    tokens = _tokens(sql)  # the parse's own: tokenising the seven shipped searches again took 0.10 CPU-s a run
     spans = _cte_spans(tokens, [name for name, _ in parsed])
     if spans is None:
         return None
     head, tail, token_spans = spans
     names = {name for name, _ in parsed}
-    main = owner.copy()
-    main.set("with_", None)
+    # the main query's tables: the owner's, the WITH left out (a walk; a copy of the tree without
+    # it cost 0.05 CPU-s a run for the seven shipped searches)
+    with_clause = owner.args["with_"]
+    main_tables = [node for node in owner.walk(prune=lambda node: node is with_clause)
+                   if isinstance(node, exp.Table)]
     inside = {i for first, last in token_spans for i in range(first, last + 1)}
     ctes: dict[str, Cte] = {}
     for (name, body), (first, last) in zip(parsed, token_spans):
@@ -152,7 +155,7 @@ def search_ctes(sql: str, model: str) -> SearchCtes | None:
             separable=blind and all(c.blind for c in members) and reads_model and not _star_output(body),
         )
     return SearchCtes(sql, head, tail, tuple(ctes.values()),
-                      frozenset(t.name.lower() for t in main.find_all(exp.Table) if t.name.lower() in names),
+                      frozenset(t.name.lower() for t in main_tables if t.name.lower() in names),
                       _parameters(tokens, [i for i in range(len(tokens)) if i not in inside]))
 
 

@@ -113,7 +113,7 @@ def batched_form_problem(detection: Detection, con: duckdb.DuckDBPyConnection, c
     plan, problem = batched_plan(detection, compiled_sql(detection), detection.data_model)
     if plan is None:
         return problem
-    undeclared = sql_parameters(plan.sql) - set(_sample_parameters(detection))
+    undeclared = plan.parameters - set(_sample_parameters(detection))
     if undeclared:
         return f"catch_up.search uses undeclared parameters {sorted(undeclared)}"
     con.execute(f"CREATE OR REPLACE TEMP TABLE {FIRES} AS SELECT 0 AS fire, "

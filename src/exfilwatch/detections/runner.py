@@ -4,6 +4,11 @@
 declared defaults, config.yaml and `--set`; `execute` runs the compiled SQL over whatever views
 the caller registered and returns plain rows. Which fires are due, and what becomes of the rows
 (findings, incidents), is the pipeline's business (pipeline.py, detections/schedule.py).
+
+What is read from a search's text alone (its tokens, its tree, the tables, columns and
+$parameters it names) is computed once per text in a process and shared by every caller (the
+pipeline, detections/ctes.py, detections/batched.py): never the values a fire binds, which each
+detection resolves for itself.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 import duckdb
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.tokens import Token
 
 from exfilwatch.config import Settings
 from exfilwatch.errors import ConfigError, EngineError
@@ -27,6 +34,9 @@ from exfilwatch.models import get_model
 from exfilwatch.state import StateStore
 from exfilwatch.timeexpr import relative_time
 from exfilwatch.detections.schema import EPISODE_PERIODS, Detection, quiet_period_problem
+
+
+_DUCKDB = Dialect.get_or_raise("duckdb")
 
 
 class DetectionRunError(EngineError):
@@ -136,28 +146,64 @@ def compiled_sql(detection: Detection) -> str:
     return f"SELECT * FROM ({search}) AS finding WHERE NOT coalesce(({detection.filter}), false)"
 
 
+# A run prepares each search from its text alone, once per process: tokens, tree, and what the
+# tree references are cached by the text (callers never change a cached tree: they copy what they
+# rewrite). Tokenising is two thirds of sqlglot's parse of the EM rules' 22-26 kB searches (0.10
+# of 0.15 CPU-s for the seven shipped searches), and detections/ctes.py reads the tokens too.
+@functools.lru_cache(maxsize=256)
+def _tokens(sql: str) -> list[Token]:
+    """sqlglot's DuckDB tokens of `sql` (shared: never change them)."""
+    return sqlglot.tokenize(sql, read="duckdb")
+
+
 @functools.lru_cache(maxsize=256)
 def _parsed(sql: str) -> exp.Expression:
-    # A catch-up executes the same SQL for every fire time: parse it once.
-    return sqlglot.parse_one(sql, read="duckdb")
+    """sqlglot's DuckDB tree of one statement (shared: copy before changing it)."""
+    # what sqlglot.parse_one(sql, read="duckdb") returns, from the tokens already made
+    statements = _DUCKDB.parser().parse(_tokens(sql), sql)
+    if not statements or statements[0] is None:
+        raise sqlglot.errors.ParseError(f"No expression was parsed from '{sql}'")
+    return exp.Block(expressions=statements) if len(statements) > 1 else statements[0]
+
+
+@dataclass(frozen=True)
+class _References:
+    tables: tuple[exp.Table, ...]
+    columns: frozenset[str]
+    parameters: frozenset[str]
 
 
 @functools.lru_cache(maxsize=256)
+def _references(sql: str) -> _References:
+    """The tables, column names and $parameters of `sql`, from one walk of its tree (a first run
+    asked for them in about eight walks of each search's tree: six walks of the seven shipped
+    searches took 0.042 CPU-s, this one 0.011)."""
+    tables, columns, parameters = [], set(), set()
+    for node in _parsed(sql).walk():
+        if isinstance(node, exp.Table):
+            tables.append(node)
+        elif isinstance(node, exp.Column):
+            columns.add(node.name)
+        elif isinstance(node, exp.Placeholder):
+            parameters.add(node.name)
+    return _References(tuple(tables), frozenset(columns), frozenset(parameters))
+
+
 def sql_parameters(sql: str) -> frozenset[str]:
-    return frozenset({node.name for node in _parsed(sql).find_all(exp.Placeholder)})
+    return _references(sql).parameters
 
 
 def referenced_columns(sql: str) -> set[str]:
-    return {column.name for column in _parsed(sql).find_all(exp.Column)}
+    return set(_references(sql).columns)
 
 
 def referenced_tables(sql: str) -> set[str]:
-    return {table.name for table in _parsed(sql).find_all(exp.Table)}
+    return {table.name for table in _references(sql).tables}
 
 
 def single_model_select(sql: str, model: str) -> exp.Select | None:
     """The SELECT that reads `model` when the search reads it once, straight from a FROM with no join."""
-    tables = [table for table in _parsed(sql).find_all(exp.Table) if table.name == model]
+    tables = [table for table in _references(sql).tables if table.name == model]
     if len(tables) != 1 or not isinstance(tables[0].parent, exp.From):
         return None
     select = tables[0].parent.parent

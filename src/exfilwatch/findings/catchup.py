@@ -69,7 +69,7 @@ from exfilwatch.detections.batched import (FIRES, BatchedPlan, SegmentPlan, boun
                                             rows_select)
 from exfilwatch.detections.ctes import CteKey, closure_parameters, search_ctes
 from exfilwatch.detections.runner import (DetectionRunError, compiled_sql, data_range, execute, execute_sql,
-                                          resolve_parameters, run_window, sql_parameters)
+                                          resolve_parameters, run_window)
 from exfilwatch.detections.schedule import iter_fire_times
 from exfilwatch.detections.schema import Detection
 from exfilwatch.findings.record import Finding, findings_from_rows
@@ -329,8 +329,7 @@ def batched_rows(con: duckdb.DuckDBPyConnection, plan: BatchedPlan,
     select, columns = rows_select(rows)
     con.execute(f"CREATE TEMP TABLE {FIRES} AS {select}", columns)
     try:
-        used = sql_parameters(plan.sql)
-        cursor = con.execute(plan.sql, {name: params[0][name] for name in used})  # terms are equal in a group
+        cursor = con.execute(plan.sql, {name: params[0][name] for name in plan.parameters})  # terms are equal in a group
         names = [d[0] for d in cursor.description]
         per_fire: list[list[dict[str, Any]]] = [[] for _ in params]
         for values in cursor.fetchall():
