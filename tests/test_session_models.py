@@ -129,7 +129,6 @@ def test_users_who_first_mail_a_domain_at_the_same_instant_each_introduce_it():
         assert f["org_introductions"] == 1
 
 
-
 def _with_every_model(rule: str):
     """The rule with a model for every judged session: the plain reference of the search's
     `history`, which skips the sessions at or under every floor (they cannot fire)."""
